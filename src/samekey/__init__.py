@@ -1,0 +1,45 @@
+"""samekey: make non-idempotent HTTP calls (payments, orders, bookings) safe to retry.
+
+One Idempotency-Key per logical operation, journaled durably before the first byte
+is sent, reused by every retry, every re-run after a crash and `samekey resume`.
+"""
+
+from ._async_client import AsyncClient
+from ._client import Client
+from ._core import OPERATION_EXTENSION, OperationInfo, operation_info
+from ._errors import (
+    JournalError,
+    KeyExpired,
+    OperationInProgress,
+    OperationMismatch,
+    RetriesExhausted,
+    SameKeyError,
+)
+from ._journal import Journal, JournalStore, OperationRecord, default_journal_path
+from ._policy import RetryBudget, RetryPolicy, set_testing
+from ._transport import AsyncSameKeyTransport, SameKeyTransport
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "OPERATION_EXTENSION",
+    "AsyncClient",
+    "AsyncSameKeyTransport",
+    "Client",
+    "Journal",
+    "JournalError",
+    "JournalStore",
+    "KeyExpired",
+    "OperationInProgress",
+    "OperationInfo",
+    "OperationMismatch",
+    "OperationRecord",
+    "RetriesExhausted",
+    "RetryBudget",
+    "RetryPolicy",
+    "SameKeyError",
+    "SameKeyTransport",
+    "default_journal_path",
+    "operation_info",
+    "set_testing",
+]

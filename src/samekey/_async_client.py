@@ -1,0 +1,90 @@
+"""`samekey.AsyncClient`: an `httpx.AsyncClient` over `AsyncSameKeyTransport`.
+
+It shares the decision core with `Client`; only the I/O is awaited.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from ._client import with_operation
+from ._core import Engine, KeyFormat, OnBusy
+from ._journal import JournalStore
+from ._policy import RetryPolicy
+from ._transport import AsyncSameKeyTransport, JournalArg, _make_engine
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient(httpx.AsyncClient):
+    """A drop-in `httpx.AsyncClient` with the same ``operation=`` semantics as `Client`."""
+
+    def __init__(
+        self,
+        *,
+        journal: JournalArg = None,
+        policy: RetryPolicy | None = None,
+        key_header: str = "Idempotency-Key",
+        key_format: KeyFormat = "uuid",
+        key_ttl: float | timedelta = timedelta(hours=24),
+        lease: float | timedelta = 60.0,
+        on_busy: OnBusy = "wait",
+        redact_headers: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> None:
+        engine, self._owns_journal = _make_engine(
+            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers
+        )
+        self._samekey = engine
+        try:
+            super().__init__(**kwargs)
+        except BaseException:
+            self._close_journal()
+            raise
+        self._transport = AsyncSameKeyTransport.around(self._transport, engine)
+        self._mounts = {
+            pattern: None if t is None else AsyncSameKeyTransport.around(t, engine)
+            for pattern, t in self._mounts.items()
+        }
+
+    @property
+    def journal(self) -> JournalStore:
+        return self._samekey.journal
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._samekey.policy
+
+    @property
+    def engine(self) -> Engine:
+        return self._samekey
+
+    async def request(
+        self, method: str, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        return await super().request(method, url, **with_operation(kwargs, operation))
+
+    async def post(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+        return await self.request("POST", url, operation=operation, **kwargs)
+
+    async def put(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+        return await self.request("PUT", url, operation=operation, **kwargs)
+
+    async def patch(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+        return await self.request("PATCH", url, operation=operation, **kwargs)
+
+    async def delete(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+        return await self.request("DELETE", url, operation=operation, **kwargs)
+
+    def _close_journal(self) -> None:
+        if self._owns_journal:
+            self._samekey.journal.close()
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            self._close_journal()

@@ -1,0 +1,98 @@
+"""`samekey.Client`: an `httpx.Client` whose transports are wrapped by `SameKeyTransport`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from ._core import OPERATION_EXTENSION, Engine, KeyFormat, OnBusy
+from ._journal import JournalStore
+from ._policy import RetryPolicy
+from ._transport import JournalArg, SameKeyTransport, _make_engine
+
+__all__ = ["Client"]
+
+
+def with_operation(kwargs: dict[str, Any], operation: str | None) -> dict[str, Any]:
+    """httpx keywords with ``operation`` carried in the request's extensions."""
+    if operation is not None:
+        kwargs["extensions"] = {**(kwargs.get("extensions") or {}), OPERATION_EXTENSION: operation}
+    return kwargs
+
+
+class Client(httpx.Client):
+    """A drop-in `httpx.Client` that makes writes safe to retry.
+
+    Every httpx.Client keyword works as in httpx. The write methods and `request`
+    take ``operation=``: your stable name for the logical operation (e.g.
+    ``"order-42/charge"``); its Idempotency-Key is journaled before the first send
+    and reused by every attempt, every re-run and `samekey resume`.
+    """
+
+    def __init__(
+        self,
+        *,
+        journal: JournalArg = None,
+        policy: RetryPolicy | None = None,
+        key_header: str = "Idempotency-Key",
+        key_format: KeyFormat = "uuid",
+        key_ttl: float | timedelta = timedelta(hours=24),
+        lease: float | timedelta = 60.0,
+        on_busy: OnBusy = "wait",
+        redact_headers: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> None:
+        engine, self._owns_journal = _make_engine(
+            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers
+        )
+        self._samekey = engine
+        try:
+            super().__init__(**kwargs)
+        except BaseException:
+            self._close_journal()
+            raise
+        self._transport = SameKeyTransport.around(self._transport, engine)
+        self._mounts = {
+            pattern: None if t is None else SameKeyTransport.around(t, engine) for pattern, t in self._mounts.items()
+        }
+
+    @property
+    def journal(self) -> JournalStore:
+        return self._samekey.journal
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._samekey.policy
+
+    @property
+    def engine(self) -> Engine:
+        return self._samekey
+
+    def request(
+        self, method: str, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        return super().request(method, url, **with_operation(kwargs, operation))
+
+    def post(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, operation=operation, **kwargs)
+
+    def put(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+        return self.request("PUT", url, operation=operation, **kwargs)
+
+    def patch(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+        return self.request("PATCH", url, operation=operation, **kwargs)
+
+    def delete(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+        return self.request("DELETE", url, operation=operation, **kwargs)
+
+    def _close_journal(self) -> None:
+        if self._owns_journal:
+            self._samekey.journal.close()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._close_journal()

@@ -1,0 +1,364 @@
+"""The decision core, shared by the sync and the async client; it performs no I/O.
+
+Theory. A request passes through one generator, `operation_flow`, that *decides*
+and yields the I/O it needs as actions; a driver (sync or async) performs each
+action and sends the result back in, like httpx's auth flows:
+
+    Call(m, *args)  run journal.m(*args), send back its result (or throw its error)
+    Send(request)   send the request once, read the whole answer, send it back
+    Sleep(seconds)  wait, then continue
+
+A keyed operation's journal record moves through these states (h11 style):
+
+    (none)  --claim-->  PENDING --definitive answer-->  COMPLETED --re-run--> replay
+                          |  ^
+       retryable answer   |  |  same key, next attempt / next run / resume
+                          v  |
+                        PENDING (lease released, key kept)
+
+A PENDING record is never given a new key; a COMPLETED one is never sent again.
+When to retry and how long to wait is tenacity's `Retrying.iter()` fed one outcome
+at a time, so the policy's strategies decide the same way for both drivers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+import httpx
+import tenacity
+
+from ._errors import KeyExpired, OperationInProgress, OperationMismatch, RetriesExhausted
+from ._journal import Intent, JournalStore, OperationRecord, redact_headers
+from ._policy import RetryPolicy, _Exhausted, to_seconds
+
+__all__ = ["OPERATION_EXTENSION", "Engine", "OperationInfo", "operation_info"]
+
+logger = logging.getLogger("samekey")
+
+OPERATION_EXTENSION = "samekey.operation"  # request.extensions key naming the logical operation
+INFO_EXTENSION = "samekey"  # response.extensions key holding an OperationInfo
+KEYED_METHODS = frozenset({"POST", "PATCH"})
+MAX_OPERATION_LENGTH = 512
+_NOT_STORED_HEADERS = frozenset({"content-length", "host", "transfer-encoding", "connection"})
+
+KeyFormat = Literal["uuid", "structured"]
+OnBusy = Literal["wait", "raise"]
+
+
+@dataclass(frozen=True)
+class OperationInfo:
+    """What samekey did for a response: ``samekey.operation_info(response)``."""
+
+    operation: str | None
+    key: str | None
+    attempts: int
+    replayed: bool  # True: answered from the journal, no network call was made
+
+
+def operation_info(response: httpx.Response) -> OperationInfo | None:
+    """The `OperationInfo` samekey attached to ``response``, or None for other responses."""
+    info = response.extensions.get(INFO_EXTENSION)
+    return info if isinstance(info, OperationInfo) else None
+
+
+# -- actions ----------------------------------------------------------------------------
+
+
+class Call:
+    """Run a JournalStore method with these arguments."""
+
+    __slots__ = ("args", "method")
+
+    def __init__(self, method: str, *args: Any) -> None:
+        self.method = method
+        self.args = args
+
+    def run(self, journal: JournalStore) -> Any:
+        return getattr(journal, self.method)(*self.args)
+
+
+@dataclass(frozen=True)
+class Send:
+    request: httpx.Request
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+Action = Call | Send | Sleep
+Flow = Generator[Action, Any, httpx.Response]
+
+
+@dataclass(frozen=True)
+class Plan:
+    intent: Intent
+    caller_key: bool  # the caller set the key header: it must match the record's
+
+
+class Engine:
+    """The per-client configuration the flow reads; immutable once built."""
+
+    def __init__(
+        self,
+        *,
+        journal: JournalStore,
+        policy: RetryPolicy | None,
+        key_header: str = "Idempotency-Key",
+        key_format: KeyFormat = "uuid",
+        key_ttl: float | timedelta = timedelta(hours=24),
+        lease: float | timedelta = 60.0,
+        on_busy: OnBusy = "wait",
+        redact: frozenset[str] = frozenset(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if policy is not None and not isinstance(policy, RetryPolicy):
+            raise TypeError(f"policy must be a samekey.RetryPolicy, got {policy!r}")
+        if key_format not in ("uuid", "structured"):
+            raise ValueError(
+                f"key_format must be 'uuid' (bare, as Stripe) or 'structured' (IETF draft), got {key_format!r}"
+            )
+        if on_busy not in ("wait", "raise"):
+            raise ValueError(f"on_busy must be 'wait' or 'raise', got {on_busy!r}")
+        if not isinstance(key_header, str) or not key_header.strip():
+            raise ValueError(f"key_header must be a header name, got {key_header!r}")
+        self.journal = journal
+        self.policy = policy or RetryPolicy()
+        self.key_header = key_header
+        self.key_format: KeyFormat = key_format
+        self.key_ttl = to_seconds(key_ttl, "key_ttl", allow_zero=False)
+        self.lease = to_seconds(lease, "lease", allow_zero=False)
+        self.on_busy: OnBusy = on_busy
+        self.redact = frozenset(h.lower() for h in redact)
+        self.clock = clock
+        self._host = socket.gethostname()
+
+    def new_key(self) -> str:
+        value = str(uuid.uuid4())
+        return f'"{value}"' if self.key_format == "structured" else value
+
+    def new_owner(self) -> str:
+        return f"{self._host}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+
+    def plan(self, request: httpx.Request) -> Plan | None:
+        """The journal intent for a request, or None when it is retried without a key."""
+        operation = request.extensions.get(OPERATION_EXTENSION)
+        caller_key = request.headers.get(self.key_header)
+        if operation is None and request.method not in KEYED_METHODS:
+            return None
+        if operation is None:
+            operation = f"key:{caller_key}" if caller_key else f"auto:{uuid.uuid4()}"
+        elif not isinstance(operation, str) or not operation.strip() or len(operation) > MAX_OPERATION_LENGTH:
+            raise ValueError(
+                f"operation must be a non-empty string of at most {MAX_OPERATION_LENGTH} characters "
+                f"naming the logical operation (e.g. 'order-42/charge'), got {operation!r}"
+            )
+        body = request.content
+        url = str(request.url)
+        digest = hashlib.sha256(f"{request.method}\n{url}\n".encode())
+        digest.update(body)
+        drop = _NOT_STORED_HEADERS | {self.key_header.lower()}
+        headers = tuple(redact_headers(request.headers.multi_items(), self.redact, drop))
+        intent = Intent(
+            operation=operation,
+            key=caller_key or self.new_key(),
+            key_header=self.key_header,
+            method=request.method,
+            url=url,
+            fingerprint=digest.hexdigest(),
+            request_headers=headers,
+            request_body=body,
+        )
+        return Plan(intent, caller_key is not None)
+
+
+def _mismatch(plan: Plan, record: OperationRecord) -> str | None:
+    intent = plan.intent
+    if record.method != intent.method or record.url != intent.url:
+        return f"it was {record.method} {record.url}, now {intent.method} {intent.url}"
+    if record.fingerprint != intent.fingerprint:
+        return "same method and URL, different body"
+    if plan.caller_key and record.key != intent.key:
+        return f"its key is {record.key}, the request now carries {intent.key}"
+    return None
+
+
+def _describe(exc: BaseException | None, response: httpx.Response | None) -> str | None:
+    if response is not None:
+        return f"HTTP {response.status_code}"
+    if exc is not None:
+        return f"{type(exc).__name__}: {exc}"[:500]
+    return None
+
+
+def _replay(record: OperationRecord) -> httpx.Response:
+    info = OperationInfo(record.operation, record.key, record.attempts, replayed=True)
+    logger.info(
+        "samekey replay operation=%s key=%s status=%s (completed earlier, not sent again)",
+        record.operation, record.key, record.response_status,
+        extra={"operation": record.operation, "key": record.key, "attempt": 0},
+    )  # fmt: skip
+    return httpx.Response(
+        record.response_status or 0,
+        headers=list(record.response_headers),
+        stream=httpx.ByteStream(record.response_body or b""),
+        extensions={INFO_EXTENSION: info},
+    )
+
+
+def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
+    """Decide everything about one request; yield the I/O. Returns the final response."""
+    plan = engine.plan(request)
+    if plan is None:
+        return (yield from _attempts(engine, request, None, None))
+    intent = plan.intent
+    owner = engine.new_owner()
+    polls = 0
+    while True:
+        now = engine.clock()
+        claim = yield Call("claim", intent, owner, engine.lease, now)
+        record = claim.record
+        mismatch = _mismatch(plan, record)
+        holds_lease = claim.status in ("created", "claimed")
+        if mismatch is not None:
+            if holds_lease:
+                yield Call("release", intent.operation, owner, record.attempts, None, engine.clock())
+            raise OperationMismatch(intent.operation, mismatch)
+        if claim.status == "completed":
+            return _replay(record)
+        if claim.status != "busy":
+            break
+        expires_in = (record.lease_expires or now) - now
+        if engine.on_busy == "raise":
+            raise OperationInProgress(intent.operation, record.lease_owner, expires_in)
+        polls += 1
+        logger.debug("samekey waiting operation=%s held by %s", intent.operation, record.lease_owner)
+        yield Sleep(max(0.001, min(0.02 * 1.5**polls, 0.5, expires_in)))
+    age = engine.clock() - record.created_at
+    if claim.status == "claimed" and age > engine.key_ttl:
+        yield Call("release", intent.operation, owner, record.attempts, None, engine.clock())
+        raise KeyExpired(intent.operation, record.key, age, engine.key_ttl)
+    if claim.status == "claimed":
+        logger.info(
+            "samekey resuming operation=%s key=%s after %d earlier attempt(s)",
+            intent.operation, record.key, record.attempts,
+            extra={"operation": intent.operation, "key": record.key, "attempt": record.attempts},
+        )  # fmt: skip
+    request.headers[engine.key_header] = record.key
+    return (yield from _attempts(engine, request, record, owner))
+
+
+def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | None, owner: str | None) -> Flow:
+    """Send until a definitive answer; journal the outcome when ``record`` is given."""
+    policy = engine.policy
+    operation = record.operation if record else None
+    key = record.key if record else None
+    earlier = record.attempts if record else 0  # attempts made by earlier runs
+    retrying = policy.retrying()
+    retrying.begin()
+    state = tenacity.RetryCallState(retrying, fn=None, args=(), kwargs={})
+    taken = 0.0  # retry-budget tokens this request took
+    last_response: httpx.Response | None = None
+    last_exc: BaseException | None = None
+    extra = {"operation": operation, "key": key}
+    try:
+        while True:
+            do = retrying.iter(state)
+            if isinstance(do, tenacity.DoAttempt):
+                attempt = earlier + state.attempt_number
+                logger.debug(
+                    "samekey attempt operation=%s key=%s attempt=%d %s %s",
+                    operation, key, attempt, request.method, request.url,
+                    extra={**extra, "attempt": attempt},
+                )  # fmt: skip
+                try:
+                    last_response, last_exc = (yield Send(request)), None
+                except Exception as exc:  # the driver threw the transport's error in
+                    last_response, last_exc = None, exc
+                    state.set_exception((type(exc), exc, exc.__traceback__))
+                else:
+                    state.set_result(last_response)
+            elif isinstance(do, tenacity.DoSleep):
+                attempt = earlier + state.attempt_number
+                if policy.budget is not None:
+                    cost = policy.budget.try_acquire(isinstance(last_exc, httpx.TimeoutException))
+                    if not cost:
+                        reason = "the client's retry budget is empty (the server looks unhealthy)"
+                        return (yield from _give_up(engine, state, record, owner, last_response, last_exc, reason))
+                    taken += cost
+                error = _describe(last_exc, last_response)
+                logger.warning(
+                    "samekey retry operation=%s key=%s attempt=%d failed (%s); next in %.2f s",
+                    operation, key, attempt, error, float(do),
+                    extra={**extra, "attempt": attempt},
+                )  # fmt: skip
+                if record is not None and owner is not None:
+                    now = engine.clock()
+                    yield Call("record_attempt", record.operation, owner, attempt, error, engine.lease, now)
+                state.prepare_for_next_attempt()
+                yield Sleep(float(do))
+            elif isinstance(do, _Exhausted):
+                if state.attempt_number >= policy.attempts_allowed():
+                    reason = "max_attempts reached"
+                else:
+                    reason = f"the next wait would pass the {policy.deadline:g} s deadline"
+                return (yield from _give_up(engine, state, record, owner, last_response, last_exc, reason))
+            else:
+                break
+    except Exception as exc:
+        # a non-retryable error (tenacity re-raised it): keep the key pending, free the lease
+        if record is not None and owner is not None and not isinstance(exc, RetriesExhausted):
+            attempts = earlier + state.attempt_number
+            yield Call("release", record.operation, owner, attempts, _describe(exc, None), engine.clock())
+        raise
+    response: httpx.Response = do
+    attempts = earlier + state.attempt_number
+    if policy.budget is not None:
+        policy.budget.refund(taken)
+    if record is not None and owner is not None:
+        headers = redact_headers(response.headers.multi_items(), engine.redact)
+        body = b"".join(response.stream)  # type: ignore[arg-type]  # the raw body: drivers buffer it in a ByteStream
+        now = engine.clock()
+        yield Call("complete", record.operation, owner, attempts, response.status_code, headers, body, now)
+    logger.info(
+        "samekey done operation=%s key=%s attempt=%d status=%d",
+        operation, key, attempts, response.status_code,
+        extra={**extra, "attempt": attempts},
+    )  # fmt: skip
+    response.extensions[INFO_EXTENSION] = OperationInfo(operation, key, attempts, replayed=False)
+    return response
+
+
+def _give_up(
+    engine: Engine,
+    state: tenacity.RetryCallState,
+    record: OperationRecord | None,
+    owner: str | None,
+    response: httpx.Response | None,
+    exc: BaseException | None,
+    reason: str,
+) -> Generator[Action, Any, httpx.Response]:
+    earlier = record.attempts if record else 0
+    attempts = earlier + state.attempt_number
+    if record is not None and owner is not None:
+        error = _describe(exc, response)
+        yield Call("release", record.operation, owner, attempts, error, engine.clock())
+    raise RetriesExhausted(
+        operation=record.operation if record else "(unkeyed request)",
+        key=record.key if record else None,
+        attempts=attempts,
+        last_response=response,
+        last_exception=exc,
+        reason=reason,
+    )

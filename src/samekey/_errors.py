@@ -1,0 +1,119 @@
+"""Every error samekey raises, under one root so callers can catch them all.
+
+    SameKeyError
+     ├── RetriesExhausted      the policy gave up; the operation stays pending with its key
+     ├── OperationMismatch     the operation name was reused for a different request
+     ├── OperationInProgress   another caller holds the operation right now
+     ├── KeyExpired            the pending key is older than the server keeps keys
+     └── JournalError          the journal cannot be opened, read or written
+
+Each message says what happened and what the caller can do about it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+__all__ = [
+    "JournalError",
+    "KeyExpired",
+    "OperationInProgress",
+    "OperationMismatch",
+    "RetriesExhausted",
+    "SameKeyError",
+]
+
+
+class SameKeyError(Exception):
+    """Root of every samekey error."""
+
+
+class RetriesExhausted(SameKeyError):
+    """The retry policy stopped before a definitive answer arrived.
+
+    The journal record stays *pending*: running the same ``operation`` again
+    (or ``samekey resume``) re-sends with the same Idempotency-Key.
+    """
+
+    def __init__(
+        self,
+        *,
+        operation: str,
+        key: str | None,
+        attempts: int,
+        last_response: httpx.Response | None,
+        last_exception: BaseException | None,
+        reason: str,
+    ) -> None:
+        self.operation = operation
+        self.key = key
+        self.attempts = attempts
+        self.last_response = last_response
+        self.last_exception = last_exception
+        if last_response is not None:
+            last = f"last answer HTTP {last_response.status_code}"
+        elif last_exception is not None:
+            last = f"last error {type(last_exception).__name__}: {last_exception}"
+        else:
+            last = "no answer"
+        pending = (
+            f"The operation is still pending with key {key}: run it again with the same "
+            f"operation name (or `samekey resume {operation}`) to retry safely with the same key."
+            if key is not None
+            else "The request carried no Idempotency-Key; it is safe to send again."
+        )
+        super().__init__(f"operation {operation!r}: gave up after {attempts} attempt(s) ({reason}; {last}). " + pending)
+
+
+class OperationMismatch(SameKeyError):
+    """An operation name was reused with a different method, URL, body or key."""
+
+    def __init__(self, operation: str, detail: str) -> None:
+        self.operation = operation
+        super().__init__(
+            f"operation {operation!r} was first recorded with a different request ({detail}). "
+            "Nothing was sent. If this is a new logical operation, give it a new operation name; "
+            f"if the old one is settled, remove it with `samekey forget {operation}`."
+        )
+
+
+class OperationInProgress(SameKeyError):
+    """Another thread, task or process is executing this operation now."""
+
+    def __init__(self, operation: str, owner: str | None, expires_in: float) -> None:
+        self.operation = operation
+        self.owner = owner
+        self.expires_in = expires_in
+        super().__init__(
+            f"operation {operation!r} is being executed by {owner or 'another caller'} "
+            f"(its lease expires in {max(expires_in, 0.0):.1f} s). Wait for it, retry later, "
+            "or create the client with on_busy='wait' to wait for its outcome."
+        )
+
+
+class KeyExpired(SameKeyError):
+    """A pending operation's key is older than the client's ``key_ttl``."""
+
+    def __init__(self, operation: str, key: str, age: float, key_ttl: float) -> None:
+        self.operation = operation
+        self.key = key
+        self.age = age
+        self.key_ttl = key_ttl
+        super().__init__(
+            f"operation {operation!r} is pending with key {key}, created {age / 3600:.1f} h ago, "
+            f"longer than key_ttl ({key_ttl / 3600:.1f} h). The server may no longer recognise "
+            "this key, so sending again could act twice. Nothing was sent. Check on the server "
+            "whether the first attempt took effect, then run "
+            f"`samekey forget {operation}` and start a new operation if it did not."
+        )
+
+
+class JournalError(SameKeyError):
+    """The journal cannot be used. The file is never deleted, truncated or replaced."""
+
+    def __init__(self, path: str | Path, problem: str, fix: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"journal {self.path}: {problem}. {fix}")

@@ -1,0 +1,571 @@
+"""The journal: a durable record of every keyed operation, in a local SQLite file.
+
+Why a record exists before the first byte is sent: if the process dies after the
+server acted but before the answer arrived, the next run must find the same key and
+send it again, so the server replays its answer instead of acting twice.
+
+A record is *pending* from `claim` until `complete`; a pending record carries a
+lease (owner, expiry) so only one caller at a time executes it, and a caller that
+was killed loses the lease when it expires. Completed records keep the server's
+answer for replay. Secret headers are stripped before anything is written.
+
+`JournalStore` is the small interface the clients use; `Journal` implements it on
+SQLite. Another store (PostgreSQL, Redis, ...) implements the same methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import platformdirs
+
+from ._errors import JournalError
+
+__all__ = [
+    "ClaimResult",
+    "Intent",
+    "Journal",
+    "JournalStore",
+    "OperationRecord",
+    "default_journal_path",
+    "redact_headers",
+]
+
+Durability = Literal["fsync", "process"]
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x534B4A31  # "SKJ1": marks a file as a samekey journal
+
+# Header names never written to disk, compared case-insensitively; any name containing
+# one of SECRET_PARTS is treated as a credential too (X-Api-Key, X-Auth-Token, ...).
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+SECRET_PARTS = ("api-key", "apikey", "api_key", "token", "secret", "password", "auth", "session", "signature")
+
+
+def is_secret_header(name: str, extra: frozenset[str] = frozenset()) -> bool:
+    lowered = name.lower()
+    return lowered in SECRET_HEADERS or lowered in extra or any(p in lowered for p in SECRET_PARTS)
+
+
+def redact_headers(
+    headers: Iterable[tuple[str, str]], extra: frozenset[str] = frozenset(), drop: frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
+    """The headers safe to store: secrets and the names in ``drop`` removed."""
+    return [(k, v) for k, v in headers if not is_secret_header(k, extra) and k.lower() not in drop]
+
+
+def default_journal_path() -> Path:
+    """``$SAMEKEY_JOURNAL`` if set, else ``<user state dir>/samekey/journal.sqlite3``."""
+    env = os.environ.get("SAMEKEY_JOURNAL")
+    if env:
+        return Path(env).expanduser()
+    return platformdirs.user_state_path("samekey") / "journal.sqlite3"
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What a caller wants to record before sending (everything but the lease)."""
+
+    operation: str
+    key: str
+    key_header: str
+    method: str
+    url: str
+    fingerprint: str
+    request_headers: tuple[tuple[str, str], ...]
+    request_body: bytes
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    operation: str
+    key: str
+    key_header: str
+    method: str
+    url: str
+    fingerprint: str
+    request_headers: tuple[tuple[str, str], ...]
+    request_body: bytes
+    state: Literal["pending", "completed"]
+    created_at: float  # wall clock, seconds since the epoch
+    updated_at: float
+    completed_at: float | None
+    attempts: int
+    last_error: str | None
+    response_status: int | None
+    response_headers: tuple[tuple[str, str], ...]
+    response_body: bytes | None
+    lease_owner: str | None
+    lease_expires: float | None
+
+    @property
+    def pending(self) -> bool:
+        return self.state == "pending"
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """The outcome of `claim`: what the store found and whether the caller now holds it.
+
+    ``status`` is ``"created"`` (new record, lease held), ``"claimed"`` (existing
+    pending record, lease held), ``"busy"`` (pending, another owner's lease is live)
+    or ``"completed"`` (the stored answer is in ``record``).
+    """
+
+    status: Literal["created", "claimed", "busy", "completed"]
+    record: OperationRecord
+
+
+class JournalStore(Protocol):
+    """The interface a journal store implements. All times are epoch seconds.
+
+    Writes that must survive a crash before sending (`claim` creating a record) are
+    durable when they return; the others may be cheaper (losing them only means a
+    re-run sends the same key again, which the server answers by replay).
+    """
+
+    location: str
+
+    def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult: ...
+
+    def record_attempt(
+        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+    ) -> None: ...
+
+    def complete(
+        self,
+        operation: str,
+        owner: str,
+        attempts: int,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        now: float,
+    ) -> None: ...
+
+    def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None: ...
+
+    def get(self, operation: str) -> OperationRecord | None: ...
+
+    def pending(self, prefix: str | None = None) -> list[OperationRecord]: ...
+
+    def records(self, prefix: str | None = None, *, include_completed: bool = True) -> list[OperationRecord]: ...
+
+    def forget(self, operation: str) -> bool: ...
+
+    def purge_completed(self, older_than: float, now: float) -> int: ...
+
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE operations (
+    operation        TEXT PRIMARY KEY,
+    key              TEXT NOT NULL,
+    key_header       TEXT NOT NULL,
+    method           TEXT NOT NULL,
+    url              TEXT NOT NULL,
+    fingerprint      TEXT NOT NULL,
+    request_headers  TEXT NOT NULL,
+    request_body     BLOB NOT NULL,
+    state            TEXT NOT NULL CHECK (state IN ('pending', 'completed')),
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    completed_at     REAL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    response_status  INTEGER,
+    response_headers TEXT,
+    response_body    BLOB,
+    lease_owner      TEXT,
+    lease_expires    REAL
+);
+CREATE INDEX operations_pending ON operations (created_at) WHERE state = 'pending';
+CREATE INDEX operations_completed ON operations (completed_at) WHERE state = 'completed';
+"""
+
+# Forward migrations: MIGRATIONS[n] upgrades a journal from version n to n + 1.
+MIGRATIONS: dict[int, str] = {}
+
+_COLUMNS = (
+    "operation, key, key_header, method, url, fingerprint, request_headers, request_body, state, "
+    "created_at, updated_at, completed_at, attempts, last_error, response_status, response_headers, "
+    "response_body, lease_owner, lease_expires"
+)
+
+
+def _headers_to_json(headers: Iterable[tuple[str, str]]) -> str:
+    return json.dumps([[k, v] for k, v in headers], separators=(",", ":"))
+
+
+def _headers_from_json(text: str | None) -> tuple[tuple[str, str], ...]:
+    if not text:
+        return ()
+    return tuple((str(k), str(v)) for k, v in json.loads(text))
+
+
+def _record(row: tuple[object, ...]) -> OperationRecord:
+    (op, key, key_header, method, url, fp, req_h, req_b, state, created, updated, completed,
+     attempts, last_error, status, resp_h, resp_b, owner, expires) = row  # fmt: skip
+    return OperationRecord(
+        operation=str(op),
+        key=str(key),
+        key_header=str(key_header),
+        method=str(method),
+        url=str(url),
+        fingerprint=str(fp),
+        request_headers=_headers_from_json(req_h),  # type: ignore[arg-type]
+        request_body=bytes(req_b),  # type: ignore[call-overload]
+        state="completed" if state == "completed" else "pending",
+        created_at=float(created),  # type: ignore[arg-type]
+        updated_at=float(updated),  # type: ignore[arg-type]
+        completed_at=None if completed is None else float(completed),  # type: ignore[arg-type]
+        attempts=int(attempts),  # type: ignore[call-overload]
+        last_error=None if last_error is None else str(last_error),
+        response_status=None if status is None else int(status),  # type: ignore[call-overload]
+        response_headers=_headers_from_json(resp_h),  # type: ignore[arg-type]
+        response_body=None if resp_b is None else bytes(resp_b),  # type: ignore[call-overload]
+        lease_owner=None if owner is None else str(owner),
+        lease_expires=None if expires is None else float(expires),  # type: ignore[arg-type]
+    )
+
+
+class Journal:
+    """The embedded journal: one SQLite file, shared safely by threads and processes.
+
+    ``durability="fsync"`` (default) makes a new record survive power loss before the
+    request is sent; ``"process"`` survives a killed process (the OS still holds the
+    write) but not a power cut, and is faster. Completion records never pay an
+    fsync of their own: losing one only means the next run replays via the server.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        durability: Durability = "fsync",
+        lock_timeout: float = 10.0,
+    ) -> None:
+        if durability not in ("fsync", "process"):
+            raise ValueError(f"durability must be 'fsync' or 'process', got {durability!r}")
+        if not isinstance(lock_timeout, (int, float)) or lock_timeout <= 0:
+            raise ValueError(f"lock_timeout must be a positive number of seconds, got {lock_timeout!r}")
+        self.path = Path(path).expanduser() if path is not None else default_journal_path()
+        self.location = str(self.path)
+        self.durability: Durability = durability
+        self.lock_timeout = float(lock_timeout)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._conn = self._open()
+
+    # -- opening ------------------------------------------------------------------------
+
+    def _fail(self, problem: str, fix: str) -> JournalError:
+        return JournalError(self.path, problem, fix)
+
+    def _prepare_file(self) -> None:
+        folder = self.path.parent
+        if not folder.exists():
+            try:
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise self._fail(
+                    f"cannot create its folder ({exc.strerror})", "Choose a writable location with journal=PATH."
+                ) from exc
+        if self.path.is_dir():
+            raise self._fail("this is a folder, not a file", "Pass the path of a file inside it.")
+        if not self.path.exists():
+            try:  # create it private before SQLite opens it; SQLite copies the mode to -wal/-shm
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                os.close(fd)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise self._fail(
+                    f"cannot create the file ({exc.strerror})",
+                    "Check the folder's permissions or choose another path with journal=PATH.",
+                ) from exc
+
+    def _open(self) -> sqlite3.Connection:
+        self._prepare_file()
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.lock_timeout, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self._fail(f"cannot open it ({exc})", "Check the path and its permissions.") from exc
+        try:
+            self._init_schema(conn)
+        except JournalError:
+            conn.close()
+            raise
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise self._classify(exc, "opening") from exc
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise self._fail(
+                f"it is not a readable SQLite database ({exc})",
+                "It was left untouched. Move it aside (keep it: it may hold pending keys) "
+                "or point journal= at another file.",
+            ) from exc
+        return conn
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if app_id != APPLICATION_ID and (tables or version or app_id):
+            raise self._fail(
+                "this SQLite file is not a samekey journal",
+                "It was left untouched. Point journal= at another file.",
+            )
+        if version > SCHEMA_VERSION:
+            raise self._fail(
+                f"it was written by a newer samekey (schema {version}; this one reads up to {SCHEMA_VERSION})",
+                "It was left untouched. Upgrade samekey to use it.",
+            )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'fsync' else 'OFF'}")
+        if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # re-read under the write lock: another process may have just set it up
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                conn.executescript(_SCHEMA.replace(";\n", ";\n"))  # executescript commits
+                conn.execute("BEGIN IMMEDIATE")
+                version = 1
+            while version < SCHEMA_VERSION:
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                version += 1
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _classify(self, exc: sqlite3.Error, doing: str) -> JournalError:
+        text = str(exc)
+        lowered = text.lower()
+        if "locked" in lowered or "busy" in lowered:
+            return self._fail(
+                f"locked by another process for more than {self.lock_timeout:g} s while {doing}",
+                "Another samekey process may be stuck; retry, or raise lock_timeout.",
+            )
+        if "readonly" in lowered or "read-only" in lowered or "unable to open" in lowered:
+            return self._fail(
+                f"not writable while {doing} ({text})",
+                "Make the file and its folder writable, or choose another path with journal=PATH.",
+            )
+        if "full" in lowered:
+            return self._fail(f"the disk is full while {doing}", "Free some space; nothing was sent.")
+        if "malformed" in lowered or "not a database" in lowered:
+            return self._fail(
+                f"the file is corrupt ({text})",
+                "It was left untouched. Move it aside (keep it: it may hold pending keys) "
+                "or point journal= at another file.",
+            )
+        return self._fail(f"SQLite error while {doing} ({text})", "Check the file, its folder and the disk.")
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self, doing: str, *, immediate: bool = True, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise self._fail("it is closed", "Use the journal inside the client's lifetime.")
+            relaxed = self.durability == "fsync" and not durable
+            try:
+                if relaxed:
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise self._classify(exc, doing) from exc
+            finally:
+                if relaxed:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("PRAGMA synchronous=FULL")
+
+    def _read(self, sql: str, params: tuple[object, ...], doing: str) -> list[tuple[object, ...]]:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise self._fail("it is closed", "Use the journal inside the client's lifetime.")
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._classify(exc, doing) from exc
+
+    # -- JournalStore -------------------------------------------------------------------
+
+    def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult:
+        expires = now + lease_seconds
+        with self._transaction(f"recording operation {intent.operation!r}") as conn:
+            cur = conn.execute(
+                f"INSERT INTO operations ({_COLUMNS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?) "
+                "ON CONFLICT (operation) DO NOTHING",
+                (
+                    intent.operation,
+                    intent.key,
+                    intent.key_header,
+                    intent.method,
+                    intent.url,
+                    intent.fingerprint,
+                    _headers_to_json(intent.request_headers),
+                    intent.request_body,
+                    now,
+                    now,
+                    owner,
+                    expires,
+                ),
+            )
+            if cur.rowcount == 1:
+                return ClaimResult("created", _new_record(intent, owner, now, expires))
+            row = conn.execute(f"SELECT {_COLUMNS} FROM operations WHERE operation = ?", (intent.operation,)).fetchone()
+            record = _record(row)
+            if record.state == "completed":
+                return ClaimResult("completed", record)
+            lease_free = record.lease_owner is None or record.lease_expires is None or record.lease_expires <= now
+            if not lease_free and record.lease_owner != owner:
+                return ClaimResult("busy", record)
+            conn.execute(
+                "UPDATE operations SET lease_owner = ?, lease_expires = ?, updated_at = ? WHERE operation = ?",
+                (owner, expires, now, intent.operation),
+            )
+            return ClaimResult("claimed", _replace(record, lease_owner=owner, lease_expires=expires, updated_at=now))
+
+    def record_attempt(
+        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+    ) -> None:
+        with self._transaction(f"updating operation {operation!r}", durable=False) as conn:
+            conn.execute(
+                "UPDATE operations SET attempts = ?, last_error = ?, updated_at = ?, lease_expires = ? "
+                "WHERE operation = ? AND lease_owner = ? AND state = 'pending'",
+                (attempts, error, now, now + lease_seconds, operation, owner),
+            )
+
+    def complete(
+        self,
+        operation: str,
+        owner: str,
+        attempts: int,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        now: float,
+    ) -> None:
+        with self._transaction(f"completing operation {operation!r}", durable=False) as conn:
+            conn.execute(
+                "UPDATE operations SET state = 'completed', completed_at = ?, updated_at = ?, attempts = ?, "
+                "last_error = NULL, response_status = ?, response_headers = ?, response_body = ?, "
+                "lease_owner = NULL, lease_expires = NULL WHERE operation = ? AND state = 'pending'",
+                (now, now, attempts, status, _headers_to_json(headers), body, operation),
+            )
+
+    def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None:
+        with self._transaction(f"updating operation {operation!r}", durable=False) as conn:
+            conn.execute(
+                "UPDATE operations SET attempts = max(attempts, ?), last_error = coalesce(?, last_error), "
+                "updated_at = ?, lease_owner = NULL, lease_expires = NULL "
+                "WHERE operation = ? AND lease_owner = ? AND state = 'pending'",
+                (attempts, error, now, operation, owner),
+            )
+
+    def get(self, operation: str) -> OperationRecord | None:
+        rows = self._read(f"SELECT {_COLUMNS} FROM operations WHERE operation = ?", (operation,), "reading")
+        return _record(rows[0]) if rows else None
+
+    def pending(self, prefix: str | None = None) -> list[OperationRecord]:
+        return self.records(prefix, include_completed=False)
+
+    def records(self, prefix: str | None = None, *, include_completed: bool = True) -> list[OperationRecord]:
+        where, params = [], []
+        if not include_completed:
+            where.append("state = 'pending'")
+        if prefix:
+            where.append("operation >= ? AND operation < ?")
+            params += [prefix, prefix + "\U0010ffff"]
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self._read(
+            f"SELECT {_COLUMNS} FROM operations{clause} ORDER BY created_at, operation", tuple(params), "listing"
+        )
+        return [_record(r) for r in rows]
+
+    def forget(self, operation: str) -> bool:
+        with self._transaction(f"forgetting operation {operation!r}") as conn:
+            return conn.execute("DELETE FROM operations WHERE operation = ?", (operation,)).rowcount == 1
+
+    def purge_completed(self, older_than: float, now: float) -> int:
+        """Delete completed records finished more than ``older_than`` seconds ago. Never pending ones."""
+        with self._transaction("purging completed operations") as conn:
+            return conn.execute(
+                "DELETE FROM operations WHERE state = 'completed' AND completed_at < ?", (now - older_than,)
+            ).rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Journal({self.location!r}, durability={self.durability!r})"
+
+
+def _new_record(intent: Intent, owner: str, now: float, expires: float) -> OperationRecord:
+    return OperationRecord(
+        operation=intent.operation, key=intent.key, key_header=intent.key_header, method=intent.method,
+        url=intent.url, fingerprint=intent.fingerprint, request_headers=intent.request_headers,
+        request_body=intent.request_body, state="pending", created_at=now, updated_at=now, completed_at=None,
+        attempts=0, last_error=None, response_status=None, response_headers=(), response_body=None,
+        lease_owner=owner, lease_expires=expires,
+    )  # fmt: skip
+
+
+def _replace(record: OperationRecord, **changes: object) -> OperationRecord:
+    import dataclasses
+
+    return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
+
+
+def check_private(path: Path) -> Mapping[str, int]:
+    """The permission bits of the journal file and its folder (for tests and `samekey show`)."""
+    return {
+        "file": stat.S_IMODE(path.stat().st_mode),
+        "folder": stat.S_IMODE(path.parent.stat().st_mode),
+    }
+
+
+def wall_clock() -> float:
+    return time.time()

@@ -1,0 +1,196 @@
+"""The two drivers: an httpx transport (sync) and an async transport that wrap the
+real one and only perform what `_core.operation_flow` decides.
+
+Plug samekey under an httpx client you already have::
+
+    client = httpx.Client(transport=samekey.SameKeyTransport(journal="pay.sqlite3"))
+    client.post(url, json=..., extensions={"samekey.operation": "order-42/charge"})
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import httpx
+
+from ._core import Call, Engine, KeyFormat, OnBusy, Send, Sleep, operation_flow
+from ._journal import Journal, JournalStore
+from ._policy import RetryPolicy
+
+__all__ = ["AsyncSameKeyTransport", "SameKeyTransport", "open_journal"]
+
+JournalArg = JournalStore | str | os.PathLike[str] | None
+
+
+def open_journal(journal: JournalArg) -> tuple[JournalStore, bool]:
+    """(the store, whether the caller opened it and so must close it)."""
+    if journal is None or isinstance(journal, (str, os.PathLike)):
+        text = os.fspath(journal) if journal is not None else ""
+        if text.startswith(("postgresql://", "postgres://")):
+            from ._postgres import PostgresJournal  # type: ignore[import-not-found]  # samekey[postgres]
+
+            return PostgresJournal(text), True
+        return Journal(journal), True
+    if all(hasattr(journal, m) for m in ("claim", "complete", "release", "get")):
+        return journal, False
+    raise TypeError(
+        f"journal must be a path, a postgresql:// DSN, a samekey.Journal or a JournalStore, got {journal!r}"
+    )
+
+
+def _make_engine(
+    journal: JournalArg,
+    policy: RetryPolicy | None,
+    key_header: str,
+    key_format: KeyFormat,
+    key_ttl: float | timedelta,
+    lease: float | timedelta,
+    on_busy: OnBusy,
+    redact_headers: tuple[str, ...],
+) -> tuple[Engine, bool]:
+    store, owned = open_journal(journal)
+    try:
+        engine = Engine(
+            journal=store, policy=policy, key_header=key_header, key_format=key_format,
+            key_ttl=key_ttl, lease=lease, on_busy=on_busy, redact=frozenset(redact_headers),
+        )  # fmt: skip
+    except BaseException:
+        if owned:
+            store.close()
+        raise
+    return engine, owned
+
+
+def _buffered(response: httpx.Response, raw: bytes) -> httpx.Response:
+    # Keep the raw (still encoded) body: the client decodes it, as for any transport.
+    extensions = {k: v for k, v in response.extensions.items() if k in ("http_version", "reason_phrase")}
+    return httpx.Response(
+        response.status_code, headers=response.headers, stream=httpx.ByteStream(raw), extensions=extensions
+    )
+
+
+class _Options:
+    """The keywords both transports (and both clients) take, in one place."""
+
+    def __init__(
+        self,
+        *,
+        journal: JournalArg = None,
+        policy: RetryPolicy | None = None,
+        key_header: str = "Idempotency-Key",
+        key_format: KeyFormat = "uuid",
+        key_ttl: float | timedelta = timedelta(hours=24),
+        lease: float | timedelta = 60.0,
+        on_busy: OnBusy = "wait",
+        redact_headers: tuple[str, ...] = (),
+    ) -> None:
+        self.engine, self._owns_journal = _make_engine(
+            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers
+        )
+
+    @property
+    def journal(self) -> JournalStore:
+        return self.engine.journal
+
+    def _close_journal(self) -> None:
+        if self._owns_journal:
+            self.engine.journal.close()
+
+
+class SameKeyTransport(httpx.BaseTransport, _Options):
+    """An httpx transport that adds keys, journals and retries around ``transport``."""
+
+    def __init__(self, transport: httpx.BaseTransport | None = None, **options: Any) -> None:
+        _Options.__init__(self, **options)
+        self.inner = transport if transport is not None else httpx.HTTPTransport()
+
+    @classmethod
+    def around(cls, transport: httpx.BaseTransport, engine: Engine) -> SameKeyTransport:
+        self = cls.__new__(cls)
+        self.engine, self._owns_journal, self.inner = engine, False, transport
+        return self
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()  # the body must be re-sendable on every attempt
+        flow = operation_flow(self.engine, request)
+        try:
+            action = next(flow)
+            while True:
+                try:
+                    result = self._perform(action)
+                except Exception as exc:
+                    action = flow.throw(exc)
+                else:
+                    action = flow.send(result)
+        except StopIteration as done:
+            response: httpx.Response = done.value
+            return response
+
+    def _perform(self, action: Call | Send | Sleep) -> Any:
+        if isinstance(action, Send):
+            response = self.inner.handle_request(action.request)
+            try:
+                return _buffered(response, b"".join(response.stream))  # type: ignore[arg-type]
+            finally:
+                response.close()
+        if isinstance(action, Sleep):
+            if action.seconds > 0:
+                time.sleep(action.seconds)
+            return None
+        return action.run(self.engine.journal)
+
+    def close(self) -> None:
+        self.inner.close()
+        self._close_journal()
+
+
+class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
+    """The async twin of `SameKeyTransport`: same flow, awaited I/O."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
+        _Options.__init__(self, **options)
+        self.inner = transport if transport is not None else httpx.AsyncHTTPTransport()
+
+    @classmethod
+    def around(cls, transport: httpx.AsyncBaseTransport, engine: Engine) -> AsyncSameKeyTransport:
+        self = cls.__new__(cls)
+        self.engine, self._owns_journal, self.inner = engine, False, transport
+        return self
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        flow = operation_flow(self.engine, request)
+        try:
+            action = next(flow)
+            while True:
+                try:
+                    result = await self._perform(action)
+                except Exception as exc:
+                    action = flow.throw(exc)
+                else:
+                    action = flow.send(result)
+        except StopIteration as done:
+            response: httpx.Response = done.value
+            return response
+
+    async def _perform(self, action: Call | Send | Sleep) -> Any:
+        if isinstance(action, Send):
+            response = await self.inner.handle_async_request(action.request)
+            try:
+                return _buffered(response, b"".join([chunk async for chunk in response.stream]))  # type: ignore[union-attr]
+            finally:
+                await response.aclose()
+        if isinstance(action, Sleep):
+            if action.seconds > 0:
+                await anyio.sleep(action.seconds)
+            return None
+        return await anyio.to_thread.run_sync(action.run, self.engine.journal)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+        self._close_journal()
