@@ -22,7 +22,6 @@ from ._transport import AsyncSameKeyTransport, SameKeyTransport
 __version__ = "0.1.0"
 
 __all__ = [
-    "OPERATION_EXTENSION",
     "AsyncClient",
     "AsyncSameKeyTransport",
     "Client",
@@ -30,6 +29,7 @@ __all__ = [
     "JournalError",
     "JournalStore",
     "KeyExpired",
+    "OPERATION_EXTENSION",
     "OperationInProgress",
     "OperationInfo",
     "OperationMismatch",

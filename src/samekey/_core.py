@@ -44,6 +44,7 @@ from ._policy import RetryPolicy, _Exhausted, to_seconds
 __all__ = ["OPERATION_EXTENSION", "Engine", "OperationInfo", "operation_info"]
 
 logger = logging.getLogger("samekey")
+logger.addHandler(logging.NullHandler())  # a library stays quiet unless the app configures logging
 
 OPERATION_EXTENSION = "samekey.operation"  # request.extensions key naming the logical operation
 INFO_EXTENSION = "samekey"  # response.extensions key holding an OperationInfo
@@ -151,6 +152,20 @@ class Engine:
     def new_owner(self) -> str:
         return f"{self._host}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
 
+    def owner_is_dead(self, owner: str | None) -> bool:
+        """True for a lease owner that was a process on this host that no longer runs."""
+        host, _, rest = (owner or "").partition("/")
+        pid_text = rest.partition("/")[0]
+        if host != self._host or not pid_text.isdigit() or int(pid_text) == os.getpid():
+            return False
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # exists but not ours to signal
+            return False
+        return _is_zombie(int(pid_text))
+
     def plan(self, request: httpx.Request) -> Plan | None:
         """The journal intent for a request, or None when it is retried without a key."""
         operation = request.extensions.get(OPERATION_EXTENSION)
@@ -181,6 +196,15 @@ class Engine:
             request_body=body,
         )
         return Plan(intent, caller_key is not None)
+
+
+def _is_zombie(pid: int) -> bool:
+    # A killed child not yet reaped by its parent still answers kill(pid, 0).
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _mismatch(plan: Plan, record: OperationRecord) -> str | None:
@@ -239,6 +263,11 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
             return _replay(record)
         if claim.status != "busy":
             break
+        if engine.owner_is_dead(record.lease_owner):
+            # killed on this host (kill -9, OOM): no need to wait out its lease
+            logger.info("samekey taking over operation=%s from dead owner %s", intent.operation, record.lease_owner)
+            yield Call("release", intent.operation, record.lease_owner, record.attempts, None, now)
+            continue
         expires_in = (record.lease_expires or now) - now
         if engine.on_busy == "raise":
             raise OperationInProgress(intent.operation, record.lease_owner, expires_in)

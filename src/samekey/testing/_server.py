@@ -83,6 +83,12 @@ CREATE TABLE IF NOT EXISTS requests (
 """
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # clients killed mid-request (the point of many tests) are not server errors
+        pass
+
+
 class PaymentServer:
     """``with PaymentServer() as server: server.url`` -> ``http://127.0.0.1:<port>``.
 
@@ -110,7 +116,7 @@ class PaymentServer:
         if self.db_path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+        self._httpd = _QuietServer(("127.0.0.1", port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -1,0 +1,364 @@
+"""samekey.Client unit behaviour, on respx (no network)."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import respx
+
+import samekey
+
+URL = "https://pay.example/charges"
+
+
+def _keys(route: respx.Route, header: str = "Idempotency-Key") -> list[str | None]:
+    return [call.request.headers.get(header) for call in route.calls]
+
+
+def _client(journal_path: Path, **kwargs: object) -> samekey.Client:
+    return samekey.Client(journal=journal_path, **kwargs)  # type: ignore[arg-type]
+
+
+@respx.mock
+def test_one_uuid4_key_per_operation_identical_on_every_attempt(journal_path: Path, no_sleep: None) -> None:
+    route = respx.post(URL).mock(
+        side_effect=[httpx.Response(503), httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.Response(201)]
+    )
+    with _client(journal_path) as client:
+        response = client.post(URL, json={"amount": 100}, operation="order-1/charge")
+    assert response.status_code == 201
+    keys = _keys(route)
+    assert len(keys) == 4 and len(set(keys)) == 1
+    key = keys[0]
+    assert key is not None and uuid.UUID(key).version == 4 and key == str(uuid.UUID(key))
+    info = samekey.operation_info(response)
+    assert info == samekey.OperationInfo("order-1/charge", key, 4, replayed=False)
+
+
+@respx.mock
+def test_two_operations_get_two_keys(journal_path: Path) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(201))
+    with _client(journal_path) as client:
+        client.post(URL, json={"n": 1}, operation="a")
+        client.post(URL, json={"n": 1}, operation="b")
+        client.post(URL, json={"n": 1})  # no operation: still keyed, new key
+    assert len(set(_keys(route))) == 3
+
+
+@respx.mock
+def test_completed_operation_is_replayed_without_a_network_call(journal_path: Path) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(201, json={"id": "ch_1"}, headers={"X-Req": "1"}))
+    with _client(journal_path) as client:
+        first = client.post(URL, json={"amount": 5}, operation="op")
+    with _client(journal_path) as client:  # a new run of the program
+        again = client.post(URL, json={"amount": 5}, operation="op")
+    assert route.call_count == 1
+    assert again.status_code == 201 and again.json() == {"id": "ch_1"} and again.headers["X-Req"] == "1"
+    info = samekey.operation_info(again)
+    assert info is not None and info.replayed and info.key == _keys(route)[0]
+    assert samekey.operation_info(first) is not None and not samekey.operation_info(first).replayed  # type: ignore[union-attr]
+
+
+@respx.mock
+def test_gzip_body_replays_decoded(journal_path: Path) -> None:
+    import gzip
+
+    body = gzip.compress(b'{"ok": true}')
+    respx.post(URL).mock(return_value=httpx.Response(200, content=body, headers={"Content-Encoding": "gzip"}))
+    with _client(journal_path) as client:
+        assert client.post(URL, operation="gz").json() == {"ok": True}
+        assert client.post(URL, operation="gz").json() == {"ok": True}
+
+
+@respx.mock
+def test_same_operation_different_body_is_a_mismatch_and_nothing_is_sent(journal_path: Path) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(201))
+    with _client(journal_path) as client:
+        client.post(URL, json={"amount": 100}, operation="op")
+        with pytest.raises(samekey.OperationMismatch, match=r"different body.*new operation name.*samekey forget op"):
+            client.post(URL, json={"amount": 200}, operation="op")
+        with pytest.raises(samekey.OperationMismatch, match=r"was POST .*, now PUT"):
+            client.put(URL, json={"amount": 100}, operation="op")
+    assert route.call_count == 1
+
+
+@respx.mock
+def test_mismatch_on_a_pending_operation_keeps_it_resumable(journal_path: Path, no_sleep: None) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(503))
+    policy = samekey.RetryPolicy(max_attempts=2)
+    with _client(journal_path, policy=policy) as client:
+        with pytest.raises(samekey.RetriesExhausted):
+            client.post(URL, json={"amount": 1}, operation="op")
+        with pytest.raises(samekey.OperationMismatch):
+            client.post(URL, json={"amount": 2}, operation="op")
+        route.mock(return_value=httpx.Response(201))
+        assert client.post(URL, json={"amount": 1}, operation="op").status_code == 201  # not blocked by a lease
+    assert len(set(_keys(route))) == 1
+
+
+@respx.mock
+def test_caller_supplied_key_is_respected_and_journaled(journal_path: Path) -> None:
+    route = respx.post(URL).mock(side_effect=[httpx.Response(500), httpx.Response(201)])
+    with samekey.set_testing(True), _client(journal_path) as client:
+        client.post(URL, json={}, headers={"Idempotency-Key": "my-key-1"}, operation="op")
+        record = client.journal.get("op")
+    assert _keys(route) == ["my-key-1", "my-key-1"]
+    assert record is not None and record.key == "my-key-1"
+
+
+@respx.mock
+def test_caller_key_without_operation_is_remembered_by_key(journal_path: Path) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(201, json={"id": 1}))
+    with _client(journal_path) as client:
+        client.post(URL, json={}, headers={"Idempotency-Key": "k-77"})
+        again = client.post(URL, json={}, headers={"Idempotency-Key": "k-77"})
+    assert route.call_count == 1 and samekey.operation_info(again).replayed  # type: ignore[union-attr]
+
+
+@respx.mock
+def test_pending_key_is_never_replaced_by_a_different_caller_key(journal_path: Path, no_sleep: None) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(503))
+    with _client(journal_path, policy=samekey.RetryPolicy(max_attempts=1)) as client:
+        with pytest.raises(samekey.RetriesExhausted):
+            client.post(URL, json={}, operation="op")
+        with pytest.raises(samekey.OperationMismatch, match="its key is"):
+            client.post(URL, json={}, headers={"Idempotency-Key": "other"}, operation="op")
+    assert route.call_count == 1
+
+
+@respx.mock
+def test_structured_field_key_format_and_custom_header(journal_path: Path) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(201))
+    with _client(journal_path, key_format="structured", key_header="X-Idem") as client:
+        client.post(URL, json={}, operation="op")
+    (key,) = _keys(route, "X-Idem")
+    assert key is not None and key.startswith('"') and key.endswith('"') and uuid.UUID(key.strip('"')).version == 4
+    assert "Idempotency-Key" not in route.calls[0].request.headers
+
+
+@respx.mock
+def test_reads_and_idempotent_methods_are_retried_without_a_key(journal_path: Path, no_sleep: None) -> None:
+    get = respx.get(URL).mock(side_effect=[httpx.Response(503), httpx.Response(200)])
+    put = respx.put(URL).mock(side_effect=[httpx.ConnectError("x"), httpx.Response(200)])
+    with _client(journal_path) as client:
+        assert client.get(URL).status_code == 200
+        assert client.put(URL, json={}).status_code == 200
+        assert client.journal.records() == []
+    assert _keys(get) == [None, None] and _keys(put) == [None, None]
+
+
+@respx.mock
+def test_any_method_with_operation_is_keyed(journal_path: Path) -> None:
+    route = respx.delete(URL).mock(return_value=httpx.Response(204))
+    with _client(journal_path) as client:
+        client.delete(URL, operation="cancel-9")
+    assert _keys(route)[0] is not None
+
+
+@respx.mock
+@pytest.mark.parametrize("status", [400, 401, 402, 404, 422, 501])
+def test_definitive_4xx_is_returned_and_recorded_not_raised(journal_path: Path, status: int) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(status, json={"error": "declined"}))
+    with _client(journal_path) as client:
+        response = client.post(URL, json={}, operation="op")
+        record = client.journal.get("op")
+    assert response.status_code == status and route.call_count == 1
+    assert record is not None and record.state == "completed" and record.response_status == status
+
+
+@respx.mock
+@pytest.mark.parametrize("status", [408, 409, 425, 429, 500, 502, 503, 504])
+def test_retryable_statuses_are_retried_with_the_same_key(journal_path: Path, no_sleep: None, status: int) -> None:
+    route = respx.post(URL).mock(side_effect=[httpx.Response(status), httpx.Response(201)])
+    with _client(journal_path) as client:
+        assert client.post(URL, json={}, operation="op").status_code == 201
+    assert route.call_count == 2 and len(set(_keys(route))) == 1
+
+
+@respx.mock
+def test_server_verdict_header_overrides_status(journal_path: Path, no_sleep: None) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(500, headers={"Stripe-Should-Retry": "false"}))
+    with _client(journal_path) as client:
+        assert client.post(URL, json={}, operation="a").status_code == 500
+    assert route.call_count == 1
+    route.reset()
+    route.mock(side_effect=[httpx.Response(400, headers={"Stripe-Should-Retry": "true"}), httpx.Response(201)])
+    with _client(journal_path) as client:
+        assert client.post(URL, json={}, operation="b").status_code == 201
+    assert route.call_count == 2
+
+
+@respx.mock
+def test_exhaustion_raises_with_details_and_the_rerun_reuses_the_key(journal_path: Path, no_sleep: None) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(503))
+    with _client(journal_path, policy=samekey.RetryPolicy(max_attempts=3)) as client:
+        with pytest.raises(samekey.RetriesExhausted) as caught:
+            client.post(URL, json={"amount": 1}, operation="order-7")
+        err = caught.value
+        assert err.operation == "order-7" and err.attempts == 3
+        assert err.last_response is not None and err.last_response.status_code == 503
+        assert err.key == _keys(route)[0]
+        assert "still pending" in str(err) and "samekey resume order-7" in str(err)
+        record = client.journal.get("order-7")
+        assert record is not None and record.state == "pending" and record.attempts == 3
+        assert record.last_error == "HTTP 503" and record.lease_owner is None
+    route.mock(return_value=httpx.Response(201))
+    with _client(journal_path) as client:  # the next run
+        response = client.post(URL, json={"amount": 1}, operation="order-7")
+    assert response.status_code == 201
+    assert set(_keys(route)) == {err.key}
+    assert samekey.operation_info(response).attempts == 4  # type: ignore[union-attr]
+
+
+@respx.mock
+def test_exhaustion_after_exceptions_carries_the_exception(journal_path: Path, no_sleep: None) -> None:
+    respx.post(URL).mock(side_effect=httpx.ConnectError("refused"))
+    with _client(journal_path, policy=samekey.RetryPolicy(max_attempts=2)) as client:
+        with pytest.raises(samekey.RetriesExhausted, match="ConnectError: refused") as caught:
+            client.post(URL, json={}, operation="op")
+    assert isinstance(caught.value.last_exception, httpx.ConnectError)
+
+
+@respx.mock
+def test_non_retryable_error_propagates_and_keeps_the_key_pending(journal_path: Path) -> None:
+    respx.post(URL).mock(side_effect=httpx.UnsupportedProtocol("nope"))
+    with _client(journal_path) as client:
+        with pytest.raises(httpx.UnsupportedProtocol):
+            client.post(URL, json={}, operation="op")
+        record = client.journal.get("op")
+    assert record is not None and record.state == "pending" and record.lease_owner is None
+
+
+@respx.mock
+def test_retry_after_is_slept_and_capped_by_the_deadline(journal_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr("samekey._transport.time.sleep", slept.append)
+    route = respx.post(URL).mock(side_effect=[httpx.Response(429, headers={"Retry-After": "7"}), httpx.Response(201)])
+    policy = samekey.RetryPolicy(initial_delay=0.01, max_delay=0.01)
+    with _client(journal_path, policy=policy) as client:
+        assert client.post(URL, json={}, operation="a").status_code == 201
+    assert slept == [7.0] and route.call_count == 2
+    # a Retry-After that would end past the deadline stops at once instead of sleeping
+    route.reset()
+    route.mock(return_value=httpx.Response(503, headers={"Retry-After": "50"}))
+    slept.clear()
+    with _client(journal_path, policy=samekey.RetryPolicy(deadline=10)) as client:
+        with pytest.raises(samekey.RetriesExhausted, match="deadline"):
+            client.post(URL, json={}, operation="b")
+    assert slept == [] and route.call_count == 1
+
+
+@respx.mock
+def test_each_attempt_retry_and_replay_is_logged(journal_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    respx.post(URL).mock(side_effect=[httpx.Response(503), httpx.Response(201), httpx.Response(201)])
+    caplog.set_level(logging.DEBUG, logger="samekey")
+    with samekey.set_testing(True), _client(journal_path) as client:
+        client.post(URL, json={}, operation="logged-op")
+        client.post(URL, json={}, operation="logged-op")
+    records = [r for r in caplog.records if r.name == "samekey"]
+    assert all(getattr(r, "operation", None) == "logged-op" for r in records)
+    messages = [r.getMessage() for r in records]
+    assert any("attempt" in m and "attempt=1" in m for m in messages)
+    assert any("retry" in m and "HTTP 503" in m for m in messages)
+    assert any("replay" in m for m in messages)
+    key = records[0].key  # type: ignore[attr-defined]
+    assert key and all(getattr(r, "key", None) == key for r in records)
+
+
+@respx.mock
+def test_secrets_never_reach_the_journal_file(journal_path: Path) -> None:
+    respx.post(URL).mock(return_value=httpx.Response(201, headers={"Set-Cookie": "session=cookie-secret-1"}))
+    with _client(journal_path, headers={"X-Api-Key": "apikey-secret-2"}, auth=("user", "basic-secret-3")) as client:
+        client.post(
+            URL,
+            json={"amount": 1},
+            operation="op",
+            headers={"Authorization": "Bearer sk_live_secret4", "Cookie": "sid=cookie-secret-5"},
+        )
+        record = client.journal.get("op")
+    assert record is not None
+    blob = b"".join(p.read_bytes() for p in journal_path.parent.iterdir())
+    for secret in (b"cookie-secret-1", b"apikey-secret-2", b"sk_live_secret4", b"cookie-secret-5"):
+        assert secret not in blob
+    import base64
+
+    assert base64.b64encode(b"user:basic-secret-3") not in blob
+    names = {name.lower() for name, _ in record.request_headers}
+    assert "authorization" not in names and "content-type" in names
+
+
+def test_journal_file_and_folder_are_private(journal_path: Path) -> None:
+    with _client(journal_path):
+        pass
+    assert journal_path.stat().st_mode & 0o777 == 0o600
+    assert journal_path.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_corrupt_journal_is_a_clear_error_and_left_intact(journal_path: Path) -> None:
+    journal_path.parent.mkdir(parents=True)
+    garbage = b"this is not a database" * 100
+    journal_path.write_bytes(garbage)
+    with pytest.raises(samekey.JournalError) as caught:
+        samekey.Client(journal=journal_path)
+    assert str(journal_path) in str(caught.value) and "left untouched" in str(caught.value)
+    assert journal_path.read_bytes() == garbage
+
+
+def test_journal_from_a_newer_samekey_is_refused(journal_path: Path) -> None:
+    samekey.Journal(journal_path).close()
+    with sqlite3.connect(journal_path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    before = journal_path.read_bytes()
+    with pytest.raises(samekey.JournalError, match=r"newer samekey .*Upgrade samekey"):
+        samekey.Journal(journal_path)
+    assert journal_path.read_bytes() == before
+
+
+def test_locked_journal_times_out_with_a_clear_error(journal_path: Path) -> None:
+    journal = samekey.Journal(journal_path, lock_timeout=0.2)
+    blocker = sqlite3.connect(journal_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with samekey.Client(journal=journal) as client, respx.mock:
+            respx.post(URL).mock(return_value=httpx.Response(201))
+            with pytest.raises(samekey.JournalError, match="locked by another process"):
+                client.post(URL, json={}, operation="op")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        journal.close()
+
+
+def test_bad_operation_name_is_refused(journal_path: Path) -> None:
+    with _client(journal_path) as client, pytest.raises(ValueError, match="operation must be a non-empty string"):
+        client.post(URL, json={}, operation="  ")
+
+
+def test_bad_client_options_are_refused(journal_path: Path) -> None:
+    with pytest.raises(ValueError, match="key_format must be 'uuid'"):
+        _client(journal_path, key_format="hex")
+    with pytest.raises(TypeError, match=r"policy must be a samekey.RetryPolicy"):
+        _client(journal_path, policy={"max_attempts": 3})
+
+
+@respx.mock
+def test_default_journal_location_is_used_without_journal_argument(tmp_path: Path) -> None:
+    respx.post(URL).mock(return_value=httpx.Response(201))
+    with samekey.Client() as client:
+        client.post(URL, json={}, operation="op")
+        assert client.journal.location == str(samekey.default_journal_path())
+    assert samekey.default_journal_path() == tmp_path / "default-journal.sqlite3"
+
+
+@respx.mock
+def test_transport_plugs_under_an_existing_httpx_client(journal_path: Path) -> None:
+    route = respx.post(URL).mock(side_effect=[httpx.Response(502), httpx.Response(201)])
+    transport = samekey.SameKeyTransport(journal=journal_path)
+    with samekey.set_testing(True), httpx.Client(transport=transport) as client:
+        response = client.post(URL, json={}, extensions={samekey.OPERATION_EXTENSION: "op"})
+    assert response.status_code == 201 and len(set(_keys(route))) == 1

@@ -1,0 +1,118 @@
+"""RetryPolicy: validation, backoff bounds, jitter, Retry-After, deadline, classification."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from datetime import timedelta
+
+import httpx
+import pytest
+import tenacity
+
+import samekey
+from samekey._policy import parse_retry_after
+
+
+def _state_after(policy: samekey.RetryPolicy, attempt: int, response: httpx.Response | None = None) -> float:
+    retrying = policy.retrying()
+    state = tenacity.RetryCallState(retrying, fn=None, args=(), kwargs={})
+    state.attempt_number = attempt
+    if response is not None:
+        state.set_result(response)
+    else:
+        exc = httpx.ConnectError("down")
+        state.set_exception((type(exc), exc, None))
+    return float(retrying.wait(state))
+
+
+def test_defaults_are_documented_values() -> None:
+    policy = samekey.RetryPolicy()
+    assert (policy.max_attempts, policy.initial_delay, policy.max_delay, policy.multiplier) == (8, 0.5, 30.0, 2.0)
+    assert policy.deadline == 120.0 and policy.max_retry_after == 60.0
+    assert policy.retry_statuses == {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+def test_durations_take_timedelta() -> None:
+    policy = samekey.RetryPolicy(initial_delay=timedelta(milliseconds=250), deadline=timedelta(minutes=2))
+    assert policy.initial_delay == 0.25 and policy.deadline == 120.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"max_attempts": 0}, "max_attempts must be a whole number >= 1"),
+        ({"initial_delay": -1}, "initial_delay must be a non-negative duration"),
+        ({"deadline": 0}, "deadline must be a positive duration"),
+        ({"initial_delay": 5, "max_delay": 1}, "must not be below initial_delay"),
+        ({"multiplier": 0.5}, "multiplier must be a number >= 1"),
+        ({"retry_statuses": {200}}, "must not contain 2xx"),
+        ({"retry_statuses": {999}}, "HTTP status codes 100-599"),
+    ],
+)
+def test_bad_values_are_refused_with_the_fix(kwargs: dict[str, object], words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        samekey.RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_initial_delay_as_string_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match=r"seconds .* or a timedelta"):
+        samekey.RetryPolicy(initial_delay="1s")  # type: ignore[arg-type]
+
+
+def test_backoff_is_full_jitter_within_the_exponential_ceiling() -> None:
+    policy = samekey.RetryPolicy(initial_delay=0.5, max_delay=4.0, multiplier=2.0)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 4.0), (9, 4.0)]:
+        assert policy.backoff_ceiling(attempt) == ceiling
+        waits = [_state_after(policy, attempt) for _ in range(300)]
+        assert all(0.0 <= w <= ceiling for w in waits)
+        # full jitter spreads over the whole range, not a narrow band near the ceiling
+        assert min(waits) < ceiling * 0.2 and max(waits) > ceiling * 0.8
+
+
+def test_retry_after_seconds_is_honoured_and_capped() -> None:
+    policy = samekey.RetryPolicy(initial_delay=0.01, max_delay=0.01, max_retry_after=5)
+    assert _state_after(policy, 1, httpx.Response(429, headers={"Retry-After": "3"})) == 3.0
+    assert _state_after(policy, 1, httpx.Response(503, headers={"Retry-After": "3600"})) == 5.0
+
+
+def test_retry_after_http_date() -> None:
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    seconds = parse_retry_after(when)
+    assert seconds is not None and 28 <= seconds <= 30
+    assert parse_retry_after(email.utils.formatdate(time.time() - 30, usegmt=True)) == 0.0
+    assert parse_retry_after("soon") is None
+    # a date without a zone is read as UTC
+    naive = time.strftime("%a, %d %b %Y %H:%M:%S", time.gmtime(time.time() + 10))
+    seconds = parse_retry_after(naive)
+    assert seconds is not None and 8 <= seconds <= 10
+
+
+def test_classification_and_server_verdict() -> None:
+    policy = samekey.RetryPolicy()
+    retried = [408, 409, 425, 429, 500, 502, 503, 504]
+    definitive = [200, 201, 301, 400, 401, 402, 404, 422, 501]
+    assert all(policy.should_retry_response(httpx.Response(s)) for s in retried)
+    assert not any(policy.should_retry_response(httpx.Response(s)) for s in definitive)
+    assert not policy.should_retry_response(httpx.Response(500, headers={"Stripe-Should-Retry": "false"}))
+    assert policy.should_retry_response(httpx.Response(400, headers={"Stripe-Should-Retry": "true"}))
+    assert policy.should_retry_exception(httpx.ConnectError("x"))
+    assert policy.should_retry_exception(httpx.ReadTimeout("x"))
+    assert policy.should_retry_exception(httpx.RemoteProtocolError("x"))
+    assert not policy.should_retry_exception(httpx.UnsupportedProtocol("x"))
+    custom = samekey.RetryPolicy(retry_statuses={503}, verdict_header="X-Should-Retry")
+    assert not custom.should_retry_response(httpx.Response(500))
+    assert custom.should_retry_response(httpx.Response(418, headers={"X-Should-Retry": "true"}))
+
+
+def test_set_testing_turns_waits_off_and_is_a_context_manager() -> None:
+    policy = samekey.RetryPolicy(initial_delay=10, max_delay=10)
+    with samekey.set_testing(True, attempts=2):
+        assert _state_after(policy, 3) == 0.0
+        assert policy.attempts_allowed() == 2
+    assert policy.attempts_allowed() == 8
+    assert max(_state_after(policy, 3) for _ in range(20)) > 0.0  # real waits are back
+    samekey.set_testing(True)
+    assert _state_after(policy, 3) == 0.0
+    samekey.set_testing(False)
+    assert policy.attempts_allowed() == 8
