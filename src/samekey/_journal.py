@@ -22,10 +22,10 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import platformdirs
 
@@ -239,6 +239,24 @@ def _record(row: tuple[object, ...]) -> OperationRecord:
     )
 
 
+_T = TypeVar("_T")
+
+
+class _Job(Generic[_T]):
+    """One write waiting for its group commit."""
+
+    __slots__ = ("doing", "done", "durable", "error", "fn", "promoted", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], _T], doing: str, durable: bool) -> None:
+        self.fn = fn
+        self.doing = doing
+        self.durable = durable
+        self.done = threading.Event()
+        self.promoted = False  # woken to lead the next batch, not because it finished
+        self.result: _T | None = None
+        self.error: BaseException | None = None
+
+
 class Journal:
     """The embedded journal: one SQLite file, shared safely by threads and processes.
 
@@ -263,7 +281,10 @@ class Journal:
         self.location = str(self.path)
         self.durability: Durability = durability
         self.lock_timeout = float(lock_timeout)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the connection
+        self._queue_lock = threading.Lock()  # guards the group-commit queue
+        self._queue: list[_Job[Any]] = []
+        self._writing = False
         self._conn: sqlite3.Connection | None = None
         self._conn = self._open()
 
@@ -382,33 +403,75 @@ class Journal:
 
     # -- plumbing -----------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _transaction(self, doing: str, *, immediate: bool = True, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    # Group commit: writers queue their job; the first becomes the leader and runs every
+    # queued job in ONE transaction (one fsync), then hands leadership to the next
+    # waiter. Under concurrency the fsync cost is paid per batch, not per operation;
+    # a lone caller runs its own job with no thread hop.
+    def _write(self, doing: str, fn: Callable[[sqlite3.Connection], _T], *, durable: bool = True) -> _T:
+        job: _Job[_T] = _Job(fn, doing, durable)
+        with self._queue_lock:
+            self._queue.append(job)
+            lead = not self._writing
+            self._writing = True
+        if not lead:
+            job.done.wait()
+            lead = job.promoted
+        if lead:
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+            self._run_batch(batch)
+            with self._queue_lock:
+                if self._queue:
+                    self._queue[0].promoted = True
+                    self._queue[0].done.set()
+                else:
+                    self._writing = False
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    def _run_batch(self, batch: list[_Job[Any]]) -> None:
+        durable = any(job.durable for job in batch)
+        savepoints = len(batch) > 1
         with self._lock:
             conn = self._conn
             if conn is None:
-                raise self._fail("it is closed", "Use the journal inside the client's lifetime.")
+                for job in batch:
+                    job.error = self._fail("it is closed", "Use the journal inside the client's lifetime.")
+                    job.done.set()
+                return
             relaxed = self.durability == "fsync" and not durable
             try:
                 if relaxed:
                     conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-                try:
-                    yield conn
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+                conn.execute("BEGIN IMMEDIATE")
+                for job in batch:
+                    if savepoints:
+                        conn.execute("SAVEPOINT job")
+                    try:
+                        job.result = job.fn(conn)
+                    except Exception as exc:  # this job fails alone; the batch goes on
+                        job.error = self._classify(exc, job.doing) if isinstance(exc, sqlite3.Error) else exc
+                        if savepoints:
+                            conn.execute("ROLLBACK TO job")
+                        elif conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                    if savepoints:
+                        conn.execute("RELEASE job")
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:  # BEGIN or COMMIT failed: nothing of the batch was written
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
-                raise self._classify(exc, doing) from exc
+                for job in batch:
+                    job.result, job.error = None, job.error or self._classify(exc, job.doing)
             finally:
                 if relaxed:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("PRAGMA synchronous=FULL")
+        for job in batch:
+            job.done.set()
 
     def _read(self, sql: str, params: tuple[object, ...], doing: str) -> list[tuple[object, ...]]:
         with self._lock:
@@ -424,7 +487,8 @@ class Journal:
 
     def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult:
         expires = now + lease_seconds
-        with self._transaction(f"recording operation {intent.operation!r}") as conn:
+
+        def job(conn: sqlite3.Connection) -> ClaimResult:
             cur = conn.execute(
                 f"INSERT INTO operations ({_COLUMNS}) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?) "
@@ -459,15 +523,19 @@ class Journal:
             )
             return ClaimResult("claimed", _replace(record, lease_owner=owner, lease_expires=expires, updated_at=now))
 
+        return self._write(f"recording operation {intent.operation!r}", job)
+
     def record_attempt(
         self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
     ) -> None:
-        with self._transaction(f"updating operation {operation!r}", durable=False) as conn:
+        def job(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE operations SET attempts = ?, last_error = ?, updated_at = ?, lease_expires = ? "
                 "WHERE operation = ? AND lease_owner = ? AND state = 'pending'",
                 (attempts, error, now, now + lease_seconds, operation, owner),
             )
+
+        self._write(f"updating operation {operation!r}", job, durable=False)
 
     def complete(
         self,
@@ -479,7 +547,7 @@ class Journal:
         body: bytes,
         now: float,
     ) -> None:
-        with self._transaction(f"completing operation {operation!r}", durable=False) as conn:
+        def job(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE operations SET state = 'completed', completed_at = ?, updated_at = ?, attempts = ?, "
                 "last_error = NULL, response_status = ?, response_headers = ?, response_body = ?, "
@@ -487,14 +555,18 @@ class Journal:
                 (now, now, attempts, status, _headers_to_json(headers), body, operation),
             )
 
+        self._write(f"completing operation {operation!r}", job, durable=False)
+
     def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None:
-        with self._transaction(f"updating operation {operation!r}", durable=False) as conn:
+        def job(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE operations SET attempts = max(attempts, ?), last_error = coalesce(?, last_error), "
                 "updated_at = ?, lease_owner = NULL, lease_expires = NULL "
                 "WHERE operation = ? AND lease_owner = ? AND state = 'pending'",
                 (attempts, error, now, operation, owner),
             )
+
+        self._write(f"updating operation {operation!r}", job, durable=False)
 
     def get(self, operation: str) -> OperationRecord | None:
         rows = self._read(f"SELECT {_COLUMNS} FROM operations WHERE operation = ?", (operation,), "reading")
@@ -517,15 +589,20 @@ class Journal:
         return [_record(r) for r in rows]
 
     def forget(self, operation: str) -> bool:
-        with self._transaction(f"forgetting operation {operation!r}") as conn:
+        def job(conn: sqlite3.Connection) -> bool:
             return conn.execute("DELETE FROM operations WHERE operation = ?", (operation,)).rowcount == 1
+
+        return self._write(f"forgetting operation {operation!r}", job)
 
     def purge_completed(self, older_than: float, now: float) -> int:
         """Delete completed records finished more than ``older_than`` seconds ago. Never pending ones."""
-        with self._transaction("purging completed operations") as conn:
+
+        def job(conn: sqlite3.Connection) -> int:
             return conn.execute(
                 "DELETE FROM operations WHERE state = 'completed' AND completed_at < ?", (now - older_than,)
             ).rowcount
+
+        return self._write("purging completed operations", job)
 
     def close(self) -> None:
         with self._lock:

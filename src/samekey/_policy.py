@@ -196,7 +196,7 @@ class RetryPolicy:
         retry_statuses: Iterable[int] = DEFAULT_RETRY_STATUSES,
         retry_exceptions: Iterable[type[BaseException]] = DEFAULT_RETRY_EXCEPTIONS,
         verdict_header: str | None = "Stripe-Should-Retry",
-        budget: RetryBudget | None = None,
+        budget: RetryBudget | bool | None = True,
     ) -> None:
         if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
             raise ValueError(f"max_attempts must be a whole number >= 1 (1 means no retries), got {max_attempts!r}")
@@ -226,9 +226,13 @@ class RetryPolicy:
         if verdict_header is not None and (not isinstance(verdict_header, str) or not verdict_header.strip()):
             raise ValueError(f"verdict_header must be a header name or None, got {verdict_header!r}")
         self.verdict_header = verdict_header
+        if budget is True:
+            budget = RetryBudget()
+        elif budget is False:
+            budget = None
         if budget is not None and not isinstance(budget, RetryBudget):
-            raise TypeError(f"budget must be a samekey.RetryBudget or None, got {budget!r}")
-        self.budget = budget
+            raise TypeError(f"budget must be a samekey.RetryBudget, True (a default one) or None (off), got {budget!r}")
+        self.budget: RetryBudget | None = budget
 
     def __repr__(self) -> str:
         return (

@@ -13,6 +13,8 @@ Faults are injected *inside* the server, around the side effect, by a `FaultPlan
 
 from __future__ import annotations
 
+import asyncio
+import asyncio.base_events
 import hashlib
 import json
 import random
@@ -23,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +85,6 @@ CREATE TABLE IF NOT EXISTS requests (
 """
 
 
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # clients killed mid-request (the point of many tests) are not server errors
-        pass
-
-
 class PaymentServer:
     """``with PaymentServer() as server: server.url`` -> ``http://127.0.0.1:<port>``.
 
@@ -115,31 +111,58 @@ class PaymentServer:
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
         if self.db_path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
+            # survives a killed process (the OS keeps the writes); a test server needs no fsync
+            self._db.execute("PRAGMA synchronous=OFF")
         self._db.executescript(_SCHEMA)
-        self._httpd = _QuietServer(("127.0.0.1", port), self._handler_class())
-        self._httpd.daemon_threads = True
+        # One asyncio loop in a background thread: at concurrency 100 a thread-per-connection
+        # server spends its time fighting over the GIL, and the tests would measure that.
+        self._loop = asyncio.new_event_loop()
+        self._sock = socket.create_server(("127.0.0.1", port), backlog=1024)
+        self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return int(self._sock.getsockname()[1])
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> PaymentServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+
+            async def serve() -> None:
+                self._server = await asyncio.start_server(self._connection, sock=self._sock)
+                ready.set()
+
+            self._loop.run_until_complete(serve())
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="PaymentServer", daemon=True)
         self._thread.start()
+        ready.wait(timeout=10)
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
         if self._thread is not None:
+            asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+            self._loop.close()
+        self._sock.close()
         self._db.close()
 
     def __enter__(self) -> PaymentServer:
@@ -222,85 +245,99 @@ class PaymentServer:
         with self._db_lock:
             self._db.execute("DELETE FROM idempotency WHERE key = ? AND state = 'running'", (key,))
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # quiet
-                pass
-
-            def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _reset(self) -> None:
-                # RST instead of FIN: the client sees a connection reset
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.close_connection = True
-
-            def do_GET(self) -> None:
-                body = json.dumps(server.charges()).encode()
-                self._reply(200, body)
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                key = self.headers.get("Idempotency-Key")
-                path = self.path
-                if not key:
-                    server._log(None, "POST", path, "400")
-                    self._reply(400, b'{"error":"missing Idempotency-Key"}')
-                    return
-                fault = server.faults.next()
-                if fault is not None and fault.kind == "reset_before":
-                    server._log(key, "POST", path, "reset_before")
-                    self._reset()
-                    return
-                if fault is not None and fault.kind == "status":
-                    server._log(key, "POST", path, str(fault.status))
-                    headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-                    self._reply(fault.status, b'{"error":"injected"}', headers)
-                    return
-                fingerprint = hashlib.sha256(path.encode() + b"\n" + raw).hexdigest()
-                state, status, stored = server._begin(key, fingerprint)
-                if state == "mismatch":
-                    server._log(key, "POST", path, "422")
-                    self._reply(422, b'{"error":"idempotency key reused with a different payload"}')
-                    return
-                if state == "in_flight":
-                    server._log(key, "POST", path, "409")
-                    self._reply(409, b'{"error":"a request with this key is still in flight"}')
-                    return
-                if state == "replay":
-                    server._log(key, "POST", path, "replay")
-                    self._reply(status or 500, stored or b"", {"Idempotent-Replayed": "true"})
-                    return
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
                 try:
-                    payload = json.loads(raw or b"{}")
-                except ValueError:
-                    server._forget_running(key)
-                    server._log(key, "POST", path, "400")
-                    self._reply(400, b'{"error":"body is not JSON"}')
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return
-                if server.work_seconds:
-                    time.sleep(server.work_seconds)
-                declined = server.decline(payload) if server.decline else None
-                answer = server._charge(key, payload, declined or 201)
-                if fault is not None and fault.kind == "drop_after":
-                    server._log(key, "POST", path, "charged_then_dropped")
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
+                lines = head.decode("latin-1").split("\r\n")
+                method, path = [*lines[0].split(" ", 2), "", ""][:2]
+                headers = {}
+                for line in lines[1:]:
+                    name, sep, value = line.partition(":")
+                    if sep:
+                        headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length") or 0))
+                try:
+                    answer = await self._handle(method, path, headers, body)
+                except _Abort as abort:
+                    if abort.reset and sock is not None:
+                        # RST instead of FIN: the client sees a connection reset
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    writer.transport.abort() if abort.reset else writer.close()
                     return
-                if fault is not None and fault.kind == "slow":
-                    time.sleep(fault.delay)
-                server._log(key, "POST", path, "charged" if not declined else str(declined))
-                self._reply(declined or 201, answer)
+                if answer is None:
+                    return
+                status, payload, extra = answer
+                reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+                out = [
+                    f"HTTP/1.1 {status} {reason}",
+                    "Content-Type: application/json",
+                    f"Content-Length: {len(payload)}",
+                ]
+                out += [f"{k}: {v}" for k, v in extra.items()]
+                writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + payload)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            return
+        finally:
+            if not writer.is_closing():
+                writer.close()
 
-        return Handler
+    async def _handle(
+        self, method: str, path: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, bytes, dict[str, str]] | None:
+        if method == "GET":
+            return 200, json.dumps(self.charges()).encode(), {}
+        key = headers.get("idempotency-key")
+        if not key:
+            self._log(None, method, path, "400")
+            return 400, b'{"error":"missing Idempotency-Key"}', {}
+        fault = self.faults.next()
+        if fault is not None and fault.kind == "reset_before":
+            self._log(key, method, path, "reset_before")
+            raise _Abort(reset=True)
+        if fault is not None and fault.kind == "status":
+            self._log(key, method, path, str(fault.status))
+            extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            return fault.status, b'{"error":"injected"}', extra
+        fingerprint = hashlib.sha256(path.encode() + b"\n" + raw).hexdigest()
+        state, status, stored = self._begin(key, fingerprint)
+        if state == "mismatch":
+            self._log(key, method, path, "422")
+            return 422, b'{"error":"idempotency key reused with a different payload"}', {}
+        if state == "in_flight":
+            self._log(key, method, path, "409")
+            return 409, b'{"error":"a request with this key is still in flight"}', {}
+        if state == "replay":
+            self._log(key, method, path, "replay")
+            return status or 500, stored or b"", {"Idempotent-Replayed": "true"}
+        try:
+            payload = json.loads(raw or b"{}")
+        except ValueError:
+            self._forget_running(key)
+            self._log(key, method, path, "400")
+            return 400, b'{"error":"body is not JSON"}', {}
+        if self.work_seconds:
+            await asyncio.sleep(self.work_seconds)
+        declined = self.decline(payload) if self.decline else None
+        answer = self._charge(key, payload, declined or 201)
+        if fault is not None and fault.kind == "drop_after":
+            self._log(key, method, path, "charged_then_dropped")
+            raise _Abort(reset=False)
+        if fault is not None and fault.kind == "slow":
+            await asyncio.sleep(fault.delay)
+        self._log(key, method, path, "charged" if not declined else str(declined))
+        return declined or 201, answer, {}
+
+
+class _Abort(Exception):
+    """Close the client's connection without answering."""
+
+    def __init__(self, reset: bool) -> None:
+        self.reset = reset
