@@ -362,3 +362,16 @@ def test_transport_plugs_under_an_existing_httpx_client(journal_path: Path) -> N
     with samekey.set_testing(True), httpx.Client(transport=transport) as client:
         response = client.post(URL, json={}, extensions={samekey.OPERATION_EXTENSION: "op"})
     assert response.status_code == 201 and len(set(_keys(route))) == 1
+
+
+@respx.mock
+def test_a_followed_redirect_is_not_mistaken_for_the_operation(journal_path: Path) -> None:
+    respx.post(URL).mock(return_value=httpx.Response(303, headers={"Location": "https://pay.example/charges/ch_1"}))
+    created = respx.get("https://pay.example/charges/ch_1").mock(return_value=httpx.Response(200, json={"id": "ch_1"}))
+    with _client(journal_path, follow_redirects=True) as client:
+        for _ in range(2):  # the second run replays the 303 and follows it again
+            response = client.post(URL, json={"amount": 1}, operation="op")
+            assert response.status_code == 200 and response.json() == {"id": "ch_1"}
+        record = client.journal.get("op")
+    assert record is not None and record.response_status == 303
+    assert created.call_count == 2 and "Idempotency-Key" not in created.calls[0].request.headers

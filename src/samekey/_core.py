@@ -260,7 +260,7 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
                 yield Call("release", intent.operation, owner, record.attempts, None, engine.clock())
             raise OperationMismatch(intent.operation, mismatch)
         if claim.status == "completed":
-            return _replay(record)
+            return _settled(request, _replay(record), engine.key_header)
         if claim.status != "busy":
             break
         if engine.owner_is_dead(record.lease_owner):
@@ -366,6 +366,17 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
         extra={**extra, "attempt": attempts},
     )  # fmt: skip
     response.extensions[INFO_EXTENSION] = OperationInfo(operation, key, attempts, replayed=False)
+    return _settled(request, response, engine.key_header)
+
+
+def _settled(request: httpx.Request, response: httpx.Response, key_header: str) -> httpx.Response:
+    # httpx builds a followed redirect from this request's headers and *same* extensions dict.
+    # The follow-up is not this operation: drop its name. A 303 (and 301/302 for POST) turns
+    # into a GET that needs no key; a 307/308 re-sends the same request elsewhere, key and all.
+    if response.is_redirect:
+        request.extensions.pop(OPERATION_EXTENSION, None)
+        if response.status_code not in (307, 308):
+            request.headers.pop(key_header, None)
     return response
 
 
