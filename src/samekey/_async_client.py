@@ -11,15 +11,14 @@ from typing import Any
 import httpx
 
 from ._client import with_operation
-from ._core import Engine, KeyFormat, OnBusy
-from ._journal import JournalStore
+from ._core import KeyFormat, OnBusy
 from ._policy import RetryPolicy
-from ._transport import AsyncSameKeyTransport, JournalArg, _make_engine
+from ._transport import AsyncSameKeyTransport, EngineHolder, JournalArg, _make_engine
 
 __all__ = ["AsyncClient"]
 
 
-class AsyncClient(httpx.AsyncClient):
+class AsyncClient(httpx.AsyncClient, EngineHolder):
     """A drop-in `httpx.AsyncClient` with the same ``operation=`` semantics as `Client`."""
 
     def __init__(
@@ -35,10 +34,10 @@ class AsyncClient(httpx.AsyncClient):
         redact_headers: tuple[str, ...] = (),
         **kwargs: Any,
     ) -> None:
-        engine, self._owns_journal = _make_engine(
+        self.engine, self._owns_journal = _make_engine(
             journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers
         )
-        self._samekey = engine
+        engine = self.engine
         try:
             super().__init__(**kwargs)
         except BaseException:
@@ -49,18 +48,6 @@ class AsyncClient(httpx.AsyncClient):
             pattern: None if t is None else AsyncSameKeyTransport.around(t, engine)
             for pattern, t in self._mounts.items()
         }
-
-    @property
-    def journal(self) -> JournalStore:
-        return self._samekey.journal
-
-    @property
-    def policy(self) -> RetryPolicy:
-        return self._samekey.policy
-
-    @property
-    def engine(self) -> Engine:
-        return self._samekey
 
     async def request(
         self, method: str, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
@@ -78,10 +65,6 @@ class AsyncClient(httpx.AsyncClient):
 
     async def delete(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
         return await self.request("DELETE", url, operation=operation, **kwargs)
-
-    def _close_journal(self) -> None:
-        if self._owns_journal:
-            self._samekey.journal.close()
 
     async def aclose(self) -> None:
         try:

@@ -7,10 +7,9 @@ from typing import Any
 
 import httpx
 
-from ._core import OPERATION_EXTENSION, Engine, KeyFormat, OnBusy
-from ._journal import JournalStore
+from ._core import OPERATION_EXTENSION, KeyFormat, OnBusy
 from ._policy import RetryPolicy
-from ._transport import JournalArg, SameKeyTransport, _make_engine
+from ._transport import EngineHolder, JournalArg, SameKeyTransport, _make_engine
 
 __all__ = ["Client"]
 
@@ -22,7 +21,7 @@ def with_operation(kwargs: dict[str, Any], operation: str | None) -> dict[str, A
     return kwargs
 
 
-class Client(httpx.Client):
+class Client(httpx.Client, EngineHolder):
     """A drop-in `httpx.Client` that makes writes safe to retry.
 
     Every httpx.Client keyword works as in httpx. The write methods and `request`
@@ -44,10 +43,10 @@ class Client(httpx.Client):
         redact_headers: tuple[str, ...] = (),
         **kwargs: Any,
     ) -> None:
-        engine, self._owns_journal = _make_engine(
+        self.engine, self._owns_journal = _make_engine(
             journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers
         )
-        self._samekey = engine
+        engine = self.engine
         try:
             super().__init__(**kwargs)
         except BaseException:
@@ -57,18 +56,6 @@ class Client(httpx.Client):
         self._mounts = {
             pattern: None if t is None else SameKeyTransport.around(t, engine) for pattern, t in self._mounts.items()
         }
-
-    @property
-    def journal(self) -> JournalStore:
-        return self._samekey.journal
-
-    @property
-    def policy(self) -> RetryPolicy:
-        return self._samekey.policy
-
-    @property
-    def engine(self) -> Engine:
-        return self._samekey
 
     def request(
         self, method: str, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
@@ -86,10 +73,6 @@ class Client(httpx.Client):
 
     def delete(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
         return self.request("DELETE", url, operation=operation, **kwargs)
-
-    def _close_journal(self) -> None:
-        if self._owns_journal:
-            self._samekey.journal.close()
 
     def close(self) -> None:
         try:

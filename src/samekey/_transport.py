@@ -74,8 +74,27 @@ def _buffered(response: httpx.Response, raw: bytes) -> httpx.Response:
     )
 
 
-class _Options:
-    """The keywords both transports (and both clients) take, in one place."""
+class EngineHolder:
+    """What the two transports and the two clients share: the engine and who closes its journal."""
+
+    engine: Engine
+    _owns_journal: bool
+
+    @property
+    def journal(self) -> JournalStore:
+        return self.engine.journal
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self.engine.policy
+
+    def _close_journal(self) -> None:
+        if self._owns_journal:
+            self.engine.journal.close()
+
+
+class _Options(EngineHolder):
+    """The samekey keywords of the transports."""
 
     def __init__(
         self,
@@ -92,14 +111,6 @@ class _Options:
         self.engine, self._owns_journal = _make_engine(
             journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers
         )
-
-    @property
-    def journal(self) -> JournalStore:
-        return self.engine.journal
-
-    def _close_journal(self) -> None:
-        if self._owns_journal:
-            self.engine.journal.close()
 
 
 class SameKeyTransport(httpx.BaseTransport, _Options):
