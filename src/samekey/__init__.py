@@ -12,11 +12,13 @@ from ._errors import (
     KeyExpired,
     OperationInProgress,
     OperationMismatch,
+    OperationNotFound,
     RetriesExhausted,
     SameKeyError,
 )
 from ._journal import Journal, JournalStore, OperationRecord, default_journal_path
 from ._policy import RetryBudget, RetryPolicy, set_testing
+from ._resume import ResumeResult
 from ._transport import AsyncSameKeyTransport, SameKeyTransport
 
 __version__ = "0.1.0"
@@ -33,7 +35,9 @@ __all__ = [
     "OperationInProgress",
     "OperationInfo",
     "OperationMismatch",
+    "OperationNotFound",
     "OperationRecord",
+    "ResumeResult",
     "RetriesExhausted",
     "RetryBudget",
     "RetryPolicy",

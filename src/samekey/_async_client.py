@@ -8,11 +8,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import anyio.to_thread
 import httpx
 
 from ._client import with_operation
 from ._core import KeyFormat, OnBusy
 from ._policy import RetryPolicy
+from ._resume import HeadersArg, ResumeResult, build_resume_request
 from ._transport import AsyncSameKeyTransport, EngineHolder, JournalArg, _make_engine
 
 __all__ = ["AsyncClient"]
@@ -32,10 +34,11 @@ class AsyncClient(httpx.AsyncClient, EngineHolder):
         lease: float | timedelta = 60.0,
         on_busy: OnBusy = "wait",
         redact_headers: tuple[str, ...] = (),
+        retention: float | timedelta = timedelta(days=7),
         **kwargs: Any,
     ) -> None:
         self.engine, self._owns_journal = _make_engine(
-            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers
+            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention
         )
         engine = self.engine
         try:
@@ -65,6 +68,23 @@ class AsyncClient(httpx.AsyncClient, EngineHolder):
 
     async def delete(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
         return await self.request("DELETE", url, operation=operation, **kwargs)
+
+    async def resume(self, operation: str, *, headers: HeadersArg = None) -> httpx.Response:
+        """The async twin of `Client.resume`."""
+        request = await anyio.to_thread.run_sync(build_resume_request, self, self.engine, operation, headers)
+        return await self.send(request)
+
+    async def resume_pending(self, prefix: str | None = None, *, headers: HeadersArg = None) -> list[ResumeResult]:
+        """The async twin of `Client.resume_pending`: one after the other, never stopping at a failure."""
+        results = []
+        for record in await anyio.to_thread.run_sync(self.engine.journal.pending, prefix):
+            try:
+                response = await self.resume(record.operation, headers=headers)
+            except Exception as exc:
+                results.append(ResumeResult(record.operation, error=exc))
+            else:
+                results.append(ResumeResult(record.operation, response=response))
+        return results
 
     async def aclose(self) -> None:
         try:

@@ -9,6 +9,7 @@ import httpx
 
 from ._core import OPERATION_EXTENSION, KeyFormat, OnBusy
 from ._policy import RetryPolicy
+from ._resume import HeadersArg, ResumeResult, build_resume_request
 from ._transport import EngineHolder, JournalArg, SameKeyTransport, _make_engine
 
 __all__ = ["Client"]
@@ -41,10 +42,11 @@ class Client(httpx.Client, EngineHolder):
         lease: float | timedelta = 60.0,
         on_busy: OnBusy = "wait",
         redact_headers: tuple[str, ...] = (),
+        retention: float | timedelta = timedelta(days=7),
         **kwargs: Any,
     ) -> None:
         self.engine, self._owns_journal = _make_engine(
-            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers
+            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention
         )
         engine = self.engine
         try:
@@ -73,6 +75,32 @@ class Client(httpx.Client, EngineHolder):
 
     def delete(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
         return self.request("DELETE", url, operation=operation, **kwargs)
+
+    def resume(self, operation: str, *, headers: HeadersArg = None) -> httpx.Response:
+        """Send ``operation``'s journaled request again, with its journaled key.
+
+        Method, URL, body and the stored non-secret headers come from the journal;
+        this client's default headers, cookies and auth apply as usual, and
+        ``headers`` override stored ones. A completed operation is replayed from the
+        journal (nothing is sent). Raises `OperationNotFound` for an unknown operation,
+        `KeyExpired` when the key is older than ``key_ttl``, and the usual errors
+        (`RetriesExhausted`, ...) when the retry policy gives up.
+        """
+        return self.send(build_resume_request(self, self.engine, operation, headers))
+
+    def resume_pending(self, prefix: str | None = None, *, headers: HeadersArg = None) -> list[ResumeResult]:
+        """Resume every pending operation (whose name starts with ``prefix``), oldest first.
+
+        Never stops at a failure: each operation gets a `ResumeResult` holding either
+        its response or the error that stopped it.
+        """
+        results = []
+        for record in self.engine.journal.pending(prefix):
+            try:
+                results.append(ResumeResult(record.operation, response=self.resume(record.operation, headers=headers)))
+            except Exception as exc:
+                results.append(ResumeResult(record.operation, error=exc))
+        return results
 
     def close(self) -> None:
         try:

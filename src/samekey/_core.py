@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Generator
@@ -37,7 +38,7 @@ from typing import Any, Literal
 import httpx
 import tenacity
 
-from ._errors import KeyExpired, OperationInProgress, OperationMismatch, RetriesExhausted
+from ._errors import JournalError, KeyExpired, OperationInProgress, OperationMismatch, RetriesExhausted
 from ._journal import Intent, JournalStore, OperationRecord, redact_headers
 from ._policy import RetryPolicy, _Exhausted, to_seconds
 
@@ -50,6 +51,7 @@ OPERATION_EXTENSION = "samekey.operation"  # request.extensions key naming the l
 INFO_EXTENSION = "samekey"  # response.extensions key holding an OperationInfo
 KEYED_METHODS = frozenset({"POST", "PATCH"})
 MAX_OPERATION_LENGTH = 512
+PURGE_INTERVAL = 3600.0  # seconds between two lazy purges of completed records by one client
 _NOT_STORED_HEADERS = frozenset({"content-length", "host", "transfer-encoding", "connection"})
 
 KeyFormat = Literal["uuid", "structured"]
@@ -123,6 +125,7 @@ class Engine:
         on_busy: OnBusy = "wait",
         redact: frozenset[str] = frozenset(),
         clock: Callable[[], float] = time.time,
+        retention: float | timedelta = timedelta(days=7),
     ) -> None:
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise TypeError(f"policy must be a samekey.RetryPolicy, got {policy!r}")
@@ -143,7 +146,18 @@ class Engine:
         self.on_busy: OnBusy = on_busy
         self.redact = frozenset(h.lower() for h in redact)
         self.clock = clock
+        self.retention = to_seconds(retention, "retention", allow_zero=False)
+        self._next_purge = float("-inf")  # lazy purge of old completed records, once per PURGE_INTERVAL
+        self._purge_lock = threading.Lock()
         self._host = socket.gethostname()
+
+    def purge_due(self, now: float) -> bool:
+        """True at most once per PURGE_INTERVAL seconds per engine (i.e. per client)."""
+        with self._purge_lock:
+            if now < self._next_purge:
+                return False
+            self._next_purge = now + PURGE_INTERVAL
+            return True
 
     def new_key(self) -> str:
         value = str(uuid.uuid4())
@@ -249,6 +263,12 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
     intent = plan.intent
     owner = engine.new_owner()
     polls = 0
+    now = engine.clock()
+    if engine.purge_due(now):
+        try:  # only completed records older than the retention; never a pending one
+            yield Call("purge_completed", engine.retention, now)
+        except JournalError as exc:  # the claim below reports a journal that is really unusable
+            logger.warning("samekey could not purge old completed records: %s", exc)
     while True:
         now = engine.clock()
         claim = yield Call("claim", intent, owner, engine.lease, now)

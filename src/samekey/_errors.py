@@ -5,6 +5,7 @@
      ├── OperationMismatch     the operation name was reused for a different request
      ├── OperationInProgress   another caller holds the operation right now
      ├── KeyExpired            the pending key is older than the server keeps keys
+     ├── OperationNotFound     resume/forget named an operation the journal does not hold
      └── JournalError          the journal cannot be opened, read or written
 
 Each message says what happened and what the caller can do about it.
@@ -21,6 +22,7 @@ __all__ = [
     "KeyExpired",
     "OperationInProgress",
     "OperationMismatch",
+    "OperationNotFound",
     "RetriesExhausted",
     "SameKeyError",
 ]
@@ -107,6 +109,18 @@ class KeyExpired(SameKeyError):
             "this key, so sending again could act twice. Nothing was sent. Check on the server "
             "whether the first attempt took effect, then run "
             f"`samekey forget {operation}` and start a new operation if it did not."
+        )
+
+
+class OperationNotFound(SameKeyError, LookupError):
+    """The journal holds no record of this operation (also a LookupError)."""
+
+    def __init__(self, operation: str, location: str) -> None:
+        self.operation = operation
+        self.location = location
+        super().__init__(
+            f"operation {operation!r} is not in the journal {location}: nothing was sent. "
+            "Check the name (`samekey list --all` shows what the journal holds) and the journal path."
         )
 
 

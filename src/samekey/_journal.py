@@ -196,6 +196,14 @@ CREATE INDEX operations_completed ON operations (completed_at) WHERE state = 'co
 # Forward migrations: MIGRATIONS[n] upgrades a journal from version n to n + 1.
 MIGRATIONS: dict[int, str] = {}
 
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # statements separated by ';' (no ';' inside literals), run in the caller's transaction
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 _COLUMNS = (
     "operation, key, key_header, method, url, fingerprint, request_headers, request_body, state, "
     "created_at, updated_at, completed_at, attempts, last_error, response_status, response_headers, "
@@ -361,14 +369,12 @@ class Journal:
         try:
             # re-read under the write lock: another process may have just set it up
             version = conn.execute("PRAGMA user_version").fetchone()[0]
+            # one transaction: a crash half-way leaves the file as it was (executescript would commit early)
             if version == 0:
-                conn.executescript(_SCHEMA.replace(";\n", ";\n"))  # executescript commits
-                conn.execute("BEGIN IMMEDIATE")
+                _run_script(conn, _SCHEMA)
                 version = 1
             while version < SCHEMA_VERSION:
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                _run_script(conn, MIGRATIONS[version])
                 version += 1
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -52,12 +52,13 @@ def _make_engine(
     lease: float | timedelta,
     on_busy: OnBusy,
     redact_headers: tuple[str, ...],
+    retention: float | timedelta = timedelta(days=7),
 ) -> tuple[Engine, bool]:
     store, owned = open_journal(journal)
     try:
         engine = Engine(
             journal=store, policy=policy, key_header=key_header, key_format=key_format,
-            key_ttl=key_ttl, lease=lease, on_busy=on_busy, redact=frozenset(redact_headers),
+            key_ttl=key_ttl, lease=lease, on_busy=on_busy, redact=frozenset(redact_headers), retention=retention,
         )  # fmt: skip
     except BaseException:
         if owned:
@@ -107,9 +108,10 @@ class _Options(EngineHolder):
         lease: float | timedelta = 60.0,
         on_busy: OnBusy = "wait",
         redact_headers: tuple[str, ...] = (),
+        retention: float | timedelta = timedelta(days=7),
     ) -> None:
         self.engine, self._owns_journal = _make_engine(
-            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers
+            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention
         )
 
 

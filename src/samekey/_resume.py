@@ -1,0 +1,88 @@
+"""Resuming journaled operations: rebuild the request a crashed run was sending.
+
+Both clients use `build_resume_request` and then send the request through their
+normal flow with the operation named in its extensions, so `_core.operation_flow`
+claims the pending record and reuses its key (or replays a completed one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from ._core import OPERATION_EXTENSION, Engine
+from ._errors import OperationNotFound, SameKeyError
+
+__all__ = ["HeadersArg", "ResumeResult", "RetargetTransport", "build_resume_request"]
+
+HeadersArg = Mapping[str, str] | Sequence[tuple[str, str]] | None
+
+
+@dataclass(frozen=True)
+class ResumeResult:
+    """The outcome of resuming one operation: a response, or the error that stopped it."""
+
+    operation: str
+    response: httpx.Response | None = None
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def build_resume_request(
+    client: httpx.Client | httpx.AsyncClient, engine: Engine, operation: str, headers: HeadersArg = None
+) -> httpx.Request:
+    """The journaled request of ``operation``, rebuilt on ``client``.
+
+    The stored (non-secret) headers are the request's own headers, so the client's
+    default headers, cookies and auth apply as for any request; ``headers`` override
+    the stored ones (e.g. a header the journal never stores).
+    """
+    record = engine.journal.get(operation)
+    if record is None:
+        raise OperationNotFound(operation, engine.journal.location)
+    if record.key_header.lower() != engine.key_header.lower():
+        raise SameKeyError(
+            f"operation {operation!r} was recorded with its key in the {record.key_header!r} header, "
+            f"this client sends keys in {engine.key_header!r}. Nothing was sent. "
+            f"Resume it with a client created with key_header={record.key_header!r}."
+        )
+    merged = httpx.Headers(list(record.request_headers))
+    if headers is not None:
+        merged.update(httpx.Headers(headers))
+    # the journaled key, as a caller key: the flow checks it against the record
+    merged[engine.key_header] = record.key
+    return client.build_request(
+        record.method,
+        record.url,
+        content=record.request_body,
+        headers=merged,
+        extensions={OPERATION_EXTENSION: operation},
+    )
+
+
+class RetargetTransport(httpx.BaseTransport):
+    """Send every request to another origin (scheme, host, port), keeping path and query.
+
+    The journal keeps the original URL as part of the operation's identity, so
+    retargeting happens below samekey, on the wire only (`samekey resume --base-url`).
+    """
+
+    def __init__(self, base_url: str, transport: httpx.BaseTransport | None = None) -> None:
+        base = httpx.URL(base_url)
+        if base.scheme not in ("http", "https") or not base.host:
+            raise ValueError(f"base URL must look like http://host[:port], got {base_url!r}")
+        self.base = base
+        self.inner = transport if transport is not None else httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.url = request.url.copy_with(scheme=self.base.scheme, host=self.base.host, port=self.base.port)
+        request.headers["Host"] = request.url.netloc.decode("ascii")
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
