@@ -374,7 +374,15 @@ class Journal:
                 _run_script(conn, _SCHEMA)
                 version = 1
             while version < SCHEMA_VERSION:
-                _run_script(conn, MIGRATIONS[version])
+                try:
+                    _run_script(conn, MIGRATIONS[version])
+                except sqlite3.OperationalError as exc:
+                    if "locked" in str(exc) or "busy" in str(exc):
+                        raise
+                    raise self._fail(
+                        f"upgrading it from schema {version} to {version + 1} failed ({exc})",
+                        "The upgrade was rolled back and the file left as it was; report this as a samekey bug.",
+                    ) from exc
                 version += 1
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")

@@ -1,0 +1,244 @@
+"""A journal that cannot be used is a clear JournalError, and the file is never changed.
+
+Each test keeps a byte-for-byte copy of the file before samekey touches it and
+compares after: a journal may hold pending keys, so samekey must never rewrite it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import samekey
+from samekey import _journal
+from samekey._journal import Intent
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def intent(operation: str, body: bytes = b'{"amount": 1}') -> Intent:
+    return Intent(operation, f"key-{operation}", "Idempotency-Key", "POST", "https://pay.test/c", "fp", (), body)
+
+
+def make_journal(path: Path, operations: int = 3) -> bytes:
+    """A real journal holding pending records; its bytes once closed (WAL checkpointed)."""
+    with samekey.Journal(path) as journal:
+        for i in range(operations):
+            journal.claim(intent(f"op-{i}"), "owner", 60.0, 1000.0 + i)
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+    return path.read_bytes()
+
+
+def assert_clear(error: samekey.JournalError, path: Path, *words: str) -> None:
+    text = str(error)
+    assert text.startswith(f"journal {path}: "), text
+    for word in words:
+        assert word in text, text
+    assert "\n" not in text
+
+
+def test_random_bytes_are_not_a_journal(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    original = os.urandom(8192)
+    path.write_bytes(original)
+    with pytest.raises(samekey.JournalError) as caught:
+        samekey.Journal(path)
+    assert_clear(caught.value, path, "not a readable SQLite database", "left untouched", "Move it aside")
+    assert path.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.sqlite3"]  # no -wal/-shm left behind
+
+
+def test_another_applications_sqlite_database_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO users (name) VALUES ('ada')")
+    conn.close()
+    original = path.read_bytes()
+    with pytest.raises(samekey.JournalError) as caught:
+        samekey.Journal(path)
+    assert_clear(caught.value, path, "not a samekey journal", "left untouched")
+    assert path.read_bytes() == original
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param(slice(100, 500), id="schema-page"),
+        pytest.param(slice(4096, 8192), id="data-page"),
+        pytest.param(slice(16, 100), id="header"),
+    ],
+)
+def test_a_corrupt_journal_is_reported_and_kept(tmp_path: Path, where: slice) -> None:
+    path = tmp_path / "journal.sqlite3"
+    data = bytearray(make_journal(path, operations=40))
+    data[where] = bytes(len(data[where]))  # zero a region: torn write, bad sector
+    data[where.start] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(samekey.JournalError) as caught:
+        with samekey.Journal(path) as journal:  # some damage only shows when reading
+            journal.records()
+    assert_clear(caught.value, path, "left untouched", "may hold pending keys")
+    assert path.read_bytes() == bytes(data)
+
+
+def test_a_journal_from_a_newer_samekey_is_refused_not_rewritten(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    make_journal(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version={_journal.SCHEMA_VERSION + 1}")
+    conn.close()
+    original = path.read_bytes()
+    with pytest.raises(samekey.JournalError) as caught:
+        samekey.Journal(path)
+    assert_clear(caught.value, path, "written by a newer samekey", f"schema {_journal.SCHEMA_VERSION + 1}", "Upgrade")
+    assert path.read_bytes() == original
+
+
+def test_forward_migrations_upgrade_an_older_journal_and_keep_its_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "journal.sqlite3"
+    make_journal(path)
+    monkeypatch.setattr(_journal, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(
+        _journal,
+        "MIGRATIONS",
+        {
+            1: "ALTER TABLE operations ADD COLUMN note TEXT; UPDATE operations SET note = 'from v1'",
+            2: "CREATE INDEX operations_key ON operations (key)",
+        },
+    )
+    with samekey.Journal(path) as journal:
+        assert [r.operation for r in journal.pending()] == ["op-0", "op-1", "op-2"]
+        assert journal.get("op-1").key == "key-op-1"  # type: ignore[union-attr]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("SELECT DISTINCT note FROM operations").fetchall() == [("from v1",)]
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'operations_key'").fetchone()
+    conn.close()
+
+
+def test_a_failing_migration_leaves_the_journal_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "journal.sqlite3"
+    original = make_journal(path)
+    monkeypatch.setattr(_journal, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(
+        _journal, "MIGRATIONS", {1: "ALTER TABLE operations ADD COLUMN note TEXT; SELECT nope FROM missing_table"}
+    )
+    with pytest.raises(samekey.JournalError) as caught:
+        samekey.Journal(path)
+    assert_clear(caught.value, path, "upgrading it from schema 1 to 2 failed", "no such table", "rolled back")
+    assert path.read_bytes() == original
+    monkeypatch.undo()
+    with samekey.Journal(path) as journal:  # still a good v1 journal
+        assert len(journal.pending()) == 3
+
+
+def test_a_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    original = make_journal(path)
+    journal = samekey.Journal(path)
+    assert journal._conn is not None
+    # SQLite's own "database or disk is full" (SQLITE_FULL): cap the file at its current size
+    pages = journal._conn.execute("PRAGMA page_count").fetchone()[0]
+    journal._conn.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(samekey.JournalError) as caught:
+        journal.claim(intent("big", body=os.urandom(64 * 1024)), "owner", 60.0, 2000.0)
+    assert_clear(caught.value, path, "disk is full", "nothing was sent")
+    assert journal.get("big") is None and len(journal.pending()) == 3
+    journal.close()
+    assert path.read_bytes() == original
+
+
+def test_a_locked_journal_times_out_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    original = make_journal(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        journal = samekey.Journal(path, lock_timeout=0.2)
+        started = time.monotonic()
+        with pytest.raises(samekey.JournalError) as caught:
+            journal.claim(intent("new"), "owner", 60.0, 2000.0)
+        assert time.monotonic() - started < 5
+        assert_clear(caught.value, path, "locked by another process for more than 0.2 s", "raise lock_timeout")
+        journal.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert path.read_bytes() == original
+
+
+def test_a_locked_fresh_journal_cannot_be_set_up_and_is_not_touched(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None)  # e.g. another process creating it right now
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(samekey.JournalError) as caught:
+            samekey.Journal(path, lock_timeout=0.2)
+        assert_clear(caught.value, path, "locked")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert path.read_bytes() == b""
+
+
+def _without_root_powers() -> list[str]:
+    """A command prefix under which file permissions apply (root ignores them)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot make a directory read-only for this process")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+
+
+def _run_as_unprivileged(code: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    command = [*_without_root_powers(), sys.executable, "-c", textwrap.dedent(code)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_a_journal_in_a_read_only_directory(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = folder / "journal.sqlite3"
+    original = make_journal(path)
+    missing = folder / "new.sqlite3"
+    path.chmod(0o444)
+    folder.chmod(0o555)
+    try:
+        result = _run_as_unprivileged(
+            f"""
+            import samekey
+            from samekey._journal import Intent
+            for path in ({str(missing)!r}, {str(path)!r}):
+                try:
+                    journal = samekey.Journal(path)
+                    journal.claim(Intent("x", "k", "Idempotency-Key", "POST", "u", "f", (), b""), "o", 60.0, 1.0)
+                except samekey.JournalError as exc:
+                    print(exc)
+                else:
+                    print("NO ERROR for", path)
+            """
+        )
+    finally:
+        folder.chmod(0o755)
+        path.chmod(0o644)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stdout
+    assert lines[0].startswith(f"journal {missing}: cannot create the file (Permission denied)")
+    assert lines[1].startswith(f"journal {path}: ") and "not writable" in lines[1], lines[1]
+    assert "Make the file and its folder writable" in lines[1]
+    assert path.read_bytes() == original
+    assert not missing.exists()
