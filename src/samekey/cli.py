@@ -1,0 +1,416 @@
+"""The ``samekey`` command: see and finish what a crashed run left in flight.
+
+    samekey list [--all] [--json]         pending operations (--all: completed ones too)
+    samekey show OPERATION [--json]       one whole record, with the stored response
+    samekey resume (OPERATION | --all)    send pending operations again, with their keys
+    samekey forget OPERATION [--yes]      drop a record (its key is gone for good)
+    samekey purge --older-than 7d         drop completed records older than that
+
+Every subcommand takes ``--journal PATH`` (default: ``$SAMEKEY_JOURNAL`` or the
+user state directory; a ``postgresql://`` DSN also works) and ``--debug``.
+Exit codes: 0 ok, 1 some operations failed (or were not forgotten), 2 usage or
+journal error. Errors are one line on stderr; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+
+from ._client import Client
+from ._errors import SameKeyError
+from ._journal import JournalStore, OperationRecord, default_journal_path
+from ._policy import to_seconds
+from ._resume import RetargetTransport
+from ._transport import open_journal
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class CliError(Exception):
+    """A usage or journal problem: one line on stderr, exit code 2."""
+
+
+# -- parsing ----------------------------------------------------------------------------
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"15m"``, ``"24h"``, ``"7d"`` (also ``"1.5h"``) -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use a number and a unit s/m/h/d, e.g. 7d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or name != name.strip() or " " in name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a header: use 'Name: value'")
+    return name, value.strip()
+
+
+def _common_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--journal",
+        metavar="PATH",
+        default=default,
+        help="journal file or postgresql:// DSN (default: $SAMEKEY_JOURNAL or the user state directory)",
+    )
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # accepted before and after the subcommand; SUPPRESS keeps an absent one from
+    # overriding what was given before it (separate parsers: argparse shares parents' actions)
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="samekey",
+        description="See and finish keyed HTTP operations that a crashed run left in flight.",
+        epilog="Exit codes: 0 ok, 1 some operations failed, 2 usage or journal error.",
+    )
+    _common_options(parser, None)
+    parser.set_defaults(debug=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", parents=[common], help="pending operations (with --all: completed ones too)")
+    p.add_argument("--all", action="store_true", help="include completed operations")
+    p.add_argument("--json", action="store_true", help="a JSON array of records instead of a table")
+
+    p = sub.add_parser("show", parents=[common], help="one operation's whole record")
+    p.add_argument("operation")
+    p.add_argument("--json", action="store_true", help="a JSON object instead of text")
+
+    p = sub.add_parser("resume", parents=[common], help="send pending operations again, with their own keys")
+    p.add_argument("operation", nargs="?", help="the operation to resume")
+    p.add_argument("--all", action="store_true", help="resume every pending operation, oldest first")
+    p.add_argument("--prefix", help="with --all: only operations whose name starts with this")
+    p.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="send to this origin (scheme://host:port) instead of the recorded one; path and query are kept",
+    )
+    p.add_argument(
+        "-H",
+        "--header",
+        dest="headers",
+        action="append",
+        type=parse_header,
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="add or override a header, e.g. the Authorization the journal never stores (repeatable)",
+    )
+    p.add_argument(
+        "--key-ttl",
+        type=parse_duration,
+        default=86400.0,
+        metavar="DURATION",
+        help="refuse keys older than this (default 24h: how long the server keeps keys)",
+    )
+
+    p = sub.add_parser("forget", parents=[common], help="remove an operation's record and key")
+    p.add_argument("operation")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+
+    p = sub.add_parser("purge", parents=[common], help="remove completed records older than a duration")
+    p.add_argument("--older-than", type=parse_duration, required=True, metavar="DURATION", help="e.g. 7d, 12h, 30m")
+    return parser
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def open_store(location: str | None) -> JournalStore:
+    text = location or str(default_journal_path())
+    if not text.startswith(("postgresql://", "postgres://")):
+        path = Path(text).expanduser()
+        if not path.exists():  # never create a journal just to list it
+            raise CliError(f"no journal at {path} (pass --journal PATH or set $SAMEKEY_JOURNAL)")
+    try:
+        store, _ = open_journal(text)
+    except ImportError as exc:
+        raise CliError(
+            f"a postgresql:// journal needs the postgres extra: pip install 'samekey[postgres]' ({exc})"
+        ) from exc
+    return store
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+def human_age(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}" if seconds >= 10 * size else f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def body_fields(prefix: str, body: bytes | None) -> dict[str, Any]:
+    if body is None:
+        return {prefix: None, f"{prefix}_encoding": None}
+    try:
+        return {prefix: body.decode("utf-8"), f"{prefix}_encoding": "utf-8"}
+    except UnicodeDecodeError:
+        return {prefix: base64.b64encode(body).decode("ascii"), f"{prefix}_encoding": "base64"}
+
+
+def summary(record: OperationRecord, now: float) -> dict[str, Any]:
+    """The fields of ``samekey list --json`` (documented in the README)."""
+    return {
+        "operation": record.operation,
+        "state": record.state,
+        "method": record.method,
+        "url": record.url,
+        "key": record.key,
+        "key_header": record.key_header,
+        "created_at": iso(record.created_at),
+        "age_seconds": round(now - record.created_at, 3),
+        "attempts": record.attempts,
+        "last_error": record.last_error,
+        "completed_at": iso(record.completed_at),
+        "response_status": record.response_status,
+        "lease_owner": record.lease_owner,
+        "lease_expires_at": iso(record.lease_expires),
+    }
+
+
+def details(record: OperationRecord, now: float) -> dict[str, Any]:
+    """``summary`` plus what ``samekey show --json`` adds: headers and bodies."""
+    return {
+        **summary(record, now),
+        "updated_at": iso(record.updated_at),
+        "fingerprint": record.fingerprint,
+        "request_headers": [list(h) for h in record.request_headers],
+        **body_fields("request_body", record.request_body),
+        "response_headers": [list(h) for h in record.response_headers],
+        **body_fields("response_body", record.response_body),
+    }
+
+
+def clip(text: str | None, width: int) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def table(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace, store: JournalStore, out: TextIO) -> int:
+    now = time.time()
+    records = store.records(include_completed=args.all)
+    if args.json:
+        out.write(json.dumps([summary(r, now) for r in records], indent=2) + "\n")
+        return EXIT_OK
+    if not records:
+        out.write(f"no {'' if args.all else 'pending '}operations in {store.location}\n")
+        return EXIT_OK
+    head = ["OPERATION", "METHOD", "URL", "KEY", "AGE", "ATTEMPTS", "LAST ERROR"]
+    rows = [
+        [
+            r.operation,
+            r.method,
+            clip(r.url, 60),
+            r.key,
+            human_age(now - r.created_at),
+            str(r.attempts),
+            clip(r.last_error, 60),
+        ]
+        for r in records
+    ]
+    if args.all:
+        head.insert(1, "STATE")
+        for row, r in zip(rows, records, strict=True):
+            row.insert(1, r.state if r.pending else f"done {r.response_status}")
+    table([head, *rows], out)
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace, store: JournalStore, out: TextIO) -> int:
+    record = store.get(args.operation)
+    if record is None:
+        raise CliError(f"operation {args.operation!r} is not in the journal {store.location}")
+    now = time.time()
+    data = details(record, now)
+    if args.json:
+        out.write(json.dumps(data, indent=2) + "\n")
+        return EXIT_OK
+    for name in ("operation", "state", "method", "url", "key_header", "key", "created_at", "updated_at",
+                 "attempts", "last_error", "lease_owner", "lease_expires_at", "fingerprint"):  # fmt: skip
+        value = data[name]
+        if name == "created_at":
+            value = f"{value} ({human_age(now - record.created_at)} ago)"
+        out.write(f"{name + ':':<18}{'-' if value is None else value}\n")
+    out.write("request headers:\n")
+    for k, v in record.request_headers:
+        out.write(f"  {k}: {v}\n")
+    out.write(f"request body ({data['request_body_encoding']}, {len(record.request_body)} bytes):\n")
+    out.write(f"  {data['request_body']}\n")
+    if not record.pending:
+        out.write(f"completed_at:     {data['completed_at']}\n")
+        out.write(f"response status:  {record.response_status}\nresponse headers:\n")
+        for k, v in record.response_headers:
+            out.write(f"  {k}: {v}\n")
+        size = len(record.response_body or b"")
+        out.write(f"response body ({data['response_body_encoding']}, {size} bytes):\n  {data['response_body']}\n")
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: TextIO) -> int:
+    if (args.operation is None) == (not args.all):
+        raise CliError("resume needs one OPERATION or --all (not both)")
+    if args.prefix is not None and not args.all:
+        raise CliError("--prefix goes with --all")
+    if args.operation is not None:
+        record = store.get(args.operation)
+        if record is None:
+            raise CliError(f"operation {args.operation!r} is not in the journal {store.location}: nothing was sent")
+        records = [record]
+    else:
+        records = store.pending(args.prefix)
+        if not records:
+            out.write(f"nothing to resume: no pending operations in {store.location}\n")
+            return EXIT_OK
+    clients: dict[str, Client] = {}
+    counts = {"done": 0, "replayed": 0, "failed": 0}
+    try:
+        for n, record in enumerate(records, 1):
+            client = clients.get(record.key_header.lower())
+            if client is None:
+                transport = RetargetTransport(args.base_url) if args.base_url else None
+                client = Client(journal=store, key_header=record.key_header, key_ttl=args.key_ttl, transport=transport)
+                clients[record.key_header.lower()] = client
+            label = f"[{n}/{len(records)}] {record.operation}"
+            try:
+                response = client.resume(record.operation, headers=args.headers)
+            except (SameKeyError, httpx.HTTPError) as exc:
+                counts["failed"] += 1
+                out.write(f"{label}: FAILED: {exc}\n")
+                if args.debug:
+                    traceback.print_exc(file=err)
+            else:
+                info = response.extensions.get("samekey")
+                if getattr(info, "replayed", False):
+                    counts["replayed"] += 1
+                    out.write(f"{label}: already completed, HTTP {response.status_code} (replayed, nothing sent)\n")
+                else:
+                    counts["done"] += 1
+                    attempts = getattr(info, "attempts", "?")
+                    out.write(f"{label}: HTTP {response.status_code} (key {record.key}, attempt {attempts})\n")
+            out.flush()
+    finally:
+        for client in clients.values():
+            client.close()
+    out.write(
+        f"resumed {len(records)} operation(s): {counts['done']} completed now, "
+        f"{counts['replayed']} already completed, {counts['failed']} failed\n"
+    )
+    return EXIT_FAILED if counts["failed"] else EXIT_OK
+
+
+def cmd_forget(args: argparse.Namespace, store: JournalStore, out: TextIO, err: TextIO, stdin: TextIO) -> int:
+    record = store.get(args.operation)
+    if record is None:
+        raise CliError(f"operation {args.operation!r} is not in the journal {store.location}")
+    if record.pending:
+        warning = (
+            f"operation {record.operation!r} is PENDING with key {record.key} ({record.attempts} attempt(s)); "
+            "the server may already have acted on it. Once forgotten, running it again uses a NEW key "
+            "and may act twice: check the server first."
+        )
+    else:
+        warning = f"operation {record.operation!r} completed with HTTP {record.response_status}; its answer is dropped."
+    if not args.yes:
+        if not stdin.isatty():
+            raise CliError(
+                f"refusing to forget {record.operation!r} without confirmation: stdin is not a terminal; pass --yes"
+            )
+        err.write(warning + "\nForget it? [y/N] ")
+        err.flush()
+        answer = stdin.readline().strip().lower()
+        if answer not in ("y", "yes"):
+            out.write(f"kept {record.operation!r}\n")
+            return EXIT_FAILED
+    elif record.pending:
+        err.write("warning: " + warning + "\n")
+    if store.forget(record.operation):
+        out.write(f"forgot {record.operation!r} (key {record.key})\n")
+        return EXIT_OK
+    raise CliError(f"operation {record.operation!r} was removed by someone else meanwhile")
+
+
+def cmd_purge(args: argparse.Namespace, store: JournalStore, out: TextIO) -> int:
+    older_than = to_seconds(args.older_than, "--older-than")
+    removed = store.purge_completed(older_than, time.time())
+    pending = len(store.pending())
+    out.write(
+        f"purged {removed} completed record(s) older than {human_age(older_than)}; "
+        f"{pending} pending record(s) kept (pending records are never purged)\n"
+    )
+    return EXIT_OK
+
+
+# -- entry point ------------------------------------------------------------------------
+
+
+def _fail(message: str, err: TextIO) -> int:
+    err.write(f"samekey: error: {message}\n")
+    return EXIT_USAGE
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    stdin: TextIO | None = None,
+) -> int:
+    out, err, inp = stdout or sys.stdout, stderr or sys.stderr, stdin or sys.stdin
+    args = build_parser().parse_args(argv)
+    store: JournalStore | None = None
+    try:
+        store = open_store(args.journal)
+        if args.command == "list":
+            return cmd_list(args, store, out)
+        if args.command == "show":
+            return cmd_show(args, store, out)
+        if args.command == "resume":
+            return cmd_resume(args, store, out, err)
+        if args.command == "forget":
+            return cmd_forget(args, store, out, err, inp)
+        return cmd_purge(args, store, out)
+    except (CliError, SameKeyError) as exc:
+        if args.debug:
+            traceback.print_exc(file=err)
+        return _fail(str(exc), err)
+    except KeyboardInterrupt:
+        err.write("samekey: interrupted\n")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc(file=err)
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", err)
+    finally:
+        if store is not None:
+            store.close()

@@ -1,0 +1,310 @@
+"""The `samekey` command: list, show, resume, forget, purge; exit codes and error lines."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import samekey
+from samekey import cli
+from samekey._journal import Intent
+from samekey.testing import PaymentServer
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+LIST_FIELDS = {
+    "operation", "state", "method", "url", "key", "key_header", "created_at", "age_seconds", "attempts",
+    "last_error", "completed_at", "response_status", "lease_owner", "lease_expires_at",
+}  # fmt: skip
+SHOW_EXTRA_FIELDS = {
+    "updated_at", "fingerprint", "request_headers", "request_body", "request_body_encoding",
+    "response_headers", "response_body", "response_body_encoding",
+}  # fmt: skip
+
+
+@pytest.fixture
+def journal_path(tmp_path: Path) -> Path:
+    return tmp_path / "journal.sqlite3"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[PaymentServer]:
+    with PaymentServer(tmp_path / "server.sqlite3") as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def _no_waiting() -> Iterator[None]:
+    with samekey.set_testing(True):
+        yield
+
+
+class Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
+
+
+class FakeTty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def run(*argv: str, stdin: io.StringIO | None = None) -> Result:
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(list(argv), stdout=out, stderr=err, stdin=stdin or io.StringIO())
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_process(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "samekey", *argv],
+        capture_output=True, text=True, timeout=60, env=environ, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def pending_op(journal_path: Path, operation: str, url: str, body: dict[str, object], **kw: object) -> str:
+    """Leave ``operation`` pending (its one attempt got a 503); returns its key."""
+    keys: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers["Idempotency-Key"])
+        return httpx.Response(503)
+
+    policy = samekey.RetryPolicy(max_attempts=1)
+    with samekey.Client(journal=journal_path, policy=policy, transport=httpx.MockTransport(handler)) as client:
+        with pytest.raises(samekey.RetriesExhausted):
+            client.post(url, operation=operation, json=body, **kw)  # type: ignore[arg-type]
+    return keys[0]
+
+
+def completed_op(journal_path: Path, operation: str) -> None:
+    transport = httpx.MockTransport(lambda r: httpx.Response(201, json={"id": "ch_x"}))
+    with samekey.Client(journal=journal_path, transport=transport) as client:
+        client.post("https://pay.test/charges", operation=operation, json={"amount": 5})
+
+
+# -- list / show ------------------------------------------------------------------------
+
+
+def test_list_json_is_valid_and_has_the_documented_fields(journal_path: Path) -> None:
+    key = pending_op(journal_path, "inv-1", "https://pay.test/charges", {"amount": 1})
+    completed_op(journal_path, "inv-2")
+    result = run("list", "--json", "--journal", str(journal_path))
+    assert result.code == 0 and result.err == ""
+    [record] = json.loads(result.out)
+    assert set(record) == LIST_FIELDS
+    assert record["operation"] == "inv-1" and record["state"] == "pending" and record["key"] == key
+    assert record["method"] == "POST" and record["url"] == "https://pay.test/charges"
+    assert record["attempts"] == 1 and record["last_error"] == "HTTP 503" and record["completed_at"] is None
+    assert 0 <= record["age_seconds"] < 60 and record["created_at"].endswith("+00:00")
+
+    everything = json.loads(run("list", "--all", "--json", "--journal", str(journal_path)).out)
+    assert [(r["operation"], r["state"], r["response_status"]) for r in everything] == [
+        ("inv-1", "pending", None),
+        ("inv-2", "completed", 201),
+    ]
+
+
+def test_list_table_shows_the_columns_users_need(journal_path: Path) -> None:
+    key = pending_op(journal_path, "order-9/charge", "https://pay.test/charges", {"amount": 1})
+    completed_op(journal_path, "order-8/charge")
+    result = run("list", "--journal", str(journal_path))
+    assert result.code == 0
+    header, row = result.out.splitlines()
+    assert header.split() == ["OPERATION", "METHOD", "URL", "KEY", "AGE", "ATTEMPTS", "LAST", "ERROR"]
+    assert row.split() == ["order-9/charge", "POST", "https://pay.test/charges", key, "0s", "1", "HTTP", "503"]
+    all_rows = run("list", "--all", "--journal", str(journal_path)).out.splitlines()
+    assert "STATE" in all_rows[0] and any("order-8/charge  done 201" in line for line in all_rows)
+
+
+def test_list_of_an_empty_journal(journal_path: Path) -> None:
+    samekey.Journal(journal_path).close()
+    assert run("list", "--journal", str(journal_path)).out == f"no pending operations in {journal_path}\n"
+    assert json.loads(run("list", "--json", "--journal", str(journal_path)).out) == []
+
+
+def test_show_prints_the_whole_record_with_the_stored_response(journal_path: Path) -> None:
+    completed_op(journal_path, "inv-2")
+    text = run("show", "inv-2", "--journal", str(journal_path))
+    assert text.code == 0
+    assert "state:            completed" in text.out and '{"amount":5}' in text.out
+    assert "response status:  201" in text.out and '{"id":"ch_x"}' in text.out
+    data = json.loads(run("show", "inv-2", "--json", "--journal", str(journal_path)).out)
+    assert set(data) == LIST_FIELDS | SHOW_EXTRA_FIELDS
+    assert json.loads(data["response_body"]) == {"id": "ch_x"} and data["response_body_encoding"] == "utf-8"
+    assert ["content-type", "application/json"] in data["request_headers"]
+    missing = run("show", "nope", "--journal", str(journal_path))
+    assert (
+        missing.code == 2 and missing.err == f"samekey: error: operation 'nope' is not in the journal {journal_path}\n"
+    )
+
+
+# -- resume -----------------------------------------------------------------------------
+
+
+def test_resume_one_operation_against_the_server(journal_path: Path, server: PaymentServer) -> None:
+    key = pending_op(journal_path, "inv-1", f"{server.url}/charges", {"amount": 100})
+    result = run("resume", "inv-1", "--journal", str(journal_path))
+    assert result.code == 0, result.err
+    assert result.out.splitlines() == [
+        f"[1/1] inv-1: HTTP 201 (key {key}, attempt 2)",
+        "resumed 1 operation(s): 1 completed now, 0 already completed, 0 failed",
+    ]
+    assert server.keys_seen() == [key] and server.charge_count() == 1
+    again = run("resume", "inv-1", "--journal", str(journal_path))
+    assert again.code == 0 and "already completed, HTTP 201 (replayed, nothing sent)" in again.out
+    assert server.keys_seen() == [key]
+
+
+def test_resume_all_reports_each_operation_and_exits_1_when_some_failed(
+    journal_path: Path, server: PaymentServer
+) -> None:
+    k1 = pending_op(journal_path, "b/1", f"{server.url}/charges", {"amount": 1})
+    pending_op(journal_path, "b/2", "http://127.0.0.1:9/charges", {"amount": 2})  # nothing listens on port 9
+    k3 = pending_op(journal_path, "b/3", f"{server.url}/charges", {"amount": 3})
+    result = run("resume", "--all", "--journal", str(journal_path))
+    assert result.code == 1
+    lines = result.out.splitlines()
+    assert lines[0].startswith("[1/3] b/1: HTTP 201") and lines[2].startswith("[3/3] b/3: HTTP 201")
+    assert lines[1].startswith("[2/3] b/2: FAILED: operation 'b/2': gave up after")
+    assert lines[-1] == "resumed 3 operation(s): 2 completed now, 0 already completed, 1 failed"
+    assert sorted(server.keys_seen()) == sorted([k1, k3])
+    assert [r.operation for r in samekey.Journal(journal_path).pending()] == ["b/2"]
+
+
+def test_resume_base_url_and_headers(journal_path: Path, server: PaymentServer) -> None:
+    key = pending_op(journal_path, "moved", "http://payments.invalid/charges?v=2", {"amount": 7})
+    header = "Authorization: Bearer sk_test"
+    result = run("resume", "moved", "--base-url", server.url, "-H", header, "--journal", str(journal_path))
+    assert result.code == 0, result.out + result.err
+    assert server.keys_seen() == [key]
+    assert server.requests()[0]["path"] == "/charges?v=2"
+    assert server.charges()[0]["amount"] == 7
+    record = samekey.Journal(journal_path).get("moved")
+    assert record is not None and record.url == "http://payments.invalid/charges?v=2"  # identity unchanged
+
+
+def test_resume_refuses_an_expired_key_and_sends_nothing(journal_path: Path, server: PaymentServer) -> None:
+    url = f"{server.url}/charges"
+    fingerprint = hashlib.sha256(f"POST\n{url}\n{{}}".encode()).hexdigest()  # as the client computes it
+    with samekey.Journal(journal_path) as journal:
+        intent = Intent("old", "k-old", "Idempotency-Key", "POST", url, fingerprint, (), b"{}")
+        journal.claim(intent, "dead-process", 60.0, time.time() - 2 * 3600)
+    result = run("resume", "--all", "--key-ttl", "1h", "--journal", str(journal_path))
+    assert result.code == 1
+    assert "[1/1] old: FAILED: operation 'old' is pending with key k-old, created 2.0 h ago" in result.out
+    assert "samekey forget old" in result.out
+    assert server.keys_seen() == []
+
+
+def test_resume_usage_errors(journal_path: Path) -> None:
+    samekey.Journal(journal_path).close()
+    for argv in (["resume"], ["resume", "x", "--all"], ["resume", "x", "--prefix", "a"]):
+        result = run(*argv, "--journal", str(journal_path))
+        assert result.code == 2 and result.err.startswith("samekey: error: ") and result.err.count("\n") == 1
+    unknown = run("resume", "ghost", "--journal", str(journal_path))
+    assert unknown.code == 2 and "'ghost' is not in the journal" in unknown.err and "nothing was sent" in unknown.err
+    assert run("resume", "--all", "--journal", str(journal_path)).out.startswith("nothing to resume")
+
+
+# -- forget / purge ---------------------------------------------------------------------
+
+
+def test_forget_refuses_without_a_terminal_or_yes(journal_path: Path) -> None:
+    key = pending_op(journal_path, "inv-1", "https://pay.test/charges", {"amount": 1})
+    refused = run("forget", "inv-1", "--journal", str(journal_path))
+    assert refused.code == 2
+    assert refused.err == (
+        "samekey: error: refusing to forget 'inv-1' without confirmation: stdin is not a terminal; pass --yes\n"
+    )
+    record = samekey.Journal(journal_path).get("inv-1")
+    assert record is not None and record.pending and record.key == key
+
+
+def test_forget_asks_on_a_terminal(journal_path: Path) -> None:
+    key = pending_op(journal_path, "inv-1", "https://pay.test/charges", {"amount": 1})
+    kept = run("forget", "inv-1", "--journal", str(journal_path), stdin=FakeTty("n\n"))
+    assert kept.code == 1 and "PENDING with key" in kept.err and "NEW key" in kept.err
+    assert samekey.Journal(journal_path).get("inv-1") is not None
+    gone = run("forget", "inv-1", "--journal", str(journal_path), stdin=FakeTty("y\n"))
+    assert gone.code == 0 and gone.out == f"forgot 'inv-1' (key {key})\n"
+    assert samekey.Journal(journal_path).get("inv-1") is None
+
+
+def test_forget_yes(journal_path: Path) -> None:
+    completed_op(journal_path, "inv-2")
+    assert run("forget", "inv-2", "--yes", "--journal", str(journal_path)).code == 0
+    assert samekey.Journal(journal_path).get("inv-2") is None
+    again = run("forget", "inv-2", "--yes", "--journal", str(journal_path))
+    assert again.code == 2 and "not in the journal" in again.err
+
+
+def test_purge_keeps_pending_records(journal_path: Path) -> None:
+    day = 86400.0
+    now = time.time()
+    with samekey.Journal(journal_path) as journal:
+        for name, age, done in [
+            ("old-done", 9 * day, True),
+            ("new-done", 1 * day, True),
+            ("old-pending", 30 * day, False),
+        ]:
+            journal.claim(Intent(name, f"k-{name}", "Idempotency-Key", "POST", "u", "f", (), b""), "me", 60, now - age)
+            if done:
+                journal.complete(name, "me", 1, 201, [], b"{}", now - age)
+    result = run("purge", "--older-than", "7d", "--journal", str(journal_path))
+    assert result.code == 0
+    assert (
+        result.out
+        == "purged 1 completed record(s) older than 7.0d; 1 pending record(s) kept (pending records are never purged)\n"
+    )
+    remaining = {r.operation for r in samekey.Journal(journal_path).records()}
+    assert remaining == {"new-done", "old-pending"}
+    assert run("purge", "--older-than", "1s", "--journal", str(journal_path)).out.startswith("purged 1 ")
+    assert [r.operation for r in samekey.Journal(journal_path).records()] == ["old-pending"]
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("1.5h", 5400), ("7d", 604800)])
+def test_durations(text: str, seconds: float) -> None:
+    assert cli.parse_duration(text) == seconds
+
+
+# -- as a process: exit codes, one-line errors, --debug -------------------------------------
+
+
+def test_python_m_samekey_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
+    missing = run_process("list", "--journal", str(tmp_path / "nope.sqlite3"))
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert (
+        missing.stderr
+        == f"samekey: error: no journal at {tmp_path / 'nope.sqlite3'} (pass --journal PATH or set $SAMEKEY_JOURNAL)\n"
+    )
+    assert not (tmp_path / "nope.sqlite3").exists()
+
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    broken = run_process("list", "--journal", str(junk))
+    assert broken.returncode == 2 and broken.stderr.count("\n") == 1 and "Traceback" not in broken.stderr
+    assert broken.stderr.startswith(f"samekey: error: journal {junk}: it is not a readable SQLite database")
+    debug = run_process("--debug", "list", "--journal", str(junk))
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and "JournalError" in debug.stderr
+
+    bad = run_process("purge", "--older-than", "7 weeks", "--journal", str(junk))
+    assert bad.returncode == 2 and "is not a duration" in bad.stderr
+
+
+def test_default_journal_comes_from_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "env-journal.sqlite3"
+    completed_op(path, "from-env")
+    result = run_process("list", "--all", "--json", env={"SAMEKEY_JOURNAL": str(path)})
+    assert result.returncode == 0, result.stderr
+    assert [r["operation"] for r in json.loads(result.stdout)] == ["from-env"]
