@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--sample-size", type=int, default=20)
     parser.add_argument("--work-seconds", type=float, default=0.05, help="local server: time per charge")
+    parser.add_argument("--lease", type=float, default=5.0, help="seconds an in-flight invoice stays reserved")
     parser.add_argument("--crash-after", type=float, metavar="SECONDS", help="SIGKILL this process after SECONDS")
     args = parser.parse_args(argv)
 
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     lock = threading.Lock()
     # lease: how long an operation stays reserved by a run; a crashed run's in-flight
     # invoices become resumable this long after the crash
-    with samekey.Client(journal=args.journal or args.state / "journal.sqlite3", lease=5.0, timeout=10.0) as client:
+    journal = args.journal or args.state / "journal.sqlite3"
+    with samekey.Client(journal=journal, lease=args.lease, timeout=10.0) as client:
 
         def pay(invoice: dict[str, str]) -> None:
             operation = f"invoice-{invoice['invoice_id']}/charge"

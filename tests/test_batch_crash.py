@@ -1,0 +1,127 @@
+"""End to end: a batch of 50 payments is SIGKILLed half-way, then finished from the shell.
+
+The batch (examples/batch_invoices.py) runs as a real process against a PaymentServer
+living in this test process, so the server outlives the crash. Afterwards
+`python -m samekey list` must show exactly the operations the dead process left in
+flight, `python -m samekey resume --all` must finish them with their own keys, and a
+re-run of the batch must pay only what is left: 50 charges, one key per invoice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import samekey
+from samekey.testing import PaymentServer
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "batch_invoices.py"
+INVOICES = 50
+WORKERS = 4
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
+
+
+def samekey_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "samekey", *argv], capture_output=True, text=True, timeout=60, env=env()
+    )
+
+
+def printed(path: Path, verb: str) -> dict[str, str]:
+    """operation -> key, from the batch's '<verb> <operation> <charge> key=<key>' lines."""
+    pattern = re.compile(rf"^{verb} (\S+) ch_\d+ key=(\S+)$")
+    return {m[1]: m[2] for line in path.read_text().splitlines() if (m := pattern.match(line))}
+
+
+def test_sigkilled_batch_is_listed_resumed_and_finished_without_double_charges(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.sqlite3"
+    batch = [
+        sys.executable, str(EXAMPLE), "--state", str(tmp_path / "state"), "--journal", str(journal),
+        "--sample-size", str(INVOICES), "--workers", str(WORKERS), "--lease", "1",
+    ]  # fmt: skip
+    with PaymentServer(tmp_path / "server.sqlite3", work_seconds=0.08) as server:
+        first_out = tmp_path / "first-run.txt"
+        with first_out.open("w") as out:
+            proc = subprocess.Popen([*batch, "--server", server.url], stdout=out, stderr=subprocess.STDOUT, env=env())
+            try:
+                deadline = time.monotonic() + 60
+                while server.charge_count() < INVOICES // 2 and proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                proc.send_signal(signal.SIGKILL)
+            finally:
+                proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, first_out.read_text()
+        assert INVOICES // 2 <= server.charge_count() < INVOICES
+
+        # what the journal holds right after the crash
+        with samekey.Journal(journal) as j:
+            records = {r.operation: r for r in j.records()}
+        pending = {op for op, r in records.items() if r.pending}
+        completed = {op for op, r in records.items() if not r.pending}
+        paid_first = printed(first_out, "paid")
+
+        listed = samekey_cli("list", "--json", "--journal", str(journal))
+        assert listed.returncode == 0, listed.stderr
+        listed_ops = {r["operation"]: r["key"] for r in json.loads(listed.stdout)}
+        assert set(listed_ops) == pending  # exactly the interrupted ones
+        assert 1 <= len(pending) <= WORKERS  # at most one per worker was in flight
+        assert not pending & set(paid_first)  # nothing the batch saw paid is listed
+        assert set(paid_first) <= completed
+        assert all(records[op].key == key for op, key in listed_ops.items())
+        # every key the server heard of belongs to an operation the journal knows
+        assert set(server.keys_seen()) <= {r.key for r in records.values()}
+        table = samekey_cli("list", "--journal", str(journal))
+        assert table.returncode == 0 and len(table.stdout.splitlines()) == 1 + len(pending)
+
+        resumed = samekey_cli("resume", "--all", "--base-url", server.url, "--journal", str(journal))
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        lines = resumed.stdout.splitlines()
+        assert len(lines) == len(pending) + 1
+        for op in pending:
+            assert any(f"] {op}: HTTP 201 (key {listed_ops[op]}, " in line for line in lines), resumed.stdout
+        assert (
+            lines[-1]
+            == f"resumed {len(pending)} operation(s): {len(pending)} completed now, 0 already completed, 0 failed"
+        )
+        assert json.loads(samekey_cli("list", "--json", "--journal", str(journal)).stdout) == []
+        assert server.charge_count() == len(records)  # each interrupted one charged once, not twice
+
+        second_out = tmp_path / "second-run.txt"
+        rerun = subprocess.run([*batch, "--server", server.url], capture_output=True, text=True, timeout=120, env=env())
+        second_out.write_text(rerun.stdout)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        already, paid_now = printed(second_out, "already paid"), printed(second_out, "paid")
+        assert set(already) == set(records)  # replayed from the journal, nothing sent
+        assert len(paid_now) == INVOICES - len(records)
+
+        charges = server.charges()
+        keys_seen = set(server.keys_seen())
+        with samekey.Journal(journal) as j:
+            final = {r.operation: r for r in j.records()}
+    assert len(charges) == INVOICES
+    assert len(final) == INVOICES and not any(r.pending for r in final.values())
+    journal_keys = {r.key for r in final.values()}
+    assert len(journal_keys) == INVOICES  # one key per operation
+    assert {c["key"] for c in charges} == journal_keys  # one charge per key
+    assert keys_seen == journal_keys  # and no other key ever reached the server
+    assert sorted(c["invoice"] for c in charges) == [f"{n:04d}" for n in range(1, INVOICES + 1)]
+
+
+def test_the_example_runs_with_no_arguments_and_a_rerun_pays_nothing_twice(tmp_path: Path) -> None:
+    environ = {**env(), "TMPDIR": str(tmp_path)}  # its default state directory lives in the temp dir
+    first = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120, env=environ)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.splitlines()[-1] == "done: 20 paid now, 0 already paid earlier, 0 failed"
+    second = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120, env=environ)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.stdout.splitlines()[-1] == "done: 0 paid now, 20 already paid earlier, 0 failed"
