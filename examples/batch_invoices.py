@@ -63,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--sample-size", type=int, default=20)
     parser.add_argument("--work-seconds", type=float, default=0.05, help="local server: time per charge")
-    parser.add_argument("--lease", type=float, default=5.0, help="seconds an in-flight invoice stays reserved")
     parser.add_argument("--crash-after", type=float, metavar="SECONDS", help="SIGKILL this process after SECONDS")
     args = parser.parse_args(argv)
 
@@ -80,10 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
     counts = {"paid": 0, "already": 0, "failed": 0}
     lock = threading.Lock()
-    # lease: how long an operation stays reserved by a run; a crashed run's in-flight
-    # invoices become resumable this long after the crash
     journal = args.journal or args.state / "journal.sqlite3"
-    with samekey.Client(journal=journal, lease=args.lease, timeout=10.0) as client:
+    with samekey.Client(journal=journal, timeout=10.0) as client:
 
         def pay(invoice: dict[str, str]) -> None:
             operation = f"invoice-{invoice['invoice_id']}/charge"

@@ -47,7 +47,7 @@ def test_sigkilled_batch_is_listed_resumed_and_finished_without_double_charges(t
     journal = tmp_path / "journal.sqlite3"
     batch = [
         sys.executable, str(EXAMPLE), "--state", str(tmp_path / "state"), "--journal", str(journal),
-        "--sample-size", str(INVOICES), "--workers", str(WORKERS), "--lease", "1",
+        "--sample-size", str(INVOICES), "--workers", str(WORKERS),
     ]  # fmt: skip
     with PaymentServer(tmp_path / "server.sqlite3", work_seconds=0.08) as server:
         first_out = tmp_path / "first-run.txt"

@@ -31,17 +31,6 @@ SHOW_EXTRA_FIELDS = {
 }  # fmt: skip
 
 
-@pytest.fixture
-def journal_path(tmp_path: Path) -> Path:
-    return tmp_path / "journal.sqlite3"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[PaymentServer]:
-    with PaymentServer(tmp_path / "server.sqlite3") as srv:
-        yield srv
-
-
 @pytest.fixture(autouse=True)
 def _no_waiting() -> Iterator[None]:
     with samekey.set_testing(True):

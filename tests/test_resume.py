@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,17 +15,6 @@ import samekey
 from samekey.testing import Fault, FaultPlan, PaymentServer
 
 ONE_TRY = samekey.RetryPolicy(max_attempts=1)
-
-
-@pytest.fixture
-def journal_path(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "journal.sqlite3"
-
-
-@pytest.fixture
-def no_sleep() -> Iterator[None]:
-    with samekey.set_testing(True):
-        yield
 
 
 class Recorder:
