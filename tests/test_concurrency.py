@@ -120,11 +120,24 @@ def test_an_expired_lease_from_another_host_is_taken_over_with_the_same_key(jour
 # -- processes -----------------------------------------------------------------------------------
 
 
+def _worker(journal: Path, url: str, seed: int, n: int) -> subprocess.Popen[bytes]:
+    journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log = open(journal.parent / f"worker-{seed}-{time.monotonic_ns()}.log", "wb")
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "race_worker.py"), str(journal), url, str(seed), str(n)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def _workers(journal: Path, url: str, count: int, n: int) -> list[subprocess.Popen[bytes]]:
-    return [
-        subprocess.Popen([sys.executable, str(HERE / "race_worker.py"), str(journal), url, str(seed), str(n)])
-        for seed in range(count)
-    ]
+    return [_worker(journal, url, seed, n) for seed in range(count)]
+
+
+def _wait_all(workers: list[subprocess.Popen[bytes]], journal: Path) -> None:
+    codes = [w.wait(timeout=120) for w in workers]
+    logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in sorted(journal.parent.glob("worker-*.log")))
+    assert codes == [0] * len(workers), logs
 
 
 @pytest.fixture
@@ -135,8 +148,7 @@ def race_server(tmp_path: Path) -> Iterator[PaymentServer]:
 
 def test_8_processes_race_over_200_operations(journal_path: Path, race_server: PaymentServer) -> None:
     workers = _workers(journal_path, race_server.url, 8, 200)
-    codes = [w.wait(timeout=120) for w in workers]
-    assert codes == [0] * 8
+    _wait_all(workers, journal_path)
     _assert_exactly_once(race_server, 200)
 
 
@@ -148,11 +160,8 @@ def test_8_processes_race_with_one_killed_and_restarted(journal_path: Path, race
     os.kill(workers[3].pid, signal.SIGKILL)
     assert workers[3].wait(timeout=10) == -signal.SIGKILL
     # the restarted process runs the same program on the same journal
-    workers[3] = subprocess.Popen(
-        [sys.executable, str(HERE / "race_worker.py"), str(journal_path), race_server.url, "3", "200"]
-    )
-    codes = [w.wait(timeout=120) for w in workers]
-    assert codes == [0] * 8
+    workers[3] = _worker(journal_path, race_server.url, 3, 200)
+    _wait_all(workers, journal_path)
     _assert_exactly_once(race_server, 200)
 
 
