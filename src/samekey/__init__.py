@@ -4,6 +4,8 @@ One Idempotency-Key per logical operation, journaled durably before the first by
 is sent, reused by every retry, every re-run after a crash and `samekey resume`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._async_client import AsyncClient
 from ._client import Client
 from ._core import OPERATION_EXTENSION, OperationInfo, operation_info
@@ -21,6 +23,9 @@ from ._policy import RetryBudget, RetryPolicy, set_testing
 from ._resume import ResumeResult
 from ._transport import AsyncSameKeyTransport, SameKeyTransport
 
+if TYPE_CHECKING:
+    from ._postgres import PostgresJournal
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -37,6 +42,7 @@ __all__ = [
     "OperationMismatch",
     "OperationNotFound",
     "OperationRecord",
+    "PostgresJournal",
     "ResumeResult",
     "RetriesExhausted",
     "RetryBudget",
@@ -47,3 +53,12 @@ __all__ = [
     "operation_info",
     "set_testing",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use so that `import samekey` never imports the PostgreSQL store.
+    if name == "PostgresJournal":
+        from ._postgres import PostgresJournal
+
+        return PostgresJournal
+    raise AttributeError(f"module 'samekey' has no attribute {name!r}")

@@ -32,7 +32,7 @@ def open_journal(journal: JournalArg) -> tuple[JournalStore, bool]:
     if journal is None or isinstance(journal, (str, os.PathLike)):
         text = os.fspath(journal) if journal is not None else ""
         if text.startswith(("postgresql://", "postgres://")):
-            from ._postgres import PostgresJournal  # type: ignore[import-not-found]  # samekey[postgres]
+            from ._postgres import PostgresJournal  # psycopg itself is imported when it opens
 
             return PostgresJournal(text), True
         return Journal(journal), True

@@ -1,0 +1,464 @@
+"""`PostgresJournal`: the journal in a PostgreSQL database, shared by every replica.
+
+A service with several replicas cannot keep pending keys on a local disk that dies
+with the container: when a replica is killed mid-payment another one must find the
+operation and finish it with the same key. This store implements the same
+`JournalStore` contract as the SQLite `Journal`, on one table:
+
+- `claim` is atomic across hosts: ``INSERT ... ON CONFLICT DO NOTHING`` creates the
+  record (durable before the request is sent); otherwise ``SELECT ... FOR UPDATE``
+  locks the row while the lease is checked and taken.
+- `record_attempt`, `complete` and `release` commit with ``synchronous_commit = off``:
+  losing one in a server crash only means the next run sends the same key again and
+  the payment server replays its answer.
+- Lease expiry compares the callers' clocks (``now``), as the SQLite store does, so
+  hosts sharing a journal need synchronised clocks (NTP); leases are tens of seconds.
+
+psycopg 3 is imported when a journal is opened, so ``import samekey`` works without it
+(``pip install 'samekey[postgres]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._errors import JournalError
+from ._journal import (
+    _COLUMNS,
+    ClaimResult,
+    Intent,
+    OperationRecord,
+    _headers_to_json,
+    _new_record,
+    _record,
+    _replace,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["PostgresJournal", "mask_dsn"]
+
+SCHEMA_VERSION = 1
+# Forward migrations: MIGRATIONS[n] upgrades the tables from version n to n + 1.
+MIGRATIONS: dict[int, str] = {}
+
+# Serialises schema set-up between processes that open a fresh database together.
+_SCHEMA_LOCK_ID = 0x534B4A31
+
+_SCHEMA = """
+CREATE TABLE samekey_schema (
+    version integer NOT NULL
+);
+CREATE TABLE samekey_operations (
+    operation        text COLLATE "C" PRIMARY KEY,
+    key              text NOT NULL,
+    key_header       text NOT NULL,
+    method           text NOT NULL,
+    url              text NOT NULL,
+    fingerprint      text NOT NULL,
+    request_headers  text NOT NULL,
+    request_body     bytea NOT NULL,
+    state            text NOT NULL CHECK (state IN ('pending', 'completed')),
+    created_at       double precision NOT NULL,
+    updated_at       double precision NOT NULL,
+    completed_at     double precision,
+    attempts         integer NOT NULL DEFAULT 0,
+    last_error       text,
+    response_status  integer,
+    response_headers text,
+    response_body    bytea,
+    lease_owner      text,
+    lease_expires    double precision
+);
+CREATE INDEX samekey_operations_pending ON samekey_operations (created_at) WHERE state = 'pending';
+CREATE INDEX samekey_operations_completed ON samekey_operations (completed_at) WHERE state = 'completed'
+"""
+
+_SELECT = f"SELECT {_COLUMNS} FROM samekey_operations"
+_INSERT = (
+    f"INSERT INTO samekey_operations ({_COLUMNS}) VALUES "
+    "(%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, NULL, 0, NULL, NULL, NULL, NULL, %s, %s) "
+    "ON CONFLICT (operation) DO NOTHING"
+)
+
+_URL_PASSWORD = re.compile(r"^(postgres(?:ql)?://[^:/@?#]*:)([^@/?#]*)(@)", re.IGNORECASE)
+_PARAM_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+T = TypeVar("T")
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by ``***`` (URL and key=value forms)."""
+    if "://" in dsn:
+        return _PARAM_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\3", dsn))
+    return _KV_PASSWORD.sub(r"\1***", dsn)
+
+
+def _escape_like(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+class PostgresJournal:
+    """The shared journal: one PostgreSQL table used by every replica of a service.
+
+    ``dsn`` is a libpq connection string (``postgresql://user:pass@host/db`` or
+    ``host=... dbname=...``); the tables ``samekey_operations`` and ``samekey_schema``
+    are created in the connection's current schema (set it with
+    ``options=-csearch_path=NAME``). ``pool_size`` connections at most are opened,
+    lazily, and shared by threads; ``lock_timeout`` bounds the wait for a row or
+    table lock held by another caller; ``connect_timeout`` bounds each connection
+    attempt.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        lock_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        pool_size: int = 4,
+    ) -> None:
+        if not isinstance(dsn, str) or not dsn.strip():
+            raise ValueError(f"dsn must be a PostgreSQL connection string, got {dsn!r}")
+        for name, value in (("lock_timeout", lock_timeout), ("connect_timeout", connect_timeout)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
+            raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
+        self.location = mask_dsn(dsn)
+        self.lock_timeout = float(lock_timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.pool_size = pool_size
+        self._dsn = dsn
+        self._secret = _password_of(dsn)
+        self._cond = threading.Condition()
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._opened = 0  # connections open (idle or in use)
+        self._closed = False
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise self._fail(
+                "the PostgreSQL journal needs psycopg 3, which is not installed",
+                "Install it with: pip install 'samekey[postgres]'",
+            ) from exc
+        self._psycopg = psycopg
+        self._run("opening", self._init_schema)
+
+    # -- errors -------------------------------------------------------------------------
+
+    def _fail(self, problem: str, fix: str) -> JournalError:
+        if self._secret:
+            problem = problem.replace(self._secret, "***")
+        return JournalError(self.location, problem, fix)
+
+    def _classify(self, exc: Exception, doing: str) -> JournalError:
+        errors = self._psycopg.errors
+        text = " ".join(str(exc).split())
+        if isinstance(exc, (errors.LockNotAvailable, errors.QueryCanceled)):
+            return self._fail(
+                f"a lock was held by another caller for more than {self.lock_timeout:g} s while {doing}",
+                "Another samekey process may be stuck in a transaction; retry, or raise lock_timeout.",
+            )
+        if isinstance(exc, errors.InsufficientPrivilege):
+            return self._fail(
+                f"the database user lacks a privilege while {doing} ({text})",
+                "Grant it CREATE on the schema (first use) and SELECT, INSERT, UPDATE, DELETE on the "
+                "samekey_operations and samekey_schema tables.",
+            )
+        if isinstance(exc, errors.DiskFull):
+            return self._fail(f"the database server's disk is full while {doing}", "Free some space; nothing was sent.")
+        if isinstance(exc, self._psycopg.OperationalError):
+            return self._fail(
+                f"cannot reach the PostgreSQL server while {doing} ({text})",
+                "Check that it runs and accepts connections from this host, and the DSN's host, port, "
+                "user, password and database.",
+            )
+        return self._fail(f"PostgreSQL error while {doing} ({text})", "Check the database and the DSN.")
+
+    # -- connections --------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = self._psycopg.connect(
+            self._dsn, autocommit=True, connect_timeout=max(1, math.ceil(self.connect_timeout))
+        )
+        try:
+            conn.execute(f"SET lock_timeout = {int(self.lock_timeout * 1000)}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _acquire(self) -> psycopg.Connection[Any]:
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise self._fail("it is closed", "Use the journal inside the client's lifetime.")
+                if self._idle:
+                    return self._idle.pop()
+                if self._opened < self.pool_size:
+                    self._opened += 1
+                    break
+                self._cond.wait()
+        try:
+            return self._connect()
+        except BaseException:
+            with self._cond:
+                self._opened -= 1
+                self._cond.notify()
+            raise
+
+    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+        with self._cond:
+            if self._closed or conn.broken or conn.closed:
+                self._opened -= 1
+                conn.close()
+            else:
+                self._idle.append(conn)
+            self._cond.notify()
+
+    def _run(self, doing: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run ``work`` on a pooled connection; once more on a fresh one if the first was broken.
+
+        Every store method is safe to repeat: a claim that committed before the connection
+        dropped is found again as this owner's ("claimed"), the other writes are guarded.
+        """
+        for retry in (False, True):
+            try:
+                conn = self._acquire()
+            except self._psycopg.Error as exc:
+                raise self._classify(exc, doing) from exc
+            try:
+                return work(conn)
+            except self._psycopg.Error as exc:
+                if conn.broken and not retry and isinstance(exc, self._psycopg.OperationalError):
+                    continue
+                raise self._classify(exc, doing) from exc
+            finally:
+                self._give_back(conn)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextlib.contextmanager
+    def _relaxed(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        # These writes may be lost in a server crash without harm: skip waiting for the WAL flush.
+        with conn.transaction():
+            conn.execute("SET LOCAL synchronous_commit = off")
+            yield
+
+    # -- schema -------------------------------------------------------------------------
+
+    def _version(self, conn: psycopg.Connection[Any]) -> int | None:
+        if conn.execute("SELECT to_regclass('samekey_schema')").fetchone() == (None,):
+            if conn.execute("SELECT to_regclass('samekey_operations')").fetchone() != (None,):
+                raise self._fail(
+                    "it has a samekey_operations table without samekey_schema, so it was not made by samekey",
+                    "It was left untouched. Use another database or schema (options=-csearch_path=NAME).",
+                )
+            return None
+        row = conn.execute("SELECT max(version) FROM samekey_schema").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def _init_schema(self, conn: psycopg.Connection[Any]) -> None:
+        if self._version(conn) == SCHEMA_VERSION:
+            return
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_ID,))
+            version = self._version(conn)  # again under the lock: another process may have set it up
+            if version is not None and version > SCHEMA_VERSION:
+                raise self._fail(
+                    f"it was written by a newer samekey (schema {version}; this one reads up to {SCHEMA_VERSION})",
+                    "It was left untouched. Upgrade samekey to use it.",
+                )
+            if version is None:
+                if conn.execute("SELECT current_schema()").fetchone() == (None,):
+                    raise self._fail(
+                        "no schema on the search_path exists to create its tables in",
+                        "Create the schema, or set one with options=-csearch_path=NAME in the DSN.",
+                    )
+                for statement in _SCHEMA.split(";"):
+                    conn.execute(statement)  # fixed text, no user input
+                conn.execute("INSERT INTO samekey_schema (version) VALUES (1)")
+                version = 1
+            while version < SCHEMA_VERSION:
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                version += 1
+            conn.execute("UPDATE samekey_schema SET version = %s", (version,))
+
+    # -- JournalStore -------------------------------------------------------------------
+
+    def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult:
+        expires = now + lease_seconds
+        params = (
+            intent.operation,
+            intent.key,
+            intent.key_header,
+            intent.method,
+            intent.url,
+            intent.fingerprint,
+            _headers_to_json(intent.request_headers),
+            intent.request_body,
+            now,
+            now,
+            owner,
+            expires,
+        )
+
+        def work(conn: psycopg.Connection[Any]) -> ClaimResult:
+            # A few rounds only matter if the row is forgotten between our insert and select.
+            for _ in range(3):
+                with conn.transaction():
+                    if conn.execute(_INSERT, params).rowcount == 1:
+                        return ClaimResult("created", _new_record(intent, owner, now, expires))
+                    row = conn.execute(f"{_SELECT} WHERE operation = %s FOR UPDATE", (intent.operation,)).fetchone()
+                    if row is None:
+                        continue
+                    record = _record(row)
+                    if record.state == "completed":
+                        return ClaimResult("completed", record)
+                    lease_free = (
+                        record.lease_owner is None or record.lease_expires is None or record.lease_expires <= now
+                    )
+                    if not lease_free and record.lease_owner != owner:
+                        return ClaimResult("busy", record)
+                    conn.execute(
+                        "UPDATE samekey_operations SET lease_owner = %s, lease_expires = %s, updated_at = %s "
+                        "WHERE operation = %s",
+                        (owner, expires, now, intent.operation),
+                    )
+                    return ClaimResult(
+                        "claimed", _replace(record, lease_owner=owner, lease_expires=expires, updated_at=now)
+                    )
+            raise self._fail(
+                f"operation {intent.operation!r} kept disappearing while being recorded",
+                "Another caller is forgetting it repeatedly; stop that caller and retry.",
+            )
+
+        return self._run(f"recording operation {intent.operation!r}", work)
+
+    def record_attempt(
+        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+    ) -> None:
+        def work(conn: psycopg.Connection[Any]) -> None:
+            with self._relaxed(conn):
+                conn.execute(
+                    "UPDATE samekey_operations SET attempts = %s, last_error = %s, updated_at = %s, "
+                    "lease_expires = %s WHERE operation = %s AND lease_owner = %s AND state = 'pending'",
+                    (attempts, error, now, now + lease_seconds, operation, owner),
+                )
+
+        self._run(f"updating operation {operation!r}", work)
+
+    def complete(
+        self,
+        operation: str,
+        owner: str,
+        attempts: int,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        now: float,
+    ) -> None:
+        def work(conn: psycopg.Connection[Any]) -> None:
+            with self._relaxed(conn):
+                conn.execute(
+                    "UPDATE samekey_operations SET state = 'completed', completed_at = %s, updated_at = %s, "
+                    "attempts = %s, last_error = NULL, response_status = %s, response_headers = %s, "
+                    "response_body = %s, lease_owner = NULL, lease_expires = NULL "
+                    "WHERE operation = %s AND state = 'pending'",
+                    (now, now, attempts, status, _headers_to_json(headers), body, operation),
+                )
+
+        self._run(f"completing operation {operation!r}", work)
+
+    def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None:
+        def work(conn: psycopg.Connection[Any]) -> None:
+            with self._relaxed(conn):
+                conn.execute(
+                    "UPDATE samekey_operations SET attempts = greatest(attempts, %s), "
+                    "last_error = coalesce(%s, last_error), updated_at = %s, lease_owner = NULL, "
+                    "lease_expires = NULL WHERE operation = %s AND lease_owner = %s AND state = 'pending'",
+                    (attempts, error, now, operation, owner),
+                )
+
+        self._run(f"updating operation {operation!r}", work)
+
+    def get(self, operation: str) -> OperationRecord | None:
+        def work(conn: psycopg.Connection[Any]) -> OperationRecord | None:
+            row = conn.execute(f"{_SELECT} WHERE operation = %s", (operation,)).fetchone()
+            return _record(row) if row is not None else None
+
+        return self._run("reading", work)
+
+    def pending(self, prefix: str | None = None) -> list[OperationRecord]:
+        return self.records(prefix, include_completed=False)
+
+    def records(self, prefix: str | None = None, *, include_completed: bool = True) -> list[OperationRecord]:
+        where: list[str] = []
+        params: list[object] = []
+        if not include_completed:
+            where.append("state = 'pending'")
+        if prefix:
+            where.append("operation LIKE %s")
+            params.append(_escape_like(prefix))
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+
+        def work(conn: psycopg.Connection[Any]) -> list[OperationRecord]:
+            rows = conn.execute(f"{_SELECT}{clause} ORDER BY created_at, operation", params).fetchall()
+            return [_record(r) for r in rows]
+
+        return self._run("listing", work)
+
+    def forget(self, operation: str) -> bool:
+        def work(conn: psycopg.Connection[Any]) -> bool:
+            return conn.execute("DELETE FROM samekey_operations WHERE operation = %s", (operation,)).rowcount == 1
+
+        return self._run(f"forgetting operation {operation!r}", work)
+
+    def purge_completed(self, older_than: float, now: float) -> int:
+        """Delete completed records finished more than ``older_than`` seconds ago. Never pending ones."""
+
+        def work(conn: psycopg.Connection[Any]) -> int:
+            return conn.execute(
+                "DELETE FROM samekey_operations WHERE state = 'completed' AND completed_at < %s",
+                (now - older_than,),
+            ).rowcount
+
+        return self._run("purging completed operations", work)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._opened -= len(idle)
+            self._cond.notify_all()
+        for conn in idle:
+            conn.close()
+
+    def __enter__(self) -> PostgresJournal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresJournal({self.location!r})"
+
+
+def _password_of(dsn: str) -> str | None:
+    for pattern, group in ((_URL_PASSWORD, 2), (_PARAM_PASSWORD, 0), (_KV_PASSWORD, 2)):
+        match = pattern.search(dsn)
+        if match:
+            value = match.group(group).split("=", 1)[-1] if group == 0 else match.group(group)
+            value = value.strip("'")
+            if len(value) >= 3:  # too short a value would mask unrelated text
+                return value
+    return None
