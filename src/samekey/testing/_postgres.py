@@ -28,7 +28,9 @@ class PostgresUnavailable(RuntimeError):
 def find_postgres_bin() -> Path | None:
     """The folder holding initdb and pg_ctl: $SAMEKEY_PG_BIN, the newest Debian one, or $PATH."""
     env = os.environ.get("SAMEKEY_PG_BIN")
-    candidates = [env] if env else []
+    if env:  # an explicit choice is the only one
+        return Path(env) if (Path(env) / "initdb").is_file() and (Path(env) / "pg_ctl").is_file() else None
+    candidates: list[str] = []
 
     def version(path: str) -> float:
         try:
@@ -93,7 +95,7 @@ class PostgresServer:
         if self._bin is None:
             raise PostgresUnavailable(
                 "no PostgreSQL server binaries (initdb, pg_ctl) found under /usr/lib/postgresql/*/bin or on PATH; "
-                "install them with `apt-get install postgresql` or set SAMEKEY_PG_BIN"
+                "install them with `apt-get install postgresql` or set SAMEKEY_PG_BIN to their folder"
             )
         if os.geteuid() == 0:
             for name in ("postgres", "nobody"):

@@ -1,0 +1,331 @@
+"""The JournalStore contract, run against every store: SQLite and PostgreSQL.
+
+A third store (Redis, DynamoDB, ...) passes this suite by adding a `Store` adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import samekey
+from samekey import _journal
+from samekey._journal import Intent, JournalStore
+from samekey.testing import Fault, FaultPlan, PaymentServer
+
+URL = "http://pay.test/charges"
+A, B = "host-a/101/aaaa", "host-b/202/bbbb"
+T0 = 1_700_000_000.0
+
+
+@dataclass
+class Store:
+    """How a test reaches one kind of store behind the protocol."""
+
+    name: str
+    open: Callable[[], JournalStore]  # a new instance on the same journal (another process, another host)
+    client_arg: str  # what `samekey.Client(journal=...)` takes for it
+    table: str
+    set_version: Callable[[int], None]
+    get_version: Callable[[], int]
+    module: Any  # holds SCHEMA_VERSION and MIGRATIONS
+
+
+def _sqlite_store(tmp_path: Path) -> Store:
+    path = tmp_path / "journal.sqlite3"
+
+    def set_version(n: int) -> None:
+        with sqlite3.connect(path) as conn:
+            conn.execute(f"PRAGMA user_version={n}")
+
+    def get_version() -> int:
+        conn = sqlite3.connect(path)
+        try:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            conn.close()
+
+    return Store("sqlite", lambda: samekey.Journal(path), str(path), "operations", set_version, get_version, _journal)
+
+
+def _postgres_store(dsn: str) -> Store:
+    import psycopg
+
+    from samekey import _postgres
+
+    def set_version(n: int) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("UPDATE samekey_schema SET version = %s", (n,))
+
+    def get_version() -> int:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT version FROM samekey_schema").fetchone()
+            assert row is not None
+            return int(row[0])
+
+    return Store(
+        "postgres",
+        lambda: samekey.PostgresJournal(dsn, lock_timeout=5),
+        dsn,
+        "samekey_operations",
+        set_version,
+        get_version,
+        _postgres,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        return _sqlite_store(tmp_path)
+    return _postgres_store(request.getfixturevalue("pg_dsn"))
+
+
+@pytest.fixture
+def journal(store: Store) -> Iterator[JournalStore]:
+    j = store.open()
+    yield j
+    j.close()
+
+
+@pytest.fixture
+def server() -> Iterator[PaymentServer]:
+    with PaymentServer() as s:
+        yield s
+
+
+def intent(operation: str = "order-1/charge", body: bytes = b'{"amount": 100}', key: str | None = None) -> Intent:
+    return Intent(
+        operation=operation,
+        key=key or str(uuid.uuid4()),
+        key_header="Idempotency-Key",
+        method="POST",
+        url=URL,
+        fingerprint=hashlib.sha256(b"POST\n" + URL.encode() + b"\n" + body).hexdigest(),
+        request_headers=(("content-type", "application/json"), ("x-request-source", "checkout")),
+        request_body=body,
+    )
+
+
+# -- claim ----------------------------------------------------------------------------
+
+
+def test_claim_creates_a_durable_record_that_another_instance_reads_back(store: Store, journal: JournalStore) -> None:
+    body = b'{"amount": 100}\x00\xff binary tail'
+    first = intent(body=body)
+    result = journal.claim(first, A, 30, T0)
+    assert result.status == "created"
+    other = store.open()  # a second process / host opening the same journal
+    try:
+        record = other.get("order-1/charge")
+    finally:
+        other.close()
+    assert record is not None and record.pending
+    assert (record.key, record.fingerprint, record.request_body) == (first.key, first.fingerprint, body)
+    assert record.request_headers == first.request_headers
+    assert (record.lease_owner, record.lease_expires, record.created_at, record.attempts) == (A, T0 + 30, T0, 0)
+
+
+def test_claim_by_another_owner_while_the_lease_is_live_is_busy(journal: JournalStore) -> None:
+    first = intent()
+    journal.claim(first, A, 30, T0)
+    busy = journal.claim(intent(key="another-key"), B, 30, T0 + 10)
+    assert busy.status == "busy"
+    assert (busy.record.lease_owner, busy.record.key) == (A, first.key)
+    again = journal.claim(first, A, 30, T0 + 11)  # the holder itself may claim again
+    assert again.status == "claimed" and again.record.lease_expires == T0 + 41
+
+
+def test_expired_lease_is_taken_over_with_the_same_key(journal: JournalStore) -> None:
+    first = intent()
+    journal.claim(first, A, 30, T0)
+    journal.record_attempt("order-1/charge", A, 1, "ConnectError: refused", 30, T0 + 5)  # lease now ends T0 + 35
+    assert journal.claim(intent(), B, 30, T0 + 34).status == "busy"
+    taken = journal.claim(intent(), B, 30, T0 + 36)
+    assert taken.status == "claimed"
+    assert (taken.record.key, taken.record.attempts, taken.record.last_error) == (first.key, 1, "ConnectError: refused")
+    stored = journal.get("order-1/charge")
+    assert stored is not None and (stored.lease_owner, stored.lease_expires) == (B, T0 + 66)
+    # the old holder, back from a pause, can no longer move the lease or the counters
+    journal.record_attempt("order-1/charge", A, 9, "late", 30, T0 + 40)
+    journal.release("order-1/charge", A, 9, "late", T0 + 40)
+    stored = journal.get("order-1/charge")
+    assert stored is not None and (stored.lease_owner, stored.attempts, stored.last_error) == (
+        B,
+        1,
+        "ConnectError: refused",
+    )
+
+
+def test_release_frees_the_lease_at_once_and_keeps_the_key(journal: JournalStore) -> None:
+    first = intent()
+    journal.claim(first, A, 300, T0)
+    journal.release("order-1/charge", A, 3, "HTTP 503", T0 + 1)
+    record = journal.get("order-1/charge")
+    assert record is not None and record.pending
+    assert (record.lease_owner, record.lease_expires, record.attempts, record.last_error) == (None, None, 3, "HTTP 503")
+    journal.release("order-1/charge", A, 1, None, T0 + 2)  # not the holder any more: no effect
+    taken = journal.claim(intent(), B, 30, T0 + 2)
+    assert taken.status == "claimed" and taken.record.key == first.key and taken.record.attempts == 3
+
+
+def test_completed_operation_is_replayed_not_claimed(journal: JournalStore) -> None:
+    journal.claim(intent(), A, 30, T0)
+    headers = [("content-type", "application/json"), ("x-charge", "ch_1")]
+    journal.complete("order-1/charge", A, 2, 201, headers, b'{"id":"ch_1"}', T0 + 1)
+    done = journal.claim(intent(), B, 30, T0 + 2)
+    assert done.status == "completed"
+    record = done.record
+    assert (record.response_status, record.response_body, record.attempts) == (201, b'{"id":"ch_1"}', 2)
+    assert record.response_headers == tuple(headers)
+    assert (record.lease_owner, record.completed_at, record.last_error) == (None, T0 + 1, None)
+
+
+def test_only_one_of_many_concurrent_claimers_gets_the_operation(store: Store) -> None:
+    stores = [store.open() for _ in range(6)]
+    barrier = threading.Barrier(len(stores))
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def claim(i: int) -> None:
+        barrier.wait(timeout=10)
+        status = stores[i].claim(intent(key=f"key-{i}"), f"owner-{i}", 30, T0).status
+        with lock:
+            results.append(status)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    for s in stores:
+        s.close()
+    assert sorted(results) == ["busy"] * 5 + ["created"]
+
+
+# -- through a real client -------------------------------------------------------------
+
+
+def test_client_replays_a_completed_operation_after_a_restart(store: Store, server: PaymentServer) -> None:
+    with samekey.Client(journal=store.client_arg) as client:  # a path or a postgresql:// DSN string
+        first = client.post(f"{server.url}/charges", json={"amount": 700}, operation="order-7/charge")
+    assert first.status_code == 201
+    with samekey.Client(journal=store.client_arg) as client:  # the next run of the program
+        again = client.post(f"{server.url}/charges", json={"amount": 700}, operation="order-7/charge")
+    assert again.status_code == 201 and again.json() == first.json()
+    info = samekey.operation_info(again)
+    assert info is not None and info.replayed
+    assert server.charge_count() == 1
+    assert len(server.requests()) == 1  # the replay came from the journal, not the network
+
+
+def test_client_retries_a_dropped_answer_with_the_same_key(store: Store) -> None:
+    journal = store.open()
+    faults = FaultPlan([Fault("drop_after")])  # charged, then the answer is lost
+    with PaymentServer(faults=faults) as server, samekey.set_testing(True):
+        with samekey.Client(journal=journal) as client:
+            response = client.post(f"{server.url}/charges", json={"amount": 5}, operation="order-5/charge")
+        assert response.status_code == 201
+        record = journal.get("order-5/charge")
+        assert record is not None and not record.pending and record.attempts == 2
+        assert server.keys_seen() == [record.key, record.key]
+        assert server.charge_count() == 1
+    journal.close()
+
+
+def test_mismatched_request_under_a_recorded_operation_is_refused(journal: JournalStore, server: PaymentServer) -> None:
+    with samekey.Client(journal=journal) as client:
+        client.post(f"{server.url}/charges", json={"amount": 100}, operation="order-9/charge")
+        with pytest.raises(samekey.OperationMismatch, match="different body"):
+            client.post(f"{server.url}/charges", json={"amount": 999}, operation="order-9/charge")
+    assert server.charge_count() == 1 and len(server.requests()) == 1
+
+
+def test_mismatch_on_a_pending_record_releases_the_lease(journal: JournalStore, server: PaymentServer) -> None:
+    journal.claim(intent("order-3/charge"), A, 300, T0)
+    journal.release("order-3/charge", A, 1, "HTTP 503", T0 + 1)
+    with samekey.Client(journal=journal) as client, pytest.raises(samekey.OperationMismatch):
+        client.post(f"{server.url}/charges", json={"amount": 1}, operation="order-3/charge")
+    record = journal.get("order-3/charge")
+    assert record is not None and record.pending and record.lease_owner is None
+    assert server.requests() == []
+
+
+# -- listing, forgetting, purging --------------------------------------------------------
+
+
+def test_records_and_pending_filter_by_literal_prefix(journal: JournalStore) -> None:
+    for i, op in enumerate(["a%b/1", "a%b/2", "axb/3", "a_b/4", "zz/5"]):
+        journal.claim(intent(op), A, 30, T0 + i)
+    journal.complete("a%b/2", A, 1, 201, [], b"{}", T0 + 10)
+    assert [r.operation for r in journal.records("a%b/")] == ["a%b/1", "a%b/2"]
+    assert [r.operation for r in journal.pending("a%")] == ["a%b/1"]
+    assert [r.operation for r in journal.pending("a_")] == ["a_b/4"]
+    assert [r.operation for r in journal.records()] == ["a%b/1", "a%b/2", "axb/3", "a_b/4", "zz/5"]
+    assert len(journal.records(include_completed=False)) == 4
+
+
+def test_forget_removes_a_record_so_the_name_starts_afresh(journal: JournalStore) -> None:
+    first = intent()
+    journal.claim(first, A, 30, T0)
+    assert journal.forget("order-1/charge") is True
+    assert journal.get("order-1/charge") is None
+    assert journal.forget("order-1/charge") is False
+    fresh = journal.claim(intent(key="new-key"), B, 30, T0 + 1)
+    assert fresh.status == "created" and fresh.record.key == "new-key"
+
+
+def test_purge_deletes_old_completed_records_and_never_pending_ones(journal: JournalStore) -> None:
+    for op in ("old-done", "new-done", "old-pending", "old-released"):
+        journal.claim(intent(op), A, 30, T0)
+    journal.complete("old-done", A, 1, 201, [], b"{}", T0 + 1)
+    journal.complete("new-done", A, 1, 201, [], b"{}", T0 + 90_000)
+    journal.release("old-released", A, 1, "HTTP 503", T0 + 1)
+    assert journal.purge_completed(86_400, T0 + 100_000) == 1
+    assert [r.operation for r in journal.records()] == ["new-done", "old-pending", "old-released"]
+    assert journal.purge_completed(0, T0 + 10**9) == 1  # even with no retention, pending ones stay
+    assert sorted(r.operation for r in journal.records()) == ["old-pending", "old-released"]
+
+
+# -- schema ----------------------------------------------------------------------------------
+
+
+def test_journal_from_a_newer_samekey_is_refused_and_left_untouched(store: Store) -> None:
+    journal = store.open()
+    journal.claim(intent(), A, 30, T0)
+    journal.close()
+    store.set_version(99)
+    with pytest.raises(samekey.JournalError, match=r"newer samekey \(schema 99.*Upgrade samekey"):
+        store.open()
+    assert store.get_version() == 99
+    store.set_version(store.module.SCHEMA_VERSION)
+    reopened = store.open()
+    record = reopened.get("order-1/charge")
+    reopened.close()
+    assert record is not None and record.pending
+
+
+def test_an_older_schema_is_migrated_forward_keeping_its_records(store: Store, monkeypatch: Any) -> None:
+    journal = store.open()
+    journal.claim(intent(), A, 30, T0)
+    journal.close()
+    current = store.module.SCHEMA_VERSION
+    migration = f"ALTER TABLE {store.table} ADD COLUMN note TEXT; UPDATE {store.table} SET note = 'migrated'"
+    monkeypatch.setattr(store.module, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(store.module.MIGRATIONS, current, migration)
+    migrated = store.open()
+    record = migrated.get("order-1/charge")
+    migrated.close()
+    assert record is not None and record.pending
+    assert store.get_version() == current + 1
+    reopened = store.open()  # already current: opening again changes nothing
+    reopened.close()
+    assert store.get_version() == current + 1

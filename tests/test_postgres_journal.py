@@ -1,0 +1,164 @@
+"""What only the PostgreSQL journal has: replicas in other processes and hosts, the server link."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import samekey
+from samekey.testing import Fault, FaultPlan, PaymentServer
+
+SRC = str(Path(samekey.__file__).resolve().parent.parent)
+
+# One replica of a service: charges order 42 through a journal shared with the others.
+REPLICA = textwrap.dedent(
+    """
+    import json, sys, samekey
+    dsn, url, host = sys.argv[1:4]
+    with samekey.Client(journal=dsn, lease=1.5, timeout=30) as client:
+        client.engine._host = host  # each process plays a replica on a host of its own
+        response = client.post(url + "/charges", json={"amount": 4200}, operation="order-42/charge")
+        info = samekey.operation_info(response)
+        print(json.dumps({"status": response.status_code, "body": response.json(), "key": info.key}))
+    """
+)
+
+
+def _replica(dsn: str, url: str, host: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen(
+        [sys.executable, "-c", REPLICA, dsn, url, host],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_a_replica_killed_mid_payment_is_taken_over_with_the_same_key(pg_dsn: str) -> None:
+    # The server charges, then answers only after 5 s: replica A dies in between.
+    with PaymentServer(faults=FaultPlan([Fault("slow", delay=5.0)])) as server:
+        a = _replica(pg_dsn, server.url, "replica-a")
+        try:
+            deadline = time.monotonic() + 30
+            while server.charge_count() == 0:
+                assert a.poll() is None, a.communicate()
+                assert time.monotonic() < deadline, "replica A never reached the server"
+                time.sleep(0.02)
+            with samekey.PostgresJournal(pg_dsn) as journal:
+                held = journal.get("order-42/charge")
+            assert held is not None and held.pending and (held.lease_owner or "").startswith("replica-a/")
+            a.send_signal(signal.SIGKILL)
+        finally:
+            a.kill()
+            a.wait(timeout=10)
+        assert a.returncode == -signal.SIGKILL
+
+        b = _replica(pg_dsn, server.url, "replica-b")
+        out, err = b.communicate(timeout=30)
+        assert b.returncode == 0, err
+        result = json.loads(out)
+
+        assert result["status"] == 201 and result["key"] == held.key
+        assert server.charge_count() == 1
+        assert result["body"]["id"] == f"ch_{server.charges()[0]['id']}"  # the first charge, replayed
+        # A's request is logged only when its slow answer is written; B's is the server's replay
+        replays = [r for r in server.requests() if r["outcome"] == "replay"]
+        assert [r["key"] for r in replays] == [held.key] and set(server.keys_seen()) == {held.key}
+        # B sent only once A's lease had run out
+        assert held.lease_expires is not None and replays[0]["at"] >= held.lease_expires
+        with samekey.PostgresJournal(pg_dsn) as journal:
+            done = journal.get("order-42/charge")
+        assert done is not None and not done.pending and done.response_status == 201
+
+
+@pytest.mark.usefixtures("psycopg_installed")
+def test_unreachable_server_names_the_dsn_without_its_password() -> None:
+    dsn = "postgresql://alice:s3cr3t-pass@127.0.0.1:1/payments"
+    with pytest.raises(samekey.JournalError) as caught:
+        samekey.Client(journal=dsn)
+    text = str(caught.value)
+    assert "s3cr3t-pass" not in text
+    assert "postgresql://alice:***@127.0.0.1:1/payments" in text
+    assert "cannot reach the PostgreSQL server" in text and "Check that it runs" in text
+
+
+@pytest.mark.usefixtures("psycopg_installed")
+def test_key_value_dsn_password_is_masked_too() -> None:
+    with pytest.raises(samekey.JournalError) as caught:
+        samekey.PostgresJournal("host=127.0.0.1 port=1 user=bob password=hunter2-x dbname=d", connect_timeout=2)
+    assert "hunter2-x" not in str(caught.value) and "password=***" in str(caught.value)
+
+
+def test_row_lock_held_too_long_is_a_journal_error_saying_so(pg_dsn: str) -> None:
+    import psycopg
+
+    with samekey.PostgresJournal(pg_dsn, lock_timeout=0.3) as journal, psycopg.connect(pg_dsn) as other:
+        first = journal.claim(_intent(), "a", 30, 1000.0)
+        assert first.status == "created"
+        other.execute("SELECT 1 FROM samekey_operations WHERE operation = 'op' FOR UPDATE")  # stays open
+        started = time.monotonic()
+        with pytest.raises(samekey.JournalError, match=r"held by another caller for more than 0.3 s.*lock_timeout"):
+            journal.claim(_intent(), "b", 30, 1001.0)
+        assert time.monotonic() - started < 5
+        other.rollback()
+        assert journal.claim(_intent(), "b", 30, 1001.0).status == "busy"  # usable again
+
+
+def test_a_dropped_server_connection_is_replaced(pg_dsn: str) -> None:
+    import psycopg
+
+    dsn = pg_dsn + "&application_name=samekey_reconnect_test"
+    with samekey.PostgresJournal(dsn, pool_size=1) as journal:
+        journal.claim(_intent(), "a", 30, 1000.0)
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'samekey_reconnect_test'"
+            ).fetchone()
+        assert killed == (1,)
+        record = journal.get("op")
+        assert record is not None and record.lease_owner == "a"
+
+
+def test_foreign_table_of_the_same_name_is_left_alone(pg_dsn: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE samekey_operations (id int)")
+    with pytest.raises(samekey.JournalError, match=r"not made by samekey.*left untouched"):
+        samekey.PostgresJournal(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('samekey_schema')").fetchone() == (None,)
+
+
+def test_import_samekey_needs_no_psycopg_and_says_how_to_get_it() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["psycopg"] = None  # as if it were not installed
+        import samekey
+        try:
+            samekey.PostgresJournal("postgresql://127.0.0.1/x")
+        except samekey.JournalError as exc:
+            print(exc)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'samekey[postgres]'" in done.stdout
+
+
+def _intent() -> samekey._journal.Intent:
+    from samekey._journal import Intent
+
+    return Intent("op", "k-1", "Idempotency-Key", "POST", "http://x/charges", "fp", (), b"{}")
