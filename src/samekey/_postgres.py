@@ -315,9 +315,10 @@ class PostgresJournal:
         def work(conn: psycopg.Connection[Any]) -> ClaimResult:
             # A few rounds only matter if the row is forgotten between our insert and select.
             for _ in range(3):
+                # the common case, a new operation, is one durable statement (one round trip)
+                if conn.execute(_INSERT, params).rowcount == 1:
+                    return ClaimResult("created", _new_record(intent, owner, now, expires))
                 with conn.transaction():
-                    if conn.execute(_INSERT, params).rowcount == 1:
-                        return ClaimResult("created", _new_record(intent, owner, now, expires))
                     row = conn.execute(f"{_SELECT} WHERE operation = %s FOR UPDATE", (intent.operation,)).fetchone()
                     if row is None:
                         continue
