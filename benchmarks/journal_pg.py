@@ -172,35 +172,45 @@ def _postgres(dsn: str | None) -> Iterator[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few requests: a smoke run of a few seconds")
+    parser.add_argument("--quick", action="store_true", help="few requests, one round: a smoke run of seconds")
     parser.add_argument("--dsn", help="an existing PostgreSQL database (default: start a throwaway server)")
     parser.add_argument("--requests", type=int, help="requests per measurement (default 400, --quick 60)")
     parser.add_argument("--concurrency", type=int, default=16, help="threads / tasks for the concurrent runs")
+    parser.add_argument("--rounds", type=int, help="rounds, the best kept (default 3, --quick 1)")
     args = parser.parse_args()
     requests = args.requests or (60 if args.quick else 400)
+    rounds = args.rounds or (1 if args.quick else 3)
     concurrency = args.concurrency
+    modes: list[tuple[str, Callable[..., tuple[float, float, float]], int]] = [
+        ("sequential", run_sync, 1),
+        (f"{concurrency} threads", run_sync, concurrency),
+        (f"{concurrency} async tasks", run_async, concurrency),
+    ]
 
-    rows: list[tuple[str, str, tuple[float, float, float]]] = []
+    # Rounds interleave the stores, and the best round counts: on a shared machine the
+    # noise only ever slows a run down.
+    best: dict[tuple[str, str], tuple[float, float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp, _postgres(args.dsn) as dsn, _fast_server() as url:
-        for name, make in _stores(Path(tmp), dsn).items():
-            for mode, runner, width in (
-                ("sequential", run_sync, 1),
-                (f"{concurrency} threads", run_sync, concurrency),
-                (f"{concurrency} async tasks", run_async, concurrency),
-            ):
-                store = make()
-                try:
-                    result = runner(store, url, requests, width)
-                finally:
-                    if store is not None:
-                        store.close()
-                rows.append((name, mode, result))
-                print(f"  {name:<18} {mode:<16} {result[0]:8.0f} req/s", flush=True)
+        for round_ in range(1, rounds + 1):
+            for name, make in _stores(Path(tmp), dsn).items():
+                for mode, runner, width in modes:
+                    store = make()
+                    try:
+                        result = runner(store, url, requests, width)
+                    finally:
+                        if store is not None:
+                            store.close()
+                    if result[0] > best.get((name, mode), (0.0, 0.0, 0.0))[0]:
+                        best[(name, mode)] = result
+                    print(f"  round {round_}: {name:<18} {mode:<16} {result[0]:8.0f} req/s", flush=True)
 
-    print(f"\n{requests} POSTs per run, each a new operation; loopback server; PostgreSQL fsync on\n")
+    print(
+        f"\n{requests} POSTs per run, each a new operation, best of {rounds} round(s); "
+        "loopback server; PostgreSQL fsync on\n"
+    )
     print(f"| {'journal':<18} | {'mode':<16} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} |")
     print(f"|{'-' * 20}|{'-' * 18}|{'-' * 9}|{'-' * 9}|{'-' * 9}|")
-    for name, mode, (rate, p50, p99) in rows:
+    for (name, mode), (rate, p50, p99) in best.items():
         print(f"| {name:<18} | {mode:<16} | {rate:7.0f} | {p50:7.2f} | {p99:7.2f} |")
 
 
