@@ -102,14 +102,17 @@ def server() -> Iterator[PaymentServer]:
         yield s
 
 
-def intent(operation: str = "order-1/charge", body: bytes = b'{"amount": 100}', key: str | None = None) -> Intent:
+def intent(
+    operation: str = "order-1/charge", body: bytes = b'{"amount": 100}', key: str | None = None, url: str = URL
+) -> Intent:
+    """What a client records for ``POST url`` with ``body`` (the same fingerprint)."""
     return Intent(
         operation=operation,
         key=key or str(uuid.uuid4()),
         key_header="Idempotency-Key",
         method="POST",
-        url=URL,
-        fingerprint=hashlib.sha256(b"POST\n" + URL.encode() + b"\n" + body).hexdigest(),
+        url=url,
+        fingerprint=hashlib.sha256(f"POST\n{url}\n".encode() + body).hexdigest(),
         request_headers=(("content-type", "application/json"), ("x-request-source", "checkout")),
         request_body=body,
     )
@@ -256,6 +259,18 @@ def test_mismatch_on_a_pending_record_releases_the_lease(journal: JournalStore, 
         client.post(f"{server.url}/charges", json={"amount": 1}, operation="order-3/charge")
     record = journal.get("order-3/charge")
     assert record is not None and record.pending and record.lease_owner is None
+    assert server.requests() == []
+
+
+def test_pending_key_older_than_key_ttl_is_not_sent_again(journal: JournalStore, server: PaymentServer) -> None:
+    body = b'{"amount":1}'
+    old = intent("order-8/charge", body=body, url=f"{server.url}/charges")
+    journal.claim(old, A, 30, T0)  # recorded long ago, never answered
+    journal.release("order-8/charge", A, 1, "ReadTimeout", T0 + 1)
+    with samekey.Client(journal=journal, key_ttl=3600) as client, pytest.raises(samekey.KeyExpired):
+        client.post(f"{server.url}/charges", content=body, operation="order-8/charge")
+    record = journal.get("order-8/charge")
+    assert record is not None and record.pending and record.key == old.key and record.lease_owner is None
     assert server.requests() == []
 
 
