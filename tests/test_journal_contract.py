@@ -5,6 +5,7 @@ A third store (Redis, DynamoDB, ...) passes this suite by adding a `Store` adapt
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 import threading
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import samekey
@@ -228,6 +230,22 @@ def test_client_replays_a_completed_operation_after_a_restart(store: Store, serv
     assert info is not None and info.replayed
     assert server.charge_count() == 1
     assert len(server.requests()) == 1  # the replay came from the journal, not the network
+
+
+def test_async_tasks_racing_on_one_operation_charge_once(store: Store, server: PaymentServer) -> None:
+    async def main() -> list[httpx.Response]:
+        async with samekey.AsyncClient(journal=store.client_arg) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(f"{server.url}/charges", json={"amount": 3}, operation="order-3/charge")
+                    for _ in range(5)
+                )
+            )
+
+    responses = asyncio.run(main())
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert server.charge_count() == 1 and len(server.requests()) == 1  # the others waited, then replayed
 
 
 def test_client_retries_a_dropped_answer_with_the_same_key(store: Store) -> None:
