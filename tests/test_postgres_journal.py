@@ -80,6 +80,18 @@ def test_a_replica_killed_mid_payment_is_taken_over_with_the_same_key(pg_dsn: st
         assert done is not None and not done.pending and done.response_status == 201
 
 
+def test_schema_table_without_a_version_is_refused_not_rewritten(pg_dsn: str) -> None:
+    import psycopg
+
+    samekey.PostgresJournal(pg_dsn).close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM samekey_schema")
+    with pytest.raises(samekey.JournalError, match=r"schema version is unknown.*left untouched"):
+        samekey.PostgresJournal(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM samekey_schema").fetchone() == (0,)
+
+
 @pytest.mark.usefixtures("psycopg_installed")
 def test_unreachable_server_names_the_dsn_without_its_password() -> None:
     dsn = "postgresql://alice:s3cr3t-pass@127.0.0.1:1/payments"

@@ -162,10 +162,15 @@ class PostgresJournal:
     def _classify(self, exc: Exception, doing: str) -> JournalError:
         errors = self._psycopg.errors
         text = " ".join(str(exc).split())
-        if isinstance(exc, (errors.LockNotAvailable, errors.QueryCanceled)):
+        if isinstance(exc, errors.LockNotAvailable):
             return self._fail(
                 f"a lock was held by another caller for more than {self.lock_timeout:g} s while {doing}",
                 "Another samekey process may be stuck in a transaction; retry, or raise lock_timeout.",
+            )
+        if isinstance(exc, errors.QueryCanceled):
+            return self._fail(
+                f"the server cancelled a statement while {doing} ({text})",
+                "Check the database's statement_timeout and its load; retry.",
             )
         if isinstance(exc, errors.InsufficientPrivilege):
             return self._fail(
@@ -263,7 +268,13 @@ class PostgresJournal:
                 )
             return None
         row = conn.execute("SELECT max(version) FROM samekey_schema").fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+        if not row or row[0] is None:
+            raise self._fail(
+                "its samekey_schema table is empty, so its schema version is unknown",
+                "It was left untouched. Restore the row (INSERT INTO samekey_schema VALUES (1) for samekey "
+                "0.1) or use another database or schema.",
+            )
+        return int(row[0])
 
     def _init_schema(self, conn: psycopg.Connection[Any]) -> None:
         if self._version(conn) == SCHEMA_VERSION:
