@@ -141,6 +141,34 @@ def test_a_dropped_server_connection_is_replaced(pg_dsn: str) -> None:
         assert record is not None and record.lease_owner == "a"
 
 
+def test_a_forked_worker_opens_its_own_connections(pg_dsn: str) -> None:
+    import psycopg
+
+    dsn = pg_dsn + "&application_name=samekey_fork_test"
+    backends = "SELECT pid FROM pg_stat_activity WHERE application_name = 'samekey_fork_test'"
+    with samekey.PostgresJournal(dsn, pool_size=1) as journal, psycopg.connect(pg_dsn, autocommit=True) as admin:
+        journal.claim(_intent(), "parent", 30, 1000.0)
+        parents = admin.execute(backends).fetchall()
+        assert len(parents) == 1
+        pid = os.fork()  # as a web server preloading the app forks its workers
+        if pid == 0:
+            code = 1
+            try:
+                record = journal.get("op")
+                journal.close()
+                code = 0 if record is not None and record.lease_owner == "parent" else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        deadline = time.monotonic() + 10
+        while len(now := admin.execute(backends).fetchall()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the child's own backend is exiting
+        # the child closed only its own connection: the parent's session is still there
+        assert now == parents
+        assert journal.get("op") is not None
+
+
 def test_foreign_table_of_the_same_name_is_left_alone(pg_dsn: str) -> None:
     import psycopg
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -142,6 +143,7 @@ class PostgresJournal:
         self._idle: list[psycopg.Connection[Any]] = []
         self._opened = 0  # connections open (idle or in use)
         self._closed = False
+        self._pid = os.getpid()
         try:
             import psycopg
         except ImportError as exc:
@@ -203,6 +205,11 @@ class PostgresJournal:
 
     def _acquire(self) -> psycopg.Connection[Any]:
         with self._cond:
+            if os.getpid() != self._pid:
+                # A forked child (e.g. a preloaded web worker) must not talk on, or close, the
+                # parent's sockets: it forgets them (psycopg never closes them on collection
+                # in another process) and opens its own.
+                self._idle, self._opened, self._pid = [], 0, os.getpid()
             while True:
                 if self._closed:
                     raise self._fail("it is closed", "Use the journal inside the client's lifetime.")
