@@ -92,6 +92,21 @@ def test_schema_table_without_a_version_is_refused_not_rewritten(pg_dsn: str) ->
         assert conn.execute("SELECT count(*) FROM samekey_schema").fetchone() == (0,)
 
 
+def test_relaxed_writes_leave_new_records_durable(pg_dsn: str) -> None:
+    # complete/record_attempt/release skip the WAL flush for their own statement only: a
+    # claim that follows on the same connection must again wait for it.
+    with samekey.PostgresJournal(pg_dsn, pool_size=1) as journal:
+        journal.claim(_intent(), "a", 30, 1000.0)
+        journal.record_attempt("op", "a", 1, "HTTP 503", 30, 1001.0)
+        journal.release("op", "a", 1, None, 1002.0)
+        journal.claim(_intent(), "a", 30, 1003.0)
+        journal.complete("op", "a", 2, 201, [], b"{}", 1004.0)
+        setting = journal._run("checking", lambda conn: conn.execute("SHOW synchronous_commit").fetchone())
+        record = journal.get("op")
+    assert setting == ("on",)
+    assert record is not None and (record.state, record.attempts, record.response_status) == ("completed", 2, 201)
+
+
 @pytest.mark.usefixtures("psycopg_installed")
 def test_unreachable_server_names_the_dsn_without_its_password() -> None:
     dsn = "postgresql://alice:s3cr3t-pass@127.0.0.1:1/payments"
