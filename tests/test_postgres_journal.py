@@ -107,6 +107,29 @@ def test_relaxed_writes_leave_new_records_durable(pg_dsn: str) -> None:
     assert record is not None and (record.state, record.attempts, record.response_status) == ("completed", 2, 201)
 
 
+def test_samekey_command_lists_and_resumes_from_a_postgres_journal(pg_dsn: str) -> None:
+    # a replica gave up on order 77 (the provider answered 503): ops finish it from a shell
+    with PaymentServer(faults=FaultPlan([Fault("status", 503)])) as server:
+        with samekey.Client(journal=pg_dsn, policy=samekey.RetryPolicy(max_attempts=1)) as client:
+            with pytest.raises(samekey.RetriesExhausted):
+                client.post(f"{server.url}/charges", json={"amount": 77}, operation="order-77/charge")
+        env = {**os.environ, "PYTHONPATH": SRC}
+
+        def samekey_cmd(*argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "samekey", *argv, "--journal", pg_dsn],
+                capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+
+        listed = samekey_cmd("list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        [record] = json.loads(listed.stdout)
+        assert (record["operation"], record["state"]) == ("order-77/charge", "pending")
+        resumed = samekey_cmd("resume", "--all")
+        assert resumed.returncode == 0, resumed.stderr
+        assert server.keys_seen() == [record["key"], record["key"]] and server.charge_count() == 1
+
+
 @pytest.mark.usefixtures("psycopg_installed")
 def test_unreachable_server_names_the_dsn_without_its_password() -> None:
     dsn = "postgresql://alice:s3cr3t-pass@127.0.0.1:1/payments"
@@ -116,6 +139,17 @@ def test_unreachable_server_names_the_dsn_without_its_password() -> None:
     assert "s3cr3t-pass" not in text
     assert "postgresql://alice:***@127.0.0.1:1/payments" in text
     assert "cannot reach the PostgreSQL server" in text and "Check that it runs" in text
+
+
+@pytest.mark.usefixtures("psycopg_installed")
+def test_samekey_command_with_an_unreachable_dsn_exits_2_with_the_password_masked() -> None:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    done = subprocess.run(
+        [sys.executable, "-m", "samekey", "list", "--journal", "postgresql://ops:pa55-w0rd@127.0.0.1:1/pay"],
+        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "pa55-w0rd" not in done.stderr and "postgresql://ops:***@127.0.0.1:1/pay" in done.stderr
 
 
 @pytest.mark.usefixtures("psycopg_installed")
