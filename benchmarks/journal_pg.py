@@ -53,10 +53,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(head.encode() + body)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default 5 drops SYNs of a burst of new connections: 1 s stalls
+    daemon_threads = True
+
+
 @contextlib.contextmanager
 def _fast_server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
+    httpd = _Server(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
