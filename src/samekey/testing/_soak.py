@@ -127,12 +127,15 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--ready-dir", required=True)
     args = parser.parse_args(argv)
     # tiny real waits (workers are separate processes: set_testing would not reach them)
     policy = samekey.RetryPolicy(max_attempts=8, initial_delay=0.002, max_delay=0.02, max_retry_after=0.02, deadline=60)
     with samekey.Client(
         journal=args.journal, base_url=args.url, policy=policy, timeout=CLIENT_TIMEOUT, lease=LEASE
     ) as client:
+        # tell the parent we are past start-up: its kills should hit work, not imports
+        Path(args.ready_dir, f"ready-{os.getpid()}").touch()
         for i in range(args.index, args.n, args.workers):
             for _ in range(1_000):  # each run of the operation uses the same journaled key
                 try:
@@ -160,6 +163,7 @@ class _Workers:
         self.base = [
             sys.executable, "-m", "samekey.testing._soak", "worker",
             "--journal", str(journal), "--url", url, "--workers", str(workers), "--n", str(n),
+            "--ready-dir", str(folder),
         ]  # fmt: skip
         import samekey
 
@@ -176,6 +180,11 @@ class _Workers:
         self.procs[index] = subprocess.Popen(
             [*self.base, "--index", str(index)], env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
         )
+
+    def working(self, index: int) -> bool:
+        """Running and past start-up (it has opened its client)."""
+        proc = self.procs[index]
+        return proc.poll() is None and (self.folder / f"ready-{proc.pid}").exists()
 
     def log_tail(self, index: int) -> str:
         text = (self.folder / f"worker-{index}.log").read_text(errors="replace")
@@ -259,7 +268,7 @@ def run_soak(
                     finished.add(index)
                 if report.problems:
                     break
-                running = [i for i, p in pool.procs.items() if i not in finished and p.poll() is None]
+                running = [i for i in pool.procs if i not in finished and pool.working(i)]
                 if report.kills < kills and now >= next_kill and running:
                     victim = rng.choice(running)
                     proc = pool.procs[victim]
