@@ -291,3 +291,33 @@ def test_fault_and_plan_reject_what_they_cannot_do() -> None:
         FaultPlan(rate=1.5)
     bounded = FaultPlan(rate=1.0, max_faults=2)
     assert [bounded.next() is not None for _ in range(4)] == [True, True, False, False]
+
+
+def test_server_figures_stay_readable_after_stop(tmp_path: Path) -> None:
+    with PaymentServer(tmp_path / "server.sqlite3") as server:
+        httpx.post(server.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k"}, timeout=5)
+    assert server.charge_count() == 1 and server.keys_seen() == ["k"]  # read from the file
+    with PaymentServer() as memory_only:
+        pass
+    with pytest.raises(RuntimeError, match="give it a db_path"):
+        memory_only.charge_count()
+
+
+def test_the_readme_fault_injection_example_runs(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("```python\n# test_checkout.py\n", 1)[1].split("```", 1)[0]
+    your_code = (
+        "def charge_order(client, order):\n"
+        "    r = client.post('/charges', json={'order': order, 'amount': 4999}, operation=f'order-{order}/charge')\n"
+        "    r.raise_for_status()\n"
+    )
+    code = "\n".join(your_code if line.startswith("from myshop import") else line for line in code.splitlines())
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    tests = {name: fn for name, fn in namespace.items() if name.startswith("test_") and callable(fn)}
+    assert len(tests) == 2
+    with samekey.set_testing(True):
+        for name, test in tests.items():
+            folder = tmp_path / name
+            folder.mkdir()
+            test(folder)

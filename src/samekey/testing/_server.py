@@ -66,6 +66,7 @@ class PaymentServer:
         self.work_seconds = work_seconds
         self.decline = decline
         self._db_lock = threading.Lock()
+        self._stopped = False
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
         if self.db_path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -121,7 +122,9 @@ class PaymentServer:
             self._thread.join(timeout=5)
             self._loop.close()
         self._sock.close()
-        self._db.close()
+        with self._db_lock:
+            self._db.close()
+            self._stopped = True
 
     def __enter__(self) -> PaymentServer:
         return self.start()
@@ -133,7 +136,19 @@ class PaymentServer:
 
     def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._db_lock:
-            return self._db.execute(sql, params).fetchall()
+            if not self._stopped:
+                return self._db.execute(sql, params).fetchall()
+        # after stop(): tests naturally assert after the `with` block; read the file itself
+        if self.db_path == ":memory:":
+            raise RuntimeError(
+                "this PaymentServer was stopped and its in-memory database is gone: "
+                "read it inside the `with` block, or give it a db_path"
+            )
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
 
     def charge_count(self) -> int:
         return int(self._query("SELECT count(*) FROM charges")[0][0])
