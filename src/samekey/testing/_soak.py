@@ -134,8 +134,10 @@ def worker_main(argv: list[str]) -> int:
     with samekey.Client(
         journal=args.journal, base_url=args.url, policy=policy, timeout=CLIENT_TIMEOUT, lease=LEASE
     ) as client:
-        # tell the parent we are past start-up: its kills should hit work, not imports
-        Path(args.ready_dir, f"ready-{os.getpid()}").touch()
+        # The parent kills only workers that have done new work since they started: kills
+        # should hit operations, not imports or the replay of what an earlier run finished
+        # (else at a high kill rate a worker can be killed again before it gets anywhere).
+        ready: Path | None = Path(args.ready_dir, f"ready-{os.getpid()}")
         for i in range(args.index, args.n, args.workers):
             for _ in range(1_000):  # each run of the operation uses the same journaled key
                 try:
@@ -147,6 +149,10 @@ def worker_main(argv: list[str]) -> int:
                         f"{operation_name(i)}: unexpected HTTP {response.status_code} {response.text}", file=sys.stderr
                     )
                     return 3
+                info = samekey.operation_info(response)
+                if ready is not None and info is not None and not info.replayed:
+                    ready.touch()
+                    ready = None
                 break
             else:
                 print(f"{operation_name(i)}: never completed", file=sys.stderr)
@@ -182,7 +188,7 @@ class _Workers:
         )
 
     def working(self, index: int) -> bool:
-        """Running and past start-up (it has opened its client)."""
+        """Running, and it has done new work since it started."""
         proc = self.procs[index]
         return proc.poll() is None and (self.folder / f"ready-{proc.pid}").exists()
 
