@@ -1,12 +1,14 @@
-"""Checkout with a flaky payment server: a lost response, a crash, a resume; one charge.
+"""Checkout through a faulty network: lost responses, a crash, a re-run; one charge per order.
 
 Run it with no arguments:  python examples/checkout.py
 
-It starts a local payment server on 127.0.0.1 that charges and then drops the
-connection (the response is lost), then answers 503 for a while. A child process
-running the checkout is killed with SIGKILL while it retries. Running the checkout
-again reuses the journaled Idempotency-Key, so the server replays its answer: the
-customer is charged exactly once.
+A local payment server (127.0.0.1) sits behind samekey's fault-injecting proxy. A
+child process checks out three orders. The proxy lets the server charge order B and
+then loses the answer, then answers 503 while the child retries with the same key;
+the child is killed with SIGKILL. The checkout runs again on the same journal:
+order A is answered from the journal, order B's journaled key is sent again and the
+server replays its charge, order C's answer is lost once and retried with its key.
+The server's books: exactly one charge per order.
 """
 
 from __future__ import annotations
@@ -17,54 +19,67 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import samekey
-from samekey.testing import Fault, FaultPlan, PaymentServer
+from samekey.testing import Fault, FaultPlan, FaultProxy, PaymentServer
 
 
-def checkout(order: int, base_url: str) -> None:
-    """What a shop's checkout code looks like with samekey (default journal, no journal= needed)."""
+def checkout(orders: dict[str, int], base_url: str) -> None:
+    """A shop's checkout code with samekey (default journal: no journal= needed)."""
     policy = samekey.RetryPolicy(initial_delay=0.05, max_delay=0.2, max_attempts=1000, deadline=600)
-    with samekey.Client(base_url=base_url, policy=policy) as client:
-        response = client.post("/charges", json={"order": order, "amount": 4999}, operation=f"order-{order}/charge")
-        info = samekey.operation_info(response)
-        how = "replayed by the server" if response.headers.get("Idempotent-Replayed") else "new"
-        attempts = info.attempts if info else "?"
-        print(f"   checkout finished: HTTP {response.status_code} {response.json()} ({how}; attempts={attempts})")
+    with samekey.Client(base_url=base_url, policy=policy, timeout=2) as client:
+        for name, order in orders.items():
+            response = client.post("/charges", json={"order": order, "amount": 4999}, operation=f"order-{order}/charge")
+            info = samekey.operation_info(response)
+            attempts = info.attempts if info else "?"
+            if info is not None and info.replayed:
+                how = "answered from the journal, nothing sent"
+            elif response.headers.get("Idempotent-Replayed"):
+                how = f"the server replayed the charge an earlier attempt made (attempts: {attempts})"
+            else:
+                how = f"charged (attempts: {attempts})"
+            print(f"   order {name}: HTTP {response.status_code} {response.json()['id']}, {how}", flush=True)
 
 
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        checkout(int(sys.argv[2]), sys.argv[3])
+        first = int(sys.argv[2])
+        checkout({"A": first, "B": first + 1, "C": first + 2}, sys.argv[3])
         return
     folder = Path(tempfile.mkdtemp(prefix="samekey-demo-"))
-    order = int(time.time() * 1000) % 10_000_000  # a new order each run; the journal remembers old ones
-    operation = f"order-{order}/charge"
-    faults = FaultPlan([Fault("drop_after")] + [Fault("status", 503)] * 100_000)
-    with PaymentServer(folder / "payments.sqlite3", faults=faults) as server:
-        print(f"1. A payment server on {server.url}: it will charge, then lose the response, then answer 503.")
-        print(f"   Journal: {samekey.default_journal_path()} (the embedded default)")
-        child = subprocess.Popen([sys.executable, __file__, "--child", str(order), server.url])
+    first = int(time.time() * 1000) % 10_000_000 * 3  # new orders each run; the journal remembers old ones
+    orders = {"A": first, "B": first + 1, "C": first + 2}
+    # the child's requests: A goes through, B is charged and its answer lost, then 503s
+    child_faults = FaultPlan([None, Fault.lost_response()] + [Fault.http(503)] * 100_000)
+    with PaymentServer(folder / "payments.sqlite3") as server, FaultProxy(server.url, child_faults) as proxy:
+        print(f"1. Payment server {server.url}, behind a fault proxy {proxy.url}.")
+        print(f"   Journal: {samekey.default_journal_path()}")
+        print("2. A checkout process pays orders A, B, C:")
+        child = subprocess.Popen([sys.executable, __file__, "--child", str(first), proxy.url])
         deadline = time.monotonic() + 20
-        while len(server.requests()) < 4 and time.monotonic() < deadline:
+        while proxy.counts["status_503"] < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
-        (key,) = set(server.keys_seen())
-        print(f"2. The checkout process sent key {key}; the charge went through but the answer was lost.")
-        print(f"   It kept retrying with the same key ({len(server.requests())} requests so far)...")
+        print(
+            f"   order B: the server charged it, the proxy lost the answer; "
+            f"{proxy.counts['status_503']} retries with the same key got 503 ..."
+        )
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
-        charges = server.charge_count()
-        print(f"3. ...and was killed with SIGKILL (exit {child.returncode}). Charges on the server: {charges}.")
         with samekey.Journal() as journal:
-            record = journal.get(operation)
-        assert record is not None
-        print(f"4. The journal still holds {operation!r} as {record.state}, key {record.key}.")
-        server.faults = FaultPlan()  # the server recovers
-        print("5. The checkout runs again:")
-        checkout(order, server.url)
-        print(f"6. Keys the server saw: {len(set(server.keys_seen()))}. Charges: {server.charge_count()}.")
-        assert server.charge_count() == 1
+            record = journal.get(f"order-{orders['B']}/charge")
+        assert record is not None and record.state == "pending"
+        print(f"3. ... and the process was killed with SIGKILL (exit {child.returncode}).")
+        print(f"   Server charges: {server.charge_count()}. Journal: order B {record.state}, key {record.key}.")
+        proxy.faults = FaultPlan([None, Fault.lost_response()])  # B goes through; C's answer is lost once
+        print("4. The checkout runs again, same journal, the network still lossy:")
+        checkout(orders, proxy.url)
+        per_order = Counter(charge["order"] for charge in server.charges())
+        counts = " ".join(f"{name}={per_order[order]}" for name, order in orders.items())
+        keys = len({charge["key"] for charge in server.charges()})
+        print(f"5. Charges per order on the server: {counts}; distinct keys: {keys}; lost answers: 2; crashes: 1.")
+        assert all(per_order[order] == 1 for order in orders.values()) and server.charge_count() == 3
 
 
 if __name__ == "__main__":

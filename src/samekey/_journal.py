@@ -348,9 +348,13 @@ class Journal:
         return conn
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        conn.execute("BEGIN")  # one snapshot: another process may be creating the schema right now
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        finally:
+            conn.execute("COMMIT")
         if app_id != APPLICATION_ID and (tables or version or app_id):
             raise self._fail(
                 "this SQLite file is not a samekey journal",
@@ -361,7 +365,17 @@ class Journal:
                 f"it was written by a newer samekey (schema {version}; this one reads up to {SCHEMA_VERSION})",
                 "It was left untouched. Upgrade samekey to use it.",
             )
-        conn.execute("PRAGMA journal_mode=WAL")
+        # switching to WAL can fail at once with "locked" (no busy wait) while another process opens
+        # the same new file: retry it within lock_timeout
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
         conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'fsync' else 'OFF'}")
         if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
             return

@@ -17,61 +17,19 @@ import asyncio
 import asyncio.base_events
 import hashlib
 import json
-import random
 import socket
 import sqlite3
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+from ._faults import Fault, FaultPlan
+
 __all__ = ["Fault", "FaultPlan", "PaymentServer"]
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One injected server fault.
-
-    kind: ``"drop_after"`` (charge, then close the connection without answering),
-    ``"reset_before"`` (reset the connection before charging), ``"status"`` (answer
-    ``status`` without charging, with ``retry_after`` if given), ``"slow"`` (charge,
-    then wait ``delay`` seconds before answering).
-    """
-
-    kind: str
-    status: int = 503
-    retry_after: str | None = None
-    delay: float = 0.0
-
-
-class FaultPlan:
-    """Which fault (if any) hits the n-th request: by schedule, then by seeded chance."""
-
-    def __init__(
-        self,
-        schedule: Sequence[Fault | None] = (),
-        *,
-        rate: float = 0.0,
-        kinds: Sequence[Fault] = (Fault("drop_after"), Fault("reset_before"), Fault("status", 503)),
-        seed: int = 0,
-    ) -> None:
-        self._schedule = list(schedule)
-        self._rate = rate
-        self._kinds = list(kinds)
-        self._random = random.Random(seed)
-        self._lock = threading.Lock()
-
-    def next(self) -> Fault | None:
-        with self._lock:
-            if self._schedule:
-                return self._schedule.pop(0)
-            if self._rate and self._random.random() < self._rate:
-                return self._random.choice(self._kinds)
-            return None
 
 
 _SCHEMA = """
@@ -80,7 +38,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state TEXT NOT NULL, status INTEGER, body BLOB
 );
 CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY, key TEXT, method TEXT, path TEXT, at REAL, outcome TEXT
+    id INTEGER PRIMARY KEY, key TEXT, method TEXT, path TEXT, at REAL, outcome TEXT, body TEXT
 );
 """
 
@@ -108,6 +66,7 @@ class PaymentServer:
         self.work_seconds = work_seconds
         self.decline = decline
         self._db_lock = threading.Lock()
+        self._stopped = False
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
         if self.db_path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -163,7 +122,9 @@ class PaymentServer:
             self._thread.join(timeout=5)
             self._loop.close()
         self._sock.close()
-        self._db.close()
+        with self._db_lock:
+            self._db.close()
+            self._stopped = True
 
     def __enter__(self) -> PaymentServer:
         return self.start()
@@ -175,7 +136,19 @@ class PaymentServer:
 
     def _query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._db_lock:
-            return self._db.execute(sql, params).fetchall()
+            if not self._stopped:
+                return self._db.execute(sql, params).fetchall()
+        # after stop(): tests naturally assert after the `with` block; read the file itself
+        if self.db_path == ":memory:":
+            raise RuntimeError(
+                "this PaymentServer was stopped and its in-memory database is gone: "
+                "read it inside the `with` block, or give it a db_path"
+            )
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
 
     def charge_count(self) -> int:
         return int(self._query("SELECT count(*) FROM charges")[0][0])
@@ -189,16 +162,17 @@ class PaymentServer:
         return [r[0] for r in self._query("SELECT key FROM requests WHERE key IS NOT NULL ORDER BY id")]
 
     def requests(self) -> list[dict[str, Any]]:
-        rows = self._query("SELECT key, method, path, at, outcome FROM requests ORDER BY id")
-        return [dict(zip(("key", "method", "path", "at", "outcome"), r, strict=True)) for r in rows]
+        """Every request that arrived, in order: key, method, path, at, outcome and body (text)."""
+        rows = self._query("SELECT key, method, path, at, outcome, body FROM requests ORDER BY id")
+        return [dict(zip(("key", "method", "path", "at", "outcome", "body"), r, strict=True)) for r in rows]
 
     # -- the server side of the protocol --------------------------------------------------
 
-    def _log(self, key: str | None, method: str, path: str, outcome: str) -> None:
+    def _log(self, key: str | None, method: str, path: str, outcome: str, body: bytes = b"") -> None:
         with self._db_lock:
             self._db.execute(
-                "INSERT INTO requests (key, method, path, at, outcome) VALUES (?, ?, ?, ?, ?)",
-                (key, method, path, time.time(), outcome),
+                "INSERT INTO requests (key, method, path, at, outcome, body) VALUES (?, ?, ?, ?, ?, ?)",
+                (key, method, path, time.time(), outcome, body.decode("utf-8", "replace")),
             )
 
     def _begin(self, key: str, fingerprint: str) -> tuple[str, int | None, bytes | None]:
@@ -296,43 +270,43 @@ class PaymentServer:
             return 200, json.dumps(self.charges()).encode(), {}
         key = headers.get("idempotency-key")
         if not key:
-            self._log(None, method, path, "400")
+            self._log(None, method, path, "400", raw)
             return 400, b'{"error":"missing Idempotency-Key"}', {}
         fault = self.faults.next()
         if fault is not None and fault.kind == "reset_before":
-            self._log(key, method, path, "reset_before")
+            self._log(key, method, path, "reset_before", raw)
             raise _Abort(reset=True)
         if fault is not None and fault.kind == "status":
-            self._log(key, method, path, str(fault.status))
+            self._log(key, method, path, str(fault.status), raw)
             extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             return fault.status, b'{"error":"injected"}', extra
         fingerprint = hashlib.sha256(path.encode() + b"\n" + raw).hexdigest()
         state, status, stored = self._begin(key, fingerprint)
         if state == "mismatch":
-            self._log(key, method, path, "422")
+            self._log(key, method, path, "422", raw)
             return 422, b'{"error":"idempotency key reused with a different payload"}', {}
         if state == "in_flight":
-            self._log(key, method, path, "409")
+            self._log(key, method, path, "409", raw)
             return 409, b'{"error":"a request with this key is still in flight"}', {}
         if state == "replay":
-            self._log(key, method, path, "replay")
+            self._log(key, method, path, "replay", raw)
             return status or 500, stored or b"", {"Idempotent-Replayed": "true"}
         try:
             payload = json.loads(raw or b"{}")
         except ValueError:
             self._forget_running(key)
-            self._log(key, method, path, "400")
+            self._log(key, method, path, "400", raw)
             return 400, b'{"error":"body is not JSON"}', {}
         if self.work_seconds:
             await asyncio.sleep(self.work_seconds)
         declined = self.decline(payload) if self.decline else None
         answer = self._charge(key, payload, declined or 201)
         if fault is not None and fault.kind == "drop_after":
-            self._log(key, method, path, "charged_then_dropped")
+            self._log(key, method, path, "charged_then_dropped", raw)
             raise _Abort(reset=False)
         if fault is not None and fault.kind == "slow":
             await asyncio.sleep(fault.delay)
-        self._log(key, method, path, "charged" if not declined else str(declined))
+        self._log(key, method, path, "charged" if not declined else str(declined), raw)
         return declined or 201, answer, {}
 
 

@@ -1,0 +1,24 @@
+"""The README's demo command runs, with no arguments, and ends in one charge per order."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_checkout_demo_runs_and_charges_each_order_once(tmp_path: Path) -> None:
+    env = {**os.environ, "SAMEKEY_JOURNAL": str(tmp_path / "journal.sqlite3")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "checkout.py")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "killed with SIGKILL (exit -9)" in out
+    assert "order A: HTTP 201 ch_1, answered from the journal, nothing sent" in out
+    assert "Charges per order on the server: A=1 B=1 C=1; distinct keys: 3" in out
