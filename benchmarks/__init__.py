@@ -1,0 +1,1 @@
+"""samekey benchmarks: ``python -m benchmarks [--quick]`` runs them all (needs the ``bench`` extra)."""

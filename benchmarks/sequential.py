@@ -1,0 +1,158 @@
+"""Sequential POSTs: what samekey adds to one request, next to what users would use instead.
+
+Every variant sends to the same loopback server (its own process) in ONE run, and
+the variants take turns request by request (round-robin, order rotated each round)
+so that machine noise and drift hit them all alike. The raw fsync latency of the
+journal's disk is measured in the same rounds.
+
+    python -m benchmarks.sequential [--requests 2000] [--server minimal|payment]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import tenacity
+
+import samekey
+
+from ._common import median, percentile, server, table
+
+BODY = {"amount": 1000, "currency": "eur", "source": "tok_visa"}
+
+
+@dataclass
+class Variant:
+    name: str
+    call: Callable[[int], object]
+    close: Callable[[], object] = lambda: None
+    samples: list[float] = field(default_factory=list)
+
+
+def _raw_fsync(folder: str) -> Variant:
+    path = os.path.join(folder, "fsync-probe")
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+
+    def call(i: int) -> None:  # one small durable append, as a journal record would be
+        os.write(fd, b"x" * 200)
+        os.fsync(fd)
+
+    return Variant("raw fsync (journal disk)", call, lambda: os.close(fd))
+
+
+def variants(url: str, folder: str) -> list[Variant]:
+    target = url + "/v1/charges"
+    out: list[Variant] = []
+
+    bare = httpx.Client()
+    out.append(Variant("httpx.Client (bare)", lambda i: bare.post(target, json=BODY).raise_for_status(), bare.close))
+
+    from httpx_retries import Retry, RetryTransport
+
+    retry = Retry(total=3, allowed_methods=["POST"], backoff_factor=0.5)
+    rt = httpx.Client(transport=RetryTransport(retry=retry))
+    out.append(
+        Variant("httpx-retries RetryTransport", lambda i: rt.post(target, json=BODY).raise_for_status(), rt.close)
+    )
+
+    by_hand = httpx.Client()
+
+    @tenacity.retry(
+        stop=tenacity.stop_after_attempt(3),
+        wait=tenacity.wait_random_exponential(multiplier=0.5, max=30),
+        retry=tenacity.retry_if_exception_type(httpx.TransportError),
+        reraise=True,
+    )
+    def post_with_key(key: str) -> httpx.Response:
+        response = by_hand.post(target, json=BODY, headers={"Idempotency-Key": key})
+        response.raise_for_status()
+        return response
+
+    out.append(Variant("tenacity + uuid4 key (by hand)", lambda i: post_with_key(str(uuid.uuid4())), by_hand.close))
+
+    for durability in ("process", "fsync"):
+        journal = samekey.Journal(os.path.join(folder, f"journal-{durability}.sqlite3"), durability=durability)
+        client = samekey.Client(journal=journal)
+        run = uuid.uuid4().hex[:8]
+
+        def call(i: int, client: samekey.Client = client, run: str = run) -> None:
+            client.post(target, json=BODY, operation=f"order-{run}-{i}/charge").raise_for_status()
+
+        def close(client: samekey.Client = client, journal: samekey.Journal = journal) -> None:
+            client.close()
+            journal.close()
+
+        out.append(Variant(f"samekey.Client ({durability})", call, close))
+    out.append(_raw_fsync(folder))
+    return out
+
+
+def run(requests: int = 2000, warmup: int = 50, server_kind: str = "minimal", folder: str | None = None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="samekey-bench-", dir=folder) as tmp, server(server_kind, tmp) as url:
+        vs = variants(url, tmp)
+        try:
+            for i in range(warmup):
+                for v in vs:
+                    v.call(-1 - i)
+            clock = time.perf_counter
+            for i in range(requests):
+                shift = i % len(vs)
+                for v in vs[shift:] + vs[:shift]:  # rotate who goes first
+                    t0 = clock()
+                    v.call(i)
+                    v.samples.append(clock() - t0)
+        finally:
+            for v in vs:
+                v.close()
+    return report(vs, requests, server_kind)
+
+
+def report(vs: list[Variant], requests: int, server_kind: str) -> dict:
+    by = {v.name: v for v in vs}
+    bare = median(by["httpx.Client (bare)"].samples)
+    fsync = median(by["raw fsync (journal disk)"].samples)
+    rows = []
+    for v in vs:
+        med, p99 = median(v.samples), percentile(v.samples, 99)
+        ratio = "" if v.name.startswith("raw") else f"{med / bare:.2f}x"
+        rows.append([v.name, f"{med * 1e3:.3f}", f"{p99 * 1e3:.3f}", ratio])
+    process = median(by["samekey.Client (process)"].samples)
+    durable = median(by["samekey.Client (fsync)"].samples)
+    extra = (durable - process) / fsync
+    text = table(["variant", "median ms", "p99 ms", "median vs bare"], rows)
+    checks = [
+        f"samekey process / bare = {process / bare:.2f}x (target <= 1.10x): {'MET' if process / bare <= 1.10 else 'NOT MET'}",
+        f"samekey fsync - process = {(durable - process) * 1e3:.3f} ms = {extra:.2f} x one raw fsync "
+        f"({fsync * 1e3:.3f} ms) (target <= 1.5x): {'MET' if extra <= 1.5 else 'NOT MET'}",
+    ]
+    title = f"Sequential: {requests} POSTs per variant, interleaved, one loopback server ({server_kind})"
+    print(f"\n{title}\n\n{text}\n")
+    for c in checks:
+        print("  " + c)
+    return {
+        "title": title,
+        "table": text,
+        "checks": checks,
+        "latency": {v.name: sorted(v.samples) for v in vs},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="300 requests per variant")
+    parser.add_argument("--server", choices=["minimal", "payment"], default="minimal")
+    parser.add_argument("--dir", default=None, help="folder for the journals (default: the system temp folder)")
+    args = parser.parse_args()
+    run(300 if args.quick else args.requests, server_kind=args.server, folder=args.dir)
+
+
+if __name__ == "__main__":
+    main()
