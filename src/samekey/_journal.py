@@ -22,7 +22,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -211,8 +211,11 @@ _COLUMNS = (
 )
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
+
+
 def _headers_to_json(headers: Iterable[tuple[str, str]]) -> str:
-    return json.dumps([[k, v] for k, v in headers], separators=(",", ":"))
+    return _JSON.encode([[k, v] for k, v in headers])
 
 
 def _headers_from_json(text: str | None) -> tuple[tuple[str, str], ...]:
@@ -248,6 +251,7 @@ def _record(row: tuple[object, ...]) -> OperationRecord:
 
 
 _T = TypeVar("_T")
+_WRITES = frozenset({"claim", "record_attempt", "complete", "release"})  # the writes run_calls batches
 
 
 class _Job(Generic[_T]):
@@ -259,7 +263,7 @@ class _Job(Generic[_T]):
         self.fn = fn
         self.doing = doing
         self.durable = durable
-        self.done = threading.Event()
+        self.done: threading.Event | None = None  # made only for a job that has to wait
         self.promoted = False  # woken to lead the next batch, not because it finished
         self.result: _T | None = None
         self.error: BaseException | None = None
@@ -434,29 +438,42 @@ class Journal:
     # Group commit: writers queue their job; the first becomes the leader and runs every
     # queued job in ONE transaction (one fsync), then hands leadership to the next
     # waiter. Under concurrency the fsync cost is paid per batch, not per operation;
-    # a lone caller runs its own job with no thread hop.
+    # a lone caller runs its own job at once, with no thread hop and no Event.
     def _write(self, doing: str, fn: Callable[[sqlite3.Connection], _T], *, durable: bool = True) -> _T:
-        job: _Job[_T] = _Job(fn, doing, durable)
-        with self._queue_lock:
-            self._queue.append(job)
-            lead = not self._writing
-            self._writing = True
-        if not lead:
-            job.done.wait()
-            lead = job.promoted
-        if lead:
-            with self._queue_lock:
-                batch, self._queue = self._queue, []
-            self._run_batch(batch)
-            with self._queue_lock:
-                if self._queue:
-                    self._queue[0].promoted = True
-                    self._queue[0].done.set()
-                else:
-                    self._writing = False
+        return self._run(_Job(fn, doing, durable))
+
+    def _run(self, job: _Job[_T]) -> _T:
+        self._submit([job])
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
+
+    def _submit(self, jobs: list[_Job[Any]]) -> None:
+        """Run ``jobs`` (all in the same batch) and return once they are done."""
+        first = jobs[0]
+        with self._queue_lock:
+            lead = not self._writing
+            if lead:
+                self._writing = True  # the queue is empty whenever nobody writes
+            else:
+                first.done = threading.Event()
+                self._queue.extend(jobs)
+        if lead:
+            batch = jobs
+        else:
+            first.done.wait()  # type: ignore[union-attr]
+            if not first.promoted:
+                return  # a leader ran them
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+        self._run_batch(batch)
+        with self._queue_lock:
+            if self._queue:
+                head = self._queue[0]
+                head.promoted = True
+                head.done.set()  # type: ignore[union-attr]
+            else:
+                self._writing = False
 
     def _run_batch(self, batch: list[_Job[Any]]) -> None:
         durable = any(job.durable for job in batch)
@@ -466,13 +483,15 @@ class Journal:
             if conn is None:
                 for job in batch:
                     job.error = self._fail("it is closed", "Use the journal inside the client's lifetime.")
-                    job.done.set()
+                    if job.done is not None:
+                        job.done.set()
                 return
             relaxed = self.durability == "fsync" and not durable
             try:
                 if relaxed:
                     conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("BEGIN IMMEDIATE")
+                if savepoints:  # a lone job runs in autocommit; a job needing more opens its own transaction
+                    conn.execute("BEGIN IMMEDIATE")
                 for job in batch:
                     if savepoints:
                         conn.execute("SAVEPOINT job")
@@ -499,7 +518,8 @@ class Journal:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("PRAGMA synchronous=FULL")
         for job in batch:
-            job.done.set()
+            if job.done is not None:
+                job.done.set()
 
     def _read(self, sql: str, params: tuple[object, ...], doing: str) -> list[tuple[object, ...]]:
         with self._lock:
@@ -514,6 +534,52 @@ class Journal:
     # -- JournalStore -------------------------------------------------------------------
 
     def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult:
+        return self._run(self._claim_job(intent, owner, lease_seconds, now))
+
+    def record_attempt(
+        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+    ) -> None:
+        self._run(self._record_attempt_job(operation, owner, attempts, error, lease_seconds, now))
+
+    def complete(
+        self,
+        operation: str,
+        owner: str,
+        attempts: int,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        now: float,
+    ) -> None:
+        self._run(self._complete_job(operation, owner, attempts, status, headers, body, now))
+
+    def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None:
+        self._run(self._release_job(operation, owner, attempts, error, now))
+
+    def run_calls(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[tuple[Any, BaseException | None]]:
+        """Run several JournalStore calls at once, all their writes in ONE group commit.
+
+        Returns (result, error) per call, in order. The async clients' journal thread
+        uses it to serve every task waiting on the journal with one transaction.
+        """
+        outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(calls)
+        jobs: list[tuple[int, _Job[Any]]] = []
+        for i, (method, args) in enumerate(calls):
+            builder = getattr(self, f"_{method}_job", None) if method in _WRITES else None
+            try:
+                if builder is not None:
+                    jobs.append((i, builder(*args)))
+                else:
+                    outcomes[i] = (getattr(self, method)(*args), None)
+            except Exception as exc:
+                outcomes[i] = (None, exc)
+        if jobs:
+            self._submit([job for _, job in jobs])
+            for i, job in jobs:
+                outcomes[i] = (job.result, job.error)
+        return outcomes
+
+    def _claim_job(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> _Job[ClaimResult]:
         expires = now + lease_seconds
 
         def job(conn: sqlite3.Connection) -> ClaimResult:
@@ -538,6 +604,9 @@ class Journal:
             )
             if cur.rowcount == 1:
                 return ClaimResult("created", _new_record(intent, owner, now, expires))
+            if not conn.in_transaction:  # ran in autocommit: read and update under the write lock
+                conn.execute("BEGIN IMMEDIATE")
+                return job(conn)
             row = conn.execute(f"SELECT {_COLUMNS} FROM operations WHERE operation = ?", (intent.operation,)).fetchone()
             record = _record(row)
             if record.state == "completed":
@@ -551,11 +620,11 @@ class Journal:
             )
             return ClaimResult("claimed", _replace(record, lease_owner=owner, lease_expires=expires, updated_at=now))
 
-        return self._write(f"recording operation {intent.operation!r}", job)
+        return _Job(job, f"recording operation {intent.operation!r}", True)
 
-    def record_attempt(
+    def _record_attempt_job(
         self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
-    ) -> None:
+    ) -> _Job[None]:
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE operations SET attempts = ?, last_error = ?, updated_at = ?, lease_expires = ? "
@@ -563,9 +632,9 @@ class Journal:
                 (attempts, error, now, now + lease_seconds, operation, owner),
             )
 
-        self._write(f"updating operation {operation!r}", job, durable=False)
+        return _Job(job, f"updating operation {operation!r}", False)
 
-    def complete(
+    def _complete_job(
         self,
         operation: str,
         owner: str,
@@ -574,7 +643,7 @@ class Journal:
         headers: list[tuple[str, str]],
         body: bytes,
         now: float,
-    ) -> None:
+    ) -> _Job[None]:
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE operations SET state = 'completed', completed_at = ?, updated_at = ?, attempts = ?, "
@@ -583,9 +652,9 @@ class Journal:
                 (now, now, attempts, status, _headers_to_json(headers), body, operation),
             )
 
-        self._write(f"completing operation {operation!r}", job, durable=False)
+        return _Job(job, f"completing operation {operation!r}", False)
 
-    def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None:
+    def _release_job(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> _Job[None]:
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE operations SET attempts = max(attempts, ?), last_error = coalesce(?, last_error), "
@@ -594,7 +663,7 @@ class Journal:
                 (attempts, error, now, operation, owner),
             )
 
-        self._write(f"updating operation {operation!r}", job, durable=False)
+        return _Job(job, f"updating operation {operation!r}", False)
 
     def get(self, operation: str) -> OperationRecord | None:
         rows = self._read(f"SELECT {_COLUMNS} FROM operations WHERE operation = ?", (operation,), "reading")
