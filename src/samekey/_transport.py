@@ -9,7 +9,10 @@ Plug samekey under an httpx client you already have::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -202,8 +205,95 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
             if action.seconds > 0:
                 await anyio.sleep(action.seconds)
             return None
-        return await anyio.to_thread.run_sync(action.run, self.engine.journal)
+        journal = self.engine.journal
+        if isinstance(journal, Journal):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not asyncio (trio): a worker thread per call
+                pass
+            else:
+                thread = self.__dict__.get("_journal_thread")
+                if thread is None:
+                    thread = self._journal_thread = _JournalThread(journal)
+                return await thread.submit(action, loop)
+        return await anyio.to_thread.run_sync(action.run, journal)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+        thread = self.__dict__.pop("_journal_thread", None)
+        if thread is not None:
+            thread.stop()
         self._close_journal()
+
+
+class _JournalThread:
+    """One thread that runs the journal calls of every task of an async transport.
+
+    Tasks queue their Call and await a future; the thread takes everything queued
+    and runs it with `Journal.run_calls` (all writes in one group commit), then
+    resolves the futures on their own event loops. Compared with a worker thread
+    per call, this is one thread hop per batch instead of per call, and the batch
+    pays one commit (one fsync in "fsync" mode) for all its operations. The thread
+    exits after a short idle time and starts again on the next call.
+    """
+
+    IDLE_SECONDS = 2.0
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._lock = threading.Lock()
+        self._items: list[tuple[Call, asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
+        self._wake = threading.Event()
+        self._running = False
+        self._stopping = False
+
+    def submit(self, call: Call, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            self._items.append((call, loop, future))
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._serve, name="samekey-journal", daemon=True).start()
+            else:
+                self._wake.set()
+        return future
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+        self._wake.set()
+
+    def _serve(self) -> None:
+        while True:
+            with self._lock:
+                items, self._items = self._items, []
+                if not items:
+                    self._wake.clear()
+            if not items:
+                if self._wake.wait(0 if self._stopping else self.IDLE_SECONDS) and not self._stopping:
+                    continue
+                with self._lock:
+                    if not self._items:
+                        self._running = False
+                        return
+                continue
+            try:
+                outcomes = self.journal.run_calls([(call.method, call.args) for call, _, _ in items])
+            except BaseException as exc:  # run_calls reports per call; this is a bug or a closed journal
+                outcomes = [(None, exc)] * len(items)
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+            for (_, loop, future), (result, error) in zip(items, outcomes, strict=True):
+                by_loop.setdefault(loop, []).append((future, result, error))
+            for loop, done in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+                    loop.call_soon_threadsafe(_resolve, done)
+
+
+def _resolve(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in done:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)

@@ -1,0 +1,113 @@
+"""The async clients' journal thread: off the event loop, batched, correct for several loops."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+import samekey
+
+
+def _counting(journal: samekey.Journal) -> tuple[list[int], list[int]]:
+    """Wrap the journal's commit step; return (batch sizes, threads that committed)."""
+    sizes: list[int] = []
+    threads: list[int] = []
+    original = journal._run_batch
+
+    def counting(batch: list[object]) -> None:
+        sizes.append(len(batch))
+        threads.append(threading.get_ident())
+        original(batch)  # type: ignore[arg-type]
+
+    journal._run_batch = counting  # type: ignore[method-assign]
+    return sizes, threads
+
+
+async def _handler(request: httpx.Request) -> httpx.Response:
+    await asyncio.sleep(0.001)
+    return httpx.Response(201, json={"key": request.headers["Idempotency-Key"]})
+
+
+def test_concurrent_async_operations_share_commits_off_the_loop(journal_path: Path) -> None:
+    journal = samekey.Journal(journal_path)
+    sizes, threads = _counting(journal)
+    loop_thread = threading.get_ident()
+
+    async def main() -> list[httpx.Response]:
+        async with samekey.AsyncClient(journal=journal, transport=httpx.MockTransport(_handler)) as client:
+            return await asyncio.gather(
+                *(client.post("http://pay.test/charges", json={"n": i}, operation=f"op-{i}") for i in range(200))
+            )
+
+    responses = asyncio.run(main())
+    assert [r.status_code for r in responses] == [201] * 200
+    records = journal.records()
+    assert len(records) == 200 and all(r.state == "completed" for r in records)
+    # each operation's key reached the server and was journaled
+    assert {r.json()["key"] for r in responses} == {r.key for r in records}
+    assert loop_thread not in threads, "a journal write ran on the event loop"
+    assert sum(sizes) >= 400  # one claim and one completion per operation (and a retention purge)
+    assert len(sizes) < 200, f"{len(sizes)} commits for 400 writes: no grouping"
+    journal.close()
+
+
+def test_one_client_used_from_two_event_loops(journal_path: Path) -> None:
+    journal = samekey.Journal(journal_path, durability="process")
+    client = samekey.AsyncClient(journal=journal, transport=httpx.MockTransport(_handler))
+    results: dict[str, list[int]] = {}
+
+    def run(name: str) -> None:
+        async def main() -> list[int]:
+            responses = await asyncio.gather(
+                *(client.post("http://pay.test/c", json={}, operation=f"{name}-{i}") for i in range(50))
+            )
+            return [r.status_code for r in responses]
+
+        results[name] = asyncio.run(main())
+
+    workers = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=30)
+    assert results == {"a": [201] * 50, "b": [201] * 50}
+    assert len(journal.records()) == 100
+    asyncio.run(client.aclose())
+    journal.close()
+
+
+def test_journal_errors_reach_the_awaiting_task(journal_path: Path) -> None:
+    journal = samekey.Journal(journal_path)
+
+    async def main() -> None:
+        async with samekey.AsyncClient(journal=journal, transport=httpx.MockTransport(_handler)) as client:
+            await client.post("http://pay.test/c", json={}, operation="first")
+            journal.close()
+            with pytest.raises(samekey.JournalError, match="closed"):
+                await client.post("http://pay.test/c", json={}, operation="second")
+
+    asyncio.run(main())
+
+
+def test_cancelled_task_does_not_disturb_the_others(journal_path: Path) -> None:
+    journal = samekey.Journal(journal_path)
+
+    async def main() -> list[int]:
+        async with samekey.AsyncClient(journal=journal, transport=httpx.MockTransport(_handler)) as client:
+            victim = asyncio.create_task(client.post("http://pay.test/c", json={}, operation="victim"))
+            others = [
+                asyncio.create_task(client.post("http://pay.test/c", json={}, operation=f"o-{i}")) for i in range(20)
+            ]
+            await asyncio.sleep(0)
+            victim.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await victim
+            return [r.status_code for r in await asyncio.gather(*others)]
+
+    assert asyncio.run(main()) == [201] * 20
+    assert all(journal.get(f"o-{i}").state == "completed" for i in range(20))  # type: ignore[union-attr]
+    journal.close()
