@@ -150,6 +150,7 @@ class Engine:
         self._next_purge = float("-inf")  # lazy purge of old completed records, once per PURGE_INTERVAL
         self._purge_lock = threading.Lock()
         self._host = socket.gethostname()
+        self._not_stored = _NOT_STORED_HEADERS | {self.key_header.lower()}
 
     def purge_due(self, now: float) -> bool:
         """True at most once per PURGE_INTERVAL seconds per engine (i.e. per client)."""
@@ -197,8 +198,7 @@ class Engine:
         url = str(request.url)
         digest = hashlib.sha256(f"{request.method}\n{url}\n".encode())
         digest.update(body)
-        drop = _NOT_STORED_HEADERS | {self.key_header.lower()}
-        headers = tuple(redact_headers(request.headers.multi_items(), self.redact, drop))
+        headers = tuple(redact_headers(request.headers.multi_items(), self.redact, self._not_stored))
         intent = Intent(
             operation=operation,
             key=caller_key or self.new_key(),

@@ -16,6 +16,7 @@ SQLite. Another store (PostgreSQL, Redis, ...) implements the same methods.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -51,6 +52,7 @@ SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "s
 SECRET_PARTS = ("api-key", "apikey", "api_key", "token", "secret", "password", "auth", "session", "signature")
 
 
+@functools.lru_cache(maxsize=1024)  # a client sees the same few header names on every request
 def is_secret_header(name: str, extra: frozenset[str] = frozenset()) -> bool:
     lowered = name.lower()
     return lowered in SECRET_HEADERS or lowered in extra or any(p in lowered for p in SECRET_PARTS)

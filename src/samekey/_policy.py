@@ -233,6 +233,7 @@ class RetryPolicy:
         if budget is not None and not isinstance(budget, RetryBudget):
             raise TypeError(f"budget must be a samekey.RetryBudget, True (a default one) or None (off), got {budget!r}")
         self.budget: RetryBudget | None = budget
+        self._retrying: tuple[tuple[object, ...], tenacity.Retrying] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -274,8 +275,22 @@ class RetryPolicy:
         return self.max_attempts if cap is None else min(self.max_attempts, cap)
 
     def retrying(self) -> tenacity.Retrying:
-        """A fresh tenacity controller for one operation (its state is per call)."""
+        """The tenacity controller for this policy (and the current testing mode).
+
+        Built once and reused: a call's own state lives in its RetryCallState, and
+        what `Retrying.iter()` keeps between steps is per thread and reset each step.
+        """
         testing, _ = testing_attempts_cap()
+        # everything the strategies were built from: a changed attribute or testing mode rebuilds
+        key = (testing, self.attempts_allowed(), self.deadline, self.initial_delay, self.max_delay, self.multiplier)
+        cached = self._retrying
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        retrying = self._build_retrying(testing)
+        self._retrying = (key, retrying)
+        return retrying
+
+    def _build_retrying(self, testing: bool) -> tenacity.Retrying:
         return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.attempts_allowed()) | tenacity.stop_before_delay(self.deadline),
             wait=_WaitBackoffOrRetryAfter(self, testing),
