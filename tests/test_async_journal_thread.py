@@ -111,3 +111,27 @@ def test_cancelled_task_does_not_disturb_the_others(journal_path: Path) -> None:
     assert asyncio.run(main()) == [201] * 20
     assert all(journal.get(f"o-{i}").state == "completed" for i in range(20))  # type: ignore[union-attr]
     journal.close()
+
+
+def test_a_failing_write_in_a_batch_fails_alone(journal_path: Path) -> None:
+    from samekey._journal import Intent
+
+    journal = samekey.Journal(journal_path)
+
+    def intent(name: str, body: object) -> Intent:
+        return Intent(name, f"key-{name}", "Idempotency-Key", "POST", "http://x/", "fp", (), body)  # type: ignore[arg-type]
+
+    outcomes = journal.run_calls(
+        [
+            ("claim", (intent("good-1", b"{}"), "me", 60.0, 1.0)),
+            ("claim", (intent("bad", object()), "me", 60.0, 1.0)),  # SQLite cannot store this body
+            ("claim", (intent("good-2", b"{}"), "me", 60.0, 1.0)),
+        ]
+    )
+    assert [type(error).__name__ if error else result.status for result, error in outcomes] == [
+        "created",
+        "JournalError",  # classified, with what to do
+        "created",
+    ]
+    assert sorted(r.operation for r in journal.records()) == ["good-1", "good-2"]
+    journal.close()

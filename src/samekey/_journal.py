@@ -479,7 +479,6 @@ class Journal:
 
     def _run_batch(self, batch: list[_Job[Any]]) -> None:
         durable = any(job.durable for job in batch)
-        savepoints = len(batch) > 1
         with self._lock:
             conn = self._conn
             if conn is None:
@@ -492,23 +491,11 @@ class Journal:
             try:
                 if relaxed:
                     conn.execute("PRAGMA synchronous=NORMAL")
-                if savepoints:  # a lone job runs in autocommit; a job needing more opens its own transaction
-                    conn.execute("BEGIN IMMEDIATE")
-                for job in batch:
-                    if savepoints:
-                        conn.execute("SAVEPOINT job")
-                    try:
-                        job.result = job.fn(conn)
-                    except Exception as exc:  # this job fails alone; the batch goes on
-                        job.error = self._classify(exc, job.doing) if isinstance(exc, sqlite3.Error) else exc
-                        if savepoints:
-                            conn.execute("ROLLBACK TO job")
-                        elif conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                    if savepoints:
-                        conn.execute("RELEASE job")
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
+                # Optimistic first: no savepoint per job (each statement releases and re-takes the
+                # GIL, which a busy event loop thread makes slow). If a job fails, redo the batch
+                # with savepoints so that job fails alone.
+                if not self._execute(conn, batch, savepoints=False):
+                    self._execute(conn, batch, savepoints=True)
             except sqlite3.Error as exc:  # BEGIN or COMMIT failed: nothing of the batch was written
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
@@ -522,6 +509,33 @@ class Journal:
         for job in batch:
             if job.done is not None:
                 job.done.set()
+
+    def _execute(self, conn: sqlite3.Connection, batch: list[_Job[Any]], *, savepoints: bool) -> bool:
+        """Run the batch in one transaction; False (all rolled back) when a job fails without savepoints."""
+        several = len(batch) > 1
+        if several:  # a lone job runs in autocommit; a job needing more opens its own transaction
+            conn.execute("BEGIN IMMEDIATE")
+        for job in batch:
+            if savepoints:
+                conn.execute("SAVEPOINT job")
+            try:
+                job.result = job.fn(conn)
+            except Exception as exc:
+                if several and not savepoints:
+                    conn.execute("ROLLBACK")
+                    for done in batch:
+                        done.result = None
+                    return False
+                job.error = self._classify(exc, job.doing) if isinstance(exc, sqlite3.Error) else exc
+                if savepoints:
+                    conn.execute("ROLLBACK TO job")
+                elif conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            if savepoints:
+                conn.execute("RELEASE job")
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+        return True
 
     def _read(self, sql: str, params: tuple[object, ...], doing: str) -> list[tuple[object, ...]]:
         with self._lock:
