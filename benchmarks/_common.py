@@ -23,7 +23,8 @@ def server(kind: str = "minimal", folder: str | None = None) -> Iterator[str]:
     else:  # the PaymentServer from samekey.testing (charges in SQLite)
         cmd = [sys.executable, "-m", "samekey.testing", "--db", os.path.join(folder or ".", "server.sqlite3")]
     root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.path.join(root, "src"), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([root, os.path.join(root, "src"), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=root)
     try:
         assert proc.stdout is not None
@@ -59,8 +60,7 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return (
-        f"{platform.system()} {platform.release()}, {os.cpu_count()} CPU(s) ({cpu}), "
-        f"Python {platform.python_version()}"
+        f"{platform.system()} {platform.release()}, {os.cpu_count()} CPU(s) ({cpu}), Python {platform.python_version()}"
     )
 
 
@@ -68,7 +68,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown table (also readable in a terminal)."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 

@@ -29,8 +29,9 @@ def _answer(key: bytes | None) -> bytes:
             return cached
     _count += 1
     body = b'{"id":"ch_%d","status":"succeeded"}' % _count
-    reply = (
-        b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    reply = b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
     )
     if key is not None:
         _replies[key] = reply

@@ -89,7 +89,8 @@ async def _run(url: str, folder: str, operations: int, concurrency: int, rounds:
     return variants
 
 
-def run(operations: int = 10_000, concurrency: int = 100, rounds: int = 5, folder: str | None = None) -> dict:
+def run(operations: int = 10_000, concurrency: int = 100, rounds: int | None = None, folder: str | None = None) -> dict:
+    rounds = rounds or max(4, operations // 500)  # rounds of >= 250 operations, so 100 stay in flight
     with tempfile.TemporaryDirectory(prefix="samekey-bench-", dir=folder) as tmp, server("minimal", tmp) as url:
         variants = asyncio.run(_run(url, tmp, operations, concurrency, rounds))
     bare = variants[0].done / variants[0].seconds
@@ -104,7 +105,9 @@ def run(operations: int = 10_000, concurrency: int = 100, rounds: int = 5, folde
         f"samekey process / bare = {process:.2f}x (target >= 0.80x): {'MET' if process >= 0.8 else 'NOT MET'}",
         f"samekey fsync / bare = {fsync:.2f}x (reported; group commit: one fsync per batch)",
     ]
-    title = f"Concurrent: {operations} async POSTs per variant at concurrency {concurrency}, in {rounds} interleaved rounds"
+    title = (
+        f"Concurrent: {operations} async POSTs per variant at concurrency {concurrency}, in {rounds} interleaved rounds"
+    )
     print(f"\n{title}\n\n{text}\n")
     for c in checks:
         print("  " + c)

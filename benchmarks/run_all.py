@@ -1,8 +1,8 @@
 """Run every benchmark, print the tables, write benchmarks/results/latest.md and latency.png.
 
-    pip install -e ".[bench]"
-    python -m benchmarks            # the full run (several minutes)
-    python -m benchmarks --quick    # a fast pass
+pip install -e ".[bench]"
+python -m benchmarks            # the full run (several minutes)
+python -m benchmarks --quick    # a fast pass
 """
 
 from __future__ import annotations

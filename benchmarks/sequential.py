@@ -128,7 +128,8 @@ def report(vs: list[Variant], requests: int, server_kind: str) -> dict:
     extra = (durable - process) / fsync
     text = table(["variant", "median ms", "p99 ms", "median vs bare"], rows)
     checks = [
-        f"samekey process / bare = {process / bare:.2f}x (target <= 1.10x): {'MET' if process / bare <= 1.10 else 'NOT MET'}",
+        f"samekey process / bare = {process / bare:.2f}x (target <= 1.10x): "
+        f"{'MET' if process / bare <= 1.10 else 'NOT MET'}",
         f"samekey fsync - process = {(durable - process) * 1e3:.3f} ms = {extra:.2f} x one raw fsync "
         f"({fsync * 1e3:.3f} ms) (target <= 1.5x): {'MET' if extra <= 1.5 else 'NOT MET'}",
     ]
