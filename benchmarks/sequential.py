@@ -140,12 +140,14 @@ def report(vs: list[Variant], requests: int, server_kind: str) -> dict:
     rows = []
     for v in vs:
         med, p99 = median(v.samples), percentile(v.samples, 99)
-        ratio = "" if v.name.startswith("raw") else f"{med / bare:.2f}x"
-        rows.append([v.name, f"{med * 1e3:.3f}", f"{p99 * 1e3:.3f}", ratio])
+        raw = v.name.startswith("raw")
+        ratio = "" if raw else f"{med / bare:.2f}x"
+        added = "" if raw else f"{(med - bare) * 1e6:+.0f}"
+        rows.append([v.name, f"{med * 1e3:.3f}", f"{p99 * 1e3:.3f}", ratio, added])
     process = median(by["samekey.Client (process)"].samples)
     durable = median(by["samekey.Client (fsync)"].samples)
     extra = (durable - process) / fsync
-    text = table(["variant", "median ms", "p99 ms", "median vs bare"], rows)
+    text = table(["variant", "median ms", "p99 ms", "median vs bare", "added µs"], rows)
     checks = [
         f"samekey process / bare = {process / bare:.2f}x (target <= 1.10x): "
         f"{'MET' if process / bare <= 1.10 else 'NOT MET'}",
