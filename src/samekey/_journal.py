@@ -603,20 +603,7 @@ class Journal:
                 f"INSERT INTO operations ({_COLUMNS}) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?) "
                 "ON CONFLICT (operation) DO NOTHING",
-                (
-                    intent.operation,
-                    intent.key,
-                    intent.key_header,
-                    intent.method,
-                    intent.url,
-                    intent.fingerprint,
-                    _headers_to_json(intent.request_headers),
-                    intent.request_body,
-                    now,
-                    now,
-                    owner,
-                    expires,
-                ),
+                insert_params(intent, owner, now, expires),
             )
             if cur.rowcount == 1:
                 return ClaimResult("created", _new_record(intent, owner, now, expires))
@@ -731,6 +718,14 @@ class Journal:
 
     def __repr__(self) -> str:
         return f"Journal({self.location!r}, durability={self.durability!r})"
+
+
+def insert_params(intent: Intent, owner: str, now: float, expires: float) -> tuple[object, ...]:
+    """The values of a new pending record, in the order of the stores' INSERT statements."""
+    return (
+        intent.operation, intent.key, intent.key_header, intent.method, intent.url, intent.fingerprint,
+        _headers_to_json(intent.request_headers), intent.request_body, now, now, owner, expires,
+    )  # fmt: skip
 
 
 def _new_record(intent: Intent, owner: str, now: float, expires: float) -> OperationRecord:

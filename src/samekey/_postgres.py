@@ -37,6 +37,7 @@ from ._journal import (
     _new_record,
     _record,
     _replace,
+    insert_params,
 )
 
 if TYPE_CHECKING:
@@ -314,20 +315,7 @@ class PostgresJournal:
 
     def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult:
         expires = now + lease_seconds
-        params = (
-            intent.operation,
-            intent.key,
-            intent.key_header,
-            intent.method,
-            intent.url,
-            intent.fingerprint,
-            _headers_to_json(intent.request_headers),
-            intent.request_body,
-            now,
-            now,
-            owner,
-            expires,
-        )
+        params = insert_params(intent, owner, now, expires)
 
         def work(conn: psycopg.Connection[Any]) -> ClaimResult:
             # A few rounds only matter if the row is forgotten between our insert and select.
