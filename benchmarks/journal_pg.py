@@ -6,9 +6,9 @@ loopback server that charges once per Idempotency-Key and answers in one TCP wri
 sharing one `samekey.Client`, and tasks sharing one `samekey.AsyncClient`; plus plain
 httpx without a journal as the floor set by the server.
 
-    python benchmarks/journal_pg.py            # starts a throwaway PostgreSQL (fsync on)
-    python benchmarks/journal_pg.py --quick    # fewer requests, for a smoke run
-    python benchmarks/journal_pg.py --dsn postgresql://user:pw@db/bench
+    python -m benchmarks.journal_pg            # starts a throwaway PostgreSQL (fsync on)
+    python -m benchmarks.journal_pg --quick    # fewer requests, for a smoke run
+    python -m benchmarks.journal_pg --dsn postgresql://user:pw@db/bench
 
 Needs `pip install "samekey[postgres]"` and PostgreSQL server binaries (or --dsn).
 """

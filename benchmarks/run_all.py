@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import concurrent, journal_scale, sequential
+from . import async_throughput, journal_scale, sequential
 from ._common import RESULTS, machine, stamp
 
 
@@ -49,7 +49,7 @@ def main() -> None:
     when, where = stamp(), machine()
     print(f"samekey benchmarks, {when}, {where}{' (quick)' if args.quick else ''}")
     seq = sequential.run(300 if args.quick else 2000, folder=args.dir)
-    conc = concurrent.run(1000 if args.quick else 10_000, 100, folder=args.dir)
+    conc = async_throughput.run(1000 if args.quick else 10_000, 100, folder=args.dir)
     scale = journal_scale.run((1000, 100_000) if args.quick else (1000, 100_000, 1_000_000), folder=args.dir)
     png = chart(seq["latency"], seq["title"])
     parts = [f"Measured {when} on {where}{' (--quick)' if args.quick else ''}.", ""]

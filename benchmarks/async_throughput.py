@@ -4,7 +4,7 @@
 its own process. The variants take turns in rounds (each round sends a slice of the
 operations through every variant, order rotated) so drift hits them alike.
 
-    python -m benchmarks.concurrent [--operations 10000] [--concurrency 100] [--quick]
+    python -m benchmarks.async_throughput [--operations 10000] [--concurrency 100] [--quick]
 """
 
 from __future__ import annotations
