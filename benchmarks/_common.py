@@ -75,3 +75,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def stamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+
+
+def report(title: str, text: str, checks: list[str]) -> dict[str, object]:
+    """Print one benchmark's table and verdicts; the dict is what run_all writes to latest.md."""
+    print(f"\n{title}\n\n{text}\n")
+    for check in checks:
+        print("  " + check)
+    return {"title": title, "table": text, "checks": checks}

@@ -21,7 +21,7 @@ import httpx
 
 import samekey
 
-from ._common import server, table
+from ._common import report, server, table
 
 BODY = {"amount": 1000, "currency": "eur", "source": "tok_visa"}
 
@@ -111,10 +111,7 @@ def run(operations: int = 10_000, concurrency: int = 100, rounds: int | None = N
     title = (
         f"Concurrent: {operations} async POSTs per variant at concurrency {concurrency}, in {rounds} interleaved rounds"
     )
-    print(f"\n{title}\n\n{text}\n")
-    for c in checks:
-        print("  " + c)
-    return {"title": title, "table": text, "checks": checks}
+    return report(title, text, checks)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ import httpx
 import samekey
 from samekey._journal import _COLUMNS
 
-from ._common import median, table
+from ._common import median, report, table
 
 PENDING = 10
 URL = "https://api.example.com/v1/charges"
@@ -138,10 +138,7 @@ def run(sizes: tuple[int, ...] = (1000, 100_000, 1_000_000), folder: str | None 
         f"Journal scale: medians; each journal also holds {PENDING} pending records (durability fsync). "
         "Client start includes httpx.Client's own set-up (its TLS context), the same with bare httpx"
     )
-    print(f"\n{title}\n\n{text}\n")
-    for c in checks:
-        print("  " + c)
-    return {"title": title, "table": text, "checks": checks}
+    return report(title, text, checks)
 
 
 def main() -> None:
