@@ -702,7 +702,8 @@ class Journal:
                 "DELETE FROM operations WHERE state = 'completed' AND completed_at < ?", (now - older_than,)
             ).rowcount
 
-        return self._write("purging completed operations", job)
+        # not durable: a purge lost in a crash is simply done again by the next one
+        return self._write("purging completed operations", job, durable=False)
 
     def close(self) -> None:
         with self._lock:

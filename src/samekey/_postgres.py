@@ -88,7 +88,7 @@ _INSERT = (
     "ON CONFLICT (operation) DO NOTHING"
 )
 
-# Appended to the WHERE of record_attempt, complete and release. Losing those writes in a
+# Appended to the WHERE of record_attempt, complete, release and purge. Losing those writes in a
 # server crash is harmless (the next run sends the same key; the payment server replays), so
 # they need not wait for the WAL flush. The condition is evaluated for every row the
 # statement changes, so its one-statement transaction commits with synchronous_commit off:
@@ -431,7 +431,7 @@ class PostgresJournal:
 
         def work(conn: psycopg.Connection[Any]) -> int:
             return conn.execute(
-                "DELETE FROM samekey_operations WHERE state = 'completed' AND completed_at < %s",
+                f"DELETE FROM samekey_operations WHERE state = 'completed' AND completed_at < %s AND {_NO_FLUSH}",
                 (now - older_than,),
             ).rowcount
 

@@ -168,6 +168,8 @@ class SameKeyTransport(httpx.BaseTransport, _Options):
 class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
     """The async twin of `SameKeyTransport`: same flow, awaited I/O."""
 
+    _journal_thread: _JournalThread | None = None  # started on the first journal call
+
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
         _Options.__init__(self, **options)
         self.inner = transport if transport is not None else httpx.AsyncHTTPTransport()
@@ -212,7 +214,7 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
             except RuntimeError:  # not asyncio (trio): a worker thread per call
                 pass
             else:
-                thread = self.__dict__.get("_journal_thread")
+                thread = self._journal_thread
                 if thread is None:
                     thread = self._journal_thread = _JournalThread(journal)
                 return await thread.submit(action, loop)
@@ -220,7 +222,7 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-        thread = self.__dict__.pop("_journal_thread", None)
+        thread, self._journal_thread = self._journal_thread, None
         if thread is not None:
             thread.stop()
         self._close_journal()

@@ -83,7 +83,21 @@ class _Decider:
         return _Decision(fault, wait=fault.delay)
 
 
-class FaultTransport(httpx.BaseTransport):
+class _Deciding:
+    """What both fault transports expose of their shared decider."""
+
+    _decider: _Decider
+
+    @property
+    def plan(self) -> FaultPlan:
+        return self._decider.plan
+
+    @property
+    def counts(self) -> Counter[str]:
+        return self._decider.counts
+
+
+class FaultTransport(httpx.BaseTransport, _Deciding):
     """Wraps a transport and injects `Fault`s: by schedule, or by seeded chance with a `FaultPlan`.
 
     - ``drop_after``: the wrapped transport is called (the server acts), its answer
@@ -109,14 +123,6 @@ class FaultTransport(httpx.BaseTransport):
         self.inner = transport if transport is not None else httpx.HTTPTransport()
         self._decider = _Decider(faults, only)
 
-    @property
-    def plan(self) -> FaultPlan:
-        return self._decider.plan
-
-    @property
-    def counts(self) -> Counter[str]:
-        return self._decider.counts
-
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         decision = self._decider.decide(request)
         if decision.error_before is not None:
@@ -138,7 +144,7 @@ class FaultTransport(httpx.BaseTransport):
         self.inner.close()
 
 
-class AsyncFaultTransport(httpx.AsyncBaseTransport):
+class AsyncFaultTransport(httpx.AsyncBaseTransport, _Deciding):
     """The async twin of `FaultTransport`: the same decisions, awaited I/O."""
 
     def __init__(
@@ -150,14 +156,6 @@ class AsyncFaultTransport(httpx.AsyncBaseTransport):
     ) -> None:
         self.inner = transport if transport is not None else httpx.AsyncHTTPTransport()
         self._decider = _Decider(faults, only)
-
-    @property
-    def plan(self) -> FaultPlan:
-        return self._decider.plan
-
-    @property
-    def counts(self) -> Counter[str]:
-        return self._decider.counts
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         decision = self._decider.decide(request)
