@@ -140,12 +140,7 @@ def open_store(location: str | None) -> JournalStore:
         path = Path(text).expanduser()
         if not path.exists():  # never create a journal just to list it
             raise CliError(f"no journal at {path} (pass --journal PATH or set $SAMEKEY_JOURNAL)")
-    try:
-        store, _ = open_journal(text)
-    except ImportError as exc:
-        raise CliError(
-            f"a postgresql:// journal needs the postgres extra: pip install 'samekey[postgres]' ({exc})"
-        ) from exc
+    store, _ = open_journal(text)  # a missing psycopg is a JournalError naming the extra to install
     return store
 
 
