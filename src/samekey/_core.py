@@ -24,6 +24,7 @@ at a time, so the policy's strategies decide the same way for both drivers.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import socket
@@ -150,10 +151,14 @@ class Engine:
         self._next_purge = float("-inf")  # lazy purge of old completed records, once per PURGE_INTERVAL
         self._purge_lock = threading.Lock()
         self._host = socket.gethostname()
+        self._owner_tag = uuid.uuid4().hex[:12]
+        self._owner_counter = itertools.count(1)
         self._not_stored = _NOT_STORED_HEADERS | {self.key_header.lower()}
 
     def purge_due(self, now: float) -> bool:
         """True at most once per PURGE_INTERVAL seconds per engine (i.e. per client)."""
+        if now < self._next_purge:  # the common case, without the lock
+            return False
         with self._purge_lock:
             if now < self._next_purge:
                 return False
@@ -165,7 +170,8 @@ class Engine:
         return f'"{value}"' if self.key_format == "structured" else value
 
     def new_owner(self) -> str:
-        return f"{self._host}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+        # host/pid/<per-engine random>-<counter>: unique per call, and no urandom per request
+        return f"{self._host}/{os.getpid()}/{self._owner_tag}-{next(self._owner_counter)}"
 
     def owner_is_dead(self, owner: str | None) -> bool:
         """True for a lease owner that was a process on this host that no longer runs."""
@@ -314,65 +320,79 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
     operation = record.operation if record else None
     key = record.key if record else None
     earlier = record.attempts if record else 0  # attempts made by earlier runs
-    retrying = policy.retrying()
-    retrying.begin()
-    state = tenacity.RetryCallState(retrying, fn=None, args=(), kwargs={})
+    started = time.monotonic()
+    # Most requests succeed at once: tenacity is only brought in by the first retryable
+    # outcome (its clock starts from the first attempt), so a success costs one
+    # classification, not a controller step.
+    retrying: tenacity.Retrying | None = None
+    state: tenacity.RetryCallState | None = None
     taken = 0.0  # retry-budget tokens this request took
-    last_response: httpx.Response | None = None
-    last_exc: BaseException | None = None
-    extra = {"operation": operation, "key": key}
+    tries = 1  # attempts made by this run
     try:
         while True:
-            do = retrying.iter(state)
-            if isinstance(do, tenacity.DoAttempt):
-                attempt = earlier + state.attempt_number
+            attempt = earlier + tries
+            if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "samekey attempt operation=%s key=%s attempt=%d %s %s",
                     operation, key, attempt, request.method, request.url,
-                    extra={**extra, "attempt": attempt},
+                    extra={"operation": operation, "key": key, "attempt": attempt},
                 )  # fmt: skip
-                try:
-                    last_response, last_exc = (yield Send(request)), None
-                except Exception as exc:  # the driver threw the transport's error in
-                    last_response, last_exc = None, exc
-                    state.set_exception((type(exc), exc, exc.__traceback__))
+            response: httpx.Response | None
+            try:
+                response, exc = (yield Send(request)), None
+            except Exception as error:  # the driver threw the transport's error in
+                response, exc = None, error
+            if state is None:
+                if exc is not None:
+                    retry = policy.should_retry_exception(exc)
                 else:
-                    state.set_result(last_response)
-            elif isinstance(do, tenacity.DoSleep):
-                attempt = earlier + state.attempt_number
-                if policy.budget is not None:
-                    cost = policy.budget.try_acquire(isinstance(last_exc, httpx.TimeoutException))
-                    if not cost:
-                        reason = "the client's retry budget is empty (the server looks unhealthy)"
-                        return (yield from _give_up(engine, state, record, owner, last_response, last_exc, reason))
-                    taken += cost
-                error = _describe(last_exc, last_response)
-                logger.warning(
-                    "samekey retry operation=%s key=%s attempt=%d failed (%s); next in %.2f s",
-                    operation, key, attempt, error, float(do),
-                    extra={**extra, "attempt": attempt},
-                )  # fmt: skip
-                if record is not None and owner is not None:
-                    now = engine.clock()
-                    yield Call("record_attempt", record.operation, owner, attempt, error, engine.lease, now)
-                state.prepare_for_next_attempt()
-                yield Sleep(float(do))
-            elif isinstance(do, _Exhausted):
+                    retry = policy.should_retry_response(response)  # type: ignore[arg-type]
+                if not retry:
+                    if exc is not None:
+                        raise exc
+                    break
+                retrying = policy.retrying()
+                retrying.begin()
+                state = tenacity.RetryCallState(retrying, fn=None, args=(), kwargs={})
+                state.start_time = started
+            if exc is not None:
+                state.set_exception((type(exc), exc, exc.__traceback__))
+            else:
+                state.set_result(response)
+            do = retrying.iter(state)  # type: ignore[union-attr]
+            if isinstance(do, _Exhausted):
                 if state.attempt_number >= policy.attempts_allowed():
                     reason = "max_attempts reached"
                 else:
                     reason = f"the next wait would pass the {policy.deadline:g} s deadline"
-                return (yield from _give_up(engine, state, record, owner, last_response, last_exc, reason))
-            else:
-                break
+                return (yield from _give_up(engine, state.attempt_number, record, owner, response, exc, reason))
+            if not isinstance(do, tenacity.DoSleep):
+                break  # tenacity says definitive: ``do`` is the response (an error was raised)
+            if policy.budget is not None:
+                cost = policy.budget.try_acquire(isinstance(exc, httpx.TimeoutException))
+                if not cost:
+                    reason = "the client's retry budget is empty (the server looks unhealthy)"
+                    return (yield from _give_up(engine, tries, record, owner, response, exc, reason))
+                taken += cost
+            error_text = _describe(exc, response)
+            logger.warning(
+                "samekey retry operation=%s key=%s attempt=%d failed (%s); next in %.2f s",
+                operation, key, attempt, error_text, float(do),
+                extra={"operation": operation, "key": key, "attempt": attempt},
+            )  # fmt: skip
+            if record is not None and owner is not None:
+                now = engine.clock()
+                yield Call("record_attempt", record.operation, owner, attempt, error_text, engine.lease, now)
+            state.prepare_for_next_attempt()
+            tries = state.attempt_number
+            yield Sleep(float(do))
     except Exception as exc:
-        # a non-retryable error (tenacity re-raised it): keep the key pending, free the lease
+        # a non-retryable error: keep the key pending, free the lease
         if record is not None and owner is not None and not isinstance(exc, RetriesExhausted):
-            attempts = earlier + state.attempt_number
-            yield Call("release", record.operation, owner, attempts, _describe(exc, None), engine.clock())
+            yield Call("release", record.operation, owner, earlier + tries, _describe(exc, None), engine.clock())
         raise
-    response: httpx.Response = do
-    attempts = earlier + state.attempt_number
+    assert response is not None
+    attempts = earlier + tries
     if policy.budget is not None:
         policy.budget.refund(taken)
     if record is not None and owner is not None:
@@ -380,11 +400,12 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
         body = b"".join(response.stream)  # type: ignore[arg-type]  # the raw body: drivers buffer it in a ByteStream
         now = engine.clock()
         yield Call("complete", record.operation, owner, attempts, response.status_code, headers, body, now)
-    logger.info(
-        "samekey done operation=%s key=%s attempt=%d status=%d",
-        operation, key, attempts, response.status_code,
-        extra={**extra, "attempt": attempts},
-    )  # fmt: skip
+    if logger.isEnabledFor(logging.INFO):
+        logger.info(
+            "samekey done operation=%s key=%s attempt=%d status=%d",
+            operation, key, attempts, response.status_code,
+            extra={"operation": operation, "key": key, "attempt": attempts},
+        )  # fmt: skip
     response.extensions[INFO_EXTENSION] = OperationInfo(operation, key, attempts, replayed=False)
     return _settled(request, response, engine.key_header)
 
@@ -402,15 +423,14 @@ def _settled(request: httpx.Request, response: httpx.Response, key_header: str) 
 
 def _give_up(
     engine: Engine,
-    state: tenacity.RetryCallState,
+    tries: int,
     record: OperationRecord | None,
     owner: str | None,
     response: httpx.Response | None,
     exc: BaseException | None,
     reason: str,
 ) -> Generator[Action, Any, httpx.Response]:
-    earlier = record.attempts if record else 0
-    attempts = earlier + state.attempt_number
+    attempts = (record.attempts if record else 0) + tries
     if record is not None and owner is not None:
         error = _describe(exc, response)
         yield Call("release", record.operation, owner, attempts, error, engine.clock())

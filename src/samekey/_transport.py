@@ -71,11 +71,12 @@ def _make_engine(
 
 
 def _buffered(response: httpx.Response, raw: bytes) -> httpx.Response:
-    # Keep the raw (still encoded) body: the client decodes it, as for any transport.
-    extensions = {k: v for k, v in response.extensions.items() if k in ("http_version", "reason_phrase")}
-    return httpx.Response(
-        response.status_code, headers=response.headers, stream=httpx.ByteStream(raw), extensions=extensions
-    )
+    # The answer is read whole (the flow journals it and may retry), then handed on in the
+    # same Response with its raw, still encoded body: the client decodes it, as for any
+    # transport. Only the stream is closed (the connection goes back to the pool); the
+    # response itself stays open for the client to read.
+    response.stream = httpx.ByteStream(raw)
+    return response
 
 
 class EngineHolder:
@@ -150,10 +151,11 @@ class SameKeyTransport(httpx.BaseTransport, _Options):
     def _perform(self, action: Call | Send | Sleep) -> Any:
         if isinstance(action, Send):
             response = self.inner.handle_request(action.request)
+            stream = response.stream
             try:
-                return _buffered(response, b"".join(response.stream))  # type: ignore[arg-type]
+                return _buffered(response, b"".join(stream))  # type: ignore[arg-type]
             finally:
-                response.close()
+                stream.close()  # type: ignore[union-attr]
         if isinstance(action, Sleep):
             if action.seconds > 0:
                 time.sleep(action.seconds)
@@ -199,10 +201,11 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
     async def _perform(self, action: Call | Send | Sleep) -> Any:
         if isinstance(action, Send):
             response = await self.inner.handle_async_request(action.request)
+            stream = response.stream
             try:
-                return _buffered(response, b"".join([chunk async for chunk in response.stream]))  # type: ignore[union-attr]
+                return _buffered(response, b"".join([chunk async for chunk in stream]))  # type: ignore[union-attr]
             finally:
-                await response.aclose()
+                await stream.aclose()  # type: ignore[union-attr]
         if isinstance(action, Sleep):
             if action.seconds > 0:
                 await anyio.sleep(action.seconds)
