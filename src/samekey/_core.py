@@ -40,7 +40,7 @@ import httpx
 import tenacity
 
 from ._errors import JournalError, KeyExpired, OperationInProgress, OperationMismatch, RetriesExhausted
-from ._journal import Intent, JournalStore, OperationRecord, redact_headers
+from ._journal import Intent, JournalStore, OperationRecord, is_secret_header
 from ._policy import RetryPolicy, _Exhausted, to_seconds
 
 __all__ = ["OPERATION_EXTENSION", "Engine", "OperationInfo", "operation_info"]
@@ -153,7 +153,9 @@ class Engine:
         self._host = socket.gethostname()
         self._owner_tag = uuid.uuid4().hex[:12]
         self._owner_counter = itertools.count(1)
-        self._not_stored = _NOT_STORED_HEADERS | {self.key_header.lower()}
+        self._key_name = self.key_header.lower()
+        self._not_stored = _NOT_STORED_HEADERS | {self._key_name}
+        self._hidden: dict[str, bool] = {}  # header name -> never journaled (a client sees few names)
 
     def purge_due(self, now: float) -> bool:
         """True at most once per PURGE_INTERVAL seconds per engine (i.e. per client)."""
@@ -165,8 +167,37 @@ class Engine:
             self._next_purge = now + PURGE_INTERVAL
             return True
 
+    def _scan_headers(self, headers: httpx.Headers) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+        """(the caller's key header, the headers to journal), in one pass over the raw headers."""
+        encoding = headers.encoding
+        keys: list[str] = []
+        stored: list[tuple[str, str]] = []
+        hidden = self._hidden
+        for raw_name, raw_value in headers.raw:
+            name = raw_name.lower().decode(encoding)
+            value = raw_value.decode(encoding)
+            if name == self._key_name:
+                keys.append(value)
+            secret = hidden.get(name)
+            if secret is None:
+                if len(hidden) > 1024:  # names made up per request: do not grow without bound
+                    hidden.clear()
+                secret = hidden[name] = name in self._not_stored or is_secret_header(name, self.redact)
+            if not secret:
+                stored.append((name, value))
+        return (", ".join(keys) if keys else None), tuple(stored)
+
+    def stored_response_headers(self, headers: httpx.Headers) -> list[tuple[str, str]]:
+        """The answer's headers as journaled: credentials (Set-Cookie, ...) removed."""
+        encoding = headers.encoding
+        return [
+            (name, raw_value.decode(encoding))
+            for raw_name, raw_value in headers.raw
+            if not is_secret_header(name := raw_name.lower().decode(encoding), self.redact)
+        ]
+
     def new_key(self) -> str:
-        value = str(uuid.uuid4())
+        value = _uuid4()
         return f'"{value}"' if self.key_format == "structured" else value
 
     def new_owner(self) -> str:
@@ -190,11 +221,11 @@ class Engine:
     def plan(self, request: httpx.Request) -> Plan | None:
         """The journal intent for a request, or None when it is retried without a key."""
         operation = request.extensions.get(OPERATION_EXTENSION)
-        caller_key = request.headers.get(self.key_header)
         if operation is None and request.method not in KEYED_METHODS:
             return None
+        caller_key, headers = self._scan_headers(request.headers)
         if operation is None:
-            operation = f"key:{caller_key}" if caller_key else f"auto:{uuid.uuid4()}"
+            operation = f"key:{caller_key}" if caller_key else f"auto:{_uuid4()}"
         elif not isinstance(operation, str) or not operation.strip() or len(operation) > MAX_OPERATION_LENGTH:
             raise ValueError(
                 f"operation must be a non-empty string of at most {MAX_OPERATION_LENGTH} characters "
@@ -204,7 +235,6 @@ class Engine:
         url = str(request.url)
         digest = hashlib.sha256(f"{request.method}\n{url}\n".encode())
         digest.update(body)
-        headers = tuple(redact_headers(request.headers.multi_items(), self.redact, self._not_stored))
         intent = Intent(
             operation=operation,
             key=caller_key or self.new_key(),
@@ -216,6 +246,15 @@ class Engine:
             request_body=body,
         )
         return Plan(intent, caller_key is not None)
+
+
+def _uuid4() -> str:
+    # str(uuid.uuid4()) without building a UUID object (this runs once per request)
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _is_zombie(pid: int) -> bool:
@@ -396,7 +435,7 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
     if policy.budget is not None:
         policy.budget.refund(taken)
     if record is not None and owner is not None:
-        headers = redact_headers(response.headers.multi_items(), engine.redact)
+        headers = engine.stored_response_headers(response.headers)
         body = b"".join(response.stream)  # type: ignore[arg-type]  # the raw body: drivers buffer it in a ByteStream
         now = engine.clock()
         yield Call("complete", record.operation, owner, attempts, response.status_code, headers, body, now)
@@ -414,7 +453,7 @@ def _settled(request: httpx.Request, response: httpx.Response, key_header: str) 
     # httpx builds a followed redirect from this request's headers and *same* extensions dict.
     # The follow-up is not this operation: drop its name. A 303 (and 301/302 for POST) turns
     # into a GET that needs no key; a 307/308 re-sends the same request elsewhere, key and all.
-    if response.is_redirect:
+    if 300 <= response.status_code < 400 and response.is_redirect:
         request.extensions.pop(OPERATION_EXTENSION, None)
         if response.status_code not in (307, 308):
             request.headers.pop(key_header, None)

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -213,11 +214,9 @@ _COLUMNS = (
 )
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps with options builds an encoder per call
-
-
 def _headers_to_json(headers: Iterable[tuple[str, str]]) -> str:
-    return _JSON.encode([[k, v] for k, v in headers])
+    # what json.dumps(..., separators=(",", ":")) writes, without building an encoder per call
+    return "[" + ",".join(f"[{_quote(k)},{_quote(v)}]" for k, v in headers) + "]"
 
 
 def _headers_from_json(text: str | None) -> tuple[tuple[str, str], ...]:

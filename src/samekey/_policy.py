@@ -138,6 +138,8 @@ class RetryBudget:
             return cost
 
     def refund(self, taken: float) -> None:
+        if not taken and self._tokens >= self.capacity:  # the common case: nothing to give back
+            return
         with self._lock:
             self._tokens = min(self.capacity, self._tokens + (taken or self.success_refund))
 
@@ -245,7 +247,9 @@ class RetryPolicy:
     # -- classification -------------------------------------------------------------
 
     def should_retry_response(self, response: httpx.Response) -> bool:
-        """True when retrying could change this answer."""
+        """True when retrying could change this answer. A 2xx never: the server acted."""
+        if 200 <= response.status_code < 300:
+            return False
         if self.verdict_header is not None:
             verdict = str(response.headers.get(self.verdict_header, "")).strip().lower()
             if verdict in ("true", "false"):
