@@ -242,3 +242,48 @@ def test_a_journal_in_a_read_only_directory(tmp_path: Path) -> None:
     assert "Make the file and its folder writable" in lines[1]
     assert path.read_bytes() == original
     assert not missing.exists()
+
+
+def _count_wal_syncs(monkeypatch: pytest.MonkeyPatch, path: Path) -> list[str]:
+    synced: list[str] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(_journal.os, "fdatasync", fdatasync)
+    return synced
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads fd paths from /proc")
+def test_fsync_mode_makes_each_claim_durable_and_no_completion_pays_a_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "journal.sqlite3"
+    with samekey.Journal(path, durability="fsync") as journal:
+        synced = _count_wal_syncs(monkeypatch, path)
+        journal.claim(intent("op-1"), "owner", 60.0, 1000.0)
+        assert synced == [f"{path}-wal"]  # the claim is on the disk before claim() returns
+        journal.complete("op-1", "owner", 1, 201, [], b"{}", 1001.0)
+        journal.purge_completed(3600.0, 1002.0)
+        assert synced == [f"{path}-wal"]  # a completion or a purge adds no sync
+        journal.claim(intent("op-2"), "owner", 60.0, 1003.0)
+        assert len(synced) == 2
+    with samekey.Journal(path, durability="process") as journal:
+        synced = _count_wal_syncs(monkeypatch, path)
+        journal.claim(intent("op-3"), "owner", 60.0, 1004.0)
+        assert synced == []  # process mode: the OS holds the write, no sync
+    with samekey.Journal(path) as journal:
+        assert journal.get("op-2") is not None and journal.get("op-3") is not None
+
+
+def test_a_failing_sync_is_a_clear_error_and_nothing_is_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with samekey.Journal(tmp_path / "journal.sqlite3") as journal:
+        monkeypatch.setattr(_journal.os, "fdatasync", broken)
+        with pytest.raises(samekey.JournalError) as caught:
+            journal.claim(intent("op-1"), "owner", 60.0, 1000.0)
+        assert "durable" in str(caught.value) and "Nothing was sent" in str(caught.value)

@@ -298,6 +298,7 @@ class Journal:
         self._queue_lock = threading.Lock()  # guards the group-commit queue
         self._queue: list[_Job[Any]] = []
         self._writing = False
+        self._wal_fd: int | None = None  # kept open for `_sync_wal`
         self._conn: sqlite3.Connection | None = None
         self._conn = self._open()
 
@@ -381,7 +382,11 @@ class Journal:
                 if "locked" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
                 time.sleep(0.005)
-        conn.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'fsync' else 'OFF'}")
+        # fsync mode: NORMAL (SQLite syncs only around checkpoints) plus our own fdatasync of
+        # the WAL after a commit holding a durable write (`_sync_wal`). Same durability as FULL
+        # for those, and relaxed writes (completions, purges) commit with no sync and no PRAGMA
+        # switch per transaction.
+        conn.execute(f"PRAGMA synchronous={'NORMAL' if self.durability == 'fsync' else 'OFF'}")
         if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
             return
         conn.execute("BEGIN IMMEDIATE")
@@ -477,7 +482,7 @@ class Journal:
                 self._writing = False
 
     def _run_batch(self, batch: list[_Job[Any]]) -> None:
-        durable = any(job.durable for job in batch)
+        sync = self.durability == "fsync" and any(job.durable for job in batch)
         with self._lock:
             conn = self._conn
             if conn is None:
@@ -486,25 +491,27 @@ class Journal:
                     if job.done is not None:
                         job.done.set()
                 return
-            relaxed = self.durability == "fsync" and not durable
             try:
-                if relaxed:
-                    conn.execute("PRAGMA synchronous=NORMAL")
                 # Optimistic first: no savepoint per job (each statement releases and re-takes the
                 # GIL, which a busy event loop thread makes slow). If a job fails, redo the batch
                 # with savepoints so that job fails alone.
                 if not self._execute(conn, batch, savepoints=False):
                     self._execute(conn, batch, savepoints=True)
+                if sync:
+                    self._sync_wal()
+            except OSError as exc:  # committed but maybe not on the disk: the callers must not go on
+                for job in batch:
+                    job.result = None
+                    job.error = job.error or self._fail(
+                        f"the disk failed to make a record durable while {job.doing} ({exc.strerror})",
+                        "Nothing was sent. Check the disk; the journal file was left as it is.",
+                    )
             except sqlite3.Error as exc:  # BEGIN or COMMIT failed: nothing of the batch was written
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 for job in batch:
                     job.result, job.error = None, job.error or self._classify(exc, job.doing)
-            finally:
-                if relaxed:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("PRAGMA synchronous=FULL")
         for job in batch:
             if job.done is not None:
                 job.done.set()
@@ -535,6 +542,25 @@ class Journal:
         if conn.in_transaction:
             conn.execute("COMMIT")
         return True
+
+    def _sync_wal(self) -> None:
+        """Make every committed frame of the WAL durable (called with the connection lock held)."""
+        fd = self._wal_fd
+        if fd is None or os.fstat(fd).st_nlink == 0:  # first time, or the WAL was deleted and made anew
+            if fd is not None:
+                os.close(fd)
+                self._wal_fd = None
+            try:
+                fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # no WAL: everything is in the main file, synced by SQLite
+                return
+            folder = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
+            try:  # the WAL's own directory entry must survive a power cut too, as SQLite FULL does
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+            self._wal_fd = fd
+        os.fdatasync(fd)
 
     def _read(self, sql: str, params: tuple[object, ...], doing: str) -> list[tuple[object, ...]]:
         with self._lock:
@@ -706,6 +732,9 @@ class Journal:
 
     def close(self) -> None:
         with self._lock:
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
