@@ -191,6 +191,13 @@ def test_server_verdict_header_overrides_status(journal_path: Path, no_sleep: No
     with _client(journal_path) as client:
         assert client.post(URL, json={}, operation="b").status_code == 201
     assert route.call_count == 2
+    route.reset()
+    # a success is definitive whatever the header says: the server acted, a retry could only replay
+    route.mock(return_value=httpx.Response(201, headers={"Stripe-Should-Retry": "true"}))
+    with _client(journal_path) as client:
+        assert client.post(URL, json={}, operation="c").status_code == 201
+        assert client.journal.get("c").state == "completed"  # type: ignore[union-attr]
+    assert route.call_count == 1
 
 
 @respx.mock

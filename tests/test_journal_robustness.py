@@ -270,6 +270,9 @@ def test_fsync_mode_makes_each_claim_durable_and_no_completion_pays_a_sync(
         assert synced == [f"{path}-wal"]  # a completion or a purge adds no sync
         journal.claim(intent("op-2"), "owner", 60.0, 1003.0)
         assert len(synced) == 2
+        assert journal.claim(intent("op-1"), "other", 60.0, 1004.0).status == "completed"
+        assert journal.claim(intent("op-2"), "other", 60.0, 1004.0).status == "busy"
+        assert len(synced) == 2  # a replay or a busy claim wrote nothing, so nothing to sync
     with samekey.Journal(path, durability="process") as journal:
         synced = _count_wal_syncs(monkeypatch, path)
         journal.claim(intent("op-3"), "owner", 60.0, 1004.0)

@@ -495,9 +495,10 @@ class Journal:
                 # Optimistic first: no savepoint per job (each statement releases and re-takes the
                 # GIL, which a busy event loop thread makes slow). If a job fails, redo the batch
                 # with savepoints so that job fails alone.
+                changes = conn.total_changes
                 if not self._execute(conn, batch, savepoints=False):
                     self._execute(conn, batch, savepoints=True)
-                if sync:
+                if sync and conn.total_changes != changes:  # a replay or a busy claim wrote nothing
                     self._sync_wal()
             except OSError as exc:  # committed but maybe not on the disk: the callers must not go on
                 for job in batch:
