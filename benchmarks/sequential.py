@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import sqlite3
 import tempfile
 import time
 import uuid
@@ -68,6 +69,47 @@ def _bare_with_fsync(target: str, folder: str) -> Variant:
     return Variant("httpx + one raw fsync (floor)", call, close)
 
 
+def _bare_with_sqlite(target: str, folder: str) -> Variant:
+    # The floor of any client that journals in SQLite the way samekey must: bare httpx plus
+    # the same two statements samekey's "process" mode runs (the claim INSERT before the
+    # send, the completion UPDATE after it), on the real schema, with none of samekey's Python.
+    from samekey._journal import _COLUMNS, _SCHEMA, _run_script
+
+    conn = sqlite3.connect(os.path.join(folder, "floor.sqlite3"), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")
+    _run_script(conn, _SCHEMA)
+    client = httpx.Client()
+    insert = (
+        f"INSERT INTO operations ({_COLUMNS}) VALUES "
+        "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?) "
+        "ON CONFLICT (operation) DO NOTHING"
+    )
+    update = (
+        "UPDATE operations SET state = 'completed', completed_at = ?, updated_at = ?, attempts = ?, "
+        "last_error = NULL, response_status = ?, response_headers = ?, response_body = ?, "
+        "lease_owner = NULL, lease_expires = NULL WHERE operation = ? AND state = 'pending'"
+    )
+    run = uuid.uuid4().hex[:8]
+    headers = '[["accept","*/*"],["content-type","application/json"]]'
+    body = b'{"amount":1000,"currency":"eur","source":"tok_visa"}'
+
+    def call(i: int) -> None:
+        operation, key, now = f"order-{run}-{i}/charge", str(uuid.uuid4()), time.time()
+        conn.execute(
+            insert, (operation, key, "Idempotency-Key", "POST", target, "0" * 64, headers, body, now, now, "o", now)
+        )
+        response = client.post(target, json=BODY, headers={"Idempotency-Key": key})
+        response.raise_for_status()
+        conn.execute(update, (now, now, 1, 201, headers, response.content, operation))
+
+    def close() -> None:
+        client.close()
+        conn.close()
+
+    return Variant("httpx + 2 raw SQLite writes (floor)", call, close)
+
+
 def variants(url: str, folder: str) -> list[Variant]:
     target = url + "/v1/charges"
     out: list[Variant] = []
@@ -111,6 +153,7 @@ def variants(url: str, folder: str) -> list[Variant]:
             journal.close()
 
         out.append(Variant(f"samekey.Client ({durability})", call, close))
+    out.append(_bare_with_sqlite(target, folder))
     out.append(_raw_fsync(folder))
     out.append(_bare_with_fsync(target, folder))
     return out
@@ -150,6 +193,7 @@ def report(vs: list[Variant], requests: int, server_kind: str) -> dict:
     bare = median(by["httpx.Client (bare)"].samples)
     fsync = median(by["raw fsync (journal disk)"].samples)
     floor = median(by["httpx + one raw fsync (floor)"].samples)
+    sqlite_floor = median(by["httpx + 2 raw SQLite writes (floor)"].samples)
     rows = []
     for v in vs:
         med, p99 = median(v.samples), percentile(v.samples, 99)
@@ -164,6 +208,9 @@ def report(vs: list[Variant], requests: int, server_kind: str) -> dict:
     checks = [
         f"samekey process / bare = {process / bare:.2f}x (target <= 1.10x): "
         f"{'MET' if process / bare <= 1.10 else 'NOT MET'}",
+        f"for scale: bare httpx plus samekey's two SQLite statements alone = {sqlite_floor / bare:.2f}x bare "
+        f"({(sqlite_floor - bare) * 1e6:+.0f} µs); samekey process adds {(process - sqlite_floor) * 1e6:+.0f} µs "
+        "of its own above that floor",
         f"samekey fsync - process = {(durable - process) * 1e3:.3f} ms = {extra:.2f} x one raw fsync "
         f"({fsync * 1e3:.3f} ms) (target <= 1.5x): {'MET' if extra <= 1.5 else 'NOT MET'}",
         f"in context: fsync - process = {(durable - process) / (floor - bare):.2f} x what one raw fsync adds to a "
