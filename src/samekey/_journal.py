@@ -40,7 +40,6 @@ __all__ = [
     "JournalStore",
     "OperationRecord",
     "default_journal_path",
-    "redact_headers",
 ]
 
 Durability = Literal["fsync", "process"]
@@ -57,13 +56,6 @@ SECRET_PARTS = ("api-key", "apikey", "api_key", "token", "secret", "password", "
 def is_secret_header(name: str, extra: frozenset[str] = frozenset()) -> bool:
     lowered = name.lower()
     return lowered in SECRET_HEADERS or lowered in extra or any(p in lowered for p in SECRET_PARTS)
-
-
-def redact_headers(
-    headers: Iterable[tuple[str, str]], extra: frozenset[str] = frozenset(), drop: frozenset[str] = frozenset()
-) -> list[tuple[str, str]]:
-    """The headers safe to store: secrets and the names in ``drop`` removed."""
-    return [(k, v) for k, v in headers if not is_secret_header(k, extra) and k.lower() not in drop]
 
 
 def default_journal_path() -> Path:
