@@ -46,17 +46,9 @@ def _read_message(stream: BinaryIO, *, is_request: bool, method: str = "") -> _M
         return None
     parts = [start]
     headers: dict[str, str] = {}
-    for _ in range(_MAX_HEADERS):
-        line = stream.readline(_MAX_LINE)
-        if not line:
-            raise _Broken("connection closed inside the headers")
-        parts.append(line)
-        if line in (b"\r\n", b"\n"):
-            break
+    for line in _read_field_lines(stream, parts, "headers"):
         name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
-    else:
-        raise _Broken("too many header lines")
     version = start.split(b" ", 1)[0] if not is_request else start.rsplit(b" ", 1)[-1].strip()
     connection = headers.get("connection", "").lower()
     keep_alive = "close" not in connection and (version != b"HTTP/1.0" or "keep-alive" in connection)
@@ -67,13 +59,7 @@ def _read_message(stream: BinaryIO, *, is_request: bool, method: str = "") -> _M
             parts.append(size_line)
             size = int(size_line.split(b";")[0].strip() or b"0", 16)
             if size == 0:  # the last chunk, then trailers up to an empty line
-                while True:
-                    trailer = stream.readline(_MAX_LINE)
-                    if not trailer:
-                        raise _Broken("connection closed inside the trailers")
-                    parts.append(trailer)
-                    if trailer in (b"\r\n", b"\n"):
-                        break
+                _read_field_lines(stream, parts, "trailers")
                 break
             parts.append(_read_exactly(stream, size + 2))
     elif "content-length" in headers:
@@ -82,6 +68,20 @@ def _read_message(stream: BinaryIO, *, is_request: bool, method: str = "") -> _M
         parts.append(stream.read())  # delimited by the end of the connection
         keep_alive = False
     return _Message(b"".join(parts), keep_alive)
+
+
+def _read_field_lines(stream: BinaryIO, parts: list[bytes], section: str) -> list[bytes]:
+    """Header (or trailer) lines up to the empty line, appended raw to ``parts``; returns them."""
+    lines: list[bytes] = []
+    for _ in range(_MAX_HEADERS):
+        line = stream.readline(_MAX_LINE)
+        if not line:
+            raise _Broken(f"connection closed inside the {section}")
+        parts.append(line)
+        if line in (b"\r\n", b"\n"):
+            return lines
+        lines.append(line)
+    raise _Broken(f"too many {section} lines")
 
 
 def _read_exactly(stream: BinaryIO, size: int) -> bytes:
