@@ -161,7 +161,7 @@ def test_any_method_with_operation_is_keyed(journal_path: Path) -> None:
 
 
 @respx.mock
-@pytest.mark.parametrize("status", [400, 401, 402, 404, 422, 501])
+@pytest.mark.parametrize("status", [400, 402, 403, 404, 422, 501])
 def test_definitive_4xx_is_returned_and_recorded_not_raised(journal_path: Path, status: int) -> None:
     route = respx.post(URL).mock(return_value=httpx.Response(status, json={"error": "declined"}))
     with _client(journal_path) as client:
@@ -169,6 +169,43 @@ def test_definitive_4xx_is_returned_and_recorded_not_raised(journal_path: Path, 
         record = client.journal.get("op")
     assert response.status_code == status and route.call_count == 1
     assert record is not None and record.state == "completed" and record.response_status == status
+
+
+def test_digest_auth_challenge_is_answered_with_the_same_key(journal_path: Path) -> None:
+    # httpx's DigestAuth sends, gets a 401 challenge, and sends again with credentials.
+    seen: list[tuple[str | None, str | None]] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append((request.headers.get("Authorization"), request.headers.get("Idempotency-Key")))
+        if "Authorization" not in request.headers:
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Digest realm="pay", nonce="n1", qop="auth"'})
+        return httpx.Response(201, json={"id": "ch_1"})
+
+    transport = httpx.MockTransport(server)
+    with _client(journal_path, transport=transport, auth=httpx.DigestAuth("user", "pass")) as client:
+        response = client.post(URL, json={"amount": 100}, operation="order-1/charge")
+        record = client.journal.get("order-1/charge")
+    assert response.status_code == 201, "the challenge must not be replayed as the operation's answer"
+    assert [auth is None for auth, _ in seen] == [True, False]
+    assert seen[0][1] is not None and seen[0][1] == seen[1][1]
+    assert record is not None and record.state == "completed" and record.response_status == 201
+
+
+@respx.mock
+@pytest.mark.parametrize("status", [401, 407])
+def test_refused_credentials_keep_the_key_pending_for_a_rerun(journal_path: Path, status: int) -> None:
+    route = respx.post(URL).mock(side_effect=[httpx.Response(status, json={"error": "bad key"}), httpx.Response(201)])
+    with _client(journal_path, headers={"Authorization": "Bearer sk_wrong"}) as client:
+        first = client.post(URL, json={"amount": 100}, operation="op")
+        record = client.journal.get("op")
+    assert first.status_code == status, "the caller sees the refusal"
+    assert record is not None and record.state == "pending" and f"HTTP {status}" in (record.last_error or "")
+    with _client(journal_path, headers={"Authorization": "Bearer sk_right"}) as client:
+        second = client.post(URL, json={"amount": 100}, operation="op")
+        record = client.journal.get("op")
+    assert second.status_code == 201 and route.call_count == 2
+    assert record is not None and record.state == "completed"
+    assert _keys(route) == [record.key, record.key]
 
 
 @respx.mock

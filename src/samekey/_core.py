@@ -12,8 +12,8 @@ A keyed operation's journal record moves through these states (h11 style):
 
     (none)  --claim-->  PENDING --definitive answer-->  COMPLETED --re-run--> replay
                           |  ^
-       retryable answer   |  |  same key, next attempt / next run / resume
-                          v  |
+       retryable answer,  |  |  same key, next attempt / next run / resume
+       401/407 challenge  v  |
                         PENDING (lease released, key kept)
 
 A PENDING record is never given a new key; a COMPLETED one is never sent again.
@@ -54,6 +54,9 @@ KEYED_METHODS = frozenset({"POST", "PATCH"})
 MAX_OPERATION_LENGTH = 512
 PURGE_INTERVAL = 3600.0  # seconds between two lazy purges of completed records by one client
 _NOT_STORED_HEADERS = frozenset({"content-length", "host", "transfer-encoding", "connection"})
+# Refused before the server acted on the request: its key stays pending (not completed), so
+# httpx's auth flow (Digest) or a re-run with fixed credentials sends the same key again.
+NOT_ACTED_ON = frozenset({401, 407})
 
 KeyFormat = Literal["uuid", "structured"]
 OnBusy = Literal["wait", "raise"]
@@ -435,10 +438,14 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
     if policy.budget is not None:
         policy.budget.refund(taken)
     if record is not None and owner is not None:
-        headers = engine.stored_response_headers(response.headers)
-        body = b"".join(response.stream)  # type: ignore[arg-type]  # the raw body: drivers buffer it in a ByteStream
-        now = engine.clock()
-        yield Call("complete", record.operation, owner, attempts, response.status_code, headers, body, now)
+        if response.status_code in NOT_ACTED_ON:
+            refused = f"HTTP {response.status_code}: credentials refused, the server did not act; the key is kept"
+            yield Call("release", record.operation, owner, attempts, refused, engine.clock())
+        else:
+            headers = engine.stored_response_headers(response.headers)
+            body = b"".join(response.stream)  # type: ignore[arg-type]  # the raw body: drivers buffer it in a ByteStream
+            now = engine.clock()
+            yield Call("complete", record.operation, owner, attempts, response.status_code, headers, body, now)
     if logger.isEnabledFor(logging.INFO):
         logger.info(
             "samekey done operation=%s key=%s attempt=%d status=%d",
