@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -28,6 +29,17 @@ def no_sleep() -> Iterator[None]:
 def server(tmp_path: Path) -> Iterator[PaymentServer]:
     with PaymentServer(tmp_path / "server.sqlite3") as srv:
         yield srv
+
+
+@pytest.fixture
+def unprivileged() -> list[str]:
+    """A command prefix under which file permissions apply (root ignores them)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: cannot make a file read-only for a child process")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 
 
 @pytest.fixture(autouse=True)

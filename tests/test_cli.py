@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -53,10 +53,12 @@ def run(*argv: str, stdin: io.StringIO | None = None) -> Result:
     return Result(code, out.getvalue(), err.getvalue())
 
 
-def run_process(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_process(
+    *argv: str, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
     environ = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "samekey", *argv],
+        [*prefix, sys.executable, "-m", "samekey", *argv],
         capture_output=True, text=True, timeout=60, env=environ, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -83,6 +85,45 @@ def completed_op(journal_path: Path, operation: str) -> None:
 
 
 # -- list / show ------------------------------------------------------------------------
+
+
+def test_list_and_show_read_a_journal_the_user_cannot_write(journal_path: Path, unprivileged: list[str]) -> None:
+    key = pending_op(journal_path, "inv-1", "https://pay.test/charges", {"amount": 1})
+    completed_op(journal_path, "inv-2")
+    folder = journal_path.parent
+    journal_path.chmod(0o444)
+    folder.chmod(0o555)  # as on a read-only mount: no -shm can be created beside the file
+    before = sorted(p.name for p in folder.iterdir()), journal_path.read_bytes()
+    try:
+        listed = run_process("list", "--all", "--json", "--journal", str(journal_path), prefix=unprivileged)
+        shown = run_process("show", "inv-1", "--journal", str(journal_path), prefix=unprivileged)
+        after = sorted(p.name for p in folder.iterdir()), journal_path.read_bytes()
+    finally:
+        folder.chmod(0o700)
+    assert listed.returncode == 0, listed.stderr
+    assert {r["operation"]: r["state"] for r in json.loads(listed.stdout)} == {"inv-1": "pending", "inv-2": "completed"}
+    assert shown.returncode == 0 and key in shown.stdout, shown.stderr
+    assert after == before, "reading wrote nothing"
+
+
+def test_reading_is_refused_when_recent_writes_are_out_of_reach(journal_path: Path, unprivileged: list[str]) -> None:
+    if not unprivileged:
+        pytest.skip("the journal's owner can always read its own -wal: needs root to play a second user")
+    with samekey.Journal(journal_path, durability="process") as live:  # a running service: its writes are in -wal
+        pending_op(journal_path, "inv-1", "https://pay.test/charges", {"amount": 1})
+        Path(f"{journal_path}-shm").chmod(0o000)
+        Path(f"{journal_path}-wal").chmod(0o000)
+        journal_path.parent.chmod(0o555)
+        try:
+            result = run_process("list", "--journal", str(journal_path), prefix=unprivileged)
+        finally:
+            journal_path.parent.chmod(0o700)
+            Path(f"{journal_path}-shm").chmod(0o600)
+            Path(f"{journal_path}-wal").chmod(0o600)
+        assert live.get("inv-1") is not None
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert "journal.sqlite3-wal holds writes not yet in the main file" in result.stderr
+    assert "Run as the journal's owner" in result.stderr
 
 
 def test_list_json_is_valid_and_has_the_documented_fields(journal_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import uuid
@@ -334,6 +335,27 @@ def test_secrets_never_reach_the_journal_file(journal_path: Path) -> None:
     assert base64.b64encode(b"user:basic-secret-3") not in blob
     names = {name.lower() for name, _ in record.request_headers}
     assert "authorization" not in names and "content-type" in names
+
+
+def test_leaving_with_closes_the_journal_and_leaves_one_self_contained_file(journal_path: Path) -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(201))
+    with _client(journal_path, transport=transport) as client:
+        client.post(URL, json={}, operation="sync-op")
+
+    async def story() -> samekey.AsyncClient:
+        async_transport = httpx.MockTransport(lambda request: httpx.Response(201))
+        async with samekey.AsyncClient(journal=journal_path, transport=async_transport) as async_client:
+            await async_client.post(URL, json={}, operation="async-op")
+        return async_client
+
+    async_client = asyncio.run(story())
+    for journal in (client.journal, async_client.journal):
+        with pytest.raises(samekey.JournalError, match="it is closed"):
+            journal.get("sync-op")
+    # the last connection closed: SQLite merged its write-ahead log into the file
+    assert sorted(p.name for p in journal_path.parent.iterdir()) == [journal_path.name]
+    with samekey.Journal(journal_path) as reopened:
+        assert {r.operation for r in reopened.records()} == {"sync-op", "async-op"}
 
 
 def test_journal_file_and_folder_are_private(journal_path: Path) -> None:

@@ -7,7 +7,6 @@ compares after: a journal may hold pending keys, so samekey must never rewrite i
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -192,23 +191,13 @@ def test_a_locked_fresh_journal_cannot_be_set_up_and_is_not_touched(tmp_path: Pa
     assert path.read_bytes() == b""
 
 
-def _without_root_powers() -> list[str]:
-    """A command prefix under which file permissions apply (root ignores them)."""
-    if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("running as root without setpriv: cannot make a directory read-only for this process")
-    return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
-
-
-def _run_as_unprivileged(code: str) -> subprocess.CompletedProcess[str]:
+def _run_as_unprivileged(prefix: list[str], code: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    command = [*_without_root_powers(), sys.executable, "-c", textwrap.dedent(code)]
+    command = [*prefix, sys.executable, "-c", textwrap.dedent(code)]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
 
 
-def test_a_journal_in_a_read_only_directory(tmp_path: Path) -> None:
+def test_a_journal_in_a_read_only_directory(tmp_path: Path, unprivileged: list[str]) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()
     path = folder / "journal.sqlite3"
@@ -218,6 +207,7 @@ def test_a_journal_in_a_read_only_directory(tmp_path: Path) -> None:
     folder.chmod(0o555)
     try:
         result = _run_as_unprivileged(
+            unprivileged,
             f"""
             import samekey
             from samekey._journal import Intent
@@ -229,7 +219,7 @@ def test_a_journal_in_a_read_only_directory(tmp_path: Path) -> None:
                     print(exc)
                 else:
                     print("NO ERROR for", path)
-            """
+            """,
         )
     finally:
         folder.chmod(0o755)
@@ -290,3 +280,19 @@ def test_a_failing_sync_is_a_clear_error_and_nothing_is_sent(tmp_path: Path, mon
         with pytest.raises(samekey.JournalError) as caught:
             journal.claim(intent("op-1"), "owner", 60.0, 1000.0)
         assert "durable" in str(caught.value) and "Nothing was sent" in str(caught.value)
+
+
+def test_a_read_only_journal_reads_and_refuses_to_write_or_create(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    missing = tmp_path / "new.sqlite3"
+    original = make_journal(path, operations=2)
+    with samekey.Journal(path, read_only=True) as journal:
+        assert [r.operation for r in journal.pending()] == ["op-0", "op-1"]
+        with pytest.raises(samekey.JournalError) as caught:
+            journal.claim(intent("op-9"), "owner", 60.0, 2000.0)
+        assert_clear(caught.value, path, "opened read_only=True", "without read_only")
+        assert "read_only=True" in repr(journal)
+    with pytest.raises(samekey.JournalError) as caught:
+        samekey.Journal(missing, read_only=True)
+    assert_clear(caught.value, missing, "there is no journal file here")
+    assert path.read_bytes() == original and not missing.exists()

@@ -6,6 +6,7 @@ It shares the decision core with `Client`; only the I/O is awaited.
 from __future__ import annotations
 
 from datetime import timedelta
+from types import TracebackType
 from typing import Any
 
 import anyio.to_thread
@@ -89,5 +90,17 @@ class AsyncClient(httpx.AsyncClient, EngineHolder):
     async def aclose(self) -> None:
         try:
             await super().aclose()
+        finally:
+            self._close_journal()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        # httpx's __aexit__ closes the transports, not through aclose(): the journal needs its own
+        try:
+            await super().__aexit__(exc_type, exc_value, traceback)
         finally:
             self._close_journal()

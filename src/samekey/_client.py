@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from types import TracebackType
 from typing import Any
 
 import httpx
@@ -105,5 +106,17 @@ class Client(httpx.Client, EngineHolder):
     def close(self) -> None:
         try:
             super().close()
+        finally:
+            self._close_journal()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        # httpx's __exit__ closes the transports, not through close(): the journal needs its own
+        try:
+            super().__exit__(exc_type, exc_value, traceback)
         finally:
             self._close_journal()

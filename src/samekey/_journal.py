@@ -23,7 +23,8 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote
 from pathlib import Path
@@ -277,6 +278,7 @@ class Journal:
         *,
         durability: Durability = "fsync",
         lock_timeout: float = 10.0,
+        read_only: bool = False,
     ) -> None:
         if durability not in ("fsync", "process"):
             raise ValueError(f"durability must be 'fsync' or 'process', got {durability!r}")
@@ -286,6 +288,7 @@ class Journal:
         self.location = str(self.path)
         self.durability: Durability = durability
         self.lock_timeout = float(lock_timeout)
+        self.read_only = bool(read_only)  # for inspection (`samekey list/show`): creates and changes nothing
         self._lock = threading.Lock()  # guards the connection
         self._queue_lock = threading.Lock()  # guards the group-commit queue
         self._queue: list[_Job[Any]] = []
@@ -322,14 +325,28 @@ class Journal:
                     "Check the folder's permissions or choose another path with journal=PATH.",
                 ) from exc
 
-    def _open(self) -> sqlite3.Connection:
-        self._prepare_file()
+    def _connect(self, target: str | Path, *, uri: bool = False) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.path, timeout=self.lock_timeout, isolation_level=None, check_same_thread=False)
+            return sqlite3.connect(
+                target, timeout=self.lock_timeout, isolation_level=None, check_same_thread=False, uri=uri
+            )
         except sqlite3.Error as exc:
             raise self._fail(f"cannot open it ({exc})", "Check the path and its permissions.") from exc
-        try:
+
+    def _open(self) -> sqlite3.Connection:
+        if self.read_only:
+            return self._open_read_only()
+        self._prepare_file()
+        conn = self._connect(self.path)
+        with self._closing_on_error(conn):
             self._init_schema(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _closing_on_error(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Close ``conn`` on any error, turning SQLite's into a JournalError that says what to do."""
+        try:
+            yield
         except JournalError:
             conn.close()
             raise
@@ -343,9 +360,40 @@ class Journal:
                 "It was left untouched. Move it aside (keep it: it may hold pending keys) "
                 "or point journal= at another file.",
             ) from exc
+        except BaseException:
+            conn.close()
+            raise
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        # A reader of a WAL database normally needs the -shm file, which it creates if missing:
+        # impossible in a folder it may not write (a read-only mount, another user's journal).
+        # With no -wal holding recent writes, the main file alone is the whole journal and
+        # can be read as immutable; otherwise those writes would be skipped, so it is an error.
+        if not self.path.is_file():
+            raise self._fail("there is no journal file here", "Check the path (--journal PATH or $SAMEKEY_JOURNAL).")
+        base = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+        conn = self._connect(base, uri=True)
+        try:
+            self._check_header(conn)
+            return conn
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            wal = Path(f"{self.path}-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                raise self._fail(
+                    f"cannot read it without writing ({exc}), and {wal.name} holds writes not yet in the main file",
+                    "Run as the journal's owner, or where its folder is writable.",
+                ) from exc
+        except BaseException:
+            with self._closing_on_error(conn):
+                raise
+        conn = self._connect(base + "&immutable=1", uri=True)
+        with self._closing_on_error(conn):
+            self._check_header(conn)
         return conn
 
-    def _init_schema(self, conn: sqlite3.Connection) -> None:
+    def _check_header(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """(application id, schema version), refusing a file that is not a journal this samekey reads."""
         conn.execute("BEGIN")  # one snapshot: another process may be creating the schema right now
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -363,6 +411,15 @@ class Journal:
                 f"it was written by a newer samekey (schema {version}; this one reads up to {SCHEMA_VERSION})",
                 "It was left untouched. Upgrade samekey to use it.",
             )
+        if self.read_only and (app_id, version) != (APPLICATION_ID, SCHEMA_VERSION):
+            raise self._fail(
+                f"it is empty or needs an upgrade (schema {version}, this samekey writes {SCHEMA_VERSION})",
+                "Open it once with write access (any samekey client or command does it).",
+            )
+        return app_id, version
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        app_id, version = self._check_header(conn)
         # switching to WAL can fail at once with "locked" (no busy wait) while another process opens
         # the same new file: retry it within lock_timeout
         deadline = time.monotonic() + self.lock_timeout
@@ -477,9 +534,14 @@ class Journal:
         sync = self.durability == "fsync" and any(job.durable for job in batch)
         with self._lock:
             conn = self._conn
-            if conn is None:
+            if conn is None or self.read_only:
+                refusal = (
+                    self._fail("it is closed", "Use the journal inside the client's lifetime.")
+                    if conn is None
+                    else self._fail("it was opened read_only=True", "Open it without read_only to record operations.")
+                )
                 for job in batch:
-                    job.error = self._fail("it is closed", "Use the journal inside the client's lifetime.")
+                    job.error = refusal
                     if job.done is not None:
                         job.done.set()
                 return
@@ -739,7 +801,8 @@ class Journal:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Journal({self.location!r}, durability={self.durability!r})"
+        extra = ", read_only=True" if self.read_only else ""
+        return f"Journal({self.location!r}, durability={self.durability!r}{extra})"
 
 
 def insert_params(intent: Intent, owner: str, now: float, expires: float) -> tuple[object, ...]:

@@ -30,7 +30,7 @@ import httpx
 
 from ._client import Client
 from ._errors import SameKeyError
-from ._journal import JournalStore, OperationRecord, default_journal_path
+from ._journal import Journal, JournalStore, OperationRecord, default_journal_path
 from ._policy import to_seconds
 from ._resume import RetargetTransport
 from ._transport import open_journal
@@ -134,12 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
 # -- helpers ----------------------------------------------------------------------------
 
 
-def open_store(location: str | None) -> JournalStore:
+def open_store(location: str | None, *, read_only: bool = False) -> JournalStore:
+    """The journal at ``location``; ``read_only`` for the commands that only look (a read-only
+    mount, or a folder the operator may not write, must not stop `list` and `show`)."""
     text = location or str(default_journal_path())
     if not text.startswith(("postgresql://", "postgres://")):
         path = Path(text).expanduser()
         if not path.exists():  # never create a journal just to list it
             raise CliError(f"no journal at {path} (pass --journal PATH or set $SAMEKEY_JOURNAL)")
+        if read_only:
+            return Journal(path, read_only=True)
     store, _ = open_journal(text)  # a missing psycopg is a JournalError naming the extra to install
     return store
 
@@ -385,7 +389,7 @@ def main(
     args = build_parser().parse_args(argv)
     store: JournalStore | None = None
     try:
-        store = open_store(args.journal)
+        store = open_store(args.journal, read_only=args.command in ("list", "show"))
         if args.command == "list":
             return cmd_list(args, store, out)
         if args.command == "show":
