@@ -212,6 +212,18 @@ def test_resume_all_reports_each_operation_and_exits_1_when_some_failed(
     assert [r.operation for r in samekey.Journal(journal_path).pending()] == ["b/2"]
 
 
+def test_resume_takes_the_retry_limits_of_this_run(journal_path: Path) -> None:
+    pending_op(journal_path, "down", "http://127.0.0.1:9/charges", {"amount": 2})  # nothing listens on port 9
+    once = run("resume", "down", "--max-attempts", "1", "--journal", str(journal_path))
+    assert once.code == 1 and "gave up after 2 attempt(s)" in once.out and "max_attempts reached" in once.out
+    default = run("resume", "down", "--journal", str(journal_path))
+    assert default.code == 1 and "gave up after 10 attempt(s)" in default.out  # 2 earlier + 8 of the default policy
+    bad = run("resume", "down", "--deadline", "0s", "--journal", str(journal_path))
+    assert bad.code == 2 and bad.err.startswith("samekey: error: deadline") and bad.out == ""
+    usage = run_process("resume", "down", "--max-attempts", "0", "--journal", str(journal_path))
+    assert usage.returncode == 2 and "'0' is not a whole number of at least 1" in usage.stderr
+
+
 def test_resume_base_url_and_headers(journal_path: Path, server: PaymentServer) -> None:
     key = pending_op(journal_path, "moved", "http://payments.invalid/charges?v=2", {"amount": 7})
     header = "Authorization: Bearer sk_test"

@@ -3,6 +3,7 @@
     samekey list [--all] [--json]         pending operations (--all: completed ones too)
     samekey show OPERATION [--json]       one whole record, with the stored response
     samekey resume (OPERATION | --all)    send pending operations again, with their keys
+                 [--max-attempts N] [--deadline 30s] [-H 'Name: value'] [--base-url URL]
     samekey forget OPERATION [--yes]      drop a record (its key is gone for good)
     samekey purge --older-than 7d         drop completed records older than that
 
@@ -31,7 +32,7 @@ import httpx
 from ._client import Client
 from ._errors import SameKeyError
 from ._journal import Journal, JournalStore, OperationRecord, default_journal_path
-from ._policy import to_seconds
+from ._policy import RetryPolicy, to_seconds
 from ._resume import RetargetTransport
 from ._transport import open_journal
 
@@ -54,6 +55,12 @@ def parse_duration(text: str) -> float:
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use a number and a unit s/m/h/d, e.g. 7d")
     return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -113,6 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="'NAME: VALUE'",
         help="add or override a header, e.g. the Authorization the journal never stores (repeatable)",
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="attempts per operation in this run, the first included (default 8; 1 = send once, no retries)",
+    )
+    p.add_argument(
+        "--deadline",
+        type=parse_duration,
+        default=None,
+        metavar="DURATION",
+        help="stop retrying an operation after this long, e.g. 30s (default 120s)",
     )
     p.add_argument(
         "--key-ttl",
@@ -291,6 +312,11 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
         if not records:
             out.write(f"nothing to resume: no pending operations in {store.location}\n")
             return EXIT_OK
+    limits = {"max_attempts": args.max_attempts, "deadline": args.deadline}
+    try:
+        policy = RetryPolicy(**{name: value for name, value in limits.items() if value is not None})
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
     clients: dict[str, Client] = {}
     counts = {"done": 0, "replayed": 0, "failed": 0}
     try:
@@ -298,7 +324,13 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
             client = clients.get(record.key_header.lower())
             if client is None:
                 transport = RetargetTransport(args.base_url) if args.base_url else None
-                client = Client(journal=store, key_header=record.key_header, key_ttl=args.key_ttl, transport=transport)
+                client = Client(
+                    journal=store,
+                    policy=policy,
+                    key_header=record.key_header,
+                    key_ttl=args.key_ttl,
+                    transport=transport,
+                )
                 clients[record.key_header.lower()] = client
             label = f"[{n}/{len(records)}] {record.operation}"
             try:
