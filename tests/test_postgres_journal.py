@@ -174,6 +174,41 @@ def test_row_lock_held_too_long_is_a_journal_error_saying_so(pg_dsn: str) -> Non
         assert journal.claim(_intent(), "b", 30, 1001.0).status == "busy"  # usable again
 
 
+def test_a_statement_past_the_statement_timeout_is_a_journal_error_saying_so(pg_dsn: str) -> None:
+    import psycopg
+
+    # the lock wait is allowed 30 s; the statement as a whole only 0.3 s
+    journal = samekey.PostgresJournal(pg_dsn, lock_timeout=30, statement_timeout=0.3)
+    with journal, psycopg.connect(pg_dsn) as other:
+        journal.claim(_intent(), "a", 30, 1000.0)
+        other.execute("LOCK TABLE samekey_operations IN ACCESS EXCLUSIVE MODE")  # a stuck migration, say
+        started = time.monotonic()
+        with pytest.raises(samekey.JournalError, match=r"cancelled a statement.*statement_timeout is 0.3 s"):
+            journal.get("op")
+        assert time.monotonic() - started < 5
+        other.rollback()
+        record = journal.get("op")
+        assert record is not None and record.lease_owner == "a"
+
+
+def test_the_link_to_the_server_is_watched_unless_the_dsn_says_otherwise(pg_dsn: str) -> None:
+    with samekey.PostgresJournal(pg_dsn, statement_timeout=12) as journal:
+        conn = journal._acquire()
+        try:
+            params = {p.keyword.decode(): p.val for p in conn.pgconn.info if p.val is not None}
+            assert params["keepalives"] == b"1" and params["tcp_user_timeout"] == b"12000"
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("12s",)
+        finally:
+            journal._give_back(conn)
+    with samekey.PostgresJournal(pg_dsn + "&keepalives=0&tcp_user_timeout=0") as journal:
+        conn = journal._acquire()
+        try:
+            params = {p.keyword.decode(): p.val for p in conn.pgconn.info if p.val is not None}
+            assert params["keepalives"] == b"0" and params["tcp_user_timeout"] == b"0"
+        finally:
+            journal._give_back(conn)
+
+
 def test_a_dropped_server_connection_is_replaced(pg_dsn: str) -> None:
     import psycopg
 

@@ -122,7 +122,9 @@ class PostgresJournal:
     ``options=-csearch_path=NAME``). ``pool_size`` connections at most are opened,
     lazily, and shared by threads; ``lock_timeout`` bounds the wait for a row or
     table lock held by another caller; ``connect_timeout`` bounds each connection
-    attempt.
+    attempt; ``statement_timeout`` bounds each statement, so an overloaded server
+    cannot hold a payment call forever. Unless the DSN sets them, TCP keepalives and
+    ``tcp_user_timeout`` (= statement_timeout) detect a server host that vanished.
     """
 
     def __init__(
@@ -131,11 +133,13 @@ class PostgresJournal:
         *,
         lock_timeout: float = 10.0,
         connect_timeout: float = 10.0,
+        statement_timeout: float = 30.0,
         pool_size: int = 4,
     ) -> None:
         if not isinstance(dsn, str) or not dsn.strip():
             raise ValueError(f"dsn must be a PostgreSQL connection string, got {dsn!r}")
-        for name, value in (("lock_timeout", lock_timeout), ("connect_timeout", connect_timeout)):
+        timeouts = (("lock_timeout", lock_timeout), ("connect_timeout", connect_timeout))
+        for name, value in (*timeouts, ("statement_timeout", statement_timeout)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
@@ -143,8 +147,8 @@ class PostgresJournal:
         self.location = mask_dsn(dsn)
         self.lock_timeout = float(lock_timeout)
         self.connect_timeout = float(connect_timeout)
+        self.statement_timeout = float(statement_timeout)
         self.pool_size = pool_size
-        self._dsn = dsn
         self._secret = _password_of(dsn)
         self._cond = threading.Condition()
         self._idle: list[psycopg.Connection[Any]] = []
@@ -159,6 +163,19 @@ class PostgresJournal:
                 "Install it with: pip install 'samekey[postgres]'",
             ) from exc
         self._psycopg = psycopg
+        try:
+            given = psycopg.conninfo.conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as exc:
+            raise self._fail(f"the DSN cannot be parsed ({exc})", "Check its syntax.") from exc
+        link = {
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": math.ceil(self.statement_timeout * 1000),
+        }
+        # the DSN's own settings win
+        self._conninfo = psycopg.conninfo.make_conninfo(dsn, **{k: v for k, v in link.items() if k not in given})
         self._run("opening", self._init_schema)
 
     # -- errors -------------------------------------------------------------------------
@@ -178,8 +195,9 @@ class PostgresJournal:
             )
         if isinstance(exc, errors.QueryCanceled):
             return self._fail(
-                f"the server cancelled a statement while {doing} ({text})",
-                "Check the database's statement_timeout and its load; retry.",
+                f"the server cancelled a statement while {doing} ({text}; samekey's statement_timeout "
+                f"is {self.statement_timeout:g} s)",
+                "The database is overloaded or something holds its locks; retry, or raise statement_timeout.",
             )
         if isinstance(exc, errors.InsufficientPrivilege):
             return self._fail(
@@ -201,10 +219,11 @@ class PostgresJournal:
 
     def _connect(self) -> psycopg.Connection[Any]:
         conn = self._psycopg.connect(
-            self._dsn, autocommit=True, connect_timeout=max(1, math.ceil(self.connect_timeout))
+            self._conninfo, autocommit=True, connect_timeout=max(1, math.ceil(self.connect_timeout))
         )
         try:
             conn.execute(f"SET lock_timeout = {int(self.lock_timeout * 1000)}")
+            conn.execute(f"SET statement_timeout = {math.ceil(self.statement_timeout * 1000)}")
         except BaseException:
             conn.close()
             raise
