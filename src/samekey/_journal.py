@@ -212,6 +212,11 @@ def _headers_to_json(headers: Iterable[tuple[str, str]]) -> str:
     return "[" + ",".join(f"[{_quote(k)},{_quote(v)}]" for k, v in headers) + "]"
 
 
+@functools.lru_cache(maxsize=256)  # a client sends the same few sets of request headers again and again
+def _request_headers_json(headers: tuple[tuple[str, str], ...]) -> str:
+    return _headers_to_json(headers)
+
+
 def _headers_from_json(text: str | None) -> tuple[tuple[str, str], ...]:
     if not text:
         return ()
@@ -809,7 +814,7 @@ def insert_params(intent: Intent, owner: str, now: float, expires: float) -> tup
     """The values of a new pending record, in the order of the stores' INSERT statements."""
     return (
         intent.operation, intent.key, intent.key_header, intent.method, intent.url, intent.fingerprint,
-        _headers_to_json(intent.request_headers), intent.request_body, now, now, owner, expires,
+        _request_headers_json(intent.request_headers), intent.request_body, now, now, owner, expires,
     )  # fmt: skip
 
 
