@@ -205,7 +205,7 @@ class Engine:
 
     def new_owner(self) -> str:
         # host/pid/<per-engine random>-<counter>: unique per call, and no urandom per request
-        return f"{self._host}/{os.getpid()}/{self._owner_tag}-{next(self._owner_counter)}"
+        return f"{self._host}/{_pid}/{self._owner_tag}-{next(self._owner_counter)}"
 
     def owner_is_dead(self, owner: str | None) -> bool:
         """True for a lease owner that was a process on this host that no longer runs."""
@@ -249,6 +249,18 @@ class Engine:
             request_body=body,
         )
         return Plan(intent, caller_key is not None)
+
+
+_pid = os.getpid()  # this process's id, without a getpid() system call per request
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()  # a forked child's leases must carry its own pid
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _uuid4() -> str:
