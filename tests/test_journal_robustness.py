@@ -296,3 +296,43 @@ def test_a_read_only_journal_reads_and_refuses_to_write_or_create(tmp_path: Path
         samekey.Journal(missing, read_only=True)
     assert_clear(caught.value, missing, "there is no journal file here")
     assert path.read_bytes() == original and not missing.exists()
+
+
+class _FakeFcntl:
+    """fcntl as on macOS: F_FULLFSYNC flushes the drive's cache; ``works`` False: a filesystem without it."""
+
+    F_FULLFSYNC = 51
+
+    def __init__(self, works: bool) -> None:
+        self.works = works
+        self.calls: list[int] = []
+
+    def fcntl(self, fd: int, command: int) -> int:
+        assert command == self.F_FULLFSYNC
+        self.calls.append(fd)
+        if not self.works:
+            raise OSError(45, "Operation not supported")
+        return 0
+
+
+@pytest.mark.parametrize("fullfsync_works", [True, False])
+def test_fsync_mode_on_a_platform_without_fdatasync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fullfsync_works: bool
+) -> None:
+    # macOS has no os.fdatasync, and its fsync leaves data in the drive's cache: F_FULLFSYNC it is
+    fake = _FakeFcntl(fullfsync_works)
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.delattr(_journal.os, "fdatasync")
+    monkeypatch.setattr(_journal, "fcntl", fake)
+    monkeypatch.setattr(_journal.os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd))[1])
+    path = tmp_path / "journal.sqlite3"
+    with samekey.Journal(path) as journal:
+        journal.claim(intent("op-1"), "owner", 60.0, 1000.0)
+        journal.claim(intent("op-2"), "owner", 60.0, 1001.0)
+        wal = journal._wal_fd
+    assert fake.calls == [wal, wal], "each claim made durable with F_FULLFSYNC"
+    # the folder once (the new WAL's entry), and the WAL itself when F_FULLFSYNC is refused
+    assert len(fsynced) == (1 if fullfsync_works else 3)
+    with samekey.Journal(path) as journal:
+        assert journal.get("op-2") is not None

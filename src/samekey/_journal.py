@@ -32,6 +32,11 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import platformdirs
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 from ._errors import JournalError
 
 __all__ = [
@@ -611,16 +616,17 @@ class Journal:
                 os.close(fd)
                 self._wal_fd = None
             try:
-                fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(f"{self.path}-wal", os.O_RDONLY | _O_CLOEXEC)
             except FileNotFoundError:  # no WAL: everything is in the main file, synced by SQLite
                 return
-            folder = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
-            try:  # the WAL's own directory entry must survive a power cut too, as SQLite FULL does
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+            if os.name == "posix":  # Windows cannot open a folder; NTFS journals the new entry itself
+                folder = os.open(self.path.parent, os.O_RDONLY | _O_CLOEXEC)
+                try:  # the WAL's own directory entry must survive a power cut too, as SQLite FULL does
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
             self._wal_fd = fd
-        os.fdatasync(fd)
+        _sync_data(fd)
 
     def _read(self, sql: str, params: tuple[object, ...], doing: str) -> list[tuple[object, ...]]:
         with self._lock:
@@ -832,6 +838,22 @@ def _replace(record: OperationRecord, **changes: object) -> OperationRecord:
     import dataclasses
 
     return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
+
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)  # 0 on Windows, where handles are not inherited anyway
+
+
+def _sync_data(fd: int) -> None:
+    """The strongest data sync the platform has for one file (looked up per call, for tests)."""
+    full = getattr(fcntl, "F_FULLFSYNC", None) if fcntl is not None else None
+    if full is not None:  # macOS: a plain fsync leaves the data in the drive's volatile cache
+        try:
+            fcntl.fcntl(fd, full)
+            return
+        except OSError:  # a filesystem without it (e.g. a network mount)
+            pass
+    sync = getattr(os, "fdatasync", None) or os.fsync  # no fdatasync on macOS and Windows
+    sync(fd)
 
 
 def check_private(path: Path) -> Mapping[str, int]:
