@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -441,3 +444,26 @@ def test_a_followed_redirect_is_not_mistaken_for_the_operation(journal_path: Pat
         record = client.journal.get("op")
     assert record is not None and record.response_status == 303
     assert created.call_count == 2 and "Idempotency-Key" not in created.calls[0].request.headers
+
+
+def test_a_lease_holder_is_never_signalled_where_kill_would_terminate_it(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # on Windows os.kill(pid, 0) terminates the process: a live lease holder must wait out its lease
+    with _client(journal_path) as client:
+        engine = client.engine
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            owner = f"{engine._host}/{sleeper.pid}/tag-1"
+            signalled: list[int] = []
+            monkeypatch.setattr(os, "kill", lambda pid, sig: signalled.append(pid))
+            monkeypatch.setattr(os, "name", "nt")
+            assert engine.owner_is_dead(owner) is False and signalled == []
+            monkeypatch.undo()
+            assert engine.owner_is_dead(owner) is False  # alive, on POSIX: kill(pid, 0) only probes
+            sleeper.kill()
+            sleeper.wait()
+            assert engine.owner_is_dead(owner) is True
+        finally:
+            sleeper.kill()
+            sleeper.wait()

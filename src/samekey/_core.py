@@ -213,6 +213,8 @@ class Engine:
         pid_text = rest.partition("/")[0]
         if host != self._host or not pid_text.isdigit() or int(pid_text) == os.getpid():
             return False
+        if os.name != "posix":  # on Windows os.kill(pid, 0) would terminate it: wait for the lease instead
+            return False
         try:
             os.kill(int(pid_text), 0)
         except ProcessLookupError:
