@@ -60,6 +60,71 @@ def test_async_client_has_the_same_semantics(journal_path: Path, no_sleep: None)
     asyncio.run(_async_story(journal_path))
 
 
+def test_a_cancelled_task_frees_its_lease_so_a_retry_goes_at_once(journal_path: Path) -> None:
+    # asyncio.wait_for / asyncio.timeout / a disconnecting web client cancel the task mid-request
+    keys: list[str] = []
+
+    async def server(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers["Idempotency-Key"])
+        if len(keys) == 1:
+            await asyncio.sleep(30)  # the first answer never comes in time
+        return httpx.Response(201, json={"id": "ch_1"})
+
+    async def story() -> tuple[float, httpx.Response, samekey.OperationRecord | None]:
+        transport = httpx.MockTransport(server)
+        async with samekey.AsyncClient(journal=journal_path, transport=transport, on_busy="raise") as client:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.post("https://pay.test/charges", json={}, operation="op"), 0.2)
+            pending = client.journal.get("op")
+            assert pending is not None and pending.pending and pending.lease_owner is None, "lease freed, key kept"
+            started = time.monotonic()
+            again = await client.post("https://pay.test/charges", json={}, operation="op")
+            return time.monotonic() - started, again, client.journal.get("op")
+
+    waited, again, record = asyncio.run(story())
+    assert again.status_code == 201 and waited < 5, "no wait for a lease nobody holds"
+    assert len(keys) == 2 and keys[0] == keys[1], "the retry sent the same key"
+    assert record is not None and record.state == "completed"
+
+
+def test_ctrl_c_mid_request_frees_the_lease_and_keeps_the_key(journal_path: Path) -> None:
+    keys: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers["Idempotency-Key"])
+        if len(keys) == 1:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C while waiting for the answer
+        return httpx.Response(201)
+
+    with samekey.Client(journal=journal_path, transport=httpx.MockTransport(server), on_busy="raise") as client:
+        with pytest.raises(KeyboardInterrupt):
+            client.post("https://pay.test/charges", json={}, operation="op")
+        record = client.journal.get("op")
+        assert record is not None and record.pending and record.lease_owner is None
+        assert record.attempts == 1 and "KeyboardInterrupt" in (record.last_error or "")
+        assert client.post("https://pay.test/charges", json={}, operation="op").status_code == 201
+    assert len(keys) == 2 and keys[0] == keys[1]
+
+
+class _InterruptedAfterClaim(samekey.Journal):
+    def claim(self, *args: Any) -> Any:
+        result = super().claim(*args)
+        if result.status == "created":
+            raise KeyboardInterrupt  # between the claim's commit and the send
+        return result
+
+
+def test_an_interruption_right_after_the_claim_frees_the_lease(journal_path: Path) -> None:
+    with _InterruptedAfterClaim(journal_path) as journal:
+        client = samekey.Client(journal=journal, transport=httpx.MockTransport(lambda r: httpx.Response(201)))
+        with pytest.raises(KeyboardInterrupt):
+            client.post("https://pay.test/charges", json={}, operation="op")
+        record = journal.get("op")
+        assert record is not None and record.pending and record.lease_owner is None, "nobody holds it now"
+        assert client.post("https://pay.test/charges", json={}, operation="op").status_code == 201
+        client.close()
+
+
 # -- threads -----------------------------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ at a time, so the policy's strategies decide the same way for both drivers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -43,7 +44,7 @@ from ._errors import JournalError, KeyExpired, OperationInProgress, OperationMis
 from ._journal import Intent, JournalStore, OperationRecord, is_secret_header
 from ._policy import RetryPolicy, _Exhausted, to_seconds
 
-__all__ = ["OPERATION_EXTENSION", "Engine", "OperationInfo", "operation_info"]
+__all__ = ["OPERATION_EXTENSION", "Engine", "OperationInfo", "abandon", "operation_flow", "operation_info"]
 
 logger = logging.getLogger("samekey")
 logger.addHandler(logging.NullHandler())  # a library stays quiet unless the app configures logging
@@ -333,7 +334,16 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
             logger.warning("samekey could not purge old completed records: %s", exc)
     while True:
         now = engine.clock()
-        claim = yield Call("claim", intent, owner, engine.lease, now)
+        try:
+            claim = yield Call("claim", intent, owner, engine.lease, now)
+        except GeneratorExit:
+            raise
+        except BaseException:
+            # interrupted (a cancelled task, Ctrl-C) or failed after the claim may have committed:
+            # free a lease this owner may hold, or the operation is stuck until the lease expires
+            with contextlib.suppress(Exception):
+                yield Call("release", intent.operation, owner, 0, None, engine.clock())
+            raise
         record = claim.record
         mismatch = _mismatch(plan, record)
         holds_lease = claim.status in ("created", "claimed")
@@ -442,8 +452,11 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
             state.prepare_for_next_attempt()
             tries = state.attempt_number
             yield Sleep(float(do))
-    except Exception as exc:
-        # a non-retryable error: keep the key pending, free the lease
+    except GeneratorExit:
+        raise
+    except BaseException as exc:
+        # a non-retryable error, or an interruption (a cancelled task, Ctrl-C): keep the key
+        # pending, free the lease so that a retry can go on at once
         if record is not None and owner is not None and not isinstance(exc, RetriesExhausted):
             yield Call("release", record.operation, owner, earlier + tries, _describe(exc, None), engine.clock())
         raise
@@ -468,6 +481,22 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
         )  # fmt: skip
     response.extensions[INFO_EXTENSION] = OperationInfo(operation, key, attempts, replayed=False)
     return _settled(request, response, engine.key_header)
+
+
+def abandon(flow: Flow, interruption: BaseException, journal: JournalStore) -> None:
+    """An interruption (a cancelled task, Ctrl-C) reached a driver: let the flow free its lease.
+
+    The flow's journal calls run at once, synchronously (an interrupted async task may not
+    await any more); the driver then re-raises the interruption.
+    """
+    try:
+        action = flow.throw(interruption)
+        while isinstance(action, Call):
+            action = flow.send(action.run(journal))
+    except BaseException:  # the flow re-raised it (its normal end) or the journal failed too
+        pass
+    finally:
+        flow.close()
 
 
 def _settled(request: httpx.Request, response: httpx.Response, key_header: str) -> httpx.Response:

@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from ._core import Call, Engine, KeyFormat, OnBusy, Send, Sleep, operation_flow
+from ._core import Call, Engine, KeyFormat, OnBusy, Send, Sleep, abandon, operation_flow
 from ._journal import Journal, JournalStore
 from ._policy import RetryPolicy
 
@@ -142,6 +142,9 @@ class SameKeyTransport(httpx.BaseTransport, _Options):
                     result = self._perform(action)
                 except Exception as exc:
                     action = flow.throw(exc)
+                except BaseException as exc:  # Ctrl-C: the lease is freed, the key kept
+                    abandon(flow, exc, self.engine.journal)
+                    raise
                 else:
                     action = flow.send(result)
         except StopIteration as done:
@@ -192,6 +195,9 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
                     result = await self._perform(action)
                 except Exception as exc:
                     action = flow.throw(exc)
+                except BaseException as exc:  # a cancelled task: the lease is freed, the key kept
+                    abandon(flow, exc, self.engine.journal)
+                    raise
                 else:
                     action = flow.send(result)
         except StopIteration as done:
