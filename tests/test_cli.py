@@ -224,6 +224,17 @@ def test_resume_takes_the_retry_limits_of_this_run(journal_path: Path) -> None:
     assert usage.returncode == 2 and "'0' is not a whole number of at least 1" in usage.stderr
 
 
+def test_resume_without_credentials_says_how_to_pass_them(journal_path: Path, server: PaymentServer) -> None:
+    key = pending_op(journal_path, "auth", f"{server.url}/charges", {"amount": 3})
+    server.require_auth = "Bearer sk_test"
+    refused = run("resume", "auth", "--journal", str(journal_path))
+    assert refused.code == 1 and "HTTP 401, credentials refused" in refused.out and "-H 'Authorization" in refused.out
+    assert refused.out.splitlines()[-1] == "resumed 1 operation(s): 0 completed now, 0 already completed, 1 failed"
+    done = run("resume", "auth", "-H", "Authorization: Bearer sk_test", "--journal", str(journal_path))
+    assert done.code == 0 and f"HTTP 201 (key {key}" in done.out, done.out
+    assert server.charge_count() == 1
+
+
 def test_resume_base_url_and_headers(journal_path: Path, server: PaymentServer) -> None:
     key = pending_op(journal_path, "moved", "http://payments.invalid/charges?v=2", {"amount": 7})
     header = "Authorization: Bearer sk_test"

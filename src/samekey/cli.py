@@ -30,6 +30,7 @@ from typing import Any, TextIO
 import httpx
 
 from ._client import Client
+from ._core import NOT_ACTED_ON
 from ._errors import SameKeyError
 from ._journal import Journal, JournalStore, OperationRecord, default_journal_path
 from ._policy import RetryPolicy, to_seconds
@@ -345,6 +346,13 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
                 if getattr(info, "replayed", False):
                     counts["replayed"] += 1
                     out.write(f"{label}: already completed, HTTP {response.status_code} (replayed, nothing sent)\n")
+                elif response.status_code in NOT_ACTED_ON:  # the key stays pending: not done
+                    counts["failed"] += 1
+                    out.write(
+                        f"{label}: FAILED: HTTP {response.status_code}, credentials refused; the server did not act "
+                        f"and the key is kept. The journal never stores credentials: pass them with "
+                        f"-H 'Authorization: ...'\n"
+                    )
                 else:
                     counts["done"] += 1
                     attempts = getattr(info, "attempts", "?")

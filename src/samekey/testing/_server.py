@@ -47,9 +47,10 @@ class PaymentServer:
     """``with PaymentServer() as server: server.url`` -> ``http://127.0.0.1:<port>``.
 
     POST /charges (JSON body) charges once per Idempotency-Key and answers 201 with
-    ``{"id": ..., "amount": ...}``. GET /charges lists the charges. ``db_path`` is the
-    SQLite file holding charges, stored responses and the request log; it can be
-    opened by tests and by other processes.
+    ``{"id": ..., "amount": ...}``. With ``require_auth="Bearer sk_test"`` a request without
+    that Authorization is refused with a 401 before anything is charged or stored.
+    GET /charges lists the charges. ``db_path`` is the SQLite file holding charges,
+    stored responses and the request log; it can be opened by tests and by other processes.
     """
 
     def __init__(
@@ -59,12 +60,14 @@ class PaymentServer:
         faults: FaultPlan | None = None,
         work_seconds: float = 0.0,
         decline: Callable[[dict[str, Any]], int | None] | None = None,
+        require_auth: str | None = None,
         port: int = 0,
     ) -> None:
         self.db_path = str(db_path) if db_path is not None else ":memory:"
         self.faults = faults or FaultPlan()
         self.work_seconds = work_seconds
         self.decline = decline
+        self.require_auth = require_auth  # e.g. "Bearer sk_test": anything else gets a 401 and is not acted on
         self._db_lock = threading.Lock()
         self._stopped = False
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
@@ -269,6 +272,9 @@ class PaymentServer:
         if method == "GET":
             return 200, json.dumps(self.charges()).encode(), {}
         key = headers.get("idempotency-key")
+        if self.require_auth is not None and headers.get("authorization") != self.require_auth:
+            self._log(key, method, path, "401", raw)  # refused before the key is even looked at, as Stripe
+            return 401, b'{"error":"invalid API key"}', {"WWW-Authenticate": 'Bearer realm="payments"'}
         if not key:
             self._log(None, method, path, "400", raw)
             return 400, b'{"error":"missing Idempotency-Key"}', {}
