@@ -34,7 +34,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from ._common import RESULTS, report, server, table
+from ._common import report, server, table
 
 RATE = 400  # samples per second: each pauses the process, so keep it low
 BUCKETS = ("waiting for the server", "SQLite statements", "samekey's own Python", "httpx, httpcore, h11", "other")
@@ -163,9 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=6000)
     args = parser.parse_args()
-    result = run(args.requests)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "profile.md").write_text(f"**{result['title']}**\n\n{result['table']}\n")
+    run(args.requests)  # printed; `python -m benchmarks` puts it in results/latest.md
 
 
 if __name__ == "__main__":
