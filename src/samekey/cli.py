@@ -348,10 +348,11 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
                     out.write(f"{label}: already completed, HTTP {response.status_code} (replayed, nothing sent)\n")
                 elif response.status_code in NOT_ACTED_ON:  # the key stays pending: not done
                     counts["failed"] += 1
+                    header = "Proxy-Authorization" if response.status_code == 407 else "Authorization"
                     out.write(
                         f"{label}: FAILED: HTTP {response.status_code}, credentials refused; the server did not act "
                         f"and the key is kept. The journal never stores credentials: pass them with "
-                        f"-H 'Authorization: ...'\n"
+                        f"-H '{header}: ...'\n"
                     )
                 else:
                     counts["done"] += 1
