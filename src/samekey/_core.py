@@ -4,9 +4,12 @@ Theory. A request passes through one generator, `operation_flow`, that *decides*
 and yields the I/O it needs as actions; a driver (sync or async) performs each
 action and sends the result back in, like httpx's auth flows:
 
-    Call(m, *args)  run journal.m(*args), send back its result (or throw its error)
-    Send(request)   send the request once, read the whole answer, send it back
-    Sleep(seconds)  wait, then continue
+    Call(m, *args)     run journal.m(*args), send back its result (or throw its error)
+    Send(request)      send the request once, send back the answer: read whole when
+                       it is journaled (buffer=True), else still streaming, as httpx has it
+    Read(response)     read a streaming answer whole (the last one, kept for the caller)
+    Discard(response)  close a streaming answer that is not handed on (a retry follows)
+    Sleep(seconds)     wait, then continue
 
 A keyed operation's journal record moves through these states (h11 style):
 
@@ -98,6 +101,17 @@ class Call:
 @dataclass(frozen=True)
 class Send:
     request: httpx.Request
+    buffer: bool = True
+
+
+@dataclass(frozen=True)
+class Read:
+    response: httpx.Response
+
+
+@dataclass(frozen=True)
+class Discard:
+    response: httpx.Response
 
 
 @dataclass(frozen=True)
@@ -105,7 +119,7 @@ class Sleep:
     seconds: float
 
 
-Action = Call | Send | Sleep
+Action = Call | Send | Read | Discard | Sleep
 Flow = Generator[Action, Any, httpx.Response]
 
 
@@ -405,7 +419,8 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
                 )  # fmt: skip
             response: httpx.Response | None
             try:
-                response, exc = (yield Send(request)), None
+                # an answer that is not journaled is handed on still streaming, as bare httpx does
+                response, exc = (yield Send(request, buffer=record is not None)), None
             except Exception as error:  # the driver threw the transport's error in
                 response, exc = None, error
             if state is None:
@@ -449,6 +464,8 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
             if record is not None and owner is not None:
                 now = engine.clock()
                 yield Call("record_attempt", record.operation, owner, attempt, error_text, engine.lease, now)
+            elif response is not None:
+                yield Discard(response)  # streaming and not handed on: give its connection back
             state.prepare_for_next_attempt()
             tries = state.attempt_number
             yield Sleep(float(do))
@@ -523,6 +540,10 @@ def _give_up(
     if record is not None and owner is not None:
         error = _describe(exc, response)
         yield Call("release", record.operation, owner, attempts, error, engine.clock())
+    elif response is not None:
+        yield Read(response)  # still streaming: read it whole for RetriesExhausted.last_response
+    if response is not None:
+        response.read()  # in memory by now: `last_response.json()` works without a read() of the caller's
     raise RetriesExhausted(
         operation=record.operation if record else "(unkeyed request)",
         key=record.key if record else None,

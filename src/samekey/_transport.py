@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from ._core import Call, Engine, KeyFormat, OnBusy, Send, Sleep, abandon, operation_flow
+from ._core import Action, Call, Discard, Engine, KeyFormat, OnBusy, Read, Send, Sleep, abandon, operation_flow
 from ._journal import Journal, JournalStore
 from ._policy import RetryPolicy
 
@@ -151,19 +151,28 @@ class SameKeyTransport(httpx.BaseTransport, _Options):
             response: httpx.Response = done.value
             return response
 
-    def _perform(self, action: Call | Send | Sleep) -> Any:
+    def _perform(self, action: Action) -> Any:
         if isinstance(action, Send):
             response = self.inner.handle_request(action.request)
-            stream = response.stream
-            try:
-                return _buffered(response, b"".join(stream))  # type: ignore[arg-type]
-            finally:
-                stream.close()  # type: ignore[union-attr]
+            return self._read(response) if action.buffer else response
+        if isinstance(action, Read):
+            return self._read(action.response)
+        if isinstance(action, Discard):
+            action.response.stream.close()  # type: ignore[union-attr]
+            return None
         if isinstance(action, Sleep):
             if action.seconds > 0:
                 time.sleep(action.seconds)
             return None
         return action.run(self.engine.journal)
+
+    @staticmethod
+    def _read(response: httpx.Response) -> httpx.Response:
+        stream = response.stream
+        try:
+            return _buffered(response, b"".join(stream))  # type: ignore[arg-type]
+        finally:
+            stream.close()  # type: ignore[union-attr]
 
     def close(self) -> None:
         self.inner.close()
@@ -204,14 +213,15 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
             response: httpx.Response = done.value
             return response
 
-    async def _perform(self, action: Call | Send | Sleep) -> Any:
+    async def _perform(self, action: Action) -> Any:
         if isinstance(action, Send):
             response = await self.inner.handle_async_request(action.request)
-            stream = response.stream
-            try:
-                return _buffered(response, b"".join([chunk async for chunk in stream]))  # type: ignore[union-attr]
-            finally:
-                await stream.aclose()  # type: ignore[union-attr]
+            return await self._read(response) if action.buffer else response
+        if isinstance(action, Read):
+            return await self._read(action.response)
+        if isinstance(action, Discard):
+            await action.response.stream.aclose()  # type: ignore[union-attr]
+            return None
         if isinstance(action, Sleep):
             if action.seconds > 0:
                 await anyio.sleep(action.seconds)
@@ -228,6 +238,14 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
                     thread = self._journal_thread = _JournalThread(journal)
                 return await thread.submit(action, loop)
         return await anyio.to_thread.run_sync(action.run, journal)
+
+    @staticmethod
+    async def _read(response: httpx.Response) -> httpx.Response:
+        stream = response.stream
+        try:
+            return _buffered(response, b"".join([chunk async for chunk in stream]))  # type: ignore[union-attr]
+        finally:
+            await stream.aclose()  # type: ignore[union-attr]
 
     async def aclose(self) -> None:
         await self.inner.aclose()
