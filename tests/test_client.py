@@ -341,6 +341,31 @@ def test_secrets_never_reach_the_journal_file(journal_path: Path) -> None:
     assert "authorization" not in names and "content-type" in names
 
 
+def test_credentials_in_the_url_never_reach_the_journal_file(journal_path: Path) -> None:
+    sent: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        sent.append(str(request.url))
+        return httpx.Response(503 if len(sent) == 1 else 201)
+
+    policy = samekey.RetryPolicy(max_attempts=1)
+    url = "https://acct:url-secret-1@pay.example/charges?api_key=sk_live_url2&amount=5"
+    with _client(journal_path, transport=httpx.MockTransport(server), policy=policy) as client:
+        with pytest.raises(samekey.RetriesExhausted):
+            client.post(url, json={"amount": 5}, operation="op")
+        record = client.journal.get("op")
+        assert record is not None and record.url == "https://pay.example/charges?api_key=REDACTED&amount=5"
+        with pytest.raises(samekey.SameKeyError, match=r"credentials in its URL \(api_key\).*Nothing was sent"):
+            client.resume("op")
+        # the code that made it runs again, with a rotated key: the same operation, the same key
+        rotated = url.replace("sk_live_url2", "sk_live_url3")
+        assert client.post(rotated, json={"amount": 5}, operation="op").status_code == 201
+    assert sent == [url, rotated]
+    blob = b"".join(p.read_bytes() for p in journal_path.parent.iterdir())
+    for secret in (b"url-secret-1", b"sk_live_url2", b"sk_live_url3", b"acct:"):
+        assert secret not in blob
+
+
 def test_leaving_with_closes_the_journal_and_leaves_one_self_contained_file(journal_path: Path) -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(201))
     with _client(journal_path, transport=transport) as client:

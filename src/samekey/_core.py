@@ -62,6 +62,8 @@ _NOT_STORED_HEADERS = frozenset({"content-length", "host", "transfer-encoding", 
 # httpx's auth flow (Digest) or a re-run with fixed credentials sends the same key again.
 NOT_ACTED_ON = frozenset({401, 407})
 
+REDACTED = "REDACTED"  # what a secret query value is journaled as
+
 KeyFormat = Literal["uuid", "structured"]
 OnBusy = Literal["wait", "raise"]
 
@@ -214,6 +216,21 @@ class Engine:
             if not is_secret_header(name := raw_name.lower().decode(encoding), self.redact)
         ]
 
+    def stored_url(self, url: httpx.URL) -> str:
+        """The URL as journaled and fingerprinted: no user:password, secret query values hidden.
+
+        Like secret headers, credentials in the URL never reach the disk and do not make a
+        request with a rotated API key look like another operation.
+        """
+        if url.userinfo:  # httpx sends it as an Authorization header: it is a credential
+            url = url.copy_with(username=None, password=None)
+        if url.query:
+            params = url.params.multi_items()
+            if any(is_secret_header(name, self.redact) for name, _ in params):
+                hidden = [(name, REDACTED if is_secret_header(name, self.redact) else value) for name, value in params]
+                url = url.copy_with(params=hidden)
+        return str(url)
+
     def new_key(self) -> str:
         value = _uuid4()
         return f'"{value}"' if self.key_format == "structured" else value
@@ -252,7 +269,7 @@ class Engine:
                 f"naming the logical operation (e.g. 'order-42/charge'), got {operation!r}"
             )
         body = request.content
-        url = str(request.url)
+        url = self.stored_url(request.url)
         digest = hashlib.sha256(f"{request.method}\n{url}\n".encode())
         digest.update(body)
         intent = Intent(

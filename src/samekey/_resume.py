@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import httpx
 
-from ._core import OPERATION_EXTENSION, Engine
+from ._core import OPERATION_EXTENSION, REDACTED, Engine
 from ._errors import OperationNotFound, SameKeyError
+from ._journal import is_secret_header
 
 __all__ = ["HeadersArg", "ResumeResult", "RetargetTransport", "build_resume_request"]
 
@@ -50,6 +51,13 @@ def build_resume_request(
             f"operation {operation!r} was recorded with its key in the {record.key_header!r} header, "
             f"this client sends keys in {engine.key_header!r}. Nothing was sent. "
             f"Resume it with a client created with key_header={record.key_header!r}."
+        )
+    hidden = [name for name, value in httpx.URL(record.url).params.multi_items() if value == REDACTED]
+    if record.pending and any(is_secret_header(name, engine.redact) for name in hidden):
+        raise SameKeyError(
+            f"operation {operation!r} carried credentials in its URL ({', '.join(hidden)}), which the journal "
+            "never stores. Nothing was sent. Run the code that made it again (same operation name, same URL): "
+            f"it sends the same key, {record.key}."
         )
     merged = httpx.Headers(list(record.request_headers))
     if headers is not None:
