@@ -341,7 +341,10 @@ def test_secrets_never_reach_the_journal_file(journal_path: Path) -> None:
     assert "authorization" not in names and "content-type" in names
 
 
-def test_credentials_in_the_url_never_reach_the_journal_file(journal_path: Path) -> None:
+def test_credentials_in_the_url_never_reach_the_journal_file_or_the_logs(
+    journal_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="samekey")
     sent: list[str] = []
 
     def server(request: httpx.Request) -> httpx.Response:
@@ -362,8 +365,10 @@ def test_credentials_in_the_url_never_reach_the_journal_file(journal_path: Path)
         assert client.post(rotated, json={"amount": 5}, operation="op").status_code == 201
     assert sent == [url, rotated]
     blob = b"".join(p.read_bytes() for p in journal_path.parent.iterdir())
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "samekey")
+    assert "attempt=1 POST https://pay.example/charges?api_key=REDACTED&amount=5" in logged
     for secret in (b"url-secret-1", b"sk_live_url2", b"sk_live_url3", b"acct:"):
-        assert secret not in blob
+        assert secret not in blob and secret.decode() not in logged
 
 
 def test_leaving_with_closes_the_journal_and_leaves_one_self_contained_file(journal_path: Path) -> None:

@@ -431,7 +431,7 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "samekey attempt operation=%s key=%s attempt=%d %s %s",
-                    operation, key, attempt, request.method, request.url,
+                    operation, key, attempt, request.method, engine.stored_url(request.url),
                     extra={"operation": operation, "key": key, "attempt": attempt},
                 )  # fmt: skip
             response: httpx.Response | None
