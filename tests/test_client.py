@@ -566,3 +566,25 @@ def test_the_async_client_streams_an_unkeyed_download_too(journal_path: Path) ->
                 return sum([len(chunk) async for chunk in response.aiter_raw()])
 
     assert asyncio.run(story()) == 16 * 65536
+
+
+def test_a_multipart_upload_built_again_is_the_same_operation(journal_path: Path) -> None:
+    # httpx draws a new multipart boundary for every request it builds
+    sent: list[httpx.Request] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(503 if len(sent) == 1 else 201)
+
+    policy = samekey.RetryPolicy(max_attempts=1)
+    upload = {"file": ("passport.pdf", b"%PDF-1.7 scan", "application/pdf")}
+    with _client(journal_path, transport=httpx.MockTransport(server), policy=policy) as client:
+        with pytest.raises(samekey.RetriesExhausted):
+            client.post(URL, files=upload, data={"booking": "b-42"}, operation="booking-42/upload")
+        again = client.post(URL, files=upload, data={"booking": "b-42"}, operation="booking-42/upload")
+        with pytest.raises(samekey.OperationMismatch):  # another file is another request
+            other = {"file": ("passport.pdf", b"%PDF-1.7 other", "application/pdf")}
+            client.post(URL, files=other, data={"booking": "b-42"}, operation="booking-42/upload")
+    assert again.status_code == 201
+    assert sent[0].headers["content-type"] != sent[1].headers["content-type"], "two boundaries"
+    assert sent[0].headers["Idempotency-Key"] == sent[1].headers["Idempotency-Key"]

@@ -271,7 +271,7 @@ class Engine:
         body = request.content
         url = self.stored_url(request.url)
         digest = hashlib.sha256(f"{request.method}\n{url}\n".encode())
-        digest.update(body)
+        digest.update(_without_random_boundary(body, request.headers))
         intent = Intent(
             operation=operation,
             key=caller_key or self.new_key(),
@@ -295,6 +295,21 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _without_random_boundary(body: bytes, headers: httpx.Headers) -> bytes:
+    # httpx picks a random multipart boundary per request (files=...): the same upload built
+    # again by a re-run must still be the same operation, so the fingerprint ignores it
+    if not body.startswith(b"--"):  # not multipart: the common case costs one check
+        return body
+    kind, _, params = headers.get("content-type", "").partition(";")
+    if kind.strip().lower() != "multipart/form-data":
+        return body
+    for param in params.split(";"):
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "boundary" and value:
+            return body.replace(value.strip('"').encode("latin-1"), b"samekey-boundary")
+    return body
 
 
 def _uuid4() -> str:
