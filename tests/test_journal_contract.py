@@ -328,6 +328,24 @@ def test_purge_deletes_old_completed_records_and_never_pending_ones(journal: Jou
     assert sorted(r.operation for r in journal.records()) == ["old-pending", "old-released"]
 
 
+def test_purge_takes_the_oldest_first_and_a_backlog_in_chunks(
+    journal: JournalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from samekey import _postgres
+
+    for module in (_journal, _postgres):
+        monkeypatch.setattr(module, "PURGE_CHUNK", 3)
+    for i in range(10):
+        journal.claim(intent(f"done-{i}"), A, 30, T0)
+        journal.complete(f"done-{i}", A, 1, 201, [], b"{}", T0 + i)
+    journal.claim(intent("pending"), A, 30, T0)
+    assert journal.purge_completed(0, T0 + 100, limit=4) == 4
+    left = sorted(r.operation for r in journal.records(include_completed=True))
+    assert left == ["done-4", "done-5", "done-6", "done-7", "done-8", "done-9", "pending"], "the oldest went first"
+    assert journal.purge_completed(0, T0 + 100) == 6  # no limit: everything old, 3 at a time
+    assert [r.operation for r in journal.records()] == ["pending"]
+
+
 # -- schema ----------------------------------------------------------------------------------
 
 

@@ -281,6 +281,50 @@ def test_purge_runs_at_most_once_per_interval_per_client(journal_path: Path) -> 
     assert len(purges) == 2
 
 
+def test_a_purge_backlog_is_taken_a_batch_per_request_not_all_at_once(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from samekey import _core
+
+    monkeypatch.setattr(_core, "PURGE_BATCH", 4)
+    clock = FakeClock()
+    with client_with_clock(journal_path, Recorder(), clock, retention=10) as client:
+        for i in range(10):  # the first request also purges: nothing old yet
+            client.post("https://pay.test/c", operation=f"old-{i}", json={})
+        clock.now += 3600 + 20  # all ten are past the retention now, and a purge is due
+
+        def old_left() -> int:
+            return sum(r.operation.startswith("old-") for r in client.journal.records())
+
+        client.post("https://pay.test/c", operation="n-1", json={})
+        assert old_left() == 6, "one batch, not the whole backlog, on this request"
+        client.post("https://pay.test/c", operation="n-2", json={})
+        assert old_left() == 6, "the next batch waits a moment"
+        clock.now += 1.5
+        client.post("https://pay.test/c", operation="n-3", json={})
+        clock.now += 1.5
+        client.post("https://pay.test/c", operation="n-4", json={})
+        assert old_left() == 0
+        clock.now += 1.5
+        assert client.engine.purge_due(clock.now) is False, "backlog done: back to once an hour"
+
+
+def test_a_store_whose_purge_takes_no_limit_still_purges(journal_path: Path) -> None:
+    class OlderStore(samekey.Journal):  # written against the interface before `limit`
+        def purge_completed(self, older_than: float, now: float) -> int:  # type: ignore[override]
+            return super().purge_completed(older_than, now)
+
+    clock = FakeClock()
+    with OlderStore(journal_path) as store:
+        client = samekey.Client(journal=store, retention=10, transport=httpx.MockTransport(Recorder()))
+        client.engine.clock = clock
+        client.post("https://pay.test/c", operation="a", json={})
+        clock.now += 3600 + 20
+        client.post("https://pay.test/c", operation="b", json={})
+        assert [r.operation for r in store.records()] == ["b"]
+        client.close()
+
+
 def test_retention_must_be_a_positive_duration(journal_path: Path) -> None:
     with pytest.raises(ValueError, match="retention"):
         samekey.Client(journal=journal_path, retention=0)

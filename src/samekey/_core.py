@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import itertools
 import logging
 import os
@@ -43,7 +44,7 @@ from typing import Any, Literal
 import httpx
 import tenacity
 
-from ._errors import JournalError, KeyExpired, OperationInProgress, OperationMismatch, RetriesExhausted
+from ._errors import KeyExpired, OperationInProgress, OperationMismatch, RetriesExhausted
 from ._journal import Intent, JournalStore, OperationRecord, is_secret_header
 from ._policy import RetryPolicy, _Exhausted, to_seconds
 
@@ -57,6 +58,8 @@ INFO_EXTENSION = "samekey"  # response.extensions key holding an OperationInfo
 KEYED_METHODS = frozenset({"POST", "PATCH"})
 MAX_OPERATION_LENGTH = 512
 PURGE_INTERVAL = 3600.0  # seconds between two lazy purges of completed records by one client
+PURGE_BATCH = 1000  # records one lazy purge deletes at most (a few ms), so no request stalls on a backlog
+PURGE_BACKLOG_PAUSE = 1.0  # seconds until the next batch when a purge left old records behind
 _NOT_STORED_HEADERS = frozenset({"content-length", "host", "transfer-encoding", "connection"})
 # Refused before the server acted on the request: its key stays pending (not completed), so
 # httpx's auth flow (Digest) or a re-run with fixed credentials sends the same key again.
@@ -186,6 +189,17 @@ class Engine:
                 return False
             self._next_purge = now + PURGE_INTERVAL
             return True
+
+    def purge_soon(self, now: float) -> None:
+        """A purge left old records behind: take the next batch soon, not in an hour."""
+        self._next_purge = min(self._next_purge, now + PURGE_BACKLOG_PAUSE)
+
+    def purge_takes_limit(self) -> bool:
+        """Whether the store's purge_completed takes ``limit`` (a store written before it may not)."""
+        try:
+            return "limit" in inspect.signature(self.journal.purge_completed).parameters
+        except (TypeError, ValueError):
+            return False
 
     def _scan_headers(self, headers: httpx.Headers) -> tuple[str | None, tuple[tuple[str, str], ...]]:
         """(the caller's key header, the headers to journal), in one pass over the raw headers."""
@@ -374,9 +388,15 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
     polls = 0
     now = engine.clock()
     if engine.purge_due(now):
-        try:  # only completed records older than the retention; never a pending one
-            yield Call("purge_completed", engine.retention, now)
-        except JournalError as exc:  # the claim below reports a journal that is really unusable
+        # only completed records older than the retention, never a pending one; a batch at a time
+        # so that no request stalls on a backlog (after a long downtime, a shorter retention)
+        batched = engine.purge_takes_limit()
+        try:
+            args = (engine.retention, now, PURGE_BATCH) if batched else (engine.retention, now)
+            removed = yield Call("purge_completed", *args)
+            if batched and removed >= PURGE_BATCH:
+                engine.purge_soon(now)  # more to do: the next request after PURGE_BACKLOG_PAUSE takes it
+        except Exception as exc:  # housekeeping never fails a payment; the claim reports a broken journal
             logger.warning("samekey could not purge old completed records: %s", exc)
     while True:
         now = engine.clock()

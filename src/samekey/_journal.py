@@ -163,7 +163,7 @@ class JournalStore(Protocol):
 
     def forget(self, operation: str) -> bool: ...
 
-    def purge_completed(self, older_than: float, now: float) -> int: ...
+    def purge_completed(self, older_than: float, now: float, limit: int | None = None) -> int: ...
 
     def close(self) -> None: ...
 
@@ -253,6 +253,8 @@ def _record(row: tuple[object, ...]) -> OperationRecord:
         lease_expires=None if expires is None else float(expires),  # type: ignore[arg-type]
     )
 
+
+PURGE_CHUNK = 5000  # completed records deleted per transaction by a purge
 
 _T = TypeVar("_T")
 _WRITES = frozenset({"claim", "record_attempt", "complete", "release"})  # the writes run_calls batches
@@ -785,16 +787,28 @@ class Journal:
 
         return self._write(f"forgetting operation {operation!r}", job)
 
-    def purge_completed(self, older_than: float, now: float) -> int:
-        """Delete completed records finished more than ``older_than`` seconds ago. Never pending ones."""
+    def purge_completed(self, older_than: float, now: float, limit: int | None = None) -> int:
+        """Delete completed records finished more than ``older_than`` seconds ago (the oldest
+        first, at most ``limit``). Never pending ones. A big backlog goes in transactions of
+        PURGE_CHUNK records, so other writers get the lock in between and the WAL stays small."""
+        cutoff = now - older_than
+        removed = 0
+        while limit is None or removed < limit:
+            size = PURGE_CHUNK if limit is None else min(PURGE_CHUNK, limit - removed)
 
-        def job(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "DELETE FROM operations WHERE state = 'completed' AND completed_at < ?", (now - older_than,)
-            ).rowcount
+            def job(conn: sqlite3.Connection, size: int = size) -> int:
+                return conn.execute(
+                    "DELETE FROM operations WHERE rowid IN (SELECT rowid FROM operations "
+                    "WHERE state = 'completed' AND completed_at < ? ORDER BY completed_at LIMIT ?)",
+                    (cutoff, size),
+                ).rowcount
 
-        # not durable: a purge lost in a crash is simply done again by the next one
-        return self._write("purging completed operations", job, durable=False)
+            # not durable: a purge lost in a crash is simply done again by the next one
+            done = self._write("purging completed operations", job, durable=False)
+            removed += done
+            if done < size:
+                break
+        return removed
 
     def close(self) -> None:
         with self._lock:

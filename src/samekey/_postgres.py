@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._errors import JournalError
 from ._journal import (
     _COLUMNS,
+    PURGE_CHUNK,
     ClaimResult,
     Intent,
     OperationRecord,
@@ -445,16 +446,28 @@ class PostgresJournal:
 
         return self._run(f"forgetting operation {operation!r}", work)
 
-    def purge_completed(self, older_than: float, now: float) -> int:
-        """Delete completed records finished more than ``older_than`` seconds ago. Never pending ones."""
+    def purge_completed(self, older_than: float, now: float, limit: int | None = None) -> int:
+        """Delete completed records finished more than ``older_than`` seconds ago (the oldest
+        first, at most ``limit``). Never pending ones. A big backlog goes in statements of
+        PURGE_CHUNK records, so no transaction holds thousands of row locks for long."""
+        cutoff = now - older_than
+        removed = 0
+        while limit is None or removed < limit:
+            size = PURGE_CHUNK if limit is None else min(PURGE_CHUNK, limit - removed)
 
-        def work(conn: psycopg.Connection[Any]) -> int:
-            return conn.execute(
-                f"DELETE FROM samekey_operations WHERE state = 'completed' AND completed_at < %s AND {_NO_FLUSH}",
-                (now - older_than,),
-            ).rowcount
+            def work(conn: psycopg.Connection[Any], size: int = size) -> int:
+                return conn.execute(
+                    "DELETE FROM samekey_operations WHERE operation IN (SELECT operation FROM samekey_operations "
+                    "WHERE state = 'completed' AND completed_at < %s ORDER BY completed_at LIMIT %s) "
+                    f"AND {_NO_FLUSH}",
+                    (cutoff, size),
+                ).rowcount
 
-        return self._run("purging completed operations", work)
+            done = self._run("purging completed operations", work)
+            removed += done
+            if done < size:
+                break
+        return removed
 
     def close(self) -> None:
         with self._cond:
