@@ -331,10 +331,7 @@ def test_purge_deletes_old_completed_records_and_never_pending_ones(journal: Jou
 def test_purge_takes_the_oldest_first_and_a_backlog_in_chunks(
     journal: JournalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from samekey import _postgres
-
-    for module in (_journal, _postgres):
-        monkeypatch.setattr(module, "PURGE_CHUNK", 3)
+    monkeypatch.setattr(_journal, "PURGE_CHUNK", 3)  # both stores purge through _journal.purge_in_chunks
     for i in range(10):
         journal.claim(intent(f"done-{i}"), A, 30, T0)
         journal.complete(f"done-{i}", A, 1, 201, [], b"{}", T0 + i)

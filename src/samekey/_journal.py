@@ -792,11 +792,9 @@ class Journal:
         first, at most ``limit``). Never pending ones. A big backlog goes in transactions of
         PURGE_CHUNK records, so other writers get the lock in between and the WAL stays small."""
         cutoff = now - older_than
-        removed = 0
-        while limit is None or removed < limit:
-            size = PURGE_CHUNK if limit is None else min(PURGE_CHUNK, limit - removed)
 
-            def job(conn: sqlite3.Connection, size: int = size) -> int:
+        def delete_oldest(size: int) -> int:
+            def job(conn: sqlite3.Connection) -> int:
                 return conn.execute(
                     "DELETE FROM operations WHERE rowid IN (SELECT rowid FROM operations "
                     "WHERE state = 'completed' AND completed_at < ? ORDER BY completed_at LIMIT ?)",
@@ -804,11 +802,9 @@ class Journal:
                 ).rowcount
 
             # not durable: a purge lost in a crash is simply done again by the next one
-            done = self._write("purging completed operations", job, durable=False)
-            removed += done
-            if done < size:
-                break
-        return removed
+            return self._write("purging completed operations", job, durable=False)
+
+        return purge_in_chunks(delete_oldest, limit)
 
     def close(self) -> None:
         with self._lock:
@@ -828,6 +824,19 @@ class Journal:
     def __repr__(self) -> str:
         extra = ", read_only=True" if self.read_only else ""
         return f"Journal({self.location!r}, durability={self.durability!r}{extra})"
+
+
+def purge_in_chunks(delete_oldest: Callable[[int], int], limit: int | None) -> int:
+    """Call ``delete_oldest(n)`` (delete up to n old completed records, the oldest first, one
+    transaction; returns how many) until none is left or ``limit`` records are gone."""
+    removed = 0
+    while limit is None or removed < limit:
+        size = PURGE_CHUNK if limit is None else min(PURGE_CHUNK, limit - removed)
+        done = delete_oldest(size)
+        removed += done
+        if done < size:
+            return removed
+    return removed
 
 
 def insert_params(intent: Intent, owner: str, now: float, expires: float) -> tuple[object, ...]:

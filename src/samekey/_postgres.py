@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._errors import JournalError
 from ._journal import (
     _COLUMNS,
-    PURGE_CHUNK,
     ClaimResult,
     Intent,
     OperationRecord,
@@ -39,6 +38,7 @@ from ._journal import (
     _record,
     _replace,
     insert_params,
+    purge_in_chunks,
 )
 
 if TYPE_CHECKING:
@@ -451,11 +451,9 @@ class PostgresJournal:
         first, at most ``limit``). Never pending ones. A big backlog goes in statements of
         PURGE_CHUNK records, so no transaction holds thousands of row locks for long."""
         cutoff = now - older_than
-        removed = 0
-        while limit is None or removed < limit:
-            size = PURGE_CHUNK if limit is None else min(PURGE_CHUNK, limit - removed)
 
-            def work(conn: psycopg.Connection[Any], size: int = size) -> int:
+        def delete_oldest(size: int) -> int:
+            def work(conn: psycopg.Connection[Any]) -> int:
                 return conn.execute(
                     "DELETE FROM samekey_operations WHERE operation IN (SELECT operation FROM samekey_operations "
                     "WHERE state = 'completed' AND completed_at < %s ORDER BY completed_at LIMIT %s) "
@@ -463,11 +461,9 @@ class PostgresJournal:
                     (cutoff, size),
                 ).rowcount
 
-            done = self._run("purging completed operations", work)
-            removed += done
-            if done < size:
-                break
-        return removed
+            return self._run("purging completed operations", work)
+
+        return purge_in_chunks(delete_oldest, limit)
 
     def close(self) -> None:
         with self._cond:
