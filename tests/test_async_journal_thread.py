@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 
@@ -135,3 +136,26 @@ def test_a_failing_write_in_a_batch_fails_alone(journal_path: Path) -> None:
     ]
     assert sorted(r.operation for r in journal.records()) == ["good-1", "good-2"]
     journal.close()
+
+
+def test_a_forked_child_runs_its_own_journal_thread(journal_path: Path) -> None:
+    # an AsyncClient made before a fork (a preloaded app) is used by the forked worker
+    transport = httpx.MockTransport(lambda request: httpx.Response(201))
+    client = samekey.AsyncClient(journal=journal_path, transport=transport)
+
+    async def pay(operation: str) -> int:
+        return (await client.post("https://pay.test/charges", json={}, operation=operation)).status_code
+
+    assert asyncio.run(pay("parent")) == 201  # the parent's journal thread is running now
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            code = 0 if asyncio.run(asyncio.wait_for(pay("child"), 10)) == 201 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child's journal calls were answered"
+    asyncio.run(client.aclose())
+    with samekey.Journal(journal_path) as journal:
+        assert {r.operation for r in journal.records()} == {"parent", "child"}

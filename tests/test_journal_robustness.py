@@ -336,3 +336,36 @@ def test_fsync_mode_on_a_platform_without_fdatasync(
     assert len(fsynced) == (1 if fullfsync_works else 3)
     with samekey.Journal(path) as journal:
         assert journal.get("op-2") is not None
+
+
+def test_a_forked_child_gets_its_own_connection_and_both_keep_writing(tmp_path: Path) -> None:
+    # a web server preloading the app (gunicorn --preload) forks workers that share the client
+    path = tmp_path / "journal.sqlite3"
+    journal = samekey.Journal(path, durability="process")
+    journal.claim(intent("parent-1"), "parent", 60.0, 1000.0)
+    parent_conn = journal._conn
+    children = []
+    for n in range(3):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                for i in range(50):
+                    assert journal.claim(intent(f"child-{n}-{i}"), f"child-{n}", 60.0, 1001.0).status == "created"
+                assert journal._conn is not parent_conn and journal.get("parent-1") is not None
+                journal.close()
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    for i in range(50):  # the parent writes at the same time, through its own connection
+        journal.claim(intent(f"parent-more-{i}"), "parent", 60.0, 1002.0)
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    assert journal._conn is parent_conn
+    assert len(journal.records()) == 1 + 50 + 3 * 50
+    journal.close()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    check.close()

@@ -45,7 +45,7 @@ import httpx
 import tenacity
 
 from ._errors import KeyExpired, OperationInProgress, OperationMismatch, RetriesExhausted
-from ._journal import Intent, JournalStore, OperationRecord, is_secret_header
+from ._journal import PROCESS, Intent, JournalStore, OperationRecord, is_secret_header
 from ._policy import RetryPolicy, _Exhausted, to_seconds
 
 __all__ = ["OPERATION_EXTENSION", "Engine", "OperationInfo", "abandon", "operation_flow", "operation_info"]
@@ -251,7 +251,7 @@ class Engine:
 
     def new_owner(self) -> str:
         # host/pid/<per-engine random>-<counter>: unique per call, and no urandom per request
-        return f"{self._host}/{_pid}/{self._owner_tag}-{next(self._owner_counter)}"
+        return f"{self._host}/{PROCESS.pid}/{self._owner_tag}-{next(self._owner_counter)}"
 
     def owner_is_dead(self, owner: str | None) -> bool:
         """True for a lease owner that was a process on this host that no longer runs."""
@@ -297,18 +297,6 @@ class Engine:
             request_body=body,
         )
         return Plan(intent, caller_key is not None)
-
-
-_pid = os.getpid()  # this process's id, without a getpid() system call per request
-
-
-def _after_fork_in_child() -> None:
-    global _pid
-    _pid = os.getpid()  # a forked child's leases must carry its own pid
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _without_random_boundary(body: bytes, headers: httpx.Headers) -> bytes:

@@ -64,6 +64,22 @@ def is_secret_header(name: str, extra: frozenset[str] = frozenset()) -> bool:
     return lowered in SECRET_HEADERS or lowered in extra or any(p in lowered for p in SECRET_PARTS)
 
 
+class _Process:
+    """This process's id, kept without a getpid() system call per request; a forked child
+    (a preloaded web worker, a prefork task runner) gets its own at once."""
+
+    pid = os.getpid()
+
+    @classmethod
+    def after_fork(cls) -> None:
+        cls.pid = os.getpid()
+
+
+PROCESS = _Process
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_Process.after_fork)
+
+
 def default_journal_path() -> Path:
     """``$SAMEKEY_JOURNAL`` if set, else ``<user state dir>/samekey/journal.sqlite3``."""
     env = os.environ.get("SAMEKEY_JOURNAL")
@@ -307,6 +323,7 @@ class Journal:
         self._writing = False
         self._wal_fd: int | None = None  # kept open for `_sync_wal`
         self._conn: sqlite3.Connection | None = None
+        self._pid = PROCESS.pid  # the process that opened the connection
         self._conn = self._open()
 
     # -- opening ------------------------------------------------------------------------
@@ -515,8 +532,33 @@ class Journal:
             raise job.error
         return job.result  # type: ignore[return-value]
 
+    def _forked(self, *, reopen: bool = True) -> None:
+        """In a forked child: drop the connection copied from the parent, open one of our own.
+
+        SQLite forbids using a connection across fork(): the child does not hold the parent's
+        POSIX locks, so writing through it could corrupt the journal. It is closed at once,
+        while the parent still has the journal open (so SQLite leaves the files alone). The
+        locks and the queue may have been copied mid-use by another thread: made anew.
+        """
+        self._pid = PROCESS.pid
+        self._lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue = []
+        self._writing = False
+        inherited, self._conn = self._conn, None
+        wal_fd, self._wal_fd = self._wal_fd, None
+        if wal_fd is not None:
+            os.close(wal_fd)  # the child's copy of the descriptor
+        if inherited is not None:
+            with contextlib.suppress(sqlite3.Error):
+                inherited.close()
+            if reopen:
+                self._conn = self._open()
+
     def _submit(self, jobs: list[_Job[Any]]) -> None:
         """Run ``jobs`` (all in the same batch) and return once they are done."""
+        if self._pid != PROCESS.pid:
+            self._forked()
         first = jobs[0]
         with self._queue_lock:
             lead = not self._writing
@@ -631,6 +673,8 @@ class Journal:
         _sync_data(fd)
 
     def _read(self, sql: str, params: tuple[object, ...], doing: str) -> list[tuple[object, ...]]:
+        if self._pid != PROCESS.pid:
+            self._forked()
         with self._lock:
             conn = self._conn
             if conn is None:
@@ -807,6 +851,8 @@ class Journal:
         return purge_in_chunks(delete_oldest, limit)
 
     def close(self) -> None:
+        if self._pid != PROCESS.pid:
+            self._forked(reopen=False)
         with self._lock:
             if self._wal_fd is not None:
                 os.close(self._wal_fd)

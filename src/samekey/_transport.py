@@ -22,7 +22,7 @@ import anyio.to_thread
 import httpx
 
 from ._core import Action, Call, Discard, Engine, KeyFormat, OnBusy, Read, Send, Sleep, abandon, operation_flow
-from ._journal import Journal, JournalStore
+from ._journal import PROCESS, Journal, JournalStore
 from ._policy import RetryPolicy
 
 __all__ = ["AsyncSameKeyTransport", "SameKeyTransport", "open_journal"]
@@ -270,6 +270,10 @@ class _JournalThread:
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = PROCESS.pid
         self._lock = threading.Lock()
         self._items: list[tuple[Call, asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
         self._wake = threading.Event()
@@ -277,6 +281,8 @@ class _JournalThread:
         self._stopping = False
 
     def submit(self, call: Call, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        if self._pid != PROCESS.pid:  # a forked child: the parent's thread was not copied, start afresh
+            self._start()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
             self._items.append((call, loop, future))
