@@ -257,7 +257,7 @@ class Engine:
         """True for a lease owner that was a process on this host that no longer runs."""
         host, _, rest = (owner or "").partition("/")
         pid_text = rest.partition("/")[0]
-        if host != self._host or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        if host != self._host or not pid_text.isdigit() or int(pid_text) == PROCESS.pid:
             return False
         if os.name != "posix":  # on Windows os.kill(pid, 0) would terminate it: wait for the lease instead
             return False

@@ -21,7 +21,6 @@ psycopg 3 is imported when a journal is opened, so ``import samekey`` works with
 from __future__ import annotations
 
 import math
-import os
 import re
 import threading
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._errors import JournalError
 from ._journal import (
     _COLUMNS,
+    PROCESS,
     ClaimResult,
     Intent,
     OperationRecord,
@@ -155,7 +155,7 @@ class PostgresJournal:
         self._idle: list[psycopg.Connection[Any]] = []
         self._opened = 0  # connections open (idle or in use)
         self._closed = False
-        self._pid = os.getpid()
+        self._pid = PROCESS.pid
         try:
             import psycopg
         except ImportError as exc:
@@ -232,11 +232,11 @@ class PostgresJournal:
 
     def _acquire(self) -> psycopg.Connection[Any]:
         with self._cond:
-            if os.getpid() != self._pid:
+            if PROCESS.pid != self._pid:
                 # A forked child (e.g. a preloaded web worker) must not talk on, or close, the
                 # parent's sockets: it forgets them (psycopg never closes them on collection
                 # in another process) and opens its own.
-                self._idle, self._opened, self._pid = [], 0, os.getpid()
+                self._idle, self._opened, self._pid = [], 0, PROCESS.pid
             while True:
                 if self._closed:
                     raise self._fail("it is closed", "Use the journal inside the client's lifetime.")
