@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import pytest
 import respx
 
 import samekey
+from samekey._core import Call, Engine, Send, Sleep, operation_flow
 from samekey.testing import Fault, FaultPlan, PaymentServer
 
 HERE = Path(__file__).parent
@@ -392,3 +393,65 @@ def test_retry_budget_bounds_retries_while_the_server_is_down_and_recovers(journ
 def test_budget_can_be_turned_off() -> None:
     assert samekey.RetryPolicy(budget=None).budget is None
     assert isinstance(samekey.RetryPolicy().budget, samekey.RetryBudget)
+
+
+def _drive(
+    engine: Engine, request: httpx.Request, answers: list[httpx.Response], on_sleep: Callable[[float], None]
+) -> httpx.Response:
+    """Run the decision core by hand: journal calls for real, answers from the list, sleeps reported."""
+    flow = operation_flow(engine, request)
+    action = next(flow)
+    try:
+        while True:
+            if isinstance(action, Call):
+                action = flow.send(action.run(engine.journal))
+            elif isinstance(action, Send):
+                action = flow.send(answers.pop(0))
+            elif isinstance(action, Sleep):
+                on_sleep(action.seconds)
+                action = flow.send(None)
+            else:
+                action = flow.send(None)
+    except StopIteration as done:
+        response: httpx.Response = done.value
+        return response
+
+
+def test_the_lease_covers_a_retry_after_longer_than_the_lease(journal_path: Path) -> None:
+    # A Retry-After (or a backoff) longer than the lease must not let another caller take the
+    # operation over, and send it too, while its holder waits to try again.
+    journal = samekey.Journal(journal_path)
+    engine = Engine(journal=journal, policy=samekey.RetryPolicy(), lease=2)
+    request = httpx.Request("POST", URL, json={"a": 1}, extensions={samekey.OPERATION_EXTENSION: "slow-op"})
+    held_for: list[float] = []
+
+    def on_sleep(seconds: float) -> None:
+        record = journal.get("slow-op")
+        assert record is not None and record.lease_expires is not None
+        held_for.append(record.lease_expires - time.time() - seconds)
+
+    answers = [httpx.Response(503, headers={"Retry-After": "30"}), httpx.Response(201)]
+    assert _drive(engine, request, answers, on_sleep).status_code == 201
+    journal.close()
+    assert len(held_for) == 1 and held_for[0] > 1.5  # still held past the wait, for the next attempt
+
+
+def test_waiting_a_long_time_on_a_busy_operation_does_not_overflow(journal_path: Path) -> None:
+    # A holder with a long lease (a slow bank transfer): the waiter polls for an hour of its clock.
+    journal = samekey.Journal(journal_path)
+    clock = [time.time()]
+    engine = Engine(journal=journal, policy=None, lease=3600, clock=lambda: clock[0])
+    request = httpx.Request("POST", URL, json={"a": 1}, extensions={samekey.OPERATION_EXTENSION: "transfer-1"})
+    plan = engine.plan(request)
+    assert plan is not None
+    journal.claim(plan.intent, "bank-worker-2/4242/abc-1", 3600, clock[0])  # another host, alive
+    slept: list[float] = []
+
+    def on_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    response = _drive(engine, request, [httpx.Response(201)], on_sleep)
+    journal.close()
+    assert response.status_code == 201
+    assert 3599 < sum(slept) < 3602 and max(slept) <= 0.5

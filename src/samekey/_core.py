@@ -419,7 +419,7 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
             raise OperationInProgress(intent.operation, record.lease_owner, expires_in)
         polls += 1
         logger.debug("samekey waiting operation=%s held by %s", intent.operation, record.lease_owner)
-        yield Sleep(max(0.001, min(0.02 * 1.5**polls, 0.5, expires_in)))
+        yield Sleep(max(0.001, min(0.02 * 1.5 ** min(polls, 10), 0.5, expires_in)))  # 1.5**polls overflows
     age = engine.clock() - record.created_at
     if claim.status == "claimed" and age > engine.key_ttl:
         yield Call("release", intent.operation, owner, record.attempts, None, engine.clock())
@@ -503,7 +503,10 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
             )  # fmt: skip
             if record is not None and owner is not None:
                 now = engine.clock()
-                yield Call("record_attempt", record.operation, owner, attempt, error_text, engine.lease, now)
+                # the lease covers the wait and the next attempt: a Retry-After or backoff longer
+                # than the lease must not let another caller take the operation over meanwhile
+                hold = float(do) + engine.lease
+                yield Call("record_attempt", record.operation, owner, attempt, error_text, hold, now)
             elif response is not None:
                 yield Discard(response)  # streaming and not handed on: give its connection back
             state.prepare_for_next_attempt()
