@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -588,3 +589,52 @@ def test_a_multipart_upload_built_again_is_the_same_operation(journal_path: Path
     assert again.status_code == 201
     assert sent[0].headers["content-type"] != sent[1].headers["content-type"], "two boundaries"
     assert sent[0].headers["Idempotency-Key"] == sent[1].headers["Idempotency-Key"]
+
+
+class _DiskFullOnComplete(samekey.Journal):
+    fail = True
+
+    def complete(self, *args: Any, **kwargs: Any) -> None:
+        if self.fail:
+            raise samekey.JournalError(self.location, "the disk is full while completing", "Free some space.")
+        super().complete(*args, **kwargs)
+
+
+def test_a_full_disk_after_the_server_answered_says_it_was_sent_and_keeps_the_key(journal_path: Path) -> None:
+    journal = _DiskFullOnComplete(journal_path)
+    with respx.mock, samekey.Client(journal=journal) as client:
+        route = respx.post(URL).mock(return_value=httpx.Response(201, json={"id": "ch_1"}))
+        with pytest.raises(samekey.AnswerNotRecorded) as caught:
+            client.post(URL, json={"amount": 100}, operation="order-1/charge")
+        message = str(caught.value)
+        assert "was sent and the server answered HTTP 201" in message and "nothing was sent" not in message.lower()
+        assert "Do not start it under a new operation name" in message
+        assert caught.value.response.json() == {"id": "ch_1"}  # the answer is not lost
+        assert isinstance(caught.value, samekey.JournalError)
+        record = journal.get("order-1/charge")
+        assert record is not None and record.state == "pending" and record.lease_owner is None  # free at once
+        journal.fail = False  # the disk has room again: the re-run sends the SAME key, no new charge
+        client.post(URL, json={"amount": 100}, operation="order-1/charge")
+    keys = _keys(route)
+    assert len(keys) == 2 and keys[0] == keys[1] == record.key
+    journal.close()
+
+
+class _DiskFullOnAttempt(samekey.Journal):
+    def record_attempt(self, *args: Any, **kwargs: Any) -> None:
+        raise samekey.JournalError(
+            self.location, "the disk is full while recording", "Free some space; nothing was sent."
+        )
+
+
+def test_a_full_disk_between_attempts_does_not_claim_nothing_was_sent(journal_path: Path, no_sleep: None) -> None:
+    journal = _DiskFullOnAttempt(journal_path)
+    with respx.mock, samekey.Client(journal=journal) as client:
+        respx.post(URL).mock(return_value=httpx.Response(503))
+        with pytest.raises(samekey.JournalError) as caught:
+            client.post(URL, json={"amount": 100}, operation="order-2/charge")
+    message = str(caught.value)
+    assert "was sent (attempt 1, HTTP 503)" in message and "nothing was sent" not in message.lower()
+    record = journal.get("order-2/charge")
+    assert record is not None and record.state == "pending" and record.lease_owner is None
+    journal.close()

@@ -10,6 +10,7 @@ from ._async_client import AsyncClient
 from ._client import Client
 from ._core import OPERATION_EXTENSION, OperationInfo, operation_info
 from ._errors import (
+    AnswerNotRecorded,
     JournalError,
     KeyExpired,
     OperationInProgress,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnswerNotRecorded",
     "AsyncClient",
     "AsyncSameKeyTransport",
     "Client",

@@ -44,7 +44,14 @@ from typing import Any, Literal
 import httpx
 import tenacity
 
-from ._errors import KeyExpired, OperationInProgress, OperationMismatch, RetriesExhausted
+from ._errors import (
+    AnswerNotRecorded,
+    JournalError,
+    KeyExpired,
+    OperationInProgress,
+    OperationMismatch,
+    RetriesExhausted,
+)
 from ._journal import PROCESS, Intent, JournalStore, OperationRecord, is_secret_header
 from ._policy import RetryPolicy, _Exhausted, to_seconds
 
@@ -506,7 +513,10 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
                 # the lease covers the wait and the next attempt: a Retry-After or backoff longer
                 # than the lease must not let another caller take the operation over meanwhile
                 hold = float(do) + engine.lease
-                yield Call("record_attempt", record.operation, owner, attempt, error_text, hold, now)
+                try:
+                    yield Call("record_attempt", record.operation, owner, attempt, error_text, hold, now)
+                except Exception as exc:  # the journal's own "nothing was sent" would be untrue here
+                    raise _not_recorded_attempt(engine, exc, record, attempt, error_text) from exc
             elif response is not None:
                 yield Discard(response)  # streaming and not handed on: give its connection back
             state.prepare_for_next_attempt()
@@ -518,7 +528,8 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
         # a non-retryable error, or an interruption (a cancelled task, Ctrl-C): keep the key
         # pending, free the lease so that a retry can go on at once
         if record is not None and owner is not None and not isinstance(exc, RetriesExhausted):
-            yield Call("release", record.operation, owner, earlier + tries, _describe(exc, None), engine.clock())
+            with contextlib.suppress(Exception):  # a broken journal: report the first error, not this one
+                yield Call("release", record.operation, owner, earlier + tries, _describe(exc, None), engine.clock())
         raise
     assert response is not None
     attempts = earlier + tries
@@ -532,7 +543,14 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
             headers = engine.stored_response_headers(response.headers)
             body = b"".join(response.stream)  # type: ignore[arg-type]  # the raw body: drivers buffer it in a ByteStream
             now = engine.clock()
-            yield Call("complete", record.operation, owner, attempts, response.status_code, headers, body, now)
+            try:
+                yield Call("complete", record.operation, owner, attempts, response.status_code, headers, body, now)
+            except Exception as exc:  # a full disk, a lost database: the server HAS acted, say so
+                with contextlib.suppress(Exception):  # free the lease if the journal still can
+                    unrecorded = f"HTTP {response.status_code}: the answer could not be recorded"
+                    yield Call("release", record.operation, owner, attempts, unrecorded, engine.clock())
+                response.read()  # in memory already: `error.response.json()` works at once
+                raise _not_recorded(engine, exc, record, response) from exc
     if logger.isEnabledFor(logging.INFO):
         logger.info(
             "samekey done operation=%s key=%s attempt=%d status=%d",
@@ -541,6 +559,29 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
         )  # fmt: skip
     response.extensions[INFO_EXTENSION] = OperationInfo(operation, key, attempts, replayed=False)
     return _settled(request, response, engine.key_header)
+
+
+def _not_recorded(
+    engine: Engine, exc: Exception, record: OperationRecord, response: httpx.Response
+) -> AnswerNotRecorded:
+    path = exc.path if isinstance(exc, JournalError) else getattr(engine.journal, "location", "(journal)")
+    problem = exc.problem if isinstance(exc, JournalError) else f"{type(exc).__name__}: {exc}"
+    return AnswerNotRecorded(path, problem, operation=record.operation, key=record.key, response=response)
+
+
+def _not_recorded_attempt(
+    engine: Engine, exc: Exception, record: OperationRecord, attempt: int, error_text: str | None
+) -> JournalError:
+    path = exc.path if isinstance(exc, JournalError) else getattr(engine.journal, "location", "(journal)")
+    problem = exc.problem if isinstance(exc, JournalError) else f"{type(exc).__name__}: {exc}"
+    return JournalError(
+        path,
+        f"operation {record.operation!r} was sent (attempt {attempt}, {error_text}), "
+        f"but recording the attempt failed: {problem}",
+        f"The key {record.key} stays pending: once the journal works again, run the same operation again "
+        f"(or `samekey resume {record.operation}`) to send it with the same key. Do not start it under a new "
+        "operation name: that would be a new key, and the server could act twice.",
+    )
 
 
 def abandon(flow: Flow, interruption: BaseException, journal: JournalStore) -> None:

@@ -7,6 +7,7 @@
      ├── KeyExpired            the pending key is older than the server keeps keys
      ├── OperationNotFound     resume/forget named an operation the journal does not hold
      └── JournalError          the journal cannot be opened, read or written
+          └── AnswerNotRecorded  the server answered, the journal could not record it
 
 Each message says what happened and what the caller can do about it.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 
 __all__ = [
+    "AnswerNotRecorded",
     "JournalError",
     "KeyExpired",
     "OperationInProgress",
@@ -131,3 +133,26 @@ class JournalError(SameKeyError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"journal {self.path}: {problem}. {fix}")
+
+
+class AnswerNotRecorded(JournalError):
+    """The request was sent and the server answered, but the journal could not record it.
+
+    The server acted on the request (``response`` is its answer). The operation stays
+    *pending* with its key: once the journal works again, running the same operation (or
+    ``samekey resume``) sends that key again and the server returns its stored answer.
+    """
+
+    def __init__(self, path: str | Path, problem: str, *, operation: str, key: str, response: httpx.Response) -> None:
+        self.operation = operation
+        self.key = key
+        self.response = response
+        super().__init__(
+            path,
+            f"operation {operation!r} was sent and the server answered HTTP {response.status_code}, "
+            f"but recording that answer failed: {problem}",
+            f"The answer is in this error's .response. The key {key} stays pending: once the journal "
+            "works again, run the same operation again (or `samekey resume "
+            f"{operation}`) and the server returns its stored answer for that key. Do not start it under "
+            "a new operation name: that would be a new key, and the server would act twice.",
+        )
