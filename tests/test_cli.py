@@ -361,3 +361,30 @@ def test_default_journal_comes_from_the_environment(tmp_path: Path) -> None:
     result = run_process("list", "--all", "--json", env={"SAMEKEY_JOURNAL": str(path)})
     assert result.returncode == 0, result.stderr
     assert [r["operation"] for r in json.loads(result.stdout)] == ["from-env"]
+
+
+def test_resume_all_leaves_unnamed_operations_alone_so_a_rerun_is_not_charged_twice(
+    journal_path: Path, server: PaymentServer
+) -> None:
+    # A POST without operation= gave up while the API was unreachable ...
+    policy = samekey.RetryPolicy(max_attempts=1)
+    with samekey.Client(journal=journal_path, policy=policy) as client:
+        with pytest.raises(
+            samekey.RetriesExhausted, match=r"without operation=, so running the code again makes a NEW"
+        ):
+            client.post("http://127.0.0.1:9/charges", json={"order": 42})  # nothing listens on port 9
+    (unnamed,) = samekey.Journal(journal_path, read_only=True).pending()
+    assert unnamed.operation.startswith("auto:")
+    # ... the job queue ran the same code again: a new unnamed operation, charged
+    with samekey.Client(journal=journal_path) as client:
+        assert client.post(f"{server.url}/charges", json={"order": 42}).status_code == 201
+    named_key = pending_op(journal_path, "inv-7", f"{server.url}/charges", {"amount": 7})
+    result = run("resume", "--all", "--journal", str(journal_path))
+    assert result.code == 1  # something still needs a decision
+    assert f"skipped {unnamed.operation}: an unnamed operation" in result.out
+    assert result.out.splitlines()[-1].endswith("1 completed now, 0 already completed, 0 failed, 1 unnamed skipped")
+    assert server.charge_count() == 2 and named_key in server.keys_seen()  # order 42 once, inv-7 once
+    assert unnamed.key not in server.keys_seen()
+    with samekey.Client(journal=journal_path, base_url=server.url) as client:
+        assert [r.operation for r in client.resume_pending()] == []  # the API leaves it alone too
+        assert [r.operation for r in client.resume_pending(prefix="auto:")] == [unnamed.operation]  # named: sent

@@ -15,7 +15,7 @@ import httpx
 from ._client import with_operation
 from ._core import KeyFormat, OnBusy
 from ._policy import RetryPolicy
-from ._resume import HeadersArg, ResumeResult, build_resume_request
+from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
 from ._transport import AsyncSameKeyTransport, EngineHolder, JournalArg, _make_engine
 
 __all__ = ["AsyncClient"]
@@ -78,7 +78,9 @@ class AsyncClient(httpx.AsyncClient, EngineHolder):
     async def resume_pending(self, prefix: str | None = None, *, headers: HeadersArg = None) -> list[ResumeResult]:
         """The async twin of `Client.resume_pending`: one after the other, never stopping at a failure."""
         results = []
-        for record in await anyio.to_thread.run_sync(self.engine.journal.pending, prefix):
+        pending = await anyio.to_thread.run_sync(self.engine.journal.pending, prefix)
+        records, _unnamed = bulk_resumable(pending, prefix)
+        for record in records:
             try:
                 response = await self.resume(record.operation, headers=headers)
             except Exception as exc:

@@ -10,7 +10,7 @@ import httpx
 
 from ._core import OPERATION_EXTENSION, KeyFormat, OnBusy
 from ._policy import RetryPolicy
-from ._resume import HeadersArg, ResumeResult, build_resume_request
+from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
 from ._transport import EngineHolder, JournalArg, SameKeyTransport, _make_engine
 
 __all__ = ["Client"]
@@ -96,7 +96,8 @@ class Client(httpx.Client, EngineHolder):
         its response or the error that stopped it.
         """
         results = []
-        for record in self.engine.journal.pending(prefix):
+        records, _unnamed = bulk_resumable(self.engine.journal.pending(prefix), prefix)
+        for record in records:
             try:
                 results.append(ResumeResult(record.operation, response=self.resume(record.operation, headers=headers)))
             except Exception as exc:

@@ -73,6 +73,9 @@ _NOT_STORED_HEADERS = frozenset({"content-length", "host", "transfer-encoding", 
 NOT_ACTED_ON = frozenset({401, 407})
 
 REDACTED = "REDACTED"  # what a secret query value is journaled as
+# A POST sent without operation= is journaled as "auto:<uuid>". Running the code again makes a
+# NEW unnamed operation with a new key, so nothing resumes these in bulk (see _resume).
+UNNAMED_PREFIX = "auto:"
 
 KeyFormat = Literal["uuid", "structured"]
 OnBusy = Literal["wait", "raise"]
@@ -283,7 +286,7 @@ class Engine:
             return None
         caller_key, headers = self._scan_headers(request.headers)
         if operation is None:
-            operation = f"key:{caller_key}" if caller_key else f"auto:{_uuid4()}"
+            operation = f"key:{caller_key}" if caller_key else f"{UNNAMED_PREFIX}{_uuid4()}"
         elif not isinstance(operation, str) or not operation.strip() or len(operation) > MAX_OPERATION_LENGTH:
             raise ValueError(
                 f"operation must be a non-empty string of at most {MAX_OPERATION_LENGTH} characters "

@@ -62,12 +62,19 @@ class RetriesExhausted(SameKeyError):
             last = f"last error {type(last_exception).__name__}: {last_exception}"
         else:
             last = "no answer"
-        pending = (
-            f"The operation is still pending with key {key}: run it again with the same "
-            f"operation name (or `samekey resume {operation}`) to retry safely with the same key."
-            if key is not None
-            else "The request carried no Idempotency-Key; it is safe to send again."
-        )
+        if key is None:
+            pending = "The request carried no Idempotency-Key; it is safe to send again."
+        elif operation.startswith("auto:"):  # see _core.UNNAMED_PREFIX
+            pending = (
+                f"It was sent without operation=, so running the code again makes a NEW key and could act "
+                f"twice. Retry it with the same key: `samekey resume {operation}` (or client.resume). "
+                "Name your operations (operation='order-42/charge') to make re-runs reuse the key."
+            )
+        else:
+            pending = (
+                f"The operation is still pending with key {key}: run it again with the same "
+                f"operation name (or `samekey resume {operation}`) to retry safely with the same key."
+            )
         super().__init__(f"operation {operation!r}: gave up after {attempts} attempt(s) ({reason}; {last}). " + pending)
 
 

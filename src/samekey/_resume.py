@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import httpx
 
-from ._core import OPERATION_EXTENSION, REDACTED, Engine
+from ._core import OPERATION_EXTENSION, REDACTED, UNNAMED_PREFIX, Engine, logger
 from ._errors import OperationNotFound, SameKeyError
-from ._journal import is_secret_header
+from ._journal import OperationRecord, is_secret_header
 
-__all__ = ["HeadersArg", "ResumeResult", "RetargetTransport", "build_resume_request"]
+__all__ = ["HeadersArg", "ResumeResult", "RetargetTransport", "build_resume_request", "bulk_resumable"]
 
 HeadersArg = Mapping[str, str] | Sequence[tuple[str, str]] | None
 
@@ -32,6 +32,31 @@ class ResumeResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+UNNAMED_WARNING = (
+    "an unnamed operation (sent without operation=): running the code again made a NEW operation with "
+    "a new key, so the server may already have acted on a later copy. Check the server, then resume it "
+    "by its name if it is still needed, or `samekey forget` it"
+)
+
+
+def bulk_resumable(
+    records: Sequence[OperationRecord], prefix: str | None
+) -> tuple[list[OperationRecord], list[OperationRecord]]:
+    """(the pending records a bulk resume sends, the unnamed ones it leaves alone).
+
+    Resuming ``auto:`` records blindly could act twice: their code cannot reuse their key,
+    so a re-run of it sent the same payment again under a new one. Only a prefix that
+    names them (``auto:``) or resuming one by name sends them.
+    """
+    if prefix is not None and prefix.startswith(UNNAMED_PREFIX):
+        return list(records), []
+    named = [r for r in records if not r.operation.startswith(UNNAMED_PREFIX)]
+    unnamed = [r for r in records if r.operation.startswith(UNNAMED_PREFIX)]
+    for record in unnamed:
+        logger.warning("samekey resume skipped %s: %s", record.operation, UNNAMED_WARNING)
+    return named, unnamed
 
 
 def build_resume_request(

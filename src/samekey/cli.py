@@ -34,7 +34,7 @@ from ._core import NOT_ACTED_ON
 from ._errors import SameKeyError
 from ._journal import Journal, JournalStore, OperationRecord, default_journal_path
 from ._policy import RetryPolicy, to_seconds
-from ._resume import RetargetTransport
+from ._resume import UNNAMED_WARNING, RetargetTransport, bulk_resumable
 from ._transport import open_journal
 
 __all__ = ["main"]
@@ -303,16 +303,19 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
         raise CliError("resume needs one OPERATION or --all (not both)")
     if args.prefix is not None and not args.all:
         raise CliError("--prefix goes with --all")
+    unnamed: list[OperationRecord] = []  # left alone by --all: see bulk_resumable
     if args.operation is not None:
         record = store.get(args.operation)
         if record is None:
             raise CliError(f"operation {args.operation!r} is not in the journal {store.location}: nothing was sent")
         records = [record]
     else:
-        records = store.pending(args.prefix)
+        records, unnamed = bulk_resumable(store.pending(args.prefix), args.prefix)
+        for record in unnamed:
+            out.write(f"skipped {record.operation}: {UNNAMED_WARNING}\n")
         if not records:
             out.write(f"nothing to resume: no pending operations in {store.location}\n")
-            return EXIT_OK
+            return EXIT_FAILED if unnamed else EXIT_OK
     limits = {"max_attempts": args.max_attempts, "deadline": args.deadline}
     try:
         policy = RetryPolicy(**{name: value for name, value in limits.items() if value is not None})
@@ -362,11 +365,12 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
     finally:
         for client in clients.values():
             client.close()
+    skipped = f", {len(unnamed)} unnamed skipped" if unnamed else ""
     out.write(
         f"resumed {len(records)} operation(s): {counts['done']} completed now, "
-        f"{counts['replayed']} already completed, {counts['failed']} failed\n"
+        f"{counts['replayed']} already completed, {counts['failed']} failed{skipped}\n"
     )
-    return EXIT_FAILED if counts["failed"] else EXIT_OK
+    return EXIT_FAILED if counts["failed"] or unnamed else EXIT_OK
 
 
 def cmd_forget(args: argparse.Namespace, store: JournalStore, out: TextIO, err: TextIO, stdin: TextIO) -> int:
