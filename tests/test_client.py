@@ -372,6 +372,50 @@ def test_credentials_in_the_url_never_reach_the_journal_file_or_the_logs(
         assert secret not in blob and secret.decode() not in logged
 
 
+@respx.mock
+def test_cloud_api_key_headers_never_reach_the_journal_but_the_echoed_key_does(journal_path: Path) -> None:
+    echoed = {"Idempotency-Key": "echo", "X-Access-Key": "resp-secret-1"}
+    respx.post(URL).mock(return_value=httpx.Response(201, headers=echoed))
+    secrets = {
+        "Ocp-Apim-Subscription-Key": "azure-apim-secret-2",  # Azure API Management
+        "x-functions-key": "azure-fn-secret-3",  # Azure Functions
+        "X-Client-Key": "client-secret-4",
+        "Private-Key": "private-secret-5",
+        "X-Credentials": "cred-secret-6",
+    }
+    with _client(journal_path) as client:
+        client.post(URL, json={"amount": 1}, operation="op", headers=secrets)
+        replayed = client.post(URL, json={"amount": 1}, operation="op")
+    blob = b"".join(p.read_bytes() for p in journal_path.parent.iterdir())
+    for secret in ["resp-secret-1", *secrets.values()]:
+        assert secret.encode() not in blob
+    assert replayed.headers["Idempotency-Key"] == "echo"  # the server's echo of the key is no secret
+
+
+def test_query_values_are_hidden_by_their_words_and_a_changed_one_is_another_request(journal_path: Path) -> None:
+    answers = {"tok_declined": httpx.Response(402, json={"error": "declined"}), "tok_ok": httpx.Response(201)}
+    transport = httpx.MockTransport(lambda request: answers[request.url.params["payment_token"]])
+    base = "https://pay.example/charges?author=Tolstoy&key=goog-secret-1&sig=sas-secret-2"
+    with _client(journal_path, transport=transport) as client:
+        declined = client.post(f"{base}&payment_token=tok_declined", json={"a": 1}, operation="op")
+        assert declined.status_code == 402
+        record = client.journal.get("op")
+        assert record is not None
+        assert record.url == (
+            "https://pay.example/charges?author=Tolstoy&key=REDACTED&sig=REDACTED&payment_token=REDACTED"
+        )
+        # another card under the same operation name: a different request, never the stale 402
+        with pytest.raises(samekey.OperationMismatch, match="a query parameter the journal hides"):
+            client.post(f"{base}&payment_token=tok_ok", json={"a": 1}, operation="op")
+        # the same request with a rotated API key (a credential for sure): the same operation
+        rotated = base.replace("goog-secret-1", "goog-secret-3")
+        again = client.post(f"{rotated}&payment_token=tok_declined", json={"a": 1}, operation="op")
+        assert again.status_code == 402 and samekey.operation_info(again).replayed  # type: ignore[union-attr]
+    blob = b"".join(p.read_bytes() for p in journal_path.parent.iterdir())
+    for secret in (b"goog-secret-1", b"sas-secret-2", b"tok_declined", b"goog-secret-3"):
+        assert secret not in blob
+
+
 def test_leaving_with_closes_the_journal_and_leaves_one_self_contained_file(journal_path: Path) -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(201))
     with _client(journal_path, transport=transport) as client:
