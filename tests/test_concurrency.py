@@ -88,6 +88,33 @@ def test_a_cancelled_task_frees_its_lease_so_a_retry_goes_at_once(journal_path: 
     assert record is not None and record.state == "completed"
 
 
+class _SlowJournalThread(samekey.Journal):
+    def run_calls(self, calls: Any) -> Any:
+        time.sleep(0.2)  # a busy disk: the claim is still queued or running when the task is cancelled
+        return super().run_calls(calls)
+
+
+def test_a_task_cancelled_during_its_claim_frees_the_lease(journal_path: Path) -> None:
+    # The release must run after the claim it interrupts, not before it (it then found nothing
+    # to free, and the claim held the lease for 60 s while nobody worked on the operation).
+    async def story() -> tuple[samekey.OperationRecord | None, float]:
+        transport = httpx.MockTransport(lambda request: httpx.Response(201))
+        journal = _SlowJournalThread(journal_path)
+        async with samekey.AsyncClient(journal=journal, transport=transport, on_busy="raise") as client:
+            await client.post("https://pay.test/charges", json={}, operation="warm-up")  # (and the hourly purge)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.post("https://pay.test/charges", json={}, operation="op"), 0.05)
+            record = client.journal.get("op")  # the release ran behind the claim, before the cancel ended
+            started = time.monotonic()
+            await client.post("https://pay.test/charges", json={}, operation="op")  # no OperationInProgress
+        journal.close()
+        return record, time.monotonic() - started
+
+    record, took = asyncio.run(story())
+    assert record is not None and record.pending and record.lease_owner is None
+    assert took < 5
+
+
 def test_ctrl_c_mid_request_frees_the_lease_and_keeps_the_key(journal_path: Path) -> None:
     keys: list[str] = []
 

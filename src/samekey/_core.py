@@ -615,16 +615,18 @@ def _not_recorded_attempt(
     )
 
 
-def abandon(flow: Flow, interruption: BaseException, journal: JournalStore) -> None:
+def abandon(flow: Flow, interruption: BaseException, run: Callable[[Call], Any]) -> None:
     """An interruption (a cancelled task, Ctrl-C) reached a driver: let the flow free its lease.
 
-    The flow's journal calls run at once, synchronously (an interrupted async task may not
-    await any more); the driver then re-raises the interruption.
+    The flow's journal calls go to ``run`` without awaiting (an interrupted async task may
+    not await any more): at once for the sync driver; behind the calls already queued for
+    the async journal thread, so the release lands after a claim the interruption cut short.
+    The driver then re-raises the interruption.
     """
     try:
         action = flow.throw(interruption)
         while isinstance(action, Call):
-            action = flow.send(action.run(journal))
+            action = flow.send(run(action))
     except BaseException:  # the flow re-raised it (its normal end) or the journal failed too
         pass
     finally:

@@ -143,7 +143,7 @@ class SameKeyTransport(httpx.BaseTransport, _Options):
                 except Exception as exc:
                     action = flow.throw(exc)
                 except BaseException as exc:  # Ctrl-C: the lease is freed, the key kept
-                    abandon(flow, exc, self.engine.journal)
+                    abandon(flow, exc, self._run_now)
                     raise
                 else:
                     action = flow.send(result)
@@ -165,6 +165,9 @@ class SameKeyTransport(httpx.BaseTransport, _Options):
                 time.sleep(action.seconds)
             return None
         return action.run(self.engine.journal)
+
+    def _run_now(self, call: Call) -> Any:
+        return call.run(self.engine.journal)
 
     @staticmethod
     def _read(response: httpx.Response) -> httpx.Response:
@@ -205,7 +208,7 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
                 except Exception as exc:
                     action = flow.throw(exc)
                 except BaseException as exc:  # a cancelled task: the lease is freed, the key kept
-                    abandon(flow, exc, self.engine.journal)
+                    abandon(flow, exc, self._run_in_order)
                     raise
                 else:
                     action = flow.send(result)
@@ -239,6 +242,18 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
                 return await thread.submit(action, loop)
         return await anyio.to_thread.run_sync(action.run, journal)
 
+    def _run_in_order(self, call: Call) -> Any:
+        # A claim cut short may still be queued on (or running in) the journal thread: the
+        # release goes behind it there, or it would find nothing to free and the claim would
+        # then hold the lease for its full length.
+        thread = self._journal_thread
+        if thread is None:
+            return call.run(self.engine.journal)
+        done = threading.Event()  # waited for here: the event loop is not needed to get there
+        thread.post(call, done)
+        done.wait(60)
+        return None
+
     @staticmethod
     async def _read(response: httpx.Response) -> httpx.Response:
         stream = response.stream
@@ -253,6 +268,9 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
         if thread is not None:
             thread.stop()
         self._close_journal()
+
+
+_Waiter = asyncio.Future[Any] | threading.Event
 
 
 class _JournalThread:
@@ -275,23 +293,31 @@ class _JournalThread:
     def _start(self) -> None:
         self._pid = PROCESS.pid
         self._lock = threading.Lock()
-        self._items: list[tuple[Call, asyncio.AbstractEventLoop, asyncio.Future[Any]]] = []
+        # (call, loop, future); no loop: posted by an interrupted task, which waits on an Event
+        self._items: list[tuple[Call, asyncio.AbstractEventLoop | None, _Waiter]] = []
         self._wake = threading.Event()
         self._running = False
         self._stopping = False
 
     def submit(self, call: Call, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue(call, loop, future)
+        return future
+
+    def post(self, call: Call, done: threading.Event) -> None:
+        """Queue ``call`` behind every call queued before it; ``done`` is set once it ran."""
+        self._queue(call, None, done)
+
+    def _queue(self, call: Call, loop: asyncio.AbstractEventLoop | None, waiter: _Waiter) -> None:
         if self._pid != PROCESS.pid:  # a forked child: the parent's thread was not copied, start afresh
             self._start()
-        future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
-            self._items.append((call, loop, future))
+            self._items.append((call, loop, waiter))
             if not self._running:
                 self._running = True
                 threading.Thread(target=self._serve, name="samekey-journal", daemon=True).start()
             else:
                 self._wake.set()
-        return future
 
     def stop(self) -> None:
         with self._lock:
@@ -318,7 +344,10 @@ class _JournalThread:
                 outcomes = [(None, exc)] * len(items)
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
             for (_, loop, future), (result, error) in zip(items, outcomes, strict=True):
-                by_loop.setdefault(loop, []).append((future, result, error))
+                if isinstance(future, threading.Event):
+                    future.set()
+                elif loop is not None:
+                    by_loop.setdefault(loop, []).append((future, result, error))
             for loop, done in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
                     loop.call_soon_threadsafe(_resolve, done)
