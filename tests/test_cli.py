@@ -157,6 +157,20 @@ def test_list_table_shows_the_columns_users_need(journal_path: Path) -> None:
     assert "STATE" in all_rows[0] and any("order-8/charge  done 201" in line for line in all_rows)
 
 
+def test_show_and_resume_handle_non_ascii_header_values(journal_path: Path, server: PaymentServer) -> None:
+    pending_op(journal_path, "inv-3", f"{server.url}/charges", {"amount": 3}, headers={"X-Customer": "José".encode()})
+    disposition = 'attachment; filename="reçu-€.pdf"'
+    answer = httpx.Response(201, headers=[(b"Content-Disposition", disposition.encode())], json={})
+    with samekey.Client(journal=journal_path, transport=httpx.MockTransport(lambda r: answer)) as client:
+        client.post("https://pay.test/charges", operation="inv-4", json={"amount": 4})
+    assert "  x-customer: José\n" in run("show", "inv-3", "--journal", str(journal_path)).out  # as text, not bytes
+    data = json.loads(run("show", "inv-4", "--json", "--journal", str(journal_path)).out)
+    assert ["content-disposition", disposition] in data["response_headers"]
+    resumed = run("resume", "inv-3", "--journal", str(journal_path))
+    assert resumed.code == 0, resumed.err  # it raised UnicodeEncodeError before
+    assert server.charge_count() == 1
+
+
 def test_list_of_an_empty_journal(journal_path: Path) -> None:
     samekey.Journal(journal_path).close()
     assert run("list", "--journal", str(journal_path)).out == f"no pending operations in {journal_path}\n"

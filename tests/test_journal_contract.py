@@ -9,9 +9,10 @@ import asyncio
 import hashlib
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +291,70 @@ def test_pending_key_older_than_key_ttl_is_not_sent_again(journal: JournalStore,
     record = journal.get("order-8/charge")
     assert record is not None and record.pending and record.key == old.key and record.lease_owner is None
     assert server.requests() == []
+
+
+# A UTF-8 filename and a Latin-1 name: header bytes that are not ASCII (httpx's default)
+UTF8_DISPOSITION = 'attachment; filename="reçu-€.pdf"'.encode()
+LATIN1_NAME = "José Müller".encode("latin-1")
+
+
+def test_non_ascii_response_headers_replay_byte_for_byte(store: Store) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = [(b"Content-Disposition", UTF8_DISPOSITION), (b"X-Holder", LATIN1_NAME)]
+        return httpx.Response(201, headers=headers, json={"id": "ch_1"})
+
+    def run() -> httpx.Response:
+        with samekey.Client(journal=store.client_arg, transport=httpx.MockTransport(handler)) as client:
+            return client.post(URL, json={"amount": 1}, operation="order-7/charge")
+
+    first = run()
+    again = run()  # the next run of the program: from the journal
+    info = samekey.operation_info(again)
+    assert info is not None and info.replayed
+    wanted = [(b"content-disposition", UTF8_DISPOSITION), (b"x-holder", LATIN1_NAME)]
+    for response in (first, again):
+        assert [(k.lower(), v) for k, v in response.headers.raw if k.lower() in dict(wanted)] == wanted
+    assert again.headers["content-disposition"] == first.headers["content-disposition"]
+
+
+def test_pending_request_with_non_ascii_headers_resumes_with_the_same_bytes(store: Store) -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append([(k.lower(), v) for k, v in request.headers.raw if k.lower().startswith(b"x-")])
+        return httpx.Response(503 if len(seen) == 1 else 201, json={})
+
+    headers = [(b"X-Customer-Name", "José Müller".encode()), (b"X-Holder", LATIN1_NAME)]
+    policy = samekey.RetryPolicy(max_attempts=1)
+    with samekey.Client(journal=store.client_arg, transport=httpx.MockTransport(handler), policy=policy) as client:
+        with pytest.raises(samekey.RetriesExhausted):
+            client.post(URL, json={"amount": 9}, headers=headers, operation="order-9/charge")
+        assert client.resume("order-9/charge").status_code == 201
+    assert seen[1] == seen[0] == [(k.lower(), v) for k, v in headers]
+
+
+def test_non_ascii_header_values_journaled_before_still_replay(journal: JournalStore) -> None:
+    # samekey used to journal a header set that was valid UTF-8 decoded as UTF-8: such a
+    # value, with a character that is no latin-1 byte, goes out as the UTF-8 it came from
+    now = time.time()  # not T0: the client's lazy purge would take a record that old
+    journal.claim(intent(url=URL), A, 30, now)
+    old_answer = [("content-disposition", 'attachment; filename="reçu-€.pdf"')]
+    journal.complete("order-1/charge", A, 1, 201, old_answer, b"{}", now)
+    journal.claim(
+        replace(intent("order-2/charge", url=URL), request_headers=(("x-customer-name", "José €"),)), A, 30, now
+    )
+    journal.release("order-2/charge", A, 1, "HTTP 503", now)
+    seen: list[bytes | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(dict(request.headers.raw).get(b"x-customer-name"))
+        return httpx.Response(201)
+
+    with samekey.Client(journal=journal, transport=httpx.MockTransport(handler)) as client:
+        again = client.post(URL, content=b'{"amount": 100}', operation="order-1/charge")
+        assert again.headers.raw == [(b"content-disposition", UTF8_DISPOSITION)]
+        assert client.resume("order-2/charge").status_code == 201
+    assert seen == ["José €".encode()]  # only the resumed one was sent
 
 
 # -- listing, forgetting, purging --------------------------------------------------------

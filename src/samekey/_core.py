@@ -221,31 +221,29 @@ class Engine:
 
     def _scan_headers(self, headers: httpx.Headers) -> tuple[str | None, tuple[tuple[str, str], ...]]:
         """(the caller's key header, the headers to journal), in one pass over the raw headers."""
-        encoding = headers.encoding
         keys: list[str] = []
         stored: list[tuple[str, str]] = []
         hidden = self._hidden
         for raw_name, raw_value in headers.raw:
-            name = raw_name.lower().decode(encoding)
-            value = raw_value.decode(encoding)
+            name = raw_name.lower().decode("latin-1")
             if name == self._key_name:
-                keys.append(value)
+                # as httpx reads it: the flow sets it back with request.headers[...] = key
+                keys.append(raw_value.decode(headers.encoding))
             secret = hidden.get(name)
             if secret is None:
                 if len(hidden) > 1024:  # names made up per request: do not grow without bound
                     hidden.clear()
                 secret = hidden[name] = name in self._not_stored or is_secret_header(name, self.redact)
             if not secret:
-                stored.append((name, value))
+                stored.append((name, raw_value.decode("latin-1")))  # lossless: see header_bytes
         return (", ".join(keys) if keys else None), tuple(stored)
 
     def stored_response_headers(self, headers: httpx.Headers) -> list[tuple[str, str]]:
         """The answer's headers as journaled: credentials (Set-Cookie, ...) removed."""
-        encoding = headers.encoding
         return [
-            (name, raw_value.decode(encoding))
+            (name, raw_value.decode("latin-1"))  # lossless: see header_bytes
             for raw_name, raw_value in headers.raw
-            if not is_secret_header(name := raw_name.lower().decode(encoding), self.redact)
+            if not is_secret_header(name := raw_name.lower().decode("latin-1"), self.redact)
         ]
 
     def stored_url(self, url: httpx.URL) -> str:
@@ -348,6 +346,30 @@ def _without_random_boundary(body: bytes, headers: httpx.Headers) -> bytes:
     return body
 
 
+def header_bytes(value: str) -> bytes:
+    """A journaled header value (or name) as the bytes that were on the wire.
+
+    Values are journaled decoded as latin-1, which maps every byte to one character and
+    back, so a UTF-8 filename or a Latin-1 name replays byte for byte (httpx would encode
+    a str as ASCII and fail). Journals written before decoded UTF-8 header sets as UTF-8:
+    such a value with a character past U+00FF is encoded as UTF-8 again.
+    """
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
+def header_text(value: str) -> str:
+    """A journaled header value for people to read: UTF-8 text shown as text."""
+    if value.isascii():
+        return value
+    try:
+        return header_bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
 def _uuid4() -> str:
     # str(uuid.uuid4()) without building a UUID object (this runs once per request)
     raw = bytearray(os.urandom(16))
@@ -398,7 +420,7 @@ def _replay(record: OperationRecord) -> httpx.Response:
     )  # fmt: skip
     return httpx.Response(
         record.response_status or 0,
-        headers=list(record.response_headers),
+        headers=[(header_bytes(name), header_bytes(value)) for name, value in record.response_headers],
         stream=httpx.ByteStream(record.response_body or b""),
         extensions={INFO_EXTENSION: info},
     )

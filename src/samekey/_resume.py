@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from ._core import OPERATION_EXTENSION, REDACTED, UNNAMED_PREFIX, Engine, logger
+from ._core import OPERATION_EXTENSION, REDACTED, UNNAMED_PREFIX, Engine, header_bytes, logger
 from ._errors import OperationNotFound, SameKeyError
 from ._journal import OperationRecord
 
@@ -84,7 +84,8 @@ def build_resume_request(
             "never stores. Nothing was sent. Run the code that made it again (same operation name, same URL): "
             f"it sends the same key, {record.key}."
         )
-    merged = httpx.Headers(list(record.request_headers))
+    # as bytes: a str header value would go out as ASCII, and fail on 'José' (see header_bytes)
+    merged = httpx.Headers([(header_bytes(name), header_bytes(value)) for name, value in record.request_headers])
     if headers is not None:
         merged.update(httpx.Headers(headers))
     # the journaled key, as a caller key: the flow checks it against the record

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import httpx
 
 from ._client import Client
-from ._core import NOT_ACTED_ON
+from ._core import NOT_ACTED_ON, header_text
 from ._errors import SameKeyError
 from ._journal import Journal, JournalStore, OperationRecord, default_journal_path
 from ._policy import RetryPolicy, to_seconds
@@ -217,9 +217,9 @@ def details(record: OperationRecord, now: float) -> dict[str, Any]:
         **summary(record, now),
         "updated_at": iso(record.updated_at),
         "fingerprint": record.fingerprint,
-        "request_headers": [list(h) for h in record.request_headers],
+        "request_headers": [[k, header_text(v)] for k, v in record.request_headers],
         **body_fields("request_body", record.request_body),
-        "response_headers": [list(h) for h in record.response_headers],
+        "response_headers": [[k, header_text(v)] for k, v in record.response_headers],
         **body_fields("response_body", record.response_body),
     }
 
@@ -285,14 +285,14 @@ def cmd_show(args: argparse.Namespace, store: JournalStore, out: TextIO) -> int:
         out.write(f"{name + ':':<18}{'-' if value is None else value}\n")
     out.write("request headers:\n")
     for k, v in record.request_headers:
-        out.write(f"  {k}: {v}\n")
+        out.write(f"  {k}: {header_text(v)}\n")
     out.write(f"request body ({data['request_body_encoding']}, {len(record.request_body)} bytes):\n")
     out.write(f"  {data['request_body']}\n")
     if not record.pending:
         out.write(f"completed_at:     {data['completed_at']}\n")
         out.write(f"response status:  {record.response_status}\nresponse headers:\n")
         for k, v in record.response_headers:
-            out.write(f"  {k}: {v}\n")
+            out.write(f"  {k}: {header_text(v)}\n")
         size = len(record.response_body or b"")
         out.write(f"response body ({data['response_body_encoding']}, {size} bytes):\n  {data['response_body']}\n")
     return EXIT_OK
