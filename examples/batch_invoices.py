@@ -8,8 +8,9 @@
 Each invoice is one operation ("invoice-<id>/charge"): its Idempotency-Key is
 journaled before the first send, so a re-run replays the invoices already paid
 (from the journal, nothing sent), finishes the ones that were in flight with their
-own keys (the server answers those by replay if it had already charged), and pays
-the rest. No invoice is charged twice.
+own keys (the server answers those by replay if it had already charged; a local
+server killed with this process before its charge committed executes them then),
+and pays the rest. No invoice is charged twice.
 
 Without --server it starts samekey.testing.PaymentServer on 127.0.0.1, keeping its
 charges in the state directory and its port in ``server-port`` so every run talks

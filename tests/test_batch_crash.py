@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -125,3 +126,42 @@ def test_the_example_runs_with_no_arguments_and_a_rerun_pays_nothing_twice(tmp_p
     second = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120, env=environ)
     assert second.returncode == 0, second.stdout + second.stderr
     assert second.stdout.splitlines()[-1] == "done: 0 paid now, 20 already paid earlier, 0 failed"
+
+
+def test_the_example_killed_mid_charge_with_its_own_server_pays_each_invoice_once_on_the_rerun(
+    tmp_path: Path,
+) -> None:
+    # The README flow: --crash-after SIGKILLs the batch *and* the PaymentServer it runs, in the
+    # middle of a charge (each takes 0.6 s). The server's key for that invoice stays 'running':
+    # the re-run must execute it (nothing was charged: a charge commits with its answer), not
+    # meet a 409 on every attempt of every run.
+    state = tmp_path / "state"
+    batch = [sys.executable, str(EXAMPLE), "--state", str(state), "--sample-size", "3", "--work-seconds", "0.6"]
+    crashed = subprocess.run([*batch, "--crash-after", "0.9"], capture_output=True, text=True, timeout=60, env=env())
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    server_db = state / "server.sqlite3"
+
+    def query(sql: str) -> list[tuple[object, ...]]:
+        conn = sqlite3.connect(server_db)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+    (in_flight,) = query("SELECT key FROM idempotency WHERE state = 'running'")  # killed mid-charge
+    with samekey.Journal(state / "journal.sqlite3") as j:
+        pending = [r for r in j.records() if r.pending]
+    assert [r.key for r in pending] == [in_flight[0]]
+
+    for run, last_line in enumerate(["0 failed", "done: 0 paid now, 3 already paid earlier, 0 failed"]):
+        rerun = subprocess.run(batch, capture_output=True, text=True, timeout=60, env=env())
+        assert rerun.returncode == 0, f"run {run + 2}:\n{rerun.stdout}{rerun.stderr}"
+        assert rerun.stdout.splitlines()[-1].endswith(last_line)
+    charges = query("SELECT key, json_extract(body, '$.invoice') FROM charges ORDER BY 2")
+    assert [invoice for _, invoice in charges] == ["0001", "0002", "0003"]  # one charge per invoice
+    with samekey.Journal(state / "journal.sqlite3") as j:
+        records = {r.operation: r for r in j.records()}
+    assert not any(r.pending for r in records.values())
+    assert {key for key, _ in charges} == {r.key for r in records.values()}
+    assert records[pending[0].operation].key == in_flight[0]  # finished with its own key
+    assert query("SELECT count(*) FROM idempotency WHERE state = 'running'") == [(0,)]

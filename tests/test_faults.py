@@ -8,10 +8,15 @@ server's SQLite file says: one charge, one key, and where the fault struck.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -92,6 +97,101 @@ def test_server_rejects_a_missing_key_and_a_reused_key_with_another_payload(pay_
     assert pay_server.charge_count() == 1
     assert outcomes(pay_server) == ["400", "charged", "422", "replay"]
     assert pay_server.requests()[1]["body"] == '{"amount":4200,"currency":"eur"}'
+
+
+def running_keys(db: Path) -> list[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return [r[0] for r in conn.execute("SELECT key FROM idempotency WHERE state = 'running'")]
+    finally:
+        conn.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def post_in_background(url: str, key: str, timeout: float = 5.0) -> Callable[[], httpx.Response | Exception]:
+    """POST PAYLOAD with ``key`` from a thread; the returned function waits for its outcome."""
+    outcome: list[httpx.Response | Exception] = []
+
+    def send() -> None:
+        try:
+            outcome.append(
+                httpx.post(url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": key}, timeout=timeout)
+            )
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+
+    def result() -> httpx.Response | Exception:
+        thread.join(timeout=timeout + 5)
+        return outcome[0]
+
+    return result
+
+
+def test_a_key_left_running_by_a_killed_server_is_executed_again_and_charged_once(tmp_path: Path) -> None:
+    db = tmp_path / "server.sqlite3"
+    environ = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "samekey.testing", "--db", str(db), "--work-seconds", "30"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environ,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        lost = post_in_background(url, "k1", timeout=2.0)  # the server charges for 30 s: this times out
+        wait_until(lambda: running_keys(db) == ["k1"])
+        with PaymentServer(db) as other:  # a second server on the same file, while the first lives
+            alive = httpx.post(other.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k1"}, timeout=5)
+            assert alive.status_code == 409  # its execution may still finish: in flight
+    finally:
+        proc.kill()  # kill -9 in the middle of the charge
+        proc.wait(timeout=10)
+    assert isinstance(lost(), httpx.HTTPError)
+    assert running_keys(db) == ["k1"]  # what the dead server left behind
+    with PaymentServer(db) as server:
+        again = httpx.post(server.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k1"}, timeout=5)
+        assert again.status_code == 201, again.text  # was 409, for every request, forever
+        replay = httpx.post(server.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k1"}, timeout=5)
+        assert replay.status_code == 201 and replay.json() == again.json()
+        assert replay.headers["Idempotent-Replayed"] == "true"
+        assert server.charge_count() == 1 and running_keys(db) == []
+
+
+def test_a_running_key_left_by_a_stopped_server_of_this_process_is_executed_again(tmp_path: Path) -> None:
+    db = tmp_path / "server.sqlite3"
+    server = PaymentServer(db, work_seconds=30).start()
+    lost = post_in_background(server.url, "k2", timeout=2.0)
+    wait_until(lambda: running_keys(db) == ["k2"])
+    server.stop()  # cancels the request mid-charge
+    assert isinstance(lost(), httpx.HTTPError)
+    with PaymentServer(db) as restarted:
+        again = httpx.post(restarted.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k2"}, timeout=5)
+        assert again.status_code == 201 and restarted.charge_count() == 1
+
+
+def test_an_execution_taken_for_dead_that_finishes_after_all_charges_nothing(tmp_path: Path) -> None:
+    # the charge commits only while its execution still owns the key: a wrong "dead" verdict
+    # (a recycled pid, a row from an older server) costs a 409, never a second charge
+    db = tmp_path / "server.sqlite3"
+    with PaymentServer(db, work_seconds=0.5) as server:
+        first = post_in_background(server.url, "k3")
+        wait_until(lambda: running_keys(db) == ["k3"])
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("UPDATE idempotency SET owner = NULL WHERE key = 'k3'")  # as an older server wrote it
+        conn.close()
+        second = post_in_background(server.url, "k3")  # takes the key over and executes it
+        answers = [first(), second()]
+        assert [a.status_code for a in answers if isinstance(a, httpx.Response)] == [409, 201]
+        assert server.charge_count() == 1
+        assert Counter(outcomes(server)) == {"409": 1, "charged": 1}
 
 
 # -- through the proxy: one fault kind per test -----------------------------------------

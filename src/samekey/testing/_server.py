@@ -4,7 +4,10 @@ It behaves as Stripe and draft-ietf-httpapi-idempotency-key-header describe: the
 first request with a key executes the side effect (a charge row in a real SQLite
 file) and stores its response; a repeat with the same key replays it; a repeat
 while the first is still executing gets 409; the same key with another payload
-gets 422; a POST without a key gets 400. Every request that arrives is recorded
+gets 422; a POST without a key gets 400. The charge and the stored answer commit in
+one transaction, so a key whose execution died with its server process (kill -9)
+left nothing charged: its next request is executed afresh, the way a Stripe-like API
+frees the key of a worker that died. Every request that arrives is recorded
 (key, time, outcome), so tests assert on what crossed the wire.
 
 Faults are injected *inside* the server, around the side effect, by a `FaultPlan`
@@ -16,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import asyncio.base_events
 import hashlib
+import itertools
 import json
+import os
 import socket
 import sqlite3
 import struct
@@ -27,6 +32,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+from .._core import _is_zombie
 from ._faults import Fault, FaultPlan
 
 __all__ = ["Fault", "FaultPlan", "PaymentServer"]
@@ -35,12 +41,32 @@ __all__ = ["Fault", "FaultPlan", "PaymentServer"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS charges (id INTEGER PRIMARY KEY, key TEXT NOT NULL, body TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency (
-    key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state TEXT NOT NULL, status INTEGER, body BLOB
+    key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state TEXT NOT NULL, status INTEGER, body BLOB, owner TEXT
 );
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY, key TEXT, method TEXT, path TEXT, at REAL, outcome TEXT, body TEXT
 );
 """
+
+_LIVE: set[str] = set()  # the serving PaymentServers of this process, by token
+
+
+def _owner_alive(owner: str | None) -> bool:
+    """Whether the execution that wrote a 'running' row may still finish: its server serves."""
+    pid, _, rest = (owner or "").partition("/")
+    if not pid.isdigit():  # written before owners were recorded: its server is long gone
+        return False
+    if int(pid) == os.getpid():
+        return rest.partition("/")[0] in _LIVE  # a server of this process, stopped mid-request?
+    if os.name != "posix":  # no safe liveness probe (os.kill would terminate it): assume alive
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but not ours to signal
+        return True
+    return not _is_zombie(int(pid))
 
 
 class PaymentServer:
@@ -76,6 +102,11 @@ class PaymentServer:
             # survives a killed process (the OS keeps the writes); a test server needs no fsync
             self._db.execute("PRAGMA synchronous=OFF")
         self._db.executescript(_SCHEMA)
+        if "owner" not in {row[1] for row in self._db.execute("PRAGMA table_info(idempotency)")}:
+            self._db.execute("ALTER TABLE idempotency ADD COLUMN owner TEXT")  # a file from an older samekey
+        # who executes a key: pid/server/request, to tell a live execution from one killed with its server
+        self._token = os.urandom(6).hex()
+        self._executions = itertools.count(1)
         # One asyncio loop in a background thread: at concurrency 100 a thread-per-connection
         # server spends its time fighting over the GIL, and the tests would measure that.
         self._loop = asyncio.new_event_loop()
@@ -106,12 +137,15 @@ class PaymentServer:
             self._loop.run_until_complete(serve())
             self._loop.run_forever()
 
+        _LIVE.add(self._token)
         self._thread = threading.Thread(target=run, name="PaymentServer", daemon=True)
         self._thread.start()
         ready.wait(timeout=10)
         return self
 
     def stop(self) -> None:
+        _LIVE.discard(self._token)  # a request it leaves running is executed again by the next server
+
         async def shutdown() -> None:
             if self._server is not None:
                 self._server.close()
@@ -178,31 +212,50 @@ class PaymentServer:
                 (key, method, path, time.time(), outcome, body.decode("utf-8", "replace")),
             )
 
-    def _begin(self, key: str, fingerprint: str) -> tuple[str, int | None, bytes | None]:
-        """('new'|'replay'|'in_flight'|'mismatch', status, body) for a key, atomically."""
+    def _begin(self, key: str, fingerprint: str, owner: str) -> tuple[str, int | None, bytes | None]:
+        """('new'|'replay'|'in_flight'|'mismatch', status, body) for a key, atomically.
+
+        'new': ``owner`` now executes the key, the first time or in place of an execution
+        whose server process died (a charge commits with its answer: it charged nothing).
+        """
         with self._db_lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
-                    "SELECT fingerprint, state, status, body FROM idempotency WHERE key = ?", (key,)
+                    "SELECT fingerprint, state, status, body, owner FROM idempotency WHERE key = ?", (key,)
                 ).fetchone()
                 if row is None:
                     self._db.execute(
-                        "INSERT INTO idempotency (key, fingerprint, state) VALUES (?, ?, 'running')", (key, fingerprint)
+                        "INSERT INTO idempotency (key, fingerprint, state, owner) VALUES (?, ?, 'running', ?)",
+                        (key, fingerprint, owner),
                     )
                     return "new", None, None
                 if row[0] != fingerprint:
                     return "mismatch", None, None
                 if row[1] == "running":
-                    return "in_flight", None, None
+                    if _owner_alive(row[4]):
+                        return "in_flight", None, None
+                    self._db.execute("UPDATE idempotency SET owner = ? WHERE key = ?", (owner, key))
+                    return "new", None, None
                 return "replay", row[2], row[3]
             finally:
                 self._db.execute("COMMIT")
 
-    def _charge(self, key: str, payload: dict[str, Any], status: int) -> bytes:
+    def _charge(self, key: str, payload: dict[str, Any], status: int, owner: str) -> tuple[str, int, bytes]:
+        """('charged'|'replay'|'in_flight', status, body): charges only while ``owner`` executes the key.
+
+        Were this execution wrongly taken for dead and the key executed by another, it
+        charges nothing and answers as a repeat would.
+        """
         with self._db_lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                row = self._db.execute("SELECT state, status, body, owner FROM idempotency WHERE key = ?", (key,))
+                state, stored_status, stored, current = row.fetchone() or (None, None, None, None)
+                if state == "done":
+                    return "replay", stored_status or 500, stored or b""
+                if state != "running" or current != owner:
+                    return "in_flight", 409, b'{"error":"a request with this key is still in flight"}'
                 body_text = json.dumps(payload, sort_keys=True)
                 if status == 201:
                     cur = self._db.execute(
@@ -214,13 +267,13 @@ class PaymentServer:
                 self._db.execute(
                     "UPDATE idempotency SET state = 'done', status = ?, body = ? WHERE key = ?", (status, answer, key)
                 )
-                return answer
+                return "charged", status, answer
             finally:
                 self._db.execute("COMMIT")
 
-    def _forget_running(self, key: str) -> None:
+    def _forget_running(self, key: str, owner: str) -> None:
         with self._db_lock:
-            self._db.execute("DELETE FROM idempotency WHERE key = ? AND state = 'running'", (key,))
+            self._db.execute("DELETE FROM idempotency WHERE key = ? AND state = 'running' AND owner = ?", (key, owner))
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
@@ -287,7 +340,8 @@ class PaymentServer:
             extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             return fault.status, b'{"error":"injected"}', extra
         fingerprint = hashlib.sha256(path.encode() + b"\n" + raw).hexdigest()
-        state, status, stored = self._begin(key, fingerprint)
+        owner = f"{os.getpid()}/{self._token}/{next(self._executions)}"
+        state, status, stored = self._begin(key, fingerprint, owner)
         if state == "mismatch":
             self._log(key, method, path, "422", raw)
             return 422, b'{"error":"idempotency key reused with a different payload"}', {}
@@ -300,13 +354,16 @@ class PaymentServer:
         try:
             payload = json.loads(raw or b"{}")
         except ValueError:
-            self._forget_running(key)
+            self._forget_running(key, owner)
             self._log(key, method, path, "400", raw)
             return 400, b'{"error":"body is not JSON"}', {}
         if self.work_seconds:
             await asyncio.sleep(self.work_seconds)
         declined = self.decline(payload) if self.decline else None
-        answer = self._charge(key, payload, declined or 201)
+        outcome, status, answer = self._charge(key, payload, declined or 201, owner)
+        if outcome != "charged":
+            self._log(key, method, path, "replay" if outcome == "replay" else "409", raw)
+            return status, answer, {"Idempotent-Replayed": "true"} if outcome == "replay" else {}
         if fault is not None and fault.kind == "drop_after":
             self._log(key, method, path, "charged_then_dropped", raw)
             raise _Abort(reset=False)
