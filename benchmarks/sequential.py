@@ -94,7 +94,7 @@ def _bare_with_sqlite(target: str, folder: str, *, completion: bool = True) -> V
     name = SQLITE_FLOOR if completion else CLAIM_FLOOR
     conn = sqlite3.connect(os.path.join(folder, f"floor-{completion}.sqlite3"), isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA synchronous=NORMAL")  # as samekey runs it
     _run_script(conn, _SCHEMA)
     client = httpx.Client()
     insert = (

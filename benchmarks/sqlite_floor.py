@@ -54,7 +54,7 @@ def _journal(path: str, schema: str, pragmas: tuple[str, ...]) -> sqlite3.Connec
     for pragma in pragmas:
         conn.execute(pragma)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=OFF")  # durability "process"
+    conn.execute("PRAGMA synchronous=NORMAL")  # durability "process", as samekey runs it
     _run_script(conn, schema)
     return conn
 

@@ -490,11 +490,12 @@ class Journal:
                 if "locked" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
                 time.sleep(0.005)
-        # fsync mode: NORMAL (SQLite syncs only around checkpoints) plus our own fdatasync of
-        # the WAL after a commit holding a durable write (`_sync_wal`). Same durability as FULL
-        # for those, and relaxed writes (completions, purges) commit with no sync and no PRAGMA
-        # switch per transaction.
-        conn.execute(f"PRAGMA synchronous={'NORMAL' if self.durability == 'fsync' else 'OFF'}")
+        # NORMAL in both modes: SQLite syncs only around checkpoints, which keeps the file
+        # consistent through a power cut (OFF could corrupt it, losing every pending key).
+        # fsync mode adds our own fdatasync of the WAL after a commit holding a durable write
+        # (`_sync_wal`): same durability as FULL for those, and relaxed writes (completions,
+        # purges) commit with no sync and no PRAGMA switch per transaction.
+        conn.execute("PRAGMA synchronous=NORMAL")
         if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
             return
         conn.execute("BEGIN IMMEDIATE")
