@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ import pytest
 import respx
 
 import samekey
+from samekey import _journal
 from samekey._core import Call, Engine, Send, Sleep, operation_flow
 from samekey.testing import Fault, FaultPlan, PaymentServer
 
@@ -151,6 +153,168 @@ def test_an_interruption_right_after_the_claim_frees_the_lease(journal_path: Pat
         assert record is not None and record.pending and record.lease_owner is None, "nobody holds it now"
         assert client.post("https://pay.test/charges", json={}, operation="op").status_code == 201
         client.close()
+
+
+def _in_thread(fn: Any, timeout: float = 10.0) -> BaseException | None:
+    """Run ``fn`` in a thread, bounded: what it raised (None if it returned); fails if it hangs."""
+    raised: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            fn()
+            raised.append(None)
+        except BaseException as exc:  # KeyboardInterrupt included: that is what is tested
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "the call hung"
+    return raised[0]
+
+
+def test_ctrl_c_inside_a_journal_write_leaves_the_journal_usable(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a pending operation: its next claim reads it back inside BEGIN IMMEDIATE
+    down = httpx.MockTransport(lambda r: httpx.Response(503))
+    policy = samekey.RetryPolicy(max_attempts=1)
+    with samekey.Client(journal=journal_path, transport=down, policy=policy) as client:
+        with pytest.raises(samekey.RetriesExhausted):
+            client.post("https://pay.test/charges", json={}, operation="op")
+    real_record = _journal._record
+    interruptions = [KeyboardInterrupt()]
+
+    def interrupted(row: Any) -> Any:
+        if interruptions:
+            raise interruptions.pop()  # Ctrl-C lands while the claim holds the write lock
+        return real_record(row)
+
+    monkeypatch.setattr(_journal, "_record", interrupted)
+    with samekey.Client(journal=journal_path, transport=down, policy=policy) as client:
+        raised = _in_thread(lambda: client.post("https://pay.test/charges", json={}, operation="op"))
+        assert isinstance(raised, KeyboardInterrupt), "post() returns: its clean-up did not wait forever"
+        assert client.journal._conn is not None and not client.journal._conn.in_transaction
+        other = samekey.Journal(journal_path, lock_timeout=1)  # another process's view: not locked
+        assert other.claim(_journal_intent("other"), "other", 60.0, time.time()).status == "created"
+        other.close()
+        record = client.journal.get("op")
+        assert record is not None and record.pending and record.lease_owner is None
+        assert isinstance(_in_thread(lambda: client.post("https://pay.test/charges", json={}, operation="op")),
+                          samekey.RetriesExhausted)  # fmt: skip
+
+
+def test_ctrl_c_after_a_commit_does_not_wedge_later_writes(journal_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_sync = _journal._sync_data
+    interruptions = [KeyboardInterrupt()]
+
+    def interrupted(fd: int) -> None:
+        real_sync(fd)
+        if interruptions:
+            raise interruptions.pop()  # a signal handler runs as the fdatasync returns
+
+    monkeypatch.setattr(_journal, "_sync_data", interrupted)
+    journal = samekey.Journal(journal_path)
+    with pytest.raises(KeyboardInterrupt):
+        journal.claim(_journal_intent("op"), "me", 60.0, time.time())
+    assert _in_thread(lambda: journal.release("op", "me", 0, None, time.time())) is None
+    assert _in_thread(lambda: journal.claim(_journal_intent("op-2"), "me", 60.0, time.time())) is None
+    journal.close()
+
+
+def _journal_intent(operation: str) -> _journal.Intent:
+    return _journal.Intent(operation, f"k-{operation}", "Idempotency-Key", "POST", "http://x/", "fp", (), b"")
+
+
+class _Leader:
+    """Holds the journal's writer role (inside a write) until released, so others queue up."""
+
+    def __init__(self, journal: samekey.Journal) -> None:
+        self.inside, self.go = threading.Event(), threading.Event()
+
+        def block(conn: Any) -> None:
+            self.inside.set()
+            assert self.go.wait(10)
+
+        self.thread = threading.Thread(target=journal._write, args=("blocking", block))
+        self.thread.start()
+        assert self.inside.wait(10)
+
+    def finish(self) -> None:
+        self.go.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+def _queued_write(journal: samekey.Journal, fn: Any, queued: int) -> tuple[threading.Thread, list[BaseException]]:
+    """Start a write in a thread and wait (bounded) until it waits in the group-commit queue."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            journal._write("queued", fn)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while len(journal._queue) < queued:
+        assert time.monotonic() < deadline, "the write never queued"
+        time.sleep(0.001)
+    return thread, errors
+
+
+def _insert(name: str) -> Any:
+    row = "?, 'k', 'h', 'POST', 'u', 'fp', '[]', x'', 'pending', 0, 0, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL"
+    return lambda conn: conn.execute(f"INSERT INTO operations VALUES ({row})", (name,))
+
+
+def test_an_interrupted_batch_wakes_the_other_writers_and_rolls_back(journal_path: Path) -> None:
+    journal = samekey.Journal(journal_path)
+    leader = _Leader(journal)
+
+    def interrupted(conn: Any) -> None:
+        _insert("first")(conn)
+        raise KeyboardInterrupt  # lands in the thread that leads the next batch, mid-transaction
+
+    first, first_errors = _queued_write(journal, interrupted, 1)
+    second, second_errors = _queued_write(journal, _insert("second"), 2)
+    leader.finish()
+    for thread in (first, second):
+        thread.join(10)
+        assert not thread.is_alive()
+    assert isinstance(first_errors[0], KeyboardInterrupt)
+    assert isinstance(second_errors[0], samekey.JournalError) and "interrupted" in str(second_errors[0])
+    assert journal._conn is not None and not journal._conn.in_transaction
+    assert journal.records() == [], "the interrupted transaction was rolled back whole"
+    assert _in_thread(lambda: journal._write("after", _insert("after"))) is None
+    journal.close()
+
+
+def test_a_writer_interrupted_as_it_is_woken_to_lead_passes_the_lead_on(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class InterruptedWait(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            super().wait(timeout)
+            raise KeyboardInterrupt  # Ctrl-C lands just as this waiter is woken
+
+    journal = samekey.Journal(journal_path)
+    leader = _Leader(journal)
+    # only the journal's own Event (the one its queued writers wait on) is replaced
+    monkeypatch.setattr(_journal, "threading", SimpleNamespace(Event=InterruptedWait, Lock=threading.Lock))
+    first, first_errors = _queued_write(journal, _insert("first"), 1)
+    monkeypatch.undo()
+    second, second_errors = _queued_write(journal, _insert("second"), 2)
+    leader.finish()
+    for thread in (first, second):
+        thread.join(10)
+        assert not thread.is_alive(), "the next writer waited forever"
+    assert isinstance(first_errors[0], KeyboardInterrupt) and second_errors == []
+    assert [r.operation for r in journal.records()] == ["second"], "the interrupted caller's write was dropped"
+    assert _in_thread(lambda: journal._write("after", _insert("after"))) is None
+    journal.close()
 
 
 # -- threads -----------------------------------------------------------------------------------

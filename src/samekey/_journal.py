@@ -598,22 +598,35 @@ class Journal:
             else:
                 first.done = threading.Event()
                 self._queue.extend(jobs)
-        if lead:
-            batch = jobs
-        else:
-            first.done.wait()  # type: ignore[union-attr]
-            if not first.promoted:
-                return  # a leader ran them
-            with self._queue_lock:
-                batch, self._queue = self._queue, []
-        self._run_batch(batch)
-        with self._queue_lock:
-            if self._queue:
-                head = self._queue[0]
-                head.promoted = True
-                head.done.set()  # type: ignore[union-attr]
+        try:
+            if lead:
+                batch = jobs
             else:
-                self._writing = False
+                first.done.wait()  # type: ignore[union-attr]
+                if not first.promoted:
+                    return  # a leader ran them
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+            self._run_batch(batch)
+        except BaseException:
+            # Ctrl-C, SystemExit from a SIGTERM handler, a task time limit: this caller is gone,
+            # but the writer role must still pass on, or every later write waits forever
+            with self._queue_lock:
+                self._queue = [job for job in self._queue if all(job is not mine for mine in jobs)]
+                if lead or first.promoted:
+                    self._hand_off()
+            raise
+        with self._queue_lock:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        """Wake the next waiting writer to lead, or let the next caller lead (queue lock held)."""
+        if self._queue:
+            head = self._queue[0]
+            head.promoted = True
+            head.done.set()  # type: ignore[union-attr]
+        else:
+            self._writing = False
 
     def _run_batch(self, batch: list[_Job[Any]]) -> None:
         sync = self.durability == "fsync" and any(job.durable for job in batch)
@@ -652,6 +665,22 @@ class Journal:
                         conn.execute("ROLLBACK")
                 for job in batch:
                     job.result, job.error = None, job.error or self._classify(exc, job.doing)
+            except BaseException as exc:
+                # interrupted mid-batch (Ctrl-C, SystemExit, a task time limit): leave no transaction
+                # open (it would hold the write lock against every other process), fail the other
+                # callers' jobs and wake them, then let the interruption go on
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                for job in batch:
+                    job.result = None
+                    job.error = job.error or self._fail(
+                        f"the commit holding this write was interrupted ({type(exc).__name__}) while {job.doing}",
+                        "It may not have been written; run the call again (a pending operation keeps its key).",
+                    )
+                    if job.done is not None:
+                        job.done.set()
+                raise
         for job in batch:
             if job.done is not None:
                 job.done.set()
