@@ -271,6 +271,39 @@ def test_fsync_mode_makes_each_claim_durable_and_no_completion_pays_a_sync(
         assert journal.get("op-2") is not None and journal.get("op-3") is not None
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").exists() or not hasattr(os, "fork"), reason="Linux: /proc, fork")
+def test_a_relative_journal_path_survives_a_change_of_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # journal="payments.sqlite3", then the process changes directory (a daemon, a task runner)
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(home)
+    journal = samekey.Journal("payments.sqlite3")
+    journal.claim(intent("op-1"), "owner", 60.0, 1000.0)
+    journal.close()
+    journal = samekey.Journal("payments.sqlite3")
+    monkeypatch.chdir(elsewhere)
+    synced = _count_wal_syncs(monkeypatch, home / "payments.sqlite3")
+    journal.claim(intent("op-2"), "owner", 60.0, 1001.0)
+    assert synced == [f"{home / 'payments.sqlite3'}-wal"], "the claim was made durable in its own folder"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reopens the journal: the same one
+        code = 1
+        try:
+            code = 0 if journal.get("op-1") is not None else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child opened another journal"
+    assert journal.location == str(home / "payments.sqlite3")
+    journal.close()
+    assert list(elsewhere.iterdir()) == []
+    monkeypatch.setenv("SAMEKEY_JOURNAL", "env.sqlite3")
+    assert samekey.default_journal_path() == elsewhere / "env.sqlite3"
+
+
 def test_a_failing_sync_is_a_clear_error_and_nothing_is_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(fd: int) -> None:
         raise OSError(5, "Input/output error")

@@ -114,8 +114,8 @@ def default_journal_path() -> Path:
     """``$SAMEKEY_JOURNAL`` if set, else ``<user state dir>/samekey/journal.sqlite3``."""
     env = os.environ.get("SAMEKEY_JOURNAL")
     if env:
-        return Path(env).expanduser()
-    return platformdirs.user_state_path("samekey") / "journal.sqlite3"
+        return Path(env).expanduser().absolute()  # a later chdir must not move the journal
+    return platformdirs.user_state_path("samekey").absolute() / "journal.sqlite3"
 
 
 @dataclass(frozen=True)
@@ -342,7 +342,10 @@ class Journal:
             raise ValueError(f"durability must be 'fsync' or 'process', got {durability!r}")
         if not isinstance(lock_timeout, (int, float)) or lock_timeout <= 0:
             raise ValueError(f"lock_timeout must be a positive number of seconds, got {lock_timeout!r}")
-        self.path = Path(path).expanduser() if path is not None else default_journal_path()
+        # absolute once, here: a later os.chdir (a daemon, a task runner) must neither point the
+        # WAL sync at a missing file nor let a forked child reopen another, empty journal
+        # (absolute(), not resolve(): `..` after a symlinked folder means what the OS says)
+        self.path = Path(path).expanduser().absolute() if path is not None else default_journal_path()
         self.location = str(self.path)
         self.durability: Durability = durability
         self.lock_timeout = float(lock_timeout)
