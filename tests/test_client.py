@@ -444,6 +444,26 @@ def test_journal_file_and_folder_are_private(journal_path: Path) -> None:
     assert journal_path.parent.stat().st_mode & 0o777 == 0o700
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="POSIX modes and symlinks")
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_journal_behind_a_dangling_symlink_is_private_too(tmp_path: Path, relative: bool) -> None:
+    # a dotfiles-managed state folder, or a path pointing at a volume: the link exists, its target not yet
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    link = tmp_path / "state" / "journal.sqlite3"
+    link.parent.mkdir(mode=0o700)
+    link.symlink_to(Path("..", "volume", "journal.sqlite3") if relative else volume / "journal.sqlite3")
+    previous = os.umask(0o022)
+    try:
+        with _client(link, transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
+            client.post("https://pay.test/charges", json={}, operation="op")
+            modes = {p.name: p.stat().st_mode & 0o777 for p in volume.iterdir()}
+    finally:
+        os.umask(previous)
+    assert link.is_symlink()
+    assert modes == {name: 0o600 for name in ("journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm")}
+
+
 def test_corrupt_journal_is_a_clear_error_and_left_intact(journal_path: Path) -> None:
     journal_path.parent.mkdir(parents=True)
     garbage = b"this is not a database" * 100

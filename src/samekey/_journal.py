@@ -376,8 +376,11 @@ class Journal:
         if self.path.is_dir():
             raise self._fail("this is a folder, not a file", "Pass the path of a file inside it.")
         if not self.path.exists():
+            # a dangling symlink (a dotfiles-managed state folder, a volume): O_EXCL refuses the link
+            # itself, so create its target, or SQLite would create it with the umask's 0644
+            target = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
             try:  # create it private before SQLite opens it; SQLite copies the mode to -wal/-shm
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
                 os.close(fd)
             except FileExistsError:
                 pass
