@@ -6,12 +6,15 @@ compares after: a journal may hold pending keys, so samekey must never rewrite i
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -400,6 +403,148 @@ def test_a_forked_child_gets_its_own_connection_and_both_keep_writing(tmp_path: 
     assert len(journal.records()) == 1 + 50 + 3 * 50
     journal.close()
     check = sqlite3.connect(path)
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    check.close()
+
+
+class _InsideSQLite:
+    """A write whose thread stays inside SQLite (a statement running, its mutex held) until let go."""
+
+    def __init__(self, journal: samekey.Journal) -> None:
+        self.inside, self.go = threading.Event(), threading.Event()
+        self.errors: list[BaseException] = []
+
+        def block() -> int:
+            self.inside.set()
+            self.go.wait(30)
+            return 1
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.create_function("block", 0, block)
+            conn.execute("SELECT block()").fetchone()
+
+        def run() -> None:
+            try:
+                journal._write("blocking", write)
+            except BaseException as exc:
+                self.errors.append(exc)
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert self.inside.wait(10)
+
+    def finish(self) -> None:
+        self.go.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive() and self.errors == []
+
+
+def _fork_child(body: Callable[[], int]) -> int:
+    """Run ``body`` in a forked child, bounded: its exit code (1 if it was stuck for 10 s)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            faulthandler.dump_traceback_later(10, exit=True)  # a hang ends the child with code 1
+            code = body()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_fork_while_another_thread_is_inside_sqlite_waits_and_the_child_can_write(tmp_path: Path) -> None:
+    # a prefork server (or a multiprocessing pool) started while a background thread makes payments
+    path = tmp_path / "journal.sqlite3"
+    journal = samekey.Journal(path)
+    journal.claim(intent("parent-1"), "parent", 60.0, 1000.0)
+    writer = _InsideSQLite(journal)
+    threading.Timer(0.2, writer.go.set).start()  # the write ends a moment later, while the fork waits
+
+    def child() -> int:
+        assert journal.claim(intent("child-1"), "child", 60.0, 1001.0).status == "created"
+        assert journal.get("parent-1") is not None
+        journal.close()
+        return 0
+
+    assert _fork_child(child) == 0, "the child's first journal call hung"
+    writer.finish()
+    journal.claim(intent("parent-2"), "parent", 60.0, 1002.0)
+    assert [r.operation for r in journal.records()] == ["parent-1", "child-1", "parent-2"]
+    journal.close()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    check.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_keeps_its_writes_when_the_parent_closes_first(tmp_path: Path) -> None:
+    # the child's own connection must hold real locks: else the parent's close (the last one it
+    # sees) checkpoints and deletes the WAL under the child, and the child's later writes are lost
+    path = tmp_path / "journal.sqlite3"
+    journal = samekey.Journal(path)
+    journal.claim(intent("parent"), "parent", 60.0, 1000.0)
+    opened, closed = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            faulthandler.dump_traceback_later(10, exit=True)
+            journal.claim(intent("child-1"), "child", 60.0, 1001.0)
+            os.write(opened[1], b"x")
+            os.read(closed[0], 1)  # the parent has closed its journal
+            journal.claim(intent("child-2"), "child", 60.0, 1002.0)
+            journal.close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.read(opened[0], 1)
+    journal.close()
+    os.write(closed[1], b"x")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    for fd in (*opened, *closed):
+        os.close(fd)
+    with samekey.Journal(path) as reopened:
+        assert [r.operation for r in reopened.records()] == ["parent", "child-1", "child-2"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_fork_that_cannot_wait_for_the_write_leaves_the_child_a_clear_error(tmp_path: Path) -> None:
+    # run as a script: the child must also get through a normal interpreter exit without hanging
+    script = f"""
+import os, signal, sqlite3, sys, threading
+sys.path.insert(0, {str(SRC)!r})
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import samekey
+from test_journal_robustness import _InsideSQLite, intent
+journal = samekey.Journal({str(tmp_path / "journal.sqlite3")!r}, lock_timeout=0.1)
+journal._fork_wait = 0.3  # the write outlasts it: stuck, or held by the thread that forks
+writer = _InsideSQLite(journal)
+pid = os.fork()
+if pid == 0:
+    signal.alarm(15)  # a hang ends the child
+    try:
+        journal.claim(intent("child"), "child", 60.0, 1000.0)
+    except samekey.JournalError as exc:
+        print("child:", exc, flush=True)
+    journal.close()
+    sys.exit(0)  # the interpreter's exit must not close the inherited connection either
+writer.finish()
+_, status = os.waitpid(pid, 0)
+journal.claim(intent("parent"), "parent", 60.0, 1000.0)
+print("parent:", [r.operation for r in journal.records()], "child exit", os.waitstatus_to_exitcode(status))
+journal.close()
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stdout + result.stderr
+    assert lines[0].startswith("child: journal ") and "forked while another thread" in lines[0]
+    assert "Fork before the journal is in use" in lines[0]
+    assert lines[1] == "parent: ['parent'] child exit 0"
+    check = sqlite3.connect(tmp_path / "journal.sqlite3")
     assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     check.close()
 

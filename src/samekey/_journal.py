@@ -25,6 +25,7 @@ import stat
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote
@@ -108,6 +109,8 @@ class _Process:
 PROCESS = _Process
 if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
     os.register_at_fork(after_in_child=_Process.after_fork)
+
+FORK_WAIT_EXTRA = 5.0  # seconds a fork waits for a journal call in progress, beyond its lock waits
 
 
 def default_journal_path() -> Path:
@@ -357,7 +360,14 @@ class Journal:
         self._wal_fd: int | None = None  # kept open for `_sync_wal`
         self._conn: sqlite3.Connection | None = None
         self._pid = PROCESS.pid  # the process that opened the connection
-        self._conn = self._open()
+        # how long a fork waits for a call in another thread to leave the connection (see _before_fork):
+        # a busy wait for the write lock, then one for BEGIN IMMEDIATE, then an fsync
+        self._fork_wait = 2 * self.lock_timeout + FORK_WAIT_EXTRA
+        self._forked_in_use = False  # forked while another thread held the connection past _fork_wait
+        with _JOURNALS_LOCK:
+            _JOURNALS.add(self)
+        with self._lock:  # a fork meanwhile waits for the open to end
+            self._conn = self._open()
 
     # -- opening ------------------------------------------------------------------------
 
@@ -574,10 +584,10 @@ class Journal:
 
         SQLite forbids using a connection across fork(): the child does not hold the parent's
         POSIX locks, so writing through it could corrupt the journal. It is closed at once,
-        while the parent still has the journal open (so SQLite leaves the files alone). The
-        locks and the queue may have been copied mid-use by another thread: made anew.
+        while the parent still has the journal open (so SQLite leaves the files alone), and it
+        is idle: the fork waited for any call on it to end (_before_fork). The locks and the
+        queue may have been copied mid-use by another thread: made anew.
         """
-        self._pid = PROCESS.pid
         self._lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue = []
@@ -586,11 +596,28 @@ class Journal:
         wal_fd, self._wal_fd = self._wal_fd, None
         if wal_fd is not None:
             os.close(wal_fd)  # the child's copy of the descriptor
+        if self._forked_in_use:
+            # Another thread was inside SQLite through the fork: closing its connection would wait
+            # forever on the mutex copied held, or undo the parent's half-done transaction in the
+            # shared WAL index. Never closed then (not even by the garbage collector at exit), and
+            # no new connection either: it would share the copied lock state and hold no real
+            # lock, so the parent could delete the WAL under it. Every call says so (_pid kept).
+            if inherited is not None:
+                _abandon(inherited)
+            if reopen:
+                raise self._fail(
+                    "this process was forked while another thread of its parent was writing to it, "
+                    f"for more than {self._fork_wait:g} s; SQLite cannot be used safely here",
+                    "Fork before the journal is in use, or start workers with the 'spawn' method.",
+                )
+            return
+        self._pid = PROCESS.pid
         if inherited is not None:
             with contextlib.suppress(sqlite3.Error):
                 inherited.close()
             if reopen:
-                self._conn = self._open()
+                with self._lock:
+                    self._conn = self._open()
 
     def _submit(self, jobs: list[_Job[Any]]) -> None:
         """Run ``jobs`` (all in the same batch) and return once they are done."""
@@ -973,6 +1000,59 @@ def _replace(record: OperationRecord, **changes: object) -> OperationRecord:
     import dataclasses
 
     return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
+
+
+# -- fork: no thread may be inside SQLite on a journal's connection while the process forks ------
+# The child would inherit that connection's mutex held (closing it there would wait forever) or a
+# transaction half done. So a fork takes every open journal's connection lock first, waiting for a
+# call in progress to end, and lets go of it on both sides.
+
+_JOURNALS: weakref.WeakSet[Journal] = weakref.WeakSet()
+_JOURNALS_LOCK = threading.Lock()  # held across a fork too, so the child's copy is never taken
+_HELD_AT_FORK: list[Journal] = []
+_BUSY_AT_FORK: list[Journal] = []
+_REGISTRY_HELD: list[bool] = []  # whether _before_fork got _JOURNALS_LOCK
+_ABANDONED: list[sqlite3.Connection] = []  # a forked child's unusable copies, kept from their close
+
+
+def _before_fork() -> None:
+    # bounded: held only for an add, but a signal handler forking in the middle of one must not hang
+    _REGISTRY_HELD.append(_JOURNALS_LOCK.acquire(timeout=FORK_WAIT_EXTRA))
+    for journal in list(_JOURNALS):
+        if journal._lock.acquire(timeout=journal._fork_wait):
+            _HELD_AT_FORK.append(journal)
+        else:  # stuck past every lock wait (or held by this very thread, a signal handler forking)
+            journal._forked_in_use = True
+            _BUSY_AT_FORK.append(journal)
+
+
+def _after_fork(*, child: bool) -> None:
+    for journal in _HELD_AT_FORK:
+        journal._lock.release()
+    if not child:
+        for journal in _BUSY_AT_FORK:
+            journal._forked_in_use = False
+    _HELD_AT_FORK.clear()
+    _BUSY_AT_FORK.clear()
+    if _REGISTRY_HELD.pop():
+        _JOURNALS_LOCK.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=functools.partial(_after_fork, child=False),
+        after_in_child=functools.partial(_after_fork, child=True),
+    )
+
+
+def _abandon(conn: sqlite3.Connection) -> None:
+    """Keep ``conn`` from ever being closed in this process, even when the interpreter exits."""
+    _ABANDONED.append(conn)
+    with contextlib.suppress(ImportError, AttributeError, OSError):  # CPython: one reference never given back
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
 
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)  # 0 on Windows, where handles are not inherited anyway
