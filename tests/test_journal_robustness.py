@@ -334,6 +334,34 @@ def test_a_read_only_journal_reads_and_refuses_to_write_or_create(tmp_path: Path
     assert path.read_bytes() == original and not missing.exists()
 
 
+def test_a_read_only_journal_leaves_no_files_behind(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    original = make_journal(path, operations=2)
+    with samekey.Journal(path, read_only=True) as journal:
+        assert len(journal.records()) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.sqlite3"], "no empty -wal/-shm left"
+    assert path.read_bytes() == original
+    # a writer that opened meanwhile still uses them: they stay, and its writes are kept
+    reader = samekey.Journal(path, read_only=True)
+    writer = samekey.Journal(path)
+    reader.close()
+    assert Path(f"{path}-wal").exists()
+    writer.claim(intent("op-9"), "owner", 60.0, 2000.0)
+    writer.close()
+    with samekey.Journal(path, read_only=True) as journal:
+        assert len(journal.records()) == 3
+    # refused (written by a newer samekey): nothing left behind either
+    newer = tmp_path / "newer.sqlite3"
+    make_journal(newer)
+    with sqlite3.connect(newer) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    before = newer.read_bytes()
+    with pytest.raises(samekey.JournalError):
+        samekey.Journal(newer, read_only=True)
+    assert newer.read_bytes() == before and not Path(f"{newer}-wal").exists() and not Path(f"{newer}-shm").exists()
+
+
 class _FakeFcntl:
     """fcntl as on macOS: F_FULLFSYNC flushes the drive's cache; ``works`` False: a filesystem without it."""
 

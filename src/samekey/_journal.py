@@ -364,6 +364,7 @@ class Journal:
         # a busy wait for the write lock, then one for BEGIN IMMEDIATE, then an fsync
         self._fork_wait = 2 * self.lock_timeout + FORK_WAIT_EXTRA
         self._forked_in_use = False  # forked while another thread held the connection past _fork_wait
+        self._made_side_files = False  # read_only: the -wal/-shm were not there before it opened
         with _JOURNALS_LOCK:
             _JOURNALS.add(self)
         with self._lock:  # a fork meanwhile waits for the open to end
@@ -410,7 +411,11 @@ class Journal:
 
     def _open(self) -> sqlite3.Connection:
         if self.read_only:
-            return self._open_read_only()
+            try:
+                return self._open_read_only()
+            except BaseException:
+                self._drop_side_files()
+                raise
         self._prepare_file()
         conn = self._connect(self.path)
         with self._closing_on_error(conn):
@@ -446,6 +451,7 @@ class Journal:
         # can be read as immutable; otherwise those writes would be skipped, so it is an error.
         if not self.path.is_file():
             raise self._fail("there is no journal file here", "Check the path (--journal PATH or $SAMEKEY_JOURNAL).")
+        self._made_side_files = not any(Path(f"{self.path}{end}").exists() for end in ("-wal", "-shm"))
         base = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
         conn = self._connect(base, uri=True)
         try:
@@ -466,6 +472,24 @@ class Journal:
         with self._closing_on_error(conn):
             self._check_header(conn)
         return conn
+
+    def _drop_side_files(self) -> None:
+        """Remove the empty -wal/-shm a read-only connection made (SQLite cannot, read-only)."""
+        try:
+            empty = os.stat(f"{self.path}-wal").st_size == 0
+        except OSError:
+            return
+        if not (self._made_side_files and empty and os.access(self.path, os.W_OK)):
+            return  # never a WAL holding writes, nor files that were there before it opened
+        # SQLite deletes both when the last connection to the journal closes, deciding under its own
+        # exclusive lock (so never while another process uses them): a plain connection that reads
+        # once and closes lets it do so. Nothing to checkpoint in an empty WAL: the file is unchanged.
+        with contextlib.suppress(sqlite3.Error):
+            conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            finally:
+                conn.close()
 
     def _check_header(self, conn: sqlite3.Connection) -> tuple[int, int]:
         """(application id, schema version), refusing a file that is not a journal this samekey reads."""
@@ -953,6 +977,8 @@ class Journal:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+                if self.read_only:
+                    self._drop_side_files()
 
     def __enter__(self) -> Journal:
         return self
