@@ -550,7 +550,7 @@ def test_a_lease_holder_is_never_signalled_where_kill_would_terminate_it(
         engine = client.engine
         sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
         try:
-            owner = f"{engine._host}/{sleeper.pid}/tag-1"
+            owner = f"{engine._host}/{sleeper.pid}/{samekey._core.PID_SCOPE}/tag-1"
             signalled: list[int] = []
             monkeypatch.setattr(os, "kill", lambda pid, sig: signalled.append(pid))
             monkeypatch.setattr(os, "name", "nt")
@@ -702,3 +702,17 @@ def test_a_full_disk_between_attempts_does_not_claim_nothing_was_sent(journal_pa
     record = journal.get("order-2/charge")
     assert record is not None and record.state == "pending" and record.lease_owner is None
     journal.close()
+
+
+def test_a_pid_from_another_pid_namespace_or_boot_is_never_judged_dead(journal_path: Path) -> None:
+    # Sidecar containers of one pod share a hostname, not their pids: a live lease holder in the
+    # other container must not be taken over because the same pid number is free here.
+    with _client(journal_path) as client:
+        engine = client.engine
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()  # a pid that runs nothing here
+        scope = samekey._core.PID_SCOPE
+        assert engine.owner_is_dead(f"{engine._host}/{gone.pid}/{scope}/tag-1") is True
+        assert engine.owner_is_dead(f"{engine._host}/{gone.pid}/4026539999.0badb007/tag-1") is False
+        assert engine.owner_is_dead(f"{engine._host}/{gone.pid}/tag-1") is False  # older samekey: no scope
+        assert engine.new_owner().split("/")[2] == scope

@@ -280,14 +280,18 @@ class Engine:
         return f'"{value}"' if self.key_format == "structured" else value
 
     def new_owner(self) -> str:
-        # host/pid/<per-engine random>-<counter>: unique per call, and no urandom per request
-        return f"{self._host}/{PROCESS.pid}/{self._owner_tag}-{next(self._owner_counter)}"
+        # host/pid/pid-scope/<per-engine random>-<counter>: unique per call, no urandom per request
+        return f"{self._host}/{PROCESS.pid}/{PID_SCOPE}/{self._owner_tag}-{next(self._owner_counter)}"
 
     def owner_is_dead(self, owner: str | None) -> bool:
-        """True for a lease owner that was a process on this host that no longer runs."""
-        host, _, rest = (owner or "").partition("/")
-        pid_text = rest.partition("/")[0]
-        if host != self._host or not pid_text.isdigit() or int(pid_text) == PROCESS.pid:
+        """True for a lease owner that was a process of this host's pid space that no longer runs.
+
+        A pid means something only within its pid namespace and boot: containers of one pod
+        share a hostname, not their pids. An owner written without a scope (an older samekey)
+        or in another one is never probed: its lease is waited out.
+        """
+        host, pid_text, scope = [*(owner or "").split("/"), "", ""][:3]
+        if host != self._host or scope != PID_SCOPE or not pid_text.isdigit() or int(pid_text) == PROCESS.pid:
             return False
         if os.name != "posix":  # on Windows os.kill(pid, 0) would terminate it: wait for the lease instead
             return False
@@ -377,6 +381,19 @@ def _uuid4() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _pid_scope() -> str:
+    """Where this process's pids mean something: its pid namespace and boot (Linux), else '-'."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return f"{namespace}.{boot.read().strip()[:8]}"
+    except OSError:
+        return "-"
+
+
+PID_SCOPE = _pid_scope()  # the same across fork (a child shares both)
 
 
 def _is_zombie(pid: int) -> bool:
