@@ -402,3 +402,10 @@ def test_resume_all_leaves_unnamed_operations_alone_so_a_rerun_is_not_charged_tw
     with samekey.Client(journal=journal_path, base_url=server.url) as client:
         assert [r.operation for r in client.resume_pending()] == []  # the API leaves it alone too
         assert [r.operation for r in client.resume_pending(prefix="auto:")] == [unnamed.operation]  # named: sent
+
+
+def test_resume_refuses_a_bad_base_url_as_a_usage_error(journal_path: Path) -> None:
+    pending_op(journal_path, "inv-9", "http://127.0.0.1:9/charges", {"amount": 9})
+    result = run("resume", "inv-9", "--base-url", "ftp://example", "--journal", str(journal_path))
+    assert result.code == 2 and "--base-url: base URL must look like http://host[:port]" in result.err
+    assert "unexpected" not in result.err

@@ -159,6 +159,16 @@ def test_reads_and_idempotent_methods_are_retried_without_a_key(journal_path: Pa
 
 
 @respx.mock
+def test_a_method_that_is_not_idempotent_is_keyed_without_operation(journal_path: Path, no_sleep: None) -> None:
+    route = respx.route(method="LOCK", url=URL).mock(side_effect=[httpx.Response(503), httpx.Response(200)])
+    with _client(journal_path) as client:
+        assert client.request("LOCK", URL, content=b"<lockinfo/>").status_code == 200
+        (record,) = client.journal.records()
+    keys = _keys(route)
+    assert record.operation.startswith("auto:") and keys[0] is not None and keys == [record.key, record.key]
+
+
+@respx.mock
 def test_any_method_with_operation_is_keyed(journal_path: Path) -> None:
     route = respx.delete(URL).mock(return_value=httpx.Response(204))
     with _client(journal_path) as client:

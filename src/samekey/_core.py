@@ -70,7 +70,9 @@ logger.addHandler(logging.NullHandler())  # a library stays quiet unless the app
 
 OPERATION_EXTENSION = "samekey.operation"  # request.extensions key naming the logical operation
 INFO_EXTENSION = "samekey"  # response.extensions key holding an OperationInfo
-KEYED_METHODS = frozenset({"POST", "PATCH"})
+# Idempotent by RFC 9110: retried without a key when no operation is named. Every other method
+# (POST, PATCH, LOCK, a custom one) may act twice, so it is keyed and journaled.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 MAX_OPERATION_LENGTH = 512
 PURGE_INTERVAL = 3600.0  # seconds between two lazy purges of completed records by one client
 PURGE_BATCH = 1000  # records one lazy purge deletes at most (a few ms), so no request stalls on a backlog
@@ -306,7 +308,7 @@ class Engine:
     def plan(self, request: httpx.Request) -> Plan | None:
         """The journal intent for a request, or None when it is retried without a key."""
         operation = request.extensions.get(OPERATION_EXTENSION)
-        if operation is None and request.method not in KEYED_METHODS:
+        if operation is None and request.method in IDEMPOTENT_METHODS:
             return None
         caller_key, headers = self._scan_headers(request.headers)
         if operation is None:

@@ -321,6 +321,11 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
         policy = RetryPolicy(**{name: value for name, value in limits.items() if value is not None})
     except ValueError as exc:
         raise CliError(str(exc)) from exc
+    if args.base_url:
+        try:
+            RetargetTransport(args.base_url).close()  # refuse a bad one before anything is sent
+        except ValueError as exc:
+            raise CliError(f"--base-url: {exc}") from exc
     clients: dict[str, Client] = {}
     counts = {"done": 0, "replayed": 0, "failed": 0}
     try:
