@@ -646,3 +646,27 @@ def test_waiting_a_long_time_on_a_busy_operation_does_not_overflow(journal_path:
     journal.close()
     assert response.status_code == 201
     assert 3599 < sum(slept) < 3602 and max(slept) <= 0.5
+
+
+def test_an_interrupted_wait_counts_no_attempt_and_keeps_the_last_outcome(journal_path: Path) -> None:
+    # samekey list must say what the server answered, not that a task was cancelled
+    transport = httpx.MockTransport(lambda request: httpx.Response(503, headers={"Retry-After": "5"}))
+
+    async def story() -> samekey.OperationRecord | None:
+        async with samekey.AsyncClient(journal=journal_path, transport=transport) as client:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.post("https://pay.test/charges", json={}, operation="op"), 0.5)
+            return client.journal.get("op")
+
+    record = asyncio.run(story())
+    assert record is not None and (record.attempts, record.last_error, record.lease_owner) == (1, "HTTP 503", None)
+
+
+def test_giving_up_says_how_many_attempts_were_made_in_this_run(journal_path: Path, no_sleep: None) -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(503))
+    policy = samekey.RetryPolicy(max_attempts=2)
+    with samekey.Client(journal=journal_path, transport=transport, policy=policy) as client:
+        for _ in range(2):
+            with pytest.raises(samekey.RetriesExhausted) as caught:
+                client.post("https://pay.test/charges", json={}, operation="op")
+    assert "gave up after 4 attempt(s), 2 in this run (max_attempts reached" in str(caught.value)

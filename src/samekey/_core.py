@@ -527,6 +527,8 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
     state: tenacity.RetryCallState | None = None
     taken = 0.0  # retry-budget tokens this request took
     tries = 1  # attempts made by this run
+    begun = 0  # attempts this run has begun to send: an interrupted wait is no attempt
+    last_error: str | None = None  # the last attempt's outcome, kept if an interruption follows
     try:
         while True:
             attempt = earlier + tries
@@ -539,6 +541,7 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
             response: httpx.Response | None
             try:
                 # an answer that is not journaled is handed on still streaming, as bare httpx does
+                begun = tries
                 response, exc = (yield Send(request, buffer=record is not None)), None
             except Exception as error:  # the driver threw the transport's error in
                 response, exc = None, error
@@ -574,7 +577,7 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
                     reason = "the client's retry budget is empty (the server looks unhealthy)"
                     return (yield from _give_up(engine, tries, record, owner, response, exc, reason))
                 taken += cost
-            error_text = _describe(exc, response)
+            error_text = last_error = _describe(exc, response)
             logger.warning(
                 "samekey retry operation=%s key=%s attempt=%d failed (%s); next in %.2f s",
                 operation, key, attempt, error_text, float(do),
@@ -600,8 +603,10 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
         # a non-retryable error, or an interruption (a cancelled task, Ctrl-C): keep the key
         # pending, free the lease so that a retry can go on at once
         if record is not None and owner is not None and not isinstance(exc, RetriesExhausted):
+            # an interruption says nothing about the server: the last attempt's outcome stays
+            outcome = _describe(exc, None) if isinstance(exc, Exception) or last_error is None else last_error
             with contextlib.suppress(Exception):  # a broken journal: report the first error, not this one
-                yield Call("release", record.operation, owner, earlier + tries, _describe(exc, None), engine.clock())
+                yield Call("release", record.operation, owner, earlier + begun, outcome, engine.clock())
         raise
     assert response is not None
     attempts = earlier + tries
@@ -706,6 +711,7 @@ def _give_up(
         operation=record.operation if record else "(unkeyed request)",
         key=record.key if record else None,
         attempts=attempts,
+        this_run=tries,
         last_response=response,
         last_exception=exc,
         reason=reason,

@@ -50,10 +50,11 @@ class RetriesExhausted(SameKeyError):
         last_response: httpx.Response | None,
         last_exception: BaseException | None,
         reason: str,
+        this_run: int | None = None,
     ) -> None:
         self.operation = operation
         self.key = key
-        self.attempts = attempts
+        self.attempts = attempts  # all runs together (the journal's count)
         self.last_response = last_response
         self.last_exception = last_exception
         if last_response is not None:
@@ -75,7 +76,10 @@ class RetriesExhausted(SameKeyError):
                 f"The operation is still pending with key {key}: run it again with the same "
                 f"operation name (or `samekey resume {operation}`) to retry safely with the same key."
             )
-        super().__init__(f"operation {operation!r}: gave up after {attempts} attempt(s) ({reason}; {last}). " + pending)
+        runs = f", {this_run} in this run" if this_run is not None and this_run != attempts else ""
+        super().__init__(
+            f"operation {operation!r}: gave up after {attempts} attempt(s){runs} ({reason}; {last}). " + pending
+        )
 
 
 class OperationMismatch(SameKeyError):
