@@ -509,9 +509,10 @@ def test_locked_journal_times_out_with_a_clear_error(journal_path: Path) -> None
         journal.close()
 
 
-def test_bad_operation_name_is_refused(journal_path: Path) -> None:
+@pytest.mark.parametrize("name", ["  ", "x" * 513, "order\udc80", "order\x00-1"])
+def test_bad_operation_name_is_refused(journal_path: Path, name: str) -> None:
     with _client(journal_path) as client, pytest.raises(ValueError, match="operation must be a non-empty string"):
-        client.post(URL, json={}, operation="  ")
+        client.post(URL, json={}, operation=name)
 
 
 def test_bad_client_options_are_refused(journal_path: Path) -> None:

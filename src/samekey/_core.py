@@ -313,10 +313,10 @@ class Engine:
         caller_key, headers = self._scan_headers(request.headers)
         if operation is None:
             operation = f"key:{caller_key}" if caller_key else f"{UNNAMED_PREFIX}{_uuid4()}"
-        elif not isinstance(operation, str) or not operation.strip() or len(operation) > MAX_OPERATION_LENGTH:
+        elif not _valid_operation(operation):
             raise ValueError(
-                f"operation must be a non-empty string of at most {MAX_OPERATION_LENGTH} characters "
-                f"naming the logical operation (e.g. 'order-42/charge'), got {operation!r}"
+                f"operation must be a non-empty string of at most {MAX_OPERATION_LENGTH} characters, "
+                f"valid text (UTF-8, no NUL), naming the logical operation (e.g. 'order-42/charge'), got {operation!r}"
             )
         body = request.content
         url = self.stored_url(request.url)
@@ -335,6 +335,19 @@ class Engine:
             request_body=body,
         )
         return Plan(intent, caller_key is not None)
+
+
+def _valid_operation(operation: object) -> bool:
+    # a lone surrogate cannot be stored; PostgreSQL refuses NUL in text
+    if not isinstance(operation, str) or not operation.strip() or len(operation) > MAX_OPERATION_LENGTH:
+        return False
+    if "\0" in operation:
+        return False
+    try:
+        operation.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _without_random_boundary(body: bytes, headers: httpx.Headers) -> bytes:
