@@ -295,15 +295,7 @@ class Engine:
         host, pid_text, scope = [*(owner or "").split("/"), "", ""][:3]
         if host != self._host or scope != PID_SCOPE or not pid_text.isdigit() or int(pid_text) == PROCESS.pid:
             return False
-        if os.name != "posix":  # on Windows os.kill(pid, 0) would terminate it: wait for the lease instead
-            return False
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            return True
-        except OSError:  # exists but not ours to signal
-            return False
-        return _is_zombie(int(pid_text))
+        return pid_is_gone(int(pid_text))
 
     def plan(self, request: httpx.Request) -> Plan | None:
         """The journal intent for a request, or None when it is retried without a key."""
@@ -409,6 +401,19 @@ def _pid_scope() -> str:
 
 
 PID_SCOPE = _pid_scope()  # the same across fork (a child shares both)
+
+
+def pid_is_gone(pid: int) -> bool:
+    """True only when process ``pid`` no longer runs here; False while it runs or cannot be probed."""
+    if os.name != "posix":  # on Windows os.kill(pid, 0) would terminate it: count it as running
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists but not ours to signal
+        return False
+    return _is_zombie(pid)
 
 
 def _is_zombie(pid: int) -> bool:

@@ -32,7 +32,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from .._core import _is_zombie
+from .._core import pid_is_gone
 from ._faults import Fault, FaultPlan
 
 __all__ = ["Fault", "FaultPlan", "PaymentServer"]
@@ -58,15 +58,7 @@ def _owner_alive(owner: str | None) -> bool:
         return False
     if int(pid) == os.getpid():
         return rest.partition("/")[0] in _LIVE  # a server of this process, stopped mid-request?
-    if os.name != "posix":  # no safe liveness probe (os.kill would terminate it): assume alive
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists but not ours to signal
-        return True
-    return not _is_zombie(int(pid))
+    return not pid_is_gone(int(pid))  # (no safe probe on Windows: counted as alive)
 
 
 class PaymentServer:
