@@ -53,7 +53,6 @@ from ._errors import (
     RetriesExhausted,
 )
 from ._journal import (
-    CREDENTIAL_PARAMS,
     PROCESS,
     Intent,
     JournalStore,
@@ -263,20 +262,6 @@ class Engine:
                 url = url.copy_with(params=hidden)
         return str(url)
 
-    def hidden_query_values(self, url: httpx.URL) -> bytes:
-        """What the fingerprint adds for query values the journal hides but that are no credential.
-
-        ?payment_token=tok_a and ?payment_token=tok_b are two requests, though both are stored
-        as REDACTED; a rotated ?api_key= (a credential for sure) is still the same operation.
-        """
-        if not url.query:
-            return b""
-        return "\n".join(
-            f"{name}={value}"
-            for name, value in url.params.multi_items()
-            if is_secret_param(name, self.redact) and name.lower() not in CREDENTIAL_PARAMS
-        ).encode()
-
     def new_key(self) -> str:
         value = _uuid4()
         return f'"{value}"' if self.key_format == "structured" else value
@@ -314,8 +299,6 @@ class Engine:
         url = self.stored_url(request.url)
         digest = hashlib.sha256(f"{request.method}\n{url}\n".encode())
         digest.update(_without_random_boundary(body, request.headers))
-        if REDACTED in url:
-            digest.update(self.hidden_query_values(request.url))
         intent = Intent(
             operation=operation,
             key=caller_key or self.new_key(),
@@ -430,10 +413,6 @@ def _mismatch(plan: Plan, record: OperationRecord) -> str | None:
     if record.method != intent.method or record.url != intent.url:
         return f"it was {record.method} {record.url}, now {intent.method} {intent.url}"
     if record.fingerprint != intent.fingerprint:
-        if REDACTED in intent.url:
-            return (
-                "same method and URL, but a different body or a different value of a query parameter the journal hides"
-            )
         return "same method and URL, different body"
     if plan.caller_key and record.key != intent.key:
         return f"its key is {record.key}, the request now carries {intent.key}"

@@ -19,7 +19,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import sqlite3
 import stat
 import threading
@@ -70,29 +69,16 @@ def is_secret_header(name: str, extra: frozenset[str] = frozenset()) -> bool:
     return any(p in lowered for p in SECRET_PARTS) and not lowered.endswith(NOT_SECRET_HEADERS)
 
 
-# Query parameters are matched by their words (split at anything not a letter or digit), so
-# ?author= or ?keyword= stay visible; a word that ends like a credential (accesstoken, apikey,
-# sig) hides the value on disk. CREDENTIAL_PARAMS are credentials for sure: they are left out of
-# the fingerprint too, so a rotated API key is still the same operation; any other hidden value
-# still counts in the fingerprint (?payment_token=tok_a and tok_b are two different requests).
-SECRET_PARAM_ENDINGS = ("key", "token", "secret", "password", "passwd", "pwd", "signature", "credential", "sig")
-SECRET_PARAM_WORDS = frozenset({"auth", "session", "sessionid", "jwt", "credentials", "sas"})
-CREDENTIAL_PARAMS = frozenset(
-    {
-        "key", "api_key", "apikey", "api-key", "access_token", "accesstoken", "token", "auth", "auth_token",
-        "password", "passwd", "secret", "client_secret", "sig", "signature", "x-amz-signature",
-        "x-amz-credential", "x-amz-security-token", "session", "sessionid", "session_id", "jwt",
-    }
-)  # fmt: skip
+# Query parameters: a value is journaled as REDACTED when its name contains one of these (the
+# first rule headers had). Frozen: the stored URL is part of an operation's identity, so a
+# change here would turn every pending record of an older journal into a mismatch (its key lost).
+SECRET_PARAM_PARTS = ("api-key", "apikey", "api_key", "token", "secret", "password", "auth", "session", "signature")
 
 
 @functools.lru_cache(maxsize=1024)
 def is_secret_param(name: str, extra: frozenset[str] = frozenset()) -> bool:
     lowered = name.lower()
-    if lowered in extra or lowered in CREDENTIAL_PARAMS:
-        return True
-    words = re.split(r"[^a-z0-9]+", lowered)
-    return any(w in SECRET_PARAM_WORDS or w.endswith(SECRET_PARAM_ENDINGS) for w in words if w)
+    return lowered in SECRET_HEADERS or lowered in extra or any(p in lowered for p in SECRET_PARAM_PARTS)
 
 
 class _Process:
