@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
@@ -670,3 +671,67 @@ def test_giving_up_says_how_many_attempts_were_made_in_this_run(journal_path: Pa
             with pytest.raises(samekey.RetriesExhausted) as caught:
                 client.post("https://pay.test/charges", json={}, operation="op")
     assert "gave up after 4 attempt(s), 2 in this run (max_attempts reached" in str(caught.value)
+
+
+def _interrupt_at(line: int, waiter: bool, tmp_path: Path) -> tuple[bool, bool]:
+    """(interrupted, a later write still goes through) for a KeyboardInterrupt at ``line`` of _submit."""
+    journal = samekey.Journal(tmp_path / f"j-{line}-{waiter}.sqlite3", durability="process")
+    code = _journal.Journal._submit.__code__
+    fired: list[int] = []
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is not code:
+            return None
+
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            if event == "line" and frame.f_lineno == line and not fired:
+                fired.append(line)
+                raise KeyboardInterrupt  # what the eval loop does with a SIGINT landing here
+            return local
+
+        return local
+
+    holder = None
+    if waiter:  # another thread holds the writer role, so this caller queues behind it
+        inside, release = threading.Event(), threading.Event()
+
+        def slow(conn: Any) -> None:
+            inside.set()
+            release.wait(5)
+
+        holder = threading.Thread(target=lambda: journal._write("slow", slow))
+        holder.start()
+        inside.wait(5)
+        threading.Timer(0.05, release.set).start()
+    sys.settrace(tracer)
+    try:
+        journal.forget("main")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.settrace(None)
+    if holder is not None:
+        holder.join(5)
+    later: list[bool] = []
+    thread = threading.Thread(target=lambda: later.append(journal.forget("later") is False), daemon=True)
+    thread.start()
+    thread.join(5)
+    if later:
+        journal.close()
+    return bool(fired), bool(later)
+
+
+def test_an_interruption_anywhere_in_a_write_never_wedges_the_journal(tmp_path: Path) -> None:
+    # Ctrl-C, SystemExit from a SIGTERM handler, a task time limit: whichever line it lands on,
+    # the writer role passes on and the caller's jobs leave the queue
+    lines, first = inspect.getsourcelines(_journal.Journal._submit)
+    # every line up to the clean-up (an interruption inside the clean-up itself is the one window
+    # Python leaves open: no code can defer a signal's exception there)
+    cleanup = first + next((i for i, text in enumerate(lines) if text.strip() == "finally:"), len(lines))
+    wedged = []
+    for line in range(first + 1, cleanup):
+        for waiter in (False, True):
+            fired, later = _interrupt_at(line, waiter, tmp_path)
+            if fired and not later:
+                wedged.append((line, "waiter" if waiter else "leader"))
+    assert wedged == []

@@ -634,33 +634,38 @@ class Journal:
         if self._pid != PROCESS.pid:
             self._forked()
         first = jobs[0]
-        with self._queue_lock:
-            lead = not self._writing
-            if lead:
-                self._writing = True  # the queue is empty whenever nobody writes
-            else:
-                first.done = threading.Event()
-                self._queue.extend(jobs)
+        holding = queued = done = False  # holding: this caller has the writer role to pass on
         try:
-            if lead:
+            # one try from the first statement: an interruption (Ctrl-C, SystemExit from a SIGTERM
+            # handler, a task time limit) anywhere must still pass the writer role on and take
+            # this caller's jobs out of the queue, or every later write waits forever
+            with self._queue_lock:
+                if not self._writing:
+                    self._writing = holding = True  # the queue is empty whenever nobody writes
+                else:
+                    first.done = threading.Event()
+                    queued = True  # before the extend: an interruption between them leaves nothing behind
+                    self._queue.extend(jobs)
+            if holding:
                 batch = jobs
             else:
                 first.done.wait()  # type: ignore[union-attr]
                 if not first.promoted:
+                    done = True
                     return  # a leader ran them
+                holding = True
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
             self._run_batch(batch)
-        except BaseException:
-            # Ctrl-C, SystemExit from a SIGTERM handler, a task time limit: this caller is gone,
-            # but the writer role must still pass on, or every later write waits forever
-            with self._queue_lock:
-                self._queue = [job for job in self._queue if all(job is not mine for mine in jobs)]
-                if lead or first.promoted:
-                    self._hand_off()
-            raise
-        with self._queue_lock:
-            self._hand_off()
+            done = True
+        finally:
+            if holding or (queued and not done):
+                with self._queue_lock:
+                    if not done:
+                        self._queue = [job for job in self._queue if all(job is not mine for mine in jobs)]
+                        holding = holding or first.promoted  # promoted while being interrupted
+                    if holding:
+                        self._hand_off()
 
     def _hand_off(self) -> None:
         """Wake the next waiting writer to lead, or let the next caller lead (queue lock held)."""
