@@ -584,3 +584,20 @@ def test_sqlite_syncs_around_checkpoints_in_both_modes(tmp_path: Path, durabilit
     journal = samekey.Journal(tmp_path / "j.sqlite3", durability=durability)  # type: ignore[arg-type]
     assert journal._read("PRAGMA synchronous", (), "checking") == [(1,)]  # NORMAL
     journal.close()
+
+
+def test_the_fork_hooks_release_the_locks_they_took_even_if_a_journal_swapped_its_own(tmp_path: Path) -> None:
+    # In a forked child, another thread's first journal call (_forked) gives the journal a new
+    # lock while this thread forks again: the hooks must let go of the lock they took, and of
+    # the registry lock, or every later journal call and Journal() in the process hangs.
+    from samekey import _journal
+
+    journal = samekey.Journal(tmp_path / "j.sqlite3")
+    taken = journal._lock
+    _journal._before_fork()
+    journal._lock = threading.Lock()  # what _forked() does
+    _journal._after_fork(child=False)
+    assert not taken.locked() and not journal._lock.locked() and not _journal._JOURNALS_LOCK.locked()
+    journal.get("x")  # answers
+    samekey.Journal(tmp_path / "other.sqlite3").close()  # the registry is free
+    journal.close()

@@ -1026,7 +1026,7 @@ def _replace(record: OperationRecord, **changes: object) -> OperationRecord:
 
 _JOURNALS: weakref.WeakSet[Journal] = weakref.WeakSet()
 _JOURNALS_LOCK = threading.Lock()  # held across a fork too, so the child's copy is never taken
-_HELD_AT_FORK: list[Journal] = []
+_HELD_AT_FORK: list[threading.Lock] = []  # the lock objects taken: _forked() may swap a journal's
 _BUSY_AT_FORK: list[Journal] = []
 _REGISTRY_HELD: list[bool] = []  # whether _before_fork got _JOURNALS_LOCK
 _ABANDONED: list[sqlite3.Connection] = []  # a forked child's unusable copies, kept from their close
@@ -1036,23 +1036,27 @@ def _before_fork() -> None:
     # bounded: held only for an add, but a signal handler forking in the middle of one must not hang
     _REGISTRY_HELD.append(_JOURNALS_LOCK.acquire(timeout=FORK_WAIT_EXTRA))
     for journal in list(_JOURNALS):
-        if journal._lock.acquire(timeout=journal._fork_wait):
-            _HELD_AT_FORK.append(journal)
+        lock = journal._lock
+        if lock.acquire(timeout=journal._fork_wait):
+            _HELD_AT_FORK.append(lock)
         else:  # stuck past every lock wait (or held by this very thread, a signal handler forking)
             journal._forked_in_use = True
             _BUSY_AT_FORK.append(journal)
 
 
 def _after_fork(*, child: bool) -> None:
-    for journal in _HELD_AT_FORK:
-        journal._lock.release()
-    if not child:
-        for journal in _BUSY_AT_FORK:
-            journal._forked_in_use = False
-    _HELD_AT_FORK.clear()
-    _BUSY_AT_FORK.clear()
-    if _REGISTRY_HELD.pop():
-        _JOURNALS_LOCK.release()
+    try:
+        for lock in _HELD_AT_FORK:
+            with contextlib.suppress(RuntimeError):  # never skip the others (and the registry lock)
+                lock.release()
+        if not child:
+            for journal in _BUSY_AT_FORK:
+                journal._forked_in_use = False
+    finally:
+        _HELD_AT_FORK.clear()
+        _BUSY_AT_FORK.clear()
+        if _REGISTRY_HELD.pop():
+            _JOURNALS_LOCK.release()
 
 
 if hasattr(os, "register_at_fork"):
