@@ -409,3 +409,12 @@ def test_resume_refuses_a_bad_base_url_as_a_usage_error(journal_path: Path) -> N
     result = run("resume", "inv-9", "--base-url", "ftp://example", "--journal", str(journal_path))
     assert result.code == 2 and "--base-url: base URL must look like http://host[:port]" in result.err
     assert "unexpected" not in result.err
+
+
+def test_resume_all_with_only_unnamed_operations_pending_says_so(journal_path: Path) -> None:
+    with samekey.Client(journal=journal_path, policy=samekey.RetryPolicy(max_attempts=1)) as client:
+        with pytest.raises(samekey.RetriesExhausted):
+            client.post("http://127.0.0.1:9/charges", json={"order": 43})  # nothing listens on port 9
+    result = run("resume", "--all", "--journal", str(journal_path))
+    assert result.code == 1 and "no pending operations" not in result.out
+    assert "nothing resumed: only unnamed operations are pending, skipped above" in result.out

@@ -274,6 +274,24 @@ def test_fsync_mode_makes_each_claim_durable_and_no_completion_pays_a_sync(
         assert journal.get("op-2") is not None and journal.get("op-3") is not None
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads fd paths from /proc")
+def test_a_journal_reached_through_a_symlink_still_syncs_its_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite keeps the -wal beside the real file: looking for it beside the link found nothing
+    # and skipped the sync, so "fsync" claims were not durable
+    (tmp_path / "data").mkdir()
+    link = tmp_path / "journal.sqlite3"
+    link.symlink_to(tmp_path / "data" / "journal.sqlite3")
+    with samekey.Journal(link, durability="fsync") as journal:
+        synced = _count_wal_syncs(monkeypatch, link)
+        journal.claim(intent("op-1"), "owner", 60.0, 1000.0)
+    assert synced == [f"{tmp_path / 'data' / 'journal.sqlite3'}-wal"]
+    with samekey.Journal(link, read_only=True) as journal:  # and a reader leaves nothing behind
+        assert journal.get("op-1") is not None
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["journal.sqlite3"]
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").exists() or not hasattr(os, "fork"), reason="Linux: /proc, fork")
 def test_a_relative_journal_path_survives_a_change_of_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -437,7 +437,7 @@ class Journal:
         # can be read as immutable; otherwise those writes would be skipped, so it is an error.
         if not self.path.is_file():
             raise self._fail("there is no journal file here", "Check the path (--journal PATH or $SAMEKEY_JOURNAL).")
-        self._made_side_files = not any(Path(f"{self.path}{end}").exists() for end in ("-wal", "-shm"))
+        self._made_side_files = not any(self._side_file(end).exists() for end in ("-wal", "-shm"))
         base = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
         conn = self._connect(base, uri=True)
         try:
@@ -445,7 +445,7 @@ class Journal:
             return conn
         except sqlite3.OperationalError as exc:
             conn.close()
-            wal = Path(f"{self.path}-wal")
+            wal = self._side_file("-wal")
             if wal.exists() and wal.stat().st_size > 0:
                 raise self._fail(
                     f"cannot read it without writing ({exc}), and {wal.name} holds writes not yet in the main file",
@@ -459,10 +459,14 @@ class Journal:
             self._check_header(conn)
         return conn
 
+    def _side_file(self, suffix: str) -> Path:
+        # SQLite follows a symlinked journal path and keeps -wal/-shm beside the real file
+        return Path(f"{os.path.realpath(self.path)}{suffix}")
+
     def _drop_side_files(self) -> None:
         """Remove the empty -wal/-shm a read-only connection made (SQLite cannot, read-only)."""
         try:
-            empty = os.stat(f"{self.path}-wal").st_size == 0
+            empty = self._side_file("-wal").stat().st_size == 0
         except OSError:
             return
         if not (self._made_side_files and empty and os.access(self.path, os.W_OK)):
@@ -767,12 +771,13 @@ class Journal:
             if fd is not None:
                 os.close(fd)
                 self._wal_fd = None
+            wal = self._side_file("-wal")
             try:
-                fd = os.open(f"{self.path}-wal", os.O_RDONLY | _O_CLOEXEC)
+                fd = os.open(wal, os.O_RDONLY | _O_CLOEXEC)
             except FileNotFoundError:  # no WAL: everything is in the main file, synced by SQLite
                 return
             if os.name == "posix":  # Windows cannot open a folder; NTFS journals the new entry itself
-                folder = os.open(self.path.parent, os.O_RDONLY | _O_CLOEXEC)
+                folder = os.open(wal.parent, os.O_RDONLY | _O_CLOEXEC)
                 try:  # the WAL's own directory entry must survive a power cut too, as SQLite FULL does
                     os.fsync(folder)
                 finally:

@@ -314,8 +314,11 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
         for record in unnamed:
             out.write(f"skipped {record.operation}: {UNNAMED_WARNING}\n")
         if not records:
+            if unnamed:
+                out.write(f"nothing resumed: only unnamed operations are pending, skipped above ({store.location})\n")
+                return EXIT_FAILED
             out.write(f"nothing to resume: no pending operations in {store.location}\n")
-            return EXIT_FAILED if unnamed else EXIT_OK
+            return EXIT_OK
     limits = {"max_attempts": args.max_attempts, "deadline": args.deadline}
     try:
         policy = RetryPolicy(**{name: value for name, value in limits.items() if value is not None})
