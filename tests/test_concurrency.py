@@ -735,3 +735,57 @@ def test_an_interruption_anywhere_in_a_write_never_wedges_the_journal(tmp_path: 
             if fired and not later:
                 wedged.append((line, "waiter" if waiter else "leader"))
     assert wedged == []
+
+
+def test_a_leader_interrupted_before_running_its_batch_wakes_the_callers_it_took(tmp_path: Path) -> None:
+    # A promoted waiter takes the whole queue (other callers' jobs too), then a Ctrl-C lands as
+    # it enters _run_batch: those callers must be told, not left asleep forever.
+    journal = samekey.Journal(tmp_path / "j.sqlite3", durability="process")
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(conn: Any) -> None:
+        inside.set()
+        release.wait(5)
+
+    holder = threading.Thread(target=lambda: journal._write("slow", slow))
+    holder.start()
+    inside.wait(5)
+    outcome: list[str] = []
+
+    def other() -> None:
+        try:
+            journal._write("other", lambda conn: None)
+            outcome.append("ran")
+        except samekey.JournalError as exc:
+            outcome.append(str(exc))
+
+    def start_other_then_release() -> None:
+        while len(journal._queue) < 1:  # the main thread queued first: it will lead the next batch
+            time.sleep(0.001)
+        threading.Thread(target=other, daemon=True, name="other").start()
+        while len(journal._queue) < 2:
+            time.sleep(0.001)
+        release.set()
+
+    threading.Thread(target=start_other_then_release, daemon=True).start()
+    run_batch = _journal.Journal._run_batch.__code__
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is run_batch:
+            raise KeyboardInterrupt  # a SIGINT landing as the promoted leader enters _run_batch
+        return None
+
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            journal._write("main", lambda conn: None)
+    finally:
+        sys.settrace(None)
+    holder.join(5)
+    deadline = time.monotonic() + 5
+    while not outcome and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert outcome and "interrupted" in outcome[0]  # woken, and told its write may not have happened
+    assert journal._writing is False and journal._queue == []
+    journal.forget("later")  # and the journal still writes
+    journal.close()

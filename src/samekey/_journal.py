@@ -298,7 +298,7 @@ _WRITES = frozenset({"claim", "record_attempt", "complete", "release"})  # the w
 class _Job(Generic[_T]):
     """One write waiting for its group commit."""
 
-    __slots__ = ("doing", "done", "durable", "error", "fn", "promoted", "result")
+    __slots__ = ("doing", "done", "durable", "error", "fn", "promoted", "result", "settled")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], _T], doing: str, durable: bool) -> None:
         self.fn = fn
@@ -308,6 +308,7 @@ class _Job(Generic[_T]):
         self.promoted = False  # woken to lead the next batch, not because it finished
         self.result: _T | None = None
         self.error: BaseException | None = None
+        self.settled = False  # result or error final: an interrupted leader only wakes it
 
 
 class Journal:
@@ -639,10 +640,12 @@ class Journal:
             self._forked()
         first = jobs[0]
         holding = queued = done = False  # holding: this caller has the writer role to pass on
+        taken: list[_Job[Any]] = []  # the batch this caller leads: other callers wait on its jobs
         try:
             # one try from the first statement: an interruption (Ctrl-C, SystemExit from a SIGTERM
-            # handler, a task time limit) anywhere must still pass the writer role on and take
-            # this caller's jobs out of the queue, or every later write waits forever
+            # handler, a task time limit) anywhere must still pass the writer role on, take this
+            # caller's jobs out of the queue and wake the callers whose jobs it took, or they and
+            # every later write wait forever
             with self._queue_lock:
                 if not self._writing:
                     self._writing = holding = True  # the queue is empty whenever nobody writes
@@ -651,7 +654,7 @@ class Journal:
                     queued = True  # before the extend: an interruption between them leaves nothing behind
                     self._queue.extend(jobs)
             if holding:
-                batch = jobs
+                taken = jobs
             else:
                 first.done.wait()  # type: ignore[union-attr]
                 if not first.promoted:
@@ -659,17 +662,45 @@ class Journal:
                     return  # a leader ran them
                 holding = True
                 with self._queue_lock:
-                    batch, self._queue = self._queue, []
-            self._run_batch(batch)
+                    taken, self._queue = self._queue, []
+            self._run_batch(taken)
             done = True
         finally:
             if holding or (queued and not done):
+                self._clean_up(jobs, taken, holding, done)
+
+    def _clean_up(self, jobs: list[_Job[Any]], taken: list[_Job[Any]], holding: bool, done: bool) -> None:
+        """After a write (``done``) or an interruption: the writer role and the waiters, settled.
+
+        Every step can be repeated, so a second interruption landing in the middle (a Ctrl-C
+        pressed twice) makes it start over rather than leave a waiter asleep; it is raised after.
+        """
+        again: BaseException | None = None
+        while True:
+            try:
+                if not done:
+                    for job in taken:  # callers whose jobs were taken into an interrupted batch
+                        if job.done is not None and not job.done.is_set() and all(job is not mine for mine in jobs):
+                            if not job.settled:
+                                job.result, job.error = None, job.error or self._interrupted(job)
+                            job.done.set()
                 with self._queue_lock:
                     if not done:
                         self._queue = [job for job in self._queue if all(job is not mine for mine in jobs)]
-                        holding = holding or first.promoted  # promoted while being interrupted
+                        holding = holding or jobs[0].promoted  # promoted while being interrupted
                     if holding:
                         self._hand_off()
+                break
+            except BaseException as exc:
+                again = exc
+        if again is not None:
+            raise again
+
+    def _interrupted(self, job: _Job[Any]) -> JournalError:
+        return self._fail(
+            f"the commit holding this write was interrupted while {job.doing}",
+            "It may not have been written; run the call again (a pending operation keeps its key).",
+        )
 
     def _hand_off(self) -> None:
         """Wake the next waiting writer to lead, or let the next caller lead (queue lock held)."""
@@ -691,7 +722,7 @@ class Journal:
                     else self._fail("it was opened read_only=True", "Open it without read_only to record operations.")
                 )
                 for job in batch:
-                    job.error = refusal
+                    job.error, job.settled = refusal, True
                     if job.done is not None:
                         job.done.set()
                 return
@@ -717,7 +748,7 @@ class Journal:
                         conn.execute("ROLLBACK")
                 for job in batch:
                     job.result, job.error = None, job.error or self._classify(exc, job.doing)
-            except BaseException as exc:
+            except BaseException:
                 # interrupted mid-batch (Ctrl-C, SystemExit, a task time limit): leave no transaction
                 # open (it would hold the write lock against every other process), fail the other
                 # callers' jobs and wake them, then let the interruption go on
@@ -725,14 +756,12 @@ class Journal:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 for job in batch:
-                    job.result = None
-                    job.error = job.error or self._fail(
-                        f"the commit holding this write was interrupted ({type(exc).__name__}) while {job.doing}",
-                        "It may not have been written; run the call again (a pending operation keeps its key).",
-                    )
+                    job.result, job.error, job.settled = None, job.error or self._interrupted(job), True
                     if job.done is not None:
                         job.done.set()
                 raise
+        for job in batch:  # all settled before any is woken: an interruption while waking loses no result
+            job.settled = True
         for job in batch:
             if job.done is not None:
                 job.done.set()
