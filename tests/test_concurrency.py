@@ -673,6 +673,20 @@ def test_giving_up_says_how_many_attempts_were_made_in_this_run(journal_path: Pa
     assert "gave up after 4 attempt(s), 2 in this run (max_attempts reached" in str(caught.value)
 
 
+def _hold_the_writer_role(journal: samekey.Journal) -> tuple[threading.Thread, threading.Event]:
+    """A thread inside a write until the returned event is set: callers meanwhile queue."""
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(conn: Any) -> None:
+        inside.set()
+        release.wait(5)
+
+    holder = threading.Thread(target=lambda: journal._write("slow", slow))
+    holder.start()
+    inside.wait(5)
+    return holder, release
+
+
 def _interrupt_at(line: int, waiter: bool, tmp_path: Path) -> tuple[bool, bool]:
     """(interrupted, a later write still goes through) for a KeyboardInterrupt at ``line`` of _submit."""
     journal = samekey.Journal(tmp_path / f"j-{line}-{waiter}.sqlite3", durability="process")
@@ -693,15 +707,7 @@ def _interrupt_at(line: int, waiter: bool, tmp_path: Path) -> tuple[bool, bool]:
 
     holder = None
     if waiter:  # another thread holds the writer role, so this caller queues behind it
-        inside, release = threading.Event(), threading.Event()
-
-        def slow(conn: Any) -> None:
-            inside.set()
-            release.wait(5)
-
-        holder = threading.Thread(target=lambda: journal._write("slow", slow))
-        holder.start()
-        inside.wait(5)
+        holder, release = _hold_the_writer_role(journal)
         threading.Timer(0.05, release.set).start()
     sys.settrace(tracer)
     try:
@@ -741,15 +747,7 @@ def test_a_leader_interrupted_before_running_its_batch_wakes_the_callers_it_took
     # A promoted waiter takes the whole queue (other callers' jobs too), then a Ctrl-C lands as
     # it enters _run_batch: those callers must be told, not left asleep forever.
     journal = samekey.Journal(tmp_path / "j.sqlite3", durability="process")
-    inside, release = threading.Event(), threading.Event()
-
-    def slow(conn: Any) -> None:
-        inside.set()
-        release.wait(5)
-
-    holder = threading.Thread(target=lambda: journal._write("slow", slow))
-    holder.start()
-    inside.wait(5)
+    holder, release = _hold_the_writer_role(journal)
     outcome: list[str] = []
 
     def other() -> None:
