@@ -292,6 +292,28 @@ def test_a_journal_reached_through_a_symlink_still_syncs_its_wal(
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["journal.sqlite3"]
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads fd paths from /proc")
+def test_a_symlink_switched_after_opening_does_not_redirect_the_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a deploy switches `current` from blue to green while blue's journal is open: blue's claims
+    # must still sync blue's WAL (the file SQLite opened), not green's
+    for color in ("blue", "green"):
+        (tmp_path / color).mkdir()
+        samekey.Journal(tmp_path / color / "journal.sqlite3").close()
+    current = tmp_path / "current.sqlite3"
+    current.symlink_to(tmp_path / "blue" / "journal.sqlite3")
+    green = samekey.Journal(tmp_path / "green" / "journal.sqlite3", durability="process")
+    green.claim(intent("op-g"), "owner", 60.0, 1000.0)  # green has a WAL of its own
+    with samekey.Journal(current, durability="fsync") as blue:
+        current.unlink()
+        current.symlink_to(tmp_path / "green" / "journal.sqlite3")
+        synced = _count_wal_syncs(monkeypatch, current)
+        blue.claim(intent("op-b"), "owner", 60.0, 1000.0)
+    green.close()
+    assert synced == [f"{tmp_path / 'blue' / 'journal.sqlite3'}-wal"]
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").exists() or not hasattr(os, "fork"), reason="Linux: /proc, fork")
 def test_a_relative_journal_path_survives_a_change_of_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -464,6 +464,16 @@ class Journal:
         # SQLite follows a symlinked journal path and keeps -wal/-shm beside the real file
         return Path(f"{os.path.realpath(self.path)}{suffix}")
 
+    def _opened_file(self, suffix: str) -> Path:
+        # the file SQLite itself opened: a symlinked path may point elsewhere by now (a deploy
+        # switching `current`), and its WAL is the one to sync
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                for _, name, file in self._conn.execute("PRAGMA database_list").fetchall():
+                    if name == "main" and file:
+                        return Path(f"{file}{suffix}")
+        return self._side_file(suffix)
+
     def _drop_side_files(self) -> None:
         """Remove the empty -wal/-shm a read-only connection made (SQLite cannot, read-only)."""
         try:
@@ -800,7 +810,7 @@ class Journal:
             if fd is not None:
                 os.close(fd)
                 self._wal_fd = None
-            wal = self._side_file("-wal")
+            wal = self._opened_file("-wal")
             try:
                 fd = os.open(wal, os.O_RDONLY | _O_CLOEXEC)
             except FileNotFoundError:  # no WAL: everything is in the main file, synced by SQLite
