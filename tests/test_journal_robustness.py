@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -640,4 +641,32 @@ def test_the_fork_hooks_release_the_locks_they_took_even_if_a_journal_swapped_it
     assert not taken.locked() and not journal._lock.locked() and not _journal._JOURNALS_LOCK.locked()
     journal.get("x")  # answers
     samekey.Journal(tmp_path / "other.sqlite3").close()  # the registry is free
+    journal.close()
+
+
+def test_an_interruption_after_commit_keeps_the_results_that_are_on_disk(tmp_path: Path) -> None:
+    # A Ctrl-C lands after the batch's COMMIT, before its fsync: a completion in that batch is
+    # written (no fsync is owed for it) and must not be reported as failed (the caller would say
+    # "answer not recorded"); a claim there still waits for its fsync, so it is reported failed.
+    journal = samekey.Journal(tmp_path / "j.sqlite3", durability="fsync")
+    journal.claim(intent("op-0"), "owner", 60.0, 1000.0)
+    claim = journal._claim_job(intent("op-1"), "owner", 60.0, 1001.0)
+    complete = journal._complete_job("op-0", "owner", 1, 201, [], b"{}", 1001.0)
+    sync_wal = _journal.Journal._sync_wal.__code__
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is sync_wal:
+            raise KeyboardInterrupt
+        return None
+
+    sys.settrace(tracer)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            journal._run_batch([claim, complete])
+    finally:
+        sys.settrace(None)
+    assert complete.error is None and complete.settled
+    assert isinstance(claim.error, samekey.JournalError) and "interrupted" in str(claim.error)
+    record = journal.get("op-0")
+    assert record is not None and record.state == "completed"
     journal.close()

@@ -298,7 +298,7 @@ _WRITES = frozenset({"claim", "record_attempt", "complete", "release"})  # the w
 class _Job(Generic[_T]):
     """One write waiting for its group commit."""
 
-    __slots__ = ("doing", "done", "durable", "error", "fn", "promoted", "result", "settled")
+    __slots__ = ("doing", "done", "durable", "error", "fn", "promoted", "ran", "result", "settled")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], _T], doing: str, durable: bool) -> None:
         self.fn = fn
@@ -309,6 +309,7 @@ class _Job(Generic[_T]):
         self.result: _T | None = None
         self.error: BaseException | None = None
         self.settled = False  # result or error final: an interrupted leader only wakes it
+        self.ran = False  # its statements ran in the batch's transaction (result set)
 
 
 class Journal:
@@ -691,7 +692,7 @@ class Journal:
                 if not done:
                     for job in taken:  # callers whose jobs were taken into an interrupted batch
                         if job.done is not None and not job.done.is_set() and all(job is not mine for mine in jobs):
-                            if not job.settled:
+                            if not job.settled and not job.ran:  # ran and unsettled: its batch committed
                                 job.result, job.error = None, job.error or self._interrupted(job)
                             job.done.set()
                 with self._queue_lock:
@@ -745,6 +746,7 @@ class Journal:
                     self._execute(conn, batch, savepoints=True)
                 if sync and conn.total_changes != changes:  # a replay or a busy claim wrote nothing
                     self._sync_wal()
+                sync = False  # done: nothing left to make durable
             except OSError as exc:  # committed but maybe not on the disk: the callers must not go on
                 for job in batch:
                     job.result = None
@@ -760,13 +762,18 @@ class Journal:
                     job.result, job.error = None, job.error or self._classify(exc, job.doing)
             except BaseException:
                 # interrupted mid-batch (Ctrl-C, SystemExit, a task time limit): leave no transaction
-                # open (it would hold the write lock against every other process), fail the other
-                # callers' jobs and wake them, then let the interruption go on
-                if conn.in_transaction:
+                # open (it would hold the write lock against every other process), settle the other
+                # callers' jobs and wake them, then let the interruption go on. A job that ran in a
+                # batch that committed keeps its result (its write is there), unless it is a claim
+                # still waiting for its fsync.
+                committed = not conn.in_transaction
+                if not committed:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 for job in batch:
-                    job.result, job.error, job.settled = None, job.error or self._interrupted(job), True
+                    if not (committed and job.ran and not (sync and job.durable)):
+                        job.result, job.error = None, job.error or self._interrupted(job)
+                    job.settled = True
                     if job.done is not None:
                         job.done.set()
                 raise
@@ -786,11 +793,12 @@ class Journal:
                 conn.execute("SAVEPOINT job")
             try:
                 job.result = job.fn(conn)
+                job.ran = True
             except Exception as exc:
                 if several and not savepoints:
                     conn.execute("ROLLBACK")
                     for done in batch:
-                        done.result = None
+                        done.result, done.ran = None, False
                     return False
                 job.error = self._classify(exc, job.doing) if isinstance(exc, sqlite3.Error) else exc
                 if savepoints:
