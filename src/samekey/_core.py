@@ -635,19 +635,24 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
     return _settled(request, response, engine.key_header)
 
 
+def _journal_failure(engine: Engine, exc: Exception) -> tuple[str, str]:
+    """(the journal's location, what went wrong) of a failed journal call, from any store."""
+    if isinstance(exc, JournalError):
+        return exc.path, exc.problem
+    return getattr(engine.journal, "location", "(journal)"), f"{type(exc).__name__}: {exc}"
+
+
 def _not_recorded(
     engine: Engine, exc: Exception, record: OperationRecord, response: httpx.Response
 ) -> AnswerNotRecorded:
-    path = exc.path if isinstance(exc, JournalError) else getattr(engine.journal, "location", "(journal)")
-    problem = exc.problem if isinstance(exc, JournalError) else f"{type(exc).__name__}: {exc}"
+    path, problem = _journal_failure(engine, exc)
     return AnswerNotRecorded(path, problem, operation=record.operation, key=record.key, response=response)
 
 
 def _not_recorded_attempt(
     engine: Engine, exc: Exception, record: OperationRecord, attempt: int, error_text: str | None
 ) -> JournalError:
-    path = exc.path if isinstance(exc, JournalError) else getattr(engine.journal, "location", "(journal)")
-    problem = exc.problem if isinstance(exc, JournalError) else f"{type(exc).__name__}: {exc}"
+    path, problem = _journal_failure(engine, exc)
     return JournalError(
         path,
         f"operation {record.operation!r} was sent (attempt {attempt}, {error_text}), "

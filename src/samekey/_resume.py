@@ -107,11 +107,16 @@ class RetargetTransport(httpx.BaseTransport):
     """
 
     def __init__(self, base_url: str, transport: httpx.BaseTransport | None = None) -> None:
+        self.base = self.parse_base_url(base_url)
+        self.inner = transport if transport is not None else httpx.HTTPTransport()
+
+    @staticmethod
+    def parse_base_url(base_url: str) -> httpx.URL:
+        """The origin to send to; ValueError for anything but http(s)://host[:port]."""
         base = httpx.URL(base_url)
         if base.scheme not in ("http", "https") or not base.host:
             raise ValueError(f"base URL must look like http://host[:port], got {base_url!r}")
-        self.base = base
-        self.inner = transport if transport is not None else httpx.HTTPTransport()
+        return base
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.url = request.url.copy_with(scheme=self.base.scheme, host=self.base.host, port=self.base.port)

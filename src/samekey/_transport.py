@@ -164,7 +164,7 @@ class SameKeyTransport(httpx.BaseTransport, _Options):
             if action.seconds > 0:
                 time.sleep(action.seconds)
             return None
-        return action.run(self.engine.journal)
+        return self._run_now(action)
 
     def _run_now(self, call: Call) -> Any:
         return call.run(self.engine.journal)

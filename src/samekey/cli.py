@@ -326,7 +326,7 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
         raise CliError(str(exc)) from exc
     if args.base_url:
         try:
-            RetargetTransport(args.base_url).close()  # refuse a bad one before anything is sent
+            RetargetTransport.parse_base_url(args.base_url)  # refuse a bad one before anything is sent
         except ValueError as exc:
             raise CliError(f"--base-url: {exc}") from exc
     clients: dict[str, Client] = {}
