@@ -1,0 +1,216 @@
+"""In "process" mode no request pays for SQLite's checkpoint: a short-lived thread copies the WAL
+into the main file, and a fork, a close or a kill -9 in the middle of it loses nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import samekey
+from samekey import _journal
+from test_journal_robustness import _fork_child, intent
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _wal_frames(path: Path) -> int:
+    size = Path(f"{path}-wal").stat().st_size
+    return max(0, (size - 32) // (4096 + 24))  # the WAL header, then one header + page per frame
+
+
+def _rows_in_main_file(path: Path) -> int:
+    """What checkpoints have copied so far: the main file read alone (immutable: the WAL ignored)."""
+    conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        if conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'operations'").fetchone()[0] == 0:
+            return 0  # not even the new journal's schema copied yet
+        return int(conn.execute("SELECT count(*) FROM operations").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _claim(journal: samekey.Journal, first: int, count: int) -> None:
+    for i in range(first, first + count):
+        assert journal.claim(intent(f"op-{i}"), "owner", 60.0, 1000.0).status == "created"
+
+
+def _wait_for_checkpoint(journal: samekey.Journal) -> None:
+    checkpoints = journal._checkpoints
+    assert checkpoints is not None and checkpoints.thread is not None, "no checkpoint was started"
+    checkpoints.thread.join(10)
+    assert not checkpoints.thread.is_alive()
+
+
+@pytest.mark.parametrize("durability", ["process", "fsync"])
+def test_a_commit_checkpoints_by_itself_only_in_fsync_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str
+) -> None:
+    monkeypatch.setattr(_journal, "CHECKPOINT_EVERY", 10**9)  # no background checkpoint
+    path = tmp_path / "j.sqlite3"
+    journal = samekey.Journal(path, durability=durability)  # type: ignore[arg-type]
+    _claim(journal, 0, 500)
+    if durability == "process":
+        # past SQLite's 1,000 pages and still nothing copied: no commit paid for a checkpoint
+        assert _wal_frames(path) > 1000
+        assert _rows_in_main_file(path) == 0
+    else:  # the claims synced the WAL already: SQLite's own checkpoint is cheap and kept
+        assert _rows_in_main_file(path) > 0
+    journal.close()
+
+
+def test_a_thread_copies_the_wal_every_so_many_commits_and_the_wal_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    copy = _journal._Checkpointer._copy
+
+    def recorded(self: _journal._Checkpointer) -> None:
+        threads.append(threading.current_thread().name)
+        copy(self)
+
+    monkeypatch.setattr(_journal._Checkpointer, "_copy", recorded)
+    path = tmp_path / "j.sqlite3"
+    journal = samekey.Journal(path, durability="process")
+    every = _journal.CHECKPOINT_EVERY
+    _claim(journal, 0, every - 1)
+    assert threads == [] and _rows_in_main_file(path) == 0
+    _claim(journal, every - 1, 1)
+    _wait_for_checkpoint(journal)
+    assert _rows_in_main_file(path) == every
+    size = Path(f"{path}-wal").stat().st_size
+    _claim(journal, every, every)
+    _wait_for_checkpoint(journal)
+    assert _rows_in_main_file(path) == 2 * every
+    # copied to its end, the WAL was written again from its start: it does not grow
+    assert Path(f"{path}-wal").stat().st_size <= size * 1.25
+    assert threads == ["samekey-checkpoint", "samekey-checkpoint"]
+    journal.close()
+
+
+class _SlowCopy:
+    """Hold every checkpoint inside its copy until ``go`` is set; ``finished`` once it is done."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.inside, self.go = threading.Event(), threading.Event()
+        self.finished: list[bool] = []
+        copy = _journal._Checkpointer._copy
+
+        def slow(checkpointer: _journal._Checkpointer) -> None:
+            self.inside.set()
+            self.go.wait(10)
+            copy(checkpointer)
+            self.finished.append(True)
+
+        monkeypatch.setattr(_journal._Checkpointer, "_copy", slow)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_fork_during_a_checkpoint_waits_for_it_and_the_child_can_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the thread may hold SQLite's process-wide mutexes: a child forked meanwhile would hang on them
+    slow = _SlowCopy(monkeypatch)
+    path = tmp_path / "j.sqlite3"
+    journal = samekey.Journal(path, durability="process")
+    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    assert slow.inside.wait(10)
+    threading.Timer(0.2, slow.go.set).start()  # the checkpoint ends a moment later, while the fork waits
+
+    def child() -> int:
+        assert slow.finished == [True], "forked in the middle of the checkpoint"
+        assert journal.claim(intent("child"), "child", 60.0, 1001.0).status == "created"
+        journal.close()
+        return 0
+
+    assert _fork_child(child) == 0, "the child failed or hung"
+    _wait_for_checkpoint(journal)
+    assert journal.get("child") is not None and len(journal.records()) == _journal.CHECKPOINT_EVERY + 1
+    journal.close()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    check.close()
+
+
+def test_close_waits_for_a_checkpoint_in_progress_and_leaves_one_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slow = _SlowCopy(monkeypatch)
+    path = tmp_path / "j.sqlite3"
+    journal = samekey.Journal(path, durability="process")
+    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    assert slow.inside.wait(10)
+    thread = journal._checkpoints.thread  # type: ignore[union-attr]
+    threading.Timer(0.2, slow.go.set).start()
+    journal.close()
+    assert thread is not None and not thread.is_alive() and slow.finished == [True]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.sqlite3"]  # the last close removed the WAL
+    assert _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY
+
+
+_WRITER = """
+import sys
+sys.path.insert(0, {src!r})
+import samekey
+from samekey import _journal
+from samekey._journal import Intent
+_journal.CHECKPOINT_EVERY = 5  # a checkpoint in progress most of the time
+journal = samekey.Journal({path!r}, durability="process")
+for i in range({start}, {start} + 100000):
+    op = f"op-{{i}}"
+    journal.claim(Intent(op, f"key-{{i}}", "Idempotency-Key", "POST", "https://pay.test/c", "fp", (), b"{{}}"),
+                  "owner", 60.0, 1000.0)
+    print(op, flush=True)
+"""
+
+
+def test_a_kill_during_checkpoints_loses_no_claim(tmp_path: Path) -> None:
+    # kill -9 at arbitrary points of a run that checkpoints every 5 commits: every claim the
+    # process went on from (printed after it returned) is there, with its key, in a sound file
+    path = tmp_path / "j.sqlite3"
+    claimed: list[str] = []
+    for round_, stop_after in enumerate((150, 333, 517)):
+        script = _WRITER.format(src=str(SRC), path=str(path), start=round_ * 100000)
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        seen = 0
+        while seen < stop_after and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            claimed.append(line.strip())
+            seen += 1
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        proc.stdout.close()
+        assert seen == stop_after, "the writer stopped early"
+    with samekey.Journal(path) as journal:
+        for op in claimed:
+            record = journal.get(op)
+            assert record is not None and record.key == f"key-{op[3:]}", op
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    check.close()
+
+
+def test_the_wal_stays_small_while_requests_keep_writing_during_checkpoints(tmp_path: Path) -> None:
+    # a checkpoint cannot copy the frames committed while it runs, and a WAL only starts over once
+    # every frame is copied: without its final short round the WAL would grow to the 32 MB fallback
+    path = tmp_path / "j.sqlite3"
+    journal = samekey.Journal(path, durability="process")
+    largest = 0
+    for i in range(3000):  # ~9,000 WAL pages in all
+        journal.claim(intent(f"op-{i}"), "owner", 60.0, 1000.0)
+        time.sleep(0.0002)  # the request's round trip, during which a checkpoint may run
+        if i % 50 == 0:
+            largest = max(largest, _wal_frames(path))
+    journal.close()
+    assert largest < 3000, f"the WAL grew to {largest} pages"
