@@ -214,3 +214,24 @@ def test_the_wal_stays_small_while_requests_keep_writing_during_checkpoints(tmp_
             largest = max(largest, _wal_frames(path))
     journal.close()
     assert largest < 3000, f"the WAL grew to {largest} pages"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_checkpoint_thread_yields_the_cpu_and_leaves_the_callers_priority_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+    copy = _journal._Checkpointer._copy
+
+    def recorded(self: _journal._Checkpointer) -> None:
+        seen.append(os.getpriority(os.PRIO_PROCESS, 0))  # 0: the calling thread, on Linux
+        copy(self)
+
+    monkeypatch.setattr(_journal._Checkpointer, "_copy", recorded)
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    journal = samekey.Journal(tmp_path / "j.sqlite3", durability="process")
+    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _wait_for_checkpoint(journal)
+    journal.close()
+    assert seen == [19]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before

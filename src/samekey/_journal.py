@@ -21,6 +21,7 @@ import json
 import os
 import sqlite3
 import stat
+import sys
 import threading
 import time
 import urllib.parse
@@ -349,7 +350,7 @@ class _Checkpointer:
 
     def _checkpoint(self) -> None:
         with self.lock, contextlib.suppress(Exception):  # a checkpoint not done now is done by the next
-            if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):  # Linux: per thread
+            if sys.platform.startswith("linux"):  # only Linux takes a thread id here; elsewhere it names a process
                 # the lowest CPU priority: on a busy machine the requests go first, the copy waits
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
             self._copy()
