@@ -235,3 +235,27 @@ def test_the_checkpoint_thread_yields_the_cpu_and_leaves_the_callers_priority_al
     journal.close()
     assert seen == [19]
     assert os.getpriority(os.PRIO_PROCESS, 0) == before
+
+
+def _bytes_name_allowed(folder: Path) -> bool:
+    probe = folder / "probe-\udce9"  # b"probe-\xe9": a Latin-1 name, not valid UTF-8
+    try:
+        probe.touch()
+    except (OSError, UnicodeEncodeError):
+        return False
+    probe.unlink()
+    return True
+
+
+def test_a_journal_whose_path_is_not_utf8_opens_and_checkpoints(tmp_path: Path) -> None:
+    # a Linux path is bytes (a folder named in Latin-1 by an older system): Python hands it over as
+    # surrogate escapes, which the checkpoint's URI quoted as UTF-8 (UnicodeEncodeError): "process"
+    # mode could not open a journal there at all, while "fsync" mode could
+    if os.name != "posix" or not _bytes_name_allowed(tmp_path):
+        pytest.skip("this file system takes UTF-8 names only")
+    path = tmp_path / "caf\udce9" / "j.sqlite3"
+    journal = samekey.Journal(path, durability="process")
+    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _wait_for_checkpoint(journal)
+    assert _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY  # the thread copied this very file
+    journal.close()

@@ -330,8 +330,9 @@ class _Checkpointer:
     one checkpoint only: nothing stays behind to join at close or to copy into a fork."""
 
     def __init__(self, database: str, wait: float) -> None:
-        # mode=rw: never create a file where the journal was (moved aside, deleted)
-        self.uri = "file:" + urllib.parse.quote(database) + "?mode=rw"
+        # mode=rw: never create a file where the journal was (moved aside, deleted); quoted as the
+        # bytes the OS has (a POSIX path need not be UTF-8: surrogate escapes would not encode)
+        self.uri = "file:" + urllib.parse.quote(os.fsencode(database)) + "?mode=rw"
         self.wait = wait  # how long close() waits for a checkpoint in progress
         self.lock = threading.Lock()  # held while the thread is inside SQLite: a fork waits for it
         self.thread: threading.Thread | None = None
