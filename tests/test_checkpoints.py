@@ -259,3 +259,35 @@ def test_a_journal_whose_path_is_not_utf8_opens_and_checkpoints(tmp_path: Path) 
     _wait_for_checkpoint(journal)
     assert _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY  # the thread copied this very file
     journal.close()
+
+
+def test_a_thread_priority_refused_still_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # only Linux takes a thread id in setpriority(PRIO_PROCESS, ...): macOS and the BSDs read it as a
+    # process id and answer ESRCH (or EPERM, or renice that process); the error skipped the copy
+    # itself, so there the WAL grew to the 8,000-page fallback, paid for by a request
+    def refused(which: int, who: int, priority: int) -> None:
+        raise ProcessLookupError(3, "No such process")
+
+    monkeypatch.setattr(os, "setpriority", refused, raising=False)
+    path = tmp_path / "j.sqlite3"
+    journal = samekey.Journal(path, durability="process")
+    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _wait_for_checkpoint(journal)
+    assert _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY
+    journal.close()
+
+
+@pytest.mark.parametrize("platform", ["darwin", "netbsd10", "freebsd14"])
+def test_the_thread_priority_is_lowered_only_where_it_is_per_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, platform: str
+) -> None:
+    # elsewhere the thread id names a process (NetBSD's LWP ids are 1, 2, ...): never renice another process
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(os, "setpriority", lambda *args: calls.append(args), raising=False)
+    monkeypatch.setattr(sys, "platform", platform)
+    path = tmp_path / "j.sqlite3"
+    journal = samekey.Journal(path, durability="process")
+    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _wait_for_checkpoint(journal)
+    assert calls == [] and _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY
+    journal.close()

@@ -351,9 +351,11 @@ class _Checkpointer:
 
     def _checkpoint(self) -> None:
         with self.lock, contextlib.suppress(Exception):  # a checkpoint not done now is done by the next
-            if sys.platform.startswith("linux"):  # only Linux takes a thread id here; elsewhere it names a process
+            # Linux only: elsewhere (macOS, the BSDs) setpriority takes that id for a process id
+            if sys.platform.startswith("linux") and hasattr(os, "setpriority"):
                 # the lowest CPU priority: on a busy machine the requests go first, the copy waits
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+                with contextlib.suppress(OSError):  # refused (a sandbox): the copy is done all the same
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
             self._copy()
 
     def _copy(self) -> None:
