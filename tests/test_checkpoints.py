@@ -291,3 +291,28 @@ def test_the_thread_priority_is_lowered_only_where_it_is_per_thread(
     _wait_for_checkpoint(journal)
     assert calls == [] and _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY
     journal.close()
+
+
+def test_a_commit_of_many_writes_counts_them_all(tmp_path: Path) -> None:
+    # the async client's journal thread commits the writes of every waiting task at once: with 64
+    # payments in flight answered with ~4 KB each, a commit adds ~100 WAL pages, so 200 commits went
+    # past SQLite's fallback (8,000 pages) before the first background checkpoint, and that commit,
+    # all 64 requests of it, paid for copying ~32 MB
+    path = tmp_path / "j.sqlite3"
+    journal = samekey.Journal(path, durability="process")
+    answer = b'{"object": "payment_intent"' + b" " * 4000 + b"}"
+    largest = 0
+    for batch in range(40):
+        ops = [f"op-{batch}-{i}" for i in range(64)]
+        for calls in (
+            [("claim", (intent(op), "owner", 60.0, 1000.0)) for op in ops],
+            [("complete", (op, "owner", 1, 200, [], answer, 1001.0)) for op in ops],
+        ):
+            assert all(error is None for _, error in journal.run_calls(calls))
+            checkpoints = journal._checkpoints
+            assert checkpoints is not None
+            if checkpoints.thread is not None:  # let each checkpoint finish: this is not about a slow disk
+                checkpoints.thread.join(10)
+            largest = max(largest, _wal_frames(path))
+    journal.close()
+    assert largest < 1000, f"the WAL grew to {largest} pages"  # SQLite's own bound, at most

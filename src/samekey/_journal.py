@@ -316,10 +316,11 @@ class _Job(Generic[_T]):
 # SQLite's own auto-checkpoint runs inside the commit that takes the WAL past 1,000 pages:
 # that one request pays the copy into the main file and two fsyncs, the first flushing ~4 MB
 # of WAL that "process" mode never synced (p99.9 6 ms instead of 3). So in that mode the
-# writer only counts its commits, and every CHECKPOINT_EVERY of them a short-lived thread
-# checkpoints on a connection of its own (_copy: the bulk while writers go on, then the
-# rest while they wait a moment).
-CHECKPOINT_EVERY = 200  # commits (a claim or a completion writes ~3 pages: ~600 of SQLite's 1,000)
+# writer only counts the records its commits write, and every CHECKPOINT_EVERY of them a
+# short-lived thread checkpoints on a connection of its own (_copy: the bulk while writers go
+# on, then the rest while they wait a moment). Records, not commits: a group commit (the
+# async client's journal thread) may hold a write of every task in flight.
+CHECKPOINT_EVERY = 200  # records written (a claim or a completion writes ~3 pages: ~600 of SQLite's 1,000)
 # the writer still checkpoints by itself past this many WAL pages (~32 MB): a bound on the WAL
 # if the background checkpoints cannot keep up (a reader pinning an old snapshot, a slow disk)
 FALLBACK_AUTOCHECKPOINT = 8000
@@ -336,14 +337,14 @@ class _Checkpointer:
         self.wait = wait  # how long close() waits for a checkpoint in progress
         self.lock = threading.Lock()  # held while the thread is inside SQLite: a fork waits for it
         self.thread: threading.Thread | None = None
-        self.commits = 0
+        self.written = 0  # records written since the last checkpoint started
 
-    def committed(self) -> None:
-        """Count a commit; start a checkpoint every CHECKPOINT_EVERY (connection lock held)."""
-        self.commits += 1
-        if self.commits < CHECKPOINT_EVERY or (self.thread is not None and self.thread.is_alive()):
+    def committed(self, records: int) -> None:
+        """Count a commit's records; start a checkpoint every CHECKPOINT_EVERY (connection lock held)."""
+        self.written += records
+        if self.written < CHECKPOINT_EVERY or (self.thread is not None and self.thread.is_alive()):
             return  # one at a time: the next commit tries again
-        self.commits = 0
+        self.written = 0
         thread = threading.Thread(target=self._checkpoint, name="samekey-checkpoint", daemon=True)
         with contextlib.suppress(RuntimeError):  # no thread to be had (interpreter exiting): SQLite's fallback
             thread.start()
@@ -827,7 +828,7 @@ class Journal:
                     if sync:
                         self._sync_wal()
                     if self._checkpoints is not None:
-                        self._checkpoints.committed()
+                        self._checkpoints.committed(conn.total_changes - changes)
                 sync = False  # done: nothing left to make durable
             except OSError as exc:  # committed but maybe not on the disk: the callers must not go on
                 for job in batch:
