@@ -316,3 +316,42 @@ def test_a_commit_of_many_writes_counts_them_all(tmp_path: Path) -> None:
             largest = max(largest, _wal_frames(path))
     journal.close()
     assert largest < 1000, f"the WAL grew to {largest} pages"  # SQLite's own bound, at most
+
+
+_THREADS_AT_FORK: list[list[str]] = []  # the parent's threads just after a fork, while a test records
+
+
+def _record_threads_at_fork() -> None:
+    if _THREADS_AT_FORK:
+        _THREADS_AT_FORK.append([thread.name for thread in threading.enumerate()])
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_parent=_record_threads_at_fork)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_no_checkpoint_thread_is_left_alive_at_a_fork(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python 3.12+ warns at a fork of a process running another thread ("This process is multi-threaded,
+    # use of fork() may lead to deadlocks in the child"): the fork waited for the checkpoint's lock but
+    # not for its thread, which lives on a moment after (longer on a loaded machine), so a single-threaded
+    # worker forking its children right after a checkpoint started warned at random
+    checkpoint = _journal._Checkpointer._checkpoint
+
+    def slow_to_end(checkpointer: _journal._Checkpointer) -> None:
+        checkpoint(checkpointer)
+        time.sleep(0.5)  # the lock is released; the thread has yet to end (descheduled, say)
+
+    monkeypatch.setattr(_journal._Checkpointer, "_checkpoint", slow_to_end)
+    path = tmp_path / "j.sqlite3"
+    journal = samekey.Journal(path, durability="process")
+    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _THREADS_AT_FORK.append([])  # recording
+    try:
+        assert _fork_child(lambda: 0) == 0
+        forked = _THREADS_AT_FORK[1]
+    finally:
+        _THREADS_AT_FORK.clear()
+    assert "samekey-checkpoint" not in forked
+    assert _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY
+    journal.close()

@@ -1173,15 +1173,22 @@ def _before_fork() -> None:
     # bounded: held only for an add, but a signal handler forking in the middle of one must not hang
     _REGISTRY_HELD.append(_JOURNALS_LOCK.acquire(timeout=FORK_WAIT_EXTRA))
     for journal in list(_JOURNALS):
-        locks = [journal._lock]
-        if journal._checkpoints is not None:  # a checkpoint thread inside SQLite may hold its global mutex
-            locks.append(journal._checkpoints.lock)
-        for lock in locks:
-            if lock.acquire(timeout=journal._fork_wait):
-                _HELD_AT_FORK.append(lock)
-            elif not journal._forked_in_use:  # stuck past every lock wait (or held by this very thread,
-                journal._forked_in_use = True  # a signal handler forking)
-                _BUSY_AT_FORK.append(journal)
+        _hold_at_fork(journal, journal._lock, journal._fork_wait)
+        checkpoints = journal._checkpoints
+        if checkpoints is not None:  # a checkpoint thread inside SQLite may hold its global mutex
+            deadline = time.monotonic() + journal._fork_wait
+            thread = checkpoints.thread  # no new one starts while the connection lock is held
+            if thread is not None:  # let it end, not only leave SQLite: a process forked with another
+                thread.join(journal._fork_wait)  # thread alive gets Python 3.12+'s DeprecationWarning
+            _hold_at_fork(journal, checkpoints.lock, max(0.0, deadline - time.monotonic()))
+
+
+def _hold_at_fork(journal: Journal, lock: threading.Lock, wait: float) -> None:
+    if lock.acquire(timeout=wait):
+        _HELD_AT_FORK.append(lock)
+    elif not journal._forked_in_use:  # stuck past every lock wait (or held by this very thread,
+        journal._forked_in_use = True  # a signal handler forking)
+        _BUSY_AT_FORK.append(journal)
 
 
 def _after_fork(*, child: bool) -> None:
