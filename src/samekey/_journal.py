@@ -321,6 +321,8 @@ class _Job(Generic[_T]):
 # on, then the rest while they wait a moment). Records, not commits: a group commit (the
 # async client's journal thread) may hold a write of every task in flight.
 CHECKPOINT_EVERY = 200  # records written (a claim or a completion writes ~3 pages: ~600 of SQLite's 1,000)
+FULL_TRIES = 4  # a busy one gives up at once; the next checkpoint tries again anyway
+FULL_RETRY_PAUSE = 0.002  # seconds
 # the writer still checkpoints by itself past this many WAL pages (~32 MB): a bound on the WAL
 # if the background checkpoints cannot keep up (a reader pinning an old snapshot, a slow disk)
 FALLBACK_AUTOCHECKPOINT = 8000
@@ -360,16 +362,21 @@ class _Checkpointer:
             self._copy()
 
     def _copy(self) -> None:
-        # a short busy wait: FULL below holds writers off while it waits (for a reader of an older
-        # snapshot, say `samekey list` in another process); past it, the next checkpoint finishes
-        conn = sqlite3.connect(self.uri, uri=True, timeout=0.01, isolation_level=None, check_same_thread=False)
+        # no busy wait (timeout=0): FULL below holds the writers off while SQLite's busy handler
+        # sleeps, and it would sleep 1, 2, 5, 10 ms for a reader of an older snapshot (`samekey list`
+        # in another process). Instead each try gives up at once, and it tries again, lock-free.
+        conn = sqlite3.connect(self.uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA synchronous=NORMAL")  # syncs the WAL, then the main file (OFF would not)
             # the bulk of the copy, writers going on meanwhile: their new frames are left over
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             # the few left over, writers held off for that short copy: only a WAL copied to its
             # end starts over at the next commit (instead of growing)
-            conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+            for _ in range(FULL_TRIES):
+                busy, _frames, _copied = conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+                if not busy:
+                    break
+                time.sleep(FULL_RETRY_PAUSE)  # a writer mid-commit, or a reader still on an old snapshot
         finally:
             conn.close()  # never the last connection: the writer's stays open until close() joins this
 
