@@ -5,13 +5,17 @@ from __future__ import annotations
 import email.utils
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
+import respx
 import tenacity
 
 import samekey
 from samekey._policy import parse_retry_after
+
+URL = "https://api.example.test/v1/charges"
 
 
 def _state_after(policy: samekey.RetryPolicy, attempt: int, response: httpx.Response | None = None) -> float:
@@ -116,3 +120,27 @@ def test_set_testing_turns_waits_off_and_is_a_context_manager() -> None:
     assert _state_after(policy, 3) == 0.0
     samekey.set_testing(False)
     assert policy.attempts_allowed() == 8
+
+
+@respx.mock
+def test_garbage_retry_after_is_ignored_not_a_crash(journal_path: Path) -> None:
+    # "\xb2" decodes (latin-1) to "²": str.isdigit() says yes, float() says no. A 503 whose
+    # Retry-After is garbage must be retried on the backoff, not crash the payment with ValueError.
+    assert parse_retry_after("²") is None and parse_retry_after("1.5") is None and parse_retry_after("-5") is None
+    route = respx.post(URL).mock(
+        side_effect=[httpx.Response(503, headers=[(b"Retry-After", b"\xb2")]), httpx.Response(201)]
+    )
+    policy = samekey.RetryPolicy(initial_delay=0.01, max_delay=0.01, budget=None)
+    with samekey.Client(journal=journal_path, policy=policy) as client:
+        assert client.post(URL, json={"amount": 1}, operation="garbage-ra").status_code == 201
+    assert route.call_count == 2
+
+
+def test_several_retry_after_headers_wait_the_longest() -> None:
+    # a proxy and the app both adding one: httpx joins them ("3, 5"), which is neither form
+    policy = samekey.RetryPolicy(initial_delay=0.01, max_delay=0.01, max_retry_after=60)
+    twice = httpx.Response(429, headers=[("Retry-After", "3"), ("Retry-After", "5")])
+    assert _state_after(policy, 1, twice) == 5.0
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    dates = httpx.Response(503, headers=[("Retry-After", when), ("Retry-After", "bad")])
+    assert 28 <= _state_after(policy, 1, dates) <= 30

@@ -156,7 +156,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        # ASCII digits only: "²" (a stray 0xB2 byte read as latin-1) is a digit to isdigit(), not to float()
+        return float(value) if value.isascii() else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -263,8 +264,13 @@ class RetryPolicy:
         """The server's requested wait, capped at max_retry_after."""
         if response is None:
             return None
-        seconds = parse_retry_after(response.headers.get("Retry-After"))
-        return None if seconds is None else min(seconds, self.max_retry_after)
+        # several Retry-After headers (a proxy and the app) are joined by headers.get() into
+        # neither form: read each one, and wait the longest
+        values = response.headers.get_list("Retry-After")
+        if not values:
+            return None
+        parsed = [s for s in map(parse_retry_after, values) if s is not None]
+        return min(max(parsed), self.max_retry_after) if parsed else None
 
     def backoff_ceiling(self, attempt: int) -> float:
         """Upper bound of the jittered wait after failed attempt number ``attempt``."""
