@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import socket
+import ssl
+import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -144,3 +149,64 @@ def test_several_retry_after_headers_wait_the_longest() -> None:
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
     dates = httpx.Response(503, headers=[("Retry-After", when), ("Retry-After", "bad")])
     assert 28 <= _state_after(policy, 1, dates) <= 30
+
+
+def _plain_http_port() -> Iterator[int]:
+    """A 127.0.0.1 port that answers anything (a TLS ClientHello too) with a plain HTTP 400."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+plain_http_port = pytest.fixture(_plain_http_port)
+
+
+def test_tls_failures_that_retrying_cannot_fix_are_not_retried(plain_http_port: int, journal_path: Path) -> None:
+    # https:// to a plain-HTTP port (a real handshake on 127.0.0.1): SSL WRONG_VERSION_NUMBER,
+    # raised by httpx as a ConnectError. Nothing was sent; retrying for two minutes cannot help.
+    tls_url = f"https://127.0.0.1:{plain_http_port}/v1/charges"
+    policy = samekey.RetryPolicy(initial_delay=0.01, max_delay=0.01, budget=None)
+    with samekey.Client(journal=journal_path, policy=policy, timeout=10) as client:
+        with pytest.raises(httpx.ConnectError, match="SSL"):
+            client.post(tls_url, json={"amount": 1}, operation="tls-misconfigured")
+        record = client.journal.get("tls-misconfigured")
+    assert record is not None and record.attempts == 1 and record.state == "pending"
+    # a certificate that does not verify: httpx raises ConnectError from ssl.SSLCertVerificationError
+    try:
+        raise ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    except ssl.SSLError as cause:
+        try:
+            raise httpx.ConnectError(str(cause)) from cause
+        except httpx.ConnectError as exc:
+            unverified = exc
+    assert not policy.should_retry_exception(unverified)
+
+
+@pytest.mark.parametrize("cause", [ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), ConnectionResetError()])
+def test_a_handshake_cut_short_is_still_retried(cause: Exception) -> None:
+    # the connection dropped during the handshake (a restarting load balancer): transient
+    try:
+        raise httpx.ConnectError(str(cause)) from cause
+    except httpx.ConnectError as exc:
+        assert samekey.RetryPolicy().should_retry_exception(exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import math
+import ssl
 import threading
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
@@ -168,6 +169,27 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - current)
 
 
+# The connection dropped during the handshake: transient, like any reset.
+_TLS_CUT_SHORT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def _tls_refused(exc: BaseException) -> bool:
+    """A connect that failed in TLS itself (a certificate that does not verify, https:// to a plain
+    port, no common protocol): nothing was sent, and retrying cannot fix it (stripe-python does not
+    retry SSL errors either). httpx raises these as ConnectError chained from the ssl error."""
+    if not isinstance(exc, httpx.ConnectError):
+        return False
+    cause: BaseException = exc
+    for _ in range(8):  # httpx.ConnectError <- httpcore.ConnectError <- ssl.SSLError
+        below = cause.__cause__ or cause.__context__
+        if below is None:
+            return False
+        cause = below
+        if isinstance(cause, ssl.SSLError):
+            return not isinstance(cause, _TLS_CUT_SHORT)
+    return False
+
+
 def _response_of(retry_state: tenacity.RetryCallState) -> httpx.Response | None:
     outcome = retry_state.outcome
     if outcome is None or outcome.failed:
@@ -258,7 +280,7 @@ class RetryPolicy:
         return response.status_code in self.retry_statuses
 
     def should_retry_exception(self, exc: BaseException) -> bool:
-        return isinstance(exc, self.retry_exceptions)
+        return isinstance(exc, self.retry_exceptions) and not _tls_refused(exc)
 
     def retry_after(self, response: httpx.Response | None) -> float | None:
         """The server's requested wait, capped at max_retry_after."""
