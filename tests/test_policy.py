@@ -57,10 +57,29 @@ def test_durations_take_timedelta() -> None:
         ({"multiplier": 0.5}, "multiplier must be a number >= 1"),
         ({"retry_statuses": {200}}, "must not contain 2xx"),
         ({"retry_statuses": {999}}, "HTTP status codes 100-599"),
+        # NaN passes "multiplier < 1" and made every wait 0: retries with no delay at all
+        ({"multiplier": float("nan")}, "multiplier must be a number >= 1"),
+        ({"retry_statuses": {"503", 999}}, r"HTTP status codes 100-599, got \['503', 999\]"),
     ],
 )
 def test_bad_values_are_refused_with_the_fix(kwargs: dict[str, object], words: str) -> None:
     with pytest.raises(ValueError, match=words):
+        samekey.RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"retry_statuses": 503}, r"retry_statuses must be a collection of status codes, e.g. \{503\}, got 503"),
+        (
+            {"retry_exceptions": httpx.TransportError},
+            r"retry_exceptions must be a tuple of exception classes, e.g. \(TransportError,\)",
+        ),
+    ],
+)
+def test_a_single_status_or_exception_class_names_the_fix(kwargs: dict[str, object], words: str) -> None:
+    # isinstance() takes a bare class, so this is an easy slip: it raised "'type' object is not iterable"
+    with pytest.raises(TypeError, match=words):
         samekey.RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 

@@ -225,7 +225,7 @@ class RetryPolicy:
     ) -> None:
         if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
             raise ValueError(f"max_attempts must be a whole number >= 1 (1 means no retries), got {max_attempts!r}")
-        if not isinstance(multiplier, (int, float)) or isinstance(multiplier, bool) or multiplier < 1:
+        if not isinstance(multiplier, (int, float)) or isinstance(multiplier, bool) or not multiplier >= 1:  # NaN
             raise ValueError(f"multiplier must be a number >= 1, got {multiplier!r}")
         self.max_attempts = max_attempts
         self.multiplier = float(multiplier)
@@ -237,13 +237,22 @@ class RetryPolicy:
             raise ValueError(
                 f"max_delay ({self.max_delay:g} s) must not be below initial_delay ({self.initial_delay:g} s)"
             )
+        if isinstance(retry_statuses, (int, str, bytes)):
+            raise TypeError(
+                f"retry_statuses must be a collection of status codes, e.g. {{503}}, got {retry_statuses!r}"
+            )
         statuses = frozenset(retry_statuses)
-        bad = sorted(s for s in statuses if not isinstance(s, int) or not 100 <= s <= 599)
+        bad = sorted((s for s in statuses if not isinstance(s, int) or not 100 <= s <= 599), key=str)
         if bad:
             raise ValueError(f"retry_statuses must be HTTP status codes 100-599, got {bad}")
         if any(200 <= s < 300 for s in statuses):
             raise ValueError("retry_statuses must not contain 2xx: a success is always definitive")
         self.retry_statuses = statuses
+        if isinstance(retry_exceptions, type):
+            raise TypeError(
+                "retry_exceptions must be a tuple of exception classes, "
+                f"e.g. ({retry_exceptions.__name__},), got the bare class {retry_exceptions!r}"
+            )
         excs = tuple(retry_exceptions)
         if not all(isinstance(e, type) and issubclass(e, BaseException) for e in excs):
             raise TypeError(f"retry_exceptions must be exception classes, got {excs!r}")
