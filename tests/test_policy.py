@@ -229,3 +229,20 @@ def test_a_handshake_cut_short_is_still_retried(cause: Exception) -> None:
         raise httpx.ConnectError(str(cause)) from cause
     except httpx.ConnectError as exc:
         assert samekey.RetryPolicy().should_retry_exception(exc)
+
+
+@respx.mock
+def test_giving_up_on_a_long_retry_after_says_the_server_asked_for_it(journal_path: Path) -> None:
+    # "the next wait would pass the 120 s deadline" after 1 attempt and a few ms read as a
+    # deadline that ran out; the user must learn that the server asked to wait an hour
+    route = respx.post(URL).mock(return_value=httpx.Response(429, headers={"Retry-After": "3600"}))
+    with samekey.Client(journal=journal_path, policy=samekey.RetryPolicy(max_retry_after=7200)) as client:
+        with pytest.raises(samekey.RetriesExhausted) as caught:
+            client.post(URL, json={"amount": 1}, operation="rate-limited")
+    assert route.call_count == 1
+    assert "the server asked to wait 3600 s (Retry-After), past the 120 s deadline" in str(caught.value)
+    # capped at 60 s, still past a 30 s deadline: it stops at once, and says both numbers
+    with samekey.Client(journal=journal_path, policy=samekey.RetryPolicy(deadline=30)) as client:
+        with pytest.raises(samekey.RetriesExhausted) as caught:
+            client.post(URL, json={"amount": 1}, operation="rate-limited-2")
+    assert "asked to wait 3600 s (Retry-After, capped at max_retry_after=60 s), past the 30 s" in str(caught.value)

@@ -60,7 +60,7 @@ from ._journal import (
     is_secret_header,
     is_secret_param,
 )
-from ._policy import RetryPolicy, _Exhausted, to_seconds
+from ._policy import RetryPolicy, _Exhausted, server_wait, to_seconds
 
 __all__ = ["OPERATION_EXTENSION", "Engine", "OperationInfo", "abandon", "operation_flow", "operation_info"]
 
@@ -564,7 +564,7 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
                 if state.attempt_number >= policy.attempts_allowed():
                     reason = "max_attempts reached"
                 else:
-                    reason = f"the next wait would pass the {policy.deadline:g} s deadline"
+                    reason = _deadline_reason(policy, state.upcoming_sleep, response)
                 return (yield from _give_up(engine, state.attempt_number, record, owner, response, exc, reason))
             if not isinstance(do, tenacity.DoSleep):
                 break  # tenacity says definitive: ``do`` is the response (an error was raised)
@@ -690,6 +690,14 @@ def _settled(request: httpx.Request, response: httpx.Response, key_header: str) 
         if response.status_code not in (307, 308):
             request.headers.pop(key_header, None)
     return response
+
+
+def _deadline_reason(policy: RetryPolicy, wait: float, response: httpx.Response | None) -> str:
+    asked = server_wait(response)
+    if asked is not None and min(asked, policy.max_retry_after) >= wait:  # the server's wait, not the backoff's
+        capped = f", capped at max_retry_after={policy.max_retry_after:g} s" if asked > policy.max_retry_after else ""
+        return f"the server asked to wait {asked:g} s (Retry-After{capped}), past the {policy.deadline:g} s deadline"
+    return f"the next wait would pass the {policy.deadline:g} s deadline"
 
 
 def _give_up(

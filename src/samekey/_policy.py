@@ -190,6 +190,19 @@ def _tls_refused(exc: BaseException) -> bool:
     return False
 
 
+def server_wait(response: httpx.Response | None) -> float | None:
+    """The wait the server's Retry-After asks for (uncapped), None without a valid one."""
+    if response is None:
+        return None
+    # several Retry-After headers (a proxy and the app) are joined by headers.get() into
+    # neither form: read each one, and wait the longest
+    values = response.headers.get_list("Retry-After")
+    if not values:
+        return None
+    parsed = [s for s in map(parse_retry_after, values) if s is not None]
+    return max(parsed) if parsed else None
+
+
 def _response_of(retry_state: tenacity.RetryCallState) -> httpx.Response | None:
     outcome = retry_state.outcome
     if outcome is None or outcome.failed:
@@ -293,15 +306,8 @@ class RetryPolicy:
 
     def retry_after(self, response: httpx.Response | None) -> float | None:
         """The server's requested wait, capped at max_retry_after."""
-        if response is None:
-            return None
-        # several Retry-After headers (a proxy and the app) are joined by headers.get() into
-        # neither form: read each one, and wait the longest
-        values = response.headers.get_list("Retry-After")
-        if not values:
-            return None
-        parsed = [s for s in map(parse_retry_after, values) if s is not None]
-        return min(max(parsed), self.max_retry_after) if parsed else None
+        seconds = server_wait(response)
+        return None if seconds is None else min(seconds, self.max_retry_after)
 
     def backoff_ceiling(self, attempt: int) -> float:
         """Upper bound of the jittered wait after failed attempt number ``attempt``."""
