@@ -246,3 +246,21 @@ def test_giving_up_on_a_long_retry_after_says_the_server_asked_for_it(journal_pa
         with pytest.raises(samekey.RetriesExhausted) as caught:
             client.post(URL, json={"amount": 1}, operation="rate-limited-2")
     assert "asked to wait 3600 s (Retry-After, capped at max_retry_after=60 s), past the 30 s" in str(caught.value)
+
+
+@respx.mock
+def test_a_free_retry_is_not_a_refused_one(journal_path: Path, no_sleep: None) -> None:
+    # RetryBudget(retry_cost=0) (non-timeout retries free) returned 0.0 for "took nothing",
+    # which the flow read as "refused": no retry ever, "the client's retry budget is empty"
+    route = respx.post(URL).mock(side_effect=[httpx.Response(503), httpx.Response(201)])
+    budget = samekey.RetryBudget(retry_cost=0)
+    with samekey.Client(journal=journal_path, policy=samekey.RetryPolicy(budget=budget)) as client:
+        assert client.post(URL, json={"amount": 1}, operation="free-retry").status_code == 201
+    assert route.call_count == 2 and budget.tokens == budget.capacity
+
+
+@pytest.mark.parametrize("name", ["capacity", "retry_cost", "timeout_cost", "success_refund"])
+def test_budget_refuses_nan(name: str) -> None:
+    # NaN passed "value < 0": a NaN capacity never throttles, a NaN cost never refuses
+    with pytest.raises(ValueError, match=f"RetryBudget {name} must be a non-negative number"):
+        samekey.RetryBudget(**{name: float("nan")})  # type: ignore[arg-type]

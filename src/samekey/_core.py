@@ -570,7 +570,7 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
                 break  # tenacity says definitive: ``do`` is the response (an error was raised)
             if policy.budget is not None:
                 cost = policy.budget.try_acquire(isinstance(exc, httpx.TimeoutException))
-                if not cost:
+                if cost is None:
                     reason = "the client's retry budget is empty (the server looks unhealthy)"
                     return (yield from _give_up(engine, tries, record, owner, response, exc, reason))
                 taken += cost

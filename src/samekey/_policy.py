@@ -116,7 +116,7 @@ class RetryBudget:
             ("timeout_cost", timeout_cost),
             ("success_refund", success_refund),
         ):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:  # NaN too
                 raise ValueError(f"RetryBudget {name} must be a non-negative number, got {value!r}")
         self.capacity = float(capacity)
         self.retry_cost = float(retry_cost)
@@ -129,12 +129,12 @@ class RetryBudget:
     def tokens(self) -> float:
         return self._tokens
 
-    def try_acquire(self, timeout: bool) -> float:
-        """Take the cost of one retry; 0.0 (nothing taken) means: do not retry."""
+    def try_acquire(self, timeout: bool) -> float | None:
+        """Take the cost of one retry and return it (0.0 when retries are free); None means: do not retry."""
         cost = self.timeout_cost if timeout else self.retry_cost
         with self._lock:
             if self._tokens < cost:
-                return 0.0
+                return None
             self._tokens -= cost
             return cost
 
