@@ -187,6 +187,30 @@ def test_definitive_4xx_is_returned_and_recorded_not_raised(journal_path: Path, 
     assert record is not None and record.state == "completed" and record.response_status == status
 
 
+@respx.mock
+@pytest.mark.parametrize("status", [520, 522, 524, 507])
+def test_a_gateway_5xx_is_retried_with_the_key_and_never_recorded_as_the_answer(
+    journal_path: Path, no_sleep: None, status: int
+) -> None:
+    # Cloudflare's 520-524: the origin was unreachable or too slow, the charge may be running.
+    # Recorded as completed, that error would be replayed to every re-run; it is retried instead
+    route = respx.post(URL).mock(side_effect=[httpx.Response(status), httpx.Response(201, json={"id": "ch_1"})])
+    with _client(journal_path) as client:
+        assert client.post(URL, json={}, operation="op").status_code == 201
+    keys = _keys(route)
+    assert len(keys) == 2 and keys[0] is not None and keys[0] == keys[1]
+
+
+@respx.mock
+def test_a_5xx_that_outlasts_the_retries_leaves_the_key_pending(journal_path: Path, no_sleep: None) -> None:
+    respx.post(URL).mock(return_value=httpx.Response(522))
+    with _client(journal_path, policy=samekey.RetryPolicy(max_attempts=2)) as client:
+        with pytest.raises(samekey.RetriesExhausted):
+            client.post(URL, json={}, operation="op")
+        record = client.journal.get("op")
+    assert record is not None and record.state == "pending"
+
+
 def test_digest_auth_challenge_is_answered_with_the_same_key(journal_path: Path) -> None:
     # httpx's DigestAuth sends, gets a 401 challenge, and sends again with credentials.
     seen: list[tuple[str | None, str | None]] = []

@@ -39,7 +39,7 @@ def test_defaults_are_documented_values() -> None:
     policy = samekey.RetryPolicy()
     assert (policy.max_attempts, policy.initial_delay, policy.max_delay, policy.multiplier) == (8, 0.5, 30.0, 2.0)
     assert policy.deadline == 120.0 and policy.max_retry_after == 60.0
-    assert policy.retry_statuses == {408, 409, 425, 429, 500, 502, 503, 504}
+    assert policy.retry_statuses == {408, 409, 425, 429} | set(range(500, 600)) - {501, 505}
 
 
 def test_durations_take_timedelta() -> None:
@@ -118,8 +118,8 @@ def test_retry_after_http_date() -> None:
 
 def test_classification_and_server_verdict() -> None:
     policy = samekey.RetryPolicy()
-    retried = [408, 409, 425, 429, 500, 502, 503, 504]
-    definitive = [200, 201, 301, 400, 401, 402, 404, 422, 501]
+    retried = [408, 409, 425, 429, 500, 502, 503, 504, 507, 520, 522, 524, 599]
+    definitive = [200, 201, 301, 400, 401, 402, 404, 422, 501, 505]
     assert all(policy.should_retry_response(httpx.Response(s)) for s in retried)
     assert not any(policy.should_retry_response(httpx.Response(s)) for s in definitive)
     assert not policy.should_retry_response(httpx.Response(500, headers={"Stripe-Should-Retry": "false"}))

@@ -23,7 +23,11 @@ __all__ = ["RetryBudget", "RetryPolicy", "set_testing"]
 
 Seconds = float | int | timedelta
 
-DEFAULT_RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# Every 5xx but the two that say the server cannot do this at all (501 Not Implemented, 505 HTTP
+# Version Not Supported): a gateway's 520-524 (origin unreachable or timed out), a 507, a 599 do
+# not say the server did not act, and recorded as the answer they would be replayed forever.
+# stripe-python retries every 5xx too.
+DEFAULT_RETRY_STATUSES = frozenset({408, 409, 425, 429} | set(range(500, 600)) - {501, 505})
 DEFAULT_RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (
     httpx.TimeoutException,  # connect, read, write and pool timeouts
     httpx.NetworkError,  # connect errors, resets, broken pipes
