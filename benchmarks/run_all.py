@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import async_throughput, checkpoints, journal_scale, profile, sequential
+from . import async_throughput, checkpoints, journal_scale, profile, sequential, shared_journal
 from ._common import RESULTS, machine, stamp
 
 
@@ -50,12 +50,13 @@ def main() -> None:
     print(f"samekey benchmarks, {when}, {where}{' (quick)' if args.quick else ''}")
     seq = sequential.run(300 if args.quick else 2000, folder=args.dir)
     tail = checkpoints.run(2000 if args.quick else 8000, folder=args.dir)
+    shared = shared_journal.run(2, 600 if args.quick else 3000, folder=args.dir)
     conc = async_throughput.run(1000 if args.quick else 10_000, 100, folder=args.dir)
     scale = journal_scale.run((1000, 100_000) if args.quick else (1000, 100_000, 1_000_000), folder=args.dir)
     prof = profile.run(1500 if args.quick else 6000)
     png = chart(seq["latency"], seq["title"])
     parts = [f"Measured {when} on {where}{' (--quick)' if args.quick else ''}.", ""]
-    for result in (seq, tail, prof, conc, scale):
+    for result in (seq, tail, shared, prof, conc, scale):
         parts += [f"**{result['title']}**", "", result["table"], ""]
         parts += [f"- {c}" for c in result["checks"]] + [""]
     (RESULTS / "latest.md").write_text("\n".join(parts))
