@@ -679,8 +679,32 @@ def test_a_multipart_upload_built_again_is_the_same_operation(journal_path: Path
             other = {"file": ("passport.pdf", b"%PDF-1.7 other", "application/pdf")}
             client.post(URL, files=other, data={"booking": "b-42"}, operation="booking-42/upload")
     assert again.status_code == 201
-    assert sent[0].headers["content-type"] != sent[1].headers["content-type"], "two boundaries"
+    # the re-run built a new boundary, but sends the first attempt's bytes: a server comparing raw
+    # bodies under the key sees the same payload, not another one (422)
+    assert sent[1].content == sent[0].content
+    assert sent[1].headers["content-type"] == sent[0].headers["content-type"]
+    assert sent[1].headers["content-length"] == str(len(sent[0].content))
     assert sent[0].headers["Idempotency-Key"] == sent[1].headers["Idempotency-Key"]
+    assert len(sent) == 2, "the other file was refused before sending"
+
+
+def test_an_async_re_run_of_a_multipart_upload_sends_the_first_bytes(journal_path: Path) -> None:
+    sent: list[bytes] = []
+
+    async def server(request: httpx.Request) -> httpx.Response:
+        sent.append(await request.aread())
+        return httpx.Response(503 if len(sent) == 1 else 201)
+
+    async def story() -> int:
+        upload = {"file": ("passport.pdf", b"%PDF-1.7 scan", "application/pdf")}
+        policy = samekey.RetryPolicy(max_attempts=1)
+        async with samekey.AsyncClient(journal=journal_path, transport=httpx.MockTransport(server), policy=policy) as c:
+            with pytest.raises(samekey.RetriesExhausted):
+                await c.post(URL, files=upload, operation="booking-42/upload")
+            return (await c.post(URL, files=upload, operation="booking-42/upload")).status_code
+
+    assert asyncio.run(story()) == 201
+    assert sent[0] == sent[1]
 
 
 class _DiskFullOnComplete(samekey.Journal):

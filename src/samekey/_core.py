@@ -506,8 +506,27 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
             intent.operation, record.key, record.attempts,
             extra={"operation": intent.operation, "key": record.key, "attempt": record.attempts},
         )  # fmt: skip
+    if claim.status == "claimed" and record.request_body != request.content:
+        _as_first_sent(request, record)
     request.headers[engine.key_header] = record.key
     return (yield from _attempts(engine, request, record, owner))
+
+
+def _as_first_sent(request: httpx.Request, record: OperationRecord) -> None:
+    """Send a multipart body built again (same fingerprint, new random boundary) as first sent.
+
+    The boundary is no part of the operation, but a server that compares raw bodies under a key
+    (as the IETF draft allows) would take the new one for another payload and answer 422, which
+    would then be the operation's recorded answer in place of what the first attempt did.
+    """
+    stored = {name.lower(): value for name, value in record.request_headers}
+    content_type = stored.get("content-type")
+    if content_type is None:
+        return
+    request.headers["Content-Type"] = header_bytes(content_type).decode("latin-1")
+    request.headers["Content-Length"] = str(len(record.request_body))
+    request.stream = httpx.ByteStream(record.request_body)
+    request._content = record.request_body  # what request.content (and a retry's re-read) returns
 
 
 def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | None, owner: str | None) -> Flow:
