@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -107,3 +110,36 @@ def test_an_error_that_is_not_a_lock_is_not_waited_on(
         journal._write("testing", fails)
     assert tries == [1]
     assert _journal.BUSY_FIRST_PAUSE < 0.001  # a lock meets a poll within a millisecond, not SQLite's steps
+
+
+_RECOVERING = r"""
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1] + "-shm", os.O_RDWR)
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 3, 120)  # SQLite's WAL write, checkpoint and recover locks
+os.pwrite(fd, bytes(96), 0)  # the WAL index header, not rebuilt yet
+print("recovering", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX locks on the -shm file")
+def test_a_read_only_journal_waits_lock_timeout_not_twice_as_long(tmp_path: Path) -> None:
+    # `samekey list` (read_only=True) while another process recovers the WAL index (after a
+    # worker was killed mid-commit): the read meets SQLITE_BUSY_RECOVERY, waits, then says
+    # "locked for more than 1.5 s" -- after 1.5 s, as the writer's read does, not 3 s
+    path = tmp_path / "j.sqlite3"
+    with samekey.Journal(path, durability="process") as writer:
+        writer.claim(intent("first"), "owner", 60.0, 1000.0)
+        reader = samekey.Journal(path, read_only=True, lock_timeout=1.5)
+        other = subprocess.Popen([sys.executable, "-c", _RECOVERING, str(path)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert other.stdout is not None and other.stdout.readline().strip() == "recovering"
+            started = time.monotonic()
+            with pytest.raises(samekey.JournalError, match=r"locked by another process for more than 1\.5 s"):
+                reader.get("first")
+            waited = time.monotonic() - started
+        finally:
+            other.kill()
+            other.wait(10)
+            reader.close()
+    assert 1.4 < waited < 2.6  # twice the wait (SQLite's busy handler, then samekey's) is 3 s or more

@@ -479,10 +479,13 @@ class Journal:
     def _open(self) -> sqlite3.Connection:
         if self.read_only:
             try:
-                return self._open_read_only()
+                conn = self._open_read_only()
             except BaseException:
                 self._drop_side_files()
                 raise
+            with self._closing_on_error(conn):
+                conn.execute("PRAGMA busy_timeout=0")  # _read's _when_free waits, not SQLite first as well
+            return conn
         self._prepare_file()
         conn = self._connect(self.path)
         with self._closing_on_error(conn):
