@@ -112,17 +112,23 @@ class _SlowCopy:
         monkeypatch.setattr(_journal._Checkpointer, "_copy", slow)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
-def test_a_fork_during_a_checkpoint_waits_for_it_and_the_child_can_write(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # the thread may hold SQLite's process-wide mutexes: a child forked meanwhile would hang on them
+def _inside_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[_SlowCopy, Path, samekey.Journal]:
+    """A process-mode journal whose checkpoint thread is inside its copy now, for 0.2 s more."""
     slow = _SlowCopy(monkeypatch)
     path = tmp_path / "j.sqlite3"
     journal = samekey.Journal(path, durability="process")
     _claim(journal, 0, _journal.CHECKPOINT_EVERY)
     assert slow.inside.wait(10)
-    threading.Timer(0.2, slow.go.set).start()  # the checkpoint ends a moment later, while the fork waits
+    threading.Timer(0.2, slow.go.set).start()
+    return slow, path, journal
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_fork_during_a_checkpoint_waits_for_it_and_the_child_can_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the thread may hold SQLite's process-wide mutexes: a child forked meanwhile would hang on them
+    slow, path, journal = _inside_a_checkpoint(tmp_path, monkeypatch)  # it ends a moment later, while the fork waits
 
     def child() -> int:
         assert slow.finished == [True], "forked in the middle of the checkpoint"
@@ -142,13 +148,8 @@ def test_a_fork_during_a_checkpoint_waits_for_it_and_the_child_can_write(
 def test_close_waits_for_a_checkpoint_in_progress_and_leaves_one_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    slow = _SlowCopy(monkeypatch)
-    path = tmp_path / "j.sqlite3"
-    journal = samekey.Journal(path, durability="process")
-    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
-    assert slow.inside.wait(10)
+    slow, path, journal = _inside_a_checkpoint(tmp_path, monkeypatch)
     thread = journal._checkpoints.thread  # type: ignore[union-attr]
-    threading.Timer(0.2, slow.go.set).start()
     journal.close()
     assert thread is not None and not thread.is_alive() and slow.finished == [True]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["j.sqlite3"]  # the last close removed the WAL
