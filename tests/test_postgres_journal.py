@@ -225,6 +225,29 @@ def test_a_dropped_server_connection_is_replaced(pg_dsn: str) -> None:
         assert record is not None and record.lease_owner == "a"
 
 
+def test_after_a_server_restart_the_first_calls_succeed_though_every_pooled_connection_died(pg_dsn: str) -> None:
+    import psycopg
+
+    # A replica that served concurrent requests keeps pool_size idle connections; a server
+    # restart or failover kills them all. The answer the payment server gave must still be
+    # recorded: one dead connection replaced by another dead one is AnswerNotRecorded.
+    dsn = pg_dsn + "&application_name=samekey_restart_test"
+    with samekey.PostgresJournal(dsn, pool_size=3) as journal:
+        journal.claim(_intent(), "a", 30, 1000.0)
+        held = [journal._acquire() for _ in range(3)]
+        for conn in held:
+            journal._give_back(conn)
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'samekey_restart_test'"
+            ).fetchone()
+        assert killed == (3,)
+        journal.complete("op", "a", 1, 201, [], b"{}", 1001.0)
+        record = journal.get("op")
+        assert record is not None and record.state == "completed" and record.response_status == 201
+
+
 def test_a_forked_worker_opens_its_own_connections(pg_dsn: str) -> None:
     import psycopg
 

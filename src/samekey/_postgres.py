@@ -263,6 +263,14 @@ class PostgresJournal:
                 self._idle.append(conn)
             self._cond.notify()
 
+    def _drop_idle(self) -> None:
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._opened -= len(idle)
+            self._cond.notify_all()
+        for conn in idle:
+            conn.close()
+
     def _run(self, doing: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run ``work`` on a pooled connection; once more on a fresh one if the first was broken.
 
@@ -278,6 +286,8 @@ class PostgresJournal:
                 return work(conn)
             except self._psycopg.Error as exc:
                 if conn.broken and not retry and isinstance(exc, self._psycopg.OperationalError):
+                    # the server restarted or failed over: its other idle connections are dead too
+                    self._drop_idle()
                     continue
                 raise self._classify(exc, doing) from exc
             finally:
