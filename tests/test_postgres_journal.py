@@ -276,6 +276,69 @@ def test_a_forked_worker_opens_its_own_connections(pg_dsn: str) -> None:
         assert journal.get("op") is not None
 
 
+def test_a_replica_that_waited_for_another_creating_the_tables_opens_them(pg_dsn: str) -> None:
+    import threading
+
+    import psycopg
+
+    from samekey import _postgres
+
+    # Six replicas start at once on an empty schema: one creates the tables while the others
+    # wait for its lock. Here the test plays the one creating them, holding that lock.
+    outcome: list[object] = []
+    with psycopg.connect(pg_dsn, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (_postgres._SCHEMA_LOCK_ID,))
+
+        def open_journal() -> None:
+            try:
+                samekey.PostgresJournal(pg_dsn, lock_timeout=20).close()
+                outcome.append("opened")
+            except Exception as exc:
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=open_journal)
+        waiter.start()
+        deadline = time.monotonic() + 20
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid::bigint = %s AND NOT granted"
+        while other.execute(waiting, (_postgres._SCHEMA_LOCK_ID,)).fetchone() != (1,):
+            assert time.monotonic() < deadline and waiter.is_alive(), outcome
+            time.sleep(0.02)
+        with other.transaction():
+            for statement in _postgres._SCHEMA.split(";"):
+                other.execute(statement)
+            other.execute("INSERT INTO samekey_schema (version) VALUES (%s)", (_postgres.SCHEMA_VERSION,))
+        other.execute("SELECT pg_advisory_unlock(%s)", (_postgres._SCHEMA_LOCK_ID,))
+        waiter.join(timeout=30)
+    assert outcome == ["opened"]
+
+
+def test_six_replicas_opening_an_empty_schema_at_once_all_open_it(pg_dsn: str) -> None:
+    import threading
+
+    import psycopg
+
+    for _ in range(3):  # a fresh empty schema each round
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS samekey_operations, samekey_schema")
+        barrier = threading.Barrier(6)
+        outcome: list[object] = []
+
+        def open_journal(barrier: threading.Barrier, outcome: list[object]) -> None:
+            try:
+                barrier.wait(timeout=20)
+                samekey.PostgresJournal(pg_dsn, lock_timeout=20).close()
+                outcome.append("opened")
+            except Exception as exc:
+                outcome.append(exc)
+
+        threads = [threading.Thread(target=open_journal, args=(barrier, outcome)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert outcome == ["opened"] * 6
+
+
 def test_foreign_table_of_the_same_name_is_left_alone(pg_dsn: str) -> None:
     import psycopg
 

@@ -314,10 +314,23 @@ class PostgresJournal:
         return int(row[0])
 
     def _init_schema(self, conn: psycopg.Connection[Any]) -> None:
-        if self._version(conn) == SCHEMA_VERSION:
-            return
+        try:
+            if self._version(conn) == SCHEMA_VERSION:
+                return
+        except JournalError:
+            pass  # perhaps read while another process was creating the tables: decided under the lock
+        # A session lock taken before the transaction: a backend refreshes its catalog caches when
+        # a transaction starts, not when an advisory lock is granted, so a transaction that waited
+        # for the lock would not see the tables the holder created and would create them again.
+        conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK_ID,))
+        try:
+            self._create_or_migrate(conn)
+        finally:
+            if not conn.broken:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK_ID,))
+
+    def _create_or_migrate(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_ID,))
             version = self._version(conn)  # again under the lock: another process may have set it up
             if version is not None and version > SCHEMA_VERSION:
                 raise self._fail(
