@@ -153,6 +153,26 @@ def test_samekey_command_with_an_unreachable_dsn_exits_2_with_the_password_maske
 
 
 @pytest.mark.usefixtures("psycopg_installed")
+def test_a_dsn_in_samekey_journal_is_refused_not_made_a_local_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # $SAMEKEY_JOURNAL names the SQLite file. A replica given a DSN there must not journal to a
+    # file "./postgresql:/..." on its container's disk, where pending keys die with the container.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SAMEKEY_JOURNAL", "postgresql://ops:pa55-w0rd@127.0.0.1:1/pay")
+    with pytest.raises(samekey.JournalError) as caught:
+        samekey.Client()
+    assert "pa55-w0rd" not in str(caught.value) and "postgresql://ops:***@127.0.0.1:1/pay" in str(caught.value)
+    assert "journal=" in str(caught.value)
+    env = {**os.environ, "PYTHONPATH": SRC}
+    done = subprocess.run(
+        [sys.executable, "-m", "samekey", "list"],
+        capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2 and "pa55-w0rd" not in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_key_value_dsn_password_is_masked_too() -> None:
     with pytest.raises(samekey.JournalError) as caught:
         samekey.PostgresJournal("host=127.0.0.1 port=1 user=bob password=hunter2-x dbname=d", connect_timeout=2)

@@ -101,8 +101,19 @@ FORK_WAIT_EXTRA = 5.0  # seconds a fork waits for a journal call in progress, be
 
 
 def default_journal_path() -> Path:
-    """``$SAMEKEY_JOURNAL`` if set, else ``<user state dir>/samekey/journal.sqlite3``."""
+    """``$SAMEKEY_JOURNAL`` if set (a path: a DSN there is a `JournalError`), else
+    ``<user state dir>/samekey/journal.sqlite3``."""
     env = os.environ.get("SAMEKEY_JOURNAL")
+    if env and env.startswith(("postgresql://", "postgres://")):
+        # taken for a path, it would be a local file that dies with a container: refused
+        from ._postgres import mask_dsn
+
+        raise JournalError(
+            mask_dsn(env),
+            "$SAMEKEY_JOURNAL holds a PostgreSQL DSN, but it names the SQLite journal's file",
+            "Pass the DSN itself: journal=DSN (or samekey.PostgresJournal(DSN)), --journal DSN for the "
+            "samekey command; or set $SAMEKEY_JOURNAL to a file path.",
+        )
     if env:
         return Path(env).expanduser().absolute()  # a later chdir must not move the journal
     return platformdirs.user_state_path("samekey").absolute() / "journal.sqlite3"
