@@ -153,24 +153,37 @@ def test_samekey_command_with_an_unreachable_dsn_exits_2_with_the_password_maske
 
 
 @pytest.mark.usefixtures("psycopg_installed")
-def test_a_dsn_in_samekey_journal_is_refused_not_made_a_local_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_dsn_in_samekey_journal_is_the_journal_of_clients_and_of_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_dsn: str
 ) -> None:
-    # $SAMEKEY_JOURNAL names the SQLite file. A replica given a DSN there must not journal to a
-    # file "./postgresql:/..." on its container's disk, where pending keys die with the container.
+    # replicas configured by environment: $SAMEKEY_JOURNAL=postgresql://... must be the shared
+    # journal, never a file "./postgresql:/..." on the container's disk, where keys die with it
+    import httpx
+
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SAMEKEY_JOURNAL", "postgresql://ops:pa55-w0rd@127.0.0.1:1/pay")
-    with pytest.raises(samekey.JournalError) as caught:
-        samekey.Client()
-    assert "pa55-w0rd" not in str(caught.value) and "postgresql://ops:***@127.0.0.1:1/pay" in str(caught.value)
-    assert "journal=" in str(caught.value)
+    monkeypatch.setenv("SAMEKEY_JOURNAL", pg_dsn)
+    transport = httpx.MockTransport(lambda request: httpx.Response(201, json={"id": "ch_1"}))
+    with samekey.Client(transport=transport) as client:
+        assert isinstance(client.journal, samekey.PostgresJournal)
+        client.post("https://pay.test/v1/charges", json={"amount": 1}, operation="order-7/charge")
+    with samekey.PostgresJournal(pg_dsn) as journal:
+        record = journal.get("order-7/charge")
+        assert record is not None and record.state == "completed"
+        journal.claim(_intent(), "a", 30, time.time())  # one pending, for the command to list
     env = {**os.environ, "PYTHONPATH": SRC}
     done = subprocess.run(
-        [sys.executable, "-m", "samekey", "list"],
+        [sys.executable, "-m", "samekey", "list", "--json"],
         capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL, cwd=tmp_path,
     )  # fmt: skip
-    assert done.returncode == 2 and "pa55-w0rd" not in done.stderr, done.stderr
+    assert done.returncode == 0, done.stderr
+    assert [r["operation"] for r in json.loads(done.stdout)] == ["op"]
     assert list(tmp_path.iterdir()) == []
+    # the SQLite journal itself cannot take a DSN: said so, the password masked
+    monkeypatch.setenv("SAMEKEY_JOURNAL", "postgresql://ops:pa55-w0rd@127.0.0.1:1/pay")
+    with pytest.raises(samekey.JournalError) as caught:
+        samekey.Journal()
+    assert "PostgresJournal" in str(caught.value) and "pa55-w0rd" not in str(caught.value)
+    assert "postgresql://ops:***@127.0.0.1:1/pay" in str(caught.value)
 
 
 def test_key_value_dsn_password_is_masked_too() -> None:

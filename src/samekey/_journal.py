@@ -100,19 +100,32 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
 FORK_WAIT_EXTRA = 5.0  # seconds a fork waits for a journal call in progress, beyond its lock waits
 
 
+DSN_PREFIXES = ("postgresql://", "postgres://")
+
+
+def environment_dsn() -> str | None:
+    """``$SAMEKEY_JOURNAL`` when it holds a PostgreSQL DSN: the journal of clients and of the
+    `samekey` command given none (replicas configured by environment, like the command)."""
+    env = os.environ.get("SAMEKEY_JOURNAL", "")
+    return env if env.startswith(DSN_PREFIXES) else None
+
+
 def default_journal_path() -> Path:
-    """``$SAMEKEY_JOURNAL`` if set (a path: a DSN there is a `JournalError`), else
-    ``<user state dir>/samekey/journal.sqlite3``."""
+    """``$SAMEKEY_JOURNAL`` if set, else ``<user state dir>/samekey/journal.sqlite3``.
+
+    A DSN there is no path: the SQLite `Journal` refuses it (``Client()`` and the command use
+    it as the PostgreSQL journal, see `environment_dsn`).
+    """
     env = os.environ.get("SAMEKEY_JOURNAL")
-    if env and env.startswith(("postgresql://", "postgres://")):
+    if env and env.startswith(DSN_PREFIXES):
         # taken for a path, it would be a local file that dies with a container: refused
         from ._postgres import mask_dsn
 
         raise JournalError(
             mask_dsn(env),
-            "$SAMEKEY_JOURNAL holds a PostgreSQL DSN, but it names the SQLite journal's file",
-            "Pass the DSN itself: journal=DSN (or samekey.PostgresJournal(DSN)), --journal DSN for the "
-            "samekey command; or set $SAMEKEY_JOURNAL to a file path.",
+            "$SAMEKEY_JOURNAL holds a PostgreSQL DSN, and samekey.Journal is the SQLite journal",
+            "Use samekey.PostgresJournal(DSN), or leave journal= out of Client() to use $SAMEKEY_JOURNAL; "
+            "or set $SAMEKEY_JOURNAL to a file path.",
         )
     if env:
         return Path(env).expanduser().absolute()  # a later chdir must not move the journal

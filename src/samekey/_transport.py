@@ -22,7 +22,7 @@ import anyio.to_thread
 import httpx
 
 from ._core import Action, Call, Discard, Engine, KeyFormat, OnBusy, Read, Send, Sleep, abandon, operation_flow
-from ._journal import PROCESS, Journal, JournalStore
+from ._journal import DSN_PREFIXES, PROCESS, Journal, JournalStore, environment_dsn
 from ._policy import RetryPolicy
 
 __all__ = ["AsyncSameKeyTransport", "SameKeyTransport", "open_journal"]
@@ -32,9 +32,11 @@ JournalArg = JournalStore | str | os.PathLike[str] | None
 
 def open_journal(journal: JournalArg) -> tuple[JournalStore, bool]:
     """(the store, whether the caller opened it and so must close it)."""
+    if journal is None:
+        journal = environment_dsn()  # $SAMEKEY_JOURNAL may name a PostgreSQL journal
     if journal is None or isinstance(journal, (str, os.PathLike)):
         text = os.fspath(journal) if journal is not None else ""
-        if text.startswith(("postgresql://", "postgres://")):
+        if text.startswith(DSN_PREFIXES):
             from ._postgres import PostgresJournal  # psycopg itself is imported when it opens
 
             return PostgresJournal(text), True

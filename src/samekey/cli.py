@@ -32,7 +32,7 @@ import httpx
 from ._client import Client
 from ._core import NOT_ACTED_ON, header_text
 from ._errors import SameKeyError
-from ._journal import Journal, JournalStore, OperationRecord, default_journal_path
+from ._journal import DSN_PREFIXES, Journal, JournalStore, OperationRecord, default_journal_path, environment_dsn
 from ._policy import RetryPolicy, to_seconds
 from ._resume import UNNAMED_WARNING, RetargetTransport, bulk_resumable
 from ._transport import open_journal
@@ -159,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 def open_store(location: str | None, *, read_only: bool = False) -> JournalStore:
     """The journal at ``location``; ``read_only`` for the commands that only look (a read-only
     mount, or a folder the operator may not write, must not stop `list` and `show`)."""
-    text = location or str(default_journal_path())
-    if not text.startswith(("postgresql://", "postgres://")):
+    text = location or environment_dsn() or str(default_journal_path())
+    if not text.startswith(DSN_PREFIXES):
         path = Path(text).expanduser()
         if not path.exists():  # never create a journal just to list it
             raise CliError(f"no journal at {path} (pass --journal PATH or set $SAMEKEY_JOURNAL)")
