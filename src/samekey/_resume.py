@@ -112,10 +112,22 @@ class RetargetTransport(httpx.BaseTransport):
 
     @staticmethod
     def parse_base_url(base_url: str) -> httpx.URL:
-        """The origin to send to; ValueError for anything but http(s)://host[:port]."""
+        """The origin to send to; ValueError for anything but http(s)://host[:port].
+
+        A path, query or fragment is refused, not dropped: the recorded path is what is sent,
+        so a prefix given here would not be (another endpoint than the operator meant).
+        Credentials are refused without echoing them: they belong in a header (``-H``).
+        """
         base = httpx.URL(base_url)
+        if base.userinfo:
+            raise ValueError("a base URL must not carry credentials: pass them as a header (-H 'Authorization: ...')")
         if base.scheme not in ("http", "https") or not base.host:
             raise ValueError(f"base URL must look like http://host[:port], got {base_url!r}")
+        if base.raw_path not in (b"/", b"/?") or base.fragment:
+            raise ValueError(
+                f"base URL must look like http://host[:port], got {base_url!r}: only the origin is replaced, "
+                "the recorded path and query are kept, so a path, query or fragment here would not be sent"
+            )
         return base
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:

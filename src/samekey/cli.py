@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--base-url",
         metavar="URL",
-        help="send to this origin (scheme://host:port) instead of the recorded one; path and query are kept",
+        help="send to this origin (scheme://host:port, no path) instead of the recorded one; path and query are kept",
     )
     p.add_argument(
         "-H",
@@ -328,7 +328,7 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
         try:
             RetargetTransport.parse_base_url(args.base_url)  # refuse a bad one before anything is sent
         except ValueError as exc:
-            raise CliError(f"--base-url: {exc}") from exc
+            raise CliError(f"--base-url: {exc}; nothing was sent") from exc
     clients: dict[str, Client] = {}
     counts = {"done": 0, "replayed": 0, "failed": 0}
     try:
