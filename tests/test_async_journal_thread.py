@@ -159,3 +159,31 @@ def test_a_forked_child_runs_its_own_journal_thread(journal_path: Path) -> None:
     asyncio.run(client.aclose())
     with samekey.Journal(journal_path) as journal:
         assert {r.operation for r in journal.records()} == {"parent", "child"}
+
+
+def test_a_journal_thread_that_could_not_start_does_not_wedge_the_client(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "can't start new thread" (a pids cgroup limit, memory): the calls of that moment fail,
+    # the next ones start the thread again instead of queueing behind one that never ran
+    start = threading.Thread.start
+    failures = [RuntimeError("can't start new thread")] * 2  # the purge's call, then the claim's
+
+    def flaky_start(thread: threading.Thread) -> None:
+        if thread.name == "samekey-journal" and failures:
+            raise failures.pop()
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", flaky_start)
+
+    async def main() -> int:
+        async with samekey.AsyncClient(journal=journal_path, transport=httpx.MockTransport(_handler)) as client:
+            with pytest.raises(RuntimeError, match="can't start new thread"):  # no hang, nothing sent
+                await asyncio.wait_for(client.post("http://pay.test/c", json={}, operation="o-1"), 10)
+            response = await asyncio.wait_for(client.post("http://pay.test/c", json={}, operation="o-1"), 10)
+            return response.status_code
+
+    assert asyncio.run(main()) == 201
+    journal = samekey.Journal(journal_path)
+    assert journal.get("o-1").state == "completed"  # type: ignore[union-attr]
+    journal.close()

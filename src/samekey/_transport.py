@@ -316,8 +316,12 @@ class _JournalThread:
         with self._lock:
             self._items.append((call, loop, waiter))
             if not self._running:
-                self._running = True
-                threading.Thread(target=self._serve, name="samekey-journal", daemon=True).start()
+                try:
+                    threading.Thread(target=self._serve, name="samekey-journal", daemon=True).start()
+                except BaseException:  # "can't start new thread": this call fails, the next one tries again
+                    self._items.pop()
+                    raise
+                self._running = True  # the thread waits for this lock before it looks
             else:
                 self._wake.set()
 
