@@ -451,3 +451,36 @@ def test_resume_refuses_credentials_in_the_base_url_without_echoing_them(journal
 )
 def test_base_url_origins_are_accepted(base_url: str) -> None:
     assert RetargetTransport.parse_base_url(base_url).host in ("127.0.0.1", "::1")
+
+
+@pytest.mark.parametrize(
+    "argument", ["Authorization Bearer sk_live_S3CRET", "sk_live_S3CRET", " Authorization: sk_live_S3CRET"]
+)
+def test_a_malformed_header_argument_is_refused_without_echoing_its_value(
+    journal_path: Path, argument: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pending_op(journal_path, "inv-12", "http://127.0.0.1:9/charges", {"amount": 12})
+    with pytest.raises(SystemExit) as exit_info:
+        run("resume", "inv-12", "-H", argument, "--journal", str(journal_path))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "-H" in err and "Name: value" in err
+    assert "S3CRET" not in err
+
+
+def test_resume_sends_a_non_ascii_header_argument_as_utf8(
+    journal_path: Path, server: PaymentServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # what the terminal typed, as curl sends it (httpx would encode a str as ASCII and fail)
+    sent: list[bytes | None] = []
+    handle = httpx.HTTPTransport.handle_request
+
+    def spy(transport: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+        sent.append(dict(request.headers.raw).get(b"X-Customer-Name"))
+        return handle(transport, request)
+
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", spy)
+    pending_op(journal_path, "inv-13", f"{server.url}/charges", {"amount": 13})
+    result = run("resume", "inv-13", "-H", "X-Customer-Name: Zoë €", "--journal", str(journal_path))
+    assert result.code == 0, result.out + result.err
+    assert sent == ["Zoë €".encode()] and server.charge_count() == 1

@@ -18,7 +18,7 @@ from ._journal import OperationRecord
 
 __all__ = ["HeadersArg", "ResumeResult", "RetargetTransport", "build_resume_request", "bulk_resumable"]
 
-HeadersArg = Mapping[str, str] | Sequence[tuple[str, str]] | None
+HeadersArg = Mapping[str, str] | Sequence[tuple[str, str]] | Sequence[tuple[bytes, bytes]] | None
 
 
 @dataclass(frozen=True)

@@ -64,11 +64,13 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
-def parse_header(text: str) -> tuple[str, str]:
+def parse_header(text: str) -> tuple[bytes, bytes]:
+    """``'Name: value'`` -> the header's bytes; the value as the terminal typed it (UTF-8, as curl sends it)."""
     name, sep, value = text.partition(":")
-    if not sep or not name.strip() or name != name.strip() or " " in name:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a header: use 'Name: value'")
-    return name, value.strip()
+    if not sep or not name.strip() or name != name.strip() or " " in name or not name.isascii():
+        # never echoed: what follows a missing colon is often the credential itself
+        raise argparse.ArgumentTypeError("not a header (value not shown, it may be a secret): use 'Name: value'")
+    return name.encode("ascii"), value.strip().encode("utf-8", "surrogateescape")
 
 
 def _common_options(parser: argparse.ArgumentParser, default: Any) -> None:
