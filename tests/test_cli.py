@@ -484,3 +484,25 @@ def test_resume_sends_a_non_ascii_header_argument_as_utf8(
     result = run("resume", "inv-13", "-H", "X-Customer-Name: Zoë €", "--journal", str(journal_path))
     assert result.code == 0, result.out + result.err
     assert sent == ["Zoë €".encode()] and server.charge_count() == 1
+
+
+DSN_IN_ENV = "postgresql://pay:S3CRETPW@127.0.0.1:1/payments?connect_timeout=2"
+
+
+def test_an_unreachable_dsn_in_samekey_journal_is_said_so_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # it was read as a relative file path: 'no journal at /cwd/postgresql:/pay:S3CRETPW@...' (the password
+    # printed), and a Client() made a local SQLite journal there, shared with no other replica
+    monkeypatch.setenv("SAMEKEY_JOURNAL", DSN_IN_ENV)
+    monkeypatch.chdir(tmp_path)
+    result = run("list")
+    assert result.code == 2
+    assert "no journal at" not in result.err and "S3CRETPW" not in result.err
+    with pytest.raises(samekey.JournalError) as failure:
+        samekey.Client().close()
+    assert "S3CRETPW" not in str(failure.value)
+    with pytest.raises(samekey.JournalError, match="SAMEKEY_JOURNAL") as refused:
+        samekey.Journal()  # the SQLite journal cannot open a DSN: said so, not made a file of it
+    assert "S3CRETPW" not in str(refused.value)
+    assert list(tmp_path.iterdir()) == []  # no SQLite file named after the DSN
