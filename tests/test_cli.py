@@ -506,3 +506,71 @@ def test_an_unreachable_dsn_in_samekey_journal_is_said_so_without_its_password(
         samekey.Journal()  # the SQLite journal cannot open a DSN: said so, not made a file of it
     assert "S3CRETPW" not in str(refused.value)
     assert list(tmp_path.iterdir()) == []  # no SQLite file named after the DSN
+
+
+def test_resume_reads_headers_from_a_file_keeping_the_credential_out_of_the_command_line(
+    journal_path: Path, server: PaymentServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sent: list[dict[bytes, bytes]] = []
+    handle = httpx.HTTPTransport.handle_request
+
+    def spy(transport: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+        sent.append(dict(request.headers.raw))
+        return handle(transport, request)
+
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", spy)
+    headers = tmp_path / "headers"
+    headers.write_text("# the on-call key\nAuthorization: Bearer sk_live_from_file\n\nX-Team: payments\n")
+    pending_op(journal_path, "inv-14", f"{server.url}/charges", {"amount": 14})
+    result = run("resume", "inv-14", "-H", f"@{headers}", "--journal", str(journal_path))
+    assert result.code == 0, result.out + result.err
+    assert sent[0][b"Authorization"] == b"Bearer sk_live_from_file" and sent[0][b"X-Team"] == b"payments"
+    assert server.charge_count() == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (None, "cannot read the header file"),
+        ("Authorization Bearer sk_live_secret\n", "line 1 is not a header (value not shown"),
+    ],
+)
+def test_a_bad_header_file_is_refused_without_showing_its_content(
+    journal_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, words: str
+) -> None:
+    headers = tmp_path / "headers"
+    if content is not None:
+        headers.write_text(content)
+    with pytest.raises(SystemExit) as usage:
+        run("resume", "inv-15", "-H", f"@{headers}", "--journal", str(journal_path))
+    assert usage.value.code == 2
+    err = capsys.readouterr().err
+    assert words in err and "sk_live_secret" not in err
+
+
+def test_show_and_list_escape_control_characters_from_the_server(journal_path: Path) -> None:
+    # an answer or a header carrying ESC sequences (clear the screen, write the clipboard) or a
+    # bidi override must reach the operator's terminal as text, not run
+    evil = "ok\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\u202eevil"
+    transport = httpx.MockTransport(lambda r: httpx.Response(201, headers={"X-Note": "\x1b[31mred"}, text=evil))
+    with samekey.Client(journal=journal_path, transport=transport) as client:
+        client.post("https://pay.test/c", json={}, operation="op-\x1b[8m")
+    shown = run("show", "op-\x1b[8m", "--journal", str(journal_path))
+    listed = run("list", "--all", "--journal", str(journal_path))
+    for result in (shown, listed):
+        assert result.code == 0, result.err
+        assert "\x1b" not in result.out and "\u202e" not in result.out and "\x07" not in result.out
+        assert "op-\\x1b[8m" in result.out
+    assert "\\x1b]52;c;" in shown.out and "\\u202eevil" in shown.out  # the body
+    assert "\\x1b[31mred" in shown.out  # the header
+    as_json = json.loads(run("show", "op-\x1b[8m", "--json", "--journal", str(journal_path)).out)
+    assert as_json["response_body"] == evil  # JSON keeps the exact text (escaped by JSON itself)
+
+
+def test_forget_says_when_the_operation_is_being_executed_right_now(journal_path: Path) -> None:
+    with samekey.Journal(journal_path) as journal:
+        intent = Intent("live", "k-live", "Idempotency-Key", "POST", "https://pay.test/c", "fp", (), b"{}")
+        journal.claim(intent, "host/123/scope/tag-1", 60.0, time.time())
+    result = run("forget", "live", "--yes", "--journal", str(journal_path))
+    assert result.code == 0
+    assert "being executed right now by host/123/scope/tag-1" in result.err

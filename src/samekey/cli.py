@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import httpx
 
@@ -73,6 +73,47 @@ def parse_header(text: str) -> tuple[bytes, bytes]:
     return name.encode("ascii"), value.strip().encode("utf-8", "surrogateescape")
 
 
+def header_argument(text: str) -> list[tuple[bytes, bytes]]:
+    """``-H 'Name: value'``, or ``-H @FILE``: one header per line of FILE (as curl reads them), so
+    that a credential is in no command line (`ps`, shell history, CI logs)."""
+    if not text.startswith("@"):
+        return [parse_header(text)]
+    path = Path(text[1:]).expanduser()
+    try:
+        lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read the header file {path} ({exc.strerror})") from exc
+    headers = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            headers.append(parse_header(line.strip()))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(
+                f"{path} line {number} is not a header (value not shown, it may be a secret): use 'Name: value'"
+            ) from None
+    return headers
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+class _Escaped:
+    """Text for a terminal: control characters out of the journal (a server's answer or header, an
+    error text) are shown as escapes, never run (an ESC sequence could rewrite the screen or the
+    clipboard, a bidi override could reverse what an operator reads). Newlines and tabs stay."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text))
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, ...
+        return getattr(self.stream, name)
+
+
 def _common_options(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument(
         "--journal",
@@ -118,11 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-H",
         "--header",
         dest="headers",
-        action="append",
-        type=parse_header,
+        action="extend",
+        type=header_argument,
         default=[],
-        metavar="'NAME: VALUE'",
-        help="add or override a header, e.g. the Authorization the journal never stores (repeatable)",
+        metavar="'NAME: VALUE' | @FILE",
+        help="add or override a header, e.g. the Authorization the journal never stores (repeatable); "
+        "@FILE reads one header per line from FILE, keeping the credential out of the command line",
     )
     p.add_argument(
         "--max-attempts",
@@ -393,6 +435,12 @@ def cmd_forget(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
             "the server may already have acted on it. Once forgotten, running it again uses a NEW key "
             "and may act twice: check the server first."
         )
+        left = (record.lease_expires or 0.0) - time.time()
+        if record.lease_owner and left > 0:
+            warning += (
+                f" It is being executed right now by {record.lease_owner} (lease for {left:.0f} s more): "
+                "forgetting it under a running request loses the answer it is about to record."
+            )
     else:
         warning = f"operation {record.operation!r} completed with HTTP {record.response_status}; its answer is dropped."
     if not args.yes:
@@ -440,7 +488,9 @@ def main(
     stderr: TextIO | None = None,
     stdin: TextIO | None = None,
 ) -> int:
-    out, err, inp = stdout or sys.stdout, stderr or sys.stderr, stdin or sys.stdin
+    out = cast(TextIO, _Escaped(stdout or sys.stdout))
+    err = cast(TextIO, _Escaped(stderr or sys.stderr))
+    inp = stdin or sys.stdin
     args = build_parser().parse_args(argv)
     store: JournalStore | None = None
     try:
