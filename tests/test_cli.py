@@ -574,3 +574,21 @@ def test_forget_says_when_the_operation_is_being_executed_right_now(journal_path
     result = run("forget", "live", "--yes", "--journal", str(journal_path))
     assert result.code == 0
     assert "being executed right now by host/123/scope/tag-1" in result.err
+
+
+def test_resume_says_it_waits_for_an_operation_another_process_is_executing(
+    journal_path: Path, server: PaymentServer
+) -> None:
+    # an on-call engineer must not stare at a silent command for the length of a lease
+    pending_op(journal_path, "held", f"{server.url}/charges", {"amount": 15})
+    with samekey.Journal(journal_path) as journal:
+        r = journal.get("held")
+        assert r is not None
+        intent = Intent(
+            r.operation, r.key, r.key_header, r.method, r.url, r.fingerprint, r.request_headers, r.request_body
+        )
+        assert journal.claim(intent, "another-host/123/scope/tag-1", 1.5, time.time()).status == "claimed"
+    result = run("resume", "held", "--journal", str(journal_path))
+    assert "held by another-host/123/scope/tag-1" in result.err and "waiting for its outcome" in result.err
+    assert result.code == 0, result.out + result.err  # its lease ran out: taken over, sent with its key
+    assert server.charge_count() == 1

@@ -389,6 +389,13 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
                 )
                 clients[record.key_header.lower()] = client
             label = f"[{n}/{len(records)}] {record.operation}"
+            held = (record.lease_expires or 0.0) - time.time()
+            if record.pending and record.lease_owner and held > 0:  # else the wait below is silent
+                err.write(
+                    f"{label}: held by {record.lease_owner} for {held:.0f} s more; waiting for its outcome "
+                    "(taken over at once if that process is gone; Ctrl-C stops waiting, nothing is sent meanwhile)\n"
+                )
+                err.flush()
             try:
                 response = client.resume(record.operation, headers=args.headers)
             except (SameKeyError, httpx.HTTPError) as exc:
