@@ -688,6 +688,40 @@ def test_a_multipart_upload_built_again_is_the_same_operation(journal_path: Path
     assert len(sent) == 2, "the other file was refused before sending"
 
 
+class _Unsized:
+    """A file-like object of unknown length (no fileno, no seek): httpx sends its upload chunked."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, size: int = -1) -> bytes:
+        data, self.data = self.data, b""
+        return data
+
+
+def test_a_re_run_of_a_chunked_upload_never_sends_both_content_length_and_transfer_encoding(
+    journal_path: Path,
+) -> None:
+    # RFC 9112 6.1: a sender MUST NOT send Content-Length with Transfer-Encoding; a server or proxy
+    # may answer 400 (request smuggling defence), which would be recorded as the operation's answer
+    sent: list[httpx.Request] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        request.read()
+        sent.append(request)
+        return httpx.Response(503 if len(sent) == 1 else 201)
+
+    policy = samekey.RetryPolicy(max_attempts=1)
+    with _client(journal_path, transport=httpx.MockTransport(server), policy=policy) as client:
+        with pytest.raises(samekey.RetriesExhausted):
+            client.post(URL, files={"file": ("a.pdf", _Unsized(b"%PDF-1.7 scan"))}, operation="booking-42/upload")
+        again = client.post(URL, files={"file": ("a.pdf", _Unsized(b"%PDF-1.7 scan"))}, operation="booking-42/upload")
+    assert again.status_code == 201
+    assert sent[0].headers.get("transfer-encoding") == "chunked" and "content-length" not in sent[0].headers
+    assert sent[1].content == sent[0].content
+    assert not ("content-length" in sent[1].headers and "transfer-encoding" in sent[1].headers), sent[1].headers
+
+
 def test_an_async_re_run_of_a_multipart_upload_sends_the_first_bytes(journal_path: Path) -> None:
     sent: list[bytes] = []
 

@@ -524,7 +524,8 @@ def _as_first_sent(request: httpx.Request, record: OperationRecord) -> None:
     if content_type is None:
         return
     request.headers["Content-Type"] = header_bytes(content_type).decode("latin-1")
-    request.headers["Content-Length"] = str(len(record.request_body))
+    if "Transfer-Encoding" not in request.headers:  # never both (RFC 9112 6.1): a chunked body stays chunked
+        request.headers["Content-Length"] = str(len(record.request_body))
     request.stream = httpx.ByteStream(record.request_body)
     request._content = record.request_body  # what request.content (and a retry's re-read) returns
 
