@@ -528,6 +528,15 @@ def test_resume_reads_headers_from_a_file_keeping_the_credential_out_of_the_comm
     assert server.charge_count() == 1
 
 
+def test_a_header_file_saved_with_a_bom_and_crlf_is_read(tmp_path: Path) -> None:
+    # Windows PowerShell 5.1 (Set-Content/Out-File -Encoding UTF8) and older Notepad start a UTF-8 file
+    # with a BOM: its first header was refused as "line 1 is not a header", though it is one
+    headers = tmp_path / "headers"
+    headers.write_bytes(b"\xef\xbb\xbfAuthorization: Bearer sk_live_from_file\r\nX-Team: payments\r\n")
+    args = cli.build_parser().parse_args(["resume", "inv-16", "-H", f"@{headers}"])
+    assert args.headers == [(b"Authorization", b"Bearer sk_live_from_file"), (b"X-Team", b"payments")]
+
+
 @pytest.mark.parametrize(
     ("content", "words"),
     [

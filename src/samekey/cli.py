@@ -80,7 +80,7 @@ def header_argument(text: str) -> list[tuple[bytes, bytes]]:
         return [parse_header(text)]
     path = Path(text[1:]).expanduser()
     try:
-        lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+        lines = path.read_text(encoding="utf-8-sig", errors="surrogateescape").splitlines()  # -sig: a BOM
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"cannot read the header file {path} ({exc.strerror})") from exc
     headers = []
