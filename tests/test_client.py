@@ -802,3 +802,63 @@ def test_a_pid_from_another_pid_namespace_or_boot_is_never_judged_dead(journal_p
         assert engine.owner_is_dead(f"{engine._host}/{gone.pid}/4026539999.0badb007/tag-1") is False
         assert engine.owner_is_dead(f"{engine._host}/{gone.pid}/tag-1") is False  # older samekey: no scope
         assert engine.new_owner().split("/")[2] == scope
+
+
+class _BodySignature(httpx.Auth):
+    """An API that signs each request's body (HMAC, as SigV4 or a webhook-style scheme does)."""
+
+    requires_request_body = True
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        import hashlib
+        import hmac
+
+        request.headers["X-Signature"] = hmac.new(b"secret", request.content, hashlib.sha256).hexdigest()
+        yield request
+
+
+def _signature_checking_server(bodies: list[bytes]) -> httpx.MockTransport:
+    import hashlib
+    import hmac
+
+    def server(request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        expected = hmac.new(b"secret", body, hashlib.sha256).hexdigest()
+        if request.headers.get("X-Signature") != expected:
+            return httpx.Response(403, json={"error": "bad signature"})
+        bodies.append(body)
+        return httpx.Response(503 if len(bodies) == 1 else 201)
+
+    return httpx.MockTransport(server)
+
+
+def test_a_re_run_upload_is_signed_over_the_bytes_it_sends(journal_path: Path) -> None:
+    # the first attempt's bytes are put back BEFORE auth runs: a body signature covers them
+    bodies: list[bytes] = []
+    upload = {"file": ("passport.pdf", b"%PDF-1.7 scan", "application/pdf")}
+    policy = samekey.RetryPolicy(max_attempts=1)
+    with _client(journal_path, transport=_signature_checking_server(bodies), policy=policy, auth=_BodySignature()) as c:
+        with pytest.raises(samekey.RetriesExhausted):
+            c.post(URL, files=upload, operation="booking-42/upload")
+        again = c.post(URL, files=upload, operation="booking-42/upload")
+    assert again.status_code == 201, again.text
+    assert bodies[0] == bodies[1]
+
+
+def test_an_async_re_run_upload_is_signed_over_the_bytes_it_sends(journal_path: Path) -> None:
+    bodies: list[bytes] = []
+
+    async def story() -> int:
+        upload = {"file": ("passport.pdf", b"%PDF-1.7 scan", "application/pdf")}
+        async with samekey.AsyncClient(
+            journal=journal_path,
+            transport=_signature_checking_server(bodies),
+            policy=samekey.RetryPolicy(max_attempts=1),
+            auth=_BodySignature(),
+        ) as c:
+            with pytest.raises(samekey.RetriesExhausted):
+                await c.post(URL, files=upload, operation="booking-42/upload")
+            return (await c.post(URL, files=upload, operation="booking-42/upload")).status_code
+
+    assert asyncio.run(story()) == 201
+    assert bodies[0] == bodies[1]

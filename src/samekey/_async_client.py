@@ -13,7 +13,7 @@ import anyio.to_thread
 import httpx
 
 from ._client import with_operation
-from ._core import KeyFormat, OnBusy
+from ._core import KeyFormat, OnBusy, carry_first_bytes, multipart_operation
 from ._policy import RetryPolicy
 from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
 from ._transport import AsyncSameKeyTransport, EngineHolder, JournalArg, _make_engine
@@ -57,6 +57,14 @@ class AsyncClient(httpx.AsyncClient, EngineHolder):
         self, method: str, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
     ) -> httpx.Response:
         return await super().request(method, url, **with_operation(kwargs, operation))
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        operation = multipart_operation(request)
+        if operation is not None:  # before auth, which may sign the body (see carry_first_bytes)
+            await request.aread()
+            record = await anyio.to_thread.run_sync(self.engine.journal.get, operation)
+            carry_first_bytes(self.engine, request, record)
+        return await super().send(request, **kwargs)
 
     async def post(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
         return await self.request("POST", url, operation=operation, **kwargs)

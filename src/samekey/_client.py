@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from ._core import OPERATION_EXTENSION, KeyFormat, OnBusy
+from ._core import OPERATION_EXTENSION, KeyFormat, OnBusy, carry_first_bytes, multipart_operation
 from ._policy import RetryPolicy
 from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
 from ._transport import EngineHolder, JournalArg, SameKeyTransport, _make_engine
@@ -64,6 +64,13 @@ class Client(httpx.Client, EngineHolder):
         self, method: str, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
     ) -> httpx.Response:
         return super().request(method, url, **with_operation(kwargs, operation))
+
+    def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        operation = multipart_operation(request)
+        if operation is not None:  # before auth, which may sign the body (see carry_first_bytes)
+            request.read()
+            carry_first_bytes(self.engine, request, self.engine.journal.get(operation))
+        return super().send(request, **kwargs)
 
     def post(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
         return self.request("POST", url, operation=operation, **kwargs)

@@ -512,6 +512,32 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
     return (yield from _attempts(engine, request, record, owner))
 
 
+def multipart_operation(request: httpx.Request) -> str | None:
+    """The operation of a multipart request (a re-run of it may need `carry_first_bytes`), else None.
+
+    Most requests are not multipart: they cost a header lookup and no journal read.
+    """
+    operation = request.extensions.get(OPERATION_EXTENSION)
+    if not isinstance(operation, str):
+        return None
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return operation if kind == "multipart/form-data" else None
+
+
+def carry_first_bytes(engine: Engine, request: httpx.Request, record: OperationRecord | None) -> None:
+    """Before the client's auth runs: a re-run of a pending multipart operation carries its first bytes.
+
+    The transport swaps them in too (`_as_first_sent`), but only after auth: an `httpx.Auth` that
+    signs the body (HMAC, SigV4) would have signed the re-run's own boundary, and the server would
+    refuse the signature. ``request`` has been read.
+    """
+    if record is None or not record.pending or record.request_body == request.content:
+        return
+    plan = engine.plan(request)
+    if plan is not None and _mismatch(plan, record) is None:
+        _as_first_sent(request, record)
+
+
 def _as_first_sent(request: httpx.Request, record: OperationRecord) -> None:
     """Send a multipart body built again (same fingerprint, new random boundary) as first sent.
 
