@@ -542,6 +542,7 @@ def test_a_header_file_saved_with_a_bom_and_crlf_is_read(tmp_path: Path) -> None
     [
         (None, "cannot read the header file"),
         ("Authorization Bearer sk_live_secret\n", "line 1 is not a header (value not shown"),
+        ("# the key goes here\n\n", "holds no header"),
     ],
 )
 def test_a_bad_header_file_is_refused_without_showing_its_content(

@@ -93,6 +93,8 @@ def header_argument(text: str) -> list[tuple[bytes, bytes]]:
             raise argparse.ArgumentTypeError(
                 f"{path} line {number} is not a header (value not shown, it may be a secret): use 'Name: value'"
             ) from None
+    if not headers:  # an empty secret mount: say so now, not with the server's 401 later
+        raise argparse.ArgumentTypeError(f"the header file {path} holds no header: use one 'Name: value' per line")
     return headers
 
 
