@@ -264,3 +264,19 @@ def test_budget_refuses_nan(name: str) -> None:
     # NaN passed "value < 0": a NaN capacity never throttles, a NaN cost never refuses
     with pytest.raises(ValueError, match=f"RetryBudget {name} must be a non-negative number"):
         samekey.RetryBudget(**{name: float("nan")})  # type: ignore[arg-type]
+
+
+def test_set_testing_scopes_that_end_out_of_order_each_undo_their_own() -> None:
+    # Two threads (or tasks) each in their own `with set_testing(True, attempts=N)`: the one that
+    # ends first must remove its own cap, not the other's, which is still in effect.
+    policy = samekey.RetryPolicy(max_attempts=8)
+    first, second = samekey.set_testing(True, attempts=2), samekey.set_testing(True, attempts=5)
+    try:
+        assert policy.attempts_allowed() == 5
+        first.__exit__(None, None, None)
+        assert policy.attempts_allowed() == 5  # the second scope is still open
+        first.__exit__(None, None, None)  # exiting twice changes nothing more
+        assert policy.attempts_allowed() == 5
+    finally:
+        second.__exit__(None, None, None)
+    assert policy.attempts_allowed() == 8

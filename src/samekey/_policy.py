@@ -51,7 +51,7 @@ def to_seconds(value: Seconds, name: str, *, allow_zero: bool = True) -> float:
 # -- testing mode -----------------------------------------------------------------------
 
 _testing_lock = threading.Lock()
-_testing: list[int | None] = []  # stack of active testing modes: the attempts cap, or None
+_testing: list[_TestingMode] = []  # stack of active testing modes (each holds its attempts cap, or None)
 
 
 def testing_attempts_cap() -> tuple[bool, int | None]:
@@ -59,7 +59,7 @@ def testing_attempts_cap() -> tuple[bool, int | None]:
     stack = _testing
     if not stack:
         return False, None
-    return True, stack[-1]
+    return True, stack[-1]._attempts
 
 
 class _TestingMode:
@@ -68,7 +68,7 @@ class _TestingMode:
         self._attempts = attempts
         if on:
             with _testing_lock:
-                _testing.append(attempts)
+                _testing.append(self)
         else:
             with _testing_lock:
                 _testing.clear()
@@ -79,8 +79,11 @@ class _TestingMode:
     def __exit__(self, *exc: object) -> None:
         if self._on:
             with _testing_lock:
-                if _testing:
-                    _testing.pop()
+                # its own entry, wherever it is: scopes of threads or tasks may end out of order
+                for i in range(len(_testing) - 1, -1, -1):
+                    if _testing[i] is self:
+                        del _testing[i]
+                        break
 
 
 def set_testing(on: bool = True, *, attempts: int | None = None) -> contextlib.AbstractContextManager[object]:
