@@ -280,3 +280,19 @@ def test_set_testing_scopes_that_end_out_of_order_each_undo_their_own() -> None:
     finally:
         second.__exit__(None, None, None)
     assert policy.attempts_allowed() == 8
+
+
+def test_set_testing_false_as_a_context_manager_is_undone_on_exit() -> None:
+    # conftest turns testing on for the whole suite; one test checks real waits in a
+    # `with set_testing(False):` block. After it, the suite must be back in testing mode.
+    policy = samekey.RetryPolicy(initial_delay=10, max_delay=10, max_attempts=8)
+    outer = samekey.set_testing(True, attempts=3)
+    try:
+        with samekey.set_testing(False):
+            assert policy.attempts_allowed() == 8
+            assert max(_state_after(policy, 3) for _ in range(20)) > 0.0  # real waits
+        assert policy.attempts_allowed() == 3  # testing mode is back, with its cap
+        assert _state_after(policy, 3) == 0.0
+    finally:
+        outer.__exit__(None, None, None)
+    assert policy.attempts_allowed() == 8

@@ -66,31 +66,40 @@ class _TestingMode:
     def __init__(self, on: bool, attempts: int | None) -> None:
         self._on = on
         self._attempts = attempts
+        self._ended = False
+        self._saved: list[_TestingMode] = []  # what an 'off' cleared: put back when it is used as `with`
         if on:
             with _testing_lock:
                 _testing.append(self)
         else:
             with _testing_lock:
+                self._saved = list(_testing)
                 _testing.clear()
 
     def __enter__(self) -> _TestingMode:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._on:
-            with _testing_lock:
-                # its own entry, wherever it is: scopes of threads or tasks may end out of order
-                for i in range(len(_testing) - 1, -1, -1):
-                    if _testing[i] is self:
-                        del _testing[i]
-                        break
+        if not self._on:
+            with _testing_lock:  # the modes it turned off, unless they ended meanwhile, under any begun since
+                _testing[:0] = [mode for mode in self._saved if not mode._ended]
+                self._saved = []
+            return
+        with _testing_lock:
+            self._ended = True
+            # its own entry, wherever it is: scopes of threads or tasks may end out of order
+            for i in range(len(_testing) - 1, -1, -1):
+                if _testing[i] is self:
+                    del _testing[i]
+                    break
 
 
 def set_testing(on: bool = True, *, attempts: int | None = None) -> contextlib.AbstractContextManager[object]:
     """Turn off real waiting between retries, for your own test suite.
 
     ``samekey.set_testing(True)`` stays on until ``set_testing(False)``; used as
-    ``with samekey.set_testing(True, attempts=2): ...`` it is undone on exit.
+    ``with samekey.set_testing(True, attempts=2): ...`` it is undone on exit (and
+    ``with samekey.set_testing(False): ...`` turns back on what it turned off).
     ``attempts`` optionally caps the attempts of every policy while it is on.
     """
     if attempts is not None and (not isinstance(attempts, int) or attempts < 1):
