@@ -75,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     invoices = read_invoices(csv_path)
     server = None if args.server else start_server(args.state, args.work_seconds)
     base_url = args.server or server.url  # type: ignore[union-attr]
+    crash = None
     if args.crash_after is not None:
-        threading.Timer(args.crash_after, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        crash = threading.Timer(args.crash_after, os.kill, (os.getpid(), signal.SIGKILL))
+        crash.daemon = True
+        crash.start()
 
     counts = {"paid": 0, "already": 0, "failed": 0}
     lock = threading.Lock()
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
         with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
             list(pool.map(pay, invoices))
+    if crash is not None:
+        crash.cancel()  # the run is over: a crash "after SECONDS" can no longer happen during it
 
     if server is not None:
         server.stop()

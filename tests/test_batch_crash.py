@@ -165,3 +165,14 @@ def test_the_example_killed_mid_charge_with_its_own_server_pays_each_invoice_onc
     assert {key for key, _ in charges} == {r.key for r in records.values()}
     assert records[pending[0].operation].key == in_flight[0]  # finished with its own key
     assert query("SELECT count(*) FROM idempotency WHERE state = 'running'") == [(0,)]
+
+
+def test_crash_after_longer_than_the_run_lets_a_finished_run_exit_normally(tmp_path: Path) -> None:
+    # --crash-after simulates a crash *during* the run: a run that is over before it must
+    # exit 0, not sit until the timer fires and then be SIGKILLed after printing "done".
+    batch = [sys.executable, str(EXAMPLE), "--state", str(tmp_path / "state"), "--sample-size", "2"]
+    started = time.monotonic()
+    done = subprocess.run([*batch, "--crash-after", "30"], capture_output=True, text=True, timeout=90, env=env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == "done: 2 paid now, 0 already paid earlier, 0 failed"
+    assert time.monotonic() - started < 30
