@@ -48,12 +48,15 @@ def main() -> None:
         first = int(sys.argv[2])
         checkout({"A": first, "B": first + 1, "C": first + 2}, sys.argv[3])
         return
-    folder = Path(tempfile.mkdtemp(prefix="samekey-demo-"))
     first = int(time.time() * 1000) % 10_000_000 * 3  # new orders each run; the journal remembers old ones
     orders = {"A": first, "B": first + 1, "C": first + 2}
     # the child's requests: A goes through, B is charged and its answer lost, then 503s
     child_faults = FaultPlan([None, Fault.lost_response()] + [Fault.http(503)] * 100_000)
-    with PaymentServer(folder / "payments.sqlite3") as server, FaultProxy(server.url, child_faults) as proxy:
+    with (
+        tempfile.TemporaryDirectory(prefix="samekey-demo-") as folder,  # the server's books, removed at the end
+        PaymentServer(Path(folder) / "payments.sqlite3") as server,
+        FaultProxy(server.url, child_faults) as proxy,
+    ):
         print(f"1. Payment server {server.url}, behind a fault proxy {proxy.url}.")
         print(f"   Journal: {samekey.default_journal_path()}")
         print("2. A checkout process pays orders A, B, C:")

@@ -22,3 +22,18 @@ def test_checkout_demo_runs_and_charges_each_order_once(tmp_path: Path) -> None:
     assert "killed with SIGKILL (exit -9)" in out
     assert "order A: HTTP 201 ch_1, answered from the journal, nothing sent" in out
     assert "Charges per order on the server: A=1 B=1 C=1; distinct keys: 3" in out
+
+
+def test_checkout_demo_leaves_no_temporary_folder_behind(tmp_path: Path) -> None:
+    # Run as the README says, again and again: each run's payment-server folder is its own and
+    # must be removed when the demo ends, not pile up in the temp dir (the journal is what persists).
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "SAMEKEY_JOURNAL": str(tmp_path / "journal.sqlite3"), "TMPDIR": str(temp)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "checkout.py")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(temp.iterdir()) == []
