@@ -136,6 +136,24 @@ def post_in_background(url: str, key: str, timeout: float = 5.0) -> Callable[[],
     return result
 
 
+def test_server_reads_a_chunked_request_body(pay_server: PaymentServer) -> None:
+    # A body of unknown length (a generator, a stream) goes out with Transfer-Encoding: chunked
+    # and no Content-Length: it must be charged with its payload, as one request, not as an
+    # empty payload followed by a garbage "request" made of the chunks.
+    def stream() -> Iterator[bytes]:
+        yield b'{"amount":4200,'
+        yield b'"currency":"eur"}'
+
+    with httpx.Client(base_url=pay_server.url, timeout=5) as client:
+        response = client.post("/charges", content=stream(), headers={"Idempotency-Key": "k"})
+        assert response.status_code == 201, response.text
+        assert response.json() == {"id": "ch_1", **PAYLOAD}
+        again = client.post("/charges", json=PAYLOAD, headers={"Idempotency-Key": "k"})
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert pay_server.charges() == [{"id": 1, "key": "k", **PAYLOAD}]
+    assert outcomes(pay_server) == ["charged", "replay"]
+
+
 def test_a_key_left_running_by_a_killed_server_is_executed_again_and_charged_once(tmp_path: Path) -> None:
     db = tmp_path / "server.sqlite3"
     environ = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}

@@ -284,7 +284,13 @@ class PaymentServer:
                     name, sep, value = line.partition(":")
                     if sep:
                         headers[name.strip().lower()] = value.strip()
-                body = await reader.readexactly(int(headers.get("content-length") or 0))
+                try:
+                    if "chunked" in headers.get("transfer-encoding", "").lower():
+                        body = await _read_chunked(reader)  # a body of unknown length: a stream, a generator
+                    else:
+                        body = await reader.readexactly(int(headers.get("content-length") or 0))
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+                    return
                 try:
                     answer = await self._handle(method, path, headers, body)
                 except _Abort as abort:
@@ -363,6 +369,19 @@ class PaymentServer:
             await asyncio.sleep(fault.delay)
         self._log(key, method, path, "charged" if not declined else str(declined), raw)
         return declined or 201, answer, {}
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    """A chunked request body (RFC 9112 7.1), decoded; trailers are read and dropped."""
+    parts: list[bytes] = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":
+                pass
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
 
 
 class _Abort(Exception):
