@@ -8,6 +8,7 @@ server's SQLite file says: one charge, one key, and where the fault struck.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import sqlite3
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -152,6 +154,24 @@ def test_server_reads_a_chunked_request_body(pay_server: PaymentServer) -> None:
     assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
     assert pay_server.charges() == [{"id": 1, "key": "k", **PAYLOAD}]
     assert outcomes(pay_server) == ["charged", "replay"]
+
+
+def test_a_server_never_started_stopped_twice_or_failing_to_bind_leaves_nothing_open(tmp_path: Path) -> None:
+    # A fixture that builds a server and tears it down before starting it, a test that stops it
+    # inside its `with`, a port already taken: stop() does not raise, and no event loop, socket
+    # or database is left open (ResourceWarnings that a suite run with -W error then blames on
+    # whichever later test the garbage collector happens to run in).
+    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        PaymentServer(tmp_path / "never-started.sqlite3").stop()
+        with PaymentServer(tmp_path / "outage.sqlite3") as server:
+            server.stop()  # the payment API goes down mid-test; the `with` stops it again
+        assert server.charge_count() == 0
+        with socket.create_server(("127.0.0.1", 0)) as busy, pytest.raises(OSError):
+            PaymentServer(tmp_path / "busy.sqlite3", port=busy.getsockname()[1])
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 def test_a_key_left_running_by_a_killed_server_is_executed_again_and_charged_once(tmp_path: Path) -> None:

@@ -102,7 +102,12 @@ class PaymentServer:
         # One asyncio loop in a background thread: at concurrency 100 a thread-per-connection
         # server spends its time fighting over the GIL, and the tests would measure that.
         self._loop = asyncio.new_event_loop()
-        self._sock = socket.create_server(("127.0.0.1", port), backlog=1024)
+        try:
+            self._sock = socket.create_server(("127.0.0.1", port), backlog=1024)
+        except BaseException:  # e.g. the port is taken: leave nothing open
+            self._loop.close()
+            self._db.close()
+            raise
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -149,6 +154,8 @@ class PaymentServer:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+            self._thread = None
+        if not self._loop.is_closed():  # also when it never started; a second stop() does nothing more
             self._loop.close()
         self._sock.close()
         with self._db_lock:
