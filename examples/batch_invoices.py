@@ -1,8 +1,7 @@
 """Pay a CSV of invoices, safely re-runnable after a crash.
 
-    python examples/batch_invoices.py                   # sample CSV, local payment server
-    python examples/batch_invoices.py --crash-after 0.5 # dies (SIGKILL) half-way
-    python examples/batch_invoices.py                   # pays only what is left
+    python examples/batch_invoices.py --crash-after 0.5 # sample CSV, local server: dies (SIGKILL) half-way
+    python examples/batch_invoices.py                   # the re-run: pays only what is left
     samekey list --journal /tmp/samekey-batch-invoices/journal.sqlite3
 
 Each invoice is one operation ("invoice-<id>/charge"): its Idempotency-Key is
