@@ -10,14 +10,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_checkout_demo_runs_and_charges_each_order_once(tmp_path: Path) -> None:
-    env = {**os.environ, "SAMEKEY_JOURNAL": str(tmp_path / "journal.sqlite3")}
+def _run_demo(tmp_path: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """`python examples/checkout.py`, as the README says, on a journal of its own; it must succeed."""
+    env = {**os.environ, "SAMEKEY_JOURNAL": str(tmp_path / "journal.sqlite3"), **extra_env}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "checkout.py")],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_checkout_demo_runs_and_charges_each_order_once(tmp_path: Path) -> None:
+    result = _run_demo(tmp_path)
     out = result.stdout
     assert "killed with SIGKILL (exit -9)" in out
     assert "order A: HTTP 201 ch_1, answered from the journal, nothing sent" in out
@@ -29,11 +35,5 @@ def test_checkout_demo_leaves_no_temporary_folder_behind(tmp_path: Path) -> None
     # must be removed when the demo ends, not pile up in the temp dir (the journal is what persists).
     temp = tmp_path / "tmp"
     temp.mkdir()
-    env = {**os.environ, "SAMEKEY_JOURNAL": str(tmp_path / "journal.sqlite3"), "TMPDIR": str(temp)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "checkout.py")],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    _run_demo(tmp_path, TMPDIR=str(temp))
     assert list(temp.iterdir()) == []

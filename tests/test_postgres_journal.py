@@ -242,24 +242,30 @@ def test_the_link_to_the_server_is_watched_unless_the_dsn_says_otherwise(pg_dsn:
             journal._give_back(conn)
 
 
-def test_a_dropped_server_connection_is_replaced(pg_dsn: str) -> None:
+def _terminate(pg_dsn: str, application_name: str) -> int:
+    """Kill the server side of every connection with that application_name; how many there were."""
     import psycopg
+
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+            (application_name,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_dropped_server_connection_is_replaced(pg_dsn: str) -> None:
 
     dsn = pg_dsn + "&application_name=samekey_reconnect_test"
     with samekey.PostgresJournal(dsn, pool_size=1) as journal:
         journal.claim(_intent(), "a", 30, 1000.0)
-        with psycopg.connect(pg_dsn, autocommit=True) as admin:
-            killed = admin.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = 'samekey_reconnect_test'"
-            ).fetchone()
-        assert killed == (1,)
+        assert _terminate(pg_dsn, "samekey_reconnect_test") == 1
         record = journal.get("op")
         assert record is not None and record.lease_owner == "a"
 
 
 def test_after_a_server_restart_the_first_calls_succeed_though_every_pooled_connection_died(pg_dsn: str) -> None:
-    import psycopg
 
     # A replica that served concurrent requests keeps pool_size idle connections; a server
     # restart or failover kills them all. The answer the payment server gave must still be
@@ -270,12 +276,7 @@ def test_after_a_server_restart_the_first_calls_succeed_though_every_pooled_conn
         held = [journal._acquire() for _ in range(3)]
         for conn in held:
             journal._give_back(conn)
-        with psycopg.connect(pg_dsn, autocommit=True) as admin:
-            killed = admin.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = 'samekey_restart_test'"
-            ).fetchone()
-        assert killed == (3,)
+        assert _terminate(pg_dsn, "samekey_restart_test") == 3  # what a server restart does
         journal.complete("op", "a", 1, 201, [], b"{}", 1001.0)
         record = journal.get("op")
         assert record is not None and record.state == "completed" and record.response_status == 201
