@@ -602,3 +602,28 @@ def test_resume_says_it_waits_for_an_operation_another_process_is_executing(
     assert "held by another-host/123/scope/tag-1" in result.err and "waiting for its outcome" in result.err
     assert result.code == 0, result.out + result.err  # its lease ran out: taken over, sent with its key
     assert server.charge_count() == 1
+
+
+def test_list_reads_no_bodies_and_still_works_with_a_store_written_before_that(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pending_op(journal_path, "inv-big", "https://pay.test/c", {"blob": "x" * 100_000})
+    asked: list[dict[str, object]] = []
+    records = samekey.Journal.records
+
+    def spy(self: samekey.Journal, *args: object, **kwargs: object) -> list[samekey.OperationRecord]:
+        asked.append(kwargs)
+        return records(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(samekey.Journal, "records", spy)
+    listed = run("list", "--journal", str(journal_path))
+    assert listed.code == 0 and "inv-big" in listed.out
+    as_json = json.loads(run("list", "--json", "--journal", str(journal_path)).out)
+    assert [r["operation"] for r in as_json] == ["inv-big"]
+    assert [kwargs.get("bodies") for kwargs in asked] == [False, False]
+
+    def older(self: samekey.Journal, prefix: str | None = None, *, include_completed: bool = True) -> object:
+        return records(self, prefix, include_completed=include_completed)  # a third-party store's signature
+
+    monkeypatch.setattr(samekey.Journal, "records", older)
+    assert run("list", "--journal", str(journal_path)).code == 0

@@ -371,6 +371,24 @@ def test_records_and_pending_filter_by_literal_prefix(journal: JournalStore) -> 
     assert len(journal.records(include_completed=False)) == 4
 
 
+def test_records_without_bodies_are_the_same_records_minus_headers_and_bodies(journal: JournalStore) -> None:
+    # what `samekey list` reads: after an outage, 100k pending records must not load every body
+    import dataclasses
+
+    journal.claim(intent("p/1", body=b'{"amount": 1}' * 100), A, 30, T0)
+    journal.claim(intent("p/2"), A, 30, T0 + 1)
+    journal.complete("p/2", A, 1, 201, [("content-type", "application/json")], b'{"id": "ch_2"}', T0 + 2)
+    full = journal.records()
+    light = journal.records(bodies=False)
+    assert [r.operation for r in light] == ["p/1", "p/2"]
+    for whole, summary in zip(full, light, strict=True):
+        assert summary.request_body == b"" and summary.request_headers == () and summary.response_body is None
+        assert summary.response_headers == ()
+        emptied = {"request_body": b"", "request_headers": (), "response_body": None, "response_headers": ()}
+        assert dataclasses.replace(whole, **emptied) == summary  # type: ignore[arg-type]
+    assert [r.operation for r in journal.records(include_completed=False, bodies=False)] == ["p/1"]
+
+
 def test_forget_removes_a_record_so_the_name_starts_afresh(journal: JournalStore) -> None:
     first = intent()
     journal.claim(first, A, 30, T0)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import itertools
 import logging
 import os
@@ -59,6 +58,7 @@ from ._journal import (
     OperationRecord,
     is_secret_header,
     is_secret_param,
+    takes_keyword,
 )
 from ._policy import RetryPolicy, _Exhausted, server_wait, to_seconds
 
@@ -215,10 +215,7 @@ class Engine:
 
     def purge_takes_limit(self) -> bool:
         """Whether the store's purge_completed takes ``limit`` (a store written before it may not)."""
-        try:
-            return "limit" in inspect.signature(self.journal.purge_completed).parameters
-        except (TypeError, ValueError):
-            return False
+        return takes_keyword(self.journal.purge_completed, "limit")
 
     def _scan_headers(self, headers: httpx.Headers) -> tuple[str | None, tuple[tuple[str, str], ...]]:
         """(the caller's key header, the headers to journal), in one pass over the raw headers."""

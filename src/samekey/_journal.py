@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import os
 import sqlite3
@@ -219,7 +220,9 @@ class JournalStore(Protocol):
 
     def pending(self, prefix: str | None = None) -> list[OperationRecord]: ...
 
-    def records(self, prefix: str | None = None, *, include_completed: bool = True) -> list[OperationRecord]: ...
+    def records(
+        self, prefix: str | None = None, *, include_completed: bool = True, bodies: bool = True
+    ) -> list[OperationRecord]: ...
 
     def forget(self, operation: str) -> bool: ...
 
@@ -270,6 +273,29 @@ _COLUMNS = (
     "created_at, updated_at, completed_at, attempts, last_error, response_status, response_headers, "
     "response_body, lease_owner, lease_expires"
 )
+
+
+def summary_columns(empty_bytes: str) -> str:
+    """``_COLUMNS`` with the headers and bodies read as empty (``empty_bytes``: the dialect's ``b''``)."""
+    empty = {
+        "request_headers": "'[]'",
+        "request_body": empty_bytes,
+        "response_headers": "NULL",
+        "response_body": "NULL",
+    }
+    return ", ".join(empty.get(name, name) for name in _COLUMNS.split(", "))
+
+
+_SUMMARY_COLUMNS = summary_columns("X''")
+
+
+def takes_keyword(method: Callable[..., Any], name: str) -> bool:
+    """Whether a store's method takes keyword ``name`` (a store written before it was added may not)."""
+    try:
+        parameters = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def _headers_to_json(headers: Iterable[tuple[str, str]]) -> str:
@@ -1124,7 +1150,11 @@ class Journal:
     def pending(self, prefix: str | None = None) -> list[OperationRecord]:
         return self.records(prefix, include_completed=False)
 
-    def records(self, prefix: str | None = None, *, include_completed: bool = True) -> list[OperationRecord]:
+    def records(
+        self, prefix: str | None = None, *, include_completed: bool = True, bodies: bool = True
+    ) -> list[OperationRecord]:
+        """Records in creation order. ``bodies=False`` leaves their headers and bodies empty: a
+        listing of many records (`samekey list` after an outage) reads no more than it shows."""
         where, params = [], []
         if not include_completed:
             where.append("state = 'pending'")
@@ -1132,8 +1162,9 @@ class Journal:
             where.append("operation >= ? AND operation < ?")
             params += [prefix, prefix + "\U0010ffff"]
         clause = f" WHERE {' AND '.join(where)}" if where else ""
+        columns = _COLUMNS if bodies else _SUMMARY_COLUMNS
         rows = self._read(
-            f"SELECT {_COLUMNS} FROM operations{clause} ORDER BY created_at, operation", tuple(params), "listing"
+            f"SELECT {columns} FROM operations{clause} ORDER BY created_at, operation", tuple(params), "listing"
         )
         return [_record(r) for r in rows]
 

@@ -39,6 +39,7 @@ from ._journal import (
     _replace,
     insert_params,
     purge_in_chunks,
+    summary_columns,
 )
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ CREATE INDEX samekey_operations_completed ON samekey_operations (completed_at) W
 """
 
 _SELECT = f"SELECT {_COLUMNS} FROM samekey_operations"
+_SELECT_SUMMARY = "SELECT " + summary_columns("''::bytea") + " FROM samekey_operations"
 _INSERT = (
     f"INSERT INTO samekey_operations ({_COLUMNS}) VALUES "
     "(%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, NULL, 0, NULL, NULL, NULL, NULL, %s, %s) "
@@ -447,7 +449,9 @@ class PostgresJournal:
     def pending(self, prefix: str | None = None) -> list[OperationRecord]:
         return self.records(prefix, include_completed=False)
 
-    def records(self, prefix: str | None = None, *, include_completed: bool = True) -> list[OperationRecord]:
+    def records(
+        self, prefix: str | None = None, *, include_completed: bool = True, bodies: bool = True
+    ) -> list[OperationRecord]:
         where: list[str] = []
         params: list[object] = []
         if not include_completed:
@@ -458,7 +462,8 @@ class PostgresJournal:
         clause = f" WHERE {' AND '.join(where)}" if where else ""
 
         def work(conn: psycopg.Connection[Any]) -> list[OperationRecord]:
-            rows = conn.execute(f"{_SELECT}{clause} ORDER BY created_at, operation", params).fetchall()
+            select = _SELECT if bodies else _SELECT_SUMMARY  # see Journal.records
+            rows = conn.execute(f"{select}{clause} ORDER BY created_at, operation", params).fetchall()
             return [_record(r) for r in rows]
 
         return self._run("listing", work)
