@@ -17,3 +17,12 @@ def test_clients_are_httpx_drop_ins() -> None:
 
     assert issubclass(samekey.Client, httpx.Client)
     assert issubclass(samekey.AsyncClient, httpx.AsyncClient)
+
+
+def test_a_third_store_builds_its_claim_result_from_the_public_api() -> None:
+    # README "Writing another store": claim(...) -> ClaimResult; a Redis or DynamoDB store
+    # must be able to make one without importing samekey's private modules
+    from samekey._journal import ClaimResult
+
+    assert "ClaimResult" in samekey.__all__
+    assert samekey.ClaimResult is ClaimResult

@@ -19,7 +19,7 @@ from ._errors import (
     RetriesExhausted,
     SameKeyError,
 )
-from ._journal import Journal, JournalStore, OperationRecord, default_journal_path
+from ._journal import ClaimResult, Journal, JournalStore, OperationRecord, default_journal_path
 from ._policy import RetryBudget, RetryPolicy, set_testing
 from ._resume import ResumeResult
 from ._transport import AsyncSameKeyTransport, SameKeyTransport
@@ -33,6 +33,7 @@ __all__ = [
     "AnswerNotRecorded",
     "AsyncClient",
     "AsyncSameKeyTransport",
+    "ClaimResult",
     "Client",
     "Journal",
     "JournalError",
