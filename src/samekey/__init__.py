@@ -19,7 +19,7 @@ from ._errors import (
     RetriesExhausted,
     SameKeyError,
 )
-from ._journal import ClaimResult, Journal, JournalStore, OperationRecord, default_journal_path
+from ._journal import ClaimResult, Intent, Journal, JournalStore, OperationRecord, default_journal_path
 from ._policy import RetryBudget, RetryPolicy, set_testing
 from ._resume import ResumeResult
 from ._transport import AsyncSameKeyTransport, SameKeyTransport
@@ -35,6 +35,7 @@ __all__ = [
     "AsyncSameKeyTransport",
     "ClaimResult",
     "Client",
+    "Intent",
     "Journal",
     "JournalError",
     "JournalStore",
