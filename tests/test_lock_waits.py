@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,18 @@ from samekey import _journal
 from test_journal_robustness import intent
 
 
-def _release_later(action: Callable[[], object], seconds: float = 0.2) -> threading.Timer:
-    timer = threading.Timer(seconds, action)
+@contextlib.contextmanager
+def _another_writer(path: Path, release: str = "ROLLBACK") -> Iterator[sqlite3.Connection]:
+    """Another process's connection holding the write lock; it lets go 0.2 s into the block."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another worker mid-commit (held long, to be sure we meet it)
+    timer = threading.Timer(0.2, other.execute, (release,))
     timer.start()
-    return timer
+    try:
+        yield other
+    finally:
+        timer.join(10)  # never close a connection while the timer's thread is still inside it
+        other.close()
 
 
 @pytest.fixture
@@ -37,35 +46,25 @@ def test_the_connection_leaves_lock_waits_to_samekey(journal: samekey.Journal) -
 
 
 def test_a_write_waits_for_another_process_write_and_goes_through(journal: samekey.Journal) -> None:
-    other = sqlite3.connect(journal.path, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")  # another worker mid-commit (held long, to be sure we meet it)
-    other.execute("INSERT INTO operations SELECT * FROM operations WHERE 0")
-    _release_later(lambda: other.execute("COMMIT"))
-    result = journal.claim(intent("second"), "owner", 60.0, 1001.0)
+    with _another_writer(journal.path, "COMMIT"):
+        result = journal.claim(intent("second"), "owner", 60.0, 1001.0)
     assert result.status == "created"
     assert [r.operation for r in journal.records()] == ["first", "second"]
-    other.close()
 
 
 def test_a_claim_that_meets_the_lock_between_its_statements_is_run_again_whole(journal: samekey.Journal) -> None:
     # an existing record: the INSERT writes nothing, then BEGIN IMMEDIATE meets the lock; the
     # whole claim runs again once it is free (the INSERT changed nothing, so nothing is done twice)
-    other = sqlite3.connect(journal.path, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")
-    _release_later(lambda: other.execute("ROLLBACK"))
-    result = journal.claim(intent("first"), "owner", 60.0, 1001.0)  # the lease is its own: taken again
+    with _another_writer(journal.path):
+        result = journal.claim(intent("first"), "owner", 60.0, 1001.0)  # the lease is its own: taken again
     assert result.status == "claimed" and result.record.lease_expires == 1061.0
-    other.close()
 
 
 def test_a_group_commit_waits_for_the_lock_too(journal: samekey.Journal) -> None:
-    other = sqlite3.connect(journal.path, isolation_level=None, check_same_thread=False)
-    other.execute("BEGIN IMMEDIATE")
-    _release_later(lambda: other.execute("ROLLBACK"))
     calls = [("claim", (intent(f"op-{i}"), "owner", 60.0, 1001.0)) for i in range(3)]
-    results = journal.run_calls(calls)
+    with _another_writer(journal.path):
+        results = journal.run_calls(calls)
     assert [(r.status, e) for r, e in results] == [("created", None)] * 3
-    other.close()
 
 
 class _LockedTwice:
