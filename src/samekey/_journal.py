@@ -117,17 +117,18 @@ def default_journal_path() -> Path:
     A DSN there is no path: the SQLite `Journal` refuses it (``Client()`` and the command use
     it as the PostgreSQL journal, see `environment_dsn`).
     """
-    env = os.environ.get("SAMEKEY_JOURNAL")
-    if env and env.startswith(DSN_PREFIXES):
+    dsn = environment_dsn()
+    if dsn is not None:
         # taken for a path, it would be a local file that dies with a container: refused
         from ._postgres import mask_dsn
 
         raise JournalError(
-            mask_dsn(env),
+            mask_dsn(dsn),
             "$SAMEKEY_JOURNAL holds a PostgreSQL DSN, and samekey.Journal is the SQLite journal",
             "Use samekey.PostgresJournal(DSN), or leave journal= out of Client() to use $SAMEKEY_JOURNAL; "
             "or set $SAMEKEY_JOURNAL to a file path.",
         )
+    env = os.environ.get("SAMEKEY_JOURNAL")
     if env:
         return Path(env).expanduser().absolute()  # a later chdir must not move the journal
     return platformdirs.user_state_path("samekey").absolute() / "journal.sqlite3"
