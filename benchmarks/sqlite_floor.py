@@ -7,6 +7,7 @@
    and on variants of it (fewer indexes, WITHOUT ROWID, smaller pages): what the schema
    costs, in blocks of 10 in random order as in sequential.py. Also the claim alone and the
    completion piggybacked on the next claim: what taking the completion off the path could save.
+   And the smallest write SQLite commits at all (one key, no index): the floor of any SQLite claim.
 
     python -m benchmarks.sqlite_floor [--requests 2000]
 """
@@ -27,6 +28,7 @@ import httpx
 from samekey._journal import _COLUMNS, _SCHEMA, _run_script
 
 from ._common import median, percentile, server
+from .sequential import bare_with_smallest_write
 
 BODY = {"amount": 1000, "currency": "eur", "source": "tok_visa"}
 INSERT = (
@@ -115,6 +117,7 @@ def schema_floors(folder: str, requests: int) -> None:
 
             calls[name] = call
         calls.update(_deferred_completions(folder, target))
+        calls["smallest SQLite write"] = bare_with_smallest_write(target, folder).call
         samples: dict[str, list[float]] = {name: [] for name in calls}
         order, done = random.Random(1234), 0
         while done < requests:
