@@ -7,7 +7,9 @@
    and on variants of it (fewer indexes, WITHOUT ROWID, smaller pages): what the schema
    costs, in blocks of 10 in random order as in sequential.py. Also the claim alone and the
    completion piggybacked on the next claim: what taking the completion off the path could save.
-   And the smallest write SQLite commits at all (one key, no index): the floor of any SQLite claim.
+   And the smallest write SQLite commits at all (one key, no index): the floor of any SQLite claim,
+   with an exclusive lock (the floor), with samekey's shared settings, and with no journal at all
+   (unsafe: the bound of SQLite as a plain file); next to the uuid4 key header with no write.
 
     python -m benchmarks.sqlite_floor [--requests 2000]
 """
@@ -117,7 +119,13 @@ def schema_floors(folder: str, requests: int) -> None:
 
             calls[name] = call
         calls.update(_deferred_completions(folder, target))
-        calls["smallest SQLite write"] = bare_with_smallest_write(target, folder).call
+        keyed = httpx.Client()
+        calls["uuid4 key header, no write"] = lambda i: keyed.post(
+            target, json=BODY, headers={"Idempotency-Key": str(uuid.uuid4())}
+        ).raise_for_status()
+        calls["smallest write, exclusive"] = bare_with_smallest_write(target, folder).call
+        calls["smallest write, shared"] = bare_with_smallest_write(target, folder, mode="shared").call
+        calls["smallest write, no journal"] = bare_with_smallest_write(target, folder, mode="unsafe").call
         samples: dict[str, list[float]] = {name: [] for name in calls}
         order, done = random.Random(1234), 0
         while done < requests:
