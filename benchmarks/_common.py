@@ -16,10 +16,10 @@ RESULTS = Path(__file__).parent / "results"
 
 
 @contextlib.contextmanager
-def server(kind: str = "minimal", folder: str | None = None) -> Iterator[str]:
+def server(kind: str = "minimal", folder: str | None = None, think_ms: float = 0.0) -> Iterator[str]:
     """Start the loopback server in its own process; yield its URL."""
     if kind == "minimal":
-        cmd = [sys.executable, "-m", "benchmarks._server"]
+        cmd = [sys.executable, "-m", "benchmarks._server", "--think-ms", str(think_ms)]
     else:  # the PaymentServer from samekey.testing (charges in SQLite)
         cmd = [sys.executable, "-m", "samekey.testing", "--db", os.path.join(folder or ".", "server.sqlite3")]
     root = str(Path(__file__).resolve().parent.parent)

@@ -7,18 +7,22 @@ journal's fsync) would hide the client-side overhead we measure. This server ans
 Idempotency-Key the way a payment API does (the first answer for a key is replayed,
 from memory), so retries and replays behave as against a real server.
 
-``python -m benchmarks._server`` prints ``http://127.0.0.1:PORT`` and serves until
-stdin is closed.
+``python -m benchmarks._server [--think-ms MS]`` prints ``http://127.0.0.1:PORT`` and
+serves until stdin is closed. ``--think-ms`` answers each request that many milliseconds
+late, as a real API does while it works (Stripe's charges take hundreds): the same client
+costs then weigh against a realistic round trip instead of a bare loopback one.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 import threading
 
 _replies: dict[bytes, bytes] = {}
 _count = 0
+_think = 0.0  # seconds before each answer
 
 
 def _answer(key: bytes | None) -> bytes:
@@ -63,7 +67,9 @@ class _Http(asyncio.Protocol):
                 break
             self.buffer = self.buffer[total:]
             out.append(_answer(key))
-        if out:
+        if out and _think:
+            asyncio.get_running_loop().call_later(_think, self.transport.write, b"".join(out))
+        elif out:
             self.transport.write(b"".join(out))
 
 
@@ -80,4 +86,7 @@ async def _serve() -> None:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--think-ms", type=float, default=0.0, help="answer each request this late")
+    _think = parser.parse_args().think_ms / 1000
     asyncio.run(_serve())

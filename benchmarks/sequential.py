@@ -5,7 +5,7 @@ the variants take turns in short blocks (in a new random order each round)
 so that machine noise and drift hit them all alike. The raw fsync latency of the
 journal's disk is measured in the same rounds.
 
-    python -m benchmarks.sequential [--requests 2000] [--server minimal|payment]
+    python -m benchmarks.sequential [--requests 2000] [--server minimal|payment] [--think-ms 5]
 """
 
 from __future__ import annotations
@@ -216,8 +216,14 @@ def variants(url: str, folder: str) -> list[Variant]:
     return out
 
 
-def run(requests: int = 2000, warmup: int = 50, server_kind: str = "minimal", folder: str | None = None) -> dict:
-    with tempfile.TemporaryDirectory(prefix="samekey-bench-", dir=folder) as tmp, server(server_kind, tmp) as url:
+def run(
+    requests: int = 2000, warmup: int = 50, server_kind: str = "minimal", folder: str | None = None, think_ms: float = 0
+) -> dict:
+    server_name = f"{server_kind}, answering after {think_ms:g} ms" if think_ms else server_kind
+    with (
+        tempfile.TemporaryDirectory(prefix="samekey-bench-", dir=folder) as tmp,
+        server(server_kind, tmp, think_ms) as url,
+    ):
         vs = variants(url, tmp)
         try:
             for i in range(warmup):
@@ -242,7 +248,7 @@ def run(requests: int = 2000, warmup: int = 50, server_kind: str = "minimal", fo
         finally:
             for v in vs:
                 v.close()
-    return report(vs, requests, server_kind)
+    return report(vs, requests, server_name)
 
 
 def report(vs: list[Variant], requests: int, server_kind: str) -> dict:
@@ -304,8 +310,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="300 requests per variant")
     parser.add_argument("--server", choices=["minimal", "payment"], default="minimal")
     parser.add_argument("--dir", default=None, help="folder for the journals (default: the system temp folder)")
+    parser.add_argument(
+        "--think-ms", type=float, default=0.0, help="the minimal server answers this late, as a real API works"
+    )
     args = parser.parse_args()
-    run(300 if args.quick else args.requests, server_kind=args.server, folder=args.dir)
+    if args.think_ms and args.server != "minimal":
+        parser.error("--think-ms needs --server minimal")
+    run(300 if args.quick else args.requests, server_kind=args.server, folder=args.dir, think_ms=args.think_ms)
 
 
 if __name__ == "__main__":
