@@ -862,3 +862,27 @@ def test_an_async_re_run_upload_is_signed_over_the_bytes_it_sends(journal_path: 
 
     assert asyncio.run(story()) == 201
     assert bodies[0] == bodies[1]
+
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_a_re_run_that_replays_a_307_follows_it_with_the_same_key(journal_path: Path, status: int) -> None:
+    # A 307/308 re-sends the POST, body and key, to the new location. On a re-run the
+    # redirect is replayed from the journal and httpx follows it again: without the
+    # operation's key the follow-up would be a new payment.
+    charged: list[str | None] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/charges":
+            return httpx.Response(status, headers={"Location": "https://pay.example/v2/charges"})
+        key = request.headers.get("Idempotency-Key")
+        if key not in charged:
+            charged.append(key)
+        return httpx.Response(201, json={"charge": charged.index(key)})
+
+    for _ in range(2):
+        with _client(journal_path, transport=httpx.MockTransport(server), follow_redirects=True) as client:
+            response = client.post(URL, json={"amount": 100}, operation="order-1/charge")
+            assert response.status_code == 201 and response.json() == {"charge": 0}
+            record = client.journal.get("order-1/charge")
+    assert record is not None and record.response_status == status
+    assert charged == [record.key], "one key, one charge: the re-run followed the redirect with the same key"

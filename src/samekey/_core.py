@@ -479,6 +479,9 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
                 yield Call("release", intent.operation, owner, record.attempts, None, engine.clock())
             raise OperationMismatch(intent.operation, mismatch)
         if claim.status == "completed":
+            # as when it was sent: httpx follows a replayed 307/308 with this request's headers,
+            # and without the key the follow-up would be a new payment
+            request.headers[engine.key_header] = record.key
             return _settled(request, _replay(record), engine.key_header)
         if claim.status != "busy":
             break
