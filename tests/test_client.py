@@ -886,3 +886,25 @@ def test_a_re_run_that_replays_a_307_follows_it_with_the_same_key(journal_path: 
             record = client.journal.get("order-1/charge")
     assert record is not None and record.response_status == status
     assert charged == [record.key], "one key, one charge: the re-run followed the redirect with the same key"
+
+
+def test_an_answer_carried_by_an_error_knows_its_request(journal_path: Path, no_sleep: None) -> None:
+    # an httpx transport's Response has no .request: the client sets it, but these never reach it
+    transport = httpx.MockTransport(lambda request: httpx.Response(503, json={"error": "down"}))
+    with _client(journal_path, transport=transport, policy=samekey.RetryPolicy(max_attempts=2)) as client:
+        with pytest.raises(samekey.RetriesExhausted) as keyed:
+            client.post(URL, json={"amount": 1}, operation="op")
+        with pytest.raises(samekey.RetriesExhausted) as unkeyed:
+            client.get(URL)
+    for error in (keyed.value, unkeyed.value):
+        last = error.last_response
+        assert last is not None and last.url == URL
+        with pytest.raises(httpx.HTTPStatusError, match="503"):
+            last.raise_for_status()
+    journal = _DiskFullOnComplete(journal_path)
+    transport = httpx.MockTransport(lambda request: httpx.Response(201, json={"id": "ch_1"}))
+    with samekey.Client(journal=journal, transport=transport) as client:
+        with pytest.raises(samekey.AnswerNotRecorded) as caught:
+            client.post(URL, json={"amount": 1}, operation="charge")
+    assert caught.value.response.request.method == "POST" and caught.value.response.url == URL
+    journal.close()

@@ -588,6 +588,10 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
                 response, exc = (yield Send(request, buffer=record is not None)), None
             except Exception as error:  # the driver threw the transport's error in
                 response, exc = None, error
+            else:
+                # the client sets it on what it returns; RetriesExhausted and AnswerNotRecorded
+                # carry an answer past the client: .url and .raise_for_status() need it too
+                response.request = request
             if state is None:
                 if exc is not None:
                     retry = policy.should_retry_exception(exc)
