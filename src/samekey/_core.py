@@ -445,6 +445,10 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
     if plan is None:
         return (yield from _attempts(engine, request, None, None))
     intent = plan.intent
+    if OPERATION_EXTENSION not in request.extensions:
+        # named here (auto:, key:): an auth flow answering a 401 challenge sends this same
+        # request again, and that is this operation, not a new one leaving this one pending
+        request.extensions[OPERATION_EXTENSION] = intent.operation
     owner = engine.new_owner()
     polls = 0
     now = engine.clock()
