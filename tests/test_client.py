@@ -926,3 +926,23 @@ def test_an_unnamed_post_answering_an_auth_challenge_leaves_no_stale_pending_rec
     assert response.status_code == 201 and info is not None
     assert [(r.operation, r.state, r.attempts) for r in records] == [(info.operation, "completed", 2)]
     assert info.operation is not None and info.operation.startswith("auto:")
+
+
+def test_stream_takes_operation_like_request(journal_path: Path) -> None:
+    transport = httpx.MockTransport(lambda r: httpx.Response(201, json={"key": r.headers.get("Idempotency-Key")}))
+    with _client(journal_path, transport=transport) as client:
+        for replayed in (False, True):
+            with client.stream("POST", URL, json={"amount": 1}, operation="order-1/charge") as response:
+                body = b"".join(response.iter_bytes())
+            info = samekey.operation_info(response)
+            assert info is not None and info.operation == "order-1/charge" and info.replayed is replayed
+            assert body == f'{{"key":"{info.key}"}}'.encode()
+
+    async def story() -> samekey.OperationInfo | None:
+        async with samekey.AsyncClient(journal=journal_path, transport=transport) as client:
+            async with client.stream("POST", URL, json={"amount": 1}, operation="order-1/charge") as response:
+                await response.aread()
+                return samekey.operation_info(response)
+
+    info = asyncio.run(story())
+    assert info is not None and info.operation == "order-1/charge" and info.replayed

@@ -5,6 +5,8 @@ It shares the decision core with `Client`; only the I/O is awaited.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
@@ -57,6 +59,13 @@ class AsyncClient(httpx.AsyncClient, EngineHolder):
         self, method: str, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
     ) -> httpx.Response:
         return await super().request(method, url, **with_operation(kwargs, operation))
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, method: str, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> AsyncIterator[httpx.Response]:
+        async with super().stream(method, url, **with_operation(kwargs, operation)) as response:
+            yield response
 
     async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         operation = multipart_operation(request)

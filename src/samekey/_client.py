@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
@@ -26,8 +28,8 @@ def with_operation(kwargs: dict[str, Any], operation: str | None) -> dict[str, A
 class Client(httpx.Client, EngineHolder):
     """A drop-in `httpx.Client` that makes writes safe to retry.
 
-    Every httpx.Client keyword works as in httpx. The write methods and `request`
-    take ``operation=``: your stable name for the logical operation (e.g.
+    Every httpx.Client keyword works as in httpx. The write methods, `request` and
+    `stream` take ``operation=``: your stable name for the logical operation (e.g.
     ``"order-42/charge"``); its Idempotency-Key is journaled before the first send
     and reused by every attempt, every re-run and `samekey resume`.
     """
@@ -64,6 +66,13 @@ class Client(httpx.Client, EngineHolder):
         self, method: str, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
     ) -> httpx.Response:
         return super().request(method, url, **with_operation(kwargs, operation))
+
+    @contextlib.contextmanager
+    def stream(
+        self, method: str, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> Iterator[httpx.Response]:
+        with super().stream(method, url, **with_operation(kwargs, operation)) as response:
+            yield response
 
     def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         operation = multipart_operation(request)
