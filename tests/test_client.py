@@ -946,3 +946,19 @@ def test_stream_takes_operation_like_request(journal_path: Path) -> None:
 
     info = asyncio.run(story())
     assert info is not None and info.operation == "order-1/charge" and info.replayed
+
+
+def test_event_hooks_run_once_per_call_around_the_retries(journal_path: Path, no_sleep: None) -> None:
+    # as README says: a request hook before the key is added, a response hook on the final answer only
+    answers = iter([httpx.Response(503), httpx.Response(201, json={"id": "ch_1"})])
+    seen: list[tuple[str, object]] = []
+    hooks = {
+        "request": [lambda request: seen.append(("request", request.headers.get("Idempotency-Key")))],
+        "response": [lambda response: seen.append(("response", response.status_code))],
+    }
+    transport = httpx.MockTransport(lambda request: next(answers))
+    with _client(journal_path, transport=transport, event_hooks=hooks) as client:
+        response = client.post(URL, json={"amount": 1}, operation="order-1/charge")
+    info = samekey.operation_info(response)
+    assert info is not None and info.attempts == 2
+    assert seen == [("request", None), ("response", 201)]
