@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import http.server
 import inspect
+import json
 import os
 import signal
 import subprocess
@@ -422,6 +425,59 @@ def test_8_processes_race_with_one_killed_and_restarted(journal_path: Path, race
     workers[3] = _worker(journal_path, race_server.url, 3, 200)
     _wait_all(workers, journal_path)
     _assert_exactly_once(race_server, 200)
+
+
+class _PeerPortHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every POST with the client's TCP port and the body it got (HTTP/1.1 keep-alive)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        answer = json.dumps({"port": self.client_address[1], "body": body.decode()}).encode()
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_sends_on_its_own_connection_not_the_parents(journal_path: Path) -> None:
+    # A batch pays its first item, then forks workers (multiprocessing 'fork', a prefork runner)
+    # that share the client. Were a child to send on the parent's pooled keep-alive socket, two
+    # processes would read each other's answers: one payment's answer journaled as another's.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PeerPortHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with samekey.Client(journal=journal_path, base_url=url) as client:
+            parent_port = client.post("/charges", json={"n": 0}, operation="op-0").json()["port"]
+            reader, writer = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    faulthandler.dump_traceback_later(10, exit=True)
+                    answer = client.post("/charges", json={"n": 1}, operation="op-1").json()
+                    os.write(writer, json.dumps(answer).encode())
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(writer)
+            with os.fdopen(reader) as pipe:
+                child_answer = json.loads(pipe.read() or "{}")
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            # the parent's connection is still its own
+            assert client.post("/charges", json={"n": 2}, operation="op-2").json()["port"] == parent_port
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert child_answer["body"] == '{"n":1}'
+    assert child_answer["port"] != parent_port, "the child sent on the parent's keep-alive connection"
 
 
 # -- asyncio at scale -------------------------------------------------------------------------------

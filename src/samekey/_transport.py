@@ -14,6 +14,7 @@ import contextlib
 import os
 import threading
 import time
+import weakref
 from datetime import timedelta
 from typing import Any
 
@@ -121,17 +122,42 @@ class _Options(EngineHolder):
         )
 
 
+# Every transport, so that a forked child can let go of the connections it inherited.
+_TRANSPORTS: weakref.WeakSet[SameKeyTransport | AsyncSameKeyTransport] = weakref.WeakSet()
+
+
+def _drop_inherited_connections() -> None:
+    """In a forked child: forget the parent's pooled keep-alive connections (httpx's own pools).
+
+    The child holds copies of the parent's sockets. Sending on one, two processes would read
+    each other's answers: one payment's answer returned, and journaled, as another's. The
+    child opens its own connections instead; its copies are closed when dropped, which does
+    not close the parent's connection (the socket stays open while the parent holds it).
+    """
+    for transport in list(_TRANSPORTS):
+        pool = getattr(transport.inner, "_pool", None)  # httpx.HTTPTransport / AsyncHTTPTransport
+        if isinstance(getattr(pool, "_connections", None), list) and isinstance(getattr(pool, "_requests", None), list):
+            pool._connections = []  # type: ignore[union-attr]
+            pool._requests = []  # type: ignore[union-attr]  # the parent's other threads' requests
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_drop_inherited_connections)
+
+
 class SameKeyTransport(httpx.BaseTransport, _Options):
     """An httpx transport that adds keys, journals and retries around ``transport``."""
 
     def __init__(self, transport: httpx.BaseTransport | None = None, **options: Any) -> None:
         _Options.__init__(self, **options)
         self.inner = transport if transport is not None else httpx.HTTPTransport()
+        _TRANSPORTS.add(self)
 
     @classmethod
     def around(cls, transport: httpx.BaseTransport, engine: Engine) -> SameKeyTransport:
         self = cls.__new__(cls)
         self.engine, self._owns_journal, self.inner = engine, False, transport
+        _TRANSPORTS.add(self)
         return self
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -192,11 +218,13 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
     def __init__(self, transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
         _Options.__init__(self, **options)
         self.inner = transport if transport is not None else httpx.AsyncHTTPTransport()
+        _TRANSPORTS.add(self)
 
     @classmethod
     def around(cls, transport: httpx.AsyncBaseTransport, engine: Engine) -> AsyncSameKeyTransport:
         self = cls.__new__(cls)
         self.engine, self._owns_journal, self.inner = engine, False, transport
+        _TRANSPORTS.add(self)
         return self
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
