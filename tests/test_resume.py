@@ -238,6 +238,21 @@ def test_a_key_within_its_ttl_is_resumed(journal_path: Path) -> None:
     assert later.keys == first.keys
 
 
+def test_an_expired_short_lived_key_says_how_old_it_is_in_units_that_tell(journal_path: Path) -> None:
+    # a server keeping keys for 5 minutes: "0.1 h ago, longer than key_ttl (0.1 h)" said nothing
+    clock = FakeClock()
+    with client_with_clock(journal_path, Recorder(503), clock, policy=ONE_TRY, key_ttl=300) as client:
+        with pytest.raises(samekey.RetriesExhausted):
+            client.post("https://pay.test/c", operation="op", json={})
+    clock.now += 400
+    with client_with_clock(journal_path, Recorder(201), clock, key_ttl=300) as client:
+        with pytest.raises(samekey.KeyExpired, match=r"created 6\.7 min ago, longer than key_ttl \(5\.0 min\)"):
+            client.resume("op")
+        client.engine.key_ttl = 30
+        with pytest.raises(samekey.KeyExpired, match=r"created 6\.7 min ago, longer than key_ttl \(30\.0 s\)"):
+            client.resume("op")
+
+
 # -- retention of completed records ---------------------------------------------------------
 
 

@@ -117,12 +117,21 @@ class KeyExpired(SameKeyError):
         self.age = age
         self.key_ttl = key_ttl
         super().__init__(
-            f"operation {operation!r} is pending with key {key}, created {age / 3600:.1f} h ago, "
-            f"longer than key_ttl ({key_ttl / 3600:.1f} h). The server may no longer recognise "
+            f"operation {operation!r} is pending with key {key}, created {_duration(age)} ago, "
+            f"longer than key_ttl ({_duration(key_ttl)}). The server may no longer recognise "
             "this key, so sending again could act twice. Nothing was sent. Check on the server "
             "whether the first attempt took effect, then run "
             f"`samekey forget {operation}` and start a new operation if it did not."
         )
+
+
+def _duration(seconds: float) -> str:
+    # in hours, a short key_ttl read "created 0.1 h ago, longer than key_ttl (0.1 h)"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class OperationNotFound(SameKeyError, LookupError):
