@@ -119,6 +119,19 @@ def test_resume_refuses_a_client_with_another_key_header(journal_path: Path) -> 
     assert rec.requests == []
 
 
+def test_a_rerun_with_another_key_header_is_refused_as_resume_is(journal_path: Path) -> None:
+    # The server saw the first attempt's key in Idempotency-Key; the same key in another header
+    # is no key to it, so it would act again. The re-run must say so, as resume does.
+    leave_pending(journal_path, "op", url="https://pay.test/c", json={})
+    rec = Recorder()
+    with samekey.Client(journal=journal_path, key_header="X-Idem", transport=httpx.MockTransport(rec)) as client:
+        with pytest.raises(samekey.OperationMismatch, match=r"key_header='Idempotency-Key'.*Nothing was sent"):
+            client.post("https://pay.test/c", operation="op", json={})
+    assert rec.requests == []
+    record = samekey.Journal(journal_path).get("op")
+    assert record is not None and record.pending and record.lease_owner is None
+
+
 def test_resume_pending_finishes_all_and_reports_each_failure(journal_path: Path, no_sleep: None) -> None:
     keys = {op: leave_pending(journal_path, op, json={"op": op}) for op in ("batch/1", "batch/2", "batch/3")}
     leave_pending(journal_path, "other/1", json={})

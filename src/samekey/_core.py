@@ -413,6 +413,12 @@ def _mismatch(plan: Plan, record: OperationRecord) -> str | None:
         return "same method and URL, different body"
     if plan.caller_key and record.key != intent.key:
         return f"its key is {record.key}, the request now carries {intent.key}"
+    if record.pending and record.key_header.lower() != intent.key_header.lower():
+        # the server knows the key under the header it came in: in another one it is no key at all
+        return (
+            f"its key was sent in the {record.key_header!r} header, this client sends keys in "
+            f"{intent.key_header!r}; send it again with a client created with key_header={record.key_header!r}"
+        )
     return None
 
 
