@@ -487,7 +487,7 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
         if mismatch is not None:
             if holds_lease:
                 yield Call("release", intent.operation, owner, record.attempts, None, engine.clock())
-            raise OperationMismatch(intent.operation, mismatch)
+            raise OperationMismatch(intent.operation, mismatch, pending=record.pending)
         if claim.status == "completed":
             # as when it was sent: httpx follows a replayed 307/308 with this request's headers,
             # and without the key the follow-up would be a new payment

@@ -85,12 +85,22 @@ class RetriesExhausted(SameKeyError):
 class OperationMismatch(SameKeyError):
     """An operation name was reused with a different method, URL, body or key."""
 
-    def __init__(self, operation: str, detail: str) -> None:
+    def __init__(self, operation: str, detail: str, *, pending: bool = False) -> None:
         self.operation = operation
+        if pending:  # a new name alone would send a second request while the first may have been acted on
+            advice = (
+                "The first request is still pending, and the server may have acted on it: finish it first "
+                f"(`samekey resume {operation}`), or check on the server before `samekey forget {operation}`. "
+                "A new logical operation needs a new operation name."
+            )
+        else:
+            advice = (
+                "If this is a new logical operation, give it a new operation name; "
+                f"if the old one is settled, remove it with `samekey forget {operation}`."
+            )
         super().__init__(
-            f"operation {operation!r} was first recorded with a different request ({detail}). "
-            "Nothing was sent. If this is a new logical operation, give it a new operation name; "
-            f"if the old one is settled, remove it with `samekey forget {operation}`."
+            f"operation {operation!r} was first recorded with a different request ({detail}). Nothing was sent. "
+            + advice
         )
 
 
