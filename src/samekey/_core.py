@@ -259,6 +259,41 @@ class Engine:
                 url = url.copy_with(params=hidden)
         return str(url)
 
+    def describe(
+        self, exc: BaseException | None, response: httpx.Response | None, request: httpx.Request
+    ) -> str | None:
+        """An attempt's outcome as journaled (last_error) and logged, with the request's credentials hidden.
+
+        An error may quote them: h11 refuses a token read with its newline as
+        ``Illegal header value b'Bearer sk_live_...\\n'``, and `samekey list` shows last_error.
+        """
+        if exc is None:
+            return _describe(None, response)
+        text = f"{type(exc).__name__}: {exc}"
+        for secret in sorted(self._credentials(request), key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
+        return text[:500]  # cut after hiding: a cut could leave part of a credential unmatched
+
+    def _credentials(self, request: httpx.Request) -> set[str]:
+        """The values `_scan_headers` and `stored_url` keep off the disk, as an error may print them."""
+        values = [value for name, value in request.headers.raw if self._is_credential(name.lower().decode("latin-1"))]
+        url = request.url
+        if url.userinfo:
+            values += [url.userinfo, *url.userinfo.split(b":", 1)]
+        for name, param in url.params.multi_items():
+            if is_secret_param(name, self.redact):
+                values.append(param.encode())
+        found = set()
+        for value in values:
+            # as the bytes read as text, and as Python prints bytes (an error's {!r}: newlines escaped)
+            for form in (value.decode("latin-1"), repr(bytes(value))[2:-1]):
+                if form.strip():
+                    found.add(form)
+        return found
+
+    def _is_credential(self, name: str) -> bool:
+        return name not in self._not_stored and is_secret_header(name, self.redact)
+
     def new_key(self) -> str:
         value = _uuid4()
         return f'"{value}"' if self.key_format == "structured" else value
@@ -625,16 +660,18 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
                     reason = "max_attempts reached"
                 else:
                     reason = _deadline_reason(policy, state.upcoming_sleep, response)
-                return (yield from _give_up(engine, state.attempt_number, record, owner, response, exc, reason))
+                return (
+                    yield from _give_up(engine, state.attempt_number, record, owner, request, response, exc, reason)
+                )
             if not isinstance(do, tenacity.DoSleep):
                 break  # tenacity says definitive: ``do`` is the response (an error was raised)
             if policy.budget is not None:
                 cost = policy.budget.try_acquire(isinstance(exc, httpx.TimeoutException))
                 if cost is None:
                     reason = "the client's retry budget is empty (the server looks unhealthy)"
-                    return (yield from _give_up(engine, tries, record, owner, response, exc, reason))
+                    return (yield from _give_up(engine, tries, record, owner, request, response, exc, reason))
                 taken += cost
-            error_text = last_error = _describe(exc, response)
+            error_text = last_error = engine.describe(exc, response, request)
             logger.warning(
                 "samekey retry operation=%s key=%s attempt=%d failed (%s); next in %.2f s",
                 operation, key, attempt, error_text, float(do),
@@ -661,7 +698,9 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
         # pending, free the lease so that a retry can go on at once
         if record is not None and owner is not None and not isinstance(exc, RetriesExhausted):
             # an interruption says nothing about the server: the last attempt's outcome stays
-            outcome = _describe(exc, None) if isinstance(exc, Exception) or last_error is None else last_error
+            outcome = (
+                engine.describe(exc, None, request) if isinstance(exc, Exception) or last_error is None else last_error
+            )
             with contextlib.suppress(Exception):  # a broken journal: report the first error, not this one
                 yield Call("release", record.operation, owner, earlier + begun, outcome, engine.clock())
         raise
@@ -765,13 +804,14 @@ def _give_up(
     tries: int,
     record: OperationRecord | None,
     owner: str | None,
+    request: httpx.Request,
     response: httpx.Response | None,
     exc: BaseException | None,
     reason: str,
 ) -> Generator[Action, Any, httpx.Response]:
     attempts = (record.attempts if record else 0) + tries
     if record is not None and owner is not None:
-        error = _describe(exc, response)
+        error = engine.describe(exc, response, request)
         yield Call("release", record.operation, owner, attempts, error, engine.clock())
     elif response is not None:
         yield Read(response)  # still streaming: read it whole for RetriesExhausted.last_response
