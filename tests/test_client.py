@@ -472,6 +472,26 @@ def test_journal_file_and_folder_are_private(journal_path: Path) -> None:
     assert journal_path.parent.stat().st_mode & 0o777 == 0o700
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_every_folder_samekey_creates_for_the_journal_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    # a first run with no ~/.local/state yet, under a service manager's umask 000: a folder left
+    # world-writable above the journal lets another local user swap the journal folder for their own
+    # (and with it the pending keys); XDG also asks for 0700 on state folders an app creates
+    journal_path = tmp_path / "home" / ".local" / "state" / "samekey" / "journal.sqlite3"
+    existing = tmp_path.stat().st_mode & 0o777
+    previous = os.umask(0o000)
+    try:
+        with _client(journal_path, transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
+            client.post(URL, json={}, operation="op")
+            files = {p.name: p.stat().st_mode & 0o777 for p in journal_path.parent.iterdir()}
+    finally:
+        os.umask(previous)
+    assert files == {name: 0o600 for name in ("journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm")}
+    created = [journal_path.parents[i] for i in range(4)]  # samekey, state, .local, home
+    assert {str(folder): folder.stat().st_mode & 0o777 for folder in created} == {str(f): 0o700 for f in created}
+    assert tmp_path.stat().st_mode & 0o777 == existing  # a folder that was there is left as it is
+
+
 @pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="POSIX modes and symlinks")
 @pytest.mark.parametrize("relative", [False, True])
 def test_a_journal_behind_a_dangling_symlink_is_private_too(tmp_path: Path, relative: bool) -> None:

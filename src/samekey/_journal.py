@@ -497,7 +497,10 @@ class Journal:
         folder = self.path.parent
         if not folder.exists():
             try:
-                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+                # every missing folder 0700, not only the last (mkdir -p makes parents with the umask's
+                # mode): a world-writable parent would let another user swap the journal folder
+                for missing in reversed([folder, *(p for p in folder.parents if not p.exists())]):
+                    missing.mkdir(mode=0o700, exist_ok=True)
             except OSError as exc:
                 raise self._fail(
                     f"cannot create its folder ({exc.strerror})", "Choose a writable location with journal=PATH."
