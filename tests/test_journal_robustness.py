@@ -106,6 +106,45 @@ def test_a_journal_from_a_newer_samekey_is_refused_not_rewritten(tmp_path: Path)
     assert path.read_bytes() == original
 
 
+@pytest.mark.parametrize("whose", ["newer-samekey", "another-application"])
+def test_a_refused_file_keeps_its_write_ahead_log(tmp_path: Path, whose: str) -> None:
+    # The process that wrote it was killed (or still runs): recent writes sit in the -wal file.
+    # Closing the last connection would fold them into the main file and delete the -wal.
+    path = tmp_path / "journal.sqlite3"
+    if whose == "newer-samekey":
+        make_journal(path)
+        writes = f"PRAGMA user_version={_journal.SCHEMA_VERSION + 1}"
+    else:
+        writes = "CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('ada')"
+    killed = f"""
+        import os, sqlite3
+        conn = sqlite3.connect({str(path)!r}, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript({writes!r})
+        os._exit(0)  # killed: no checkpoint, the writes stay in the -wal
+    """
+    subprocess.run([sys.executable, "-c", textwrap.dedent(killed)], check=True, timeout=60)
+    wal = Path(f"{path}-wal")
+    originals = {file: file.read_bytes() for file in (path, wal)}
+    assert len(originals[wal]) > 0
+    for read_only in (False, True):
+        with pytest.raises(samekey.JournalError, match="left untouched"):
+            samekey.Journal(path, read_only=read_only)
+        assert {file: file.read_bytes() if file.exists() else None for file in (path, wal)} == originals, read_only
+
+
+def test_a_truncated_journal_is_refused_and_nothing_is_left_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    cut = make_journal(path, operations=200)[: 4096 * 3]  # a copy cut short, a restore that ran out of space
+    path.write_bytes(cut)
+    for read_only in (False, True):
+        with pytest.raises(samekey.JournalError) as caught:
+            samekey.Journal(path, read_only=read_only)
+        assert_clear(caught.value, path, "not a readable SQLite database", "left untouched", "may hold pending keys")
+        assert path.read_bytes() == cut
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.sqlite3"], read_only
+
+
 def test_forward_migrations_upgrade_an_older_journal_and_keep_its_records(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

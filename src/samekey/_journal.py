@@ -553,13 +553,13 @@ class Journal:
         try:
             yield
         except JournalError:
-            conn.close()
+            self._close_untouched(conn)
             raise
         except sqlite3.OperationalError as exc:
-            conn.close()
+            self._close_untouched(conn)
             raise self._classify(exc, "opening") from exc
         except sqlite3.DatabaseError as exc:
-            conn.close()
+            self._close_untouched(conn)
             raise self._fail(
                 f"it is not a readable SQLite database ({exc})",
                 "It was left untouched. Move it aside (keep it: it may hold pending keys) "
@@ -569,6 +569,29 @@ class Journal:
             conn.close()
             raise
 
+    def _read_only_uri(self) -> str:
+        return "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+
+    def _close_untouched(self, conn: sqlite3.Connection) -> None:
+        """Close a connection to a file being refused, leaving its -wal as it is.
+
+        The last connection to a WAL database to close copies the -wal into the main file and
+        deletes it: a newer samekey's journal or another application's database would be
+        rewritten. A read-only connection holding the file meanwhile keeps ``conn`` from being
+        the last, and cannot checkpoint itself. (Python < 3.12 has no SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE.)
+        With an empty -wal there is nothing to fold in: a plain close removes the -wal/-shm it made.
+        """
+        holder = None
+        with contextlib.suppress(sqlite3.Error, OSError):  # no -wal, or the file cannot be read: a plain close
+            if self._side_file("-wal").stat().st_size > 0:
+                holder = sqlite3.connect(self._read_only_uri(), uri=True, isolation_level=None, check_same_thread=False)
+                holder.execute("PRAGMA user_version").fetchone()  # a read: it holds the file from now on
+        try:
+            conn.close()
+        finally:
+            if holder is not None:
+                holder.close()
+
     def _open_read_only(self) -> sqlite3.Connection:
         # A reader of a WAL database normally needs the -shm file, which it creates if missing:
         # impossible in a folder it may not write (a read-only mount, another user's journal).
@@ -577,7 +600,7 @@ class Journal:
         if not self.path.is_file():
             raise self._fail("there is no journal file here", "Check the path (--journal PATH or $SAMEKEY_JOURNAL).")
         self._made_side_files = not any(self._side_file(end).exists() for end in ("-wal", "-shm"))
-        base = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+        base = self._read_only_uri()
         conn = self._connect(base, uri=True)
         try:
             self._check_header(conn)
