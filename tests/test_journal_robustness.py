@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -199,6 +200,32 @@ def test_a_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> None:
     assert journal.get("big") is None and len(journal.pending()) == 3
     journal.close()
     assert path.read_bytes() == original
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="POSIX file size limit")
+def test_no_room_to_open_the_journal_names_the_disk_error(tmp_path: Path) -> None:
+    # A real process that may not grow a file past the journal's size (RLIMIT_FSIZE, as a full
+    # disk): opening needs room for the shared-memory index, and SQLite rolls its read back.
+    path = tmp_path / "journal.sqlite3"
+    original = make_journal(path)
+    opener = f"""
+        import resource, signal, samekey
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({len(original)}, {len(original)}))
+        try:
+            samekey.Journal({str(path)!r})
+        except samekey.JournalError as error:
+            print(error)
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(opener)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(SRC)},
+    )  # fmt: skip
+    assert "disk I/O error" in result.stdout and "Check the file, its folder and the disk" in result.stdout, result
+    assert "no transaction is active" not in result.stdout
+    assert path.read_bytes() == original
+    with samekey.Journal(path) as journal:  # the limit gone: every pending key is there
+        assert [r.operation for r in journal.pending()] == ["op-0", "op-1", "op-2"]
 
 
 def test_a_locked_journal_times_out_with_a_clear_error(tmp_path: Path) -> None:

@@ -665,7 +665,8 @@ class Journal:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         finally:
-            conn.execute("COMMIT")
+            if conn.in_transaction:  # SQLite rolls back by itself on some errors (no room for the -shm): keep that one
+                conn.execute("COMMIT")
         if app_id != APPLICATION_ID and (tables or version or app_id):
             raise self._fail(
                 "this SQLite file is not a samekey journal",
