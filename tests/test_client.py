@@ -377,6 +377,32 @@ def test_secrets_never_reach_the_journal_file(journal_path: Path) -> None:
     assert "authorization" not in names and "content-type" in names
 
 
+@respx.mock
+def test_redact_headers_keeps_the_named_headers_and_query_values_off_the_disk(journal_path: Path) -> None:
+    respx.post(url__startswith=URL).mock(return_value=httpx.Response(201, headers={"X-Merchant-Pin": "pin-echo-1"}))
+    with _client(journal_path, redact_headers=("X-Merchant-Pin", "merchant_pin")) as client:
+        client.post(
+            f"{URL}?merchant_pin=pin-query-2&amount=5",
+            json={"amount": 5},
+            operation="op",
+            headers={"x-merchant-pin": "pin-header-3", "X-Tenant": "acme"},
+        )
+        record = client.journal.get("op")
+    assert record is not None and record.url == f"{URL}?merchant_pin=REDACTED&amount=5"
+    assert ("x-tenant", "acme") in record.request_headers
+    blob = b"".join(p.read_bytes() for p in journal_path.parent.iterdir())
+    for secret in (b"pin-echo-1", b"pin-query-2", b"pin-header-3"):
+        assert secret not in blob
+
+
+@pytest.mark.parametrize("make", [samekey.Client, samekey.AsyncClient, samekey.SameKeyTransport])
+def test_one_header_name_for_redact_headers_is_refused_not_read_as_letters(journal_path: Path, make: Any) -> None:
+    # a bare string would be taken letter by letter: X-Merchant-Pin would go to the disk
+    with pytest.raises(TypeError, match=r"redact_headers must be a tuple of names.*\('X-Merchant-Pin',\)"):
+        make(journal=journal_path, redact_headers="X-Merchant-Pin")
+    assert not journal_path.exists()  # refused before the journal was opened
+
+
 def test_credentials_in_the_url_never_reach_the_journal_file_or_the_logs(
     journal_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -60,11 +60,18 @@ def _make_engine(
     redact_headers: tuple[str, ...],
     retention: float | timedelta = timedelta(days=7),
 ) -> tuple[Engine, bool]:
+    # a bare string would be read letter by letter, and the header it names written to disk
+    names = None if isinstance(redact_headers, (str, bytes)) else tuple(redact_headers)
+    if names is None or not all(isinstance(name, str) for name in names):
+        raise TypeError(
+            "redact_headers must be a tuple of names, e.g. redact_headers=('X-Merchant-Pin',) "
+            f"(note the comma for one name), got {redact_headers!r}"
+        )
     store, owned = open_journal(journal)
     try:
         engine = Engine(
             journal=store, policy=policy, key_header=key_header, key_format=key_format,
-            key_ttl=key_ttl, lease=lease, on_busy=on_busy, redact=frozenset(redact_headers), retention=retention,
+            key_ttl=key_ttl, lease=lease, on_busy=on_busy, redact=frozenset(names), retention=retention,
         )  # fmt: skip
     except BaseException:
         if owned:
