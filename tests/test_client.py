@@ -538,6 +538,19 @@ def test_a_journal_behind_a_dangling_symlink_is_private_too(tmp_path: Path, rela
     assert modes == {name: 0o600 for name in ("journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm")}
 
 
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="POSIX modes and symlinks")
+def test_a_journal_folder_behind_a_dangling_symlink_is_created_private(tmp_path: Path) -> None:
+    # ~/.local/state/samekey linked to a volume folder not made yet: as for a linked file, the target is made
+    link = tmp_path / "state" / "samekey"
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "volume" / "samekey")
+    with _client(link / "journal.sqlite3", transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
+        client.post(URL, json={}, operation="op")
+    volume = tmp_path / "volume"
+    assert link.is_symlink() and (volume / "samekey" / "journal.sqlite3").is_file()
+    assert {folder.stat().st_mode & 0o777 for folder in (volume, volume / "samekey")} == {0o700}
+
+
 def test_corrupt_journal_is_a_clear_error_and_left_intact(journal_path: Path) -> None:
     journal_path.parent.mkdir(parents=True)
     garbage = b"this is not a database" * 100

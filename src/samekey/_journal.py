@@ -496,6 +496,8 @@ class Journal:
     def _prepare_file(self) -> None:
         folder = self.path.parent
         if not folder.exists():
+            # a dangling symlink (a state folder linked to a volume): create its target, as for the file
+            folder = Path(os.path.realpath(folder))
             try:
                 # every missing folder 0700, not only the last (mkdir -p makes parents with the umask's
                 # mode): a world-writable parent would let another user swap the journal folder
