@@ -843,3 +843,34 @@ def test_a_leader_interrupted_before_running_its_batch_wakes_the_callers_it_took
     assert journal._writing is False and journal._queue == []
     journal.forget("later")  # and the journal still writes
     journal.close()
+
+
+def test_a_request_whose_timeouts_outlast_the_lease_is_not_taken_over_while_on_the_wire(journal_path: Path) -> None:
+    # lease=1 but timeout=3: the answer may come after the lease ran out. A second caller then
+    # must see the operation in progress, not take it over and send it a second time.
+    on_the_wire, second_done = threading.Event(), threading.Event()
+    sent: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers["Idempotency-Key"])
+        if len(sent) == 1:
+            on_the_wire.set()
+            second_done.wait(10)  # the first answer comes once the second caller is done
+        return httpx.Response(201, json={"id": "ch_1"})
+
+    transport = httpx.MockTransport(server)
+    with (
+        samekey.Client(journal=journal_path, transport=transport, lease=1, timeout=3) as first,
+        samekey.Client(journal=journal_path, transport=transport, lease=1, on_busy="raise") as second,
+    ):
+        worker = threading.Thread(target=lambda: first.post(URL, json={"a": 1}, operation="slow-charge"))
+        worker.start()
+        assert on_the_wire.wait(10)
+        time.sleep(1.3)  # past the client's 1 s lease, within what the timeouts allow the attempt
+        try:
+            with pytest.raises(samekey.OperationInProgress):
+                second.post(URL, json={"a": 1}, operation="slow-charge")
+        finally:
+            second_done.set()
+            worker.join(10)
+    assert len(sent) == 1, "the operation was sent twice at once"

@@ -23,7 +23,8 @@ REPLICA = textwrap.dedent(
     """
     import json, sys, samekey
     dsn, url, host = sys.argv[1:4]
-    with samekey.Client(journal=dsn, lease=1.5, timeout=30) as client:
+    # timeout=None: the lease stays 1.5 s (a timeout would stretch it to cover one attempt)
+    with samekey.Client(journal=dsn, lease=1.5, timeout=None) as client:
         client.engine._host = host  # each process plays a replica on a host of its own
         response = client.post(url + "/charges", json={"amount": 4200}, operation="order-42/charge")
         info = samekey.operation_info(response)

@@ -76,6 +76,7 @@ MAX_OPERATION_LENGTH = 512
 PURGE_INTERVAL = 3600.0  # seconds between two lazy purges of completed records by one client
 PURGE_BATCH = 1000  # records one lazy purge deletes at most (a few ms), so no request stalls on a backlog
 PURGE_BACKLOG_PAUSE = 1.0  # seconds until the next batch when a purge left old records behind
+LEASE_MARGIN = 5.0  # seconds a lease adds to an attempt's timeouts: the client's own work around it
 _NOT_STORED_HEADERS = frozenset({"content-length", "host", "transfer-encoding", "connection"})
 # Refused before the server acted on the request: its key stays pending (not completed), so
 # httpx's auth flow (Digest) or a re-run with fixed credentials sends the same key again.
@@ -294,6 +295,23 @@ class Engine:
     def _is_credential(self, name: str) -> bool:
         return name not in self._not_stored and is_secret_header(name, self.redact)
 
+    def lease_for(self, request: httpx.Request) -> float:
+        """How long an attempt of ``request`` holds its operation: the client's lease, or longer.
+
+        The lease is not renewed while a request is on the wire: an attempt its own timeouts
+        let run past the lease (``timeout=80``, stripe-python's, against the 60 s default) would
+        let another caller take the operation over and send it a second time meanwhile. So a
+        lease covers the worst the timeouts allow: waiting for a connection, connecting, writing
+        and reading. With no timeout (None) an attempt is unbounded: the client's lease stands.
+        """
+        timeouts = request.extensions.get("timeout")
+        if not isinstance(timeouts, dict):
+            return self.lease
+        limits = [timeouts.get(phase) for phase in ("pool", "connect", "write", "read")]
+        if not all(isinstance(limit, (int, float)) for limit in limits):
+            return self.lease
+        return max(self.lease, sum(limits) + LEASE_MARGIN)  # type: ignore[arg-type]
+
     def new_key(self) -> str:
         value = _uuid4()
         return f'"{value}"' if self.key_format == "structured" else value
@@ -491,6 +509,7 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
         # request again, and that is this operation, not a new one leaving this one pending
         request.extensions[OPERATION_EXTENSION] = intent.operation
     owner = engine.new_owner()
+    lease = engine.lease_for(request)
     polls = 0
     now = engine.clock()
     if engine.purge_due(now):
@@ -507,7 +526,7 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
     while True:
         now = engine.clock()
         try:
-            claim = yield Call("claim", intent, owner, engine.lease, now)
+            claim = yield Call("claim", intent, owner, lease, now)
         except GeneratorExit:
             raise
         except BaseException:
@@ -681,7 +700,7 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
                 now = engine.clock()
                 # the lease covers the wait and the next attempt: a Retry-After or backoff longer
                 # than the lease must not let another caller take the operation over meanwhile
-                hold = float(do) + engine.lease
+                hold = float(do) + engine.lease_for(request)
                 try:
                     yield Call("record_attempt", record.operation, owner, attempt, error_text, hold, now)
                 except Exception as exc:  # the journal's own "nothing was sent" would be untrue here

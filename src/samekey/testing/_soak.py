@@ -37,7 +37,8 @@ from ._server import PaymentServer
 __all__ = ["SoakReport", "fault_mix", "run_soak", "verify"]
 
 # A worker's client: it gives up on an answer after CLIENT_TIMEOUT; the proxy holds a
-# "slow" answer longer than that. A killed worker's lease expires after LEASE.
+# "slow" answer longer than that. A killed worker's lease is taken over at once (same host);
+# it would expire after LEASE stretched to cover one attempt's timeouts (Engine.lease_for).
 CLIENT_TIMEOUT = 0.3
 HOLD = 0.6
 LEASE = 1.0
