@@ -84,6 +84,7 @@ def test_a_cancelled_task_frees_its_lease_so_a_retry_goes_at_once(journal_path: 
                 await asyncio.wait_for(client.post("https://pay.test/charges", json={}, operation="op"), 0.2)
             pending = client.journal.get("op")
             assert pending is not None and pending.pending and pending.lease_owner is None, "lease freed, key kept"
+            assert pending.last_error == "CancelledError"  # as `samekey list` shows it, no dangling ": "
             started = time.monotonic()
             again = await client.post("https://pay.test/charges", json={}, operation="op")
             return time.monotonic() - started, again, client.journal.get("op")

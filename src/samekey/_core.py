@@ -270,7 +270,7 @@ class Engine:
         """
         if exc is None:
             return _describe(None, response)
-        text = f"{type(exc).__name__}: {exc}"
+        text = _error_text(exc)
         for secret in sorted(self._credentials(request), key=len, reverse=True):
             text = text.replace(secret, REDACTED)
         return text[:500]  # cut after hiding: a cut could leave part of a credential unmatched
@@ -479,8 +479,14 @@ def _describe(exc: BaseException | None, response: httpx.Response | None) -> str
     if response is not None:
         return f"HTTP {response.status_code}"
     if exc is not None:
-        return f"{type(exc).__name__}: {exc}"[:500]
+        return _error_text(exc)[:500]
     return None
+
+
+def _error_text(exc: BaseException) -> str:
+    # a cancelled task's CancelledError has no message: "CancelledError", not "CancelledError: "
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _replay(record: OperationRecord) -> httpx.Response:
