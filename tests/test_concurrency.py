@@ -141,6 +141,52 @@ def test_ctrl_c_mid_request_frees_the_lease_and_keeps_the_key(journal_path: Path
     assert len(keys) == 2 and keys[0] == keys[1]
 
 
+class _OtherStore:
+    """A JournalStore that is not the SQLite Journal (PostgresJournal, one of your own): worker threads."""
+
+    def __init__(self, journal: samekey.Journal) -> None:
+        self.journal = journal
+        self.location = journal.location
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.journal, name)
+
+
+class _SlowStore(_OtherStore):
+    def claim(self, *args: Any) -> Any:
+        time.sleep(0.3)  # a slow database: the claim still runs on its worker thread when the task is cancelled
+        return self.journal.claim(*args)
+
+
+def test_a_task_cancelled_during_its_claim_on_another_store_frees_the_lease(journal_path: Path) -> None:
+    # asyncio cancels the task's wait, not the worker thread running the claim: the release must
+    # wait for that claim, or it frees nothing and the claim then holds the lease for 60 s
+    async def story() -> tuple[samekey.OperationRecord | None, int]:
+        transport = httpx.MockTransport(lambda request: httpx.Response(201))
+        with samekey.Journal(journal_path) as journal:
+            store = _SlowStore(journal)
+            async with samekey.AsyncClient(journal=store, transport=transport, on_busy="raise") as client:
+                await client.post("https://pay.test/charges", json={}, operation="warm-up")  # (and the hourly purge)
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(client.post("https://pay.test/charges", json={}, operation="op"), 0.05)
+                record = journal.get("op")
+                again = await client.post("https://pay.test/charges", json={}, operation="op")  # no OperationInProgress
+                # cancelled before its claim began (anyio then never runs it): nothing to wait for
+                started = time.monotonic()
+                task = asyncio.create_task(client.post("https://pay.test/charges", json={}, operation="early"))
+                await asyncio.sleep(0)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert time.monotonic() - started < 5, "the cancelled task waited for a claim that never ran"
+                assert journal.get("early") is None
+                return record, again.status_code
+
+    record, status = asyncio.run(story())
+    assert record is not None and record.pending and record.lease_owner is None, "lease freed, key kept"
+    assert status == 201
+
+
 class _InterruptedAfterClaim(samekey.Journal):
     def claim(self, *args: Any) -> Any:
         result = super().claim(*args)

@@ -237,15 +237,16 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
         flow = operation_flow(self.engine, request)
+        on_worker = _WorkerCalls()
         try:
             action = next(flow)
             while True:
                 try:
-                    result = await self._perform(action)
+                    result = await self._perform(action, on_worker)
                 except Exception as exc:
                     action = flow.throw(exc)
                 except BaseException as exc:  # a cancelled task: the lease is freed, the key kept
-                    abandon(flow, exc, self._run_in_order)
+                    abandon(flow, exc, lambda call: self._run_in_order(call, on_worker))
                     raise
                 else:
                     action = flow.send(result)
@@ -253,7 +254,7 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
             response: httpx.Response = done.value
             return response
 
-    async def _perform(self, action: Action) -> Any:
+    async def _perform(self, action: Action, on_worker: _WorkerCalls) -> Any:
         if isinstance(action, Send):
             response = await self.inner.handle_async_request(action.request)
             return await self._read(response) if action.buffer else response
@@ -277,12 +278,14 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
                 if thread is None:
                     thread = self._journal_thread = _JournalThread(journal)
                 return await thread.submit(action, loop)
-        return await anyio.to_thread.run_sync(action.run, journal)
+        return await on_worker.run(action, journal)
 
-    def _run_in_order(self, call: Call) -> Any:
+    def _run_in_order(self, call: Call, on_worker: _WorkerCalls) -> Any:
         # A claim cut short may still be queued on (or running in) the journal thread: the
         # release goes behind it there, or it would find nothing to free and the claim would
-        # then hold the lease for its full length.
+        # then hold the lease for its full length. Likewise on a worker thread (PostgresJournal,
+        # another store): asyncio cancels the task's wait for it, not the thread.
+        on_worker.abandon()
         thread = self._journal_thread
         if thread is None:
             return call.run(self.engine.journal)
@@ -305,6 +308,45 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
         if thread is not None:
             thread.stop()
         self._close_journal()
+
+
+class _WorkerCalls:
+    """One request's journal calls on worker threads (PostgresJournal, another store, or under trio).
+
+    A cancelled asyncio task stops waiting for such a call, but the thread goes on: the release
+    of an interrupted task must come after a claim still running there, and must not wait for
+    one that never started (anyio drops a call whose wait was cancelled before it began).
+    """
+
+    __slots__ = ("_abandoned", "_lock", "_running")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: threading.Event | None = None  # set once the call that started last has ended
+        self._abandoned = False
+
+    async def run(self, call: Call, journal: JournalStore) -> Any:
+        ended = threading.Event()
+
+        def run() -> Any:
+            with self._lock:
+                if self._abandoned:  # its task was interrupted before it began: nobody waits for it
+                    return None
+                self._running = ended
+            try:
+                return call.run(journal)
+            finally:
+                ended.set()
+
+        return await anyio.to_thread.run_sync(run)
+
+    def abandon(self) -> None:
+        """The task was interrupted: a call not yet begun never runs; one running is waited for."""
+        with self._lock:
+            self._abandoned = True
+            running = self._running
+        if running is not None:
+            running.wait(60)
 
 
 _Waiter = asyncio.Future[Any] | threading.Event
