@@ -187,6 +187,50 @@ def test_a_task_cancelled_during_its_claim_on_another_store_frees_the_lease(jour
     assert status == 201
 
 
+def test_a_task_cancelled_as_its_answer_arrives_frees_the_lease(journal_path: Path) -> None:
+    # the web client disconnects just as the server's answer comes in: the completion never ran
+    # (a worker-thread call whose wait is cancelled before it begins is dropped), and the lease
+    # was held for 60 s although nobody worked on the operation any more
+    keys: list[str] = []
+
+    async def server(request: httpx.Request) -> httpx.Response:
+        keys.append(request.headers["Idempotency-Key"])
+        if len(keys) == 1:
+            asyncio.current_task().cancel()  # type: ignore[union-attr]
+        return httpx.Response(201)
+
+    async def story() -> tuple[samekey.OperationRecord | None, int]:
+        with samekey.Journal(journal_path) as journal:
+            store = _OtherStore(journal)
+            transport = httpx.MockTransport(server)
+            async with samekey.AsyncClient(journal=store, transport=transport, on_busy="raise") as client:
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.create_task(client.post("https://pay.test/charges", json={}, operation="op"))
+                record = journal.get("op")
+                again = await client.post("https://pay.test/charges", json={}, operation="op")  # no OperationInProgress
+                return record, again.status_code
+
+    record, status = asyncio.run(story())
+    assert record is not None and record.pending and record.lease_owner is None, "lease freed, key kept"
+    assert status == 201 and len(keys) == 2 and keys[0] == keys[1], "the retry sent the same key"
+
+
+class _InterruptedCompletion(samekey.Journal):
+    def complete(self, *args: Any) -> Any:
+        raise KeyboardInterrupt  # Ctrl-C as the answer is being recorded
+
+
+def test_ctrl_c_while_the_answer_is_recorded_frees_the_lease(journal_path: Path) -> None:
+    with _InterruptedCompletion(journal_path) as journal:
+        client = samekey.Client(journal=journal, transport=httpx.MockTransport(lambda r: httpx.Response(201)))
+        with pytest.raises(KeyboardInterrupt):
+            client.post("https://pay.test/charges", json={}, operation="op")
+        record = journal.get("op")
+        assert record is not None and record.pending and record.lease_owner is None, "nobody holds it now"
+        assert record.attempts == 1
+        client.close()
+
+
 class _InterruptedAfterClaim(samekey.Journal):
     def claim(self, *args: Any) -> Any:
         result = super().claim(*args)

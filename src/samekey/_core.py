@@ -734,21 +734,18 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
     if policy.budget is not None:
         policy.budget.refund(taken)
     if record is not None and owner is not None:
-        if response.status_code in NOT_ACTED_ON:
-            refused = f"HTTP {response.status_code}: credentials refused, the server did not act; the key is kept"
-            yield Call("release", record.operation, owner, attempts, refused, engine.clock())
-        else:
-            headers = engine.stored_response_headers(response.headers)
-            body = b"".join(response.stream)  # type: ignore[arg-type]  # the raw body: drivers buffer it in a ByteStream
-            now = engine.clock()
-            try:
-                yield Call("complete", record.operation, owner, attempts, response.status_code, headers, body, now)
-            except Exception as exc:  # a full disk, a lost database: the server HAS acted, say so
-                with contextlib.suppress(Exception):  # free the lease if the journal still can
-                    unrecorded = f"HTTP {response.status_code}: the answer could not be recorded"
-                    yield Call("release", record.operation, owner, attempts, unrecorded, engine.clock())
-                response.read()  # in memory already: `error.response.json()` works at once
-                raise _not_recorded(engine, exc, record, response) from exc
+        try:
+            yield from _record_answer(engine, record, owner, attempts, response)
+        except (GeneratorExit, Exception):
+            raise
+        except BaseException:
+            # interrupted (a cancelled task, Ctrl-C) while the answer was being recorded: the write may
+            # never have run (a worker-thread call whose wait is cancelled before it begins is dropped),
+            # so free the lease, or no retry could go on until it expires; after a completion, a no-op
+            with contextlib.suppress(Exception):
+                interrupted = f"HTTP {response.status_code}: interrupted before the answer was recorded"
+                yield Call("release", record.operation, owner, attempts, interrupted, engine.clock())
+            raise
     if logger.isEnabledFor(logging.INFO):
         logger.info(
             "samekey done operation=%s key=%s attempt=%d status=%d",
@@ -757,6 +754,27 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
         )  # fmt: skip
     response.extensions[INFO_EXTENSION] = OperationInfo(operation, key, attempts, replayed=False)
     return _settled(request, response, engine.key_header)
+
+
+def _record_answer(
+    engine: Engine, record: OperationRecord, owner: str, attempts: int, response: httpx.Response
+) -> Generator[Action, Any, None]:
+    """Journal a definitive answer as completed; a 401/407 only frees the lease, its key kept."""
+    if response.status_code in NOT_ACTED_ON:
+        refused = f"HTTP {response.status_code}: credentials refused, the server did not act; the key is kept"
+        yield Call("release", record.operation, owner, attempts, refused, engine.clock())
+        return
+    headers = engine.stored_response_headers(response.headers)
+    body = b"".join(response.stream)  # type: ignore[arg-type]  # the raw body: drivers buffer it in a ByteStream
+    now = engine.clock()
+    try:
+        yield Call("complete", record.operation, owner, attempts, response.status_code, headers, body, now)
+    except Exception as exc:  # a full disk, a lost database: the server HAS acted, say so
+        with contextlib.suppress(Exception):  # free the lease if the journal still can
+            unrecorded = f"HTTP {response.status_code}: the answer could not be recorded"
+            yield Call("release", record.operation, owner, attempts, unrecorded, engine.clock())
+        response.read()  # in memory already: `error.response.json()` works at once
+        raise _not_recorded(engine, exc, record, response) from exc
 
 
 def _journal_failure(engine: Engine, exc: Exception) -> tuple[str, str]:
