@@ -1,4 +1,12 @@
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import samekey
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_all_is_sorted_and_exported() -> None:
@@ -27,3 +35,80 @@ def test_a_third_store_builds_its_claim_result_from_the_public_api() -> None:
 
     assert {"ClaimResult", "Intent"} <= set(samekey.__all__)
     assert samekey.ClaimResult is ClaimResult and samekey.Intent is Intent
+
+
+def test_a_third_store_with_a_read_only_location_type_checks(tmp_path: Path) -> None:
+    # README "Writing another store": `location` is "a printable name"; the clients only read it,
+    # so a store computing it in a property is correct and must pass the user's mypy --strict
+    user_code = tmp_path / "redis_store.py"
+    user_code.write_text(
+        textwrap.dedent(
+            """
+            from __future__ import annotations
+
+            import samekey
+            from samekey import ClaimResult, Intent, OperationRecord
+
+
+            class RedisStore:
+                def __init__(self, url: str) -> None:
+                    self.url = url
+
+                @property
+                def location(self) -> str:
+                    return self.url.split("@")[-1]
+
+                def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult:
+                    raise NotImplementedError
+
+                def record_attempt(
+                    self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+                ) -> None: ...
+
+                def complete(
+                    self,
+                    operation: str,
+                    owner: str,
+                    attempts: int,
+                    status: int,
+                    headers: list[tuple[str, str]],
+                    body: bytes,
+                    now: float,
+                ) -> None: ...
+
+                def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None: ...
+
+                def get(self, operation: str) -> OperationRecord | None:
+                    return None
+
+                def pending(self, prefix: str | None = None) -> list[OperationRecord]:
+                    return []
+
+                def records(
+                    self, prefix: str | None = None, *, include_completed: bool = True, bodies: bool = True
+                ) -> list[OperationRecord]:
+                    return []
+
+                def forget(self, operation: str) -> bool:
+                    return False
+
+                def purge_completed(self, older_than: float, now: float, limit: int | None = None) -> int:
+                    return 0
+
+                def close(self) -> None: ...
+
+
+            store: samekey.JournalStore = RedisStore("redis://127.0.0.1:6379")
+            client = samekey.Client(journal=RedisStore("redis://127.0.0.1:6379"))
+            transport = samekey.SameKeyTransport(journal=store)
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", str(user_code)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MYPYPATH": str(ROOT / "src")},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

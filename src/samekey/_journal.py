@@ -196,7 +196,10 @@ class JournalStore(Protocol):
     re-run sends the same key again, which the server answers by replay).
     """
 
-    location: str
+    @property
+    def location(self) -> str:
+        """A printable name without secrets (read only: a plain attribute or a property)."""
+        ...
 
     def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult: ...
 
