@@ -187,6 +187,19 @@ def test_a_dsn_in_samekey_journal_is_the_journal_of_clients_and_of_the_command(
     assert "postgresql://ops:***@127.0.0.1:1/pay" in str(caught.value)
 
 
+def test_the_sqlite_journal_given_a_dsn_refuses_it_instead_of_making_a_local_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # samekey.Journal("postgresql://...") read the DSN as a relative path: a SQLite file in
+    # ./postgresql:/db.internal/pay, private to this replica, while the code meant the shared one
+    monkeypatch.chdir(tmp_path)
+    for dsn in ("postgresql://ops:pa55-w0rd@db.internal/pay", "postgres://ops:pa55-w0rd@db.internal/pay"):
+        with pytest.raises(samekey.JournalError) as caught:
+            samekey.Journal(dsn)
+        assert "PostgresJournal" in str(caught.value) and "pa55-w0rd" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_key_value_dsn_password_is_masked_too() -> None:
     with pytest.raises(samekey.JournalError) as caught:
         samekey.PostgresJournal("host=127.0.0.1 port=1 user=bob password=hunter2-x dbname=d", connect_timeout=2)

@@ -461,6 +461,15 @@ class Journal:
             raise ValueError(f"durability must be 'fsync' or 'process', got {durability!r}")
         if not isinstance(lock_timeout, (int, float)) or lock_timeout <= 0:
             raise ValueError(f"lock_timeout must be a positive number of seconds, got {lock_timeout!r}")
+        if isinstance(path, str) and path.startswith(DSN_PREFIXES):
+            # read as a path it would be a local file (./postgresql:/host/db) no other replica sees
+            from ._postgres import mask_dsn
+
+            raise JournalError(
+                mask_dsn(path),
+                "this is a PostgreSQL DSN, and samekey.Journal is the SQLite journal",
+                "Use samekey.PostgresJournal(DSN), or pass the DSN itself as journal= to the client.",
+            )
         # absolute once, here: a later os.chdir (a daemon, a task runner) must neither point the
         # WAL sync at a missing file nor let a forked child reopen another, empty journal
         # (absolute(), not resolve(): `..` after a symlinked folder means what the OS says)
