@@ -599,6 +599,17 @@ def test_bad_client_options_are_refused(journal_path: Path) -> None:
         _client(journal_path, policy={"max_attempts": 3})
 
 
+@pytest.mark.parametrize("make", [samekey.Client, samekey.AsyncClient, samekey.SameKeyTransport])
+@pytest.mark.parametrize("name", ["Idempotency-Key:", "Idempotency-Key ", "Idempotency Key", "X-Key\n"])
+def test_a_key_header_that_is_no_header_name_is_refused_before_anything_is_journaled(
+    journal_path: Path, make: Any, name: str
+) -> None:
+    # accepted, every request journaled a pending key, then failed in h11 ("Illegal header name"),
+    # and the operation was tied to that header for life: fixed, the client got OperationMismatch
+    with pytest.raises(ValueError, match=r"key_header must be an HTTP header name.*'Idempotency-Key'"):
+        make(journal=journal_path, key_header=name)
+
+
 @respx.mock
 def test_default_journal_location_is_used_without_journal_argument(tmp_path: Path) -> None:
     respx.post(URL).mock(return_value=httpx.Response(201))

@@ -31,6 +31,7 @@ import hashlib
 import itertools
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -86,6 +87,9 @@ REDACTED = "REDACTED"  # what a secret query value is journaled as
 # A POST sent without operation= is journaled as "auto:<uuid>". Running the code again makes a
 # NEW unnamed operation with a new key, so nothing resumes these in bulk (see _resume).
 UNNAMED_PREFIX = "auto:"
+
+# An HTTP field name (RFC 9110 token): the key header is sent on every request of an operation for life
+FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 KeyFormat = Literal["uuid", "structured"]
 OnBusy = Literal["wait", "raise"]
@@ -179,8 +183,11 @@ class Engine:
             )
         if on_busy not in ("wait", "raise"):
             raise ValueError(f"on_busy must be 'wait' or 'raise', got {on_busy!r}")
-        if not isinstance(key_header, str) or not key_header.strip():
-            raise ValueError(f"key_header must be a header name, got {key_header!r}")
+        if not isinstance(key_header, str) or not FIELD_NAME.fullmatch(key_header):
+            raise ValueError(
+                "key_header must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~, no space or "
+                f"colon), e.g. 'Idempotency-Key', got {key_header!r}"
+            )
         self.journal = journal
         self.policy = policy or RetryPolicy()
         self.key_header = key_header
