@@ -610,6 +610,14 @@ def test_a_key_header_that_is_no_header_name_is_refused_before_anything_is_journ
         make(journal=journal_path, key_header=name)
 
 
+@pytest.mark.parametrize("make", [samekey.Client, samekey.AsyncClient, samekey.SameKeyTransport])
+def test_a_lease_that_never_expires_is_refused(journal_path: Path, make: Any) -> None:
+    # lease=float("inf") was accepted: an owner that vanished on another host held its operation
+    # forever, and `samekey list --json` / `samekey show` died on the record (OverflowError)
+    with pytest.raises(ValueError, match=r"lease must be a finite duration.*lease=60"):
+        make(journal=journal_path, lease=float("inf"))
+
+
 @respx.mock
 def test_default_journal_location_is_used_without_journal_argument(tmp_path: Path) -> None:
     respx.post(URL).mock(return_value=httpx.Response(201))

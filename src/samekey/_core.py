@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import math
 import os
 import re
 import socket
@@ -194,6 +195,10 @@ class Engine:
         self.key_format: KeyFormat = key_format
         self.key_ttl = to_seconds(key_ttl, "key_ttl", allow_zero=False)
         self.lease = to_seconds(lease, "lease", allow_zero=False)
+        if not math.isfinite(self.lease):  # an owner that vanished on another host would hold it forever
+            raise ValueError(
+                f"lease must be a finite duration, e.g. lease=60 (seconds, renewed at every retry), got {lease!r}"
+            )
         self.on_busy: OnBusy = on_busy
         self.redact = frozenset(h.lower() for h in redact)
         self.clock = clock
