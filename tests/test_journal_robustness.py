@@ -247,6 +247,14 @@ def test_a_locked_journal_times_out_with_a_clear_error(tmp_path: Path) -> None:
     assert path.read_bytes() == original
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), True])
+def test_a_lock_timeout_that_bounds_nothing_is_refused(tmp_path: Path, value: float) -> None:
+    # lock_timeout=nan was accepted: a journal another process held locked hung the call forever
+    with pytest.raises(ValueError, match="lock_timeout must be a positive, finite number of seconds"):
+        samekey.Journal(tmp_path / "j.sqlite3", lock_timeout=value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_locked_fresh_journal_cannot_be_set_up_and_is_not_touched(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite3"
     holder = sqlite3.connect(path, isolation_level=None)  # e.g. another process creating it right now

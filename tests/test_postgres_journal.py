@@ -200,6 +200,13 @@ def test_the_sqlite_journal_given_a_dsn_refuses_it_instead_of_making_a_local_fil
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["lock_timeout", "connect_timeout", "statement_timeout"])
+def test_an_endless_timeout_is_refused_by_name(name: str) -> None:
+    # float("inf") passed the check, then failed as "OverflowError: cannot convert float infinity to integer"
+    with pytest.raises(ValueError, match=f"{name} must be a positive, finite number of seconds"):
+        samekey.PostgresJournal("postgresql://ops@127.0.0.1:1/pay", **{name: float("inf")})
+
+
 def test_key_value_dsn_password_is_masked_too() -> None:
     with pytest.raises(samekey.JournalError) as caught:
         samekey.PostgresJournal("host=127.0.0.1 port=1 user=bob password=hunter2-x dbname=d", connect_timeout=2)

@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _quote
+from math import inf
 from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -459,8 +460,8 @@ class Journal:
     ) -> None:
         if durability not in ("fsync", "process"):
             raise ValueError(f"durability must be 'fsync' or 'process', got {durability!r}")
-        if not isinstance(lock_timeout, (int, float)) or lock_timeout <= 0:
-            raise ValueError(f"lock_timeout must be a positive number of seconds, got {lock_timeout!r}")
+        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or not 0 < lock_timeout < inf:
+            raise ValueError(f"lock_timeout must be a positive, finite number of seconds, got {lock_timeout!r}")
         if isinstance(path, str) and path.startswith(DSN_PREFIXES):
             # read as a path it would be a local file (./postgresql:/host/db) no other replica sees
             from ._postgres import mask_dsn

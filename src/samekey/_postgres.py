@@ -143,8 +143,8 @@ class PostgresJournal:
             raise ValueError(f"dsn must be a PostgreSQL connection string, got {dsn!r}")
         timeouts = (("lock_timeout", lock_timeout), ("connect_timeout", connect_timeout))
         for name, value in (*timeouts, ("statement_timeout", statement_timeout)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
         if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
             raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
         self.location = mask_dsn(dsn)
