@@ -401,6 +401,9 @@ def test_one_header_name_for_redact_headers_is_refused_not_read_as_letters(journ
     with pytest.raises(TypeError, match=r"redact_headers must be a tuple of names.*\('X-Merchant-Pin',\)"):
         make(journal=journal_path, redact_headers="X-Merchant-Pin")
     assert not journal_path.exists()  # refused before the journal was opened
+    with pytest.raises(TypeError, match=r"redact_headers must be a tuple of names.*got None"):
+        make(journal=journal_path, redact_headers=None)  # was "'NoneType' object is not iterable"
+    assert not journal_path.exists()
 
 
 def test_credentials_in_the_url_never_reach_the_journal_file_or_the_logs(

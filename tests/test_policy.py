@@ -75,6 +75,10 @@ def test_bad_values_are_refused_with_the_fix(kwargs: dict[str, object], words: s
             {"retry_exceptions": httpx.TransportError},
             r"retry_exceptions must be a tuple of exception classes, e.g. \(TransportError,\)",
         ),
+        # None turns verdict_header and budget off, so it is tried here too: it raised "'NoneType' object
+        # is not iterable", naming neither the keyword nor the way to retry no status / no exception
+        ({"retry_statuses": None}, r"retry_statuses must be a collection of status codes.*set\(\) to retry none"),
+        ({"retry_exceptions": None}, r"retry_exceptions must be a tuple of exception classes.*\(\) to retry none"),
     ],
 )
 def test_a_single_status_or_exception_class_names_the_fix(kwargs: dict[str, object], words: str) -> None:

@@ -266,9 +266,10 @@ class RetryPolicy:
             raise ValueError(
                 f"max_delay ({self.max_delay:g} s) must not be below initial_delay ({self.initial_delay:g} s)"
             )
-        if isinstance(retry_statuses, (int, str, bytes)):
+        if retry_statuses is None or isinstance(retry_statuses, (int, str, bytes)):
             raise TypeError(
-                f"retry_statuses must be a collection of status codes, e.g. {{503}}, got {retry_statuses!r}"
+                f"retry_statuses must be a collection of status codes, e.g. {{503}}, got {retry_statuses!r} "
+                "(set() to retry none)"
             )
         statuses = frozenset(retry_statuses)
         bad = sorted((s for s in statuses if not isinstance(s, int) or not 100 <= s <= 599), key=str)
@@ -281,6 +282,11 @@ class RetryPolicy:
             raise TypeError(
                 "retry_exceptions must be a tuple of exception classes, "
                 f"e.g. ({retry_exceptions.__name__},), got the bare class {retry_exceptions!r}"
+            )
+        if retry_exceptions is None:
+            raise TypeError(
+                "retry_exceptions must be a tuple of exception classes, e.g. (httpx.TransportError,), "
+                "got None (() to retry none)"
             )
         excs = tuple(retry_exceptions)
         if not all(isinstance(e, type) and issubclass(e, BaseException) for e in excs):

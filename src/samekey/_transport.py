@@ -61,7 +61,7 @@ def _make_engine(
     retention: float | timedelta = timedelta(days=7),
 ) -> tuple[Engine, bool]:
     # a bare string would be read letter by letter, and the header it names written to disk
-    names = None if isinstance(redact_headers, (str, bytes)) else tuple(redact_headers)
+    names = None if redact_headers is None or isinstance(redact_headers, (str, bytes)) else tuple(redact_headers)
     if names is None or not all(isinstance(name, str) for name in names):
         raise TypeError(
             "redact_headers must be a tuple of names, e.g. redact_headers=('X-Merchant-Pin',) "
