@@ -112,3 +112,37 @@ def test_a_third_store_with_a_read_only_location_type_checks(tmp_path: Path) -> 
         env={**os.environ, "MYPYPATH": str(ROOT / "src")},
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_transports_keywords_are_checked_by_the_users_mypy(tmp_path: Path) -> None:
+    # SameKeyTransport(**options: Any) let lease="60", on_busy="wiat" and a misspelt keyword
+    # through mypy --strict; they failed only at run time
+    user_code = tmp_path / "wiring.py"
+    user_code.write_text(
+        textwrap.dedent(
+            """
+            from datetime import timedelta
+
+            import httpx
+
+            import samekey
+
+            good = samekey.SameKeyTransport(
+                httpx.HTTPTransport(), journal="pay.sqlite3", lease=timedelta(seconds=30), on_busy="raise"
+            )
+            agood = samekey.AsyncSameKeyTransport(journal="pay.sqlite3", policy=samekey.RetryPolicy(), key_ttl=3600)
+            bad1 = samekey.SameKeyTransport(lease="60")
+            bad2 = samekey.AsyncSameKeyTransport(on_busy="wiat")
+            bad3 = samekey.SameKeyTransport(jounral="pay.sqlite3")
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", str(user_code)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MYPYPATH": str(ROOT / "src")},
+    )
+    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
+    assert [line.split(":")[1] for line in errors] == ["12", "13", "14"], result.stdout + result.stderr

@@ -108,27 +108,6 @@ class EngineHolder:
             self.engine.journal.close()
 
 
-class _Options(EngineHolder):
-    """The samekey keywords of the transports."""
-
-    def __init__(
-        self,
-        *,
-        journal: JournalArg = None,
-        policy: RetryPolicy | None = None,
-        key_header: str = "Idempotency-Key",
-        key_format: KeyFormat = "uuid",
-        key_ttl: float | timedelta = timedelta(hours=24),
-        lease: float | timedelta = 60.0,
-        on_busy: OnBusy = "wait",
-        redact_headers: tuple[str, ...] = (),
-        retention: float | timedelta = timedelta(days=7),
-    ) -> None:
-        self.engine, self._owns_journal = _make_engine(
-            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention
-        )
-
-
 # Every transport, so that a forked child can let go of the connections it inherited.
 _TRANSPORTS: weakref.WeakSet[SameKeyTransport | AsyncSameKeyTransport] = weakref.WeakSet()
 
@@ -152,11 +131,26 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
     os.register_at_fork(after_in_child=_drop_inherited_connections)
 
 
-class SameKeyTransport(httpx.BaseTransport, _Options):
+class SameKeyTransport(httpx.BaseTransport, EngineHolder):
     """An httpx transport that adds keys, journals and retries around ``transport``."""
 
-    def __init__(self, transport: httpx.BaseTransport | None = None, **options: Any) -> None:
-        _Options.__init__(self, **options)
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        journal: JournalArg = None,
+        policy: RetryPolicy | None = None,
+        key_header: str = "Idempotency-Key",
+        key_format: KeyFormat = "uuid",
+        key_ttl: float | timedelta = timedelta(hours=24),
+        lease: float | timedelta = 60.0,
+        on_busy: OnBusy = "wait",
+        redact_headers: tuple[str, ...] = (),
+        retention: float | timedelta = timedelta(days=7),
+    ) -> None:
+        self.engine, self._owns_journal = _make_engine(
+            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention
+        )
         self.inner = transport if transport is not None else httpx.HTTPTransport()
         _TRANSPORTS.add(self)
 
@@ -217,13 +211,28 @@ class SameKeyTransport(httpx.BaseTransport, _Options):
         self._close_journal()
 
 
-class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Options):
+class AsyncSameKeyTransport(httpx.AsyncBaseTransport, EngineHolder):
     """The async twin of `SameKeyTransport`: same flow, awaited I/O."""
 
     _journal_thread: _JournalThread | None = None  # started on the first journal call
 
-    def __init__(self, transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
-        _Options.__init__(self, **options)
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        journal: JournalArg = None,
+        policy: RetryPolicy | None = None,
+        key_header: str = "Idempotency-Key",
+        key_format: KeyFormat = "uuid",
+        key_ttl: float | timedelta = timedelta(hours=24),
+        lease: float | timedelta = 60.0,
+        on_busy: OnBusy = "wait",
+        redact_headers: tuple[str, ...] = (),
+        retention: float | timedelta = timedelta(days=7),
+    ) -> None:
+        self.engine, self._owns_journal = _make_engine(
+            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention
+        )
         self.inner = transport if transport is not None else httpx.AsyncHTTPTransport()
         _TRANSPORTS.add(self)
 
