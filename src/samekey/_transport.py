@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from datetime import timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -109,7 +109,8 @@ class EngineHolder:
 
 
 # Every transport, so that a forked child can let go of the connections it inherited.
-_TRANSPORTS: weakref.WeakSet[SameKeyTransport | AsyncSameKeyTransport] = weakref.WeakSet()
+_InnerT = TypeVar("_InnerT", httpx.BaseTransport, httpx.AsyncBaseTransport)
+_TRANSPORTS: weakref.WeakSet[_Wrapping[Any]] = weakref.WeakSet()
 
 
 def _drop_inherited_connections() -> None:
@@ -131,12 +132,14 @@ if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
     os.register_at_fork(after_in_child=_drop_inherited_connections)
 
 
-class SameKeyTransport(httpx.BaseTransport, EngineHolder):
-    """An httpx transport that adds keys, journals and retries around ``transport``."""
+class _Wrapping(EngineHolder, Generic[_InnerT]):
+    """What the two transports share: samekey's keywords (typed once), and the real transport inside."""
+
+    inner: _InnerT
 
     def __init__(
         self,
-        transport: httpx.BaseTransport | None = None,
+        transport: _InnerT | None = None,
         *,
         journal: JournalArg = None,
         policy: RetryPolicy | None = None,
@@ -151,8 +154,18 @@ class SameKeyTransport(httpx.BaseTransport, EngineHolder):
         self.engine, self._owns_journal = _make_engine(
             journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention
         )
-        self.inner = transport if transport is not None else httpx.HTTPTransport()
+        self.inner = transport if transport is not None else self._default_inner()
         _TRANSPORTS.add(self)
+
+    def _default_inner(self) -> _InnerT:
+        raise NotImplementedError
+
+
+class SameKeyTransport(httpx.BaseTransport, _Wrapping[httpx.BaseTransport]):
+    """An httpx transport that adds keys, journals and retries around ``transport``."""
+
+    def _default_inner(self) -> httpx.BaseTransport:
+        return httpx.HTTPTransport()
 
     @classmethod
     def around(cls, transport: httpx.BaseTransport, engine: Engine) -> SameKeyTransport:
@@ -211,30 +224,13 @@ class SameKeyTransport(httpx.BaseTransport, EngineHolder):
         self._close_journal()
 
 
-class AsyncSameKeyTransport(httpx.AsyncBaseTransport, EngineHolder):
+class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseTransport]):
     """The async twin of `SameKeyTransport`: same flow, awaited I/O."""
 
     _journal_thread: _JournalThread | None = None  # started on the first journal call
 
-    def __init__(
-        self,
-        transport: httpx.AsyncBaseTransport | None = None,
-        *,
-        journal: JournalArg = None,
-        policy: RetryPolicy | None = None,
-        key_header: str = "Idempotency-Key",
-        key_format: KeyFormat = "uuid",
-        key_ttl: float | timedelta = timedelta(hours=24),
-        lease: float | timedelta = 60.0,
-        on_busy: OnBusy = "wait",
-        redact_headers: tuple[str, ...] = (),
-        retention: float | timedelta = timedelta(days=7),
-    ) -> None:
-        self.engine, self._owns_journal = _make_engine(
-            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention
-        )
-        self.inner = transport if transport is not None else httpx.AsyncHTTPTransport()
-        _TRANSPORTS.add(self)
+    def _default_inner(self) -> httpx.AsyncBaseTransport:
+        return httpx.AsyncHTTPTransport()
 
     @classmethod
     def around(cls, transport: httpx.AsyncBaseTransport, engine: Engine) -> AsyncSameKeyTransport:
