@@ -9,6 +9,17 @@ import samekey
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _users_mypy(user_code: Path) -> subprocess.CompletedProcess[str]:
+    """mypy --strict on a user's program that imports samekey."""
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", str(user_code)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MYPYPATH": str(ROOT / "src")},
+    )
+
+
 def test_all_is_sorted_and_exported() -> None:
     assert samekey.__all__ == sorted(samekey.__all__)
     for name in samekey.__all__:
@@ -104,13 +115,7 @@ def test_a_third_store_with_a_read_only_location_type_checks(tmp_path: Path) -> 
             """
         )
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", str(user_code)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MYPYPATH": str(ROOT / "src")},
-    )
+    result = _users_mypy(user_code)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -137,12 +142,6 @@ def test_the_transports_keywords_are_checked_by_the_users_mypy(tmp_path: Path) -
             """
         )
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", str(user_code)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "MYPYPATH": str(ROOT / "src")},
-    )
+    result = _users_mypy(user_code)
     errors = [line for line in result.stdout.splitlines() if ": error:" in line]
     assert [line.split(":")[1] for line in errors] == ["12", "13", "14"], result.stdout + result.stderr
