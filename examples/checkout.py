@@ -13,7 +13,9 @@ The server's books: exactly one charge per order.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -43,6 +45,23 @@ def checkout(orders: dict[str, int], base_url: str) -> None:
             print(f"   order {name}: HTTP {response.status_code} {response.json()['id']}, {how}", flush=True)
 
 
+def _stderr_tail(path: Path, lines: int = 15) -> str:
+    tail = path.read_text(errors="replace").rstrip().splitlines()[-lines:]
+    return "\n".join("    " + line for line in tail) if tail else "    (nothing)"
+
+
+def _died(child: subprocess.Popen[bytes], command: list[str], stderr: Path) -> str:
+    """The message for the checkout process ending before the demo killed it: how, and its last words."""
+    how = f"exit code {child.returncode}"
+    if child.returncode < 0:
+        with contextlib.suppress(ValueError):
+            how += f", killed by {signal.Signals(-child.returncode).name}"
+    return (
+        f"checkout.py: the checkout process (pid {child.pid}: {shlex.join(command)}) "
+        f"died unexpectedly ({how}); the demo stops here. Its stderr ended with:\n{_stderr_tail(stderr)}"
+    )
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         first = int(sys.argv[2])
@@ -60,19 +79,35 @@ def main() -> None:
         print(f"1. Payment server {server.url}, behind a fault proxy {proxy.url}.")
         print(f"   Journal: {samekey.default_journal_path()}")
         print("2. A checkout process pays orders A, B, C:")
-        child = subprocess.Popen([sys.executable, __file__, "--child", str(first), proxy.url])
-        deadline = time.monotonic() + 20
-        while proxy.counts["status_503"] < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        print(
-            f"   order B: the server charged it, the proxy lost the answer; "
-            f"{proxy.counts['status_503']} retries with the same key got 503 ..."
-        )
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
+        command = [sys.executable, __file__, "--child", str(first), proxy.url]
+        child_stderr = Path(folder) / "checkout-process.stderr"  # for the message if it dies on its own
+        with child_stderr.open("wb") as err:
+            child = subprocess.Popen(command, stderr=err)
+        try:
+            deadline = time.monotonic() + 20
+            while proxy.counts["status_503"] < 3 and time.monotonic() < deadline:
+                if child.poll() is not None:  # it was to be killed by us, mid-retry: it died on its own
+                    sys.exit(_died(child, command, child_stderr))
+                time.sleep(0.02)
+            if child.poll() is not None:
+                sys.exit(_died(child, command, child_stderr))
+            print(
+                f"   order B: the server charged it, the proxy lost the answer; "
+                f"{proxy.counts['status_503']} retries with the same key got 503 ..."
+            )
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=10)
+        finally:
+            if child.poll() is None:  # the demo is stopping early (an error, Ctrl-C): leave no process behind
+                child.kill()
+                child.wait(timeout=10)
         with samekey.Journal() as journal:
             record = journal.get(f"order-{orders['B']}/charge")
-        assert record is not None and record.state == "pending"
+        if record is None or record.state != "pending":  # alive, but stuck before order B (bounded: 20 s)
+            sys.exit(
+                f"checkout.py: the checkout process did not get to order B within 20 s (the proxy counted "
+                f"{dict(proxy.counts)}); the demo stops here. Its stderr ended with:\n{_stderr_tail(child_stderr)}"
+            )
         print(f"3. ... and the process was killed with SIGKILL (exit {child.returncode}).")
         print(f"   Server charges: {server.charge_count()}. Journal: order B {record.state}, key {record.key}.")
         proxy.faults = FaultPlan([None, Fault.lost_response()])  # B goes through; C's answer is lost once
