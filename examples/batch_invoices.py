@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import os
 import signal
 import sys
@@ -46,10 +47,26 @@ def read_invoices(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+class PortInUse(Exception):
+    """The local server's port (kept in <state>/server-port) is taken: the message says what to do."""
+
+
 def start_server(state: Path, work_seconds: float) -> PaymentServer:
     port_file = state / "server-port"
     port = int(port_file.read_text()) if port_file.exists() else 0
-    server = PaymentServer(state / "server.sqlite3", work_seconds=work_seconds, port=port).start()
+    try:
+        server = PaymentServer(state / "server.sqlite3", work_seconds=work_seconds, port=port).start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        # The port cannot just change: this state's journal names it in every URL (a pending invoice
+        # sent to another port is another request), so say who may hold it and how to get past it.
+        raise PortInUse(
+            f"batch_invoices.py: port {port} on 127.0.0.1 is already in use, and the local payment server of "
+            f"{state} must listen there (its journal names it): another run on this state folder may still be "
+            f"going (let it finish or stop it), or something else listens there (see `ss -ltnp "
+            f"'sport = :{port}'`); or start afresh with another state folder, e.g. --state {state}-2"
+        ) from None
     port_file.write_text(str(server.port))  # the journal's URLs name this port: keep it for re-runs
     return server
 
@@ -72,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         write_sample(csv_path, args.sample_size)
         print(f"wrote {args.sample_size} sample invoices to {csv_path}")
     invoices = read_invoices(csv_path)
-    server = None if args.server else start_server(args.state, args.work_seconds)
+    try:
+        server = None if args.server else start_server(args.state, args.work_seconds)
+    except PortInUse as exc:
+        print(exc, file=sys.stderr)
+        return 2
     base_url = args.server or server.url  # type: ignore[union-attr]
     crash = None
     if args.crash_after is not None:
