@@ -263,6 +263,41 @@ def test_a_free_retry_is_not_a_refused_one(journal_path: Path, no_sleep: None) -
     assert route.call_count == 2 and budget.tokens == budget.capacity
 
 
+@respx.mock
+@pytest.mark.parametrize("status", [400, 404, 409, 422])
+def test_a_definitive_4xx_after_retries_does_not_refill_the_budget(
+    journal_path: Path, no_sleep: None, status: int
+) -> None:
+    # any definitive answer refunded the retries' tokens: a server answering 4xx to everything
+    # kept the bucket full, and the budget never throttled
+    answers = [httpx.Response(503), httpx.Response(503), httpx.Response(status)]
+    route = respx.post(URL).mock(side_effect=answers)
+    budget = samekey.RetryBudget(capacity=50, retry_cost=5, success_refund=1)
+    policy = samekey.RetryPolicy(retry_statuses={503}, budget=budget)
+    with samekey.Client(journal=journal_path, policy=policy) as client:
+        assert client.post(URL, json={"amount": 1}, operation=f"refused-{status}").status_code == status
+        assert route.call_count == 3 and budget.tokens == 40
+        # nor does a 4xx at the first attempt earn the success refund
+        respx.post(URL).mock(return_value=httpx.Response(status))
+        assert client.post(URL, json={"amount": 2}, operation=f"refused-at-once-{status}").status_code == status
+    assert budget.tokens == 40
+
+
+@respx.mock
+def test_a_success_after_retries_refunds_what_they_took(journal_path: Path, no_sleep: None) -> None:
+    route = respx.post(URL).mock(side_effect=[httpx.Response(503), httpx.Response(503), httpx.Response(200)])
+    budget = samekey.RetryBudget(capacity=50, retry_cost=5, success_refund=1)
+    with samekey.Client(journal=journal_path, policy=samekey.RetryPolicy(budget=budget)) as client:
+        respx.get(URL).mock(side_effect=[httpx.Response(503), httpx.Response(404)])
+        assert client.get(URL).status_code == 404  # unkeyed: the same rule
+        assert budget.tokens == 45
+        assert client.post(URL, json={"amount": 1}, operation="recovered").status_code == 200
+        assert route.call_count == 3 and budget.tokens == 45  # its own 10 back; the 404's 5 stay spent
+        respx.post(URL).mock(return_value=httpx.Response(201))
+        assert client.post(URL, json={"amount": 2}, operation="at-once").status_code == 201
+    assert budget.tokens == 46  # a first-attempt success refunds success_refund
+
+
 @pytest.mark.parametrize("name", ["capacity", "retry_cost", "timeout_cost", "success_refund"])
 def test_budget_refuses_nan(name: str) -> None:
     # NaN passed "value < 0": a NaN capacity never throttles, a NaN cost never refuses

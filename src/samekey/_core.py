@@ -743,7 +743,8 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
         raise
     assert response is not None
     attempts = earlier + tries
-    if policy.budget is not None:
+    if policy.budget is not None and response.is_success:
+        # only a 2xx shows the server healthy: a server answering 4xx to everything must not keep it full
         policy.budget.refund(taken)
     if record is not None and owner is not None:
         try:

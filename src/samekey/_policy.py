@@ -114,8 +114,9 @@ class RetryBudget:
     """A client-wide token bucket that throttles retries when the server is down.
 
     In the spirit of the AWS SDKs' standard mode: a retry costs ``retry_cost``
-    tokens (``timeout_cost`` after a timeout); a success refunds ``success_refund``
-    (or the tokens its own retries took). First attempts are never throttled.
+    tokens (``timeout_cost`` after a timeout); a success (a 2xx answer) refunds
+    ``success_refund`` (or the tokens its own retries took), any other answer refunds
+    nothing. First attempts are never throttled.
     """
 
     def __init__(
