@@ -273,6 +273,27 @@ def test_proxy_reset_reaches_the_client_as_a_connection_reset(pay_server: Paymen
     assert proxy.counts["forwarded"] == 0 and pay_server.charge_count() == 0
 
 
+def test_a_reset_met_by_the_async_client_is_journaled_with_its_cause(
+    pay_server: PaymentServer, journal_file: Path
+) -> None:
+    # httpx's async transport raises a reset as ReadError(''): the journal said only "ReadError"
+    async def main() -> samekey.RetriesExhausted:
+        once = samekey.RetryPolicy(max_attempts=1)
+        async with samekey.AsyncClient(journal=journal_file, base_url=proxy.url, policy=once) as client:
+            with pytest.raises(samekey.RetriesExhausted) as caught:
+                await client.post("/charges", json=PAYLOAD, operation="reset")
+        return caught.value
+
+    with FaultProxy(pay_server.url, [Fault.reset()]) as proxy:
+        error = asyncio.run(main())
+    assert isinstance(error.last_exception, httpx.ReadError) and reset_by_peer(error.last_exception)
+    with samekey.Journal(journal_file) as journal:
+        record = journal.get("reset")
+    assert record is not None and record.state == "pending"
+    assert record.last_error is not None and record.last_error.startswith("ReadError (ConnectionResetError: ")
+    assert f"last error {record.last_error})" in str(error)
+
+
 def test_proxy_lost_response_makes_a_naive_retry_pay_twice(pay_server: PaymentServer) -> None:
     # the control experiment: the fault is real, so a new key per attempt double-charges
     with FaultProxy(pay_server.url, [Fault.lost_response()]) as proxy, httpx.Client(base_url=proxy.url) as client:

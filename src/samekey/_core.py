@@ -52,6 +52,7 @@ from ._errors import (
     OperationInProgress,
     OperationMismatch,
     RetriesExhausted,
+    error_text,
 )
 from ._journal import (
     PROCESS,
@@ -282,7 +283,7 @@ class Engine:
         """
         if exc is None:
             return _describe(None, response)
-        text = _error_text(exc)
+        text = error_text(exc)
         for secret in sorted(self._credentials(request), key=len, reverse=True):
             text = text.replace(secret, REDACTED)
         return text[:500]  # cut after hiding: a cut could leave part of a credential unmatched
@@ -491,14 +492,8 @@ def _describe(exc: BaseException | None, response: httpx.Response | None) -> str
     if response is not None:
         return f"HTTP {response.status_code}"
     if exc is not None:
-        return _error_text(exc)[:500]
+        return error_text(exc)[:500]
     return None
-
-
-def _error_text(exc: BaseException) -> str:
-    # a cancelled task's CancelledError has no message: "CancelledError", not "CancelledError: "
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _replay(record: OperationRecord) -> httpx.Response:

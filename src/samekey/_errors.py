@@ -60,7 +60,7 @@ class RetriesExhausted(SameKeyError):
         if last_response is not None:
             last = f"last answer HTTP {last_response.status_code}"
         elif last_exception is not None:
-            last = f"last error {type(last_exception).__name__}: {last_exception}"
+            last = f"last error {error_text(last_exception)}"
         else:
             last = "no answer"
         if key is None:
@@ -133,6 +133,32 @@ class KeyExpired(SameKeyError):
             "whether the first attempt took effect, then run "
             f"`samekey forget {operation}` and start a new operation if it did not."
         )
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message``; an error without a message names its cause instead.
+
+    httpx's async transport turns a reset into ReadError('') from httpcore's ReadError from anyio's
+    BrokenResourceError('') from the ConnectionResetError that says what happened: "ReadError: "
+    alone tells nothing.
+    """
+    name = type(exc).__name__
+    text = str(exc)
+    if text:
+        return f"{name}: {text}"
+    deepest = exc
+    for _ in range(8):  # httpx <- httpcore <- anyio <- OSError; bounded, as a chain may loop
+        # the context even when suppressed: httpcore's pool re-raises its ReadError `from None`
+        below = deepest.__cause__ or deepest.__context__
+        if below is None:
+            break
+        if str(below):
+            return f"{name} ({type(below).__name__}: {below})"
+        deepest = below
+    if type(deepest).__name__ != name:  # ReadError from EndOfStream: "ReadError (EndOfStream)"
+        return f"{name} ({type(deepest).__name__})"
+    # a cancelled task's CancelledError has no message: "CancelledError", not "CancelledError: "
+    return name
 
 
 def _duration(seconds: float) -> str:
