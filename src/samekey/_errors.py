@@ -14,7 +14,9 @@ Each message says what happened and what the caller can do about it.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,6 +34,35 @@ __all__ = [
 
 class SameKeyError(Exception):
     """Root of every samekey error."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A worker process (multiprocessing, ProcessPoolExecutor, celery's pickle serializer) pickles
+        # the error back to its parent. Exception's own reduce calls type(self)(*self.args), the message
+        # alone, which the subclasses' __init__ refuse (TypeError, a BrokenProcessPool in the parent):
+        # rebuilt instead from the message and the attributes, without __init__.
+        state = {name: _portable(value) for name, value in self.__dict__.items()}
+        return _rebuilt, (type(self), self.args), state
+
+
+def _rebuilt(cls: type[SameKeyError], args: tuple[object, ...]) -> SameKeyError:
+    return cls.__new__(cls, *args)  # sets .args (the message); the attributes follow as the state
+
+
+def _portable(value: object) -> object:
+    """``value`` if it survives a pickle round trip, else None.
+
+    A read httpx.Response makes the trip (body included, stream dropped: it is read), so
+    AnswerNotRecorded.response still holds the server's answer; an error whose own class cannot
+    be unpickled (httpx.HTTPStatusError's keyword-only arguments) would fail the whole error in
+    the parent: it arrives as None, and the message still says what it was.
+    """
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    try:
+        pickle.loads(pickle.dumps(value))
+    except Exception:
+        return None
+    return value
 
 
 class RetriesExhausted(SameKeyError):
