@@ -6,6 +6,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -273,6 +275,57 @@ def test_resume_refuses_an_expired_key_and_sends_nothing(journal_path: Path, ser
     assert "[1/1] old: FAILED: operation 'old' is pending with key k-old, created 2.0 h ago" in result.out
     assert "samekey forget old" in result.out
     assert server.keys_seen() == []
+
+
+SHELL_NAMES = ["inv 7; touch PWNED $(touch PWNED2) 'q' \"d\" $HOME", "-inv-8 *"]
+
+
+@pytest.mark.parametrize("name", SHELL_NAMES)
+def test_suggested_commands_quote_the_operation_name_for_the_shell(
+    journal_path: Path, tmp_path: Path, name: str
+) -> None:
+    # `samekey forget inv 7; touch PWNED` pasted into a shell forgot 'inv' and ran `touch PWNED`
+    pending_op(journal_path, name, "http://127.0.0.1:9/charges", {"amount": 7})  # nothing listens on port 9
+    failed = run("resume", "--max-attempts", "1", "--journal", str(journal_path), "--", name)
+    assert failed.code == 1
+    (resume,) = re.findall(r"`(samekey resume [^`]*)`", failed.out)
+    assert shlex.split(resume)[0:2] == ["samekey", "resume"] and shlex.split(resume)[-1] == name
+    with samekey.Journal(journal_path) as journal:  # the key outlived the server's key lifetime
+        journal.forget(name)
+        intent = Intent(name, "k-old", "Idempotency-Key", "POST", "http://127.0.0.1:9/charges", "fp", (), b"{}")
+        journal.claim(intent, "dead-process", 60.0, time.time() - 2 * 3600)
+    expired = run("resume", "--key-ttl", "1h", "--journal", str(journal_path), "--", name)
+    (forget,) = re.findall(r"`(samekey forget [^`]*)`", expired.out)
+    # pasted into a shell (the journal given before the subcommand): it names that operation, runs nothing else
+    pasted = forget.replace("samekey", f"{shlex.quote(sys.executable)} -m samekey --journal {journal_path}", 1)
+    environ = {**os.environ, "PYTHONPATH": str(SRC)}
+    shell = subprocess.run(
+        ["sh", "-c", pasted], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=environ,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert shell.returncode == 2 and f"refusing to forget {name!r} without confirmation" in shell.stderr
+    assert not list(tmp_path.glob("PWNED*"))
+
+
+@pytest.mark.parametrize("name", [*SHELL_NAMES, "auto:9f2c", "order-42/charge"])
+def test_every_suggested_command_quotes_the_operation_name(name: str) -> None:
+    response = httpx.Response(201)
+    messages = [
+        samekey.RetriesExhausted(
+            operation=name, key="k", attempts=1, last_response=None, last_exception=None, reason="deadline"
+        ),
+        samekey.OperationMismatch(name, "different body", pending=True),
+        samekey.OperationMismatch(name, "different body"),
+        samekey.KeyExpired(name, "k", 7200.0, 3600.0),
+        samekey.AnswerNotRecorded("j.sqlite3", "disk full", operation=name, key="k", response=response),
+    ]
+    for message in map(str, messages):
+        commands = re.findall(r"`(samekey (?:resume|forget) [^`]*)`", message)
+        assert commands, message
+        for command in commands:
+            assert shlex.split(command)[-1] == name, command
+    if name == "order-42/charge":  # a plain name stays as it was
+        assert "`samekey resume order-42/charge`" in str(messages[0])
 
 
 def test_resume_usage_errors(journal_path: Path) -> None:

@@ -52,6 +52,7 @@ from ._errors import (
     OperationInProgress,
     OperationMismatch,
     RetriesExhausted,
+    command,
     error_text,
 )
 from ._journal import (
@@ -808,7 +809,7 @@ def _not_recorded_attempt(
         f"operation {record.operation!r} was sent (attempt {attempt}, {error_text}), "
         f"but recording the attempt failed: {problem}",
         f"The key {record.key} stays pending: once the journal works again, run the same operation again "
-        f"(or `samekey resume {record.operation}`) to send it with the same key. Do not start it under a new "
+        f"(or `{command('resume', record.operation)}`) to send it with the same key. Do not start it under a new "
         "operation name: that would be a new key, and the server could act twice.",
     )
 

@@ -15,6 +15,7 @@ Each message says what happened and what the caller can do about it.
 from __future__ import annotations
 
 import pickle
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,13 @@ __all__ = [
     "RetriesExhausted",
     "SameKeyError",
 ]
+
+
+def command(verb: str, operation: str) -> str:
+    """``samekey VERB OPERATION`` as a shell reads it when pasted: the name quoted (a space, quote,
+    ``$`` or ``;`` in it would split it or run something else), after ``--`` when it starts with
+    ``-`` (else it would be read as an option)."""
+    return f"samekey {verb} {'-- ' if operation.startswith('-') else ''}{shlex.quote(operation)}"
 
 
 class SameKeyError(Exception):
@@ -99,13 +107,13 @@ class RetriesExhausted(SameKeyError):
         elif operation.startswith("auto:"):  # see _core.UNNAMED_PREFIX
             pending = (
                 f"It was sent without operation=, so running the code again makes a NEW key and could act "
-                f"twice. Retry it with the same key: `samekey resume {operation}` (or client.resume). "
+                f"twice. Retry it with the same key: `{command('resume', operation)}` (or client.resume). "
                 "Name your operations (operation='order-42/charge') to make re-runs reuse the key."
             )
         else:
             pending = (
                 f"The operation is still pending with key {key}: run it again with the same "
-                f"operation name (or `samekey resume {operation}`) to retry safely with the same key."
+                f"operation name (or `{command('resume', operation)}`) to retry safely with the same key."
             )
         runs = f", {this_run} in this run" if this_run is not None and this_run != attempts else ""
         super().__init__(
@@ -121,13 +129,14 @@ class OperationMismatch(SameKeyError):
         if pending:  # a new name alone would send a second request while the first may have been acted on
             advice = (
                 "The first request is still pending, and the server may have acted on it: finish it first "
-                f"(`samekey resume {operation}`), or check on the server before `samekey forget {operation}`. "
+                f"(`{command('resume', operation)}`), or check on the server before "
+                f"`{command('forget', operation)}`. "
                 "A new logical operation needs a new operation name."
             )
         else:
             advice = (
                 "If this is a new logical operation, give it a new operation name; "
-                f"if the old one is settled, remove it with `samekey forget {operation}`."
+                f"if the old one is settled, remove it with `{command('forget', operation)}`."
             )
         super().__init__(
             f"operation {operation!r} was first recorded with a different request ({detail}). Nothing was sent. "
@@ -162,7 +171,7 @@ class KeyExpired(SameKeyError):
             f"longer than key_ttl ({_duration(key_ttl)}). The server may no longer recognise "
             "this key, so sending again could act twice. Nothing was sent. Check on the server "
             "whether the first attempt took effect, then run "
-            f"`samekey forget {operation}` and start a new operation if it did not."
+            f"`{command('forget', operation)}` and start a new operation if it did not."
         )
 
 
@@ -239,7 +248,8 @@ class AnswerNotRecorded(JournalError):
             f"operation {operation!r} was sent and the server answered HTTP {response.status_code}, "
             f"but recording that answer failed: {problem}",
             f"The answer is in this error's .response. The key {key} stays pending: once the journal "
-            "works again, run the same operation again (or `samekey resume "
-            f"{operation}`) and the server returns its stored answer for that key. Do not start it under "
+            "works again, run the same operation again "
+            f"(or `{command('resume', operation)}`) and the server returns its stored answer for that key. "
+            "Do not start it under "
             "a new operation name: that would be a new key, and the server would act twice.",
         )
