@@ -521,6 +521,33 @@ def test_a_malformed_header_argument_is_refused_without_echoing_its_value(
     assert "S3CRET" not in err
 
 
+@pytest.mark.parametrize(
+    ("argument", "name"),
+    [
+        ("Authorization: Bearer sk_live_S3CRET\r\nX-Evil: 1", "Authorization"),
+        ("X-Api-Token: sk_live_S3CRET\nX-Team: payments", "X-Api-Token"),
+        ("Authorization: Bearer sk_live_S3CRET\rX", "Authorization"),
+    ],
+)
+def test_a_header_value_with_a_line_break_is_refused_naming_only_the_header(
+    journal_path: Path, server: PaymentServer, capsys: pytest.CaptureFixture[str], argument: str, name: str
+) -> None:
+    # it was sent on, and the failure printed it: "FAILED: Illegal header value b'Bearer sk_live_S3CRET\r\n...'"
+    pending_op(journal_path, "inv-17", f"{server.url}/charges", {"amount": 17})
+    with pytest.raises(SystemExit) as usage:
+        run("resume", "inv-17", "-H", argument, "--journal", str(journal_path))
+    assert usage.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument -H/--header: the value of header {name} holds a line break (value not shown" in err
+    assert "give each header its own -H" in err
+    assert "S3CRET" not in err and "payments" not in err
+    assert server.keys_seen() == []
+    with pytest.raises(SystemExit):  # a line break in the name: not a header, nothing echoed either
+        run("resume", "inv-17", "-H", "X-Api\nToken: sk_live_S3CRET", "--journal", str(journal_path))
+    err = capsys.readouterr().err
+    assert "not a header (value not shown" in err and "S3CRET" not in err
+
+
 def test_resume_sends_a_non_ascii_header_argument_as_utf8(
     journal_path: Path, server: PaymentServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -75,10 +75,23 @@ def positive_int(text: str) -> int:
 def parse_header(text: str) -> tuple[bytes, bytes]:
     """``'Name: value'`` -> the header's bytes; the value as the terminal typed it (UTF-8, as curl sends it)."""
     name, sep, value = text.partition(":")
-    if not sep or not name.strip() or name != name.strip() or " " in name or not name.isascii():
+    if (
+        not sep
+        or not name.strip()
+        or name != name.strip()
+        or " " in name
+        or not name.isascii()
+        or not name.isprintable()
+    ):
         # never echoed: what follows a missing colon is often the credential itself
         raise argparse.ArgumentTypeError("not a header (value not shown, it may be a secret): use 'Name: value'")
-    return name.encode("ascii"), value.strip().encode("utf-8", "surrogateescape")
+    value = value.strip()
+    if "\r" in value or "\n" in value:  # it would end the header on the wire; and the value may be a token
+        raise argparse.ArgumentTypeError(
+            f"the value of header {name} holds a line break (value not shown, it may be a secret): "
+            "a header value is one line; remove the line break, and give each header its own -H"
+        )
+    return name.encode("ascii"), value.encode("utf-8", "surrogateescape")
 
 
 def header_argument(text: str) -> list[tuple[bytes, bytes]]:
