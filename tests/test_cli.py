@@ -235,8 +235,9 @@ def test_resume_takes_the_retry_limits_of_this_run(journal_path: Path) -> None:
     assert once.code == 1 and "gave up after 2 attempt(s)" in once.out and "max_attempts reached" in once.out
     default = run("resume", "down", "--journal", str(journal_path))
     assert default.code == 1 and "gave up after 10 attempt(s)" in default.out  # 2 earlier + 8 of the default policy
-    bad = run("resume", "down", "--deadline", "0s", "--journal", str(journal_path))
-    assert bad.code == 2 and bad.err.startswith("samekey: error: deadline") and bad.out == ""
+    bad = run_process("resume", "down", "--deadline", "0s", "--journal", str(journal_path))
+    assert bad.returncode == 2 and "argument --deadline: '0s' is not a positive duration" in bad.stderr
+    assert bad.stdout == ""
     usage = run_process("resume", "down", "--max-attempts", "0", "--journal", str(journal_path))
     assert usage.returncode == 2 and "'0' is not a whole number of at least 1" in usage.stderr
 
@@ -397,6 +398,42 @@ def test_purge_keeps_pending_records(journal_path: Path) -> None:
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("1.5h", 5400), ("7d", 604800)])
 def test_durations(text: str, seconds: float) -> None:
     assert cli.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("option", "example"),
+    [
+        ("--key-ttl=0s", "24h"),
+        ("--key-ttl=0.0h", "24h"),
+        ("--key-ttl=-1h", "24h"),
+        ("--deadline=0m", "30s"),
+        ("--deadline=-30s", "30s"),
+    ],
+)
+def test_a_zero_or_negative_duration_is_refused_with_an_example(
+    journal_path: Path, option: str, example: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --key-ttl 0s ended in "unexpected ValueError: key_ttl must be a positive duration, got 0.0 (run with
+    # --debug ...)", and only once a pending operation was found; --deadline 0s named no option
+    pending_op(journal_path, "inv-18", "http://127.0.0.1:9/charges", {"amount": 18})
+    with pytest.raises(SystemExit) as usage:
+        run("resume", "--all", option, "--journal", str(journal_path))
+    assert usage.value.code == 2
+    flag, text = option.split("=")
+    err = capsys.readouterr().err
+    assert f"argument {flag}: {text!r} is not a positive duration: it must be more than 0, e.g. {example}" in err
+    assert "unexpected" not in err
+    assert samekey.Journal(journal_path).get("inv-18").attempts == 1  # type: ignore[union-attr]
+
+
+def test_purge_older_than_takes_zero_but_not_a_negative_duration(journal_path: Path) -> None:
+    completed_op(journal_path, "inv-19")
+    negative = run_process("purge", "--older-than=-7d", "--journal", str(journal_path))
+    assert negative.returncode == 2
+    assert "argument --older-than: '-7d' is negative: a duration must be 0 or more, e.g. 7d" in negative.stderr
+    assert samekey.Journal(journal_path).get("inv-19") is not None
+    everything = run("purge", "--older-than", "0s", "--journal", str(journal_path))  # every completed record
+    assert everything.code == 0 and everything.out.startswith("purged 1 completed record(s)")
 
 
 # -- as a process: exit codes, one-line errors, --debug -------------------------------------

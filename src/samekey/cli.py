@@ -22,7 +22,7 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -58,12 +58,22 @@ class CliError(Exception):
 # -- parsing ----------------------------------------------------------------------------
 
 
-def parse_duration(text: str) -> float:
-    """``"90s"``, ``"15m"``, ``"24h"``, ``"7d"`` (also ``"1.5h"``) -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+def parse_duration(text: str, *, example: str = "7d", positive: bool = False) -> float:
+    """``"90s"``, ``"15m"``, ``"24h"``, ``"7d"`` (also ``"1.5h"``) -> seconds; 0 or more (``positive``: more)."""
+    match = re.fullmatch(r"\s*(-?)(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
     if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use a number and a unit s/m/h/d, e.g. 7d")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use a number and a unit s/m/h/d, e.g. {example}")
+    seconds = float(match.group(2)) * _UNITS[match.group(3)]
+    if positive and (match.group(1) or not seconds):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive duration: it must be more than 0, e.g. {example}")
+    if match.group(1) and seconds:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative: a duration must be 0 or more, e.g. {example}")
+    return seconds
+
+
+def positive_duration(example: str) -> Callable[[str], float]:
+    """The argparse type of a duration that 0 would make useless (``--key-ttl 0s`` refused every key)."""
+    return lambda text: parse_duration(text, example=example, positive=True)
 
 
 def positive_int(text: str) -> int:
@@ -198,14 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--deadline",
-        type=parse_duration,
+        type=positive_duration("30s"),
         default=None,
         metavar="DURATION",
         help="stop retrying an operation after this long, e.g. 30s (default 120s)",
     )
     p.add_argument(
         "--key-ttl",
-        type=parse_duration,
+        type=positive_duration("24h"),
         default=86400.0,
         metavar="DURATION",
         help="refuse keys older than this (default 24h: how long the server keeps keys)",
