@@ -502,6 +502,23 @@ def test_resume_refuses_a_bad_base_url_as_a_usage_error(journal_path: Path) -> N
     assert "unexpected" not in result.err
 
 
+@pytest.mark.parametrize("base_url", ["", "  "])
+def test_resume_refuses_an_empty_base_url_instead_of_sending_to_the_recorded_one(
+    journal_path: Path, server: PaymentServer, base_url: str
+) -> None:
+    # `--base-url "$STAGING_URL"` with the variable unset was taken as no --base-url: sent to the recorded origin
+    pending_op(journal_path, "inv-20", f"{server.url}/charges", {"amount": 20})
+    result = run_process("resume", "inv-20", "--base-url", base_url, "--journal", str(journal_path))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (
+        "samekey: error: --base-url is empty: give the origin to send to, e.g. https://api.example.com "
+        "(or leave --base-url out to send to the recorded URL); nothing was sent\n"
+    )
+    assert server.keys_seen() == []
+    assert run("resume", "--all", "--base-url", base_url, "--journal", str(journal_path)).code == 2
+    assert server.keys_seen() == []
+
+
 def test_resume_all_with_only_unnamed_operations_pending_says_so(journal_path: Path) -> None:
     with samekey.Client(journal=journal_path, policy=samekey.RetryPolicy(max_attempts=1)) as client:
         with pytest.raises(samekey.RetriesExhausted):

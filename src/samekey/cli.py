@@ -383,6 +383,11 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
         raise CliError("resume needs one OPERATION or --all (not both)")
     if args.prefix is not None and not args.all:
         raise CliError("--prefix goes with --all")
+    if args.base_url is not None and not args.base_url.strip():  # else taken as absent: the recorded origin
+        raise CliError(
+            "--base-url is empty: give the origin to send to, e.g. https://api.example.com "
+            "(or leave --base-url out to send to the recorded URL); nothing was sent"
+        )
     unnamed: list[OperationRecord] = []  # left alone by --all: see bulk_resumable
     if args.operation is not None:
         record = store.get(args.operation)
