@@ -468,6 +468,29 @@ def test_default_journal_comes_from_the_environment(tmp_path: Path) -> None:
     assert [r["operation"] for r in json.loads(result.stdout)] == ["from-env"]
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list", "--journal", ""],
+        ["--journal", "", "list"],
+        ["show", "inv-21", "--journal", " "],
+        ["forget", "inv-21", "--yes", "--journal", ""],
+        ["purge", "--older-than", "0s", "--journal", ""],
+    ],
+)
+def test_an_empty_journal_argument_is_refused_not_taken_for_the_default(tmp_path: Path, argv: list[str]) -> None:
+    # `--journal "$JOURNAL"` with the variable unset: `forget --yes` forgot from $SAMEKEY_JOURNAL's journal
+    default = tmp_path / "default-journal.sqlite3"
+    completed_op(default, "inv-21")
+    result = run_process(*argv, env={"SAMEKEY_JOURNAL": str(default)})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1].endswith(
+        "error: argument --journal: the journal path is empty: give the journal file or a postgresql:// DSN, "
+        "e.g. --journal ./payments.sqlite3, or leave --journal out to use $SAMEKEY_JOURNAL or the default journal"
+    )
+    assert samekey.Journal(default).get("inv-21") is not None
+
+
 def test_resume_all_leaves_unnamed_operations_alone_so_a_rerun_is_not_charged_twice(
     journal_path: Path, server: PaymentServer
 ) -> None:

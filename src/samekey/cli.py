@@ -129,6 +129,16 @@ def header_argument(text: str) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+def journal_argument(text: str) -> str:
+    """``--journal``: a path or DSN; an empty one (an unset variable) is no journal, not the default one."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "the journal path is empty: give the journal file or a postgresql:// DSN, e.g. --journal "
+            "./payments.sqlite3, or leave --journal out to use $SAMEKEY_JOURNAL or the default journal"
+        )
+    return text
+
+
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -151,6 +161,7 @@ def _common_options(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument(
         "--journal",
         metavar="PATH",
+        type=journal_argument,
         default=default,
         help="journal file or postgresql:// DSN (default: $SAMEKEY_JOURNAL or the user state directory)",
     )
