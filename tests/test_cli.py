@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -458,6 +459,56 @@ def test_python_m_samekey_errors_are_one_line_and_exit_2(tmp_path: Path) -> None
 
     bad = run_process("purge", "--older-than", "7 weeks", "--journal", str(junk))
     assert bad.returncode == 2 and "is not a duration" in bad.stderr
+
+
+def popen_samekey(*argv: str) -> subprocess.Popen[bytes]:
+    environ = {**os.environ, "PYTHONPATH": str(SRC)}
+    command = [sys.executable, "-m", "samekey", *argv]
+    pipe = subprocess.PIPE
+    return subprocess.Popen(command, stdout=pipe, stderr=pipe, stdin=subprocess.DEVNULL, env=environ)
+
+
+def test_a_reader_that_stops_early_ends_samekey_quietly_with_141(tmp_path: Path) -> None:
+    # `samekey list | head -1` printed "samekey: error: unexpected BrokenPipeError: [Errno 32] Broken pipe"
+    journal_path = tmp_path / "many.sqlite3"
+    with samekey.Journal(journal_path) as journal:  # ~1.2 MB of table: more than any pipe buffer holds
+        for n in range(2000):
+            name = f"batch-7/op-{n:04d}-" + "x" * 500
+            intent = Intent(name, f"k-{n}", "Idempotency-Key", "POST", "https://pay.test/c", "fp", (), b"{}")
+            journal.claim(intent, "dead-process", 60.0, time.time())
+    head = popen_samekey("list", "--journal", str(journal_path))
+    assert head.stdout is not None
+    first = head.stdout.readline()
+    head.stdout.close()  # as `head -1` exits
+    _, err = head.communicate(timeout=60)
+    assert first.startswith(b"OPERATION ")
+    assert (head.returncode, err) == (141, b"")
+    for argv in (["list", "--all"], ["list", "--json"], ["show", "batch-7/op-0001-" + "x" * 500]):
+        gone = popen_samekey(*argv, "--journal", str(journal_path))  # the reader gone before a byte is written
+        assert gone.stdout is not None
+        gone.stdout.close()
+        _, err = gone.communicate(timeout=60)
+        assert (gone.returncode, err) == (141, b""), argv
+
+
+def test_ctrl_c_ends_samekey_with_130_and_one_line(journal_path: Path, server: PaymentServer) -> None:
+    pending_op(journal_path, "held", f"{server.url}/charges", {"amount": 22})
+    with samekey.Journal(journal_path) as journal:
+        r = journal.get("held")
+        assert r is not None
+        intent = Intent(
+            r.operation, r.key, r.key_header, r.method, r.url, r.fingerprint, r.request_headers, r.request_body
+        )
+        assert journal.claim(intent, "another-host/123/scope/tag-1", 60.0, time.time()).status == "claimed"
+    resume = popen_samekey("resume", "held", "--journal", str(journal_path))
+    assert resume.stderr is not None
+    assert b"waiting for its outcome" in resume.stderr.readline()
+    resume.send_signal(signal.SIGINT)
+    out, err = resume.communicate(timeout=60)
+    assert (resume.returncode, err, out) == (130, b"samekey: interrupted\n", b"")
+    assert server.keys_seen() == []
+    record = samekey.Journal(journal_path).get("held")
+    assert record is not None and record.pending and record.key == r.key
 
 
 def test_default_journal_comes_from_the_environment(tmp_path: Path) -> None:

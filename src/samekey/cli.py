@@ -10,7 +10,9 @@
 Every subcommand takes ``--journal PATH`` (default: ``$SAMEKEY_JOURNAL`` or the
 user state directory; a ``postgresql://`` DSN also works) and ``--debug``.
 Exit codes: 0 ok, 1 some operations failed (or were not forgotten), 2 usage or
-journal error. Errors are one line on stderr; ``--debug`` adds the traceback.
+journal error, 130 interrupted (Ctrl-C), 141 the reader of the output went away
+(``samekey list | head -1``: 128 + SIGPIPE, quietly, as other commands do).
+Errors are one line on stderr; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import re
 import sys
 import time
@@ -48,6 +51,7 @@ from ._transport import open_journal
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_CLOSED_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE: what a shell reports for them
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -176,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="samekey",
         description="See and finish keyed HTTP operations that a crashed run left in flight.",
-        epilog="Exit codes: 0 ok, 1 some operations failed, 2 usage or journal error.",
+        epilog="Exit codes: 0 ok, 1 some operations failed, 2 usage or journal error, 130 interrupted, "
+        "141 output pipe closed.",
     )
     _common_options(parser, None)
     parser.set_defaults(debug=False)
@@ -535,6 +540,19 @@ def cmd_purge(args: argparse.Namespace, store: JournalStore, out: TextIO) -> int
 # -- entry point ------------------------------------------------------------------------
 
 
+def _stdout_to_devnull(stdout: TextIO | None) -> None:
+    """After a broken pipe: Python flushes sys.stdout once more at exit, which would fail again
+    ("Exception ignored ... BrokenPipeError", exit 120); what is left goes to /dev/null instead."""
+    if stdout is not None:  # a caller's own stream
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a captured stream): nothing flushed at exit
+        pass
+
+
 def _fail(message: str, err: TextIO) -> int:
     err.write(f"samekey: error: {message}\n")
     return EXIT_USAGE
@@ -555,21 +573,27 @@ def main(
     try:
         store = open_store(args.journal, read_only=args.command in ("list", "show"))
         if args.command == "list":
-            return cmd_list(args, store, out)
-        if args.command == "show":
-            return cmd_show(args, store, out)
-        if args.command == "resume":
-            return cmd_resume(args, store, out, err)
-        if args.command == "forget":
-            return cmd_forget(args, store, out, err, inp)
-        return cmd_purge(args, store, out)
+            code = cmd_list(args, store, out)
+        elif args.command == "show":
+            code = cmd_show(args, store, out)
+        elif args.command == "resume":
+            code = cmd_resume(args, store, out, err)
+        elif args.command == "forget":
+            code = cmd_forget(args, store, out, err, inp)
+        else:
+            code = cmd_purge(args, store, out)
+        out.flush()  # here, not at exit: a reader gone away is the BrokenPipeError below
+        return code
+    except BrokenPipeError:  # `samekey list | head -1`: the rest is not wanted; no traceback, no error line
+        _stdout_to_devnull(stdout)
+        return EXIT_CLOSED_PIPE
     except (CliError, SameKeyError) as exc:
         if args.debug:
             traceback.print_exc(file=err)
         return _fail(str(exc), err)
     except KeyboardInterrupt:
         err.write("samekey: interrupted\n")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         if args.debug:
             traceback.print_exc(file=err)
