@@ -785,6 +785,32 @@ def test_show_and_list_escape_control_characters_from_the_server(journal_path: P
     assert as_json["response_body"] == evil  # JSON keeps the exact text (escaped by JSON itself)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["show", "inv-\udcff"],
+        ["forget", "--yes", "inv-\udcff"],
+        ["resume", "inv-\udcff"],
+        ["resume", "--all", "--prefix", "\udcfe"],
+    ],
+)
+def test_an_operation_name_that_is_not_utf8_is_refused_by_name(journal_path: Path, argv: list[str]) -> None:
+    # `samekey show $'inv-\xff'` (bytes a Latin-1 terminal sent): "unexpected UnicodeEncodeError: 'utf-8' codec
+    # can't encode character '\udcff' in position 4: surrogates not allowed" from sqlite
+    completed_op(journal_path, "inv-ÿ")
+    result = run_process(*argv, "--journal", str(journal_path), env={"PYTHONUTF8": "1"})  # argv: those bytes
+    assert result.returncode == 2 and result.stdout == ""
+    argument = "--prefix" if "--prefix" in argv else "operation"
+    shown = repr(os.fsencode(argv[-1]))
+    assert result.stderr.splitlines()[-1] == (
+        f"samekey {argv[0]}: error: argument {argument}: {shown} is not valid UTF-8, and operation names are "
+        "UTF-8 text (no journal holds this one): type the name as `samekey list --all` shows it, from a terminal "
+        "set to UTF-8"
+    )
+    assert "Traceback" not in result.stderr and "UnicodeEncodeError" not in result.stderr
+    assert samekey.Journal(journal_path).get("inv-ÿ") is not None
+
+
 def test_forget_says_when_the_operation_is_being_executed_right_now(journal_path: Path) -> None:
     with samekey.Journal(journal_path) as journal:
         intent = Intent("live", "k-live", "Idempotency-Key", "POST", "https://pay.test/c", "fp", (), b"{}")

@@ -133,6 +133,23 @@ def header_argument(text: str) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+def operation_argument(text: str) -> str:
+    """An operation name (or prefix) as typed: UTF-8 text, as the journal keeps names. Bytes that are
+    not UTF-8 reach Python as lone surrogates, which sqlite cannot encode (a UnicodeEncodeError)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            shown = repr(text.encode("utf-8", "surrogateescape"))  # the bytes the terminal sent
+        except UnicodeEncodeError:
+            shown = ascii(text)
+        raise argparse.ArgumentTypeError(
+            f"{shown} is not valid UTF-8, and operation names are UTF-8 text (no journal holds this one): "
+            "type the name as `samekey list --all` shows it, from a terminal set to UTF-8"
+        ) from None
+    return text
+
+
 def journal_argument(text: str) -> str:
     """``--journal``: a path or DSN; an empty one (an unset variable) is no journal, not the default one."""
     if not text.strip():
@@ -192,13 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="a JSON array of records instead of a table")
 
     p = sub.add_parser("show", parents=[common], help="one operation's whole record")
-    p.add_argument("operation")
+    p.add_argument("operation", type=operation_argument)
     p.add_argument("--json", action="store_true", help="a JSON object instead of text")
 
     p = sub.add_parser("resume", parents=[common], help="send pending operations again, with their own keys")
-    p.add_argument("operation", nargs="?", help="the operation to resume")
+    p.add_argument("operation", nargs="?", type=operation_argument, help="the operation to resume")
     p.add_argument("--all", action="store_true", help="resume every pending operation, oldest first")
-    p.add_argument("--prefix", help="with --all: only operations whose name starts with this")
+    p.add_argument("--prefix", type=operation_argument, help="with --all: only operations whose name starts with this")
     p.add_argument(
         "--base-url",
         metavar="URL",
@@ -238,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("forget", parents=[common], help="remove an operation's record and key")
-    p.add_argument("operation")
+    p.add_argument("operation", type=operation_argument)
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
 
     p = sub.add_parser("purge", parents=[common], help="remove completed records older than a duration")
