@@ -200,7 +200,9 @@ def test_the_sqlite_journal_given_a_dsn_refuses_it_instead_of_making_a_local_fil
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["lock_timeout", "connect_timeout", "statement_timeout"])
+@pytest.mark.parametrize(
+    "name", ["lock_timeout", "connect_timeout", "statement_timeout", "idle_in_transaction_session_timeout"]
+)
 def test_an_endless_timeout_is_refused_by_name(name: str) -> None:
     # float("inf") passed the check, then failed as "OverflowError: cannot convert float infinity to integer"
     with pytest.raises(ValueError, match=f"{name} must be a positive, finite number of seconds"):
@@ -243,6 +245,90 @@ def test_a_statement_past_the_statement_timeout_is_a_journal_error_saying_so(pg_
         other.rollback()
         record = journal.get("op")
         assert record is not None and record.lease_owner == "a"
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), "30", True])
+def test_a_bad_idle_in_transaction_timeout_is_refused_by_name(value: object) -> None:
+    with pytest.raises(ValueError, match="idle_in_transaction_session_timeout must be a positive, finite number"):
+        samekey.PostgresJournal("postgresql://ops@127.0.0.1:1/pay", idle_in_transaction_session_timeout=value)  # type: ignore[arg-type]
+
+
+def test_sessions_idle_in_a_transaction_are_ended_by_the_server(pg_dsn: str) -> None:
+    def setting(journal: samekey.PostgresJournal) -> object:
+        return journal._run(
+            "checking", lambda conn: conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+        )
+
+    with samekey.PostgresJournal(pg_dsn) as journal:
+        assert setting(journal) == ("30s",)  # the default: statement_timeout
+    with samekey.PostgresJournal(pg_dsn, statement_timeout=12) as journal:
+        assert setting(journal) == ("12s",)
+    with samekey.PostgresJournal(pg_dsn, idle_in_transaction_session_timeout=1.5) as journal:
+        assert journal.idle_in_transaction_session_timeout == 1.5
+        assert setting(journal) == ("1500ms",)
+
+
+def test_a_replica_stalled_while_holding_a_row_lock_is_cut_off_and_the_others_go_on(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from samekey import _postgres
+
+    # Replica A takes over an expired lease and stalls (a GC pause, SIGSTOP, a swapped-out VM) between
+    # its SELECT ... FOR UPDATE and its UPDATE. Without a server-side limit the row stays locked as long
+    # as A is stalled, and every other replica's claim of it waits or fails with a lock timeout.
+    stalled = threading.Event()
+    real_record = _postgres._record
+
+    def stalling_record(row: tuple[object, ...]) -> samekey.OperationRecord:
+        if threading.current_thread().name == "replica-a" and not stalled.is_set():
+            stalled.set()
+            time.sleep(3)
+        return real_record(row)
+
+    monkeypatch.setattr(_postgres, "_record", stalling_record)
+    a = samekey.PostgresJournal(pg_dsn, idle_in_transaction_session_timeout=0.5)
+    b = samekey.PostgresJournal(pg_dsn, lock_timeout=20)
+    with a, b:
+        assert a.claim(_intent(), "a", 30, 1000.0).status == "created"
+        outcome: list[object] = []
+        thread = threading.Thread(
+            target=lambda: outcome.append(a.claim(_intent(), "a", 30, 2000.0).status), name="replica-a"
+        )
+        thread.start()
+        assert stalled.wait(timeout=20)
+        started = time.monotonic()
+        taken = b.claim(_intent(), "b", 30, 2000.0)
+        waited = time.monotonic() - started
+        thread.join(timeout=30)
+        # B got the row once the server ended A's idle transaction, long before A woke up
+        assert taken.status == "claimed" and waited < 2.5
+        # A's transaction was rolled back: woken, it finds B's lease and sends nothing
+        assert outcome == ["busy"]
+        record = b.get("op")
+        assert record is not None and record.lease_owner == "b"
+
+
+def test_a_replica_that_stalls_again_after_the_retry_is_told_why_its_call_failed(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from samekey import _postgres
+
+    real_record = _postgres._record
+
+    def stalling_record(row: tuple[object, ...]) -> samekey.OperationRecord:
+        time.sleep(1.0)  # every time: the fresh connection's transaction is ended too
+        return real_record(row)
+
+    with samekey.PostgresJournal(pg_dsn, idle_in_transaction_session_timeout=0.3) as journal:
+        assert journal.claim(_intent(), "a", 30, 1000.0).status == "created"
+        monkeypatch.setattr(_postgres, "_record", stalling_record)
+        with pytest.raises(samekey.JournalError, match=r"idle in a transaction for more than 0.3 s") as caught:
+            journal.claim(_intent(), "a", 30, 2000.0)
+        assert "raise idle_in_transaction_session_timeout" in str(caught.value)
+        monkeypatch.setattr(_postgres, "_record", real_record)
+        assert journal.claim(_intent(), "a", 30, 2000.0).status == "claimed"  # usable again
 
 
 def test_the_link_to_the_server_is_watched_unless_the_dsn_says_otherwise(pg_dsn: str) -> None:

@@ -126,8 +126,12 @@ class PostgresJournal:
     lazily, and shared by threads; ``lock_timeout`` bounds the wait for a row or
     table lock held by another caller; ``connect_timeout`` bounds each connection
     attempt; ``statement_timeout`` bounds each statement, so an overloaded server
-    cannot hold a payment call forever. Unless the DSN sets them, TCP keepalives and
-    ``tcp_user_timeout`` (= statement_timeout) detect a server host that vanished.
+    cannot hold a payment call forever. ``idle_in_transaction_session_timeout``
+    (default: statement_timeout) makes the server end a samekey session that stays
+    idle inside a transaction that long (its process stalled or hung between two
+    statements while holding a row lock), so the other replicas get the row back.
+    Unless the DSN sets them, TCP keepalives and ``tcp_user_timeout``
+    (= statement_timeout) detect a server host that vanished.
     """
 
     def __init__(
@@ -137,12 +141,21 @@ class PostgresJournal:
         lock_timeout: float = 10.0,
         connect_timeout: float = 10.0,
         statement_timeout: float = 30.0,
+        idle_in_transaction_session_timeout: float | None = None,
         pool_size: int = 4,
     ) -> None:
         if not isinstance(dsn, str) or not dsn.strip():
             raise ValueError(f"dsn must be a PostgreSQL connection string, got {dsn!r}")
-        timeouts = (("lock_timeout", lock_timeout), ("connect_timeout", connect_timeout))
-        for name, value in (*timeouts, ("statement_timeout", statement_timeout)):
+        if idle_in_transaction_session_timeout is None:
+            # a transaction idle longer than one statement may run is stuck, not slow
+            idle_in_transaction_session_timeout = statement_timeout
+        timeouts = (
+            ("lock_timeout", lock_timeout),
+            ("connect_timeout", connect_timeout),
+            ("statement_timeout", statement_timeout),
+            ("idle_in_transaction_session_timeout", idle_in_transaction_session_timeout),
+        )
+        for name, value in timeouts:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
         if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
@@ -151,6 +164,7 @@ class PostgresJournal:
         self.lock_timeout = float(lock_timeout)
         self.connect_timeout = float(connect_timeout)
         self.statement_timeout = float(statement_timeout)
+        self.idle_in_transaction_session_timeout = float(idle_in_transaction_session_timeout)
         self.pool_size = pool_size
         self._secret = _password_of(dsn)
         self._cond = threading.Condition()
@@ -194,13 +208,22 @@ class PostgresJournal:
         if isinstance(exc, errors.LockNotAvailable):
             return self._fail(
                 f"a lock was held by another caller for more than {self.lock_timeout:g} s while {doing}",
-                "Another samekey process may be stuck in a transaction; retry, or raise lock_timeout.",
+                "Another process may be stuck in a transaction (the server ends a samekey session idle in one "
+                f"after {self.idle_in_transaction_session_timeout:g} s); retry, or raise lock_timeout.",
             )
         if isinstance(exc, errors.QueryCanceled):
             return self._fail(
                 f"the server cancelled a statement while {doing} ({text}; samekey's statement_timeout "
                 f"is {self.statement_timeout:g} s)",
                 "The database is overloaded or something holds its locks; retry, or raise statement_timeout.",
+            )
+        if isinstance(exc, errors.IdleInTransactionSessionTimeout):
+            return self._fail(
+                f"the server ended samekey's session while {doing}: it stayed idle in a transaction for more than "
+                f"{self.idle_in_transaction_session_timeout:g} s (idle_in_transaction_session_timeout), so its "
+                "changes were rolled back",
+                "This process stalled between two statements (overloaded, paused or swapped out); retry, or raise "
+                "idle_in_transaction_session_timeout.",
             )
         if isinstance(exc, errors.InsufficientPrivilege):
             return self._fail(
@@ -227,6 +250,10 @@ class PostgresJournal:
         try:
             conn.execute(f"SET lock_timeout = {int(self.lock_timeout * 1000)}")
             conn.execute(f"SET statement_timeout = {math.ceil(self.statement_timeout * 1000)}")
+            # a session stalled inside a transaction (its process hung between two statements)
+            # would hold its row locks, and every other replica's claim of them, forever
+            idle = math.ceil(self.idle_in_transaction_session_timeout * 1000)
+            conn.execute(f"SET idle_in_transaction_session_timeout = {idle}")
         except BaseException:
             conn.close()
             raise
@@ -290,6 +317,10 @@ class PostgresJournal:
                 if conn.broken and not retry and isinstance(exc, self._psycopg.OperationalError):
                     # the server restarted or failed over: its other idle connections are dead too
                     self._drop_idle()
+                    continue
+                if conn.broken and not retry and isinstance(exc, self._psycopg.errors.IdleInTransactionSessionTimeout):
+                    # this process stalled mid-transaction and the server ended the session (its
+                    # transaction rolled back, its locks freed for the other replicas): start again
                     continue
                 raise self._classify(exc, doing) from exc
             finally:
