@@ -25,6 +25,7 @@ import re
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote
 
 from ._errors import JournalError
 from ._journal import (
@@ -98,18 +99,130 @@ _INSERT = (
 # one round trip, where BEGIN; SET LOCAL ...; UPDATE; COMMIT takes four.
 _NO_FLUSH = "set_config('synchronous_commit', 'off', true) IS NOT NULL"
 
-_URL_PASSWORD = re.compile(r"^(postgres(?:ql)?://[^:/@?#]*:)([^@/?#]*)(@)", re.IGNORECASE)
-_PARAM_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
-_KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
 T = TypeVar("T")
+
+MASK = "***"
+# the connection parameters that hold a secret: the user's password, the SSL client key's
+_SECRET_KEYS = frozenset({"password", "sslpassword"})
+_URL_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def mask_dsn(dsn: str) -> str:
-    """The DSN with any password replaced by ``***`` (URL and key=value forms)."""
-    if "://" in dsn:
-        return _PARAM_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\3", dsn))
-    return _KV_PASSWORD.sub(r"\1***", dsn)
+    """The DSN with every password replaced by ``***``: URL (``postgresql://user:PASSWORD@host``,
+    ``?password=``) and key=value (``password=...``, quoted or not) forms, read as libpq reads them,
+    so a ``#``, ``?``, ``/``, ``@`` or space in a password (percent-encoded or quoted) is masked whole."""
+    return _mask(dsn)[0]
+
+
+def dsn_secrets(dsn: str) -> list[str]:
+    """Every password of the DSN, as written and as decoded, the longest first: to wipe them out of
+    any text that may quote them (a driver's error message, a traceback)."""
+    return _mask(dsn)[1]
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret (of at least 3 characters: a shorter one would mask unrelated
+    text) replaced by ``***``."""
+    for secret in secrets:
+        if len(secret) >= 3:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _mask(dsn: str) -> tuple[str, list[str]]:
+    masked, found = _mask_url(dsn) if _URL_SCHEME.match(dsn) else _mask_key_values(dsn)
+    secrets = {piece for secret in found if secret for piece in (secret, secret.strip())}
+    try:  # libpq's own reading, where psycopg is installed, has the last word
+        from psycopg.conninfo import conninfo_to_dict
+
+        parsed = conninfo_to_dict(dsn)
+    except Exception:  # no psycopg, or a DSN it cannot parse: the reading above is all there is
+        parsed = {}
+    for key in _SECRET_KEYS:
+        value = parsed.get(key)
+        if isinstance(value, str) and value and value not in secrets:
+            secrets.add(value)
+            masked = scrub(masked, [value])
+    return masked, sorted(secrets, key=len, reverse=True)
+
+
+def _mask_url(dsn: str) -> tuple[str, list[str]]:
+    head, _, rest = dsn.partition("://")
+    found: list[str] = []
+    at = rest.find("@")
+    slash = rest.find("/")
+    # libpq reads user[:password] up to the first '@' before any '/'. A password written with a raw
+    # '/' (not %2F) ends that early, so the '@' after it counts too, unless a query came first.
+    if at >= 0 and (slash < 0 or at < slash or "?" not in rest[:at]):
+        # a raw '@' in the password (not %40): libpq would take what follows it for the host
+        authority_end = min((i for i in (rest.find("/", at), rest.find("?", at)) if i >= 0), default=len(rest))
+        end = rest.rfind("@", 0, authority_end)
+        user, colon, password = rest[:end].partition(":")
+        if colon:
+            found += [password, unquote(password), *re.split(r"[@/]", password)]
+            rest = f"{user}:{MASK}{rest[end:]}"
+        start = rest.find("@") + 1
+    else:
+        start = 0
+    query = rest.find("?", start)
+    if query >= 0:
+        params = rest[query + 1 :].split("&")
+        for i, param in enumerate(params):
+            key, equals, value = param.partition("=")
+            if equals and unquote(key).strip().lower() in _SECRET_KEYS:
+                found += [value, unquote(value)]
+                params[i] = f"{key}={MASK}"
+        rest = rest[: query + 1] + "&".join(params)
+    return f"{head}://{rest}", found
+
+
+def _mask_key_values(dsn: str) -> tuple[str, list[str]]:
+    """key=value pairs as libpq's conninfo_parse reads them: values quoted with '...' or bare up to
+    a space, a backslash escaping the next character in both."""
+    out: list[str] = []
+    found: list[str] = []
+    i, n = 0, len(dsn)
+    while i < n:
+        start = i
+        while i < n and dsn[i].isspace():
+            i += 1
+        key_start = i
+        while i < n and dsn[i] != "=" and not dsn[i].isspace():
+            i += 1
+        secret = dsn[key_start:i].lower() in _SECRET_KEYS
+        while i < n and dsn[i].isspace():
+            i += 1
+        if i >= n or dsn[i] != "=":  # malformed: after a secret's name, all the rest may be the secret
+            out.append(dsn[start:i] + MASK if secret else dsn[start:])
+            if secret:
+                found.append(dsn[i:])
+            break
+        i += 1
+        while i < n and dsn[i].isspace():
+            i += 1
+        value_start = i
+        value: list[str] = []
+        quoted = i < n and dsn[i] == "'"
+        i += quoted
+        while i < n:
+            if dsn[i] == "\\" and i + 1 < n:
+                value.append(dsn[i + 1])
+                i += 2
+            elif (dsn[i] == "'") if quoted else dsn[i].isspace():
+                i += quoted
+                break
+            else:
+                value.append(dsn[i])
+                i += 1
+        else:
+            if quoted:  # unterminated: the secret may run to the end
+                value = [dsn[value_start + 1 :]]
+        if secret:
+            found += [dsn[value_start:i], "".join(value)]
+            out.append(dsn[start:value_start] + MASK)
+        else:
+            out.append(dsn[start:i])
+    return "".join(out), found
 
 
 def _escape_like(prefix: str) -> str:
@@ -160,13 +273,12 @@ class PostgresJournal:
                 raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
         if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
             raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
-        self.location = mask_dsn(dsn)
+        self.location, self._secrets = _mask(dsn)
         self.lock_timeout = float(lock_timeout)
         self.connect_timeout = float(connect_timeout)
         self.statement_timeout = float(statement_timeout)
         self.idle_in_transaction_session_timeout = float(idle_in_transaction_session_timeout)
         self.pool_size = pool_size
-        self._secret = _password_of(dsn)
         self._cond = threading.Condition()
         self._idle: list[psycopg.Connection[Any]] = []
         self._opened = 0  # connections open (idle or in use)
@@ -183,7 +295,7 @@ class PostgresJournal:
         try:
             given = psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
-            raise self._fail(f"the DSN cannot be parsed ({exc})", "Check its syntax.") from exc
+            raise self._fail(f"the DSN cannot be parsed ({' '.join(str(exc).split())})", "Check its syntax.") from exc
         link = {
             "keepalives": 1,
             "keepalives_idle": 10,
@@ -198,9 +310,7 @@ class PostgresJournal:
     # -- errors -------------------------------------------------------------------------
 
     def _fail(self, problem: str, fix: str) -> JournalError:
-        if self._secret:
-            problem = problem.replace(self._secret, "***")
-        return JournalError(self.location, problem, fix)
+        return JournalError(self.location, scrub(problem, self._secrets), fix)
 
     def _classify(self, exc: Exception, doing: str) -> JournalError:
         errors = self._psycopg.errors
@@ -541,14 +651,3 @@ class PostgresJournal:
 
     def __repr__(self) -> str:
         return f"PostgresJournal({self.location!r})"
-
-
-def _password_of(dsn: str) -> str | None:
-    for pattern, group in ((_URL_PASSWORD, 2), (_PARAM_PASSWORD, 0), (_KV_PASSWORD, 2)):
-        match = pattern.search(dsn)
-        if match:
-            value = match.group(group).split("=", 1)[-1] if group == 0 else match.group(group)
-            value = value.strip("'")
-            if len(value) >= 3:  # too short a value would mask unrelated text
-                return value
-    return None
