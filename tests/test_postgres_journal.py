@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import traceback
 from pathlib import Path
 from urllib.parse import quote
 
@@ -275,6 +276,51 @@ def test_a_misspelt_dsn_never_shows_its_password(dsn: str) -> None:
     with pytest.raises(samekey.JournalError) as caught:
         samekey.PostgresJournal(dsn, connect_timeout=1)
     assert "S3CRET" not in str(caught.value) and "***" in str(caught.value)
+    # nor the driver's error chained to it, which a traceback (logging.exception) prints too
+    logged = "".join(traceback.format_exception(caught.value))
+    assert "The above exception was the direct cause" in logged and "S3CRET" not in logged
+
+
+@pytest.mark.usefixtures("psycopg_installed")
+@pytest.mark.parametrize("given", ["--journal", "$SAMEKEY_JOURNAL"])
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://ops:pa%zzS3CRET@127.0.0.1:1/pay",  # libpq's error quotes the bad escape, password and all
+        "postgresql://ops:pa@S3CRET@127.0.0.1:1/pay",  # libpq's error names the 'host' it read after a raw '@'
+    ],
+)
+def test_samekey_debug_traceback_never_shows_the_password(dsn: str, given: str) -> None:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    argv = [sys.executable, "-m", "samekey", "--debug", "list"]
+    if given == "--journal":
+        argv += ["--journal", dsn]
+    else:
+        env["SAMEKEY_JOURNAL"] = dsn
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2
+    # the whole traceback, the driver's own error included, only without the password
+    assert "Traceback (most recent call last)" in done.stderr and "psycopg." in done.stderr
+    assert "samekey.JournalError" in done.stderr or "JournalError" in done.stderr
+    assert "S3CRET" not in done.stderr + done.stdout and "ops:***@" in done.stderr
+
+
+def test_an_unexpected_error_quoting_the_dsn_is_shown_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from samekey import cli
+
+    dsn = "postgresql://ops:Pw%23S3CRET@127.0.0.1:1/pay"
+
+    def broken(location: str, **options: object) -> samekey.JournalStore:
+        raise RuntimeError(f"cannot open {location} (password Pw#S3CRET)")  # as a careless driver might
+
+    monkeypatch.setattr(cli, "open_store", broken)
+    for debug in ([], ["--debug"]):
+        err = io.StringIO()
+        assert cli.main([*debug, "list", "--journal", dsn], stdout=io.StringIO(), stderr=err) == 2
+        assert "unexpected RuntimeError: cannot open postgresql://ops:***@127.0.0.1:1/pay" in err.getvalue()
+        assert "S3CRET" not in err.getvalue() and ("Traceback" in err.getvalue()) == bool(debug)
 
 
 PASSWORD = "Pw#h4sh?q/sl@at 'x\\y"  # a trust server ignores it: the journal opens

@@ -295,6 +295,7 @@ class PostgresJournal:
         try:
             given = psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
+            self._hide_secrets(exc)
             raise self._fail(f"the DSN cannot be parsed ({' '.join(str(exc).split())})", "Check its syntax.") from exc
         link = {
             "keepalives": 1,
@@ -312,7 +313,19 @@ class PostgresJournal:
     def _fail(self, problem: str, fix: str) -> JournalError:
         return JournalError(self.location, scrub(problem, self._secrets), fix)
 
+    def _hide_secrets(self, exc: BaseException) -> None:
+        """Scrub the DSN's passwords out of psycopg's messages: chained to the JournalError raised
+        from them, they are printed with its traceback (``samekey --debug``, logging.exception),
+        and libpq quotes what it could not read (a bad %-escape, a host read from a raw '@')."""
+        seen: set[int] = set()
+        link: BaseException | None = exc
+        while link is not None and id(link) not in seen:
+            seen.add(id(link))
+            link.args = tuple(scrub(a, self._secrets) if isinstance(a, str) else a for a in link.args)
+            link = link.__cause__ or link.__context__
+
     def _classify(self, exc: Exception, doing: str) -> JournalError:
+        self._hide_secrets(exc)
         errors = self._psycopg.errors
         text = " ".join(str(exc).split())
         if isinstance(exc, errors.LockNotAvailable):

@@ -476,7 +476,7 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
                 counts["failed"] += 1
                 out.write(f"{label}: FAILED: {exc}\n")
                 if args.debug:
-                    traceback.print_exc(file=err)
+                    _print_traceback(args, err)
             else:
                 info = response.extensions.get("samekey")
                 if getattr(info, "replayed", False):
@@ -575,6 +575,21 @@ def _fail(message: str, err: TextIO) -> int:
     return EXIT_USAGE
 
 
+def _without_password(args: argparse.Namespace, text: str) -> str:
+    """``text`` with the journal DSN's password masked: a driver's message may quote it."""
+    dsn = args.journal or environment_dsn()
+    if not dsn or not dsn.startswith(DSN_PREFIXES):
+        return text
+    from ._postgres import dsn_secrets, mask_dsn, scrub
+
+    return scrub(text.replace(dsn, mask_dsn(dsn)), dsn_secrets(dsn))
+
+
+def _print_traceback(args: argparse.Namespace, err: TextIO) -> None:
+    """--debug: the traceback of the exception being handled, the DSN's password masked in it."""
+    err.write(_without_password(args, traceback.format_exc()))
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -606,15 +621,16 @@ def main(
         return EXIT_CLOSED_PIPE
     except (CliError, SameKeyError) as exc:
         if args.debug:
-            traceback.print_exc(file=err)
+            _print_traceback(args, err)
         return _fail(str(exc), err)
     except KeyboardInterrupt:
         err.write("samekey: interrupted\n")
         return EXIT_INTERRUPTED
     except Exception as exc:
         if args.debug:
-            traceback.print_exc(file=err)
-        return _fail(f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", err)
+            _print_traceback(args, err)
+        message = _without_password(args, f"unexpected {type(exc).__name__}: {exc}")
+        return _fail(f"{message} (run with --debug for the traceback)", err)
     finally:
         if store is not None:
             store.close()
