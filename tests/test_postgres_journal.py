@@ -631,6 +631,61 @@ def test_six_replicas_opening_an_empty_schema_at_once_all_open_it(pg_dsn: str) -
         assert outcome == ["opened"] * 6
 
 
+def _samekey_tables(dsn: str) -> tuple[object, ...]:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT to_regclass('samekey_schema'), to_regclass('samekey_operations')").fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_create_false_opens_an_existing_journal_and_never_makes_one(pg_dsn: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    database = conninfo_to_dict(pg_dsn)["dbname"]
+    with pytest.raises(samekey.JournalError) as caught:
+        samekey.PostgresJournal(pg_dsn, create=False)
+    message = str(caught.value)
+    assert f"database '{database}' has no samekey tables" in message and "nothing was created" in message
+    assert "samekey_test_" in message  # the schema it looked in
+    assert "Check the database name" in message and "samekey.PostgresJournal(DSN)" in message
+    assert _samekey_tables(pg_dsn) == (None, None)
+
+    samekey.PostgresJournal(pg_dsn).close()  # create=True, the default: the application's first run
+    with samekey.PostgresJournal(pg_dsn, create=False) as journal:
+        assert journal.create is False
+        assert journal.claim(_intent(), "a", 30, 1000.0).status == "created"
+        assert journal.get("op") is not None
+
+
+def test_create_must_be_a_bool() -> None:
+    with pytest.raises(ValueError, match="create must be True or False, got 'no'"):
+        samekey.PostgresJournal("postgresql://ops@127.0.0.1:1/pay", create="no")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["list"], ["list", "--all", "--json"], ["show", "order-1"], ["resume", "--all"], ["forget", "order-1", "--yes"],
+     ["purge", "--older-than", "7d"]],
+)  # fmt: skip
+def test_the_samekey_command_never_creates_tables_in_a_database_without_them(pg_dsn: str, argv: list[str]) -> None:
+    import io
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    from samekey import cli
+
+    # --journal .../payments_stagin (a typo) or a database of another application: said so, left alone
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main([*argv, "--journal", pg_dsn], stdout=out, stderr=err, stdin=io.StringIO())
+    assert code == 2 and out.getvalue() == ""
+    assert err.getvalue().startswith("samekey: error: journal postgresql://")
+    assert f"database '{conninfo_to_dict(pg_dsn)['dbname']}' has no samekey tables" in err.getvalue()
+    assert "nothing was created" in err.getvalue() and err.getvalue().count("\n") == 1
+    assert _samekey_tables(pg_dsn) == (None, None)
+
+
 def test_foreign_table_of_the_same_name_is_left_alone(pg_dsn: str) -> None:
     import psycopg
 

@@ -244,7 +244,10 @@ class PostgresJournal:
     idle inside a transaction that long (its process stalled or hung between two
     statements while holding a row lock), so the other replicas get the row back.
     Unless the DSN sets them, TCP keepalives and ``tcp_user_timeout``
-    (= statement_timeout) detect a server host that vanished.
+    (= statement_timeout) detect a server host that vanished. ``create=False`` opens
+    only a database that already has samekey's tables (JournalError otherwise, nothing
+    created): for tools that inspect a journal, where a misspelt database name must not
+    quietly become an empty new journal.
     """
 
     def __init__(
@@ -256,9 +259,12 @@ class PostgresJournal:
         statement_timeout: float = 30.0,
         idle_in_transaction_session_timeout: float | None = None,
         pool_size: int = 4,
+        create: bool = True,
     ) -> None:
         if not isinstance(dsn, str) or not dsn.strip():
             raise ValueError(f"dsn must be a PostgreSQL connection string, got {dsn!r}")
+        if not isinstance(create, bool):
+            raise ValueError(f"create must be True or False, got {create!r}")
         if idle_in_transaction_session_timeout is None:
             # a transaction idle longer than one statement may run is stuck, not slow
             idle_in_transaction_session_timeout = statement_timeout
@@ -279,6 +285,7 @@ class PostgresJournal:
         self.statement_timeout = float(statement_timeout)
         self.idle_in_transaction_session_timeout = float(idle_in_transaction_session_timeout)
         self.pool_size = pool_size
+        self.create = create
         self._cond = threading.Condition()
         self._idle: list[psycopg.Connection[Any]] = []
         self._opened = 0  # connections open (idle or in use)
@@ -492,6 +499,18 @@ class PostgresJournal:
                 raise self._fail(
                     f"it was written by a newer samekey (schema {version}; this one reads up to {SCHEMA_VERSION})",
                     "It was left untouched. Upgrade samekey to use it.",
+                )
+            if version is None and not self.create:
+                database, schema, path = conn.execute(
+                    "SELECT current_database(), current_schema(), current_setting('search_path')"
+                ).fetchone() or (None, None, None)
+                place = f"in schema {schema!r}" if schema is not None else f"on its search_path ({path})"
+                raise self._fail(
+                    f"database {database!r} has no samekey tables (samekey_operations, samekey_schema) {place}, "
+                    "so it holds no journal; nothing was created",
+                    "Check the database name and the search_path (options=-csearch_path=NAME) in the DSN. A new "
+                    "journal's tables are created when the application first opens it (samekey.PostgresJournal(DSN) "
+                    "or samekey.Client(journal=DSN)).",
                 )
             if version is None:
                 if conn.execute("SELECT current_schema()").fetchone() == (None,):

@@ -46,7 +46,6 @@ from ._journal import (
 )
 from ._policy import RetryPolicy, to_seconds
 from ._resume import UNNAMED_WARNING, RetargetTransport, bulk_resumable
-from ._transport import open_journal
 
 __all__ = ["main"]
 
@@ -270,14 +269,15 @@ def open_store(location: str | None, *, read_only: bool = False) -> JournalStore
     """The journal at ``location``; ``read_only`` for the commands that only look (a read-only
     mount, or a folder the operator may not write, must not stop `list` and `show`)."""
     text = location or environment_dsn() or str(default_journal_path())
-    if not text.startswith(DSN_PREFIXES):
-        path = Path(text).expanduser()
-        if not path.exists():  # never create a journal just to list it
-            raise CliError(f"no journal at {path} (pass --journal PATH or set $SAMEKEY_JOURNAL)")
-        if read_only:
-            return Journal(path, read_only=True)
-    store, _ = open_journal(text)  # a missing psycopg is a JournalError naming the extra to install
-    return store
+    if text.startswith(DSN_PREFIXES):
+        from ._postgres import PostgresJournal  # psycopg itself is imported when it opens
+
+        # a database without samekey's tables (a misspelt name) is an error, not a new empty journal
+        return PostgresJournal(text, create=False)  # no psycopg: a JournalError naming the extra to install
+    path = Path(text).expanduser()
+    if not path.exists():  # never create a journal just to list it
+        raise CliError(f"no journal at {path} (pass --journal PATH or set $SAMEKEY_JOURNAL)")
+    return Journal(path, read_only=read_only)
 
 
 def iso(ts: float | None) -> str | None:
