@@ -96,6 +96,43 @@ def test_schema_table_without_a_version_is_refused_not_rewritten(pg_dsn: str) ->
         assert conn.execute("SELECT count(*) FROM samekey_schema").fetchone() == (0,)
 
 
+@pytest.mark.parametrize(
+    "versions, said",
+    [
+        ([0], "holds version 0, which no samekey writes"),
+        ([-1], "holds version -1, which no samekey writes"),
+        ([-2147483648], "holds version -2147483648, which no samekey writes"),
+        ([1, 0], "holds several versions (0, 1)"),
+    ],
+)
+def test_an_invalid_schema_version_is_refused_and_nothing_is_changed(
+    pg_dsn: str, versions: list[int], said: str
+) -> None:
+    import io
+
+    import psycopg
+
+    from samekey import cli
+
+    with samekey.PostgresJournal(pg_dsn) as journal:
+        journal.claim(_intent(), "a", 30, 1000.0)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM samekey_schema")
+        for version in versions:
+            conn.execute("INSERT INTO samekey_schema VALUES (%s)", (version,))
+    # before: a version 0 was taken for an old journal to migrate, and failed with KeyError: 0
+    for create in (True, False):
+        with pytest.raises(samekey.JournalError, match=f"{re.escape(said)}.*left untouched") as caught:
+            samekey.PostgresJournal(pg_dsn, create=create)
+        assert "schema version is unknown" in str(caught.value)
+    err = io.StringIO()
+    assert cli.main(["resume", "--all", "--journal", pg_dsn], stdout=io.StringIO(), stderr=err) == 2
+    assert said in err.getvalue()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert sorted(r[0] for r in conn.execute("SELECT version FROM samekey_schema")) == sorted(versions)
+        assert conn.execute("SELECT operation, lease_owner FROM samekey_operations").fetchall() == [("op", "a")]
+
+
 def test_relaxed_writes_leave_new_records_durable(pg_dsn: str) -> None:
     # complete/record_attempt/release skip the WAL flush for their own statement only: a
     # claim that follows on the same connection must again wait for it.

@@ -467,14 +467,30 @@ class PostgresJournal:
                     "It was left untouched. Use another database or schema (options=-csearch_path=NAME).",
                 )
             return None
-        row = conn.execute("SELECT max(version) FROM samekey_schema").fetchone()
-        if not row or row[0] is None:
+        versions = [row[0] for row in conn.execute("SELECT DISTINCT version FROM samekey_schema ORDER BY 1")]
+        restore = "or use another database or schema."
+        if not versions:
             raise self._fail(
                 "its samekey_schema table is empty, so its schema version is unknown",
-                "It was left untouched. Restore the row (INSERT INTO samekey_schema VALUES (1) for samekey "
-                "0.1) or use another database or schema.",
+                "It was left untouched. Restore the row (INSERT INTO samekey_schema VALUES (1) for samekey 0.1) "
+                + restore,
             )
-        return int(row[0])
+        if len(versions) > 1:
+            raise self._fail(
+                f"its samekey_schema table holds several versions ({', '.join(map(str, versions))}), so its schema "
+                "version is unknown",
+                f"It was left untouched. Keep only the row of the version samekey wrote (1 for samekey 0.1) {restore}",
+            )
+        [version] = versions
+        if not isinstance(version, int) or version < 1:
+            # never taken for an old journal to migrate: no samekey wrote it, so its tables are unknown
+            raise self._fail(
+                f"its samekey_schema table holds version {version}, which no samekey writes (versions start at 1), "
+                "so its schema version is unknown",
+                "It was left untouched. Restore the row (UPDATE samekey_schema SET version = 1 for samekey 0.1) "
+                + restore,
+            )
+        return version
 
     def _init_schema(self, conn: psycopg.Connection[Any]) -> None:
         try:
