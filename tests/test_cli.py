@@ -82,6 +82,17 @@ def pending_op(journal_path: Path, operation: str, url: str, body: dict[str, obj
     return keys[0]
 
 
+def held_elsewhere(journal_path: Path, operation: str, lease: float) -> None:
+    """Mark pending ``operation`` as being executed by another process, for ``lease`` seconds."""
+    with samekey.Journal(journal_path) as journal:
+        r = journal.get(operation)
+        assert r is not None
+        intent = Intent(
+            r.operation, r.key, r.key_header, r.method, r.url, r.fingerprint, r.request_headers, r.request_body
+        )
+        assert journal.claim(intent, "another-host/123/scope/tag-1", lease, time.time()).status == "claimed"
+
+
 def completed_op(journal_path: Path, operation: str) -> None:
     transport = httpx.MockTransport(lambda r: httpx.Response(201, json={"id": "ch_x"}))
     with samekey.Client(journal=journal_path, transport=transport) as client:
@@ -492,14 +503,8 @@ def test_a_reader_that_stops_early_ends_samekey_quietly_with_141(tmp_path: Path)
 
 
 def test_ctrl_c_ends_samekey_with_130_and_one_line(journal_path: Path, server: PaymentServer) -> None:
-    pending_op(journal_path, "held", f"{server.url}/charges", {"amount": 22})
-    with samekey.Journal(journal_path) as journal:
-        r = journal.get("held")
-        assert r is not None
-        intent = Intent(
-            r.operation, r.key, r.key_header, r.method, r.url, r.fingerprint, r.request_headers, r.request_body
-        )
-        assert journal.claim(intent, "another-host/123/scope/tag-1", 60.0, time.time()).status == "claimed"
+    key = pending_op(journal_path, "held", f"{server.url}/charges", {"amount": 22})
+    held_elsewhere(journal_path, "held", 60.0)
     resume = popen_samekey("resume", "held", "--journal", str(journal_path))
     assert resume.stderr is not None
     assert b"waiting for its outcome" in resume.stderr.readline()
@@ -508,7 +513,7 @@ def test_ctrl_c_ends_samekey_with_130_and_one_line(journal_path: Path, server: P
     assert (resume.returncode, err, out) == (130, b"samekey: interrupted\n", b"")
     assert server.keys_seen() == []
     record = samekey.Journal(journal_path).get("held")
-    assert record is not None and record.pending and record.key == r.key
+    assert record is not None and record.pending and record.key == key
 
 
 def test_default_journal_comes_from_the_environment(tmp_path: Path) -> None:
@@ -825,13 +830,7 @@ def test_resume_says_it_waits_for_an_operation_another_process_is_executing(
 ) -> None:
     # an on-call engineer must not stare at a silent command for the length of a lease
     pending_op(journal_path, "held", f"{server.url}/charges", {"amount": 15})
-    with samekey.Journal(journal_path) as journal:
-        r = journal.get("held")
-        assert r is not None
-        intent = Intent(
-            r.operation, r.key, r.key_header, r.method, r.url, r.fingerprint, r.request_headers, r.request_body
-        )
-        assert journal.claim(intent, "another-host/123/scope/tag-1", 1.5, time.time()).status == "claimed"
+    held_elsewhere(journal_path, "held", 1.5)
     result = run("resume", "held", "--journal", str(journal_path))
     assert "held by another-host/123/scope/tag-1" in result.err and "waiting for its outcome" in result.err
     assert result.code == 0, result.out + result.err  # its lease ran out: taken over, sent with its key
