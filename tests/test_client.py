@@ -1132,3 +1132,19 @@ def test_event_hooks_run_once_per_call_around_the_retries(journal_path: Path, no
     info = samekey.operation_info(response)
     assert info is not None and info.attempts == 2
     assert seen == [("request", None), ("response", 201)]
+
+
+def test_a_samekey_transport_given_to_a_samekey_client_is_refused_not_waited_on(journal_path: Path) -> None:
+    # samekey.Client(transport=samekey.SameKeyTransport()) wrapped it in a second one: the inner one
+    # found its own client holding the lease on the shared journal and waited it out on every request
+    # (25 s with httpx's default timeouts, 60 s with a longer lease), in silence
+    inner = samekey.SameKeyTransport(httpx.MockTransport(lambda r: httpx.Response(201)), journal=journal_path)
+    with pytest.raises(TypeError, match=r"transport is a samekey.SameKeyTransport.*httpx.HTTPTransport"):
+        samekey.Client(journal=journal_path, transport=inner)
+    with pytest.raises(TypeError, match=r"mounts\['all://'\] is a samekey.SameKeyTransport"):
+        samekey.Client(journal=journal_path, mounts={"all://": inner})
+    ainner = samekey.AsyncSameKeyTransport(httpx.MockTransport(lambda r: httpx.Response(201)), journal=journal_path)
+    with pytest.raises(TypeError, match=r"transport is a samekey.AsyncSameKeyTransport.*httpx.AsyncHTTPTransport"):
+        samekey.AsyncClient(journal=journal_path, transport=ainner)
+    inner.close()
+    asyncio.run(ainner.aclose())

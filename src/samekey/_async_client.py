@@ -14,7 +14,7 @@ from typing import Any
 import anyio.to_thread
 import httpx
 
-from ._client import with_operation
+from ._client import refuse_samekey_transports, with_operation
 from ._core import KeyFormat, OnBusy, carry_first_bytes, multipart_operation
 from ._policy import RetryPolicy
 from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
@@ -40,6 +40,7 @@ class AsyncClient(httpx.AsyncClient, EngineHolder):
         retention: float | timedelta = timedelta(days=7),
         **kwargs: Any,
     ) -> None:
+        refuse_samekey_transports("AsyncClient", kwargs)
         self.engine, self._owns_journal = _make_engine(
             journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention
         )

@@ -13,7 +13,7 @@ import httpx
 from ._core import OPERATION_EXTENSION, KeyFormat, OnBusy, carry_first_bytes, multipart_operation
 from ._policy import RetryPolicy
 from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
-from ._transport import EngineHolder, JournalArg, SameKeyTransport, _make_engine
+from ._transport import AsyncSameKeyTransport, EngineHolder, JournalArg, SameKeyTransport, _make_engine
 
 __all__ = ["Client"]
 
@@ -23,6 +23,27 @@ def with_operation(kwargs: dict[str, Any], operation: str | None) -> dict[str, A
     if operation is not None:
         kwargs["extensions"] = {**(kwargs.get("extensions") or {}), OPERATION_EXTENSION: operation}
     return kwargs
+
+
+def refuse_samekey_transports(kind: str, kwargs: dict[str, Any]) -> None:
+    """A samekey transport given to a samekey client would be wrapped in a second one: refused.
+
+    The inner one takes the outer one's key for a caller's key and claims the operation again:
+    on the same journal (the default one, say) it finds its own client holding the lease and
+    waits it out, 25-60 s per request, in silence; on another journal it records it twice.
+    """
+    given = [("transport", kwargs.get("transport"))]
+    given += [(f"mounts[{pattern!r}]", t) for pattern, t in (kwargs.get("mounts") or {}).items()]
+    plain = "httpx.AsyncHTTPTransport" if kind == "AsyncClient" else "httpx.HTTPTransport"
+    for where, transport in given:
+        if isinstance(transport, (SameKeyTransport, AsyncSameKeyTransport)):
+            raise TypeError(
+                f"{where} is a samekey.{type(transport).__name__}, but samekey.{kind} adds one itself: the two "
+                "would claim every operation twice (on one journal each request waits out its own lease, "
+                f"60 s). Pass the httpx transport it wraps (e.g. {plain}(...)) and give "
+                f"journal=, policy= and the other samekey options to samekey.{kind}; or keep the samekey "
+                f"transport under a plain httpx.{kind}."
+            )
 
 
 class Client(httpx.Client, EngineHolder):
@@ -48,6 +69,7 @@ class Client(httpx.Client, EngineHolder):
         retention: float | timedelta = timedelta(days=7),
         **kwargs: Any,
     ) -> None:
+        refuse_samekey_transports("Client", kwargs)
         self.engine, self._owns_journal = _make_engine(
             journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention
         )
