@@ -145,3 +145,25 @@ def test_the_transports_keywords_are_checked_by_the_users_mypy(tmp_path: Path) -
     result = _users_mypy(user_code)
     errors = [line for line in result.stdout.splitlines() if ": error:" in line]
     assert [line.split(":")[1] for line in errors] == ["12", "13", "14"], result.stdout + result.stderr
+
+
+def test_a_misspelt_samekey_name_fails_the_users_mypy(tmp_path: Path) -> None:
+    # samekey's module __getattr__ (it loads PostgresJournal on first use) was seen by type checkers
+    # too, and returned Any: samekey.Clinet(...) or samekey.OPERATION_EXT passed mypy --strict and
+    # failed only at run time. PostgresJournal itself stays typed.
+    user_code = tmp_path / "typo.py"
+    user_code.write_text(
+        textwrap.dedent(
+            """
+            import samekey
+
+            client = samekey.Clinet()
+            extensions = {samekey.OPERATION_EXT: "order-42/charge"}
+            journal: samekey.JournalStore = samekey.PostgresJournal("postgresql://localhost/payments", pool_size=2)
+            """
+        )
+    )
+    result = _users_mypy(user_code)
+    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
+    assert [line.split(":")[1] for line in errors] == ["4", "5"], result.stdout + result.stderr
+    assert 'Module has no attribute "Clinet"; maybe "Client"?' in errors[0]

@@ -26,6 +26,17 @@ from ._transport import AsyncSameKeyTransport, SameKeyTransport
 
 if TYPE_CHECKING:
     from ._postgres import PostgresJournal
+else:
+    # Loaded on first use so that `import samekey` never imports the PostgreSQL store. Hidden from
+    # type checkers: a module __getattr__ returning Any would make every misspelt samekey.Name pass.
+
+    def __getattr__(name: str) -> Any:
+        if name == "PostgresJournal":
+            from ._postgres import PostgresJournal
+
+            return PostgresJournal
+        raise AttributeError(f"module 'samekey' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -57,12 +68,3 @@ __all__ = [
     "operation_info",
     "set_testing",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    # Loaded on first use so that `import samekey` never imports the PostgreSQL store.
-    if name == "PostgresJournal":
-        from ._postgres import PostgresJournal
-
-        return PostgresJournal
-    raise AttributeError(f"module 'samekey' has no attribute {name!r}")
