@@ -460,23 +460,3 @@ def test_server_figures_stay_readable_after_stop(tmp_path: Path) -> None:
         pass
     with pytest.raises(RuntimeError, match="give it a db_path"):
         memory_only.charge_count()
-
-
-def test_the_readme_fault_injection_example_runs(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = readme.split("```python\n# test_checkout.py\n", 1)[1].split("```", 1)[0]
-    your_code = (
-        "def charge_order(client, order):\n"
-        "    r = client.post('/charges', json={'order': order, 'amount': 4999}, operation=f'order-{order}/charge')\n"
-        "    r.raise_for_status()\n"
-    )
-    code = "\n".join(your_code if line.startswith("from myshop import") else line for line in code.splitlines())
-    namespace: dict[str, object] = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    tests = {name: fn for name, fn in namespace.items() if name.startswith("test_") and callable(fn)}
-    assert len(tests) == 2
-    with samekey.set_testing(True):
-        for name, test in tests.items():
-            folder = tmp_path / name
-            folder.mkdir()
-            test(folder)

@@ -1,0 +1,410 @@
+"""The README's code is what users copy: every ```python block must compile, type-check and run.
+
+- **Found**: every ```python block of README.md, with the README line its code starts on.
+- **Compiled** as it stands, with nothing added: a user pastes it as it is.
+- **Type-checked**: all blocks are written as modules into one folder and checked by one
+  `mypy --strict` run (`_users_mypy`, the users'-side check of test_public_api.py). Each module
+  keeps the block's code on its README line numbers, and the report names README.md:LINE. A
+  misspelt keyword of samekey's own signatures, a name samekey no longer has, a wrong type fail here.
+- **Fragments**: a few blocks use a name the prose around them stands for (`url`, `payload`,
+  `path`, `token`) or show no imports. Rather than marking the README (it stays exactly what
+  users read), `SNIPPETS` below gives such a block a minimal preamble: imports and those names,
+  nothing else, never a change to the block's own text. The mypy module and the run both start
+  with it. `myshop` (the user's own code the pytest example imports) is a module written next
+  to the blocks; the pytest example, like most test files, does not annotate its functions, so
+  its preamble is the inline setting `# mypy: allow-untyped-defs` (their bodies are still checked,
+  with --strict's other flags).
+- **Run**: each block runs against a loopback `PaymentServer` (its `https://api.example.com`
+  style base URL rewritten to the server's URL), in `tmp_path` as the current folder (a relative
+  journal path lands there; the default journal is in tmp_path through $SAMEKEY_JOURNAL, see
+  conftest.py), and the test asserts what the README promises around it: one charge at the
+  server, the same key and a replay on a re-run, the defaults it shows, resume finishing pending
+  operations with their journaled keys. The run is what catches a misspelt httpx keyword
+  (`operation=`, `headers=`): the clients pass those on as `**kwargs: Any`, which mypy cannot check.
+  The PostgreSQL block runs on conftest's `pg_dsn` (skipped where PostgreSQL cannot start, failed
+  under CI).
+
+`SNIPPETS` maps each block, by a marker text found in that block and no other, to its preamble
+and its runner. A README block without an entry fails the test until it gets one (so a new block
+is checked too), and an entry whose marker no longer matches exactly one block fails as well.
+
+The shell side: the demo command installs as the test command does (that one is held to .ci/run
+by test_ci_run.py) and runs the demo test_demo.py runs; every option the README shows for a
+`samekey` subcommand, scripts/soak.py or `python -m benchmarks` is one they take.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import re
+import shlex
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import samekey
+from samekey import _policy
+from samekey.cli import build_parser
+from samekey.testing import PaymentServer
+from test_public_api import _users_mypy
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+# The base URLs the README's blocks use for "your payment API"; a run sends them to the loopback server.
+EXAMPLE_URLS = ("https://api.example.com", "https://api.payments.example")
+
+
+@dataclass(frozen=True)
+class Block:
+    line: int  # README line of the block's first line of code
+    code: str
+
+
+def readme_blocks(text: str | None = None) -> list[Block]:
+    text = README.read_text() if text is None else text
+    return [
+        Block(text.count("\n", 0, m.start(1)) + 1, m.group(1))
+        for m in re.finditer(r"^```python\n(.*?)^```$", text, re.DOTALL | re.MULTILINE)
+    ]
+
+
+@dataclass
+class Context:
+    tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest
+
+    def server(self, **options: Any) -> PaymentServer:
+        return PaymentServer(self.tmp_path / "server.sqlite3", **options)
+
+
+@dataclass(frozen=True)
+class Snippet:
+    marker: str  # text found in this block and in no other
+    run: Callable[[Block, Context], None]
+    preamble: str = ""
+
+
+def on_server(code: str, url: str) -> str:
+    """The block's example base URL(s) replaced by the loopback server's."""
+    rewritten = code
+    for example in EXAMPLE_URLS:
+        rewritten = rewritten.replace(example, url)
+    assert rewritten != code, f"no {' or '.join(EXAMPLE_URLS)} to point at the test server in:\n{code}"
+    return rewritten
+
+
+def execute(block: Block, preamble: str = "", *, url: str | None = None, mode: str = "exec") -> Any:
+    """Run the preamble, then the block, on README line numbers (a traceback names README.md:LINE).
+
+    With ``url``, example base URLs in both go to that server. Returns the namespace the block
+    ran in, or with ``mode="eval"`` the value of a block that is one expression.
+    """
+    rewrite = (lambda code: on_server(code, url) if any(e in code for e in EXAMPLE_URLS) else code) if url else str
+    namespace: dict[str, Any] = {"__name__": "readme_block"}
+    exec(compile(rewrite(preamble), "README.md (test preamble)", "exec"), namespace)
+    code = compile("\n" * (block.line - 1) + rewrite(block.code), "README.md", mode)
+    if mode == "eval":
+        return eval(code, namespace)
+    exec(code, namespace)
+    return namespace
+
+
+@contextlib.contextmanager
+def printed() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        yield out
+
+
+# -- one runner per block -------------------------------------------------------------------
+
+
+def run_quickstart(block: Block, ctx: Context) -> None:
+    # the server takes exactly the Authorization the block sends: the client's default headers reach it
+    with ctx.server(require_auth="Bearer sk_...") as server:
+        outputs = []
+        for _run in range(2):
+            with printed() as out:
+                namespace = execute(block, url=server.url)
+            outputs.append(out.getvalue().strip())
+            assert namespace["response"].status_code == 201
+        key = server.keys_seen()[0]
+        # one charge; the re-run is answered from the journal with the same key, nothing sent
+        assert server.charge_count() == 1 and len(server.requests()) == 1
+        assert outputs == [
+            f"OperationInfo(operation='order-1042/charge', key='{key}', attempts=1, replayed={replayed})"
+            for replayed in (False, True)
+        ]
+    with samekey.Journal(os.environ["SAMEKEY_JOURNAL"], read_only=True) as journal:  # the default journal
+        record = journal.get("order-1042/charge")
+        assert record is not None and record.state == "completed" and record.key == key
+
+
+def run_own_httpx_client(block: Block, ctx: Context) -> None:
+    preamble = SNIPPETS["own httpx client"].preamble
+    with ctx.server() as server:
+        for _run in range(2):
+            namespace = execute(block, preamble, url=server.url)
+            namespace["client"].close()
+        assert server.charge_count() == 1 and len(server.requests()) == 1  # the re-run: replayed
+        with samekey.Journal(ctx.tmp_path / "payments.sqlite3", read_only=True) as journal:  # the relative path
+            record = journal.get("order-1042/charge")
+            assert record is not None and record.state == "completed"
+            assert server.keys_seen() == [record.key]
+
+
+def run_retry_policy(block: Block, ctx: Context) -> None:
+    # the block shows the defaults (the table below it says so): it must build what RetryPolicy() builds
+    shown = execute(block, SNIPPETS["retry policy"].preamble, mode="eval")
+    default = samekey.RetryPolicy()
+    assert isinstance(shown, samekey.RetryPolicy)
+    for name in ("max_attempts", "initial_delay", "max_delay", "multiplier", "deadline", "max_retry_after"):
+        assert getattr(shown, name) == getattr(default, name), name
+    for name in ("retry_statuses", "retry_exceptions", "verdict_header"):
+        assert getattr(shown, name) == getattr(default, name), name
+    budgets = [
+        (b.capacity, b.retry_cost, b.timeout_cost, b.success_refund) for b in (shown.budget, default.budget) if b
+    ]
+    assert len(budgets) == 2 and budgets[0] == budgets[1]
+
+
+def run_journal(block: Block, ctx: Context) -> None:
+    preamble = SNIPPETS["journal"].preamble
+    for durability in ("fsync", "process"):  # the block, and the mode its comment offers
+        journal = execute(Block(block.line, block.code.replace('"fsync"', f'"{durability}"', 1)), preamble, mode="eval")
+        assert isinstance(journal, samekey.Journal)
+        journal.close()
+    assert stat.S_IMODE((ctx.tmp_path / "journal.sqlite3").stat().st_mode) == 0o600  # "created 0600"
+
+
+def run_resume(block: Block, ctx: Context) -> None:
+    # three operations left pending in ./pay.sqlite3: two refused with a 401 (sent without the
+    # Authorization the journal never stores), one whose server is gone
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    with ctx.server(require_auth="Bearer sk_test") as server, samekey.set_testing(True, attempts=2):
+        with samekey.Client(journal="pay.sqlite3", base_url=server.url) as client:
+            for invoice in ("0042", "0043"):
+                answer = client.post("/charges", json={"invoice": invoice}, operation=f"invoice-{invoice}/charge")
+                assert answer.status_code == 401
+        with samekey.Client(journal="pay.sqlite3", base_url=gone) as client:
+            with pytest.raises(samekey.RetriesExhausted):
+                client.post("/charges", json={"invoice": "0044"}, operation="invoice-0044/charge")
+        with samekey.Journal("pay.sqlite3", read_only=True) as journal:
+            assert [r.operation for r in journal.pending()] == [f"invoice-{n}/charge" for n in ("0042", "0043", "0044")]
+            keys = {r.operation: r.key for r in journal.pending()}
+
+        with printed() as out:
+            namespace = execute(block, SNIPPETS["resume"].preamble)
+        assert namespace["response"].status_code == 201
+        lines = out.getvalue().splitlines()
+        assert lines[0] == "invoice-0043/charge 201", lines
+        assert lines[1].startswith("invoice-0044/charge still pending: operation 'invoice-0044/charge': gave up")
+        assert len(lines) == 2, lines
+        # each charged once, under the key journaled before the 401
+        charged = {c["invoice"]: c for c in server.charges()}
+        assert sorted(charged) == ["0042", "0043"]
+        assert [r["key"] for r in server.requests() if r["outcome"] == "charged"] == [
+            keys["invoice-0042/charge"],
+            keys["invoice-0043/charge"],
+        ]
+    with samekey.Journal("pay.sqlite3", read_only=True) as journal:
+        assert [r.operation for r in journal.pending()] == ["invoice-0044/charge"]
+
+
+def run_postgres_replicas(block: Block, ctx: Context) -> None:
+    dsn = ctx.request.getfixturevalue("pg_dsn")  # skips (fails under CI) where no PostgreSQL can start
+    ctx.monkeypatch.setenv("SAMEKEY_JOURNAL_DSN", dsn)
+    with ctx.server() as server:
+        namespace = execute(block, url=server.url)
+        payments, journal = namespace["payments"], namespace["journal"]
+        try:
+            first, again = namespace["charge"]("42", 4999), namespace["charge"]("42", 4999)
+            assert first.status_code == again.status_code == 201 and first.json() == again.json()
+            info = samekey.operation_info(again)
+            assert info is not None and info.replayed
+            record = journal.get("order-42/charge")
+            assert record.state == "completed" and server.keys_seen() == [record.key]
+            assert server.charge_count() == 1
+        finally:
+            payments.close()
+            journal.close()
+
+
+def run_set_testing(block: Block, ctx: Context) -> None:
+    with samekey.set_testing(False):  # whatever the suite had on, put back at the end
+        execute(block)
+        # the first line stays on (as in a conftest.py); the scoped one ended with its block
+        assert _policy.testing_attempts_cap() == (True, None)
+        samekey.set_testing(False)
+
+
+MYSHOP = '''"""The user's code the README's pytest example imports."""
+
+import samekey
+
+
+def charge_order(client: samekey.Client, order: int) -> None:
+    response = client.post("/charges", json={"order": order, "amount": 4999}, operation=f"order-{order}/charge")
+    response.raise_for_status()
+'''
+
+
+def run_pytest_example(block: Block, ctx: Context) -> None:
+    (ctx.tmp_path / "myshop.py").write_text(MYSHOP)
+    ctx.monkeypatch.syspath_prepend(str(ctx.tmp_path))
+    ctx.monkeypatch.delitem(sys.modules, "myshop", raising=False)
+    namespace = execute(block, SNIPPETS["pytest example"].preamble)
+    tests = {name: fn for name, fn in namespace.items() if name.startswith("test_") and callable(fn)}
+    assert sorted(tests) == ["test_a_lost_answer_does_not_charge_twice", "test_many_orders_on_a_lossy_network"]
+    with samekey.set_testing(True):  # what its autouse fixture does
+        for name, test in tests.items():
+            folder = ctx.tmp_path / name
+            folder.mkdir()
+            test(folder)
+    sys.modules.pop("myshop", None)
+
+
+# marker: text of that block and of no other, a comment or a name where one will do (a broken keyword
+# should fail the type check and the run, not hide behind a marker that no longer matches)
+SNIPPETS: dict[str, Snippet] = {
+    "quickstart": Snippet("your stable name for this logical operation", run_quickstart),
+    "own httpx client": Snippet(
+        'journal="payments.sqlite3"',
+        run_own_httpx_client,
+        preamble='import httpx\n\nimport samekey\n\nurl = "https://api.example.com/v1/charges"\n'
+        'payload = {"amount": 4999, "currency": "eur", "order": 1042}\n',
+    ),
+    "retry policy": Snippet(
+        "attempts in all, the first included", run_retry_policy, preamble="import httpx\n\nimport samekey\n"
+    ),
+    "journal": Snippet("samekey.Journal(path,", run_journal, preamble='import samekey\n\npath = "journal.sqlite3"\n'),
+    "resume": Snippet('"invoice-0042/charge"', run_resume, preamble='import samekey\n\ntoken = "sk_test"\n'),
+    "postgres replicas": Snippet("SAMEKEY_JOURNAL_DSN", run_postgres_replicas),
+    "set_testing": Snippet("e.g. in conftest.py", run_set_testing),
+    "pytest example": Snippet("# test_checkout.py\n", run_pytest_example, preamble="# mypy: allow-untyped-defs\n"),
+}
+
+
+def snippet_block(name: str, blocks: list[Block] | None = None) -> Block:
+    """The one README block SNIPPETS[name] is about."""
+    marker = SNIPPETS[name].marker
+    matches = [b for b in (readme_blocks() if blocks is None else blocks) if marker in b.code]
+    assert len(matches) == 1, (
+        f"SNIPPETS[{name!r}]: its marker {marker!r} is in {len(matches)} README blocks "
+        f"(lines {[b.line for b in matches]}), not in exactly one: update the marker"
+    )
+    return matches[0]
+
+
+def preamble_of(block: Block) -> str:
+    """The preamble of the snippet entry whose marker is in ``block`` ("" for none: a complete program)."""
+    preambles = [s.preamble for s in SNIPPETS.values() if s.marker in block.code]
+    return preambles[0] if len(preambles) == 1 else ""
+
+
+def test_every_readme_block_has_one_snippet_entry() -> None:
+    blocks = readme_blocks()
+    assert len(blocks) >= 8
+    checked = [snippet_block(name, blocks) for name in SNIPPETS]
+    unchecked = [f"README.md:{b.line}" for b in blocks if b not in checked]
+    assert not unchecked, f"python blocks no SNIPPETS entry checks (add one): {unchecked}"
+
+
+def test_every_readme_block_compiles_as_written() -> None:
+    failures = []
+    for block in readme_blocks():
+        try:
+            compile("\n" * (block.line - 1) + block.code, "README.md", "exec")
+        except SyntaxError as exc:
+            failures.append(f"README.md:{exc.lineno}: {exc.msg}: {(exc.text or '').strip()}")
+    assert not failures, "\n".join(failures)
+
+
+def module_text(block: Block, preamble: str) -> str:
+    """The preamble, then the block on its README line numbers (the preamble fits in the lines above)."""
+    head = preamble.splitlines()
+    assert len(head) < block.line, "the preamble must fit above the block"
+    return "\n".join(head) + "\n" * (block.line - len(head)) + block.code
+
+
+def test_every_readme_block_passes_the_users_mypy_strict(tmp_path: Path) -> None:
+    folder = tmp_path / "readme_blocks"
+    folder.mkdir()
+    (folder / "myshop.py").write_text(MYSHOP)
+    blocks = readme_blocks()
+    for block in blocks:
+        (folder / f"block_{block.line}.py").write_text(module_text(block, preamble_of(block)))
+    result = _users_mypy(folder)
+    # block_47.py:52: error: ... -> README.md:52: error: ... (the modules keep the README's line numbers)
+    report = re.sub(r"\S*block_\d+\.py:", "README.md:", result.stdout + result.stderr)
+    assert result.returncode == 0, report
+    assert f"Success: no issues found in {len(blocks) + 1} source files" in result.stdout
+
+
+@pytest.mark.parametrize("name", list(SNIPPETS))
+def test_the_readme_block_runs_as_promised(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    block = snippet_block(name)
+    monkeypatch.chdir(tmp_path)
+    SNIPPETS[name].run(block, Context(tmp_path, monkeypatch, request))
+
+
+# -- the commands --------------------------------------------------------------------------
+
+
+def test_the_demo_command_is_the_ci_install_then_the_demo_the_tests_run() -> None:
+    # the test command itself is held to .ci/run by test_ci_run.py; the demo installs the same way
+    readme = README.read_text()
+    demo = readme.split("# run the demo: ", 1)[1].splitlines()[1]
+    tests = readme.split("# run the tests (what CI runs)\n", 1)[1].splitlines()[0]
+    assert demo == tests.replace('-e ".[test]"', "-e .").replace("-m pytest -q", "examples/checkout.py")
+    assert (ROOT / "examples" / "checkout.py").is_file()
+    assert '"examples" / "checkout.py"' in (ROOT / "tests" / "test_demo.py").read_text()  # which runs it
+
+
+def test_the_samekey_commands_in_the_readme_take_the_options_it_shows() -> None:
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    readme = README.read_text()
+    shown = [(command, ["--journal PATH", "--debug"]) for command in subcommands]  # "Every subcommand takes"
+    # a row of the command table: the options in its `...` spans
+    for row in re.findall(r"^\| `samekey .*$", readme, re.MULTILINE):
+        shown.append((row.split()[2], re.findall(r"`([^`]*)`", row)))
+    # `samekey COMMAND ...` anywhere
+    shown += [(command, [span]) for command, span in re.findall(r"`samekey (\w+)\b([^`]*)`", readme)]
+    assert {command for command, _ in shown} == set(subcommands) and len(shown) > 20
+    for command, spans in shown:
+        options = {o for span in spans for o in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", span)}
+        unknown = options - set(subcommands[command]._option_string_actions)
+        assert not unknown, f"README: samekey {command} {sorted(unknown)}: not options of that command"
+
+
+def test_the_scripts_in_the_readme_take_the_options_it_shows() -> None:
+    readme = README.read_text()
+    commands = {
+        "python scripts/soak.py": [sys.executable, str(ROOT / "scripts" / "soak.py")],
+        "python -m benchmarks": [sys.executable, "-m", "benchmarks"],
+    }
+    for shown, argv in commands.items():
+        lines = [line for line in re.findall(r"^(?:pip|python) .*$", readme, re.MULTILINE) if line.startswith(shown)]
+        assert lines, shown
+        usage = subprocess.run([*argv, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert usage.returncode == 0, usage.stderr
+        for line in lines:
+            for option in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", line):
+                assert option in usage.stdout, f"{line}: {option} is not an option of {shlex.join(argv)}"
