@@ -167,3 +167,47 @@ def test_a_misspelt_samekey_name_fails_the_users_mypy(tmp_path: Path) -> None:
     errors = [line for line in result.stdout.splitlines() if ": error:" in line]
     assert [line.split(":")[1] for line in errors] == ["4", "5"], result.stdout + result.stderr
     assert 'Module has no attribute "Clinet"; maybe "Client"?' in errors[0]
+
+
+def test_retry_hooks_are_checked_by_the_users_mypy(tmp_path: Path) -> None:
+    # RetryHook is a Protocol: a function, a callable object, a lambda or list.append fits,
+    # whatever its parameter is called; a hook taking something else does not
+    user_code = tmp_path / "metrics.py"
+    user_code.write_text(
+        textwrap.dedent(
+            """
+            from collections import Counter
+
+            import samekey
+            from samekey import RetryDetails, RetryHook
+
+            retries: Counter[str] = Counter()
+            seen: list[RetryDetails] = []
+
+
+            def count(d: RetryDetails) -> None:
+                retries[d.reason] += 1
+
+
+            class Alert:
+                def __call__(self, details: RetryDetails) -> None:
+                    print(details.operation, details.attempt, details.next_wait, details.from_retry_after)
+
+
+            hooks: list[RetryHook] = [count, Alert(), seen.append]
+            samekey.Client(on_retry=count)
+            samekey.AsyncClient(on_retry=[count, Alert(), lambda d: print(d.status_code)])
+            samekey.SameKeyTransport(on_retry=hooks)
+            samekey.AsyncSameKeyTransport(on_retry=None)
+
+
+            def by_status(status: int) -> None: ...
+
+
+            samekey.Client(on_retry=by_status)
+            """
+        )
+    )
+    result = _users_mypy(user_code)
+    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
+    assert [line.split(":")[1] for line in errors] == ["30"], result.stdout + result.stderr

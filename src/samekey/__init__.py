@@ -19,6 +19,7 @@ from ._errors import (
     RetriesExhausted,
     SameKeyError,
 )
+from ._hooks import RetryDetails, RetryHook
 from ._journal import ClaimResult, Intent, Journal, JournalStore, OperationRecord, default_journal_path
 from ._policy import RetryBudget, RetryPolicy, set_testing
 from ._resume import ResumeResult
@@ -61,6 +62,8 @@ __all__ = [
     "ResumeResult",
     "RetriesExhausted",
     "RetryBudget",
+    "RetryDetails",
+    "RetryHook",
     "RetryPolicy",
     "SameKeyError",
     "SameKeyTransport",

@@ -6,7 +6,7 @@ It shares the decision core with `Client`; only the I/O is awaited.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
@@ -16,6 +16,7 @@ import httpx
 
 from ._client import refuse_samekey_transports, with_operation
 from ._core import KeyFormat, OnBusy, carry_first_bytes, multipart_operation
+from ._hooks import RetryHook
 from ._policy import RetryPolicy
 from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
 from ._transport import AsyncSameKeyTransport, EngineHolder, JournalArg, _make_engine
@@ -38,11 +39,12 @@ class AsyncClient(httpx.AsyncClient, EngineHolder):
         on_busy: OnBusy = "wait",
         redact_headers: tuple[str, ...] = (),
         retention: float | timedelta = timedelta(days=7),
+        on_retry: RetryHook | Sequence[RetryHook] | None = None,
         **kwargs: Any,
     ) -> None:
         refuse_samekey_transports("AsyncClient", kwargs)
         self.engine, self._owns_journal = _make_engine(
-            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention
+            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention, on_retry
         )
         engine = self.engine
         try:

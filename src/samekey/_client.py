@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from ._core import OPERATION_EXTENSION, KeyFormat, OnBusy, carry_first_bytes, multipart_operation
+from ._hooks import RetryHook
 from ._policy import RetryPolicy
 from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
 from ._transport import AsyncSameKeyTransport, EngineHolder, JournalArg, SameKeyTransport, _make_engine
@@ -67,11 +68,12 @@ class Client(httpx.Client, EngineHolder):
         on_busy: OnBusy = "wait",
         redact_headers: tuple[str, ...] = (),
         retention: float | timedelta = timedelta(days=7),
+        on_retry: RetryHook | Sequence[RetryHook] | None = None,
         **kwargs: Any,
     ) -> None:
         refuse_samekey_transports("Client", kwargs)
         self.engine, self._owns_journal = _make_engine(
-            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention
+            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention, on_retry
         )
         engine = self.engine
         try:

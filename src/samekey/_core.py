@@ -11,6 +11,9 @@ action and sends the result back in, like httpx's auth flows:
     Discard(response)  close a streaming answer that is not handed on (a retry follows)
     Sleep(seconds)     wait, then continue
 
+The ``on_retry`` hooks are called by the flow itself, right before a retry's Sleep, so both
+drivers call them once per retry; never for a first attempt, nor when the flow gives up.
+
 A keyed operation's journal record moves through these states (h11 style):
 
     (none)  --claim-->  PENDING --definitive answer-->  COMPLETED --re-run--> replay
@@ -37,7 +40,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -55,6 +58,7 @@ from ._errors import (
     command,
     error_text,
 )
+from ._hooks import RetryDetails, RetryHook, hooks_from, run_hooks
 from ._journal import (
     PROCESS,
     Intent,
@@ -177,6 +181,7 @@ class Engine:
         redact: frozenset[str] = frozenset(),
         clock: Callable[[], float] = time.time,
         retention: float | timedelta = timedelta(days=7),
+        on_retry: RetryHook | Sequence[RetryHook] | None = None,
     ) -> None:
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise TypeError(f"policy must be a samekey.RetryPolicy, got {policy!r}")
@@ -205,6 +210,7 @@ class Engine:
         self.redact = frozenset(h.lower() for h in redact)
         self.clock = clock
         self.retention = to_seconds(retention, "retention", allow_zero=False)
+        self.on_retry = hooks_from(on_retry)
         self._next_purge = float("-inf")  # lazy purge of old completed records, once per PURGE_INTERVAL
         self._purge_lock = threading.Lock()
         self._host = socket.gethostname()
@@ -649,6 +655,7 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
     taken = 0.0  # retry-budget tokens this request took
     tries = 1  # attempts made by this run
     begun = 0  # attempts this run has begun to send: an interrupted wait is no attempt
+    waited = 0.0  # seconds this run has waited between attempts, for on_retry hooks
     last_error: str | None = None  # the last attempt's outcome, kept if an interruption follows
     try:
         while True:
@@ -723,7 +730,18 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
                 yield Discard(response)  # streaming and not handed on: give its connection back
             state.prepare_for_next_attempt()
             tries = state.attempt_number
-            yield Sleep(float(do))
+            wait = float(do)
+            if engine.on_retry:  # here, not in the drivers: sync and async call them alike, once per retry
+                asked = policy.retry_after(response)
+                details = RetryDetails(
+                    operation=operation, key=key, method=request.method, url=engine.stored_url(request.url),
+                    attempt=attempt, next_wait=wait, waited_so_far=waited, reason=error_text or "",
+                    status_code=None if response is None else response.status_code,
+                    from_retry_after=asked is not None and asked >= wait,
+                )  # fmt: skip
+                run_hooks(engine.on_retry, details)
+            yield Sleep(wait)
+            waited += wait
     except GeneratorExit:
         raise
     except BaseException as exc:

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
@@ -23,6 +24,7 @@ import anyio.to_thread
 import httpx
 
 from ._core import Action, Call, Discard, Engine, KeyFormat, OnBusy, Read, Send, Sleep, abandon, operation_flow
+from ._hooks import RetryHook, hooks_from
 from ._journal import DSN_PREFIXES, PROCESS, Journal, JournalStore, environment_dsn
 from ._policy import RetryPolicy
 
@@ -59,6 +61,7 @@ def _make_engine(
     on_busy: OnBusy,
     redact_headers: tuple[str, ...],
     retention: float | timedelta = timedelta(days=7),
+    on_retry: RetryHook | Sequence[RetryHook] | None = None,
 ) -> tuple[Engine, bool]:
     # a bare string would be read letter by letter, and the header it names written to disk
     names = None if redact_headers is None or isinstance(redact_headers, (str, bytes)) else tuple(redact_headers)
@@ -67,11 +70,13 @@ def _make_engine(
             "redact_headers must be a tuple of names, e.g. redact_headers=('X-Merchant-Pin',) "
             f"(note the comma for one name), got {redact_headers!r}"
         )
+    hooks = hooks_from(on_retry)  # before the journal is opened, as redact_headers
     store, owned = open_journal(journal)
     try:
         engine = Engine(
             journal=store, policy=policy, key_header=key_header, key_format=key_format,
             key_ttl=key_ttl, lease=lease, on_busy=on_busy, redact=frozenset(names), retention=retention,
+            on_retry=hooks,
         )  # fmt: skip
     except BaseException:
         if owned:
@@ -150,9 +155,10 @@ class _Wrapping(EngineHolder, Generic[_InnerT]):
         on_busy: OnBusy = "wait",
         redact_headers: tuple[str, ...] = (),
         retention: float | timedelta = timedelta(days=7),
+        on_retry: RetryHook | Sequence[RetryHook] | None = None,
     ) -> None:
         self.engine, self._owns_journal = _make_engine(
-            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention
+            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention, on_retry
         )
         self.inner = transport if transport is not None else self._default_inner()
         _TRANSPORTS.add(self)
