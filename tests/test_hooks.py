@@ -16,7 +16,6 @@ import respx
 import samekey
 from samekey import RetryDetails
 
-ROOT = Path(__file__).resolve().parents[1]
 URL = "https://pay.example/charges"
 # no backoff: a Retry-After (whole seconds) is capped to 10 ms, so every wait is known exactly
 NO_BACKOFF = samekey.RetryPolicy(initial_delay=0, max_delay=0, max_retry_after=0.01, budget=None)
@@ -213,14 +212,3 @@ def test_something_that_is_not_a_hook_is_refused_by_name(journal_path: Path, mak
     with pytest.raises(TypeError, match=r"async_hook \(async def\) would never run: make it a plain def"):
         make(journal=journal_path, on_retry=async_hook)
     assert not journal_path.exists()  # refused before the journal was opened
-
-
-def test_the_readme_example_runs_as_printed(capsys: pytest.CaptureFixture[str]) -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Watching retries: `on_retry`", 1)[1]
-    example = section.split("```python\n", 1)[1].split("```", 1)[0]
-    exec(compile(example, "README.md", "exec"), {"__name__": "readme_example"})
-    assert capsys.readouterr().out.splitlines() == [
-        "order-1042/charge attempt 2: throttled, waiting 1 s",
-        "201 {'HTTP 503': 1, 'HTTP 429': 1}",
-    ]

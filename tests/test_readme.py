@@ -252,6 +252,16 @@ def run_set_testing(block: Block, ctx: Context) -> None:
         samekey.set_testing(False)
 
 
+def run_on_retry(block: Block, ctx: Context) -> None:
+    # a complete program with its own server: what it prints is what the README says it prints
+    with printed() as out:
+        execute(block)
+    assert out.getvalue().splitlines() == [
+        "order-1042/charge attempt 2: throttled, waiting 1 s",
+        "201 {'HTTP 503': 1, 'HTTP 429': 1}",
+    ]
+
+
 MYSHOP = '''"""The user's code the README's pytest example imports."""
 
 import samekey
@@ -294,6 +304,7 @@ SNIPPETS: dict[str, Snippet] = {
     "journal": Snippet("samekey.Journal(path,", run_journal, preamble='import samekey\n\npath = "journal.sqlite3"\n'),
     "resume": Snippet('"invoice-0042/charge"', run_resume, preamble='import samekey\n\ntoken = "sk_test"\n'),
     "postgres replicas": Snippet("SAMEKEY_JOURNAL_DSN", run_postgres_replicas),
+    "on_retry": Snippet("def warn_when_throttled(", run_on_retry),
     "set_testing": Snippet("e.g. in conftest.py", run_set_testing),
     "pytest example": Snippet("# test_checkout.py\n", run_pytest_example, preamble="# mypy: allow-untyped-defs\n"),
 }
