@@ -9,6 +9,7 @@ import inspect
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -120,6 +121,47 @@ def test_a_task_cancelled_during_its_claim_frees_the_lease(journal_path: Path) -
     record, took = asyncio.run(story())
     assert record is not None and record.pending and record.lease_owner is None
     assert took < 5
+
+
+def test_a_task_cancelled_while_the_journal_is_busy_does_not_stall_the_event_loop(journal_path: Path) -> None:
+    # Another process holds the journal's write lock for 2 s (a long batch, a backup): the
+    # cancelled task's claim waits for it, and its release behind the claim. That wait was on the
+    # event loop's thread, so every other task of the service stood still for the 2 s.
+    async def story() -> tuple[float, float, samekey.OperationRecord | None]:
+        transport = httpx.MockTransport(lambda request: httpx.Response(201))
+        async with samekey.AsyncClient(journal=journal_path, transport=transport, on_busy="raise") as client:
+            await client.post("https://pay.test/charges", json={}, operation="warm-up")  # (and the hourly purge)
+            gaps: list[float] = []
+
+            async def tick() -> None:  # another task of the service
+                last = time.monotonic()
+                while True:
+                    await asyncio.sleep(0.01)
+                    gaps.append(time.monotonic() - last)
+                    last = time.monotonic()
+
+            other = sqlite3.connect(journal_path, isolation_level=None, check_same_thread=False)
+            other.execute("BEGIN IMMEDIATE")
+            unlock = threading.Timer(2.0, other.rollback)
+            unlock.start()
+            ticker = asyncio.create_task(tick())
+            started = time.monotonic()
+            try:
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(client.post("https://pay.test/charges", json={}, operation="op"), 0.2)
+                took = time.monotonic() - started
+            finally:
+                await asyncio.sleep(0.05)  # the ticker records the gap it is in (a stall ends one)
+                ticker.cancel()
+                unlock.join()
+                other.close()
+            return max(gaps), took, client.journal.get("op")
+
+    longest_stall, took, record = asyncio.run(story())
+    assert longest_stall < 1.0, f"the event loop stood still for {longest_stall:.2f} s"
+    # the cancellation reached the caller once the lease was free, as before: a retry goes at once
+    assert took >= 1.5
+    assert record is not None and record.pending and record.lease_owner is None
 
 
 def test_ctrl_c_mid_request_frees_the_lease_and_keeps_the_key(journal_path: Path) -> None:

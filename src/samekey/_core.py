@@ -835,10 +835,10 @@ def _not_recorded_attempt(
 def abandon(flow: Flow, interruption: BaseException, run: Callable[[Call], Any]) -> None:
     """An interruption (a cancelled task, Ctrl-C) reached a driver: let the flow free its lease.
 
-    The flow's journal calls go to ``run`` without awaiting (an interrupted async task may
-    not await any more): at once for the sync driver; behind the calls already queued for
-    the async journal thread, so the release lands after a claim the interruption cut short.
-    The driver then re-raises the interruption.
+    The flow's journal calls go to ``run``, whose result the flow does not need: the sync
+    driver runs them at once; the async driver queues them behind the calls already queued
+    for its journal thread (so the release lands after a claim the interruption cut short)
+    and then awaits them shielded, leaving the event loop free. The driver then re-raises.
     """
     try:
         action = flow.throw(interruption)

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
@@ -23,7 +23,7 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from ._core import Action, Call, Discard, Engine, KeyFormat, OnBusy, Read, Send, Sleep, abandon, operation_flow
+from ._core import Action, Call, Discard, Engine, Flow, KeyFormat, OnBusy, Read, Send, Sleep, abandon, operation_flow
 from ._hooks import RetryHook, hooks_from
 from ._journal import DSN_PREFIXES, PROCESS, Journal, JournalStore, environment_dsn
 from ._policy import RetryPolicy
@@ -257,7 +257,10 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
                 except Exception as exc:
                     action = flow.throw(exc)
                 except BaseException as exc:  # a cancelled task: the lease is freed, the key kept
-                    abandon(flow, exc, lambda call: self._run_in_order(call, on_worker))
+                    if isinstance(exc, GeneratorExit):  # the coroutine is being closed: it may not await
+                        abandon(flow, exc, lambda call: self._run_in_order(call, on_worker))
+                    else:
+                        await self._abandon(flow, exc, on_worker)
                     raise
                 else:
                     action = flow.send(result)
@@ -278,29 +281,60 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
             if action.seconds > 0:
                 await anyio.sleep(action.seconds)
             return None
-        journal = self.engine.journal
-        if isinstance(journal, Journal):
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # not asyncio (trio): a worker thread per call
-                pass
-            else:
-                thread = self._journal_thread
-                if thread is None:
-                    thread = self._journal_thread = _JournalThread(journal)
-                return await thread.submit(action, loop)
-        return await on_worker.run(action, journal)
+        on_thread = self._on_journal_thread()
+        if on_thread is not None:
+            thread, loop = on_thread
+            return await thread.submit(action, loop)
+        return await on_worker.run(action, self.engine.journal)
 
-    def _run_in_order(self, call: Call, on_worker: _WorkerCalls) -> Any:
+    def _on_journal_thread(self) -> tuple[_JournalThread, asyncio.AbstractEventLoop] | None:
+        """The journal thread and this task's loop, or None: worker threads (another store, trio)."""
+        journal = self.engine.journal
+        if not isinstance(journal, Journal):
+            return None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (trio)
+            return None
+        thread = self._journal_thread
+        if thread is None:
+            thread = self._journal_thread = _JournalThread(journal)
+        return thread, loop
+
+    async def _abandon(self, flow: Flow, interruption: BaseException, on_worker: _WorkerCalls) -> None:
         # A claim cut short may still be queued on (or running in) the journal thread: the
         # release goes behind it there, or it would find nothing to free and the claim would
         # then hold the lease for its full length. Likewise on a worker thread (PostgresJournal,
-        # another store): asyncio cancels the task's wait for it, not the thread.
-        on_worker.abandon()
+        # another store): asyncio cancels the task's wait for it, not the thread. The release is
+        # awaited shielded from the cancellation, so the interruption reaches the caller with
+        # the lease free, and the event loop runs meanwhile (the journal may be busy for seconds).
+        running = on_worker.abandon()
+        releases: list[Awaitable[Any]] = []
+
+        def queue(call: Call) -> None:
+            on_thread = self._on_journal_thread() if self._journal_thread is not None else None
+            if on_thread is not None:
+                releases.append(on_thread[0].submit(call, on_thread[1]))
+            else:
+                releases.append(anyio.to_thread.run_sync(_after, running, call, self.engine.journal))
+
+        abandon(flow, interruption, queue)
+        with anyio.move_on_after(60, shield=True):
+            for release in releases:
+                try:
+                    await release
+                except Exception:  # a broken journal: the caller gets the interruption, not this
+                    pass
+                except BaseException:  # cancelled again (asyncio cannot shield from that): it still runs
+                    return
+
+    def _run_in_order(self, call: Call, on_worker: _WorkerCalls) -> Any:
+        # _abandon for a coroutine being closed, which cannot await: the release waits here
+        running = on_worker.abandon()
         thread = self._journal_thread
         if thread is None:
-            return call.run(self.engine.journal)
-        done = threading.Event()  # waited for here: the event loop is not needed to get there
+            return _after(running, call, self.engine.journal)
+        done = threading.Event()
         thread.post(call, done)
         done.wait(60)
         return None
@@ -351,13 +385,18 @@ class _WorkerCalls:
 
         return await anyio.to_thread.run_sync(run)
 
-    def abandon(self) -> None:
-        """The task was interrupted: a call not yet begun never runs; one running is waited for."""
+    def abandon(self) -> threading.Event | None:
+        """The task was interrupted: a call not yet begun never runs. Returns the end of one running."""
         with self._lock:
             self._abandoned = True
-            running = self._running
-        if running is not None:
-            running.wait(60)
+            return self._running
+
+
+def _after(running: threading.Event | None, call: Call, journal: JournalStore) -> Any:
+    """Run ``call`` once the worker-thread call ``running`` (if any) has ended."""
+    if running is not None:
+        running.wait(60)
+    return call.run(journal)
 
 
 _Waiter = asyncio.Future[Any] | threading.Event
