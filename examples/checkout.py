@@ -13,6 +13,7 @@ The server's books: exactly one charge per order.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shlex
@@ -62,10 +63,18 @@ def _died(child: subprocess.Popen[bytes], command: list[str], stderr: Path) -> s
     )
 
 
-def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        first = int(sys.argv[2])
-        checkout({"A": first, "B": first + 1, "C": first + 2}, sys.argv[3])
+def main(argv: list[str] | None = None) -> None:
+    # argparse so that --help (or a typo) explains and stops, before any journal is touched
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="It uses the default journal (samekey.default_journal_path(), or $SAMEKEY_JOURNAL).",
+    )
+    parser.add_argument("--child", nargs=2, metavar=("FIRST_ORDER", "URL"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:  # the checkout process the demo starts, then kills
+        first = int(args.child[0])
+        checkout({"A": first, "B": first + 1, "C": first + 2}, args.child[1])
         return
     first = int(time.time() * 1000) % 10_000_000 * 3  # new orders each run; the journal remembers old ones
     orders = {"A": first, "B": first + 1, "C": first + 2}

@@ -13,12 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _start_demo(tmp_path: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+def _start_demo(tmp_path: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     """`python examples/checkout.py`, as the README says, on a journal of its own."""
     env = {**os.environ, "SAMEKEY_JOURNAL": str(tmp_path / "journal.sqlite3"), **extra_env}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     return subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "checkout.py")],
+        [sys.executable, str(ROOT / "examples" / "checkout.py"), *args],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
@@ -77,3 +77,19 @@ def test_checkout_demo_stops_at_once_naming_a_checkout_process_that_died(tmp_pat
     assert stderr_tail in result.stderr
     assert "Traceback" not in result.stderr
     assert "killed with SIGKILL" not in result.stdout
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--jornal", "x.db")])
+def test_checkout_demo_explains_its_options_and_runs_nothing_for_help_or_a_typo(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    result = _start_demo(tmp_path, *args)
+    if args == ("--help",):
+        assert result.returncode == 0, result.stderr
+        assert "one charge per order" in result.stdout and "default journal" in result.stdout
+        assert "--child" not in result.stdout  # the demo's own child process, not an option for users
+    else:
+        assert result.returncode == 2
+        assert "unrecognized arguments: --jornal x.db" in result.stderr
+    assert "Payment server" not in result.stdout
+    assert not (tmp_path / "journal.sqlite3").exists()  # nothing charged, no journal made
