@@ -241,6 +241,26 @@ def test_resume_all_reports_each_operation_and_exits_1_when_some_failed(
     assert [r.operation for r in samekey.Journal(journal_path).pending()] == ["b/2"]
 
 
+def test_resume_of_a_declined_charge_says_refused_and_exits_1(journal_path: Path, server: PaymentServer) -> None:
+    # a script runs `samekey resume --all && mark_orders_paid`: a declined card must stop it
+    key = pending_op(journal_path, "order 7", f"{server.url}/charges", {"amount": 7})
+    ok = pending_op(journal_path, "order 8", f"{server.url}/charges", {"amount": 8})
+    server.decline = lambda payload: 402 if payload["amount"] == 7 else None
+    result = run("resume", "--all", "--journal", str(journal_path))
+    assert result.code == 1, result.out
+    assert result.out.splitlines() == [
+        f"[1/2] order 7: REFUSED: HTTP 402 (key {key}); a definitive answer: the operation is completed "
+        "and will not be retried. `samekey show 'order 7'` has the answer",
+        f"[2/2] order 8: HTTP 201 (key {ok}, attempt 2)",
+        "resumed 2 operation(s): 1 completed now, 0 already completed, 0 failed, 1 refused by the server",
+    ]
+    assert samekey.Journal(journal_path).pending() == []  # definitive: nothing is left to resume
+    again = run("resume", "order 7", "--journal", str(journal_path))
+    assert again.code == 1 and "REFUSED: HTTP 402 (replayed from the journal, nothing sent)" in again.out
+    assert again.out.splitlines()[-1].endswith("0 failed, 1 refused by the server")
+    assert sorted(server.keys_seen()) == sorted([key, ok])  # the re-run sent nothing
+
+
 def test_resume_takes_the_retry_limits_of_this_run(journal_path: Path) -> None:
     pending_op(journal_path, "down", "http://127.0.0.1:9/charges", {"amount": 2})  # nothing listens on port 9
     once = run("resume", "down", "--max-attempts", "1", "--journal", str(journal_path))

@@ -22,6 +22,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import sys
 import time
 import traceback
@@ -448,7 +449,7 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
         except ValueError as exc:
             raise CliError(f"--base-url: {exc}; nothing was sent") from exc
     clients: dict[str, Client] = {}
-    counts = {"done": 0, "replayed": 0, "failed": 0}
+    counts = {"done": 0, "replayed": 0, "failed": 0, "refused": 0}
     try:
         for n, record in enumerate(records, 1):
             client = clients.get(record.key_header.lower())
@@ -479,7 +480,18 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
                     _print_traceback(args, err)
             else:
                 info = response.extensions.get("samekey")
-                if getattr(info, "replayed", False):
+                replayed = getattr(info, "replayed", False)
+                if response.status_code >= 400 and response.status_code not in NOT_ACTED_ON:
+                    # definitive (a declined card, a 422): completed and never retried, but not a
+                    # success, so a script's `samekey resume --all && ...` must not go on as if paid
+                    counts["refused"] += 1
+                    how = "replayed from the journal, nothing sent" if replayed else f"key {record.key}"
+                    out.write(
+                        f"{label}: REFUSED: HTTP {response.status_code} ({how}); a definitive answer: the operation "
+                        f"is completed and will not be retried. `samekey show {shlex.quote(record.operation)}` "
+                        "has the answer\n"
+                    )
+                elif replayed:
                     counts["replayed"] += 1
                     out.write(f"{label}: already completed, HTTP {response.status_code} (replayed, nothing sent)\n")
                 elif response.status_code in NOT_ACTED_ON:  # the key stays pending: not done
@@ -498,12 +510,13 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
     finally:
         for client in clients.values():
             client.close()
+    refused = f", {counts['refused']} refused by the server" if counts["refused"] else ""
     skipped = f", {len(unnamed)} unnamed skipped" if unnamed else ""
     out.write(
         f"resumed {len(records)} operation(s): {counts['done']} completed now, "
-        f"{counts['replayed']} already completed, {counts['failed']} failed{skipped}\n"
+        f"{counts['replayed']} already completed, {counts['failed']} failed{refused}{skipped}\n"
     )
-    return EXIT_FAILED if counts["failed"] or unnamed else EXIT_OK
+    return EXIT_FAILED if counts["failed"] or counts["refused"] or unnamed else EXIT_OK
 
 
 def cmd_forget(args: argparse.Namespace, store: JournalStore, out: TextIO, err: TextIO, stdin: TextIO) -> int:
