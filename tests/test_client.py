@@ -352,6 +352,22 @@ def test_a_cause_quoting_a_credential_is_journaled_redacted(journal_path: Path) 
     assert record is not None and record.last_error == "ReadError (OSError: peer refused header b'REDACTED')"
 
 
+def test_gave_up_on_an_error_quoting_a_credential_says_so_without_the_credential(
+    journal_path: Path, no_sleep: None
+) -> None:
+    # services log RetriesExhausted: its message must not carry the token the journal keeps off disk
+    quoting = [httpx.ReadError("peer refused header b'Bearer sk_live_quoted'") for _ in range(2)]
+    policy = samekey.RetryPolicy(max_attempts=2)
+    headers = {"Authorization": "Bearer sk_live_quoted"}
+    with _client(journal_path, transport=_raising(*quoting), policy=policy, headers=headers) as client:
+        with pytest.raises(samekey.RetriesExhausted) as exhausted:
+            client.post(URL, json={"amount": 1}, operation="op")
+    message = str(exhausted.value)
+    assert "sk_live" not in message
+    assert "last error ReadError: peer refused header b'REDACTED'" in message, message
+    assert exhausted.value.last_exception is quoting[1]  # the original, for code that needs it
+
+
 def test_an_empty_error_with_no_message_below_names_the_deepest_cause(journal_path: Path) -> None:
     # a clean close mid-answer: ReadError('') from httpcore's ReadError from EndOfStream, no message anywhere
     below, alone = httpx.ReadError(""), httpx.ReadError("")

@@ -880,8 +880,8 @@ def _give_up(
     reason: str,
 ) -> Generator[Action, Any, httpx.Response]:
     attempts = (record.attempts if record else 0) + tries
+    error = engine.describe(exc, response, request)
     if record is not None and owner is not None:
-        error = engine.describe(exc, response, request)
         yield Call("release", record.operation, owner, attempts, error, engine.clock())
     elif response is not None:
         yield Read(response)  # still streaming: read it whole for RetriesExhausted.last_response
@@ -895,4 +895,5 @@ def _give_up(
         last_response=response,
         last_exception=exc,
         reason=reason,
+        last_error=error if exc is not None else None,  # credentials hidden, as journaled
     )

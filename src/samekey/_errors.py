@@ -90,7 +90,10 @@ class RetriesExhausted(SameKeyError):
         last_exception: BaseException | None,
         reason: str,
         this_run: int | None = None,
+        last_error: str | None = None,
     ) -> None:
+        """``last_error``: ``last_exception`` as the message shows it, with the request's credentials
+        hidden (an error may quote a token; messages end up in logs). Defaults to its text."""
         self.operation = operation
         self.key = key
         self.attempts = attempts  # all runs together (the journal's count)
@@ -99,7 +102,7 @@ class RetriesExhausted(SameKeyError):
         if last_response is not None:
             last = f"last answer HTTP {last_response.status_code}"
         elif last_exception is not None:
-            last = f"last error {error_text(last_exception)}"
+            last = f"last error {last_error if last_error is not None else error_text(last_exception)}"
         else:
             last = "no answer"
         if key is None:
