@@ -226,6 +226,64 @@ def test_tls_failures_that_retrying_cannot_fix_are_not_retried(plain_http_port: 
     assert not policy.should_retry_exception(unverified)
 
 
+@contextlib.contextmanager
+def _proxy_answering(status_line: str) -> Iterator[tuple[int, list[str]]]:
+    """A 127.0.0.1 HTTP proxy that answers every CONNECT with ``status_line``; yields (port, request lines)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop, seen = threading.Event(), []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn, contextlib.suppress(OSError):
+                conn.settimeout(5)
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                seen.append(head.split(b"\r\n", 1)[0].decode("ascii"))
+                conn.sendall(f"HTTP/1.1 {status_line}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], seen
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "retried"),
+    [("503 Service Unavailable", True), ("502 Bad Gateway", True), ("407 Proxy Authentication Required", False),
+     ("403 Forbidden", False)],
+)  # fmt: skip
+def test_a_proxy_that_cannot_reach_the_server_is_retried_one_that_refuses_is_not(
+    journal_path: Path, answer: str, retried: bool
+) -> None:
+    # a corporate proxy's 502/503 to CONNECT passes (nothing reached the server: safe with any
+    # key); its 407 (credentials) or 403 (policy) does not, and two minutes of retries cannot fix it
+    policy = samekey.RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.01, budget=None)
+    with _proxy_answering(answer) as (port, seen):
+        with samekey.Client(journal=journal_path, policy=policy, proxy=f"http://127.0.0.1:{port}", timeout=10) as c:
+            if retried:
+                with pytest.raises(samekey.RetriesExhausted, match=f"gave up after 3 attempt.*ProxyError: {answer}"):
+                    c.post("https://pay.example/v1/charges", json={"amount": 1}, operation="via-proxy")
+            else:
+                with pytest.raises(httpx.ProxyError, match=answer):
+                    c.post("https://pay.example/v1/charges", json={"amount": 1}, operation="via-proxy")
+            record = c.journal.get("via-proxy")
+    assert seen == ["CONNECT pay.example:443 HTTP/1.1"] * (3 if retried else 1)
+    assert record is not None and record.state == "pending" and record.attempts == (3 if retried else 1)
+
+
 @pytest.mark.parametrize("cause", [ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), ConnectionResetError()])
 def test_a_handshake_cut_short_is_still_retried(cause: Exception) -> None:
     # the connection dropped during the handshake (a restarting load balancer): transient

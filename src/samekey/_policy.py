@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import math
+import re
 import ssl
 import threading
 from collections.abc import Iterable
@@ -32,6 +33,7 @@ DEFAULT_RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (
     httpx.TimeoutException,  # connect, read, write and pool timeouts
     httpx.NetworkError,  # connect errors, resets, broken pipes
     httpx.RemoteProtocolError,  # server closed the connection without a full response
+    httpx.ProxyError,  # the proxy's 502/503/504 to CONNECT (nothing reached the server); not its 403/407
 )
 
 
@@ -207,6 +209,16 @@ def _tls_refused(exc: BaseException) -> bool:
     return False
 
 
+def _proxy_refused(exc: BaseException) -> bool:
+    """A proxy that would not open the tunnel for a reason retrying cannot fix: its 403 (a policy)
+    or 407 (its credentials), a SOCKS refusal. Only its 5xx (it could not reach the server, or is
+    overloaded) is passing; httpcore raises ProxyError("<status> <reason>") for a refused CONNECT."""
+    return isinstance(exc, httpx.ProxyError) and _PROXY_UNAVAILABLE.match(str(exc)) is None
+
+
+_PROXY_UNAVAILABLE = re.compile(r"5\d\d\b")
+
+
 def server_wait(response: httpx.Response | None) -> float | None:
     """The wait the server's Retry-After asks for (uncapped), None without a valid one."""
     if response is None:
@@ -325,7 +337,7 @@ class RetryPolicy:
         return response.status_code in self.retry_statuses
 
     def should_retry_exception(self, exc: BaseException) -> bool:
-        return isinstance(exc, self.retry_exceptions) and not _tls_refused(exc)
+        return isinstance(exc, self.retry_exceptions) and not _tls_refused(exc) and not _proxy_refused(exc)
 
     def retry_after(self, response: httpx.Response | None) -> float | None:
         """The server's requested wait, capped at max_retry_after."""
