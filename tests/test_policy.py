@@ -356,6 +356,26 @@ def test_a_success_after_retries_refunds_what_they_took(journal_path: Path, no_s
     assert budget.tokens == 46  # a first-attempt success refunds success_refund
 
 
+def test_tests_sharing_a_policy_do_not_drain_its_default_budget_for_each_other(journal_path: Path) -> None:
+    # an app's module-level POLICY = RetryPolicy(), used by every test of the user's suite under
+    # set_testing: 7 retries of each failure-path test took 35 of its 500 tokens, so from the 15th
+    # such test on, retries stopped ("retry budget is empty") depending on which tests ran first
+    policy = samekey.RetryPolicy()
+    transport = httpx.MockTransport(lambda request: httpx.Response(503))
+    with samekey.set_testing(True), samekey.Client(journal=journal_path, policy=policy, transport=transport) as client:
+        for test in range(20):
+            with pytest.raises(samekey.RetriesExhausted, match=r"gave up after 8 attempt.*max_attempts reached"):
+                client.post(URL, json={"test": test}, operation=f"test-{test}")
+    assert policy.budget is not None and policy.budget.tokens == policy.budget.capacity
+    # a RetryBudget passed in is the user's to test, so it stays on under set_testing (tests above)
+    own = samekey.RetryBudget(capacity=10)
+    assert samekey.RetryPolicy(budget=own).active_budget() is own
+    with samekey.set_testing(True):
+        assert samekey.RetryPolicy(budget=own).active_budget() is own
+        assert policy.active_budget() is None
+    assert policy.active_budget() is policy.budget  # and back on after
+
+
 @pytest.mark.parametrize("name", ["capacity", "retry_cost", "timeout_cost", "success_refund"])
 def test_budget_refuses_nan(name: str) -> None:
     # NaN passed "value < 0": a NaN capacity never throttles, a NaN cost never refuses

@@ -705,8 +705,9 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
                 )
             if not isinstance(do, tenacity.DoSleep):
                 break  # tenacity says definitive: ``do`` is the response (an error was raised)
-            if policy.budget is not None:
-                cost = policy.budget.try_acquire(isinstance(exc, httpx.TimeoutException))
+            budget = policy.active_budget()
+            if budget is not None:
+                cost = budget.try_acquire(isinstance(exc, httpx.TimeoutException))
                 if cost is None:
                     reason = "the client's retry budget is empty (the server looks unhealthy)"
                     return (yield from _give_up(engine, tries, record, owner, request, response, exc, reason))
@@ -757,9 +758,10 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
         raise
     assert response is not None
     attempts = earlier + tries
-    if policy.budget is not None and response.is_success:
+    budget = policy.active_budget()
+    if budget is not None and response.is_success:
         # only a 2xx shows the server healthy: a server answering 4xx to everything must not keep it full
-        policy.budget.refund(taken)
+        budget.refund(taken)
     if record is not None and owner is not None:
         try:
             yield from _record_answer(engine, record, owner, attempts, response)

@@ -308,8 +308,9 @@ class RetryPolicy:
         if verdict_header is not None and (not isinstance(verdict_header, str) or not verdict_header.strip()):
             raise ValueError(f"verdict_header must be a header name or None, got {verdict_header!r}")
         self.verdict_header = verdict_header
+        self._default_budget: RetryBudget | None = None  # see active_budget
         if budget is True:
-            budget = RetryBudget()
+            budget = self._default_budget = RetryBudget()
         elif budget is False:
             budget = None
         if budget is not None and not isinstance(budget, RetryBudget):
@@ -350,6 +351,13 @@ class RetryPolicy:
         return min(self.max_delay, exp)
 
     # -- tenacity ---------------------------------------------------------------------
+
+    def active_budget(self) -> RetryBudget | None:
+        """The budget retries draw on. The default one (budget=True) is off while a testing mode is
+        on: a suite's tests share a module-level policy's bucket, and the order they ran in would
+        decide which of them may still retry. A RetryBudget passed in stays on (to test it)."""
+        budget = self.budget
+        return None if _testing and budget is self._default_budget else budget
 
     def attempts_allowed(self) -> int:
         """max_attempts, or less while a testing mode with an attempts cap is on."""
