@@ -119,12 +119,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"FAILED {operation}: {exc}", flush=True)
                 return
             info = samekey.operation_info(response)
+            # paid earlier: completed in the journal (nothing sent), or in flight when a run was
+            # killed and now sent again with its key, which the server answers with its replay
             replayed = info is not None and info.replayed
+            server_replayed = response.headers.get("Idempotent-Replayed") == "true"  # Stripe's header
             with lock:
-                counts["already" if replayed else "paid"] += 1
-                verb = "already paid" if replayed else "paid"
+                counts["already" if replayed or server_replayed else "paid"] += 1
+                verb = "already paid" if replayed or server_replayed else "paid"
+                how = " (the server's replay)" if server_replayed else ""
                 key = info.key if info else None
-                print(f"{verb} {operation} {response.json()['id']} key={key}", flush=True)
+                print(f"{verb} {operation} {response.json()['id']} key={key}{how}", flush=True)
 
         with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
             list(pool.map(pay, invoices))

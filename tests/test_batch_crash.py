@@ -9,6 +9,7 @@ re-run of the batch must pay only what is left: 50 charges, one key per invoice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -176,6 +177,40 @@ def test_the_example_killed_mid_charge_with_its_own_server_pays_each_invoice_onc
     assert {key for key, _ in charges} == {r.key for r in records.values()}
     assert records[pending[0].operation].key == in_flight[0]  # finished with its own key
     assert query("SELECT count(*) FROM idempotency WHERE state = 'running'") == [(0,)]
+
+
+def test_a_rerun_straight_after_a_crash_counts_the_servers_replay_as_already_paid(tmp_path: Path) -> None:
+    # No `samekey resume` in between: the invoice in flight when the batch died was charged by the
+    # server (which outlived it); the re-run sends its key again and gets the server's replay. That
+    # is not a payment made now: "paid now" counted it, so the summary claimed one charge too many.
+    batch = [sys.executable, str(EXAMPLE), "--state", str(tmp_path / "state"), "--sample-size", "4"]
+    with PaymentServer(tmp_path / "server.sqlite3", work_seconds=0.4) as server:
+        crashing = subprocess.Popen([*batch, "--server", server.url], stdout=subprocess.PIPE, text=True, env=env())
+        assert crashing.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = crashing.stdout.readline()
+            if not line or line.startswith("paid "):
+                break
+        time.sleep(0.15)  # the next invoice is on the server now, mid-charge
+        crashing.kill()
+        assert crashing.wait(10) == -signal.SIGKILL
+        crashing.stdout.close()
+        running = "SELECT count(*) FROM idempotency WHERE state = 'running'"
+        while time.monotonic() < deadline:  # the server finishes the charge alone
+            with contextlib.closing(sqlite3.connect(tmp_path / "server.sqlite3")) as conn:
+                if conn.execute(running).fetchone() == (0,):
+                    break
+            time.sleep(0.01)
+        charged = server.charge_count()
+        assert 2 <= charged < 4
+        rerun = subprocess.run([*batch, "--server", server.url], capture_output=True, text=True, timeout=60, env=env())
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        lines = rerun.stdout.splitlines()
+        in_flight = rf"already paid invoice-000{charged}/charge ch_{charged} key=\S+ \(the server's replay\)"
+        assert any(re.fullmatch(in_flight, line) for line in lines), rerun.stdout
+        assert lines[-1] == f"done: {4 - charged} paid now, {charged} already paid earlier, 0 failed"
+        assert server.charge_count() == 4
 
 
 def test_crash_after_longer_than_the_run_lets_a_finished_run_exit_normally(tmp_path: Path) -> None:
