@@ -550,6 +550,27 @@ def _terminate(pg_dsn: str, application_name: str) -> int:
     return int(row[0])
 
 
+def test_a_caller_waits_for_a_pooled_connection_no_longer_than_pool_timeout(pg_dsn: str) -> None:
+    # 4 connections, 50 threads of a busy replica, statements slowed by an overloaded server:
+    # the wait for a free connection had no bound of its own (every waiter queued behind the rest)
+    with samekey.PostgresJournal(pg_dsn, pool_size=1, pool_timeout=0.3) as journal:
+        held = journal._acquire()  # another thread's call, still running
+        try:
+            started = time.monotonic()
+            with pytest.raises(samekey.JournalError) as caught:
+                journal.get("op")
+            waited = time.monotonic() - started
+        finally:
+            journal._give_back(held)
+        assert 0.3 <= waited < 2
+        message = str(caught.value)
+        assert "all 1 of its connections stayed in use for 0.3 s while reading" in message
+        assert "Raise pool_size" in message and "raise pool_timeout" in message
+        assert journal.get("op") is None  # a connection free again: it goes on
+    with pytest.raises(ValueError, match="pool_timeout must be a positive, finite number of seconds, got 0"):
+        samekey.PostgresJournal(pg_dsn, pool_timeout=0)
+
+
 def test_a_dropped_server_connection_is_replaced(pg_dsn: str) -> None:
 
     dsn = pg_dsn + "&application_name=samekey_reconnect_test"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
@@ -236,7 +237,8 @@ class PostgresJournal:
     ``host=... dbname=...``); the tables ``samekey_operations`` and ``samekey_schema``
     are created in the connection's current schema (set it with
     ``options=-csearch_path=NAME``). ``pool_size`` connections at most are opened,
-    lazily, and shared by threads; ``lock_timeout`` bounds the wait for a row or
+    lazily, and shared by threads; ``pool_timeout`` (default: statement_timeout) bounds
+    the wait for one when all are in use; ``lock_timeout`` bounds the wait for a row or
     table lock held by another caller; ``connect_timeout`` bounds each connection
     attempt; ``statement_timeout`` bounds each statement, so an overloaded server
     cannot hold a payment call forever. ``idle_in_transaction_session_timeout``
@@ -259,6 +261,7 @@ class PostgresJournal:
         statement_timeout: float = 30.0,
         idle_in_transaction_session_timeout: float | None = None,
         pool_size: int = 4,
+        pool_timeout: float | None = None,
         create: bool = True,
     ) -> None:
         if not isinstance(dsn, str) or not dsn.strip():
@@ -268,11 +271,14 @@ class PostgresJournal:
         if idle_in_transaction_session_timeout is None:
             # a transaction idle longer than one statement may run is stuck, not slow
             idle_in_transaction_session_timeout = statement_timeout
+        if pool_timeout is None:
+            pool_timeout = statement_timeout  # a caller holds a connection for about one statement
         timeouts = (
             ("lock_timeout", lock_timeout),
             ("connect_timeout", connect_timeout),
             ("statement_timeout", statement_timeout),
             ("idle_in_transaction_session_timeout", idle_in_transaction_session_timeout),
+            ("pool_timeout", pool_timeout),
         )
         for name, value in timeouts:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
@@ -285,6 +291,7 @@ class PostgresJournal:
         self.statement_timeout = float(statement_timeout)
         self.idle_in_transaction_session_timeout = float(idle_in_transaction_session_timeout)
         self.pool_size = pool_size
+        self.pool_timeout = float(pool_timeout)
         self.create = create
         self._cond = threading.Condition()
         self._idle: list[psycopg.Connection[Any]] = []
@@ -389,13 +396,14 @@ class PostgresJournal:
             raise
         return conn
 
-    def _acquire(self) -> psycopg.Connection[Any]:
+    def _acquire(self, doing: str = "taking a connection") -> psycopg.Connection[Any]:
         with self._cond:
             if PROCESS.pid != self._pid:
                 # A forked child (e.g. a preloaded web worker) must not talk on, or close, the
                 # parent's sockets: it forgets them (psycopg never closes them on collection
                 # in another process) and opens its own.
                 self._idle, self._opened, self._pid = [], 0, PROCESS.pid
+            deadline = None
             while True:
                 if self._closed:
                     raise self._fail("it is closed", "Use the journal inside the client's lifetime.")
@@ -404,7 +412,16 @@ class PostgresJournal:
                 if self._opened < self.pool_size:
                     self._opened += 1
                     break
-                self._cond.wait()
+                deadline = deadline or time.monotonic() + self.pool_timeout
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._fail(
+                        f"all {self.pool_size} of its connections stayed in use for {self.pool_timeout:g} s "
+                        f"while {doing}",
+                        "Raise pool_size to the number of threads or tasks that use the journal at once, "
+                        "or raise pool_timeout; if statements are slow, look at the database server's load.",
+                    )
+                self._cond.wait(left)
         try:
             return self._connect()
         except BaseException:
@@ -438,7 +455,7 @@ class PostgresJournal:
         """
         for retry in (False, True):
             try:
-                conn = self._acquire()
+                conn = self._acquire(doing)
             except self._psycopg.Error as exc:
                 raise self._classify(exc, doing) from exc
             try:
