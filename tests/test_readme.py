@@ -258,7 +258,7 @@ def run_on_retry(block: Block, ctx: Context) -> None:
         execute(block)
     assert out.getvalue().splitlines() == [
         "order-1042/charge attempt 2: throttled, waiting 1 s",
-        "201 {'HTTP 503': 1, 'HTTP 429': 1}",
+        "201 {'503': 1, '429': 1}",
     ]
 
 

@@ -738,6 +738,7 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
                     operation=operation, key=key, method=request.method, url=engine.stored_url(request.url),
                     attempt=attempt, next_wait=wait, waited_so_far=waited, reason=error_text or "",
                     status_code=None if response is None else response.status_code,
+                    error_type=None if response is not None or exc is None else type(exc).__name__,
                     from_retry_after=asked is not None and asked >= wait,
                 )  # fmt: skip
                 run_hooks(engine.on_retry, details)

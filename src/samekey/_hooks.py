@@ -36,6 +36,7 @@ class RetryDetails:
     waited_so_far: float  # seconds this call has already waited between its attempts, next_wait excluded
     reason: str  # e.g. "HTTP 503", "ReadError (ConnectionResetError: ...)"
     status_code: int | None  # the answer's status, None when the attempt got no answer (an error)
+    error_type: str | None  # that error's class name ("ReadTimeout", "ConnectError"); None with an answer
     from_retry_after: bool  # next_wait is the server's Retry-After (capped), not the backoff
 
 
