@@ -229,6 +229,35 @@ def test_a_task_cancelled_during_its_claim_on_another_store_frees_the_lease(jour
     assert status == 201
 
 
+def test_a_task_cancelled_twice_during_its_claim_on_another_store_still_frees_the_lease(journal_path: Path) -> None:
+    # A second cancel (a shutdown after a timeout) ends the task's wait for the release at once;
+    # the release must still run behind the claim (it runs on a thread of its own, not on the
+    # awaiting task: a release not yet awaited would otherwise never start).
+    async def story() -> tuple[float, samekey.OperationRecord | None]:
+        transport = httpx.MockTransport(lambda request: httpx.Response(201))
+        with samekey.Journal(journal_path) as journal:
+            store = _SlowStore(journal)
+            async with samekey.AsyncClient(journal=store, transport=transport, on_busy="raise") as client:
+                await client.post("https://pay.test/charges", json={}, operation="warm-up")  # (and the hourly purge)
+                task = asyncio.create_task(client.post("https://pay.test/charges", json={}, operation="op"))
+                started = time.monotonic()
+                for _ in range(2):
+                    await asyncio.sleep(0.05)
+                    task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                took = time.monotonic() - started
+                record = journal.get("op")
+                while (record is None or record.lease_owner is not None) and time.monotonic() - started < 5:
+                    await asyncio.sleep(0.01)
+                    record = journal.get("op")
+                return took, record
+
+    took, record = asyncio.run(story())
+    assert took < 0.25, "the second cancel did not end the wait for the claim"
+    assert record is not None and record.pending and record.lease_owner is None, "lease freed, key kept"
+
+
 def test_a_task_cancelled_as_its_answer_arrives_frees_the_lease(journal_path: Path) -> None:
     # the web client disconnects just as the server's answer comes in: the completion never ran
     # (a worker-thread call whose wait is cancelled before it begins is dropped), and the lease

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
@@ -31,6 +32,8 @@ from ._policy import RetryPolicy
 __all__ = ["AsyncSameKeyTransport", "SameKeyTransport", "open_journal"]
 
 JournalArg = JournalStore | str | os.PathLike[str] | None
+
+logger = logging.getLogger("samekey")
 
 
 def open_journal(journal: JournalArg) -> tuple[JournalStore, bool]:
@@ -309,23 +312,31 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
         # awaited shielded from the cancellation, so the interruption reaches the caller with
         # the lease free, and the event loop runs meanwhile (the journal may be busy for seconds).
         running = on_worker.abandon()
-        releases: list[Awaitable[Any]] = []
+        waiters: list[asyncio.Future[Any] | threading.Event] = []
 
         def queue(call: Call) -> None:
             on_thread = self._on_journal_thread() if self._journal_thread is not None else None
             if on_thread is not None:
-                releases.append(on_thread[0].submit(call, on_thread[1]))
-            else:
-                releases.append(anyio.to_thread.run_sync(_after, running, call, self.engine.journal))
+                future = on_thread[0].submit(call, on_thread[1])
+                future.add_done_callback(_retrieve)  # its error is not the caller's, who gets the interruption
+                waiters.append(future)
+            else:  # started now, on a thread of its own: a second cancellation ends the wait, not the release
+                done = threading.Event()
+                args = (running, call, self.engine.journal, done)
+                threading.Thread(target=_release_after, args=args, name="samekey-release", daemon=True).start()
+                waiters.append(done)
 
         abandon(flow, interruption, queue)
         with anyio.move_on_after(60, shield=True):
-            for release in releases:
+            for waiter in waiters:
                 try:
-                    await release
+                    if isinstance(waiter, threading.Event):
+                        await anyio.to_thread.run_sync(waiter.wait, 60)
+                    else:
+                        await waiter
                 except Exception:  # a broken journal: the caller gets the interruption, not this
                     pass
-                except BaseException:  # cancelled again (asyncio cannot shield from that): it still runs
+                except BaseException:  # cancelled again (asyncio cannot shield from that): the releases still run
                     return
 
     def _run_in_order(self, call: Call, on_worker: _WorkerCalls) -> Any:
@@ -397,6 +408,20 @@ def _after(running: threading.Event | None, call: Call, journal: JournalStore) -
     if running is not None:
         running.wait(60)
     return call.run(journal)
+
+
+def _release_after(running: threading.Event | None, call: Call, journal: JournalStore, done: threading.Event) -> None:
+    try:
+        _after(running, call, journal)
+    except Exception:  # a broken journal: the lease then ends by itself when it expires
+        logger.debug("samekey: freeing the lease of a cancelled call failed", exc_info=True)
+    finally:
+        done.set()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: asyncio would log "exception was never retrieved"
 
 
 _Waiter = asyncio.Future[Any] | threading.Event
