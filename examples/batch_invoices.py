@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             # paid earlier: completed in the journal (nothing sent), or in flight when a run was
             # killed and now sent again with its key, which the server answers with its replay
             replayed = info is not None and info.replayed
-            server_replayed = response.headers.get("Idempotent-Replayed") == "true"  # Stripe's header
+            # (Stripe's header; a journal replay carries it too when the stored answer was one)
+            server_replayed = not replayed and response.headers.get("Idempotent-Replayed") == "true"
             with lock:
                 counts["already" if replayed or server_replayed else "paid"] += 1
                 verb = "already paid" if replayed or server_replayed else "paid"

@@ -33,6 +33,22 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
 
 
+def kill_after_first_payment(batch: list[str], pause: float) -> None:
+    """Run the batch and SIGKILL it ``pause`` s after it printed its first payment (counted from
+    there, not from the start: on a loaded machine the start-up alone can outlast a fixed delay)."""
+    crashing = subprocess.Popen(batch, stdout=subprocess.PIPE, text=True, env=env())
+    assert crashing.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = crashing.stdout.readline()
+        if not line or line.startswith("paid "):
+            break
+    time.sleep(pause)
+    crashing.kill()
+    assert crashing.wait(10) == -signal.SIGKILL
+    crashing.stdout.close()
+
+
 def samekey_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "samekey", *argv], capture_output=True, text=True, timeout=60, env=env()
@@ -138,19 +154,8 @@ def test_the_example_killed_mid_charge_with_its_own_server_pays_each_invoice_onc
     # meet a 409 on every attempt of every run.
     state = tmp_path / "state"
     batch = [sys.executable, str(EXAMPLE), "--state", str(state), "--sample-size", "3", "--work-seconds", "0.6"]
-    # killed 0.3 s into the second charge, counted from the first one's answer (not from the start:
-    # on a loaded machine the start-up alone can outlast a fixed delay, and the kill miss every charge)
-    crashing = subprocess.Popen(batch, stdout=subprocess.PIPE, text=True, env=env())
-    assert crashing.stdout is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = crashing.stdout.readline()
-        if not line or line.startswith("paid "):
-            break
-    time.sleep(0.3)
-    crashing.kill()  # SIGKILL: the batch and the PaymentServer it runs die together
-    assert crashing.wait(10) == -signal.SIGKILL
-    crashing.stdout.close()
+    # killed 0.3 s into the second charge, counted from the first one's answer
+    kill_after_first_payment(batch, 0.3)  # SIGKILL: the batch and the PaymentServer it runs die together
     server_db = state / "server.sqlite3"
 
     def query(sql: str) -> list[tuple[object, ...]]:
@@ -185,17 +190,8 @@ def test_a_rerun_straight_after_a_crash_counts_the_servers_replay_as_already_pai
     # is not a payment made now: "paid now" counted it, so the summary claimed one charge too many.
     batch = [sys.executable, str(EXAMPLE), "--state", str(tmp_path / "state"), "--sample-size", "4"]
     with PaymentServer(tmp_path / "server.sqlite3", work_seconds=0.4) as server:
-        crashing = subprocess.Popen([*batch, "--server", server.url], stdout=subprocess.PIPE, text=True, env=env())
-        assert crashing.stdout is not None
+        kill_after_first_payment([*batch, "--server", server.url], 0.15)  # the next one is mid-charge then
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = crashing.stdout.readline()
-            if not line or line.startswith("paid "):
-                break
-        time.sleep(0.15)  # the next invoice is on the server now, mid-charge
-        crashing.kill()
-        assert crashing.wait(10) == -signal.SIGKILL
-        crashing.stdout.close()
         running = "SELECT count(*) FROM idempotency WHERE state = 'running'"
         while time.monotonic() < deadline:  # the server finishes the charge alone
             with contextlib.closing(sqlite3.connect(tmp_path / "server.sqlite3")) as conn:

@@ -8,7 +8,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -174,8 +174,9 @@ def test_several_retry_after_headers_wait_the_longest() -> None:
     assert 28 <= _state_after(policy, 1, dates) <= 30
 
 
-def _plain_http_port() -> Iterator[int]:
-    """A 127.0.0.1 port that answers anything (a TLS ClientHello too) with a plain HTTP 400."""
+@contextlib.contextmanager
+def _answering(answer: Callable[[bytes], bytes]) -> Iterator[int]:
+    """A 127.0.0.1 port that reads what a client sends first and writes ``answer(it)`` back."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     stop = threading.Event()
@@ -186,11 +187,9 @@ def _plain_http_port() -> Iterator[int]:
                 conn, _ = listener.accept()
             except OSError:
                 continue
-            with conn:
+            with conn, contextlib.suppress(OSError):
                 conn.settimeout(5)
-                with contextlib.suppress(OSError):
-                    conn.recv(4096)
-                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                conn.sendall(answer(conn.recv(4096)))  # a request head or a ClientHello: one read on loopback
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -200,6 +199,12 @@ def _plain_http_port() -> Iterator[int]:
         stop.set()
         thread.join(5)
         listener.close()
+
+
+def _plain_http_port() -> Iterator[int]:
+    """A 127.0.0.1 port that answers anything (a TLS ClientHello too) with a plain HTTP 400."""
+    with _answering(lambda _: b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n") as port:
+        yield port
 
 
 plain_http_port = pytest.fixture(_plain_http_port)
@@ -229,35 +234,14 @@ def test_tls_failures_that_retrying_cannot_fix_are_not_retried(plain_http_port: 
 @contextlib.contextmanager
 def _proxy_answering(status_line: str) -> Iterator[tuple[int, list[str]]]:
     """A 127.0.0.1 HTTP proxy that answers every CONNECT with ``status_line``; yields (port, request lines)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop, seen = threading.Event(), []
+    seen: list[str] = []
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            with conn, contextlib.suppress(OSError):
-                conn.settimeout(5)
-                head = b""
-                while b"\r\n\r\n" not in head and len(head) < 65536:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    head += chunk
-                seen.append(head.split(b"\r\n", 1)[0].decode("ascii"))
-                conn.sendall(f"HTTP/1.1 {status_line}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+    def answer(head: bytes) -> bytes:
+        seen.append(head.split(b"\r\n", 1)[0].decode("ascii"))
+        return f"HTTP/1.1 {status_line}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1], seen
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
+    with _answering(answer) as port:
+        yield port, seen
 
 
 @pytest.mark.parametrize(
