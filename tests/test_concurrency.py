@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import http.server
 import inspect
@@ -121,6 +122,38 @@ def test_a_task_cancelled_during_its_claim_frees_the_lease(journal_path: Path) -
     record, took = asyncio.run(story())
     assert record is not None and record.pending and record.lease_owner is None
     assert took < 5
+
+
+def test_a_call_whose_coroutine_is_closed_mid_claim_frees_the_lease(journal_path: Path) -> None:
+    # What the garbage collector does to a task dropped mid-call: close() its coroutine, which
+    # raises GeneratorExit inside. A closing generator cannot yield its release, so the lease was
+    # held for its full length (60 s) with nobody working on the operation.
+    async def story() -> tuple[float, float, samekey.OperationRecord | None]:
+        transport = httpx.MockTransport(lambda request: httpx.Response(201))
+        journal = _SlowJournalThread(journal_path)
+        async with samekey.AsyncClient(journal=journal, transport=transport, on_busy="raise") as client:
+            await client.post("https://pay.test/charges", json={}, operation="warm-up")  # (and the hourly purge)
+            coroutine = client.post("https://pay.test/charges", json={}, operation="op")
+            task = asyncio.ensure_future(coroutine)
+            await asyncio.sleep(0.05)  # its claim is on the journal thread now
+            started = time.monotonic()
+            coroutine.close()
+            closing = time.monotonic() - started  # a finalizer: it must not wait for the journal
+            record = journal.get("op")
+            while (record is None or record.lease_owner is not None) and time.monotonic() - started < 5:
+                await asyncio.sleep(0.01)
+                record = journal.get("op")
+            freed = time.monotonic() - started
+            task.cancel()
+            with contextlib.suppress(BaseException):  # asyncio: "cannot reuse already awaited coroutine"
+                await task
+        journal.close()
+        return closing, freed, record
+
+    closing, freed, record = asyncio.run(story())
+    assert closing < 0.1
+    assert record is not None and record.pending and record.lease_owner is None, "lease freed, key kept"
+    assert freed < 2
 
 
 def test_a_task_cancelled_while_the_journal_is_busy_does_not_stall_the_event_loop(journal_path: Path) -> None:

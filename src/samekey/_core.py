@@ -841,7 +841,8 @@ def abandon(flow: Flow, interruption: BaseException, run: Callable[[Call], Any])
     The flow's journal calls go to ``run``, whose result the flow does not need: the sync
     driver runs them at once; the async driver queues them behind the calls already queued
     for its journal thread (so the release lands after a claim the interruption cut short)
-    and then awaits them shielded, leaving the event loop free. The driver then re-raises.
+    and then awaits them shielded, leaving the event loop free (a coroutine being closed only
+    queues them). The driver then re-raises.
     """
     try:
         action = flow.throw(interruption)

@@ -260,10 +260,13 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
                 except Exception as exc:
                     action = flow.throw(exc)
                 except BaseException as exc:  # a cancelled task: the lease is freed, the key kept
-                    if isinstance(exc, GeneratorExit):  # the coroutine is being closed: it may not await
-                        abandon(flow, exc, lambda call: self._run_in_order(call, on_worker))
+                    if isinstance(exc, GeneratorExit):
+                        # the coroutine is being closed (its task dropped and collected mid-call): the
+                        # flow hears of a cancellation, as a closing generator could not yield its
+                        # release, and the release is queued but not awaited (a closing coroutine may not)
+                        self._release(flow, asyncio.CancelledError(), on_worker)
                     else:
-                        await self._abandon(flow, exc, on_worker)
+                        await _released(self._release(flow, exc, on_worker))
                     raise
                 else:
                     action = flow.send(result)
@@ -284,71 +287,42 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
             if action.seconds > 0:
                 await anyio.sleep(action.seconds)
             return None
-        on_thread = self._on_journal_thread()
-        if on_thread is not None:
-            thread, loop = on_thread
-            return await thread.submit(action, loop)
-        return await on_worker.run(action, self.engine.journal)
-
-    def _on_journal_thread(self) -> tuple[_JournalThread, asyncio.AbstractEventLoop] | None:
-        """The journal thread and this task's loop, or None: worker threads (another store, trio)."""
         journal = self.engine.journal
-        if not isinstance(journal, Journal):
-            return None
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not asyncio (trio)
-            return None
-        thread = self._journal_thread
-        if thread is None:
-            thread = self._journal_thread = _JournalThread(journal)
-        return thread, loop
+        if isinstance(journal, Journal):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not asyncio (trio): a worker thread per call
+                pass
+            else:
+                thread = self._journal_thread
+                if thread is None:
+                    thread = self._journal_thread = _JournalThread(journal)
+                return await thread.submit(action, loop)
+        return await on_worker.run(action, journal)
 
-    async def _abandon(self, flow: Flow, interruption: BaseException, on_worker: _WorkerCalls) -> None:
-        # A claim cut short may still be queued on (or running in) the journal thread: the
-        # release goes behind it there, or it would find nothing to free and the claim would
-        # then hold the lease for its full length. Likewise on a worker thread (PostgresJournal,
-        # another store): asyncio cancels the task's wait for it, not the thread. The release is
-        # awaited shielded from the cancellation, so the interruption reaches the caller with
-        # the lease free, and the event loop runs meanwhile (the journal may be busy for seconds).
+    def _release(self, flow: Flow, interruption: BaseException, on_worker: _WorkerCalls) -> list[threading.Event]:
+        """Let the flow free its lease; returns the releases' ends, which the task may await.
+
+        A claim cut short may still be queued on (or running in) the journal thread: the
+        release goes behind it there, or it would find nothing to free and the claim would
+        then hold the lease for its full length. Likewise behind a worker-thread call
+        (PostgresJournal, another store): asyncio cancels the task's wait for it, not the thread.
+        """
         running = on_worker.abandon()
-        waiters: list[asyncio.Future[Any] | threading.Event] = []
+        releases: list[threading.Event] = []
 
         def queue(call: Call) -> None:
-            on_thread = self._on_journal_thread() if self._journal_thread is not None else None
-            if on_thread is not None:
-                future = on_thread[0].submit(call, on_thread[1])
-                future.add_done_callback(_retrieve)  # its error is not the caller's, who gets the interruption
-                waiters.append(future)
-            else:  # started now, on a thread of its own: a second cancellation ends the wait, not the release
-                done = threading.Event()
+            done = threading.Event()
+            thread = self._journal_thread
+            if thread is not None:
+                thread.post(call, done)
+            else:  # on a thread of its own, started now: a second cancellation ends the wait, not the release
                 args = (running, call, self.engine.journal, done)
                 threading.Thread(target=_release_after, args=args, name="samekey-release", daemon=True).start()
-                waiters.append(done)
+            releases.append(done)
 
         abandon(flow, interruption, queue)
-        with anyio.move_on_after(60, shield=True):
-            for waiter in waiters:
-                try:
-                    if isinstance(waiter, threading.Event):
-                        await anyio.to_thread.run_sync(waiter.wait, 60)
-                    else:
-                        await waiter
-                except Exception:  # a broken journal: the caller gets the interruption, not this
-                    pass
-                except BaseException:  # cancelled again (asyncio cannot shield from that): the releases still run
-                    return
-
-    def _run_in_order(self, call: Call, on_worker: _WorkerCalls) -> Any:
-        # _abandon for a coroutine being closed, which cannot await: the release waits here
-        running = on_worker.abandon()
-        thread = self._journal_thread
-        if thread is None:
-            return _after(running, call, self.engine.journal)
-        done = threading.Event()
-        thread.post(call, done)
-        done.wait(60)
-        return None
+        return releases
 
     @staticmethod
     async def _read(response: httpx.Response) -> httpx.Response:
@@ -403,25 +377,27 @@ class _WorkerCalls:
             return self._running
 
 
-def _after(running: threading.Event | None, call: Call, journal: JournalStore) -> Any:
-    """Run ``call`` once the worker-thread call ``running`` (if any) has ended."""
-    if running is not None:
-        running.wait(60)
-    return call.run(journal)
-
-
 def _release_after(running: threading.Event | None, call: Call, journal: JournalStore, done: threading.Event) -> None:
+    """Run the release ``call`` once the worker-thread call ``running`` (if any) has ended."""
     try:
-        _after(running, call, journal)
+        if running is not None:
+            running.wait(60)
+        call.run(journal)
     except Exception:  # a broken journal: the lease then ends by itself when it expires
         logger.debug("samekey: freeing the lease of a cancelled call failed", exc_info=True)
     finally:
         done.set()
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved: asyncio would log "exception was never retrieved"
+async def _released(releases: list[threading.Event]) -> None:
+    """Wait for the releases shielded from the cancellation, so the interruption reaches the
+    caller with the lease free; the event loop runs meanwhile (the journal may be busy for seconds)."""
+    with anyio.move_on_after(60, shield=True):
+        for done in releases:
+            try:
+                await anyio.to_thread.run_sync(done.wait, 60)
+            except BaseException:  # cancelled again (asyncio cannot shield from that): the releases still run
+                return
 
 
 _Waiter = asyncio.Future[Any] | threading.Event
