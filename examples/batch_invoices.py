@@ -124,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             replayed = info is not None and info.replayed
             # (Stripe's header; a journal replay carries it too when the stored answer was one)
             server_replayed = not replayed and response.headers.get("Idempotent-Replayed") == "true"
+            already = replayed or server_replayed
             with lock:
-                counts["already" if replayed or server_replayed else "paid"] += 1
-                verb = "already paid" if replayed or server_replayed else "paid"
+                counts["already" if already else "paid"] += 1
+                verb = "already paid" if already else "paid"
                 how = " (the server's replay)" if server_replayed else ""
                 key = info.key if info else None
                 print(f"{verb} {operation} {response.json()['id']} key={key}{how}", flush=True)

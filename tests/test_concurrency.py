@@ -124,6 +124,15 @@ def test_a_task_cancelled_during_its_claim_frees_the_lease(journal_path: Path) -
     assert took < 5
 
 
+async def _lease_freed(journal: samekey.Journal, operation: str, since: float) -> samekey.OperationRecord | None:
+    """The record once its lease is free (a release running in the background), or after 5 s from ``since``."""
+    record = journal.get(operation)
+    while (record is None or record.lease_owner is not None) and time.monotonic() - since < 5:
+        await asyncio.sleep(0.01)
+        record = journal.get(operation)
+    return record
+
+
 def test_a_call_whose_coroutine_is_closed_mid_claim_frees_the_lease(journal_path: Path) -> None:
     # What the garbage collector does to a task dropped mid-call: close() its coroutine, which
     # raises GeneratorExit inside. A closing generator cannot yield its release, so the lease was
@@ -139,10 +148,7 @@ def test_a_call_whose_coroutine_is_closed_mid_claim_frees_the_lease(journal_path
             started = time.monotonic()
             coroutine.close()
             closing = time.monotonic() - started  # a finalizer: it must not wait for the journal
-            record = journal.get("op")
-            while (record is None or record.lease_owner is not None) and time.monotonic() - started < 5:
-                await asyncio.sleep(0.01)
-                record = journal.get("op")
+            record = await _lease_freed(journal, "op", started)
             freed = time.monotonic() - started
             task.cancel()
             with contextlib.suppress(BaseException):  # asyncio: "cannot reuse already awaited coroutine"
@@ -280,11 +286,7 @@ def test_a_task_cancelled_twice_during_its_claim_on_another_store_still_frees_th
                 with pytest.raises(asyncio.CancelledError):
                     await task
                 took = time.monotonic() - started
-                record = journal.get("op")
-                while (record is None or record.lease_owner is not None) and time.monotonic() - started < 5:
-                    await asyncio.sleep(0.01)
-                    record = journal.get("op")
-                return took, record
+                return took, await _lease_freed(journal, "op", started)
 
     took, record = asyncio.run(story())
     assert took < 0.25, "the second cancel did not end the wait for the claim"

@@ -899,5 +899,5 @@ def _give_up(
         last_response=response,
         last_exception=exc,
         reason=reason,
-        last_error=error if exc is not None else None,  # credentials hidden, as journaled
+        last_error=error,  # credentials hidden, as journaled
     )
