@@ -23,7 +23,7 @@ from collections.abc import Callable
 import httpx
 
 import samekey
-from samekey._journal import _COLUMNS
+from samekey._rows import COLUMNS as _COLUMNS
 
 from ._common import median, report, table
 

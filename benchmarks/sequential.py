@@ -90,7 +90,8 @@ def _bare_with_sqlite(target: str, folder: str, *, completion: bool = True) -> V
     # send, the completion UPDATE after it), on the real schema, with none of samekey's Python.
     # Without the completion it is the floor of the one write the mission cannot do without:
     # the key on disk before the first byte is sent.
-    from samekey._journal import _COLUMNS, _SCHEMA, _run_script
+    from samekey._journal import _SCHEMA, _run_script
+    from samekey._rows import COLUMNS as _COLUMNS
 
     name = SQLITE_FLOOR if completion else CLAIM_FLOOR
     conn = sqlite3.connect(os.path.join(folder, f"floor-{completion}.sqlite3"), isolation_level=None)

@@ -27,7 +27,8 @@ from collections.abc import Callable
 
 import httpx
 
-from samekey._journal import _COLUMNS, _SCHEMA, _run_script
+from samekey._journal import _SCHEMA, _run_script
+from samekey._rows import COLUMNS as _COLUMNS
 
 from ._common import median, percentile, server
 from .sequential import bare_with_smallest_write

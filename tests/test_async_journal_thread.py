@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 import samekey
+from samekey._contract import Claim
 
 
 def _counting(journal: samekey.Journal) -> tuple[list[int], list[int]]:
@@ -115,18 +116,18 @@ def test_cancelled_task_does_not_disturb_the_others(journal_path: Path) -> None:
 
 
 def test_a_failing_write_in_a_batch_fails_alone(journal_path: Path) -> None:
-    from samekey._journal import Intent
+    from samekey._contract import Intent
 
     journal = samekey.Journal(journal_path)
 
     def intent(name: str, body: object) -> Intent:
         return Intent(name, f"key-{name}", "Idempotency-Key", "POST", "http://x/", "fp", (), body)  # type: ignore[arg-type]
 
-    outcomes = journal.run_calls(
+    outcomes = journal.run_batch(
         [
-            ("claim", (intent("good-1", b"{}"), "me", 60.0, 1.0)),
-            ("claim", (intent("bad", object()), "me", 60.0, 1.0)),  # SQLite cannot store this body
-            ("claim", (intent("good-2", b"{}"), "me", 60.0, 1.0)),
+            Claim(intent("good-1", b"{}"), "me", 60.0, 1.0),
+            Claim(intent("bad", object()), "me", 60.0, 1.0),  # SQLite cannot store this body
+            Claim(intent("good-2", b"{}"), "me", 60.0, 1.0),
         ]
     )
     assert [type(error).__name__ if error else result.status for result, error in outcomes] == [

@@ -16,6 +16,7 @@ import pytest
 
 import samekey
 from samekey import _journal
+from samekey._contract import Claim, Complete
 from test_journal_robustness import _fork_child, intent
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -161,7 +162,7 @@ import sys
 sys.path.insert(0, {src!r})
 import samekey
 from samekey import _journal
-from samekey._journal import Intent
+from samekey._contract import Intent
 _journal.CHECKPOINT_EVERY = 5  # a checkpoint in progress most of the time
 journal = samekey.Journal({path!r}, durability="process")
 for i in range({start}, {start} + 100000):
@@ -306,10 +307,10 @@ def test_a_commit_of_many_writes_counts_them_all(tmp_path: Path) -> None:
     for batch in range(40):
         ops = [f"op-{batch}-{i}" for i in range(64)]
         for calls in (
-            [("claim", (intent(op), "owner", 60.0, 1000.0)) for op in ops],
-            [("complete", (op, "owner", 1, 200, [], answer, 1001.0)) for op in ops],
+            [Claim(intent(op), "owner", 60.0, 1000.0) for op in ops],
+            [Complete(op, "owner", 1, 200, [], answer, 1001.0) for op in ops],
         ):
-            assert all(error is None for _, error in journal.run_calls(calls))
+            assert all(error is None for _, error in journal.run_batch(calls))
             checkpoints = journal._checkpoints
             assert checkpoints is not None
             if checkpoints.thread is not None:  # let each checkpoint finish: this is not about a slow disk

@@ -764,16 +764,16 @@ def test_a_lease_holder_is_never_signalled_where_kill_would_terminate_it(
         engine = client.engine
         sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
         try:
-            owner = f"{engine._host}/{sleeper.pid}/{samekey._core.PID_SCOPE}/tag-1"
+            owner = f"{engine.owners.host}/{sleeper.pid}/{samekey._identity.PID_SCOPE}/tag-1"
             signalled: list[int] = []
             monkeypatch.setattr(os, "kill", lambda pid, sig: signalled.append(pid))
             monkeypatch.setattr(os, "name", "nt")
-            assert engine.owner_is_dead(owner) is False and signalled == []
+            assert engine.owners.is_dead(owner) is False and signalled == []
             monkeypatch.undo()
-            assert engine.owner_is_dead(owner) is False  # alive, on POSIX: kill(pid, 0) only probes
+            assert engine.owners.is_dead(owner) is False  # alive, on POSIX: kill(pid, 0) only probes
             sleeper.kill()
             sleeper.wait()
-            assert engine.owner_is_dead(owner) is True
+            assert engine.owners.is_dead(owner) is True
         finally:
             sleeper.kill()
             sleeper.wait()
@@ -983,11 +983,11 @@ def test_a_pid_from_another_pid_namespace_or_boot_is_never_judged_dead(journal_p
         engine = client.engine
         gone = subprocess.Popen([sys.executable, "-c", "pass"])
         gone.wait()  # a pid that runs nothing here
-        scope = samekey._core.PID_SCOPE
-        assert engine.owner_is_dead(f"{engine._host}/{gone.pid}/{scope}/tag-1") is True
-        assert engine.owner_is_dead(f"{engine._host}/{gone.pid}/4026539999.0badb007/tag-1") is False
-        assert engine.owner_is_dead(f"{engine._host}/{gone.pid}/tag-1") is False  # older samekey: no scope
-        assert engine.new_owner().split("/")[2] == scope
+        scope = samekey._identity.PID_SCOPE
+        assert engine.owners.is_dead(f"{engine.owners.host}/{gone.pid}/{scope}/tag-1") is True
+        assert engine.owners.is_dead(f"{engine.owners.host}/{gone.pid}/4026539999.0badb007/tag-1") is False
+        assert engine.owners.is_dead(f"{engine.owners.host}/{gone.pid}/tag-1") is False  # older samekey: no scope
+        assert engine.owners.new().split("/")[2] == scope
 
 
 class _BodySignature(httpx.Auth):

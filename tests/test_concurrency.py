@@ -26,8 +26,9 @@ import pytest
 import respx
 
 import samekey
-from samekey import _journal
-from samekey._core import Call, Engine, Send, Sleep, operation_flow
+from samekey import _contract, _journal
+from samekey._contract import JournalCall
+from samekey._core import Engine, Send, Sleep, operation_flow
 from samekey.testing import Fault, FaultPlan, PaymentServer
 
 HERE = Path(__file__).parent
@@ -98,9 +99,9 @@ def test_a_cancelled_task_frees_its_lease_so_a_retry_goes_at_once(journal_path: 
 
 
 class _SlowJournalThread(samekey.Journal):
-    def run_calls(self, calls: Any) -> Any:
+    def run_batch(self, calls: Any) -> Any:
         time.sleep(0.2)  # a busy disk: the claim is still queued or running when the task is cancelled
-        return super().run_calls(calls)
+        return super().run_batch(calls)
 
 
 def test_a_task_cancelled_during_its_claim_frees_the_lease(journal_path: Path) -> None:
@@ -230,6 +231,8 @@ class _OtherStore:
         self.location = journal.location
 
     def __getattr__(self, name: str) -> Any:
+        if name == "run_batch":  # a store that does not batch: its calls go to worker threads
+            raise AttributeError(name)
         return getattr(self.journal, name)
 
 
@@ -383,7 +386,7 @@ def test_ctrl_c_inside_a_journal_write_leaves_the_journal_usable(
     with samekey.Client(journal=journal_path, transport=down, policy=policy) as client:
         with pytest.raises(samekey.RetriesExhausted):
             client.post("https://pay.test/charges", json={}, operation="op")
-    real_record = _journal._record
+    real_record = _journal.record_from_row
     interruptions = [KeyboardInterrupt()]
 
     def interrupted(row: Any) -> Any:
@@ -391,7 +394,7 @@ def test_ctrl_c_inside_a_journal_write_leaves_the_journal_usable(
             raise interruptions.pop()  # Ctrl-C lands while the claim holds the write lock
         return real_record(row)
 
-    monkeypatch.setattr(_journal, "_record", interrupted)
+    monkeypatch.setattr(_journal, "record_from_row", interrupted)
     with samekey.Client(journal=journal_path, transport=down, policy=policy) as client:
         raised = _in_thread(lambda: client.post("https://pay.test/charges", json={}, operation="op"))
         assert isinstance(raised, KeyboardInterrupt), "post() returns: its clean-up did not wait forever"
@@ -423,8 +426,8 @@ def test_ctrl_c_after_a_commit_does_not_wedge_later_writes(journal_path: Path, m
     journal.close()
 
 
-def _journal_intent(operation: str) -> _journal.Intent:
-    return _journal.Intent(operation, f"k-{operation}", "Idempotency-Key", "POST", "http://x/", "fp", (), b"")
+def _journal_intent(operation: str) -> _contract.Intent:
+    return _contract.Intent(operation, f"k-{operation}", "Idempotency-Key", "POST", "http://x/", "fp", (), b"")
 
 
 class _Leader:
@@ -705,11 +708,11 @@ class _SlowDiskJournal(samekey.Journal):
     threads: list[int]
     calls = 0
 
-    def run_calls(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[tuple[Any, BaseException | None]]:
+    def run_batch(self, calls: Sequence[Any]) -> list[tuple[Any, BaseException | None]]:
         self.threads.append(threading.get_ident())
         self.calls += len(calls)
         time.sleep(0.002)
-        return super().run_calls(calls)
+        return super().run_batch(calls)
 
 
 async def _thousand(journal: object | None, url: str) -> tuple[list[float], list[httpx.Response]]:
@@ -786,7 +789,7 @@ def test_journal_groups_concurrent_commits(journal_path: Path) -> None:
         original(batch)  # type: ignore[arg-type]
 
     journal._run_batch = counting  # type: ignore[method-assign]
-    from samekey._journal import Intent
+    from samekey._contract import Intent
 
     def claim(i: int) -> None:
         intent = Intent(f"op-{i}", f"k-{i}", "Idempotency-Key", "POST", "http://x/", "fp", (), b"")
@@ -848,7 +851,7 @@ def _drive(
     action = next(flow)
     try:
         while True:
-            if isinstance(action, Call):
+            if isinstance(action, JournalCall):
                 action = flow.send(action.run(engine.journal))
             elif isinstance(action, Send):
                 action = flow.send(answers.pop(0))

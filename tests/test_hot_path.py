@@ -64,11 +64,11 @@ def test_the_async_client_pays_the_same_two_statements(journal_path: Path) -> No
 
 def test_a_forked_child_leases_under_its_own_pid(journal_path: Path) -> None:
     engine = samekey.Client(journal=journal_path).engine
-    parent_owner = engine.new_owner()
+    parent_owner = engine.owners.new()
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
-        os.write(writer, engine.new_owner().encode())
+        os.write(writer, engine.owners.new().encode())
         os._exit(0)
     os.close(writer)
     with os.fdopen(reader) as pipe:

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 import samekey
-from samekey import _journal
-from samekey._journal import Intent, JournalStore
+from samekey import _journal, _rows
+from samekey._contract import Intent, JournalStore
 from samekey.testing import Fault, FaultPlan, PaymentServer
 
 URL = "http://pay.test/charges"
@@ -414,7 +414,7 @@ def test_purge_deletes_old_completed_records_and_never_pending_ones(journal: Jou
 def test_purge_takes_the_oldest_first_and_a_backlog_in_chunks(
     journal: JournalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_journal, "PURGE_CHUNK", 3)  # both stores purge through _journal.purge_in_chunks
+    monkeypatch.setattr(_rows, "PURGE_CHUNK", 3)  # both stores purge through _rows.purge_in_chunks
     for i in range(10):
         journal.claim(intent(f"done-{i}"), A, 30, T0)
         journal.complete(f"done-{i}", A, 1, 201, [], b"{}", T0 + i)

@@ -23,7 +23,7 @@ import pytest
 
 import samekey
 from samekey import _journal
-from samekey._journal import Intent
+from samekey._contract import Intent
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -288,7 +288,7 @@ def test_a_journal_in_a_read_only_directory(tmp_path: Path, unprivileged: list[s
             unprivileged,
             f"""
             import samekey
-            from samekey._journal import Intent
+            from samekey._contract import Intent
             for path in ({str(missing)!r}, {str(path)!r}):
                 try:
                     journal = samekey.Journal(path)

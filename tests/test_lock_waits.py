@@ -16,6 +16,7 @@ import pytest
 
 import samekey
 from samekey import _journal
+from samekey._contract import Claim
 from test_journal_robustness import intent
 
 
@@ -61,9 +62,9 @@ def test_a_claim_that_meets_the_lock_between_its_statements_is_run_again_whole(j
 
 
 def test_a_group_commit_waits_for_the_lock_too(journal: samekey.Journal) -> None:
-    calls = [("claim", (intent(f"op-{i}"), "owner", 60.0, 1001.0)) for i in range(3)]
+    calls = [Claim(intent(f"op-{i}"), "owner", 60.0, 1001.0) for i in range(3)]
     with _another_writer(journal.path):
-        results = journal.run_calls(calls)
+        results = journal.run_batch(calls)
     assert [(r.status, e) for r, e in results] == [("created", None)] * 3
 
 

@@ -28,7 +28,7 @@ REPLICA = textwrap.dedent(
     dsn, url, host = sys.argv[1:4]
     # timeout=None: the lease stays 1.5 s (a timeout would stretch it to cover one attempt)
     with samekey.Client(journal=dsn, lease=1.5, timeout=None) as client:
-        client.engine._host = host  # each process plays a replica on a host of its own
+        client.engine.owners.host = host  # each process plays a replica on a host of its own
         response = client.post(url + "/charges", json={"amount": 4200}, operation="order-42/charge")
         info = samekey.operation_info(response)
         print(json.dumps({"status": response.status_code, "body": response.json(), "key": info.key}))
@@ -467,7 +467,7 @@ def test_a_replica_stalled_while_holding_a_row_lock_is_cut_off_and_the_others_go
     # its SELECT ... FOR UPDATE and its UPDATE. Without a server-side limit the row stays locked as long
     # as A is stalled, and every other replica's claim of it waits or fails with a lock timeout.
     stalled = threading.Event()
-    real_record = _postgres._record
+    real_record = _postgres.record_from_row
 
     def stalling_record(row: tuple[object, ...]) -> samekey.OperationRecord:
         if threading.current_thread().name == "replica-a" and not stalled.is_set():
@@ -475,7 +475,7 @@ def test_a_replica_stalled_while_holding_a_row_lock_is_cut_off_and_the_others_go
             time.sleep(3)
         return real_record(row)
 
-    monkeypatch.setattr(_postgres, "_record", stalling_record)
+    monkeypatch.setattr(_postgres, "record_from_row", stalling_record)
     a = samekey.PostgresJournal(pg_dsn, idle_in_transaction_session_timeout=0.5)
     b = samekey.PostgresJournal(pg_dsn, lock_timeout=20)
     with a, b:
@@ -503,7 +503,7 @@ def test_a_replica_that_stalls_again_after_the_retry_is_told_why_its_call_failed
 ) -> None:
     from samekey import _postgres
 
-    real_record = _postgres._record
+    real_record = _postgres.record_from_row
 
     def stalling_record(row: tuple[object, ...]) -> samekey.OperationRecord:
         time.sleep(1.0)  # every time: the fresh connection's transaction is ended too
@@ -511,11 +511,11 @@ def test_a_replica_that_stalls_again_after_the_retry_is_told_why_its_call_failed
 
     with samekey.PostgresJournal(pg_dsn, idle_in_transaction_session_timeout=0.3) as journal:
         assert journal.claim(_intent(), "a", 30, 1000.0).status == "created"
-        monkeypatch.setattr(_postgres, "_record", stalling_record)
+        monkeypatch.setattr(_postgres, "record_from_row", stalling_record)
         with pytest.raises(samekey.JournalError, match=r"idle in a transaction for more than 0.3 s") as caught:
             journal.claim(_intent(), "a", 30, 2000.0)
         assert "raise idle_in_transaction_session_timeout" in str(caught.value)
-        monkeypatch.setattr(_postgres, "_record", real_record)
+        monkeypatch.setattr(_postgres, "record_from_row", real_record)
         assert journal.claim(_intent(), "a", 30, 2000.0).status == "claimed"  # usable again
 
 
@@ -773,7 +773,7 @@ def test_import_samekey_needs_no_psycopg_and_says_how_to_get_it() -> None:
     assert "pip install 'samekey[postgres]'" in done.stdout
 
 
-def _intent() -> samekey._journal.Intent:
-    from samekey._journal import Intent
+def _intent() -> samekey._contract.Intent:
+    from samekey._contract import Intent
 
     return Intent("op", "k-1", "Idempotency-Key", "POST", "http://x/charges", "fp", (), b"{}")

@@ -42,7 +42,7 @@ def test_a_third_store_builds_its_claim_result_from_the_public_api() -> None:
     # README "Writing another store": claim(...) -> ClaimResult; a Redis or DynamoDB store
     # must be able to make one without importing samekey's private modules
     # (and type its methods: claim receives an Intent)
-    from samekey._journal import ClaimResult, Intent
+    from samekey._contract import ClaimResult, Intent
 
     assert {"ClaimResult", "Intent"} <= set(samekey.__all__)
     assert samekey.ClaimResult is ClaimResult and samekey.Intent is Intent

@@ -294,9 +294,9 @@ def test_purge_runs_at_most_once_per_interval_per_client(journal_path: Path) -> 
     with client_with_clock(journal_path, rec, clock, retention=10) as client:
         real = client.journal.purge_completed
 
-        def counting(older_than: float, now: float) -> int:
+        def counting(older_than: float, now: float, limit: int | None = None) -> int:
             purges.append(now)
-            return real(older_than, now)
+            return real(older_than, now, limit)
 
         client.journal.purge_completed = counting  # type: ignore[method-assign]
         client.post("https://pay.test/c", operation="a", json={})
@@ -335,22 +335,6 @@ def test_a_purge_backlog_is_taken_a_batch_per_request_not_all_at_once(
         assert old_left() == 0
         clock.now += 1.5
         assert client.engine.purge_due(clock.now) is False, "backlog done: back to once an hour"
-
-
-def test_a_store_whose_purge_takes_no_limit_still_purges(journal_path: Path) -> None:
-    class OlderStore(samekey.Journal):  # written against the interface before `limit`
-        def purge_completed(self, older_than: float, now: float) -> int:  # type: ignore[override]
-            return super().purge_completed(older_than, now)
-
-    clock = FakeClock()
-    with OlderStore(journal_path) as store:
-        client = samekey.Client(journal=store, retention=10, transport=httpx.MockTransport(Recorder()))
-        client.engine.clock = clock
-        client.post("https://pay.test/c", operation="a", json={})
-        clock.now += 3600 + 20
-        client.post("https://pay.test/c", operation="b", json={})
-        assert [r.operation for r in store.records()] == ["b"]
-        client.close()
 
 
 def test_retention_must_be_a_positive_duration(journal_path: Path) -> None:

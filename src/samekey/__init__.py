@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._async_client import AsyncClient
 from ._client import Client
+from ._contract import ClaimResult, Intent, JournalStore, OperationRecord
 from ._core import OPERATION_EXTENSION, OperationInfo, operation_info
 from ._errors import (
     AnswerNotRecorded,
@@ -20,7 +21,8 @@ from ._errors import (
     SameKeyError,
 )
 from ._hooks import RetryDetails, RetryHook
-from ._journal import ClaimResult, Intent, Journal, JournalStore, OperationRecord, default_journal_path
+from ._journal import Journal
+from ._location import default_journal_path
 from ._policy import RetryBudget, RetryPolicy, set_testing
 from ._resume import ResumeResult
 from ._transport import AsyncSameKeyTransport, SameKeyTransport

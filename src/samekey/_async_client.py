@@ -15,11 +15,13 @@ import anyio.to_thread
 import httpx
 
 from ._client import refuse_samekey_transports, with_operation
+from ._contract import JournalStore, OperationRecord
 from ._core import KeyFormat, OnBusy, carry_first_bytes, multipart_operation
 from ._hooks import RetryHook
+from ._open import JournalArg
 from ._policy import RetryPolicy
 from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
-from ._transport import AsyncSameKeyTransport, EngineHolder, JournalArg, _make_engine
+from ._transport import AsyncSameKeyTransport, EngineHolder, _make_engine
 
 __all__ = ["AsyncClient"]
 
@@ -98,7 +100,7 @@ class AsyncClient(httpx.AsyncClient, EngineHolder):
     async def resume_pending(self, prefix: str | None = None, *, headers: HeadersArg = None) -> list[ResumeResult]:
         """The async twin of `Client.resume_pending`: one after the other, never stopping at a failure."""
         results = []
-        pending = await anyio.to_thread.run_sync(self.engine.journal.pending, prefix)
+        pending = await anyio.to_thread.run_sync(_pending, self.engine.journal, prefix)
         records, _unnamed = bulk_resumable(pending, prefix)
         for record in records:
             try:
@@ -126,3 +128,7 @@ class AsyncClient(httpx.AsyncClient, EngineHolder):
             await super().__aexit__(exc_type, exc_value, traceback)
         finally:
             self._close_journal()
+
+
+def _pending(store: JournalStore, prefix: str | None) -> list[OperationRecord]:
+    return store.records(prefix, include_completed=False)

@@ -12,9 +12,10 @@ import httpx
 
 from ._core import OPERATION_EXTENSION, KeyFormat, OnBusy, carry_first_bytes, multipart_operation
 from ._hooks import RetryHook
+from ._open import JournalArg
 from ._policy import RetryPolicy
 from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
-from ._transport import AsyncSameKeyTransport, EngineHolder, JournalArg, SameKeyTransport, _make_engine
+from ._transport import AsyncSameKeyTransport, EngineHolder, SameKeyTransport, _make_engine
 
 __all__ = ["Client"]
 
@@ -136,7 +137,7 @@ class Client(httpx.Client, EngineHolder):
         its response or the error that stopped it.
         """
         results = []
-        records, _unnamed = bulk_resumable(self.engine.journal.pending(prefix), prefix)
+        records, _unnamed = bulk_resumable(self.engine.journal.records(prefix, include_completed=False), prefix)
         for record in records:
             try:
                 results.append(ResumeResult(record.operation, response=self.resume(record.operation, headers=headers)))

@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import logging
 import math
 import os
 import re
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -48,6 +45,17 @@ from typing import Any, Literal
 import httpx
 import tenacity
 
+from ._contract import (
+    Claim,
+    Complete,
+    Intent,
+    JournalCall,
+    JournalStore,
+    OperationRecord,
+    PurgeCompleted,
+    RecordAttempt,
+    Release,
+)
 from ._errors import (
     AnswerNotRecorded,
     JournalError,
@@ -56,19 +64,11 @@ from ._errors import (
     OperationMismatch,
     RetriesExhausted,
     command,
-    error_text,
 )
 from ._hooks import RetryDetails, RetryHook, hooks_from, run_hooks
-from ._journal import (
-    PROCESS,
-    Intent,
-    JournalStore,
-    OperationRecord,
-    is_secret_header,
-    is_secret_param,
-    takes_keyword,
-)
+from ._identity import Owners
 from ._policy import RetryPolicy, _Exhausted, server_wait, to_seconds
+from ._redaction import Redactor
 
 __all__ = ["OPERATION_EXTENSION", "Engine", "OperationInfo", "abandon", "operation_flow", "operation_info"]
 
@@ -85,12 +85,10 @@ PURGE_INTERVAL = 3600.0  # seconds between two lazy purges of completed records 
 PURGE_BATCH = 1000  # records one lazy purge deletes at most (a few ms), so no request stalls on a backlog
 PURGE_BACKLOG_PAUSE = 1.0  # seconds until the next batch when a purge left old records behind
 LEASE_MARGIN = 5.0  # seconds a lease adds to an attempt's timeouts: the client's own work around it
-_NOT_STORED_HEADERS = frozenset({"content-length", "host", "transfer-encoding", "connection"})
 # Refused before the server acted on the request: its key stays pending (not completed), so
 # httpx's auth flow (Digest) or a re-run with fixed credentials sends the same key again.
 NOT_ACTED_ON = frozenset({401, 407})
 
-REDACTED = "REDACTED"  # what a secret query value is journaled as
 # A POST sent without operation= is journaled as "auto:<uuid>". Running the code again makes a
 # NEW unnamed operation with a new key, so nothing resumes these in bulk (see _resume).
 UNNAMED_PREFIX = "auto:"
@@ -121,19 +119,6 @@ def operation_info(response: httpx.Response) -> OperationInfo | None:
 # -- actions ----------------------------------------------------------------------------
 
 
-class Call:
-    """Run a JournalStore method with these arguments."""
-
-    __slots__ = ("args", "method")
-
-    def __init__(self, method: str, *args: Any) -> None:
-        self.method = method
-        self.args = args
-
-    def run(self, journal: JournalStore) -> Any:
-        return getattr(journal, self.method)(*self.args)
-
-
 @dataclass(frozen=True)
 class Send:
     request: httpx.Request
@@ -155,7 +140,7 @@ class Sleep:
     seconds: float
 
 
-Action = Call | Send | Read | Discard | Sleep
+Action = JournalCall | Send | Read | Discard | Sleep
 Flow = Generator[Action, Any, httpx.Response]
 
 
@@ -207,18 +192,13 @@ class Engine:
                 f"lease must be a finite duration, e.g. lease=60 (seconds, renewed at every retry), got {lease!r}"
             )
         self.on_busy: OnBusy = on_busy
-        self.redact = frozenset(h.lower() for h in redact)
         self.clock = clock
         self.retention = to_seconds(retention, "retention", allow_zero=False)
         self.on_retry = hooks_from(on_retry)
         self._next_purge = float("-inf")  # lazy purge of old completed records, once per PURGE_INTERVAL
         self._purge_lock = threading.Lock()
-        self._host = socket.gethostname()
-        self._owner_tag = uuid.uuid4().hex[:12]
-        self._owner_counter = itertools.count(1)
-        self._key_name = self.key_header.lower()
-        self._not_stored = _NOT_STORED_HEADERS | {self._key_name}
-        self._hidden: dict[str, bool] = {}  # header name -> never journaled (a client sees few names)
+        self.redactor = Redactor(key_header, redact)
+        self.owners = Owners()
 
     def purge_due(self, now: float) -> bool:
         """True at most once per PURGE_INTERVAL seconds per engine (i.e. per client)."""
@@ -234,86 +214,13 @@ class Engine:
         """A purge left old records behind: take the next batch soon, not in an hour."""
         self._next_purge = min(self._next_purge, now + PURGE_BACKLOG_PAUSE)
 
-    def purge_takes_limit(self) -> bool:
-        """Whether the store's purge_completed takes ``limit`` (a store written before it may not)."""
-        return takes_keyword(self.journal.purge_completed, "limit")
-
-    def _scan_headers(self, headers: httpx.Headers) -> tuple[str | None, tuple[tuple[str, str], ...]]:
-        """(the caller's key header, the headers to journal), in one pass over the raw headers."""
-        keys: list[str] = []
-        stored: list[tuple[str, str]] = []
-        hidden = self._hidden
-        for raw_name, raw_value in headers.raw:
-            name = raw_name.lower().decode("latin-1")
-            if name == self._key_name:
-                # as httpx reads it: the flow sets it back with request.headers[...] = key
-                keys.append(raw_value.decode(headers.encoding))
-            secret = hidden.get(name)
-            if secret is None:
-                if len(hidden) > 1024:  # names made up per request: do not grow without bound
-                    hidden.clear()
-                secret = hidden[name] = name in self._not_stored or is_secret_header(name, self.redact)
-            if not secret:
-                stored.append((name, raw_value.decode("latin-1")))  # lossless: see header_bytes
-        return (", ".join(keys) if keys else None), tuple(stored)
-
-    def stored_response_headers(self, headers: httpx.Headers) -> list[tuple[str, str]]:
-        """The answer's headers as journaled: credentials (Set-Cookie, ...) removed."""
-        return [
-            (name, raw_value.decode("latin-1"))  # lossless: see header_bytes
-            for raw_name, raw_value in headers.raw
-            if not is_secret_header(name := raw_name.lower().decode("latin-1"), self.redact)
-        ]
-
     def stored_url(self, url: httpx.URL) -> str:
-        """The URL as journaled and fingerprinted: no user:password, secret query values hidden.
-
-        Like secret headers, credentials in the URL never reach the disk and do not make a
-        request with a rotated API key look like another operation.
-        """
-        if url.userinfo:  # httpx sends it as an Authorization header: it is a credential
-            url = url.copy_with(username=None, password=None)
-        if url.query:
-            params = url.params.multi_items()
-            if any(is_secret_param(name, self.redact) for name, _ in params):
-                hidden = [(name, REDACTED if is_secret_param(name, self.redact) else value) for name, value in params]
-                url = url.copy_with(params=hidden)
-        return str(url)
+        return self.redactor.url(url)
 
     def describe(
         self, exc: BaseException | None, response: httpx.Response | None, request: httpx.Request
     ) -> str | None:
-        """An attempt's outcome as journaled (last_error) and logged, with the request's credentials hidden.
-
-        An error may quote them: h11 refuses a token read with its newline as
-        ``Illegal header value b'Bearer sk_live_...\\n'``, and `samekey list` shows last_error.
-        """
-        if exc is None:
-            return _describe(None, response)
-        text = error_text(exc)
-        for secret in sorted(self._credentials(request), key=len, reverse=True):
-            text = text.replace(secret, REDACTED)
-        return text[:500]  # cut after hiding: a cut could leave part of a credential unmatched
-
-    def _credentials(self, request: httpx.Request) -> set[str]:
-        """The values `_scan_headers` and `stored_url` keep off the disk, as an error may print them."""
-        values = [value for name, value in request.headers.raw if self._is_credential(name.lower().decode("latin-1"))]
-        url = request.url
-        if url.userinfo:
-            values += [url.userinfo, *url.userinfo.split(b":", 1)]
-        for name, param in url.params.multi_items():
-            if is_secret_param(name, self.redact):
-                values.append(param.encode())
-        found = set()
-        for value in values:
-            # as the bytes read as text, and as Python prints bytes (an error's {!r}: newlines escaped)
-            for form in (value.decode("latin-1"), repr(bytes(value))[2:-1]):
-                if form.strip():
-                    found.add(form)
-        return found
-
-    def _is_credential(self, name: str) -> bool:
-        return name not in self._not_stored and is_secret_header(name, self.redact)
+        return self.redactor.describe(exc, response, request)
 
     def lease_for(self, request: httpx.Request) -> float:
         """How long an attempt of ``request`` holds its operation: the client's lease, or longer.
@@ -336,28 +243,12 @@ class Engine:
         value = _uuid4()
         return f'"{value}"' if self.key_format == "structured" else value
 
-    def new_owner(self) -> str:
-        # host/pid/pid-scope/<per-engine random>-<counter>: unique per call, no urandom per request
-        return f"{self._host}/{PROCESS.pid}/{PID_SCOPE}/{self._owner_tag}-{next(self._owner_counter)}"
-
-    def owner_is_dead(self, owner: str | None) -> bool:
-        """True for a lease owner that was a process of this host's pid space that no longer runs.
-
-        A pid means something only within its pid namespace and boot: containers of one pod
-        share a hostname, not their pids. An owner written without a scope (an older samekey)
-        or in another one is never probed: its lease is waited out.
-        """
-        host, pid_text, scope = [*(owner or "").split("/"), "", ""][:3]
-        if host != self._host or scope != PID_SCOPE or not pid_text.isdigit() or int(pid_text) == PROCESS.pid:
-            return False
-        return pid_is_gone(int(pid_text))
-
     def plan(self, request: httpx.Request) -> Plan | None:
         """The journal intent for a request, or None when it is retried without a key."""
         operation = request.extensions.get(OPERATION_EXTENSION)
         if operation is None and request.method in IDEMPOTENT_METHODS:
             return None
-        caller_key, headers = self._scan_headers(request.headers)
+        caller_key, headers = self.redactor.scan_headers(request.headers)
         if operation is None:
             operation = f"key:{caller_key}" if caller_key else f"{UNNAMED_PREFIX}{_uuid4()}"
         elif not _valid_operation(operation):
@@ -443,41 +334,6 @@ def _uuid4() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _pid_scope() -> str:
-    """Where this process's pids mean something: its pid namespace and boot (Linux), else '-'."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
-        with open("/proc/sys/kernel/random/boot_id") as boot:
-            return f"{namespace}.{boot.read().strip()[:8]}"
-    except OSError:
-        return "-"
-
-
-PID_SCOPE = _pid_scope()  # the same across fork (a child shares both)
-
-
-def pid_is_gone(pid: int) -> bool:
-    """True only when process ``pid`` no longer runs here; False while it runs or cannot be probed."""
-    if os.name != "posix":  # on Windows os.kill(pid, 0) would terminate it: count it as running
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists but not ours to signal
-        return False
-    return _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    # A killed child not yet reaped by its parent still answers kill(pid, 0).
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _mismatch(plan: Plan, record: OperationRecord) -> str | None:
     intent = plan.intent
     if record.method != intent.method or record.url != intent.url:
@@ -492,14 +348,6 @@ def _mismatch(plan: Plan, record: OperationRecord) -> str | None:
             f"its key was sent in the {record.key_header!r} header, this client sends keys in "
             f"{intent.key_header!r}; send it again with a client created with key_header={record.key_header!r}"
         )
-    return None
-
-
-def _describe(exc: BaseException | None, response: httpx.Response | None) -> str | None:
-    if response is not None:
-        return f"HTTP {response.status_code}"
-    if exc is not None:
-        return error_text(exc)[:500]
     return None
 
 
@@ -528,39 +376,37 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
         # named here (auto:, key:): an auth flow answering a 401 challenge sends this same
         # request again, and that is this operation, not a new one leaving this one pending
         request.extensions[OPERATION_EXTENSION] = intent.operation
-    owner = engine.new_owner()
+    owner = engine.owners.new()
     lease = engine.lease_for(request)
     polls = 0
     now = engine.clock()
     if engine.purge_due(now):
         # only completed records older than the retention, never a pending one; a batch at a time
         # so that no request stalls on a backlog (after a long downtime, a shorter retention)
-        batched = engine.purge_takes_limit()
         try:
-            args = (engine.retention, now, PURGE_BATCH) if batched else (engine.retention, now)
-            removed = yield Call("purge_completed", *args)
-            if batched and removed >= PURGE_BATCH:
+            removed = yield PurgeCompleted(engine.retention, now, PURGE_BATCH)
+            if removed >= PURGE_BATCH:
                 engine.purge_soon(now)  # more to do: the next request after PURGE_BACKLOG_PAUSE takes it
         except Exception as exc:  # housekeeping never fails a payment; the claim reports a broken journal
             logger.warning("samekey could not purge old completed records: %s", exc)
     while True:
         now = engine.clock()
         try:
-            claim = yield Call("claim", intent, owner, lease, now)
+            claim = yield Claim(intent, owner, lease, now)
         except GeneratorExit:
             raise
         except BaseException:
             # interrupted (a cancelled task, Ctrl-C) or failed after the claim may have committed:
             # free a lease this owner may hold, or the operation is stuck until the lease expires
             with contextlib.suppress(Exception):
-                yield Call("release", intent.operation, owner, 0, None, engine.clock())
+                yield Release(intent.operation, owner, 0, None, engine.clock())
             raise
         record = claim.record
         mismatch = _mismatch(plan, record)
         holds_lease = claim.status in ("created", "claimed")
         if mismatch is not None:
             if holds_lease:
-                yield Call("release", intent.operation, owner, record.attempts, None, engine.clock())
+                yield Release(intent.operation, owner, record.attempts, None, engine.clock())
             raise OperationMismatch(intent.operation, mismatch, pending=record.pending)
         if claim.status == "completed":
             # as when it was sent: httpx follows a replayed 307/308 with this request's headers,
@@ -569,10 +415,10 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
             return _settled(request, _replay(record), engine.key_header)
         if claim.status != "busy":
             break
-        if engine.owner_is_dead(record.lease_owner):
+        if engine.owners.is_dead(record.lease_owner):
             # killed on this host (kill -9, OOM): no need to wait out its lease
             logger.info("samekey taking over operation=%s from dead owner %s", intent.operation, record.lease_owner)
-            yield Call("release", intent.operation, record.lease_owner, record.attempts, None, now)
+            yield Release(intent.operation, record.lease_owner, record.attempts, None, now)
             continue
         expires_in = (record.lease_expires or now) - now
         if engine.on_busy == "raise":
@@ -582,7 +428,7 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
         yield Sleep(max(0.001, min(0.02 * 1.5 ** min(polls, 10), 0.5, expires_in)))  # 1.5**polls overflows
     age = engine.clock() - record.created_at
     if claim.status == "claimed" and age > engine.key_ttl:
-        yield Call("release", intent.operation, owner, record.attempts, None, engine.clock())
+        yield Release(intent.operation, owner, record.attempts, None, engine.clock())
         raise KeyExpired(intent.operation, record.key, age, engine.key_ttl)
     if claim.status == "claimed":
         logger.info(
@@ -724,7 +570,7 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
                 # than the lease must not let another caller take the operation over meanwhile
                 hold = float(do) + engine.lease_for(request)
                 try:
-                    yield Call("record_attempt", record.operation, owner, attempt, error_text, hold, now)
+                    yield RecordAttempt(record.operation, owner, attempt, error_text, hold, now)
                 except Exception as exc:  # the journal's own "nothing was sent" would be untrue here
                     raise _not_recorded_attempt(engine, exc, record, attempt, error_text) from exc
             elif response is not None:
@@ -755,7 +601,7 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
                 engine.describe(exc, None, request) if isinstance(exc, Exception) or last_error is None else last_error
             )
             with contextlib.suppress(Exception):  # a broken journal: report the first error, not this one
-                yield Call("release", record.operation, owner, earlier + begun, outcome, engine.clock())
+                yield Release(record.operation, owner, earlier + begun, outcome, engine.clock())
         raise
     assert response is not None
     attempts = earlier + tries
@@ -774,7 +620,7 @@ def _attempts(engine: Engine, request: httpx.Request, record: OperationRecord | 
             # so free the lease, or no retry could go on until it expires; after a completion, a no-op
             with contextlib.suppress(Exception):
                 interrupted = f"HTTP {response.status_code}: interrupted before the answer was recorded"
-                yield Call("release", record.operation, owner, attempts, interrupted, engine.clock())
+                yield Release(record.operation, owner, attempts, interrupted, engine.clock())
             raise
     if logger.isEnabledFor(logging.INFO):
         logger.info(
@@ -792,17 +638,17 @@ def _record_answer(
     """Journal a definitive answer as completed; a 401/407 only frees the lease, its key kept."""
     if response.status_code in NOT_ACTED_ON:
         refused = f"HTTP {response.status_code}: credentials refused, the server did not act; the key is kept"
-        yield Call("release", record.operation, owner, attempts, refused, engine.clock())
+        yield Release(record.operation, owner, attempts, refused, engine.clock())
         return
-    headers = engine.stored_response_headers(response.headers)
+    headers = engine.redactor.response_headers(response.headers)
     body = b"".join(response.stream)  # type: ignore[arg-type]  # the raw body: drivers buffer it in a ByteStream
     now = engine.clock()
     try:
-        yield Call("complete", record.operation, owner, attempts, response.status_code, headers, body, now)
+        yield Complete(record.operation, owner, attempts, response.status_code, headers, body, now)
     except Exception as exc:  # a full disk, a lost database: the server HAS acted, say so
         with contextlib.suppress(Exception):  # free the lease if the journal still can
             unrecorded = f"HTTP {response.status_code}: the answer could not be recorded"
-            yield Call("release", record.operation, owner, attempts, unrecorded, engine.clock())
+            yield Release(record.operation, owner, attempts, unrecorded, engine.clock())
         response.read()  # in memory already: `error.response.json()` works at once
         raise _not_recorded(engine, exc, record, response) from exc
 
@@ -835,7 +681,7 @@ def _not_recorded_attempt(
     )
 
 
-def abandon(flow: Flow, interruption: BaseException, run: Callable[[Call], Any]) -> None:
+def abandon(flow: Flow, interruption: BaseException, run: Callable[[JournalCall], Any]) -> None:
     """An interruption (a cancelled task, Ctrl-C) reached a driver: let the flow free its lease.
 
     The flow's journal calls go to ``run``, whose result the flow does not need: the sync
@@ -846,7 +692,7 @@ def abandon(flow: Flow, interruption: BaseException, run: Callable[[Call], Any])
     """
     try:
         action = flow.throw(interruption)
-        while isinstance(action, Call):
+        while isinstance(action, JournalCall):
             action = flow.send(run(action))
     except BaseException:  # the flow re-raised it (its normal end) or the journal failed too
         pass
@@ -886,7 +732,7 @@ def _give_up(
     attempts = (record.attempts if record else 0) + tries
     error = engine.describe(exc, response, request)
     if record is not None and owner is not None:
-        yield Call("release", record.operation, owner, attempts, error, engine.clock())
+        yield Release(record.operation, owner, attempts, error, engine.clock())
     elif response is not None:
         yield Read(response)  # still streaming: read it whole for RetriesExhausted.last_response
     if response is not None:

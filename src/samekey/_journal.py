@@ -17,223 +17,48 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
-import json
 import os
 import sqlite3
-import stat
 import sys
 import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii as _quote
+from collections.abc import Callable, Iterator, Sequence
 from math import inf
 from pathlib import Path
-from typing import Any, Generic, Literal, Protocol, TypeVar
-
-import platformdirs
+from typing import Any, Generic, Literal, TypeVar
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
+from ._contract import (
+    Claim,
+    ClaimResult,
+    Complete,
+    Intent,
+    JournalCall,
+    OperationRecord,
+    Outcome,
+    RecordAttempt,
+    Release,
+    lease_decision,
+    new_record,
+    with_lease,
+)
 from ._errors import JournalError
+from ._identity import PROCESS
+from ._location import default_journal_path, refuse_dsn_as_path
+from ._rows import COLUMNS, headers_to_json, insert_params, purge_in_chunks, record_from_row, summary_columns
 
-__all__ = [
-    "ClaimResult",
-    "Intent",
-    "Journal",
-    "JournalStore",
-    "OperationRecord",
-    "default_journal_path",
-]
+__all__ = ["Journal"]
 
 Durability = Literal["fsync", "process"]
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x534B4A31  # "SKJ1": marks a file as a samekey journal
-
-# Header names never written to disk, compared case-insensitively; any name containing
-# one of SECRET_PARTS is treated as a credential too (X-Api-Key, Ocp-Apim-Subscription-Key,
-# X-Auth-Token, X-Amz-Credential, ...): a header wrongly taken for one is merely not stored.
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
-SECRET_PARTS = ("key", "token", "secret", "password", "passwd", "auth", "session", "signature", "credential")
-NOT_SECRET_HEADERS = ("idempotency-key",)  # the key itself (also as X-Idempotency-Key) is no credential
-
-
-@functools.lru_cache(maxsize=1024)  # a client sees the same few header names on every request
-def is_secret_header(name: str, extra: frozenset[str] = frozenset()) -> bool:
-    lowered = name.lower()
-    if lowered in SECRET_HEADERS or lowered in extra:
-        return True
-    return any(p in lowered for p in SECRET_PARTS) and not lowered.endswith(NOT_SECRET_HEADERS)
-
-
-# Query parameters: a value is journaled as REDACTED when its name contains one of these (the
-# first rule headers had). Frozen: the stored URL is part of an operation's identity, so a
-# change here would turn every pending record of an older journal into a mismatch (its key lost).
-SECRET_PARAM_PARTS = ("api-key", "apikey", "api_key", "token", "secret", "password", "auth", "session", "signature")
-
-
-@functools.lru_cache(maxsize=1024)
-def is_secret_param(name: str, extra: frozenset[str] = frozenset()) -> bool:
-    lowered = name.lower()
-    return lowered in SECRET_HEADERS or lowered in extra or any(p in lowered for p in SECRET_PARAM_PARTS)
-
-
-class _Process:
-    """This process's id, kept without a getpid() system call per request; a forked child
-    (a preloaded web worker, a prefork task runner) gets its own at once."""
-
-    pid = os.getpid()
-
-    @classmethod
-    def after_fork(cls) -> None:
-        cls.pid = os.getpid()
-
-
-PROCESS = _Process
-if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
-    os.register_at_fork(after_in_child=_Process.after_fork)
-
 FORK_WAIT_EXTRA = 5.0  # seconds a fork waits for a journal call in progress, beyond its lock waits
-
-
-DSN_PREFIXES = ("postgresql://", "postgres://")
-
-
-def environment_dsn() -> str | None:
-    """``$SAMEKEY_JOURNAL`` when it holds a PostgreSQL DSN: the journal of clients and of the
-    `samekey` command given none (replicas configured by environment, like the command)."""
-    env = os.environ.get("SAMEKEY_JOURNAL", "")
-    return env if env.startswith(DSN_PREFIXES) else None
-
-
-def default_journal_path() -> Path:
-    """``$SAMEKEY_JOURNAL`` if set, else ``<user state dir>/samekey/journal.sqlite3``.
-
-    A DSN there is no path: the SQLite `Journal` refuses it (``Client()`` and the command use
-    it as the PostgreSQL journal, see `environment_dsn`).
-    """
-    dsn = environment_dsn()
-    if dsn is not None:
-        # taken for a path, it would be a local file that dies with a container: refused
-        from ._postgres import mask_dsn
-
-        raise JournalError(
-            mask_dsn(dsn),
-            "$SAMEKEY_JOURNAL holds a PostgreSQL DSN, and samekey.Journal is the SQLite journal",
-            "Use samekey.PostgresJournal(DSN), or leave journal= out of Client() to use $SAMEKEY_JOURNAL; "
-            "or set $SAMEKEY_JOURNAL to a file path.",
-        )
-    env = os.environ.get("SAMEKEY_JOURNAL")
-    if env:
-        return Path(env).expanduser().absolute()  # a later chdir must not move the journal
-    return platformdirs.user_state_path("samekey").absolute() / "journal.sqlite3"
-
-
-@dataclass(frozen=True)
-class Intent:
-    """What a caller wants to record before sending (everything but the lease)."""
-
-    operation: str
-    key: str
-    key_header: str
-    method: str
-    url: str
-    fingerprint: str
-    request_headers: tuple[tuple[str, str], ...]
-    request_body: bytes
-
-
-@dataclass(frozen=True)
-class OperationRecord:
-    operation: str
-    key: str
-    key_header: str
-    method: str
-    url: str
-    fingerprint: str
-    request_headers: tuple[tuple[str, str], ...]
-    request_body: bytes
-    state: Literal["pending", "completed"]
-    created_at: float  # wall clock, seconds since the epoch
-    updated_at: float
-    completed_at: float | None
-    attempts: int
-    last_error: str | None
-    response_status: int | None
-    response_headers: tuple[tuple[str, str], ...]
-    response_body: bytes | None
-    lease_owner: str | None
-    lease_expires: float | None
-
-    @property
-    def pending(self) -> bool:
-        return self.state == "pending"
-
-
-@dataclass(frozen=True)
-class ClaimResult:
-    """The outcome of `claim`: what the store found and whether the caller now holds it.
-
-    ``status`` is ``"created"`` (new record, lease held), ``"claimed"`` (existing
-    pending record, lease held), ``"busy"`` (pending, another owner's lease is live)
-    or ``"completed"`` (the stored answer is in ``record``).
-    """
-
-    status: Literal["created", "claimed", "busy", "completed"]
-    record: OperationRecord
-
-
-class JournalStore(Protocol):
-    """The interface a journal store implements. All times are epoch seconds.
-
-    Writes that must survive a crash before sending (`claim` creating a record) are
-    durable when they return; the others may be cheaper (losing them only means a
-    re-run sends the same key again, which the server answers by replay).
-    """
-
-    @property
-    def location(self) -> str:
-        """A printable name without secrets (read only: a plain attribute or a property)."""
-        ...
-
-    def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult: ...
-
-    def record_attempt(
-        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
-    ) -> None: ...
-
-    def complete(
-        self,
-        operation: str,
-        owner: str,
-        attempts: int,
-        status: int,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        now: float,
-    ) -> None: ...
-
-    def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None: ...
-
-    def get(self, operation: str) -> OperationRecord | None: ...
-
-    def pending(self, prefix: str | None = None) -> list[OperationRecord]: ...
-
-    def records(
-        self, prefix: str | None = None, *, include_completed: bool = True, bodies: bool = True
-    ) -> list[OperationRecord]: ...
-
-    def forget(self, operation: str) -> bool: ...
-
-    def purge_completed(self, older_than: float, now: float, limit: int | None = None) -> int: ...
-
-    def close(self) -> None: ...
 
 
 _SCHEMA = """
@@ -273,82 +98,10 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
             conn.execute(statement)
 
 
-_COLUMNS = (
-    "operation, key, key_header, method, url, fingerprint, request_headers, request_body, state, "
-    "created_at, updated_at, completed_at, attempts, last_error, response_status, response_headers, "
-    "response_body, lease_owner, lease_expires"
-)
+_SUMMARYCOLUMNS = summary_columns("X''")
 
-
-def summary_columns(empty_bytes: str) -> str:
-    """``_COLUMNS`` with the headers and bodies read as empty (``empty_bytes``: the dialect's ``b''``)."""
-    empty = {
-        "request_headers": "'[]'",
-        "request_body": empty_bytes,
-        "response_headers": "NULL",
-        "response_body": "NULL",
-    }
-    return ", ".join(empty.get(name, name) for name in _COLUMNS.split(", "))
-
-
-_SUMMARY_COLUMNS = summary_columns("X''")
-
-
-def takes_keyword(method: Callable[..., Any], name: str) -> bool:
-    """Whether a store's method takes keyword ``name`` (a store written before it was added may not)."""
-    try:
-        parameters = inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-
-
-def _headers_to_json(headers: Iterable[tuple[str, str]]) -> str:
-    # what json.dumps(..., separators=(",", ":")) writes, without building an encoder per call
-    return "[" + ",".join(f"[{_quote(k)},{_quote(v)}]" for k, v in headers) + "]"
-
-
-@functools.lru_cache(maxsize=256)  # a client sends the same few sets of request headers again and again
-def _request_headers_json(headers: tuple[tuple[str, str], ...]) -> str:
-    return _headers_to_json(headers)
-
-
-def _headers_from_json(text: str | None) -> tuple[tuple[str, str], ...]:
-    if not text:
-        return ()
-    return tuple((str(k), str(v)) for k, v in json.loads(text))
-
-
-def _record(row: tuple[object, ...]) -> OperationRecord:
-    (op, key, key_header, method, url, fp, req_h, req_b, state, created, updated, completed,
-     attempts, last_error, status, resp_h, resp_b, owner, expires) = row  # fmt: skip
-    return OperationRecord(
-        operation=str(op),
-        key=str(key),
-        key_header=str(key_header),
-        method=str(method),
-        url=str(url),
-        fingerprint=str(fp),
-        request_headers=_headers_from_json(req_h),  # type: ignore[arg-type]
-        request_body=bytes(req_b),  # type: ignore[call-overload]
-        state="completed" if state == "completed" else "pending",
-        created_at=float(created),  # type: ignore[arg-type]
-        updated_at=float(updated),  # type: ignore[arg-type]
-        completed_at=None if completed is None else float(completed),  # type: ignore[arg-type]
-        attempts=int(attempts),  # type: ignore[call-overload]
-        last_error=None if last_error is None else str(last_error),
-        response_status=None if status is None else int(status),  # type: ignore[call-overload]
-        response_headers=_headers_from_json(resp_h),  # type: ignore[arg-type]
-        response_body=None if resp_b is None else bytes(resp_b),  # type: ignore[call-overload]
-        lease_owner=None if owner is None else str(owner),
-        lease_expires=None if expires is None else float(expires),  # type: ignore[arg-type]
-    )
-
-
-PURGE_CHUNK = 5000  # completed records deleted per transaction by a purge
 
 _T = TypeVar("_T")
-_WRITES = frozenset({"claim", "record_attempt", "complete", "release"})  # the writes run_calls batches
 
 
 class _Job(Generic[_T]):
@@ -462,15 +215,7 @@ class Journal:
             raise ValueError(f"durability must be 'fsync' or 'process', got {durability!r}")
         if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or not 0 < lock_timeout < inf:
             raise ValueError(f"lock_timeout must be a positive, finite number of seconds, got {lock_timeout!r}")
-        if isinstance(path, str) and path.startswith(DSN_PREFIXES):
-            # read as a path it would be a local file (./postgresql:/host/db) no other replica sees
-            from ._postgres import mask_dsn
-
-            raise JournalError(
-                mask_dsn(path),
-                "this is a PostgreSQL DSN, and samekey.Journal is the SQLite journal",
-                "Use samekey.PostgresJournal(DSN), or pass the DSN itself as journal= to the client.",
-            )
+        refuse_dsn_as_path(path)
         # absolute once, here: a later os.chdir (a daemon, a task runner) must neither point the
         # WAL sync at a missing file nor let a forked child reopen another, empty journal
         # (absolute(), not resolve(): `..` after a symlinked folder means what the OS says)
@@ -1090,21 +835,21 @@ class Journal:
     def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None:
         self._run(self._release_job(operation, owner, attempts, error, now))
 
-    def run_calls(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[tuple[Any, BaseException | None]]:
-        """Run several JournalStore calls at once, all their writes in ONE group commit.
+    def run_batch(self, calls: Sequence[JournalCall]) -> list[Outcome]:
+        """Run several calls at once, all their writes in ONE group commit (`BatchingStore`).
 
-        Returns (result, error) per call, in order. The async clients' journal thread
-        uses it to serve every task waiting on the journal with one transaction.
+        The async clients' journal thread uses it to serve every task waiting on the journal
+        with one transaction.
         """
-        outcomes: list[tuple[Any, BaseException | None]] = [(None, None)] * len(calls)
+        outcomes: list[Outcome] = [(None, None)] * len(calls)
         jobs: list[tuple[int, _Job[Any]]] = []
-        for i, (method, args) in enumerate(calls):
-            builder = getattr(self, f"_{method}_job", None) if method in _WRITES else None
+        for i, call in enumerate(calls):
             try:
-                if builder is not None:
-                    jobs.append((i, builder(*args)))
+                job = self._job_for(call)
+                if job is not None:
+                    jobs.append((i, job))
                 else:
-                    outcomes[i] = (getattr(self, method)(*args), None)
+                    outcomes[i] = (call.run(self), None)
             except Exception as exc:
                 outcomes[i] = (None, exc)
         if jobs:
@@ -1113,33 +858,47 @@ class Journal:
                 outcomes[i] = (job.result, job.error)
         return outcomes
 
+    def _job_for(self, call: JournalCall) -> _Job[Any] | None:
+        """The write ``call`` makes, as a job to batch; None for a call that runs on its own."""
+        if isinstance(call, Claim):
+            return self._claim_job(call.intent, call.owner, call.lease_seconds, call.now)
+        if isinstance(call, RecordAttempt):
+            return self._record_attempt_job(
+                call.operation, call.owner, call.attempts, call.error, call.lease_seconds, call.now
+            )
+        if isinstance(call, Complete):
+            return self._complete_job(
+                call.operation, call.owner, call.attempts, call.status, call.headers, call.body, call.now
+            )
+        if isinstance(call, Release):
+            return self._release_job(call.operation, call.owner, call.attempts, call.error, call.now)
+        return None
+
     def _claim_job(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> _Job[ClaimResult]:
         expires = now + lease_seconds
 
         def job(conn: sqlite3.Connection) -> ClaimResult:
             cur = conn.execute(
-                f"INSERT INTO operations ({_COLUMNS}) VALUES "
+                f"INSERT INTO operations ({COLUMNS}) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?) "
                 "ON CONFLICT (operation) DO NOTHING",
                 insert_params(intent, owner, now, expires),
             )
             if cur.rowcount == 1:
-                return ClaimResult("created", _new_record(intent, owner, now, expires))
+                return ClaimResult("created", new_record(intent, owner, now, expires))
             if not conn.in_transaction:  # ran in autocommit: read and update under the write lock
                 conn.execute("BEGIN IMMEDIATE")
                 return job(conn)
-            row = conn.execute(f"SELECT {_COLUMNS} FROM operations WHERE operation = ?", (intent.operation,)).fetchone()
-            record = _record(row)
-            if record.state == "completed":
-                return ClaimResult("completed", record)
-            lease_free = record.lease_owner is None or record.lease_expires is None or record.lease_expires <= now
-            if not lease_free and record.lease_owner != owner:
-                return ClaimResult("busy", record)
+            row = conn.execute(f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (intent.operation,)).fetchone()
+            record = record_from_row(row)
+            decision = lease_decision(record, owner, now)
+            if decision != "claimed":
+                return ClaimResult(decision, record)
             conn.execute(
                 "UPDATE operations SET lease_owner = ?, lease_expires = ?, updated_at = ? WHERE operation = ?",
                 (owner, expires, now, intent.operation),
             )
-            return ClaimResult("claimed", _replace(record, lease_owner=owner, lease_expires=expires, updated_at=now))
+            return ClaimResult("claimed", with_lease(record, owner, expires, now))
 
         return _Job(job, f"recording operation {intent.operation!r}", True)
 
@@ -1170,7 +929,7 @@ class Journal:
                 "UPDATE operations SET state = 'completed', completed_at = ?, updated_at = ?, attempts = ?, "
                 "last_error = NULL, response_status = ?, response_headers = ?, response_body = ?, "
                 "lease_owner = NULL, lease_expires = NULL WHERE operation = ? AND state = 'pending'",
-                (now, now, attempts, status, _headers_to_json(headers), body, operation),
+                (now, now, attempts, status, headers_to_json(headers), body, operation),
             )
 
         return _Job(job, f"completing operation {operation!r}", False)
@@ -1187,8 +946,8 @@ class Journal:
         return _Job(job, f"updating operation {operation!r}", False)
 
     def get(self, operation: str) -> OperationRecord | None:
-        rows = self._read(f"SELECT {_COLUMNS} FROM operations WHERE operation = ?", (operation,), "reading")
-        return _record(rows[0]) if rows else None
+        rows = self._read(f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (operation,), "reading")
+        return record_from_row(rows[0]) if rows else None
 
     def pending(self, prefix: str | None = None) -> list[OperationRecord]:
         return self.records(prefix, include_completed=False)
@@ -1205,11 +964,11 @@ class Journal:
             where.append("operation >= ? AND operation < ?")
             params += [prefix, prefix + "\U0010ffff"]
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        columns = _COLUMNS if bodies else _SUMMARY_COLUMNS
+        columns = COLUMNS if bodies else _SUMMARYCOLUMNS
         rows = self._read(
             f"SELECT {columns} FROM operations{clause} ORDER BY created_at, operation", tuple(params), "listing"
         )
-        return [_record(r) for r in rows]
+        return [record_from_row(r) for r in rows]
 
     def forget(self, operation: str) -> bool:
         def job(conn: sqlite3.Connection) -> bool:
@@ -1277,43 +1036,6 @@ def _is_busy(error: sqlite3.OperationalError) -> bool:
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
-
-
-def purge_in_chunks(delete_oldest: Callable[[int], int], limit: int | None) -> int:
-    """Call ``delete_oldest(n)`` (delete up to n old completed records, the oldest first, one
-    transaction; returns how many) until none is left or ``limit`` records are gone."""
-    removed = 0
-    while limit is None or removed < limit:
-        size = PURGE_CHUNK if limit is None else min(PURGE_CHUNK, limit - removed)
-        done = delete_oldest(size)
-        removed += done
-        if done < size:
-            return removed
-    return removed
-
-
-def insert_params(intent: Intent, owner: str, now: float, expires: float) -> tuple[object, ...]:
-    """The values of a new pending record, in the order of the stores' INSERT statements."""
-    return (
-        intent.operation, intent.key, intent.key_header, intent.method, intent.url, intent.fingerprint,
-        _request_headers_json(intent.request_headers), intent.request_body, now, now, owner, expires,
-    )  # fmt: skip
-
-
-def _new_record(intent: Intent, owner: str, now: float, expires: float) -> OperationRecord:
-    return OperationRecord(
-        operation=intent.operation, key=intent.key, key_header=intent.key_header, method=intent.method,
-        url=intent.url, fingerprint=intent.fingerprint, request_headers=intent.request_headers,
-        request_body=intent.request_body, state="pending", created_at=now, updated_at=now, completed_at=None,
-        attempts=0, last_error=None, response_status=None, response_headers=(), response_body=None,
-        lease_owner=owner, lease_expires=expires,
-    )  # fmt: skip
-
-
-def _replace(record: OperationRecord, **changes: object) -> OperationRecord:
-    import dataclasses
-
-    return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
 
 
 # -- fork: no thread may be inside SQLite on a journal's connection while the process forks ------
@@ -1397,15 +1119,3 @@ def _sync_data(fd: int) -> None:
             pass
     sync = getattr(os, "fdatasync", None) or os.fsync  # no fdatasync on macOS and Windows
     sync(fd)
-
-
-def check_private(path: Path) -> Mapping[str, int]:
-    """The permission bits of the journal file and its folder (for tests and `samekey show`)."""
-    return {
-        "file": stat.S_IMODE(path.stat().st_mode),
-        "folder": stat.S_IMODE(path.parent.stat().st_mode),
-    }
-
-
-def wall_clock() -> float:
-    return time.time()

@@ -21,28 +21,16 @@ psycopg 3 is imported when a journal is opened, so ``import samekey`` works with
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import unquote
 
+from ._contract import ClaimResult, Intent, OperationRecord, lease_decision, new_record, with_lease
 from ._errors import JournalError
-from ._journal import (
-    _COLUMNS,
-    PROCESS,
-    ClaimResult,
-    Intent,
-    OperationRecord,
-    _headers_to_json,
-    _new_record,
-    _record,
-    _replace,
-    insert_params,
-    purge_in_chunks,
-    summary_columns,
-)
+from ._identity import PROCESS
+from ._redaction import mask_dsn, redact_dsn, scrub
+from ._rows import COLUMNS, headers_to_json, insert_params, purge_in_chunks, record_from_row, summary_columns
 
 if TYPE_CHECKING:
     import psycopg
@@ -85,10 +73,10 @@ CREATE INDEX samekey_operations_pending ON samekey_operations (created_at) WHERE
 CREATE INDEX samekey_operations_completed ON samekey_operations (completed_at) WHERE state = 'completed'
 """
 
-_SELECT = f"SELECT {_COLUMNS} FROM samekey_operations"
+_SELECT = f"SELECT {COLUMNS} FROM samekey_operations"
 _SELECT_SUMMARY = "SELECT " + summary_columns("''::bytea") + " FROM samekey_operations"
 _INSERT = (
-    f"INSERT INTO samekey_operations ({_COLUMNS}) VALUES "
+    f"INSERT INTO samekey_operations ({COLUMNS}) VALUES "
     "(%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, NULL, 0, NULL, NULL, NULL, NULL, %s, %s) "
     "ON CONFLICT (operation) DO NOTHING"
 )
@@ -101,129 +89,6 @@ _INSERT = (
 _NO_FLUSH = "set_config('synchronous_commit', 'off', true) IS NOT NULL"
 
 T = TypeVar("T")
-
-MASK = "***"
-# the connection parameters that hold a secret: the user's password, the SSL client key's
-_SECRET_KEYS = frozenset({"password", "sslpassword"})
-_URL_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def mask_dsn(dsn: str) -> str:
-    """The DSN with every password replaced by ``***``: URL (``postgresql://user:PASSWORD@host``,
-    ``?password=``) and key=value (``password=...``, quoted or not) forms, read as libpq reads them,
-    so a ``#``, ``?``, ``/``, ``@`` or space in a password (percent-encoded or quoted) is masked whole."""
-    return _mask(dsn)[0]
-
-
-def dsn_secrets(dsn: str) -> list[str]:
-    """Every password of the DSN, as written and as decoded, the longest first: to wipe them out of
-    any text that may quote them (a driver's error message, a traceback)."""
-    return _mask(dsn)[1]
-
-
-def scrub(text: str, secrets: list[str]) -> str:
-    """``text`` with every secret (of at least 3 characters: a shorter one would mask unrelated
-    text) replaced by ``***``."""
-    for secret in secrets:
-        if len(secret) >= 3:
-            text = text.replace(secret, MASK)
-    return text
-
-
-def _mask(dsn: str) -> tuple[str, list[str]]:
-    masked, found = _mask_url(dsn) if _URL_SCHEME.match(dsn) else _mask_key_values(dsn)
-    secrets = {piece for secret in found if secret for piece in (secret, secret.strip())}
-    try:  # libpq's own reading, where psycopg is installed, has the last word
-        from psycopg.conninfo import conninfo_to_dict
-
-        parsed = conninfo_to_dict(dsn)
-    except Exception:  # no psycopg, or a DSN it cannot parse: the reading above is all there is
-        parsed = {}
-    for key in _SECRET_KEYS:
-        value = parsed.get(key)
-        if isinstance(value, str) and value and value not in secrets:
-            secrets.add(value)
-            masked = scrub(masked, [value])
-    return masked, sorted(secrets, key=len, reverse=True)
-
-
-def _mask_url(dsn: str) -> tuple[str, list[str]]:
-    head, _, rest = dsn.partition("://")
-    found: list[str] = []
-    at = rest.find("@")
-    slash = rest.find("/")
-    # libpq reads user[:password] up to the first '@' before any '/'. A password written with a raw
-    # '/' (not %2F) ends that early, so the '@' after it counts too, unless a query came first.
-    if at >= 0 and (slash < 0 or at < slash or "?" not in rest[:at]):
-        # a raw '@' in the password (not %40): libpq would take what follows it for the host
-        authority_end = min((i for i in (rest.find("/", at), rest.find("?", at)) if i >= 0), default=len(rest))
-        end = rest.rfind("@", 0, authority_end)
-        user, colon, password = rest[:end].partition(":")
-        if colon:
-            found += [password, unquote(password), *re.split(r"[@/]", password)]
-            rest = f"{user}:{MASK}{rest[end:]}"
-        start = rest.find("@") + 1
-    else:
-        start = 0
-    query = rest.find("?", start)
-    if query >= 0:
-        params = rest[query + 1 :].split("&")
-        for i, param in enumerate(params):
-            key, equals, value = param.partition("=")
-            if equals and unquote(key).strip().lower() in _SECRET_KEYS:
-                found += [value, unquote(value)]
-                params[i] = f"{key}={MASK}"
-        rest = rest[: query + 1] + "&".join(params)
-    return f"{head}://{rest}", found
-
-
-def _mask_key_values(dsn: str) -> tuple[str, list[str]]:
-    """key=value pairs as libpq's conninfo_parse reads them: values quoted with '...' or bare up to
-    a space, a backslash escaping the next character in both."""
-    out: list[str] = []
-    found: list[str] = []
-    i, n = 0, len(dsn)
-    while i < n:
-        start = i
-        while i < n and dsn[i].isspace():
-            i += 1
-        key_start = i
-        while i < n and dsn[i] != "=" and not dsn[i].isspace():
-            i += 1
-        secret = dsn[key_start:i].lower() in _SECRET_KEYS
-        while i < n and dsn[i].isspace():
-            i += 1
-        if i >= n or dsn[i] != "=":  # malformed: after a secret's name, all the rest may be the secret
-            out.append(dsn[start:i] + MASK if secret else dsn[start:])
-            if secret:
-                found.append(dsn[i:])
-            break
-        i += 1
-        while i < n and dsn[i].isspace():
-            i += 1
-        value_start = i
-        value: list[str] = []
-        quoted = i < n and dsn[i] == "'"
-        i += quoted
-        while i < n:
-            if dsn[i] == "\\" and i + 1 < n:
-                value.append(dsn[i + 1])
-                i += 2
-            elif (dsn[i] == "'") if quoted else dsn[i].isspace():
-                i += quoted
-                break
-            else:
-                value.append(dsn[i])
-                i += 1
-        else:
-            if quoted:  # unterminated: the secret may run to the end
-                value = [dsn[value_start + 1 :]]
-        if secret:
-            found += [dsn[value_start:i], "".join(value)]
-            out.append(dsn[start:value_start] + MASK)
-        else:
-            out.append(dsn[start:i])
-    return "".join(out), found
 
 
 def _escape_like(prefix: str) -> str:
@@ -285,7 +150,7 @@ class PostgresJournal:
                 raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
         if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
             raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
-        self.location, self._secrets = _mask(dsn)
+        self.location, self._secrets = redact_dsn(dsn)
         self.lock_timeout = float(lock_timeout)
         self.connect_timeout = float(connect_timeout)
         self.statement_timeout = float(statement_timeout)
@@ -573,27 +438,21 @@ class PostgresJournal:
             for _ in range(3):
                 # the common case, a new operation, is one durable statement (one round trip)
                 if conn.execute(_INSERT, params).rowcount == 1:
-                    return ClaimResult("created", _new_record(intent, owner, now, expires))
+                    return ClaimResult("created", new_record(intent, owner, now, expires))
                 with conn.transaction():
                     row = conn.execute(f"{_SELECT} WHERE operation = %s FOR UPDATE", (intent.operation,)).fetchone()
                     if row is None:
                         continue
-                    record = _record(row)
-                    if record.state == "completed":
-                        return ClaimResult("completed", record)
-                    lease_free = (
-                        record.lease_owner is None or record.lease_expires is None or record.lease_expires <= now
-                    )
-                    if not lease_free and record.lease_owner != owner:
-                        return ClaimResult("busy", record)
+                    record = record_from_row(row)
+                    decision = lease_decision(record, owner, now)
+                    if decision != "claimed":
+                        return ClaimResult(decision, record)
                     conn.execute(
                         "UPDATE samekey_operations SET lease_owner = %s, lease_expires = %s, updated_at = %s "
                         "WHERE operation = %s",
                         (owner, expires, now, intent.operation),
                     )
-                    return ClaimResult(
-                        "claimed", _replace(record, lease_owner=owner, lease_expires=expires, updated_at=now)
-                    )
+                    return ClaimResult("claimed", with_lease(record, owner, expires, now))
             raise self._fail(
                 f"operation {intent.operation!r} kept disappearing while being recorded",
                 "Another caller is forgetting it repeatedly; stop that caller and retry.",
@@ -629,7 +488,7 @@ class PostgresJournal:
                 "attempts = %s, last_error = NULL, response_status = %s, response_headers = %s, "
                 "response_body = %s, lease_owner = NULL, lease_expires = NULL "
                 f"WHERE operation = %s AND state = 'pending' AND {_NO_FLUSH}",
-                (now, now, attempts, status, _headers_to_json(headers), body, operation),
+                (now, now, attempts, status, headers_to_json(headers), body, operation),
             )
 
         self._run(f"completing operation {operation!r}", work)
@@ -648,7 +507,7 @@ class PostgresJournal:
     def get(self, operation: str) -> OperationRecord | None:
         def work(conn: psycopg.Connection[Any]) -> OperationRecord | None:
             row = conn.execute(f"{_SELECT} WHERE operation = %s", (operation,)).fetchone()
-            return _record(row) if row is not None else None
+            return record_from_row(row) if row is not None else None
 
         return self._run("reading", work)
 
@@ -670,7 +529,7 @@ class PostgresJournal:
         def work(conn: psycopg.Connection[Any]) -> list[OperationRecord]:
             select = _SELECT if bodies else _SELECT_SUMMARY  # see Journal.records
             rows = conn.execute(f"{select}{clause} ORDER BY created_at, operation", params).fetchall()
-            return [_record(r) for r in rows]
+            return [record_from_row(r) for r in rows]
 
         return self._run("listing", work)
 

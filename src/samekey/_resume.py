@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import httpx
 
-from ._core import OPERATION_EXTENSION, REDACTED, UNNAMED_PREFIX, Engine, header_bytes, logger
+from ._contract import OperationRecord
+from ._core import OPERATION_EXTENSION, UNNAMED_PREFIX, Engine, header_bytes, logger
 from ._errors import OperationNotFound, SameKeyError
-from ._journal import OperationRecord
+from ._redaction import REDACTED
 
 __all__ = ["HeadersArg", "ResumeResult", "RetargetTransport", "build_resume_request", "bulk_resumable"]
 

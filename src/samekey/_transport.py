@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 import time
 import weakref
@@ -24,34 +23,16 @@ import anyio
 import anyio.to_thread
 import httpx
 
-from ._core import Action, Call, Discard, Engine, Flow, KeyFormat, OnBusy, Read, Send, Sleep, abandon, operation_flow
+from ._contract import BatchingStore, JournalCall, JournalStore
+from ._core import Action, Discard, Engine, Flow, KeyFormat, OnBusy, Read, Send, Sleep, abandon, operation_flow
 from ._hooks import RetryHook, hooks_from
-from ._journal import DSN_PREFIXES, PROCESS, Journal, JournalStore, environment_dsn
+from ._identity import PROCESS, at_fork_in_child
+from ._open import JournalArg, open_journal
 from ._policy import RetryPolicy
 
-__all__ = ["AsyncSameKeyTransport", "SameKeyTransport", "open_journal"]
-
-JournalArg = JournalStore | str | os.PathLike[str] | None
+__all__ = ["AsyncSameKeyTransport", "SameKeyTransport"]
 
 logger = logging.getLogger("samekey")
-
-
-def open_journal(journal: JournalArg) -> tuple[JournalStore, bool]:
-    """(the store, whether the caller opened it and so must close it)."""
-    if journal is None:
-        journal = environment_dsn()  # $SAMEKEY_JOURNAL may name a PostgreSQL journal
-    if journal is None or isinstance(journal, (str, os.PathLike)):
-        text = os.fspath(journal) if journal is not None else ""
-        if text.startswith(DSN_PREFIXES):
-            from ._postgres import PostgresJournal  # psycopg itself is imported when it opens
-
-            return PostgresJournal(text), True
-        return Journal(journal), True
-    if all(hasattr(journal, m) for m in ("claim", "complete", "release", "get")):
-        return journal, False
-    raise TypeError(
-        f"journal must be a path, a postgresql:// DSN, a samekey.Journal or a JournalStore, got {journal!r}"
-    )
 
 
 def _make_engine(
@@ -136,8 +117,7 @@ def _drop_inherited_connections() -> None:
             pool._requests = []  # type: ignore[union-attr]  # the parent's other threads' requests
 
 
-if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
-    os.register_at_fork(after_in_child=_drop_inherited_connections)
+at_fork_in_child(_drop_inherited_connections)
 
 
 class _Wrapping(EngineHolder, Generic[_InnerT]):
@@ -217,7 +197,7 @@ class SameKeyTransport(httpx.BaseTransport, _Wrapping[httpx.BaseTransport]):
             return None
         return self._run_now(action)
 
-    def _run_now(self, call: Call) -> Any:
+    def _run_now(self, call: JournalCall) -> Any:
         return call.run(self.engine.journal)
 
     @staticmethod
@@ -288,7 +268,7 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
                 await anyio.sleep(action.seconds)
             return None
         journal = self.engine.journal
-        if isinstance(journal, Journal):
+        if isinstance(journal, BatchingStore):
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # not asyncio (trio): a worker thread per call
@@ -311,7 +291,7 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
         running = on_worker.abandon()
         releases: list[threading.Event] = []
 
-        def queue(call: Call) -> None:
+        def queue(call: JournalCall) -> None:
             done = threading.Event()
             thread = self._journal_thread
             if thread is not None:
@@ -355,7 +335,7 @@ class _WorkerCalls:
         self._running: threading.Event | None = None  # set once the call that started last has ended
         self._abandoned = False
 
-    async def run(self, call: Call, journal: JournalStore) -> Any:
+    async def run(self, call: JournalCall, journal: JournalStore) -> Any:
         ended = threading.Event()
 
         def run() -> Any:
@@ -377,7 +357,9 @@ class _WorkerCalls:
             return self._running
 
 
-def _release_after(running: threading.Event | None, call: Call, journal: JournalStore, done: threading.Event) -> None:
+def _release_after(
+    running: threading.Event | None, call: JournalCall, journal: JournalStore, done: threading.Event
+) -> None:
     """Run the release ``call`` once the worker-thread call ``running`` (if any) has ended."""
     try:
         if running is not None:
@@ -406,8 +388,8 @@ _Waiter = asyncio.Future[Any] | threading.Event
 class _JournalThread:
     """One thread that runs the journal calls of every task of an async transport.
 
-    Tasks queue their Call and await a future; the thread takes everything queued
-    and runs it with `Journal.run_calls` (all writes in one group commit), then
+    Tasks queue their JournalCall and await a future; the thread takes everything queued
+    and runs it with `BatchingStore.run_batch` (all writes in one group commit), then
     resolves the futures on their own event loops. Compared with a worker thread
     per call, this is one thread hop per batch instead of per call, and the batch
     pays one commit (one fsync in "fsync" mode) for all its operations. The thread
@@ -416,7 +398,7 @@ class _JournalThread:
 
     IDLE_SECONDS = 2.0
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: BatchingStore) -> None:
         self.journal = journal
         self._start()
 
@@ -424,21 +406,21 @@ class _JournalThread:
         self._pid = PROCESS.pid
         self._lock = threading.Lock()
         # (call, loop, future); no loop: posted by an interrupted task, which waits on an Event
-        self._items: list[tuple[Call, asyncio.AbstractEventLoop | None, _Waiter]] = []
+        self._items: list[tuple[JournalCall, asyncio.AbstractEventLoop | None, _Waiter]] = []
         self._wake = threading.Event()
         self._running = False
         self._stopping = False
 
-    def submit(self, call: Call, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+    def submit(self, call: JournalCall, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = loop.create_future()
         self._queue(call, loop, future)
         return future
 
-    def post(self, call: Call, done: threading.Event) -> None:
+    def post(self, call: JournalCall, done: threading.Event) -> None:
         """Queue ``call`` behind every call queued before it; ``done`` is set once it ran."""
         self._queue(call, None, done)
 
-    def _queue(self, call: Call, loop: asyncio.AbstractEventLoop | None, waiter: _Waiter) -> None:
+    def _queue(self, call: JournalCall, loop: asyncio.AbstractEventLoop | None, waiter: _Waiter) -> None:
         if self._pid != PROCESS.pid:  # a forked child: the parent's thread was not copied, start afresh
             self._start()
         with self._lock:
@@ -473,8 +455,8 @@ class _JournalThread:
                         return
                 continue
             try:
-                outcomes = self.journal.run_calls([(call.method, call.args) for call, _, _ in items])
-            except BaseException as exc:  # run_calls reports per call; this is a bug or a closed journal
+                outcomes = self.journal.run_batch([call for call, _, _ in items])
+            except BaseException as exc:  # run_batch reports per call; this is a bug or a closed journal
                 outcomes = [(None, exc)] * len(items)
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
             for (_, loop, future), (result, error) in zip(items, outcomes, strict=True):

@@ -34,18 +34,13 @@ from typing import Any, TextIO, cast
 import httpx
 
 from ._client import Client
+from ._contract import JournalStore, OperationRecord
 from ._core import NOT_ACTED_ON, header_text
 from ._errors import SameKeyError
-from ._journal import (
-    DSN_PREFIXES,
-    Journal,
-    JournalStore,
-    OperationRecord,
-    default_journal_path,
-    environment_dsn,
-    takes_keyword,
-)
+from ._location import environment_dsn, is_dsn
+from ._open import open_for_inspection
 from ._policy import RetryPolicy, to_seconds
+from ._redaction import dsn_secrets, mask_dsn, scrub
 from ._resume import UNNAMED_WARNING, RetargetTransport, bulk_resumable
 
 __all__ = ["main"]
@@ -267,18 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def open_store(location: str | None, *, read_only: bool = False) -> JournalStore:
-    """The journal at ``location``; ``read_only`` for the commands that only look (a read-only
-    mount, or a folder the operator may not write, must not stop `list` and `show`)."""
-    text = location or environment_dsn() or str(default_journal_path())
-    if text.startswith(DSN_PREFIXES):
-        from ._postgres import PostgresJournal  # psycopg itself is imported when it opens
-
-        # a database without samekey's tables (a misspelt name) is an error, not a new empty journal
-        return PostgresJournal(text, create=False)  # no psycopg: a JournalError naming the extra to install
-    path = Path(text).expanduser()
-    if not path.exists():  # never create a journal just to list it
-        raise CliError(f"no journal at {path} (pass --journal PATH or set $SAMEKEY_JOURNAL)")
-    return Journal(path, read_only=read_only)
+    """The journal at ``location``; ``read_only`` for the commands that only look."""
+    try:
+        return open_for_inspection(location, read_only=read_only)
+    except FileNotFoundError as exc:
+        raise CliError(f"no journal at {exc.filename} (pass --journal PATH or set $SAMEKEY_JOURNAL)") from None
 
 
 def iso(ts: float | None) -> str | None:
@@ -351,10 +339,7 @@ def table(rows: list[list[str]], out: TextIO) -> None:
 
 def cmd_list(args: argparse.Namespace, store: JournalStore, out: TextIO) -> int:
     now = time.time()
-    if takes_keyword(store.records, "bodies"):  # list shows no header nor body: 100k pending stay quick
-        records = store.records(include_completed=args.all, bodies=False)
-    else:  # a store written before `bodies`: it reads them all
-        records = store.records(include_completed=args.all)
+    records = store.records(include_completed=args.all, bodies=False)  # list shows no body: 100k stay quick
     if args.json:
         out.write(json.dumps([summary(r, now) for r in records], indent=2) + "\n")
         return EXIT_OK
@@ -429,7 +414,7 @@ def cmd_resume(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
             raise CliError(f"operation {args.operation!r} is not in the journal {store.location}: nothing was sent")
         records = [record]
     else:
-        records, unnamed = bulk_resumable(store.pending(args.prefix), args.prefix)
+        records, unnamed = bulk_resumable(store.records(args.prefix, include_completed=False), args.prefix)
         for record in unnamed:
             out.write(f"skipped {record.operation}: {UNNAMED_WARNING}\n")
         if not records:
@@ -559,7 +544,7 @@ def cmd_forget(args: argparse.Namespace, store: JournalStore, out: TextIO, err: 
 def cmd_purge(args: argparse.Namespace, store: JournalStore, out: TextIO) -> int:
     older_than = to_seconds(args.older_than, "--older-than")
     removed = store.purge_completed(older_than, time.time())
-    pending = len(store.pending())
+    pending = len(store.records(include_completed=False, bodies=False))
     out.write(
         f"purged {removed} completed record(s) older than {human_age(older_than)}; "
         f"{pending} pending record(s) kept (pending records are never purged)\n"
@@ -591,10 +576,8 @@ def _fail(message: str, err: TextIO) -> int:
 def _without_password(args: argparse.Namespace, text: str) -> str:
     """``text`` with the journal DSN's password masked: a driver's message may quote it."""
     dsn = args.journal or environment_dsn()
-    if not dsn or not dsn.startswith(DSN_PREFIXES):
+    if not dsn or not is_dsn(dsn):
         return text
-    from ._postgres import dsn_secrets, mask_dsn, scrub
-
     return scrub(text.replace(dsn, mask_dsn(dsn)), dsn_secrets(dsn))
 
 

@@ -32,7 +32,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from .._core import pid_is_gone
+from .._identity import pid_is_gone
 from ._faults import Fault, FaultPlan
 
 __all__ = ["Fault", "FaultPlan", "PaymentServer"]

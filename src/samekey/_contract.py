@@ -1,0 +1,238 @@
+"""The journal contract: what a store keeps, the calls the flow makes on it, and the lease rule.
+
+A record is *pending* from `claim` until `complete`; a pending record carries a lease
+(owner, expiry) so that one caller at a time sends it, and a caller that was killed loses
+the lease when it expires. Completed records keep the server's answer for replay.
+
+The flow speaks to a store only through the typed calls below (`Claim`, `Complete`, ...),
+each a value that knows which store method runs it. A store that can run several calls in
+one transaction (SQLite's group commit) says so by implementing `BatchingStore`.
+All times are epoch seconds, given by the caller, so that every store decides alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "BatchingStore",
+    "Claim",
+    "ClaimResult",
+    "Complete",
+    "Intent",
+    "JournalCall",
+    "JournalStore",
+    "OperationRecord",
+    "PurgeCompleted",
+    "RecordAttempt",
+    "Release",
+    "lease_decision",
+    "new_record",
+    "with_lease",
+]
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What a caller wants to record before sending (everything but the lease)."""
+
+    operation: str
+    key: str
+    key_header: str
+    method: str
+    url: str
+    fingerprint: str
+    request_headers: tuple[tuple[str, str], ...]
+    request_body: bytes
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    operation: str
+    key: str
+    key_header: str
+    method: str
+    url: str
+    fingerprint: str
+    request_headers: tuple[tuple[str, str], ...]
+    request_body: bytes
+    state: Literal["pending", "completed"]
+    created_at: float  # wall clock, seconds since the epoch
+    updated_at: float
+    completed_at: float | None
+    attempts: int
+    last_error: str | None
+    response_status: int | None
+    response_headers: tuple[tuple[str, str], ...]
+    response_body: bytes | None
+    lease_owner: str | None
+    lease_expires: float | None
+
+    @property
+    def pending(self) -> bool:
+        return self.state == "pending"
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """The outcome of `claim`: what the store found and whether the caller now holds it.
+
+    ``status`` is ``"created"`` (new record, lease held), ``"claimed"`` (existing
+    pending record, lease held), ``"busy"`` (pending, another owner's lease is live)
+    or ``"completed"`` (the stored answer is in ``record``).
+    """
+
+    status: Literal["created", "claimed", "busy", "completed"]
+    record: OperationRecord
+
+
+def lease_decision(record: OperationRecord, owner: str, now: float) -> Literal["completed", "busy", "claimed"]:
+    """What a claim of an existing record by ``owner`` at ``now`` finds: the one lease rule."""
+    if record.state == "completed":
+        return "completed"
+    lease_free = record.lease_owner is None or record.lease_expires is None or record.lease_expires <= now
+    if not lease_free and record.lease_owner != owner:
+        return "busy"
+    return "claimed"
+
+
+def new_record(intent: Intent, owner: str, now: float, expires: float) -> OperationRecord:
+    """The record a claim creates: pending, leased to ``owner`` until ``expires``."""
+    return OperationRecord(
+        operation=intent.operation, key=intent.key, key_header=intent.key_header, method=intent.method,
+        url=intent.url, fingerprint=intent.fingerprint, request_headers=intent.request_headers,
+        request_body=intent.request_body, state="pending", created_at=now, updated_at=now, completed_at=None,
+        attempts=0, last_error=None, response_status=None, response_headers=(), response_body=None,
+        lease_owner=owner, lease_expires=expires,
+    )  # fmt: skip
+
+
+def with_lease(record: OperationRecord, owner: str, expires: float, now: float) -> OperationRecord:
+    """``record`` as a claim that took its lease leaves it."""
+    return dataclasses.replace(record, lease_owner=owner, lease_expires=expires, updated_at=now)
+
+
+class JournalStore(Protocol):
+    """The interface a journal store implements.
+
+    Writes that must survive a crash before sending (`claim` creating a record) are
+    durable when they return; the others may be cheaper (losing them only means a
+    re-run sends the same key again, which the server answers by replay).
+    """
+
+    @property
+    def location(self) -> str:
+        """A printable name without secrets (read only: a plain attribute or a property)."""
+        ...
+
+    def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult: ...
+
+    def record_attempt(
+        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+    ) -> None: ...
+
+    def complete(
+        self,
+        operation: str,
+        owner: str,
+        attempts: int,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        now: float,
+    ) -> None: ...
+
+    def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None: ...
+
+    def get(self, operation: str) -> OperationRecord | None: ...
+
+    def records(
+        self, prefix: str | None = None, *, include_completed: bool = True, bodies: bool = True
+    ) -> list[OperationRecord]:
+        """Records in creation order; ``bodies=False`` leaves headers and bodies empty."""
+        ...
+
+    def forget(self, operation: str) -> bool: ...
+
+    def purge_completed(self, older_than: float, now: float, limit: int | None = None) -> int: ...
+
+    def close(self) -> None: ...
+
+
+# -- the calls the flow makes -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    intent: Intent
+    owner: str
+    lease_seconds: float
+    now: float
+
+    def run(self, store: JournalStore) -> ClaimResult:
+        return store.claim(self.intent, self.owner, self.lease_seconds, self.now)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordAttempt:
+    operation: str
+    owner: str
+    attempts: int
+    error: str | None
+    lease_seconds: float
+    now: float
+
+    def run(self, store: JournalStore) -> None:
+        store.record_attempt(self.operation, self.owner, self.attempts, self.error, self.lease_seconds, self.now)
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    operation: str
+    owner: str
+    attempts: int
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    now: float
+
+    def run(self, store: JournalStore) -> None:
+        store.complete(self.operation, self.owner, self.attempts, self.status, self.headers, self.body, self.now)
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    operation: str
+    owner: str
+    attempts: int
+    error: str | None
+    now: float
+
+    def run(self, store: JournalStore) -> None:
+        store.release(self.operation, self.owner, self.attempts, self.error, self.now)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeCompleted:
+    older_than: float
+    now: float
+    limit: int | None
+
+    def run(self, store: JournalStore) -> int:
+        return store.purge_completed(self.older_than, self.now, self.limit)
+
+
+JournalCall = Claim | RecordAttempt | Complete | Release | PurgeCompleted
+Outcome = tuple[Any, BaseException | None]
+
+
+@runtime_checkable
+class BatchingStore(JournalStore, Protocol):
+    """A store that runs several calls at once, their writes in one transaction (one commit)."""
+
+    def run_batch(self, calls: Sequence[JournalCall]) -> list[Outcome]:
+        """(result, error) per call, in order; one call's error does not fail the others."""
+        ...

@@ -1,0 +1,95 @@
+"""The row both SQL stores keep: its columns, the values of a new record, and the mapping back.
+
+The SQLite and the PostgreSQL stores share one table layout, so that a record reads the
+same from either; headers are kept as JSON lists of [name, value] pairs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterable
+from json.encoder import encode_basestring_ascii as _quote
+
+from ._contract import Intent, OperationRecord
+
+COLUMNS = (
+    "operation, key, key_header, method, url, fingerprint, request_headers, request_body, state, "
+    "created_at, updated_at, completed_at, attempts, last_error, response_status, response_headers, "
+    "response_body, lease_owner, lease_expires"
+)
+PURGE_CHUNK = 5000  # completed records deleted per transaction by a purge
+
+
+def summary_columns(empty_bytes: str) -> str:
+    """``COLUMNS`` with the headers and bodies read as empty (``empty_bytes``: the dialect's ``b''``)."""
+    empty = {
+        "request_headers": "'[]'",
+        "request_body": empty_bytes,
+        "response_headers": "NULL",
+        "response_body": "NULL",
+    }
+    return ", ".join(empty.get(name, name) for name in COLUMNS.split(", "))
+
+
+def headers_to_json(headers: Iterable[tuple[str, str]]) -> str:
+    # what json.dumps(..., separators=(",", ":")) writes, without building an encoder per call
+    return "[" + ",".join(f"[{_quote(k)},{_quote(v)}]" for k, v in headers) + "]"
+
+
+@functools.lru_cache(maxsize=256)  # a client sends the same few sets of request headers again and again
+def _request_headers_json(headers: tuple[tuple[str, str], ...]) -> str:
+    return headers_to_json(headers)
+
+
+def headers_from_json(text: str | None) -> tuple[tuple[str, str], ...]:
+    if not text:
+        return ()
+    return tuple((str(k), str(v)) for k, v in json.loads(text))
+
+
+def insert_params(intent: Intent, owner: str, now: float, expires: float) -> tuple[object, ...]:
+    """The values of a new pending record, in the order of the stores' INSERT statements."""
+    return (
+        intent.operation, intent.key, intent.key_header, intent.method, intent.url, intent.fingerprint,
+        _request_headers_json(intent.request_headers), intent.request_body, now, now, owner, expires,
+    )  # fmt: skip
+
+
+def record_from_row(row: tuple[object, ...]) -> OperationRecord:
+    (op, key, key_header, method, url, fp, req_h, req_b, state, created, updated, completed,
+     attempts, last_error, status, resp_h, resp_b, owner, expires) = row  # fmt: skip
+    return OperationRecord(
+        operation=str(op),
+        key=str(key),
+        key_header=str(key_header),
+        method=str(method),
+        url=str(url),
+        fingerprint=str(fp),
+        request_headers=headers_from_json(req_h),  # type: ignore[arg-type]
+        request_body=bytes(req_b),  # type: ignore[call-overload]
+        state="completed" if state == "completed" else "pending",
+        created_at=float(created),  # type: ignore[arg-type]
+        updated_at=float(updated),  # type: ignore[arg-type]
+        completed_at=None if completed is None else float(completed),  # type: ignore[arg-type]
+        attempts=int(attempts),  # type: ignore[call-overload]
+        last_error=None if last_error is None else str(last_error),
+        response_status=None if status is None else int(status),  # type: ignore[call-overload]
+        response_headers=headers_from_json(resp_h),  # type: ignore[arg-type]
+        response_body=None if resp_b is None else bytes(resp_b),  # type: ignore[call-overload]
+        lease_owner=None if owner is None else str(owner),
+        lease_expires=None if expires is None else float(expires),  # type: ignore[arg-type]
+    )
+
+
+def purge_in_chunks(delete_oldest: Callable[[int], int], limit: int | None) -> int:
+    """Call ``delete_oldest(n)`` (delete up to n old completed records, the oldest first, one
+    transaction; returns how many) until none is left or ``limit`` records are gone."""
+    removed = 0
+    while limit is None or removed < limit:
+        size = PURGE_CHUNK if limit is None else min(PURGE_CHUNK, limit - removed)
+        done = delete_oldest(size)
+        removed += done
+        if done < size:
+            return removed
+    return removed
