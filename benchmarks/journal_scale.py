@@ -36,7 +36,7 @@ ANSWER = b'{"id":"ch_1","status":"succeeded"}'
 def _fill(journal: samekey.Journal, count: int) -> None:
     now = time.time() - 3600
     headers = '[["content-type","application/json"]]'
-    fingerprint = hashlib.sha256(f"POST\n{URL}\n".encode() + BODY).hexdigest()  # as _core.Engine.plan computes it
+    fingerprint = hashlib.sha256(f"POST\n{URL}\n".encode() + BODY).hexdigest()  # as _plan.fingerprint computes it
 
     def rows(n: int, state: str) -> object:
         for i in range(n):

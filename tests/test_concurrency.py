@@ -27,8 +27,11 @@ import respx
 
 import samekey
 from samekey import _contract, _journal
+from samekey._actions import Send, Sleep
+from samekey._config import Config
 from samekey._contract import JournalCall
-from samekey._core import Engine, Send, Sleep, operation_flow
+from samekey._engine import Engine
+from samekey._flow import operation_flow
 from samekey.testing import Fault, FaultPlan, PaymentServer
 
 HERE = Path(__file__).parent
@@ -869,7 +872,7 @@ def test_the_lease_covers_a_retry_after_longer_than_the_lease(journal_path: Path
     # A Retry-After (or a backoff) longer than the lease must not let another caller take the
     # operation over, and send it too, while its holder waits to try again.
     journal = samekey.Journal(journal_path)
-    engine = Engine(journal=journal, policy=samekey.RetryPolicy(), lease=2)
+    engine = Engine(Config.of(policy=samekey.RetryPolicy(), lease=2), journal)
     request = httpx.Request("POST", URL, json={"a": 1}, extensions={samekey.OPERATION_EXTENSION: "slow-op"})
     held_for: list[float] = []
 
@@ -888,7 +891,7 @@ def test_waiting_a_long_time_on_a_busy_operation_does_not_overflow(journal_path:
     # A holder with a long lease (a slow bank transfer): the waiter polls for an hour of its clock.
     journal = samekey.Journal(journal_path)
     clock = [time.time()]
-    engine = Engine(journal=journal, policy=None, lease=3600, clock=lambda: clock[0])
+    engine = Engine(Config.of(lease=3600), journal, clock=lambda: clock[0])
     request = httpx.Request("POST", URL, json={"a": 1}, extensions={samekey.OPERATION_EXTENSION: "transfer-1"})
     plan = engine.plan(request)
     assert plan is not None

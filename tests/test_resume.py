@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from datetime import timedelta
@@ -261,7 +262,7 @@ def test_an_expired_short_lived_key_says_how_old_it_is_in_units_that_tell(journa
     with client_with_clock(journal_path, Recorder(201), clock, key_ttl=300) as client:
         with pytest.raises(samekey.KeyExpired, match=r"created 6\.7 min ago, longer than key_ttl \(5\.0 min\)"):
             client.resume("op")
-        client.engine.key_ttl = 30
+        client.engine.config = dataclasses.replace(client.engine.config, key_ttl=30)
         with pytest.raises(samekey.KeyExpired, match=r"created 6\.7 min ago, longer than key_ttl \(30\.0 s\)"):
             client.resume("op")
 
@@ -312,9 +313,9 @@ def test_purge_runs_at_most_once_per_interval_per_client(journal_path: Path) -> 
 def test_a_purge_backlog_is_taken_a_batch_per_request_not_all_at_once(
     journal_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from samekey import _core
+    from samekey import _flow
 
-    monkeypatch.setattr(_core, "PURGE_BATCH", 4)
+    monkeypatch.setattr(_flow, "PURGE_BATCH", 4)
     clock = FakeClock()
     with client_with_clock(journal_path, Recorder(), clock, retention=10) as client:
         for i in range(10):  # the first request also purges: nothing old yet
@@ -334,7 +335,7 @@ def test_a_purge_backlog_is_taken_a_batch_per_request_not_all_at_once(
         client.post("https://pay.test/c", operation="n-4", json={})
         assert old_left() == 0
         clock.now += 1.5
-        assert client.engine.purge_due(clock.now) is False, "backlog done: back to once an hour"
+        assert client.engine.purges.due(clock.now) is False, "backlog done: back to once an hour"
 
 
 def test_retention_must_be_a_positive_duration(journal_path: Path) -> None:

@@ -4,12 +4,12 @@ One Idempotency-Key per logical operation, journaled durably before the first by
 is sent, reused by every retry, every re-run after a crash and `samekey resume`.
 """
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ._async_client import AsyncClient
 from ._client import Client
 from ._contract import ClaimResult, Intent, JournalStore, OperationRecord
-from ._core import OPERATION_EXTENSION, OperationInfo, operation_info
 from ._errors import (
     AnswerNotRecorded,
     JournalError,
@@ -26,6 +26,7 @@ from ._location import default_journal_path
 from ._policy import RetryBudget, RetryPolicy, set_testing
 from ._resume import ResumeResult
 from ._transport import AsyncSameKeyTransport, SameKeyTransport
+from ._wire import OPERATION_EXTENSION, OperationInfo, operation_info
 
 if TYPE_CHECKING:
     from ._postgres import PostgresJournal
@@ -40,6 +41,9 @@ else:
             return PostgresJournal
         raise AttributeError(f"module 'samekey' has no attribute {name!r}")
 
+
+# a library stays quiet unless the application configures logging
+logging.getLogger("samekey").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 

@@ -15,13 +15,15 @@ import anyio.to_thread
 import httpx
 
 from ._client import refuse_samekey_transports, with_operation
+from ._config import Config, KeyFormat, OnBusy
 from ._contract import JournalStore, OperationRecord
-from ._core import KeyFormat, OnBusy, carry_first_bytes, multipart_operation
+from ._engine import open_engine
 from ._hooks import RetryHook
 from ._open import JournalArg
+from ._plan import carry_first_bytes, multipart_operation
 from ._policy import RetryPolicy
 from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
-from ._transport import AsyncSameKeyTransport, EngineHolder, _make_engine
+from ._transport import AsyncSameKeyTransport, EngineHolder
 
 __all__ = ["AsyncClient"]
 
@@ -45,9 +47,11 @@ class AsyncClient(httpx.AsyncClient, EngineHolder):
         **kwargs: Any,
     ) -> None:
         refuse_samekey_transports("AsyncClient", kwargs)
-        self.engine, self._owns_journal = _make_engine(
-            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention, on_retry
-        )
+        config = Config.of(
+            journal=journal, policy=policy, key_header=key_header, key_format=key_format, key_ttl=key_ttl,
+            lease=lease, on_busy=on_busy, redact_headers=redact_headers, retention=retention, on_retry=on_retry,
+        )  # fmt: skip
+        self.engine, self._owns_journal = open_engine(config)
         engine = self.engine
         try:
             super().__init__(**kwargs)
@@ -77,7 +81,7 @@ class AsyncClient(httpx.AsyncClient, EngineHolder):
         if operation is not None:  # before auth, which may sign the body (see carry_first_bytes)
             await request.aread()
             record = await anyio.to_thread.run_sync(self.engine.journal.get, operation)
-            carry_first_bytes(self.engine, request, record)
+            carry_first_bytes(self.engine.config, self.engine.redactor, request, record)
         return await super().send(request, **kwargs)
 
     async def post(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:

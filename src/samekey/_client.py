@@ -10,12 +10,15 @@ from typing import Any
 
 import httpx
 
-from ._core import OPERATION_EXTENSION, KeyFormat, OnBusy, carry_first_bytes, multipart_operation
+from ._config import Config, KeyFormat, OnBusy
+from ._engine import open_engine
 from ._hooks import RetryHook
 from ._open import JournalArg
+from ._plan import carry_first_bytes, multipart_operation
 from ._policy import RetryPolicy
 from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
-from ._transport import AsyncSameKeyTransport, EngineHolder, SameKeyTransport, _make_engine
+from ._transport import AsyncSameKeyTransport, EngineHolder, SameKeyTransport
+from ._wire import OPERATION_EXTENSION
 
 __all__ = ["Client"]
 
@@ -73,9 +76,11 @@ class Client(httpx.Client, EngineHolder):
         **kwargs: Any,
     ) -> None:
         refuse_samekey_transports("Client", kwargs)
-        self.engine, self._owns_journal = _make_engine(
-            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention, on_retry
-        )
+        config = Config.of(
+            journal=journal, policy=policy, key_header=key_header, key_format=key_format, key_ttl=key_ttl,
+            lease=lease, on_busy=on_busy, redact_headers=redact_headers, retention=retention, on_retry=on_retry,
+        )  # fmt: skip
+        self.engine, self._owns_journal = open_engine(config)
         engine = self.engine
         try:
             super().__init__(**kwargs)
@@ -103,7 +108,8 @@ class Client(httpx.Client, EngineHolder):
         operation = multipart_operation(request)
         if operation is not None:  # before auth, which may sign the body (see carry_first_bytes)
             request.read()
-            carry_first_bytes(self.engine, request, self.engine.journal.get(operation))
+            record = self.engine.journal.get(operation)
+            carry_first_bytes(self.engine.config, self.engine.redactor, request, record)
         return super().send(request, **kwargs)
 
     def post(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:

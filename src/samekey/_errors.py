@@ -107,7 +107,7 @@ class RetriesExhausted(SameKeyError):
             last = "no answer"
         if key is None:
             pending = "The request carried no Idempotency-Key; it is safe to send again."
-        elif operation.startswith("auto:"):  # see _core.UNNAMED_PREFIX
+        elif operation.startswith("auto:"):  # see _plan.UNNAMED_PREFIX
             pending = (
                 f"It was sent without operation=, so running the code again makes a NEW key and could act "
                 f"twice. Retry it with the same key: `{command('resume', operation)}` (or client.resume). "

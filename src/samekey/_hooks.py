@@ -1,7 +1,7 @@
 """Retry hooks: ``on_retry=`` callables told about each retry, for metrics and alerting.
 
 Modelled on stamina's instrumentation: a hook is any callable taking one frozen
-`RetryDetails`. The decision core (`_core._attempts`) calls them, once per retry, so the
+`RetryDetails`. The decision core (`_attempts`) calls them, once per retry, so the
 sync and the async driver share them.
 """
 

@@ -1,7 +1,7 @@
 """RetryPolicy: when to retry and how long to wait, expressed as tenacity strategies.
 
 The policy is pure configuration. `RetryPolicy.retrying()` turns it into a
-`tenacity.Retrying` whose `iter()` the decision core (`_core.py`) drives one step at
+`tenacity.Retrying` whose `iter()` the decision core (`_attempts.py`) drives one step at
 a time, so the same strategies serve the sync and the async client.
 """
 

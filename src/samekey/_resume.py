@@ -1,21 +1,26 @@
 """Resuming journaled operations: rebuild the request a crashed run was sending.
 
 Both clients use `build_resume_request` and then send the request through their
-normal flow with the operation named in its extensions, so `_core.operation_flow`
+normal flow with the operation named in its extensions, so `_flow.operation_flow`
 claims the pending record and reuses its key (or replays a completed one).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
 
 from ._contract import OperationRecord
-from ._core import OPERATION_EXTENSION, UNNAMED_PREFIX, Engine, header_bytes, logger
+from ._engine import Engine
 from ._errors import OperationNotFound, SameKeyError
+from ._plan import UNNAMED_PREFIX
 from ._redaction import REDACTED
+from ._wire import OPERATION_EXTENSION, header_bytes
+
+logger = logging.getLogger("samekey")
 
 __all__ = ["HeadersArg", "ResumeResult", "RetargetTransport", "build_resume_request", "bulk_resumable"]
 

@@ -1,5 +1,5 @@
 """The two drivers: an httpx transport (sync) and an async transport that wrap the
-real one and only perform what `_core.operation_flow` decides.
+real one and only perform what `_flow.operation_flow` decides.
 
 Plug samekey under an httpx client you already have::
 
@@ -15,58 +15,26 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import anyio.to_thread
 import httpx
 
+from ._actions import Action, Discard, Flow, Read, Send, Sleep, abandon
+from ._config import Config, Options
 from ._contract import BatchingStore, JournalCall, JournalStore
-from ._core import Action, Discard, Engine, Flow, KeyFormat, OnBusy, Read, Send, Sleep, abandon, operation_flow
-from ._hooks import RetryHook, hooks_from
+from ._engine import Engine, open_engine
+from ._flow import operation_flow
 from ._identity import PROCESS, at_fork_in_child
-from ._open import JournalArg, open_journal
 from ._policy import RetryPolicy
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["AsyncSameKeyTransport", "SameKeyTransport"]
 
 logger = logging.getLogger("samekey")
-
-
-def _make_engine(
-    journal: JournalArg,
-    policy: RetryPolicy | None,
-    key_header: str,
-    key_format: KeyFormat,
-    key_ttl: float | timedelta,
-    lease: float | timedelta,
-    on_busy: OnBusy,
-    redact_headers: tuple[str, ...],
-    retention: float | timedelta = timedelta(days=7),
-    on_retry: RetryHook | Sequence[RetryHook] | None = None,
-) -> tuple[Engine, bool]:
-    # a bare string would be read letter by letter, and the header it names written to disk
-    names = None if redact_headers is None or isinstance(redact_headers, (str, bytes)) else tuple(redact_headers)
-    if names is None or not all(isinstance(name, str) for name in names):
-        raise TypeError(
-            "redact_headers must be a tuple of names, e.g. redact_headers=('X-Merchant-Pin',) "
-            f"(note the comma for one name), got {redact_headers!r}"
-        )
-    hooks = hooks_from(on_retry)  # before the journal is opened, as redact_headers
-    store, owned = open_journal(journal)
-    try:
-        engine = Engine(
-            journal=store, policy=policy, key_header=key_header, key_format=key_format,
-            key_ttl=key_ttl, lease=lease, on_busy=on_busy, redact=frozenset(names), retention=retention,
-            on_retry=hooks,
-        )  # fmt: skip
-    except BaseException:
-        if owned:
-            store.close()
-        raise
-    return engine, owned
 
 
 def _buffered(response: httpx.Response, raw: bytes) -> httpx.Response:
@@ -125,24 +93,8 @@ class _Wrapping(EngineHolder, Generic[_InnerT]):
 
     inner: _InnerT
 
-    def __init__(
-        self,
-        transport: _InnerT | None = None,
-        *,
-        journal: JournalArg = None,
-        policy: RetryPolicy | None = None,
-        key_header: str = "Idempotency-Key",
-        key_format: KeyFormat = "uuid",
-        key_ttl: float | timedelta = timedelta(hours=24),
-        lease: float | timedelta = 60.0,
-        on_busy: OnBusy = "wait",
-        redact_headers: tuple[str, ...] = (),
-        retention: float | timedelta = timedelta(days=7),
-        on_retry: RetryHook | Sequence[RetryHook] | None = None,
-    ) -> None:
-        self.engine, self._owns_journal = _make_engine(
-            journal, policy, key_header, key_format, key_ttl, lease, on_busy, redact_headers, retention, on_retry
-        )
+    def __init__(self, transport: _InnerT | None = None, **options: Unpack[Options]) -> None:
+        self.engine, self._owns_journal = open_engine(Config.of(**options))
         self.inner = transport if transport is not None else self._default_inner()
         _TRANSPORTS.add(self)
 

@@ -33,15 +33,16 @@ from typing import Any, TextIO, cast
 
 import httpx
 
+from ._attempts import NOT_ACTED_ON
 from ._client import Client
 from ._contract import JournalStore, OperationRecord
-from ._core import NOT_ACTED_ON, header_text
 from ._errors import SameKeyError
 from ._location import environment_dsn, is_dsn
 from ._open import open_for_inspection
 from ._policy import RetryPolicy, to_seconds
 from ._redaction import dsn_secrets, mask_dsn, scrub
 from ._resume import UNNAMED_WARNING, RetargetTransport, bulk_resumable
+from ._wire import header_text
 
 __all__ = ["main"]
 
