@@ -279,32 +279,8 @@ class RetryPolicy:
             raise ValueError(
                 f"max_delay ({self.max_delay:g} s) must not be below initial_delay ({self.initial_delay:g} s)"
             )
-        if retry_statuses is None or isinstance(retry_statuses, (int, str, bytes)):
-            raise TypeError(
-                f"retry_statuses must be a collection of status codes, e.g. {{503}}, got {retry_statuses!r} "
-                "(set() to retry none)"
-            )
-        statuses = frozenset(retry_statuses)
-        bad = sorted((s for s in statuses if not isinstance(s, int) or not 100 <= s <= 599), key=str)
-        if bad:
-            raise ValueError(f"retry_statuses must be HTTP status codes 100-599, got {bad}")
-        if any(200 <= s < 300 for s in statuses):
-            raise ValueError("retry_statuses must not contain 2xx: a success is always definitive")
-        self.retry_statuses = statuses
-        if isinstance(retry_exceptions, type):
-            raise TypeError(
-                "retry_exceptions must be a tuple of exception classes, "
-                f"e.g. ({retry_exceptions.__name__},), got the bare class {retry_exceptions!r}"
-            )
-        if retry_exceptions is None:
-            raise TypeError(
-                "retry_exceptions must be a tuple of exception classes, e.g. (httpx.TransportError,), "
-                "got None (() to retry none)"
-            )
-        excs = tuple(retry_exceptions)
-        if not all(isinstance(e, type) and issubclass(e, BaseException) for e in excs):
-            raise TypeError(f"retry_exceptions must be exception classes, got {excs!r}")
-        self.retry_exceptions = excs
+        self.retry_statuses = _statuses(retry_statuses)
+        self.retry_exceptions = _exception_classes(retry_exceptions)
         if verdict_header is not None and (not isinstance(verdict_header, str) or not verdict_header.strip()):
             raise ValueError(f"verdict_header must be a header name or None, got {verdict_header!r}")
         self.verdict_header = verdict_header
@@ -431,3 +407,35 @@ class _WaitBackoffOrRetryAfter(wait_base):
         delay = float(self.jittered(retry_state))
         server = self.policy.retry_after(_response_of(retry_state))
         return delay if server is None else max(delay, server)
+
+
+def _statuses(retry_statuses: Iterable[int]) -> frozenset[int]:
+    if retry_statuses is None or isinstance(retry_statuses, (int, str, bytes)):
+        raise TypeError(
+            f"retry_statuses must be a collection of status codes, e.g. {{503}}, got {retry_statuses!r} "
+            "(set() to retry none)"
+        )
+    statuses = frozenset(retry_statuses)
+    bad = sorted((s for s in statuses if not isinstance(s, int) or not 100 <= s <= 599), key=str)
+    if bad:
+        raise ValueError(f"retry_statuses must be HTTP status codes 100-599, got {bad}")
+    if any(200 <= s < 300 for s in statuses):
+        raise ValueError("retry_statuses must not contain 2xx: a success is always definitive")
+    return statuses
+
+
+def _exception_classes(retry_exceptions: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
+    if isinstance(retry_exceptions, type):
+        raise TypeError(
+            "retry_exceptions must be a tuple of exception classes, "
+            f"e.g. ({retry_exceptions.__name__},), got the bare class {retry_exceptions!r}"
+        )
+    if retry_exceptions is None:
+        raise TypeError(
+            "retry_exceptions must be a tuple of exception classes, e.g. (httpx.TransportError,), "
+            "got None (() to retry none)"
+        )
+    excs = tuple(retry_exceptions)
+    if not all(isinstance(e, type) and issubclass(e, BaseException) for e in excs):
+        raise TypeError(f"retry_exceptions must be exception classes, got {excs!r}")
+    return excs
