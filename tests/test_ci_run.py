@@ -90,7 +90,7 @@ def run_ci(tmp_path: Path, *, uid: int, py: str, apt_knows: str, preinstalled: s
 
 README_TEST_COMMAND = [
     "python3 -m venv .venv",
-    ".venv/bin/pip install -q -e .[test]",
+    ".venv/bin/pip install -q -e .[test,docs]",
     ".venv/bin/python -m pytest -q",
 ]
 
@@ -144,5 +144,8 @@ def test_ci_stops_with_a_message_when_no_package_gives_ensurepip(tmp_path: Path)
 def test_ci_runs_the_readme_test_command_verbatim() -> None:
     readme = (ROOT / "README.md").read_text()
     command = readme.split("# run the tests (what CI runs)\n", 1)[1].splitlines()[0]
-    assert command == 'python3 -m venv .venv && .venv/bin/pip install -q -e ".[test]" && .venv/bin/python -m pytest -q'
+    assert (
+        command
+        == 'python3 -m venv .venv && .venv/bin/pip install -q -e ".[test,docs]" && .venv/bin/python -m pytest -q'
+    )
     assert (ROOT / ".ci" / "run").read_text().splitlines()[-1] == command
