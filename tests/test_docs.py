@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import io
 import os
 import re
@@ -554,6 +555,8 @@ def test_the_scripts_in_the_docs_take_the_options_they_show() -> None:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The docs site, built as CI builds it: ``mkdocs build --strict`` (a warning is an error)."""
+    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None:
+        pytest.fail("the docs' packages are missing: pip install -e '.[test,docs]' (the README's test command)")
     folder = tmp_path_factory.mktemp("site")
     build = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(folder)],
