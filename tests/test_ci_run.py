@@ -4,7 +4,8 @@ The script is run for real, in a copy of the checkout, with fakes first on PATH:
 whose ensurepip comes with the python3.X-venv package (as on Debian and Ubuntu), an `apt-get`
 that records its calls and "installs" that package, a `sudo`, an `id`, and an `ls` that finds
 PostgreSQL's initdb (that step is not tested here). The fake venv's pip and python record what
-they are asked to run.
+they are asked to run. `.ci/release-check` (which builds and installs the wheel) is a stand-in
+here that records its call: .ci/run must run it after the tests, and only when they pass.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ case "$*" in
         fi
         mkdir -p .venv/bin
         for tool in pip python; do
+            # the tests pass, unless FAKE_TESTS_FAIL is set
             printf '#!/bin/bash\necho ".venv/bin/%s $*" >> "$FAKE_LOG"\n' "$tool" > ".venv/bin/$tool"
+            printf '[ -z "$FAKE_TESTS_FAIL" ] || [ %s != python ] || exit 1\n' "$tool" >> ".venv/bin/$tool"
             chmod +x ".venv/bin/$tool"
         done ;;
     *) echo "fake python3: unexpected $*" >&2; exit 99 ;;
@@ -65,10 +68,14 @@ exit 0
 """
 
 
-def run_ci(tmp_path: Path, *, uid: int, py: str, apt_knows: str, preinstalled: str = "") -> tuple[int, list[str], str]:
+def run_ci(
+    tmp_path: Path, *, uid: int, py: str, apt_knows: str, preinstalled: str = "", tests_fail: bool = False
+) -> tuple[int, list[str], str]:
     checkout = tmp_path / "checkout"
     (checkout / ".ci").mkdir(parents=True)
     shutil.copy2(ROOT / ".ci" / "run", checkout / ".ci" / "run")
+    (checkout / ".ci" / "release-check").write_text('#!/bin/bash\necho "release-check" >> "$FAKE_LOG"\n')
+    (checkout / ".ci" / "release-check").chmod(0o755)
     bin_dir, state, log = tmp_path / "bin", tmp_path / "state", tmp_path / "log"
     bin_dir.mkdir()
     state.mkdir()
@@ -81,6 +88,7 @@ def run_ci(tmp_path: Path, *, uid: int, py: str, apt_knows: str, preinstalled: s
     env = {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path), "FAKE_LOG": str(log),
         "FAKE_STATE": str(state), "FAKE_PY": py, "FAKE_APT_KNOWS": apt_knows, "FAKE_UID_NOW": str(uid),
+        "FAKE_TESTS_FAIL": "1" if tests_fail else "",
     }  # fmt: skip
     result = subprocess.run(
         ["bash", str(checkout / ".ci" / "run")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
@@ -90,8 +98,9 @@ def run_ci(tmp_path: Path, *, uid: int, py: str, apt_knows: str, preinstalled: s
 
 README_TEST_COMMAND = [
     "python3 -m venv .venv",
-    ".venv/bin/pip install -q -e .[test]",
+    ".venv/bin/pip install -q -e .[test,docs]",
     ".venv/bin/python -m pytest -q",
+    "release-check",  # after the tests: the sdist, the wheel, the demo from the wheel
 ]
 
 
@@ -110,7 +119,7 @@ def test_ci_installs_the_venv_package_of_the_interpreter_when_ensurepip_is_missi
         [] if uid == 0 else ["sudo apt-get update -qq", f"sudo env DEBIAN_FRONTEND=noninteractive {install}"]
     )
     # then the README's test command, verbatim, now that venv works
-    assert calls[-3:] == README_TEST_COMMAND
+    assert calls[-4:] == README_TEST_COMMAND
     assert calls.index(f"{install} (uid 0, DEBIAN_FRONTEND=noninteractive)") < calls.index("python3 -m venv .venv")
 
 
@@ -123,7 +132,7 @@ def test_ci_falls_back_to_python3_venv_when_there_is_no_versioned_package(tmp_pa
         "apt-get install -y -qq --no-install-recommends python3-venv",
     ]
     assert sum(call.startswith("apt-get update") for call in calls) == 1  # the package lists: fetched once
-    assert calls[-3:] == README_TEST_COMMAND
+    assert calls[-4:] == README_TEST_COMMAND
 
 
 def test_ci_leaves_a_python_that_has_ensurepip_alone(tmp_path: Path) -> None:
@@ -141,8 +150,20 @@ def test_ci_stops_with_a_message_when_no_package_gives_ensurepip(tmp_path: Path)
     assert "python3 -m venv .venv" not in calls
 
 
-def test_ci_runs_the_readme_test_command_verbatim() -> None:
+def test_ci_runs_the_readme_test_command_verbatim_then_the_release_check() -> None:
     readme = (ROOT / "README.md").read_text()
     command = readme.split("# run the tests (what CI runs)\n", 1)[1].splitlines()[0]
-    assert command == 'python3 -m venv .venv && .venv/bin/pip install -q -e ".[test]" && .venv/bin/python -m pytest -q'
-    assert (ROOT / ".ci" / "run").read_text().splitlines()[-1] == command
+    assert command == (
+        'python3 -m venv .venv && .venv/bin/pip install -q -e ".[test,docs]" && .venv/bin/python -m pytest -q'
+    )
+    steps = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert steps[-2:] == [command, ".ci/release-check"]
+    assert os.access(ROOT / ".ci" / "release-check", os.X_OK)
+
+
+def test_ci_stops_before_the_release_check_when_the_tests_fail(tmp_path: Path) -> None:
+    # the fake venv's python fails: set -e ends .ci/run at the test command
+    code, calls, _ = run_ci(
+        tmp_path, uid=1000, py="3.12", apt_knows="", preinstalled="python3.12-venv", tests_fail=True
+    )
+    assert code != 0 and calls[-1] == ".venv/bin/python -m pytest -q" and "release-check" not in calls

@@ -1,13 +1,16 @@
-"""The README's code is what users copy: every ```python block must compile, type-check and run.
+"""The docs' code is what users copy: every ```python block must compile, type-check and run.
 
-- **Found**: every ```python block of README.md, with the README line its code starts on.
+The docs are README.md and every page under docs/ (the MkDocs site, `mkdocs.yml`).
+
+- **Found**: every ```python block of those files, with the file and line its code starts on.
+  Every fenced block is one of the languages in `FENCES`, so no python hides under another name.
 - **Compiled** as it stands, with nothing added: a user pastes it as it is.
 - **Type-checked**: all blocks are written as modules into one folder and checked by one
   `mypy --strict` run (`_users_mypy`, the users'-side check of test_public_api.py). Each module
-  keeps the block's code on its README line numbers, and the report names README.md:LINE. A
-  misspelt keyword of samekey's own signatures, a name samekey no longer has, a wrong type fail here.
+  keeps the block's code on its own line numbers, and the report names FILE:LINE. A misspelt
+  keyword of samekey's own signatures, a name samekey no longer has, a wrong type fail here.
 - **Fragments**: a few blocks use a name the prose around them stands for (`url`, `payload`,
-  `path`, `token`) or show no imports. Rather than marking the README (it stays exactly what
+  `path`, `token`) or show no imports. Rather than marking the docs (they stay exactly what
   users read), `SNIPPETS` below gives such a block a minimal preamble: imports and those names,
   nothing else, never a change to the block's own text. The mypy module and the run both start
   with it. `myshop` (the user's own code the pytest example imports) is a module written next
@@ -17,31 +20,39 @@
 - **Run**: each block runs against a loopback `PaymentServer` (its `https://api.example.com`
   style base URL rewritten to the server's URL), in `tmp_path` as the current folder (a relative
   journal path lands there; the default journal is in tmp_path through $SAMEKEY_JOURNAL, see
-  conftest.py), and the test asserts what the README promises around it: one charge at the
-  server, the same key and a replay on a re-run, the defaults it shows, resume finishing pending
+  conftest.py), and the test asserts what the docs promise around it: one charge at the
+  server, the same key and a replay on a re-run, the defaults shown, resume finishing pending
   operations with their journaled keys. The run is what catches a misspelt httpx keyword
   (`operation=`, `headers=`): the clients pass those on as `**kwargs: Any`, which mypy cannot check.
   The PostgreSQL block runs on conftest's `pg_dsn` (skipped where PostgreSQL cannot start, failed
-  under CI).
+  under CI). The Quickstart runs twice as written, its fixed port moved to a free one (other test
+  runs may share the machine).
 
 `SNIPPETS` maps each block, by a marker text found in that block and no other, to its preamble
-and its runner. A README block without an entry fails the test until it gets one (so a new block
+and its runner. A block without an entry fails the test until it gets one (so a new block
 is checked too), and an entry whose marker no longer matches exactly one block fails as well.
 
 The shell side: the demo command installs as the test command does (that one is held to .ci/run
-by test_ci_run.py) and runs the demo test_demo.py runs; every option the README shows for a
+by test_ci_run.py) and runs the demo test_demo.py runs; every option the docs show for a
 `samekey` subcommand, scripts/soak.py or `python -m benchmarks` is one they take.
+
+The site: `mkdocs build --strict` passes (a broken link, a missing include or a docstring the
+API reference cannot render fails it), and its benchmark page carries the tables of
+benchmarks/results/latest.md and the chart, as `docs/hooks.py` generates them.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import importlib.util
 import io
 import os
 import re
 import shlex
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -53,6 +64,7 @@ from typing import Any
 import pytest
 
 import samekey
+import samekey.testing
 from samekey import _policy
 from samekey.cli import build_parser
 from samekey.testing import PaymentServer
@@ -60,21 +72,39 @@ from test_public_api import _users_mypy
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+RESULTS = ROOT / "benchmarks" / "results"
 
-# The base URLs the README's blocks use for "your payment API"; a run sends them to the loopback server.
+# The base URLs the blocks use for "your payment API"; a run sends them to the loopback server.
 EXAMPLE_URLS = ("https://api.example.com", "https://api.payments.example")
+# The languages a fenced block may have: python is checked here; the others are shell, output, diagrams.
+FENCES = {"python", "bash", "text", "mermaid"}
+
+
+def doc_files() -> list[Path]:
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
+def doc_text() -> str:
+    """Every doc file's text, one after the other (for the checks on commands)."""
+    return "\n".join(path.read_text() for path in doc_files())
 
 
 @dataclass(frozen=True)
 class Block:
-    line: int  # README line of the block's first line of code
+    file: str  # the doc file, relative to the checkout: README.md, docs/guides/async.md
+    line: int  # line of the block's first line of code in that file
     code: str
 
 
-def readme_blocks(text: str | None = None) -> list[Block]:
-    text = README.read_text() if text is None else text
+def doc_blocks(path: Path | None = None, text: str | None = None) -> list[Block]:
+    """The ```python blocks of one doc file, or (with no path) of every one."""
+    if path is None:
+        return [block for doc in doc_files() for block in doc_blocks(doc)]
+    text = path.read_text() if text is None else text
+    name = path.relative_to(ROOT).as_posix()
     return [
-        Block(text.count("\n", 0, m.start(1)) + 1, m.group(1))
+        Block(name, text.count("\n", 0, m.start(1)) + 1, m.group(1))
         for m in re.finditer(r"^```python\n(.*?)^```$", text, re.DOTALL | re.MULTILINE)
     ]
 
@@ -106,15 +136,15 @@ def on_server(code: str, url: str) -> str:
 
 
 def execute(block: Block, preamble: str = "", *, url: str | None = None, mode: str = "exec") -> Any:
-    """Run the preamble, then the block, on README line numbers (a traceback names README.md:LINE).
+    """Run the preamble, then the block, on its own line numbers (a traceback names FILE:LINE).
 
     With ``url``, example base URLs in both go to that server. Returns the namespace the block
     ran in, or with ``mode="eval"`` the value of a block that is one expression.
     """
     rewrite = (lambda code: on_server(code, url) if any(e in code for e in EXAMPLE_URLS) else code) if url else str
-    namespace: dict[str, Any] = {"__name__": "readme_block"}
-    exec(compile(rewrite(preamble), "README.md (test preamble)", "exec"), namespace)
-    code = compile("\n" * (block.line - 1) + rewrite(block.code), "README.md", mode)
+    namespace: dict[str, Any] = {"__name__": "doc_block"}
+    exec(compile(rewrite(preamble), f"{block.file} (test preamble)", "exec"), namespace)
+    code = compile("\n" * (block.line - 1) + rewrite(block.code), block.file, mode)
     if mode == "eval":
         return eval(code, namespace)
     exec(code, namespace)
@@ -128,10 +158,48 @@ def printed() -> Iterator[io.StringIO]:
         yield out
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def completed_record(journal_path: str | Path, operation: str) -> samekey.OperationRecord:
+    with samekey.Journal(journal_path, read_only=True) as journal:
+        record = journal.get(operation)
+    assert record is not None and record.state == "completed", record
+    return record
+
+
 # -- one runner per block -------------------------------------------------------------------
 
 
 def run_quickstart(block: Block, ctx: Context) -> None:
+    # as a newcomer does: the same file run twice in one folder. The fixed port moves to a free one
+    # (a parallel test run may hold 8765); the server keeps its books in one file across both runs
+    port = free_port()
+    assert "port=8765" in block.code
+    block = Block(block.file, block.line, block.code.replace("port=8765", f"port={port}"))
+    books = ctx.tmp_path / "server-books.sqlite3"
+    ctx.monkeypatch.setattr(samekey.testing, "PaymentServer", functools.partial(PaymentServer, books))
+    outputs = []
+    for _run in range(2):
+        with printed() as out:
+            namespace = execute(block)
+        outputs.append(out.getvalue().strip())
+        assert namespace["response"].status_code == 201
+    record = completed_record("quickstart.sqlite3", "order-1042/charge")  # the explicit journal, in the folder
+    assert outputs == [
+        f"201 OperationInfo(operation='order-1042/charge', key='{record.key}', attempts=1, replayed={replayed})"
+        for replayed in (False, True)
+    ]
+    # one charge, under the journaled key; the second run sent nothing
+    with contextlib.closing(sqlite3.connect(books)) as db:
+        assert db.execute("SELECT key FROM requests").fetchall() == [(record.key,)]
+        assert db.execute("SELECT key FROM charges").fetchall() == [(record.key,)]
+
+
+def run_real_api(block: Block, ctx: Context) -> None:
     # the server takes exactly the Authorization the block sends: the client's default headers reach it
     with ctx.server(require_auth="Bearer sk_...") as server:
         outputs = []
@@ -147,9 +215,43 @@ def run_quickstart(block: Block, ctx: Context) -> None:
             f"OperationInfo(operation='order-1042/charge', key='{key}', attempts=1, replayed={replayed})"
             for replayed in (False, True)
         ]
-    with samekey.Journal(os.environ["SAMEKEY_JOURNAL"], read_only=True) as journal:  # the default journal
-        record = journal.get("order-1042/charge")
-        assert record is not None and record.state == "completed" and record.key == key
+    assert completed_record(ctx.tmp_path / "payments.sqlite3", "order-1042/charge").key == key
+
+
+def run_default_journal(block: Block, ctx: Context) -> None:
+    with ctx.server() as server:
+        outputs = []
+        for _run in range(2):
+            with printed() as out:
+                execute(block, url=server.url)
+            outputs.append(out.getvalue().strip())
+        assert server.charge_count() == 1 and len(server.requests()) == 1  # the re-run: replayed
+        default = os.environ["SAMEKEY_JOURNAL"]  # conftest puts the default journal in tmp_path
+        assert outputs == [f"201 {default}"] * 2
+        assert completed_record(default, "order-7/charge").key == server.keys_seen()[0]
+
+
+def run_async(block: Block, ctx: Context) -> None:
+    with ctx.server() as server:
+        for _run in range(2):
+            with printed() as out:
+                execute(block, url=server.url)
+            assert out.getvalue().strip() == "[201, 201, 201]"
+        # three orders, three charges, each under its journaled key; the re-run sent nothing
+        assert sorted(c["order"] for c in server.charges()) == [1, 2, 3] and len(server.requests()) == 3
+        keys = {completed_record("orders.sqlite3", f"order-{n}/charge").key for n in (1, 2, 3)}
+        assert keys == set(server.keys_seen())
+
+
+def run_sdk(block: Block, ctx: Context) -> None:
+    with ctx.server() as server:
+        with printed() as out:
+            execute(block, url=server.url)
+        (key,) = server.keys_seen()
+        assert key.startswith("sdk-retry-") and server.charge_count() == 1
+        # the SDK's own key is the operation's key, journaled under key:<it>
+        assert out.getvalue().strip() == f"201 key:{key}"
+        assert completed_record("sdk.sqlite3", f"key:{key}").key == key
 
 
 def run_own_httpx_client(block: Block, ctx: Context) -> None:
@@ -183,7 +285,8 @@ def run_retry_policy(block: Block, ctx: Context) -> None:
 def run_journal(block: Block, ctx: Context) -> None:
     preamble = SNIPPETS["journal"].preamble
     for durability in ("fsync", "process"):  # the block, and the mode its comment offers
-        journal = execute(Block(block.line, block.code.replace('"fsync"', f'"{durability}"', 1)), preamble, mode="eval")
+        code = block.code.replace('"fsync"', f'"{durability}"', 1)
+        journal = execute(Block(block.file, block.line, code), preamble, mode="eval")
         assert isinstance(journal, samekey.Journal)
         journal.close()
     assert stat.S_IMODE((ctx.tmp_path / "journal.sqlite3").stat().st_mode) == 0o600  # "created 0600"
@@ -253,7 +356,7 @@ def run_set_testing(block: Block, ctx: Context) -> None:
 
 
 def run_on_retry(block: Block, ctx: Context) -> None:
-    # a complete program with its own server: what it prints is what the README says it prints
+    # a complete program with its own server: what it prints is what the page says it prints
     with printed() as out:
         execute(block)
     assert out.getvalue().splitlines() == [
@@ -262,7 +365,7 @@ def run_on_retry(block: Block, ctx: Context) -> None:
     ]
 
 
-MYSHOP = '''"""The user's code the README's pytest example imports."""
+MYSHOP = '''"""The user's code the testing guide's pytest example imports."""
 
 import samekey
 
@@ -291,9 +394,11 @@ def run_pytest_example(block: Block, ctx: Context) -> None:
 # marker: text of that block and of no other, a comment or a name where one will do (a broken keyword
 # should fail the type check and the run, not hide behind a marker that no longer matches)
 SNIPPETS: dict[str, Snippet] = {
-    "quickstart": Snippet("your stable name for this logical operation", run_quickstart),
+    "quickstart": Snippet("a stand-in for your payment API", run_quickstart),
+    "real api": Snippet("your stable name for this logical operation", run_real_api),
+    "default journal": Snippet("no journal=: the default journal", run_default_journal),
     "own httpx client": Snippet(
-        'journal="payments.sqlite3"',
+        "samekey.SameKeyTransport(journal=",
         run_own_httpx_client,
         preamble='import httpx\n\nimport samekey\n\nurl = "https://api.example.com/v1/charges"\n'
         'payload = {"amount": 4999, "currency": "eur", "order": 1042}\n',
@@ -305,18 +410,20 @@ SNIPPETS: dict[str, Snippet] = {
     "resume": Snippet('"invoice-0042/charge"', run_resume, preamble='import samekey\n\ntoken = "sk_test"\n'),
     "postgres replicas": Snippet("SAMEKEY_JOURNAL_DSN", run_postgres_replicas),
     "on_retry": Snippet("def warn_when_throttled(", run_on_retry),
+    "async": Snippet("async def charge_all(", run_async),
+    "sdk": Snippet("def sdk_create_charge(", run_sdk),
     "set_testing": Snippet("e.g. in conftest.py", run_set_testing),
     "pytest example": Snippet("# test_checkout.py\n", run_pytest_example, preamble="# mypy: allow-untyped-defs\n"),
 }
 
 
 def snippet_block(name: str, blocks: list[Block] | None = None) -> Block:
-    """The one README block SNIPPETS[name] is about."""
+    """The one doc block SNIPPETS[name] is about."""
     marker = SNIPPETS[name].marker
-    matches = [b for b in (readme_blocks() if blocks is None else blocks) if marker in b.code]
+    matches = [b for b in (doc_blocks() if blocks is None else blocks) if marker in b.code]
     assert len(matches) == 1, (
-        f"SNIPPETS[{name!r}]: its marker {marker!r} is in {len(matches)} README blocks "
-        f"(lines {[b.line for b in matches]}), not in exactly one: update the marker"
+        f"SNIPPETS[{name!r}]: its marker {marker!r} is in {len(matches)} doc blocks "
+        f"({[f'{b.file}:{b.line}' for b in matches]}), not in exactly one: update the marker"
     )
     return matches[0]
 
@@ -327,52 +434,66 @@ def preamble_of(block: Block) -> str:
     return preambles[0] if len(preambles) == 1 else ""
 
 
-def test_every_readme_block_has_one_snippet_entry() -> None:
-    blocks = readme_blocks()
-    assert len(blocks) >= 8
+def test_every_doc_block_has_one_snippet_entry() -> None:
+    blocks = doc_blocks()
+    assert len(blocks) >= 13 and {b.file for b in blocks} >= {"README.md", "docs/guides/async.md"}
     checked = [snippet_block(name, blocks) for name in SNIPPETS]
-    unchecked = [f"README.md:{b.line}" for b in blocks if b not in checked]
+    unchecked = [f"{b.file}:{b.line}" for b in blocks if b not in checked]
     assert not unchecked, f"python blocks no SNIPPETS entry checks (add one): {unchecked}"
 
 
-def test_every_readme_block_compiles_as_written() -> None:
+def test_every_fenced_block_is_python_or_a_language_that_is_not_code() -> None:
+    # a ```py or ```python3 block would be shown as python and escape every check here
+    for path in doc_files():
+        fences = re.findall(r"^```(\S*)", path.read_text(), re.MULTILINE)
+        assert len(fences) % 2 == 0, f"{path}: an unclosed ``` fence"
+        opening = fences[::2]
+        assert set(opening) <= FENCES, f"{path}: fences {sorted(set(opening) - FENCES)}: use one of {sorted(FENCES)}"
+
+
+def test_every_doc_block_compiles_as_written() -> None:
     failures = []
-    for block in readme_blocks():
+    for block in doc_blocks():
         try:
-            compile("\n" * (block.line - 1) + block.code, "README.md", "exec")
+            compile("\n" * (block.line - 1) + block.code, block.file, "exec")
         except SyntaxError as exc:
-            failures.append(f"README.md:{exc.lineno}: {exc.msg}: {(exc.text or '').strip()}")
+            failures.append(f"{block.file}:{exc.lineno}: {exc.msg}: {(exc.text or '').strip()}")
     assert not failures, "\n".join(failures)
 
 
 def module_text(block: Block, preamble: str) -> str:
-    """The preamble, then the block on its README line numbers (the preamble fits in the lines above)."""
+    """The preamble, then the block on its own line numbers (the preamble fits in the lines above)."""
     head = preamble.splitlines()
     assert len(head) < block.line, "the preamble must fit above the block"
     return "\n".join(head) + "\n" * (block.line - len(head)) + block.code
 
 
-def test_every_readme_block_passes_the_users_mypy_strict(tmp_path: Path) -> None:
-    folder = tmp_path / "readme_blocks"
+def test_every_doc_block_passes_the_users_mypy_strict(tmp_path: Path) -> None:
+    folder = tmp_path / "doc_blocks"
     folder.mkdir()
     (folder / "myshop.py").write_text(MYSHOP)
-    blocks = readme_blocks()
-    for block in blocks:
-        (folder / f"block_{block.line}.py").write_text(module_text(block, preamble_of(block)))
-    result = _users_mypy(folder)
-    # block_47.py:52: error: ... -> README.md:52: error: ... (the modules keep the README's line numbers)
-    report = re.sub(r"\S*block_\d+\.py:", "README.md:", result.stdout + result.stderr)
+    blocks = doc_blocks()
+    for number, block in enumerate(blocks):
+        (folder / f"block_{number}.py").write_text(module_text(block, preamble_of(block)))
+    result = _users_mypy(folder)  # one run over every block: mypy starts once
+    # block_3.py:52: error: ... -> docs/guides/async.md:52: error: ... (the modules keep their lines)
+    report = re.sub(r"\S*block_(\d+)\.py:", lambda m: f"{blocks[int(m[1])].file}:", result.stdout + result.stderr)
     assert result.returncode == 0, report
     assert f"Success: no issues found in {len(blocks) + 1} source files" in result.stdout
 
 
 @pytest.mark.parametrize("name", list(SNIPPETS))
-def test_the_readme_block_runs_as_promised(
+def test_the_doc_block_runs_as_promised(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     block = snippet_block(name)
     monkeypatch.chdir(tmp_path)
     SNIPPETS[name].run(block, Context(tmp_path, monkeypatch, request))
+
+
+def test_the_readme_is_short() -> None:
+    # what a newcomer reads in five minutes; the rest belongs in docs/
+    assert len(README.read_text().splitlines()) <= 200
 
 
 # -- the commands --------------------------------------------------------------------------
@@ -383,39 +504,89 @@ def test_the_demo_command_is_the_ci_install_then_the_demo_the_tests_run() -> Non
     readme = README.read_text()
     demo = readme.split("# run the demo: ", 1)[1].splitlines()[1]
     tests = readme.split("# run the tests (what CI runs)\n", 1)[1].splitlines()[0]
-    assert demo == tests.replace('-e ".[test]"', "-e .").replace("-m pytest -q", "examples/checkout.py")
+    assert demo == "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/python examples/checkout.py"
+    assert demo == re.sub(r'-e "\.\[[\w,]+\]"', "-e .", tests).replace("-m pytest -q", "examples/checkout.py")
     assert (ROOT / "examples" / "checkout.py").is_file()
     assert '"examples" / "checkout.py"' in (ROOT / "tests" / "test_demo.py").read_text()  # which runs it
 
 
-def test_the_samekey_commands_in_the_readme_take_the_options_it_shows() -> None:
+def test_the_samekey_commands_in_the_docs_take_the_options_they_show() -> None:
     parser = build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    readme = README.read_text()
+    text = doc_text()
     shown = [(command, ["--journal PATH", "--debug"]) for command in subcommands]  # "Every subcommand takes"
     # a row of the command table: the options in its `...` spans
-    for row in re.findall(r"^\| `samekey .*$", readme, re.MULTILINE):
+    for row in re.findall(r"^\| `samekey .*$", text, re.MULTILINE):
         shown.append((row.split()[2], re.findall(r"`([^`]*)`", row)))
-    # `samekey COMMAND ...` anywhere
-    shown += [(command, [span]) for command, span in re.findall(r"`samekey (\w+)\b([^`]*)`", readme)]
+    # `samekey COMMAND ...` anywhere, and a shell line starting with it
+    shown += [(command, [span]) for command, span in re.findall(r"`samekey (\w+)\b([^`]*)`", text)]
+    shell = "\n".join(re.findall(r"^```bash\n(.*?)^```$", text, re.DOTALL | re.MULTILINE))
+    shown += [(command, [line]) for command, line in re.findall(r"^samekey (\w+)\b(.*)$", shell, re.MULTILINE)]
+    # the option table of `samekey resume`: its first column
+    resume_table = (DOCS / "reference" / "cli.md").read_text().split("## `samekey resume`", 1)[1].split("\n\n")[1]
+    shown += [("resume", [row.split("|")[1]]) for row in resume_table.splitlines()[2:]]
     assert {command for command, _ in shown} == set(subcommands) and len(shown) > 20
     for command, spans in shown:
-        options = {o for span in spans for o in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", span)}
+        options = {o for span in spans for o in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", span.split("#")[0])}
         unknown = options - set(subcommands[command]._option_string_actions)
-        assert not unknown, f"README: samekey {command} {sorted(unknown)}: not options of that command"
+        assert not unknown, f"docs: samekey {command} {sorted(unknown)}: not options of that command"
 
 
-def test_the_scripts_in_the_readme_take_the_options_it_shows() -> None:
-    readme = README.read_text()
+def test_the_scripts_in_the_docs_take_the_options_they_show() -> None:
+    text = doc_text()
     commands = {
         "python scripts/soak.py": [sys.executable, str(ROOT / "scripts" / "soak.py")],
         "python -m benchmarks": [sys.executable, "-m", "benchmarks"],
+        "python examples/batch_invoices.py": [sys.executable, str(ROOT / "examples" / "batch_invoices.py")],
     }
     for shown, argv in commands.items():
-        lines = [line for line in re.findall(r"^(?:pip|python) .*$", readme, re.MULTILINE) if line.startswith(shown)]
+        lines = [line for line in re.findall(r"^(?:pip|python) .*$", text, re.MULTILINE) if line.startswith(shown)]
         assert lines, shown
         usage = subprocess.run([*argv, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
         assert usage.returncode == 0, usage.stderr
         for line in lines:
             for option in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", line):
                 assert option in usage.stdout, f"{line}: {option} is not an option of {shlex.join(argv)}"
+
+
+# -- the site ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The docs site, built as CI builds it: ``mkdocs build --strict`` (a warning is an error)."""
+    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None:
+        pytest.fail("the docs' packages are missing: pip install -e '.[test,docs]' (the README's test command)")
+    folder = tmp_path_factory.mktemp("site")
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(folder)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    return folder
+
+
+def test_mkdocs_build_strict_builds_every_page(site: Path) -> None:
+    for page in sorted(DOCS.rglob("*.md")):
+        html = site / page.relative_to(DOCS).with_suffix("") / "index.html"
+        if page.name == "index.md":
+            html = site / page.relative_to(DOCS).parent / "index.html"
+        assert html.is_file(), f"{page} was not built"
+    # the Quickstart comes from the README, the changelog from CHANGELOG.md: one copy of each
+    assert "a stand-in for your payment API" in (site / "getting-started" / "index.html").read_text()
+    assert "Keep a Changelog" in (site / "changelog" / "index.html").read_text()
+    assert "resume_pending" in (site / "reference" / "api" / "index.html").read_text()
+
+
+def test_the_benchmark_page_is_generated_from_benchmarks_results(site: Path) -> None:
+    latest = (RESULTS / "latest.md").read_text()
+    page = (site / "performance" / "index.html").read_text()
+    rows = [line for line in latest.splitlines() if line.startswith("| samekey.Client (process)")]
+    assert rows and all(cell.strip() in page for cell in rows[0].split("|") if cell.strip())
+    assert latest.splitlines()[0].removeprefix("Measured ")[:16] in page  # its date
+    assert "<!-- benchmarks:tables -->" not in page and "NOT MET" not in page and "(target <" not in page
+    assert (site / "assets" / "latency.png").read_bytes() == (RESULTS / "latency.png").read_bytes()
