@@ -7,6 +7,7 @@ a file path, or a DSN for replicas configured by environment.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import platformdirs
@@ -14,14 +15,28 @@ import platformdirs
 from ._errors import JournalError
 from ._redaction import mask_dsn
 
-__all__ = ["DSN_PREFIXES", "default_journal_path", "environment_dsn", "is_dsn"]
+__all__ = ["default_journal_path", "environment_dsn", "is_dsn"]
 
 DSN_PREFIXES = ("postgresql://", "postgres://")
+# libpq's connection keywords (PostgreSQL 16's list): "host=db dbname=pay" is a DSN, never a file
+# name, or the password in it would name a file and be printed in its errors
+LIBPQ_KEYWORDS = frozenset(
+    """host hostaddr port dbname user password passfile require_auth channel_binding connect_timeout
+    client_encoding options application_name fallback_application_name keepalives keepalives_idle
+    keepalives_interval keepalives_count tcp_user_timeout replication gssencmode sslmode requiressl
+    sslcompression sslcert sslkey sslpassword sslcertmode sslrootcert sslcrl sslcrldir sslsni
+    requirepeer ssl_min_protocol_version ssl_max_protocol_version krbsrvname gsslib gssdelegation
+    service target_session_attrs load_balance_hosts""".split()
+)
+_KEYWORD = re.compile(r"\s*([A-Za-z_]+)\s*=")
 
 
 def is_dsn(text: str) -> bool:
-    """Whether ``text`` names a PostgreSQL journal rather than a file."""
-    return text.startswith(DSN_PREFIXES)
+    """Whether ``text`` names a PostgreSQL journal (a URL, or libpq's ``key=value`` form)."""
+    if text.lstrip().startswith(DSN_PREFIXES):
+        return True
+    first = _KEYWORD.match(text)
+    return first is not None and first.group(1).lower() in LIBPQ_KEYWORDS
 
 
 def environment_dsn() -> str | None:

@@ -20,9 +20,8 @@ def open_journal(journal: JournalArg) -> tuple[JournalStore, bool]:
     if journal is None:
         journal = environment_dsn()  # $SAMEKEY_JOURNAL may name a PostgreSQL journal
     if journal is None or isinstance(journal, (str, os.PathLike)):
-        text = os.fspath(journal) if journal is not None else ""
-        if is_dsn(text):
-            return _postgres(text, create=True), True
+        if isinstance(journal, str) and is_dsn(journal):
+            return _postgres(journal, create=True), True
         return Journal(journal), True
     if all(hasattr(journal, m) for m in ("claim", "complete", "release", "get")):
         return journal, False
