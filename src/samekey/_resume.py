@@ -84,7 +84,7 @@ def build_resume_request(
             f"Resume it with a client created with key_header={record.key_header!r}."
         )
     hidden = [name for name, value in httpx.URL(record.url).params.multi_items() if value == REDACTED]
-    if record.pending and hidden:  # (also what an older samekey hid by other rules)
+    if record.pending and hidden:
         raise SameKeyError(
             f"operation {operation!r} carried credentials in its URL ({', '.join(hidden)}), which the journal "
             "never stores. Nothing was sent. Run the code that made it again (same operation name, same URL): "
