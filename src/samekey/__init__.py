@@ -23,6 +23,7 @@ from ._hooks import RetryDetails, RetryHook
 from ._journal import ClaimResult, Intent, Journal, JournalStore, OperationRecord, default_journal_path
 from ._policy import RetryBudget, RetryPolicy, set_testing
 from ._resume import ResumeResult
+from ._scope import operation
 from ._transport import AsyncSameKeyTransport, SameKeyTransport
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ __all__ = [
     "SameKeyError",
     "SameKeyTransport",
     "default_journal_path",
+    "operation",
     "operation_info",
     "set_testing",
 ]

@@ -18,13 +18,14 @@ from ._client import refuse_samekey_transports, with_operation
 from ._core import KeyFormat, OnBusy, carry_first_bytes, multipart_operation
 from ._hooks import RetryHook
 from ._policy import RetryPolicy
+from ._reserve import AsyncKeyFor
 from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
 from ._transport import AsyncSameKeyTransport, EngineHolder, JournalArg, _make_engine
 
 __all__ = ["AsyncClient"]
 
 
-class AsyncClient(httpx.AsyncClient, EngineHolder):
+class AsyncClient(httpx.AsyncClient, EngineHolder, AsyncKeyFor):
     """A drop-in `httpx.AsyncClient` with the same ``operation=`` semantics as `Client`."""
 
     def __init__(

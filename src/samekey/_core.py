@@ -556,6 +556,10 @@ def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
                 yield Call("release", intent.operation, owner, 0, None, engine.clock())
             raise
         record = claim.record
+        if claim.status == "claimed" and record.method == "":  # reserved by key_for(): see _reserve
+            from ._reserve import fill  # (it builds on this module)
+
+            record = yield from fill(engine, intent, owner, record)
         mismatch = _mismatch(plan, record)
         holds_lease = claim.status in ("created", "claimed")
         if mismatch is not None:

@@ -348,7 +348,7 @@ def _record(row: tuple[object, ...]) -> OperationRecord:
 PURGE_CHUNK = 5000  # completed records deleted per transaction by a purge
 
 _T = TypeVar("_T")
-_WRITES = frozenset({"claim", "record_attempt", "complete", "release"})  # the writes run_calls batches
+_WRITES = frozenset({"claim", "record_attempt", "complete", "release", "fill_reserved"})  # the writes run_calls batches
 
 
 class _Job(Generic[_T]):
@@ -1185,6 +1185,28 @@ class Journal:
             )
 
         return _Job(job, f"updating operation {operation!r}", False)
+
+    def fill_reserved(self, intent: Intent, owner: str, now: float) -> bool:
+        """Write the request into a record `key_for` reserved (method ''), under ``owner``'s lease.
+
+        False when there is no such record: it was filled, forgotten or taken over meanwhile.
+        """
+        return self._run(self._fill_reserved_job(intent, owner, now))
+
+    def _fill_reserved_job(self, intent: Intent, owner: str, now: float) -> _Job[bool]:
+        def job(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE operations SET method = ?, url = ?, fingerprint = ?, request_headers = ?, "
+                "request_body = ?, updated_at = ? "
+                "WHERE operation = ? AND lease_owner = ? AND state = 'pending' AND method = ''",
+                (
+                    intent.method, intent.url, intent.fingerprint, _request_headers_json(intent.request_headers),
+                    intent.request_body, now, intent.operation, owner,
+                ),
+            )  # fmt: skip
+            return cur.rowcount == 1
+
+        return _Job(job, f"recording the request of operation {intent.operation!r}", True)
 
     def get(self, operation: str) -> OperationRecord | None:
         rows = self._read(f"SELECT {_COLUMNS} FROM operations WHERE operation = ?", (operation,), "reading")

@@ -39,6 +39,7 @@ from ._journal import (
     _new_record,
     _record,
     _replace,
+    _request_headers_json,
     insert_params,
     purge_in_chunks,
     summary_columns,
@@ -644,6 +645,23 @@ class PostgresJournal:
             )
 
         self._run(f"updating operation {operation!r}", work)
+
+    def fill_reserved(self, intent: Intent, owner: str, now: float) -> bool:
+        """Write the request into a record `key_for` reserved (method ''), under ``owner``'s lease."""
+
+        def work(conn: psycopg.Connection[Any]) -> bool:
+            cur = conn.execute(
+                "UPDATE samekey_operations SET method = %s, url = %s, fingerprint = %s, request_headers = %s, "
+                "request_body = %s, updated_at = %s "
+                "WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND method = ''",
+                (
+                    intent.method, intent.url, intent.fingerprint, _request_headers_json(intent.request_headers),
+                    intent.request_body, now, intent.operation, owner,
+                ),
+            )  # fmt: skip
+            return cur.rowcount == 1
+
+        return self._run(f"recording the request of operation {intent.operation!r}", work)
 
     def get(self, operation: str) -> OperationRecord | None:
         def work(conn: psycopg.Connection[Any]) -> OperationRecord | None:

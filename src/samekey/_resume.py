@@ -15,6 +15,7 @@ import httpx
 from ._core import OPERATION_EXTENSION, REDACTED, UNNAMED_PREFIX, Engine, header_bytes, logger
 from ._errors import OperationNotFound, SameKeyError
 from ._journal import OperationRecord
+from ._reserve import refuse_reserved, unreserved
 
 __all__ = ["HeadersArg", "ResumeResult", "RetargetTransport", "build_resume_request", "bulk_resumable"]
 
@@ -50,6 +51,7 @@ def bulk_resumable(
     so a re-run of it sent the same payment again under a new one. Only a prefix that
     names them (``auto:``) or resuming one by name sends them.
     """
+    records = unreserved(records)
     if prefix is not None and prefix.startswith(UNNAMED_PREFIX):
         return list(records), []
     named = [r for r in records if not r.operation.startswith(UNNAMED_PREFIX)]
@@ -71,6 +73,7 @@ def build_resume_request(
     record = engine.journal.get(operation)
     if record is None:
         raise OperationNotFound(operation, engine.journal.location)
+    refuse_reserved(record)
     if record.key_header.lower() != engine.key_header.lower():
         raise SameKeyError(
             f"operation {operation!r} was recorded with its key in the {record.key_header!r} header, "

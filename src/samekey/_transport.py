@@ -24,10 +24,12 @@ import anyio
 import anyio.to_thread
 import httpx
 
+from . import _scope as scope
 from ._core import Action, Call, Discard, Engine, Flow, KeyFormat, OnBusy, Read, Send, Sleep, abandon, operation_flow
 from ._hooks import RetryHook, hooks_from
 from ._journal import DSN_PREFIXES, PROCESS, Journal, JournalStore, environment_dsn
 from ._policy import RetryPolicy
+from ._reserve import AsyncKeyFor, KeyFor
 
 __all__ = ["AsyncSameKeyTransport", "SameKeyTransport", "open_journal"]
 
@@ -170,7 +172,7 @@ class _Wrapping(EngineHolder, Generic[_InnerT]):
         raise NotImplementedError
 
 
-class SameKeyTransport(httpx.BaseTransport, _Wrapping[httpx.BaseTransport]):
+class SameKeyTransport(httpx.BaseTransport, _Wrapping[httpx.BaseTransport], KeyFor):
     """An httpx transport that adds keys, journals and retries around ``transport``."""
 
     def _default_inner(self) -> httpx.BaseTransport:
@@ -185,6 +187,7 @@ class SameKeyTransport(httpx.BaseTransport, _Wrapping[httpx.BaseTransport]):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.read()  # the body must be re-sendable on every attempt
+        scope.apply(self.engine, request)  # inside `with samekey.operation(...)`: the block's operation
         flow = operation_flow(self.engine, request)
         try:
             action = next(flow)
@@ -233,7 +236,7 @@ class SameKeyTransport(httpx.BaseTransport, _Wrapping[httpx.BaseTransport]):
         self._close_journal()
 
 
-class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseTransport]):
+class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseTransport], AsyncKeyFor):
     """The async twin of `SameKeyTransport`: same flow, awaited I/O."""
 
     _journal_thread: _JournalThread | None = None  # started on the first journal call
@@ -250,6 +253,7 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
+        scope.apply(self.engine, request)  # inside `with samekey.operation(...)`: the block's operation
         flow = operation_flow(self.engine, request)
         on_worker = _WorkerCalls()
         try:
