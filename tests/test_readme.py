@@ -55,7 +55,8 @@ import pytest
 import samekey
 from samekey import _policy
 from samekey.cli import build_parser
-from samekey.testing import PaymentServer
+from samekey.testing import INCREASE, SQUARE, STRIPE, Api, PaymentServer
+from test_guide_sdks import SdkBlock, run_sdk_block
 from test_public_api import _users_mypy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -288,12 +289,22 @@ def run_pytest_example(block: Block, ctx: Context) -> None:
     sys.modules.pop("myshop", None)
 
 
+def sdk_runner(api: Api, operation: str) -> Callable[[Block, Context], None]:
+    """A README block of "With Stripe, Square and other SDKs", run as the guide's (test_guide_sdks.py)."""
+
+    def run(block: Block, ctx: Context) -> None:
+        spec = SdkBlock("", api, operation)
+        run_sdk_block(block.code, "README.md", block.line, spec, ctx.tmp_path, ctx.monkeypatch)
+
+    return run
+
+
 # marker: text of that block and of no other, a comment or a name where one will do (a broken keyword
 # should fail the type check and the run, not hide behind a marker that no longer matches)
 SNIPPETS: dict[str, Snippet] = {
     "quickstart": Snippet("your stable name for this logical operation", run_quickstart),
     "own httpx client": Snippet(
-        'journal="payments.sqlite3"',
+        'SameKeyTransport(journal="payments.sqlite3")',
         run_own_httpx_client,
         preamble='import httpx\n\nimport samekey\n\nurl = "https://api.example.com/v1/charges"\n'
         'payload = {"amount": 4999, "currency": "eur", "order": 1042}\n',
@@ -307,6 +318,9 @@ SNIPPETS: dict[str, Snippet] = {
     "on_retry": Snippet("def warn_when_throttled(", run_on_retry),
     "set_testing": Snippet("e.g. in conftest.py", run_set_testing),
     "pytest example": Snippet("# test_checkout.py\n", run_pytest_example, preamble="# mypy: allow-untyped-defs\n"),
+    "stripe sdk": Snippet("one durable key for the one request", sdk_runner(STRIPE, "order-1042/pi")),
+    "square sdk": Snippet("square.payments.create(", sdk_runner(SQUARE, "order-1042/pay")),
+    "increase sdk": Snippet("= Increase(", sdk_runner(INCREASE, "order-1042/transfer")),
 }
 
 

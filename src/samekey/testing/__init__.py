@@ -10,7 +10,7 @@
 """
 
 from .._policy import set_testing
-from ._apis import INCREASE, SQUARE, STRIPE, Api
+from ._apis import INCREASE, PLAIN, SQUARE, STRIPE, Api
 from ._faults import Fault, FaultPlan
 from ._postgres import PostgresServer, PostgresUnavailable
 from ._proxy import FaultProxy
@@ -19,6 +19,7 @@ from ._transport import AsyncFaultTransport, FaultTransport
 
 __all__ = [
     "INCREASE",
+    "PLAIN",
     "SQUARE",
     "STRIPE",
     "Api",
