@@ -135,3 +135,17 @@ def test_the_loopback_apis_read_their_keys_and_bodies() -> None:
     assert STRIPE.payload(b"amount=1200&currency=usd") == {"amount": "1200", "currency": "usd"}
     with pytest.raises(ValueError):
         Api("x", answer=lambda n, p: p).payload(b"[1]")
+
+
+def test_the_stripe_example_runs_and_creates_one_intent_per_order() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    demo = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "stripe_sdk.py")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    out = demo.stdout
+    pending = re.search(r"Journal: order B pending, key (\S+)\.", out)
+    assert pending is not None and "killed with SIGKILL (exit -9)" in out, out
+    assert f"order B: pi_2, key {pending[1]}, sent again with its journaled key: the server replayed it" in out
+    assert "answered from the journal, nothing sent" in out
+    assert "PaymentIntents created on the server: 2; distinct keys: 2." in out
