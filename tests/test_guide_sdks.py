@@ -54,7 +54,12 @@ GUIDE_BLOCKS = [
 
 
 def run_sdk_block(
-    code: str, filename: str, line: int, spec: SdkBlock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    code: str,
+    filename: str,
+    line: int,
+    spec: SdkBlock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Run ``code`` twice on a server speaking ``spec.api``: one charge, the journaled key, a replay."""
     monkeypatch.chdir(tmp_path)

@@ -12,7 +12,9 @@ import samekey
 from samekey.testing import Fault, FaultPlan, PaymentServer
 
 
-def test_key_for_is_durable_before_anything_is_sent_and_the_request_carries_it(journal_path: Path) -> None:
+def test_key_for_is_durable_before_anything_is_sent_and_the_request_carries_it(
+    journal_path: Path,
+) -> None:
     with samekey.Client(journal=journal_path) as client:
         key = client.key_for("order-9/put")
         assert client.key_for("order-9/put") == key
@@ -73,7 +75,10 @@ def test_key_for_refuses_a_bad_name_and_a_store_without_fill_reserved(journal_pa
                 raise AttributeError(name)
             return getattr(self.inner, name)
 
-    with samekey.Client(journal=journal_path) as client, pytest.raises(ValueError, match="operation's name"):
+    with (
+        samekey.Client(journal=journal_path) as client,
+        pytest.raises(ValueError, match="operation's name"),
+    ):
         client.key_for("")
     store = OldStore()
     with samekey.Client(journal=store) as client, pytest.raises(TypeError, match="fill_reserved"):  # type: ignore[arg-type]
@@ -88,3 +93,22 @@ def test_the_request_fills_the_reserved_record_on_postgres_too(pg_dsn: str) -> N
         client.post("https://pay.test/charges", json={"idempotency_key": key}, operation="order-12/pay")
         record = client.journal.get("order-12/pay")
     assert record is not None and not record.pending and record.key == key and record.method == "POST"
+
+
+def test_an_async_client_fills_the_reserved_record_through_its_journal_thread(
+    journal_path: Path,
+) -> None:
+    async def main(url: str) -> tuple[str, int]:
+        async with samekey.AsyncClient(journal=journal_path) as client:
+            key = await client.key_for("order-13/pay")
+            with samekey.operation("order-13/pay"):
+                response = await client.post(url + "/charges", json={"idempotency_key": key})
+            return key, response.status_code
+
+    with PaymentServer() as server:
+        key, status = anyio.run(main, server.url)
+        assert status == 201 and server.keys_seen() == [key]
+    with samekey.Journal(journal_path) as journal:
+        record = journal.get("order-13/pay")
+    assert record is not None and record.state == "completed" and record.method == "POST"
+    assert key.encode() in record.request_body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import re
 from pathlib import Path
 
@@ -20,7 +21,9 @@ def sdk_post(client: httpx.Client, url: str, amount: int = 1200) -> httpx.Respon
     return client.post(url, json={"amount": amount}, headers={"Idempotency-Key": "stainless-python-retry-abc"})
 
 
-def test_the_block_names_the_request_and_its_journaled_key_replaces_the_sdks(journal_path: Path) -> None:
+def test_the_block_names_the_request_and_its_journaled_key_replaces_the_sdks(
+    journal_path: Path,
+) -> None:
     faults = FaultPlan([Fault("drop_after")])  # charged, answer lost: the retry must carry the same key
     with PaymentServer(faults=faults) as server, samekey.set_testing(True):
         with httpx.Client(transport=samekey.SameKeyTransport(journal=journal_path)) as client:
@@ -36,7 +39,9 @@ def test_the_block_names_the_request_and_its_journaled_key_replaces_the_sdks(jou
     assert info is not None and info.operation == "order-7/charge" and info.replayed and info.key == keys[0]
 
 
-def test_a_second_different_request_in_one_block_is_refused_before_it_is_sent(server: PaymentServer) -> None:
+def test_a_second_different_request_in_one_block_is_refused_before_it_is_sent(
+    server: PaymentServer,
+) -> None:
     with samekey.Client(journal=server.db_path + ".journal") as client:
         with samekey.operation("order-8/charge"):
             sdk_post(client, server.url + "/charges")
@@ -46,7 +51,9 @@ def test_a_second_different_request_in_one_block_is_refused_before_it_is_sent(se
     assert server.charge_count() == 1 and len(server.requests()) == 1
 
 
-def test_reads_pass_through_explicit_operation_wins_and_the_inner_block_wins(server: PaymentServer) -> None:
+def test_reads_pass_through_explicit_operation_wins_and_the_inner_block_wins(
+    server: PaymentServer,
+) -> None:
     with samekey.Client(journal=server.db_path + ".journal") as client:
         with samekey.operation("outer"):
             read = samekey.operation_info(client.get(server.url + "/charges"))
@@ -79,3 +86,16 @@ def test_the_block_follows_asyncio_tasks(journal_path: Path, server: PaymentServ
 def test_a_bad_name_is_refused_at_the_block() -> None:
     with pytest.raises(ValueError, match="operation's name"), samekey.operation(""):
         pass
+
+
+def test_the_blocks_mismatch_error_survives_a_pickle(server: PaymentServer) -> None:
+    with (
+        samekey.Client(journal=server.db_path + ".journal") as client,
+        samekey.operation("order-9/charge"),
+    ):
+        sdk_post(client, server.url + "/charges")
+        with pytest.raises(samekey.OperationMismatch) as caught:
+            client.put(server.url + "/charges", json={"amount": 1})
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert type(copy) is samekey.OperationMismatch and copy.operation == "order-9/charge"
+    assert str(copy) == str(caught.value) and "already sent POST" in str(copy) and "now sends PUT" in str(copy)

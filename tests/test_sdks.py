@@ -46,7 +46,10 @@ def body_keys(server: PaymentServer) -> list[str]:
 @pytest.mark.parametrize("sdk", sorted(APIS))
 def test_a_lost_answer_is_retried_under_the_journaled_key(sdk: str, tmp_path: Path) -> None:
     journal = tmp_path / "journal.sqlite3"
-    with PaymentServer(api=APIS[sdk], faults=FaultPlan([Fault("drop_after")])) as server, samekey.set_testing(True):
+    with (
+        PaymentServer(api=APIS[sdk], faults=FaultPlan([Fault("drop_after")])) as server,
+        samekey.set_testing(True),
+    ):
         payment, key = pay(sdk, server.url, str(journal))
         seen, charges = server.keys_seen(), server.charge_count()
         bodies = body_keys(server) if sdk == "square" else []
@@ -107,7 +110,10 @@ def test_stripe_async_calls_go_through_samekey_too(tmp_path: Path) -> None:
         finally:
             await http.close_async()
 
-    with PaymentServer(api=STRIPE, faults=FaultPlan([Fault("drop_after")])) as server, samekey.set_testing(True):
+    with (
+        PaymentServer(api=STRIPE, faults=FaultPlan([Fault("drop_after")])) as server,
+        samekey.set_testing(True),
+    ):
         http = StripeHTTPClient(journal=tmp_path / "journal.sqlite3")
         payment, key = asyncio.run(main(stripe_client(http, server), http))
         assert (payment, server.keys_seen(), server.charge_count()) == ("pi_1", [key, key], 1)
@@ -118,7 +124,10 @@ def test_stripe_sees_a_connection_error_that_says_the_key_is_pending(tmp_path: P
     with PaymentServer(api=STRIPE, faults=always_503) as server, samekey.set_testing(True):
         http = StripeHTTPClient(journal=tmp_path / "journal.sqlite3", policy=samekey.RetryPolicy(max_attempts=2))
         try:
-            with pytest.raises(stripe.APIConnectionError) as caught, samekey.operation("order-8/pi"):
+            with (
+                pytest.raises(stripe.APIConnectionError) as caught,
+                samekey.operation("order-8/pi"),
+            ):
                 stripe_client(http, server).v1.payment_intents.create(params={"amount": 800, "currency": "usd"})
             key = http.key_for("order-8/pi")
         finally:
@@ -140,7 +149,11 @@ def test_the_loopback_apis_read_their_keys_and_bodies() -> None:
 def test_the_stripe_example_runs_and_creates_one_intent_per_order() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     demo = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "stripe_sdk.py")], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, str(ROOT / "examples" / "stripe_sdk.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert demo.returncode == 0, demo.stdout + demo.stderr
     out = demo.stdout

@@ -30,7 +30,15 @@ from ._core import Action, Call, Engine, _valid_operation, logger
 from ._errors import JournalError, KeyExpired, SameKeyError, command
 from ._journal import Intent, OperationRecord
 
-__all__ = ["AsyncKeyFor", "KeyFor", "fill", "is_reserved", "refuse_reserved", "reserve_key", "unreserved"]
+__all__ = [
+    "AsyncKeyFor",
+    "KeyFor",
+    "fill",
+    "is_reserved",
+    "refuse_reserved",
+    "reserve_key",
+    "unreserved",
+]
 
 RESERVED_METHOD = ""  # no HTTP method is empty: a reserved record is never taken for a request
 RESERVED_URL = "(key_for: no request sent yet)"  # what `samekey list` shows for it
@@ -50,15 +58,17 @@ def reserve_key(engine: Engine, operation: str) -> str:
     journal = engine.journal
     if not callable(getattr(journal, "fill_reserved", None)):
         raise TypeError(
-            f"key_for() needs a journal store with fill_reserved(intent, owner, now); {type(journal).__name__} "
-            "has none. Use samekey.Journal or samekey.PostgresJournal, or add that method to your store."
+            "key_for() needs a journal store with fill_reserved(intent, owner, now); "
+            f"{type(journal).__name__} has none. Use samekey.Journal or samekey.PostgresJournal, "
+            "or add that method to your store."
         )
     record = journal.get(operation)
     if record is None:
         now = engine.clock()
         intent = Intent(
             operation=operation, key=engine.new_key(), key_header=engine.key_header,
-            method=RESERVED_METHOD, url=RESERVED_URL, fingerprint="", request_headers=(), request_body=b"",
+            method=RESERVED_METHOD, url=RESERVED_URL, fingerprint="",
+            request_headers=(), request_body=b"",
         )  # fmt: skip
         owner = engine.new_owner()
         claim = journal.claim(intent, owner, engine.lease, now)
@@ -80,8 +90,8 @@ def fill(
     if not filled:
         raise JournalError(
             getattr(engine.journal, "location", "(journal)"),
-            f"operation {intent.operation!r} lost its reserved key while its request was being recorded "
-            "(it was forgotten or taken over meanwhile). Nothing was sent.",
+            f"operation {intent.operation!r} lost its reserved key while its request was being "
+            "recorded (it was forgotten or taken over meanwhile). Nothing was sent.",
             "Run it again: it is sent with the key the journal holds for it then.",
         )
     return dataclasses.replace(
@@ -94,9 +104,10 @@ def refuse_reserved(record: OperationRecord) -> None:
     """`resume` of a reserved record: there is no request to send again."""
     if is_reserved(record):
         raise SameKeyError(
-            f"operation {record.operation!r} has a key from key_for() ({record.key}) but no request was sent "
-            "under it: there is nothing to resume. Run the code that sends it again: it gets the same key from "
-            f"key_for(). If it is no longer needed, `{command('forget', record.operation)}`."
+            f"operation {record.operation!r} has a key from key_for() ({record.key}) but no "
+            "request was sent under it: there is nothing to resume. Run the code that sends it "
+            "again: it gets the same key from key_for(). If it is no longer needed, "
+            f"`{command('forget', record.operation)}`."
         )
 
 
@@ -105,7 +116,10 @@ def unreserved(records: Sequence[OperationRecord]) -> list[OperationRecord]:
     kept = []
     for record in records:
         if is_reserved(record):
-            logger.info("samekey resume skipped %s: a key from key_for(), no request sent yet", record.operation)
+            logger.info(
+                "samekey resume skipped %s: a key from key_for(), no request sent yet",
+                record.operation,
+            )
         else:
             kept.append(record)
     return kept
@@ -117,7 +131,7 @@ class KeyFor:
     engine: Engine
 
     def key_for(self, operation: str) -> str:
-        """The durable key of ``operation``, to put in a body field or a URL before the request is built.
+        """The durable key of ``operation``, for a body field or a URL, before the request is built.
 
         A new operation gets a new key, journaled as pending before this returns; a pending or
         completed one returns its journaled key. Send the request under the same operation
@@ -128,7 +142,7 @@ class KeyFor:
 
 
 class AsyncKeyFor:
-    """``await key_for(...)`` for the async client and transport: the journal runs off the event loop."""
+    """``await key_for(...)`` for the async client and transport: the journal off the loop."""
 
     engine: Engine
 

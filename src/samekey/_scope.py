@@ -36,7 +36,8 @@ from ._errors import OperationMismatch, SameKeyError
 
 __all__ = ["apply", "operation"]
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1: reads, never keyed here
+# RFC 9110 9.2.1: reads; a block never keys them
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 class _Block:
@@ -47,7 +48,7 @@ class _Block:
     def __init__(self, name: str) -> None:
         self.name = name
         self._lock = threading.Lock()
-        self._sent: tuple[str, str] | None = None  # (fingerprint, "POST https://...") of its request
+        self._sent: tuple[str, str] | None = None  # its request's (fingerprint, "POST https://...")
 
     def admit(self, fingerprint: str, described: str) -> None:
         with self._lock:
@@ -56,23 +57,25 @@ class _Block:
                 return
             first_fingerprint, first = self._sent
         if fingerprint != first_fingerprint:
-            raise BlockMismatch(self.name, first, described + (" with another body" if first == described else ""))
+            now = described + (" with another body" if first == described else "")
+            raise _one_request_only(self.name, first, now)
 
 
-class BlockMismatch(OperationMismatch):
-    """A ``samekey.operation`` block sent a second, different request (an `OperationMismatch`)."""
+def _one_request_only(operation: str, first: str, now: str) -> OperationMismatch:
+    """An `OperationMismatch` whose message speaks of the block, not of a journaled record."""
+    error = OperationMismatch.__new__(OperationMismatch)
+    SameKeyError.__init__(
+        error,
+        f"samekey.operation({operation!r}) names one request: this block already sent {first}, "
+        f"and now sends {now}. Nothing was sent. Open one block per request, each with its own "
+        "name (e.g. 'order-42/customer', then 'order-42/charge').",
+    )
+    error.operation = operation
+    return error
 
-    def __init__(self, operation: str, first: str, now: str) -> None:
-        self.operation = operation
-        SameKeyError.__init__(
-            self,
-            f"samekey.operation({operation!r}) names one request: this block already sent {first}, and now "
-            f"sends {now}. Nothing was sent. Open one block per request, each with its own name (e.g. "
-            "'order-42/customer', then 'order-42/charge').",
-        )
 
-
-_CURRENT: contextvars.ContextVar[_Block | None] = contextvars.ContextVar("samekey.operation", default=None)
+_CURRENT: contextvars.ContextVar[_Block | None]
+_CURRENT = contextvars.ContextVar("samekey.operation", default=None)
 
 
 @contextlib.contextmanager
@@ -87,7 +90,8 @@ def operation(name: str) -> Iterator[None]:
     """
     if not _valid_operation(name):
         raise ValueError(
-            "samekey.operation() takes the operation's name: a non-empty string of at most 512 characters "
+            "samekey.operation() takes the operation's name: a non-empty string of at most 512 "
+            "characters "
             f"(e.g. 'order-42/charge'), got {name!r}"
         )
     token = _CURRENT.set(_Block(name))
@@ -98,13 +102,13 @@ def operation(name: str) -> Iterator[None]:
 
 
 def apply(engine: Engine, request: httpx.Request) -> None:
-    """Give ``request`` the enclosing block's operation, if it is the block's (see the module's theory)."""
+    """Give ``request`` the enclosing block's operation, if it is the block's (see the theory)."""
     block = _CURRENT.get()
     if block is None or OPERATION_EXTENSION in request.extensions:
         return
     if request.method in SAFE_METHODS and engine.key_header not in request.headers:
         return
-    request.headers.pop(engine.key_header, None)  # the SDK's per-call key: the journaled one goes out
+    request.headers.pop(engine.key_header, None)  # the SDK's per-call key: the journaled one goes
     request.extensions[OPERATION_EXTENSION] = block.name
     plan = engine.plan(request)
     assert plan is not None  # it names an operation now

@@ -16,7 +16,7 @@ samekey error as its ``__cause__``; samekey's other errors (`OperationMismatch`,
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterable, Awaitable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import anyio
@@ -31,6 +31,7 @@ from .._transport import JournalArg, open_journal
 __all__ = ["StripeHTTPClient"]
 
 STRIPE_TIMEOUT = 80.0  # seconds: stripe-python's own default per request
+_ConnectionError: Callable[..., stripe.APIConnectionError] = stripe.APIConnectionError  # (untyped)
 
 
 class StripeHTTPClient(stripe.HTTPClient):
@@ -45,12 +46,17 @@ class StripeHTTPClient(stripe.HTTPClient):
     name = "samekey"
 
     def __init__(
-        self, *, journal: JournalArg = None, async_transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
+        self,
+        *,
+        journal: JournalArg = None,
+        async_transport: httpx.AsyncBaseTransport | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
         kwargs.setdefault("timeout", STRIPE_TIMEOUT)
         self._store, self._owns_store = open_journal(journal)  # one store for both clients
-        self._kwargs = {key: value for key, value in kwargs.items() if key not in ("transport", "mounts")}
+        sync_only = ("transport", "mounts")
+        self._kwargs = {key: value for key, value in kwargs.items() if key not in sync_only}
         if async_transport is not None:
             self._kwargs["transport"] = async_transport
         try:
@@ -74,14 +80,24 @@ class StripeHTTPClient(stripe.HTTPClient):
     # -- sync ---------------------------------------------------------------------------
 
     def request(
-        self, method: str, url: str, headers: Mapping[str, str] | None, post_data: Any = None, **_: Any
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        post_data: Any = None,
+        **_: Any,
     ) -> tuple[str, int, Mapping[str, str]]:
         with _as_stripe_errors():
             response = self.client.request(method, url, headers=headers, content=post_data)
         return response.text, response.status_code, response.headers
 
     def request_stream(
-        self, method: str, url: str, headers: Mapping[str, str] | None, post_data: Any = None, **_: Any
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        post_data: Any = None,
+        **_: Any,
     ) -> tuple[Iterable[bytes], int, Mapping[str, str]]:
         request = self.client.build_request(method, url, headers=headers, content=post_data)
         with _as_stripe_errors():
@@ -100,7 +116,8 @@ class StripeHTTPClient(stripe.HTTPClient):
         self, method: str, url: str, headers: Mapping[str, str], post_data: Any = None
     ) -> tuple[bytes, int, Mapping[str, str]]:
         with _as_stripe_errors():
-            response = await self.async_client.request(method, url, headers=headers, content=post_data)
+            client = self.async_client
+            response = await client.request(method, url, headers=headers, content=post_data)
         return response.content, response.status_code, response.headers
 
     async def request_stream_async(
@@ -134,7 +151,7 @@ def _as_stripe_errors() -> Iterator[None]:
         yield
     except RetriesExhausted as exc:
         answer = exc.last_response  # the last retryable answer (a 503...), read already
-        raise stripe.APIConnectionError(  # type: ignore[no-untyped-call]  # (stripe's own is untyped)
+        raise _ConnectionError(
             str(exc),
             http_body=None if answer is None else answer.text,
             http_status=None if answer is None else answer.status_code,
@@ -143,4 +160,4 @@ def _as_stripe_errors() -> Iterator[None]:
         ) from exc
     except httpx.TransportError as exc:  # one samekey's policy does not retry
         error = f"{type(exc).__name__}: {exc}"
-        raise stripe.APIConnectionError(error, should_retry=False) from exc  # type: ignore[no-untyped-call]
+        raise _ConnectionError(error, should_retry=False) from exc

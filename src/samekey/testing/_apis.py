@@ -21,9 +21,9 @@ __all__ = ["INCREASE", "PLAIN", "SQUARE", "STRIPE", "Api"]
 @dataclass(frozen=True)
 class Api:
     name: str
-    answer: Callable[[int, dict[str, Any]], dict[str, Any]]  # (charge number, request payload) -> body
+    answer: Callable[[int, dict[str, Any]], dict[str, Any]]  # (charge number, payload) -> body
     error: Callable[[str], dict[str, Any]] = lambda message: {"error": message}
-    key_field: str | None = None  # the JSON body field holding the key; None: the Idempotency-Key header
+    key_field: str | None = None  # the JSON body field of the key; None: the Idempotency-Key header
     form: bool = False  # application/x-www-form-urlencoded bodies
 
     def key(self, headers: dict[str, str], raw: bytes) -> str | None:
@@ -38,7 +38,8 @@ class Api:
     def payload(self, raw: bytes) -> dict[str, Any]:
         """The request's fields; ValueError when the body does not read."""
         if self.form:
-            return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw)))
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(raw))
+            return dict(pairs)
         value = json.loads(raw or b"{}")
         if not isinstance(value, dict):
             raise ValueError("not a JSON object")
@@ -68,6 +69,12 @@ STRIPE = Api(
     error=lambda message: {"error": {"type": "api_error", "message": message}},
 )
 
+
+def _square_error(message: str) -> dict[str, Any]:
+    error = {"category": "API_ERROR", "code": "INTERNAL_SERVER_ERROR", "detail": message}
+    return {"errors": [error]}
+
+
 SQUARE = Api(
     "square",
     key_field="idempotency_key",
@@ -79,11 +86,21 @@ SQUARE = Api(
             "source_type": "CARD",
         },
     },
-    error=lambda message: {"errors": [{"category": "API_ERROR", "code": "INTERNAL_SERVER_ERROR", "detail": message}]},
+    error=_square_error,
 )
 
 INCREASE = Api(
     "increase",
-    answer=lambda n, p: {"id": f"account_transfer_{n}", "type": "account_transfer", "status": "complete", **p},
-    error=lambda message: {"type": "internal_server_error", "title": message, "status": 500, "detail": message},
+    answer=lambda n, p: {
+        "id": f"account_transfer_{n}",
+        "type": "account_transfer",
+        "status": "complete",
+        **p,
+    },
+    error=lambda message: {
+        "type": "internal_server_error",
+        "title": message,
+        "status": 500,
+        "detail": message,
+    },
 )
