@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import anyio
@@ -112,3 +113,12 @@ def test_an_async_client_fills_the_reserved_record_through_its_journal_thread(
         record = journal.get("order-13/pay")
     assert record is not None and record.state == "completed" and record.method == "POST"
     assert key.encode() in record.request_body
+
+
+def test_a_key_reserved_long_ago_but_never_sent_is_not_expired(journal_path: Path, server: PaymentServer) -> None:
+    with samekey.Client(journal=journal_path, key_ttl=60) as client:
+        key = client.key_for("order-14/pay")
+        with sqlite3.connect(journal_path) as conn:  # reserved two hours ago: no server has seen the key yet
+            conn.execute("UPDATE operations SET created_at = created_at - 7200 WHERE operation = 'order-14/pay'")
+        response = client.post(server.url + "/charges", json={"idempotency_key": key}, operation="order-14/pay")
+        assert response.status_code == 201 and server.keys_seen() == [key]

@@ -162,3 +162,30 @@ def test_the_stripe_example_runs_and_creates_one_intent_per_order() -> None:
     assert f"order B: pi_2, key {pending[1]}, sent again with its journaled key: the server replayed it" in out
     assert "answered from the journal, nothing sent" in out
     assert "PaymentIntents created on the server: 2; distinct keys: 2." in out
+
+
+def test_stripe_streaming_calls_go_through_samekey(tmp_path: Path) -> None:
+    async def stream_async(http: StripeHTTPClient, url: str) -> bytes:
+        try:
+            with samekey.operation("order-10/stream-async"):
+                chunks, status, _ = await http.request_stream_async("post", url, {}, "amount=2&currency=eur")
+            assert status == 201
+            return b"".join([chunk async for chunk in chunks])
+        finally:
+            await http.close_async()
+
+    with PaymentServer(api=STRIPE) as server:
+        http = StripeHTTPClient(journal=tmp_path / "journal.sqlite3")
+        try:
+            with samekey.operation("order-10/stream"):
+                chunks, status, _ = http.request_stream("post", server.url + "/v1/payment_intents", {}, "amount=1")
+            assert status == 201 and json.loads(b"".join(chunks))["id"] == "pi_1"
+            keys = [http.key_for("order-10/stream")]
+        finally:
+            http.close()
+        http = StripeHTTPClient(journal=tmp_path / "journal.sqlite3")
+        body = asyncio.run(stream_async(http, server.url + "/v1/payment_intents"))
+        assert json.loads(body)["id"] == "pi_2"
+        with samekey.Client(journal=tmp_path / "journal.sqlite3") as reader:
+            keys.append(reader.key_for("order-10/stream-async"))
+        assert server.keys_seen() == keys

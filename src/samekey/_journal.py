@@ -1189,6 +1189,7 @@ class Journal:
     def fill_reserved(self, intent: Intent, owner: str, now: float) -> bool:
         """Write the request into a record `key_for` reserved (method ''), under ``owner``'s lease.
 
+        Its key's life (``created_at``, against ``key_ttl``) starts now: no server has seen it yet.
         False when there is no such record: it was filled, forgotten or taken over meanwhile.
         """
         return self._run(self._fill_reserved_job(intent, owner, now))
@@ -1197,11 +1198,11 @@ class Journal:
         def job(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
                 "UPDATE operations SET method = ?, url = ?, fingerprint = ?, request_headers = ?, "
-                "request_body = ?, updated_at = ? "
+                "request_body = ?, created_at = ?, updated_at = ? "
                 "WHERE operation = ? AND lease_owner = ? AND state = 'pending' AND method = ''",
                 (
                     intent.method, intent.url, intent.fingerprint, _request_headers_json(intent.request_headers),
-                    intent.request_body, now, intent.operation, owner,
+                    intent.request_body, now, now, intent.operation, owner,
                 ),
             )  # fmt: skip
             return cur.rowcount == 1

@@ -652,11 +652,11 @@ class PostgresJournal:
         def work(conn: psycopg.Connection[Any]) -> bool:
             cur = conn.execute(
                 "UPDATE samekey_operations SET method = %s, url = %s, fingerprint = %s, request_headers = %s, "
-                "request_body = %s, updated_at = %s "
+                "request_body = %s, created_at = %s, updated_at = %s "
                 "WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND method = ''",
                 (
                     intent.method, intent.url, intent.fingerprint, _request_headers_json(intent.request_headers),
-                    intent.request_body, now, intent.operation, owner,
+                    intent.request_body, now, now, intent.operation, owner,
                 ),
             )  # fmt: skip
             return cur.rowcount == 1

@@ -12,10 +12,11 @@ completed operation's request built again with its key is answered from the jour
 
 The first request sent under that operation claims the reserved record like any pending
 one, and `fill` writes the request into it (``fill_reserved``, under the claim's lease) before
-the first byte is sent; from then on it is an ordinary pending operation that retries,
-re-runs and ``samekey resume`` send again with its key. A reserved record that never got a
-request (the process died between `key_for` and the send) has nothing to resume: running
-the code again sends it, with the same key.
+the first byte is sent. From then on it is an ordinary pending operation that retries, re-runs
+and ``samekey resume`` send again with its key; its key's life (``key_ttl``) starts there, as
+no server saw the key before. A reserved record that never got a request (the process died
+between `key_for` and the send) has nothing to resume: running the code again sends it, with
+the same key.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def fill(
     engine: Engine, intent: Intent, owner: str, record: OperationRecord
 ) -> Generator[Action, Any, OperationRecord]:
     """The flow's step for a claimed reserved record: journal the request, before it is sent."""
-    filled = yield Call("fill_reserved", intent, owner, engine.clock())
+    now = engine.clock()
+    filled = yield Call("fill_reserved", intent, owner, now)
     if not filled:
         raise JournalError(
             getattr(engine.journal, "location", "(journal)"),
@@ -97,6 +99,7 @@ def fill(
     return dataclasses.replace(
         record, method=intent.method, url=intent.url, fingerprint=intent.fingerprint,
         request_headers=intent.request_headers, request_body=intent.request_body,
+        created_at=now, updated_at=now,
     )  # fmt: skip
 
 
