@@ -1,6 +1,6 @@
 """stripe-python over samekey: ``StripeClient(..., http_client=StripeHTTPClient(journal=...))``.
 
-stripe-python sends through an `stripe.HTTPClient`; this one sends through a `samekey.Client`
+stripe-python sends through a `stripe.HTTPClient`; this one sends through a `samekey.Client`
 (sync calls) or a `samekey.AsyncClient` (``*_async`` calls), both on one journal. Name each
 write with ``with samekey.operation("order-1042/pi"):``: its key is then journaled before the
 first byte and goes out in place of the one stripe-python makes per call (kept in memory only).
