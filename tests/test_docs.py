@@ -67,7 +67,8 @@ import samekey
 import samekey.testing
 from samekey import _policy
 from samekey.cli import build_parser
-from samekey.testing import PaymentServer
+from samekey.testing import SQUARE, STRIPE, Api, PaymentServer
+from test_guide_sdks import SdkBlock, run_sdk_block
 from test_public_api import _users_mypy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +80,9 @@ RESULTS = ROOT / "benchmarks" / "results"
 EXAMPLE_URLS = ("https://api.example.com", "https://api.payments.example")
 # The languages a fenced block may have: python is checked here; the others are shell, output, diagrams.
 FENCES = {"python", "bash", "text", "mermaid"}
+
+
+SDK_GUIDE = DOCS / "guides" / "sdks.md"
 
 
 def doc_files() -> list[Path]:
@@ -100,7 +104,8 @@ class Block:
 def doc_blocks(path: Path | None = None, text: str | None = None) -> list[Block]:
     """The ```python blocks of one doc file, or (with no path) of every one."""
     if path is None:
-        return [block for doc in doc_files() for block in doc_blocks(doc)]
+        # the SDK guide's blocks need their SDKs' servers: tests/test_guide_sdks.py runs them
+        return [block for doc in doc_files() if doc != SDK_GUIDE for block in doc_blocks(doc)]
     text = path.read_text() if text is None else text
     name = path.relative_to(ROOT).as_posix()
     return [
@@ -243,17 +248,6 @@ def run_async(block: Block, ctx: Context) -> None:
         assert keys == set(server.keys_seen())
 
 
-def run_sdk(block: Block, ctx: Context) -> None:
-    with ctx.server() as server:
-        with printed() as out:
-            execute(block, url=server.url)
-        (key,) = server.keys_seen()
-        assert key.startswith("sdk-retry-") and server.charge_count() == 1
-        # the SDK's own key is the operation's key, journaled under key:<it>
-        assert out.getvalue().strip() == f"201 key:{key}"
-        assert completed_record("sdk.sqlite3", f"key:{key}").key == key
-
-
 def run_own_httpx_client(block: Block, ctx: Context) -> None:
     preamble = SNIPPETS["own httpx client"].preamble
     with ctx.server() as server:
@@ -391,6 +385,16 @@ def run_pytest_example(block: Block, ctx: Context) -> None:
     sys.modules.pop("myshop", None)
 
 
+def sdk_runner(api: Api, operation: str) -> Callable[[Block, Context], None]:
+    """A README block of "With Stripe, Square and other SDKs", run as the guide's (test_guide_sdks.py)."""
+
+    def run(block: Block, ctx: Context) -> None:
+        spec = SdkBlock("", api, operation)
+        run_sdk_block(block.code, "README.md", block.line, spec, ctx.tmp_path, ctx.monkeypatch)
+
+    return run
+
+
 # marker: text of that block and of no other, a comment or a name where one will do (a broken keyword
 # should fail the type check and the run, not hide behind a marker that no longer matches)
 SNIPPETS: dict[str, Snippet] = {
@@ -411,9 +415,10 @@ SNIPPETS: dict[str, Snippet] = {
     "postgres replicas": Snippet("SAMEKEY_JOURNAL_DSN", run_postgres_replicas),
     "on_retry": Snippet("def warn_when_throttled(", run_on_retry),
     "async": Snippet("async def charge_all(", run_async),
-    "sdk": Snippet("def sdk_create_charge(", run_sdk),
     "set_testing": Snippet("e.g. in conftest.py", run_set_testing),
     "pytest example": Snippet("# test_checkout.py\n", run_pytest_example, preamble="# mypy: allow-untyped-defs\n"),
+    "stripe sdk": Snippet("one durable key for the one request", sdk_runner(STRIPE, "order-1042/pi")),
+    "square sdk": Snippet("square.payments.create(", sdk_runner(SQUARE, "order-1042/pay")),
 }
 
 

@@ -460,3 +460,32 @@ def test_an_older_schema_is_migrated_forward_keeping_its_records(store: Store, m
     reopened = store.open()  # already current: opening again changes nothing
     reopened.close()
     assert store.get_version() == current + 1
+
+
+# -- fill_reserved (key_for) ------------------------------------------------------------
+
+
+def test_fill_reserved_writes_the_request_into_a_reserved_record_under_its_lease_only(
+    store: Store, journal: JournalStore
+) -> None:
+    fill = journal.fill_reserved  # type: ignore[attr-defined]  # optional: what key_for needs
+    reserved = replace(intent(), method="", url="(key_for: no request sent yet)", fingerprint="", request_body=b"")
+    assert journal.claim(reserved, A, 30, T0).status == "created"
+    journal.release("order-1/charge", A, 0, None, T0)
+    assert journal.claim(replace(intent(), key=reserved.key), B, 30, T0 + 10).status == "claimed"
+    real = replace(intent(), key=reserved.key)
+    assert fill(real, A, T0 + 11) is False  # not the lease holder
+    assert fill(real, B, T0 + 12) is True
+    assert fill(real, B, T0 + 13) is False  # filled already: no longer reserved
+    other = store.open()
+    try:
+        record = other.get("order-1/charge")
+    finally:
+        other.close()
+    assert record is not None and record.pending and record.key == reserved.key
+    assert (record.method, record.url, record.fingerprint) == (real.method, real.url, real.fingerprint)
+    assert (record.request_headers, record.request_body, record.created_at) == (
+        real.request_headers,
+        real.request_body,
+        T0 + 12,
+    )

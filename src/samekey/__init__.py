@@ -25,6 +25,7 @@ from ._journal import Journal
 from ._location import default_journal_path
 from ._policy import RetryBudget, RetryPolicy, set_testing
 from ._resume import ResumeResult
+from ._scope import operation
 from ._transport import AsyncSameKeyTransport, SameKeyTransport
 from ._wire import OPERATION_EXTENSION, OperationInfo, operation_info
 
@@ -74,6 +75,7 @@ __all__ = [
     "SameKeyError",
     "SameKeyTransport",
     "default_journal_path",
+    "operation",
     "operation_info",
     "set_testing",
 ]

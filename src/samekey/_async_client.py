@@ -22,13 +22,14 @@ from ._hooks import RetryHook
 from ._open import JournalArg
 from ._plan import carry_first_bytes, multipart_operation
 from ._policy import RetryPolicy
+from ._reserve import AsyncKeyFor
 from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
 from ._transport import AsyncSameKeyTransport, EngineHolder
 
 __all__ = ["AsyncClient"]
 
 
-class AsyncClient(httpx.AsyncClient, EngineHolder):
+class AsyncClient(httpx.AsyncClient, EngineHolder, AsyncKeyFor):
     """A drop-in `httpx.AsyncClient` with the same ``operation=`` semantics as `Client`."""
 
     def __init__(

@@ -16,6 +16,7 @@ from ._hooks import RetryHook
 from ._open import JournalArg
 from ._plan import carry_first_bytes, multipart_operation
 from ._policy import RetryPolicy
+from ._reserve import KeyFor
 from ._resume import HeadersArg, ResumeResult, build_resume_request, bulk_resumable
 from ._transport import AsyncSameKeyTransport, EngineHolder, SameKeyTransport
 from ._wire import OPERATION_EXTENSION
@@ -51,7 +52,7 @@ def refuse_samekey_transports(kind: str, kwargs: dict[str, Any]) -> None:
             )
 
 
-class Client(httpx.Client, EngineHolder):
+class Client(httpx.Client, EngineHolder, KeyFor):
     """A drop-in `httpx.Client` that makes writes safe to retry.
 
     Every httpx.Client keyword works as in httpx. The write methods, `request` and

@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 __all__ = [
     "BatchingStore",
     "Claim",
     "ClaimResult",
     "Complete",
+    "FillReserved",
     "Intent",
     "JournalCall",
     "JournalStore",
@@ -29,6 +30,7 @@ __all__ = [
     "PurgeCompleted",
     "RecordAttempt",
     "Release",
+    "ReservingStore",
     "lease_decision",
     "new_record",
     "with_lease",
@@ -225,7 +227,18 @@ class PurgeCompleted:
         return store.purge_completed(self.older_than, self.now, self.limit)
 
 
-JournalCall = Claim | RecordAttempt | Complete | Release | PurgeCompleted
+@dataclass(frozen=True, slots=True)
+class FillReserved:
+    intent: Intent
+    owner: str
+    now: float
+
+    def run(self, store: JournalStore) -> bool:
+        # only a record key_for() reserved is filled, and key_for() needs a ReservingStore
+        return cast(ReservingStore, store).fill_reserved(self.intent, self.owner, self.now)
+
+
+JournalCall = Claim | RecordAttempt | Complete | Release | PurgeCompleted | FillReserved
 Outcome = tuple[Any, BaseException | None]
 
 
@@ -235,4 +248,13 @@ class BatchingStore(JournalStore, Protocol):
 
     def run_batch(self, calls: Sequence[JournalCall]) -> list[Outcome]:
         """(result, error) per call, in order; one call's error does not fail the others."""
+        ...
+
+
+class ReservingStore(JournalStore, Protocol):
+    """A store that can hold a key before its request exists (`key_for`)."""
+
+    def fill_reserved(self, intent: Intent, owner: str, now: float) -> bool:
+        """Write the request into a record `key_for` reserved (method ''), under ``owner``'s lease,
+        durably; its ``created_at`` becomes ``now``. False when there is no such record."""
         ...

@@ -30,6 +30,7 @@ from ._contract import Claim, ClaimResult, Intent, OperationRecord, PurgeComplet
 from ._engine import Engine
 from ._errors import KeyExpired, OperationInProgress, OperationMismatch
 from ._plan import Plan, as_first_sent, mismatch
+from ._reserve import fill, is_reserved
 from ._wire import OPERATION_EXTENSION, replay, settled
 
 __all__ = ["operation_flow"]
@@ -82,6 +83,8 @@ def _claim(engine: Engine, plan: Plan, owner: str, lease: float) -> Generator[Ac
     while True:
         now = engine.clock()
         claim = yield from _claim_once(engine, plan.intent, owner, lease, now)
+        if claim.status == "claimed" and is_reserved(claim.record):  # a key from key_for(): see _reserve
+            claim = ClaimResult("claimed", (yield from fill(engine, plan.intent, owner, claim.record)))
         yield from _refuse_mismatch(engine, plan, claim, owner)
         if claim.status != "busy":
             return claim

@@ -38,6 +38,7 @@ from ._contract import (
     Claim,
     ClaimResult,
     Complete,
+    FillReserved,
     Intent,
     JournalCall,
     OperationRecord,
@@ -51,7 +52,15 @@ from ._contract import (
 from ._errors import JournalError
 from ._identity import PROCESS
 from ._location import default_journal_path, refuse_dsn_as_path
-from ._rows import COLUMNS, headers_to_json, insert_params, purge_in_chunks, record_from_row, summary_columns
+from ._rows import (
+    COLUMNS,
+    headers_to_json,
+    insert_params,
+    purge_in_chunks,
+    record_from_row,
+    request_headers_json,
+    summary_columns,
+)
 
 __all__ = ["Journal"]
 
@@ -98,7 +107,7 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
             conn.execute(statement)
 
 
-_SUMMARYCOLUMNS = summary_columns("X''")
+_SUMMARY_COLUMNS = summary_columns("X''")
 
 
 _T = TypeVar("_T")
@@ -872,6 +881,8 @@ class Journal:
             )
         if isinstance(call, Release):
             return self._release_job(call.operation, call.owner, call.attempts, call.error, call.now)
+        if isinstance(call, FillReserved):
+            return self._fill_reserved_job(call.intent, call.owner, call.now)
         return None
 
     def _claim_job(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> _Job[ClaimResult]:
@@ -945,6 +956,29 @@ class Journal:
 
         return _Job(job, f"updating operation {operation!r}", False)
 
+    def fill_reserved(self, intent: Intent, owner: str, now: float) -> bool:
+        """Write the request into a record `key_for` reserved (method ''), under ``owner``'s lease.
+
+        Its key's life (``created_at``, against ``key_ttl``) starts now: no server has seen it yet.
+        False when there is no such record: it was filled, forgotten or taken over meanwhile.
+        """
+        return self._run(self._fill_reserved_job(intent, owner, now))
+
+    def _fill_reserved_job(self, intent: Intent, owner: str, now: float) -> _Job[bool]:
+        def job(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE operations SET method = ?, url = ?, fingerprint = ?, request_headers = ?, "
+                "request_body = ?, created_at = ?, updated_at = ? "
+                "WHERE operation = ? AND lease_owner = ? AND state = 'pending' AND method = ''",
+                (
+                    intent.method, intent.url, intent.fingerprint, request_headers_json(intent.request_headers),
+                    intent.request_body, now, now, intent.operation, owner,
+                ),
+            )  # fmt: skip
+            return cur.rowcount == 1
+
+        return _Job(job, f"recording the request of operation {intent.operation!r}", True)
+
     def get(self, operation: str) -> OperationRecord | None:
         rows = self._read(f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (operation,), "reading")
         return record_from_row(rows[0]) if rows else None
@@ -964,7 +998,7 @@ class Journal:
             where.append("operation >= ? AND operation < ?")
             params += [prefix, prefix + "\U0010ffff"]
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        columns = COLUMNS if bodies else _SUMMARYCOLUMNS
+        columns = COLUMNS if bodies else _SUMMARY_COLUMNS
         rows = self._read(
             f"SELECT {columns} FROM operations{clause} ORDER BY created_at, operation", tuple(params), "listing"
         )

@@ -44,7 +44,7 @@ def make_plan(config: Config, redactor: Redactor, request: httpx.Request) -> Pla
     caller_key, headers = redactor.scan_headers(request.headers)
     if operation is None:
         operation = f"key:{caller_key}" if caller_key else f"{UNNAMED_PREFIX}{uuid4()}"
-    elif not _valid_operation(operation):
+    elif not valid_operation(operation):
         raise ValueError(
             f"operation must be a non-empty string of at most {MAX_OPERATION_LENGTH} characters, "
             f"valid text (UTF-8, no NUL), naming the logical operation (e.g. 'order-42/charge'), got {operation!r}"
@@ -83,7 +83,7 @@ def uuid4() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _valid_operation(operation: object) -> bool:
+def valid_operation(operation: object) -> bool:
     # a lone surrogate cannot be stored; PostgreSQL refuses NUL in text
     if not isinstance(operation, str) or not operation.strip() or len(operation) > MAX_OPERATION_LENGTH:
         return False

@@ -30,7 +30,15 @@ from ._contract import ClaimResult, Intent, OperationRecord, lease_decision, new
 from ._errors import JournalError
 from ._identity import PROCESS
 from ._redaction import mask_dsn, redact_dsn, scrub
-from ._rows import COLUMNS, headers_to_json, insert_params, purge_in_chunks, record_from_row, summary_columns
+from ._rows import (
+    COLUMNS,
+    headers_to_json,
+    insert_params,
+    purge_in_chunks,
+    record_from_row,
+    request_headers_json,
+    summary_columns,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -503,6 +511,23 @@ class PostgresJournal:
             )
 
         self._run(f"updating operation {operation!r}", work)
+
+    def fill_reserved(self, intent: Intent, owner: str, now: float) -> bool:
+        """Write the request into a record `key_for` reserved (method ''), under ``owner``'s lease."""
+
+        def work(conn: psycopg.Connection[Any]) -> bool:
+            cur = conn.execute(
+                "UPDATE samekey_operations SET method = %s, url = %s, fingerprint = %s, request_headers = %s, "
+                "request_body = %s, created_at = %s, updated_at = %s "
+                "WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND method = ''",
+                (
+                    intent.method, intent.url, intent.fingerprint, request_headers_json(intent.request_headers),
+                    intent.request_body, now, now, intent.operation, owner,
+                ),
+            )  # fmt: skip
+            return cur.rowcount == 1
+
+        return self._run(f"recording the request of operation {intent.operation!r}", work)
 
     def get(self, operation: str) -> OperationRecord | None:
         def work(conn: psycopg.Connection[Any]) -> OperationRecord | None:

@@ -18,6 +18,7 @@ from ._engine import Engine
 from ._errors import OperationNotFound, SameKeyError
 from ._plan import UNNAMED_PREFIX
 from ._redaction import REDACTED
+from ._reserve import refuse_reserved, unreserved
 from ._wire import OPERATION_EXTENSION, header_bytes
 
 logger = logging.getLogger("samekey")
@@ -56,6 +57,7 @@ def bulk_resumable(
     so a re-run of it sent the same payment again under a new one. Only a prefix that
     names them (``auto:``) or resuming one by name sends them.
     """
+    records = unreserved(records)
     if prefix is not None and prefix.startswith(UNNAMED_PREFIX):
         return list(records), []
     named = [r for r in records if not r.operation.startswith(UNNAMED_PREFIX)]
@@ -77,6 +79,7 @@ def build_resume_request(
     record = engine.journal.get(operation)
     if record is None:
         raise OperationNotFound(operation, engine.journal.location)
+    refuse_reserved(record)
     if record.key_header.lower() != engine.key_header.lower():
         raise SameKeyError(
             f"operation {operation!r} was recorded with its key in the {record.key_header!r} header, "

@@ -38,7 +38,7 @@ def headers_to_json(headers: Iterable[tuple[str, str]]) -> str:
 
 
 @functools.lru_cache(maxsize=256)  # a client sends the same few sets of request headers again and again
-def _request_headers_json(headers: tuple[tuple[str, str], ...]) -> str:
+def request_headers_json(headers: tuple[tuple[str, str], ...]) -> str:
     return headers_to_json(headers)
 
 
@@ -52,7 +52,7 @@ def insert_params(intent: Intent, owner: str, now: float, expires: float) -> tup
     """The values of a new pending record, in the order of the stores' INSERT statements."""
     return (
         intent.operation, intent.key, intent.key_header, intent.method, intent.url, intent.fingerprint,
-        _request_headers_json(intent.request_headers), intent.request_body, now, now, owner, expires,
+        request_headers_json(intent.request_headers), intent.request_body, now, now, owner, expires,
     )  # fmt: skip
 
 

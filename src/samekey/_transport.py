@@ -21,6 +21,7 @@ import anyio
 import anyio.to_thread
 import httpx
 
+from . import _scope as scope
 from ._actions import Action, Discard, Flow, Read, Send, Sleep, abandon
 from ._config import Config, Options
 from ._contract import BatchingStore, JournalCall, JournalStore
@@ -28,6 +29,7 @@ from ._engine import Engine, open_engine
 from ._flow import operation_flow
 from ._identity import PROCESS, at_fork_in_child
 from ._policy import RetryPolicy
+from ._reserve import AsyncKeyFor, KeyFor
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -102,7 +104,7 @@ class _Wrapping(EngineHolder, Generic[_InnerT]):
         raise NotImplementedError
 
 
-class SameKeyTransport(httpx.BaseTransport, _Wrapping[httpx.BaseTransport]):
+class SameKeyTransport(httpx.BaseTransport, _Wrapping[httpx.BaseTransport], KeyFor):
     """An httpx transport that adds keys, journals and retries around ``transport``."""
 
     def _default_inner(self) -> httpx.BaseTransport:
@@ -117,6 +119,7 @@ class SameKeyTransport(httpx.BaseTransport, _Wrapping[httpx.BaseTransport]):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.read()  # the body must be re-sendable on every attempt
+        scope.apply(self.engine, request)  # inside `with samekey.operation(...)`: the block's operation
         flow = operation_flow(self.engine, request)
         try:
             action = next(flow)
@@ -165,7 +168,7 @@ class SameKeyTransport(httpx.BaseTransport, _Wrapping[httpx.BaseTransport]):
         self._close_journal()
 
 
-class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseTransport]):
+class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseTransport], AsyncKeyFor):
     """The async twin of `SameKeyTransport`: same flow, awaited I/O."""
 
     _journal_thread: _JournalThread | None = None  # started on the first journal call
@@ -182,6 +185,7 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
+        scope.apply(self.engine, request)  # inside `with samekey.operation(...)`: the block's operation
         flow = operation_flow(self.engine, request)
         on_worker = _WorkerCalls()
         try:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .._identity import pid_is_gone
+from ._apis import PLAIN, Api
 from ._faults import Fault, FaultPlan
 
 __all__ = ["Fault", "FaultPlan", "PaymentServer"]
@@ -67,7 +68,8 @@ class PaymentServer:
     POST /charges (JSON body) charges once per Idempotency-Key and answers 201 with
     ``{"id": ..., "amount": ...}``. With ``require_auth="Bearer sk_test"`` a request without
     that Authorization is refused with a 401 before anything is charged or stored.
-    GET /charges lists the charges. ``db_path`` is the SQLite file holding charges,
+    GET /charges lists the charges. ``api=STRIPE`` (or ``SQUARE``, ``INCREASE``) answers that
+    SDK's requests instead, each POST a charge (see `Api`). ``db_path`` is the SQLite file holding charges,
     stored responses and the request log; it can be opened by tests and by other processes.
     """
 
@@ -80,7 +82,9 @@ class PaymentServer:
         decline: Callable[[dict[str, Any]], int | None] | None = None,
         require_auth: str | None = None,
         port: int = 0,
+        api: Api = PLAIN,
     ) -> None:
+        self.api = api  # how it speaks: samekey's JSON /charges, or like Stripe, Square, Increase
         self.db_path = str(db_path) if db_path is not None else ":memory:"
         self.faults = faults or FaultPlan()
         self.work_seconds = work_seconds
@@ -260,9 +264,9 @@ class PaymentServer:
                     cur = self._db.execute(
                         "INSERT INTO charges (key, body, at) VALUES (?, ?, ?)", (key, body_text, time.time())
                     )
-                    answer = json.dumps({"id": f"ch_{cur.lastrowid}", **payload}).encode()
+                    answer = json.dumps(self.api.answer(cur.lastrowid or 0, payload)).encode()
                 else:
-                    answer = json.dumps({"error": "card_declined"}).encode()
+                    answer = json.dumps(self.api.error("card_declined")).encode()
                 self._db.execute(
                     "UPDATE idempotency SET state = 'done', status = ?, body = ? WHERE key = ?", (status, answer, key)
                 )
@@ -309,6 +313,8 @@ class PaymentServer:
                 if answer is None:
                     return
                 status, payload, extra = answer
+                if status >= 400:
+                    payload = self.api.error_body(payload)
                 reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
                 out = [
                     f"HTTP/1.1 {status} {reason}",
@@ -329,7 +335,7 @@ class PaymentServer:
     ) -> tuple[int, bytes, dict[str, str]] | None:
         if method == "GET":
             return 200, json.dumps(self.charges()).encode(), {}
-        key = headers.get("idempotency-key")
+        key = self.api.key(headers, raw)
         if self.require_auth is not None and headers.get("authorization") != self.require_auth:
             self._log(key, method, path, "401", raw)  # refused before the key is even looked at, as Stripe
             return 401, b'{"error":"invalid API key"}', {"WWW-Authenticate": 'Bearer realm="payments"'}
@@ -357,7 +363,7 @@ class PaymentServer:
             self._log(key, method, path, "replay", raw)
             return status or 500, stored or b"", {"Idempotent-Replayed": "true"}
         try:
-            payload = json.loads(raw or b"{}")
+            payload = self.api.payload(raw)
         except ValueError:
             self._forget_running(key, owner)
             self._log(key, method, path, "400", raw)
