@@ -4,6 +4,7 @@ One Idempotency-Key per logical operation, journaled durably before the first by
 is sent, reused by every retry, every re-run after a crash and `samekey resume`.
 """
 
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 from ._async_client import AsyncClient
@@ -39,7 +40,10 @@ else:
         raise AttributeError(f"module 'samekey' has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
+try:  # one source of the version: pyproject.toml, as installed
+    __version__ = _metadata.version("samekey")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AnswerNotRecorded",
