@@ -259,9 +259,14 @@ def _resume_parser(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="'NAME: VALUE' | @FILE",
         help="add or override a header, e.g. the Authorization the journal never stores "
-        "(repeatable); "
-        "@FILE reads one header per line from FILE, keeping the credential out of the command line",
+        "(repeatable); @FILE reads one header per line from FILE, keeping the credential out "
+        "of the command line",
     )
+    _resume_limits(p)
+    _resume_output(p)
+
+
+def _resume_limits(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-attempts",
         type=positive_int,
@@ -292,6 +297,9 @@ def _resume_parser(p: argparse.ArgumentParser) -> None:
         help="operations sent at once, each thread with its own client "
         "(default 4; 1 = one at a time)",
     )
+
+
+def _resume_output(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dry-run",
         action="store_true",
