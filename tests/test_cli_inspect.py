@@ -53,6 +53,12 @@ def test_list_filters_combine_and_keep_the_json_fields(journal: Path) -> None:
     oldest_first = ["batch-1/inv-1", "batch-1/inv-0", "batch-1/inv-2", "batch-1/inv-3", "batch-1/inv-4"]
     assert listed(*j) == [*oldest_first, "batch-2/inv-0"]
     assert listed("--prefix", "batch-2/", *j) == ["batch-2/inv-0"]
+    as_a_process = run_process("list", "--all", "--prefix", "batch-1/", "--older-than", "1h", "--json", *j)
+    assert [r["operation"] for r in json.loads(as_a_process.stdout)] == [
+        "batch-1/inv-1",
+        "batch-1/paid",
+        "batch-1/inv-0",
+    ]
     assert listed("--state", "completed", *j) == ["batch-1/paid"]
     assert listed("--older-than", "1h30m", *j) == ["batch-1/inv-1", "batch-1/inv-0"]
     assert listed("--older-than", "1w", *j) == ["batch-1/inv-1"]
@@ -64,18 +70,23 @@ def test_list_filters_combine_and_keep_the_json_fields(journal: Path) -> None:
     assert set(record) == LIST_FIELDS and record["state"] == "completed"
 
 
-def test_list_limit_says_what_it_left_out_and_filters_reject_bad_input(journal: Path) -> None:
+def test_list_limit_says_what_it_left_out_and_filters_reject_bad_input(
+    journal: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     j = ("--journal", str(journal))
     limited = run("list", "--limit", "2", *j)
     assert limited.out.splitlines()[0].startswith("OPERATION ") and len(limited.out.splitlines()) == 3
     assert limited.err == "showing the oldest 2 of 6 matching operations (--limit)\n"
     assert run("list", "--prefix", "nope/", *j).out.startswith("no matching operations in ")
     assert run("list", "--state", "completed", "--prefix", "batch-2/", *j).out.startswith("no matching ")
-    exclusive = run_process("list", "--all", "--state", "pending", *j)
-    assert exclusive.returncode == 2 and "not allowed with argument --all" in exclusive.stderr
-    bad = run_process("list", "--older-than", "1 week", *j)
-    assert bad.returncode == 2 and "'1 week' is not a duration" in bad.stderr and "1h30m" in bad.stderr
-    assert run_process("list", "--limit", "0", *j).returncode == 2
+    for argv, error in [
+        (["--all", "--state", "pending"], "argument --state: not allowed with argument --all"),
+        (["--older-than", "1 week"], "'1 week' is not a duration: use numbers with units s/m/h/d/w, e.g. 7d or 1h30m"),
+        (["--limit", "0"], "argument --limit: '0' is not a whole number of at least 1"),
+    ]:
+        with pytest.raises(SystemExit) as usage:
+            run("list", *argv, *j)
+        assert usage.value.code == 2 and error in capsys.readouterr().err
 
 
 def test_the_table_lines_up_wide_and_combining_characters(journal_path: Path) -> None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pty
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +18,7 @@ import pytest
 
 import samekey
 from samekey.testing import Fault, FaultPlan, PaymentServer
-from test_cli import FakeTty, completed_op, pending_op, run, run_process
+from test_cli import SRC, FakeTty, completed_op, pending_op, run, run_process
 
 
 @pytest.fixture(autouse=True)
@@ -140,3 +144,29 @@ def test_a_progress_bar_on_a_terminal_only(journal_path: Path, server: PaymentSe
     assert "\r[########################] 3/3 done, 0 failed" in err.getvalue()
     assert err.getvalue().endswith("\r\x1b[K")  # erased at the end: the summary is the last word
     assert "\r" not in out.getvalue() and out.getvalue().count("\n") == 4
+
+
+def test_the_progress_bar_draws_on_a_real_terminal_and_leaves_stdout_clean(
+    journal_path: Path, server: PaymentServer
+) -> None:
+    for n in range(3):
+        pending_op(journal_path, f"tty-{n}", f"{server.url}/charges", {"amount": n})
+    main, child = pty.openpty()
+    command = [sys.executable, "-m", "samekey", "resume", "--all", "--journal", str(journal_path)]
+    environ = {**os.environ, "PYTHONPATH": str(SRC)}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=child, stdin=subprocess.DEVNULL, env=environ) as proc:
+        os.close(child)
+        out, _ = proc.communicate(timeout=60)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # EIO: the terminal's other side is closed and everything was read
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(main)
+    assert proc.returncode == 0
+    assert b"] 3/3 done, 0 failed" in screen and screen.endswith(b"\r\x1b[K")
+    assert out.decode().splitlines()[-1] == "resumed 3 operation(s): 3 completed now, 0 already completed, 0 failed"
