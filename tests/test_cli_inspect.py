@@ -97,3 +97,12 @@ def test_the_table_lines_up_wide_and_combining_characters(journal_path: Path) ->
     key_column = {wcswidth(line[: line.index("POST")]) for line in lines[1:]}
     assert len(key_column) == 1, lines  # METHOD starts at the same screen column on every row
     assert wcswidth(lines[0][: lines[0].index("METHOD")]) in key_column
+
+
+def test_a_name_with_a_control_character_lines_up_as_it_is_shown(journal_path: Path) -> None:
+    # the ESC is shown as the 4 characters \x1b: the padding counts those, not 0 columns
+    for name in ("evil\x1b-1", "plain-2"):
+        pending_op(journal_path, name, "https://pay.test/charges", {"amount": 1})
+    lines = run("list", "--journal", str(journal_path)).out.splitlines()
+    assert "evil\\x1b-1" in lines[1] and "\x1b" not in lines[1]
+    assert len({line.index("POST") for line in lines[1:]}) == 1, lines

@@ -21,6 +21,7 @@ __all__ = [
     "Escaped",
     "clip",
     "details",
+    "escape",
     "human_age",
     "iso",
     "summary",
@@ -41,15 +42,21 @@ class Escaped:
         self.stream = stream
 
     def write(self, text: str) -> int:
-        escape = lambda m: m.group().encode("unicode_escape").decode("ascii")  # noqa: E731
-        return self.stream.write(_CONTROL.sub(escape, text))
+        return self.stream.write(escape(text))
 
     def __getattr__(self, name: str) -> Any:  # flush, isatty, ...
         return getattr(self.stream, name)
 
 
+def escape(text: str) -> str:
+    """``text`` with its control characters as escapes (``\\x1b``), as `Escaped` writes it."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def width(text: str) -> int:
-    """Columns ``text`` takes on a terminal (a character wcwidth cannot measure counts as 1)."""
+    """Columns ``text`` takes on a terminal once escaped (a character wcwidth cannot measure
+    counts as 1)."""
+    text = escape(text)
     measured = wcswidth(text)
     if measured >= 0:
         return int(measured)
