@@ -56,6 +56,8 @@ def escape(text: str) -> str:
 def width(text: str) -> int:
     """Columns ``text`` takes on a terminal once escaped (a character wcwidth cannot measure
     counts as 1)."""
+    if text.isascii() and text.isprintable():  # most cells: one column a character
+        return len(text)
     text = escape(text)
     measured = wcswidth(text)
     if measured >= 0:
