@@ -385,6 +385,16 @@ def run_pytest_example(block: Block, ctx: Context) -> None:
     sys.modules.pop("myshop", None)
 
 
+def run_pytest_plugin_example(block: Block, ctx: Context) -> None:
+    """The plugin guide's test file, run by pytest as a user's: its three tests pass."""
+    (ctx.tmp_path / "test_payments.py").write_text(block.code)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_payments.py"],
+        cwd=ctx.tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0 and "3 passed" in result.stdout, result.stdout + result.stderr
+
+
 def sdk_runner(api: Api, operation: str) -> Callable[[Block, Context], None]:
     """A README block of "With Stripe, Square and other SDKs", run as the guide's (test_guide_sdks.py)."""
 
@@ -416,6 +426,9 @@ SNIPPETS: dict[str, Snippet] = {
     "on_retry": Snippet("def warn_when_throttled(", run_on_retry),
     "async": Snippet("async def charge_all(", run_async),
     "set_testing": Snippet("e.g. in conftest.py", run_set_testing),
+    "pytest plugin": Snippet(
+        "# test_payments.py\n", run_pytest_plugin_example, preamble="# mypy: allow-untyped-defs\n"
+    ),
     "pytest example": Snippet("# test_checkout.py\n", run_pytest_example, preamble="# mypy: allow-untyped-defs\n"),
     "stripe sdk": Snippet("one durable key for the one request", sdk_runner(STRIPE, "order-1042/pi")),
     "square sdk": Snippet("square.payments.create(", sdk_runner(SQUARE, "order-1042/pay")),

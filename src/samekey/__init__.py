@@ -5,6 +5,7 @@ is sent, reused by every retry, every re-run after a crash and `samekey resume`.
 """
 
 import logging
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 from ._async_client import AsyncClient
@@ -46,7 +47,10 @@ else:
 # a library stays quiet unless the application configures logging
 logging.getLogger("samekey").addHandler(logging.NullHandler())
 
-__version__ = "0.1.0"
+try:  # one source of the version: pyproject.toml, as installed
+    __version__ = _metadata.version("samekey")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AnswerNotRecorded",
