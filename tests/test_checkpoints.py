@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import samekey
-from samekey import _journal
+from samekey import _wal
 from samekey._contract import Claim, Complete
 from test_journal_robustness import _fork_child, intent
 
@@ -54,7 +54,7 @@ def _wait_for_checkpoint(journal: samekey.Journal) -> None:
 def test_a_commit_checkpoints_by_itself_only_in_fsync_mode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str
 ) -> None:
-    monkeypatch.setattr(_journal, "CHECKPOINT_EVERY", 10**9)  # no background checkpoint
+    monkeypatch.setattr(_wal, "CHECKPOINT_EVERY", 10**9)  # no background checkpoint
     path = tmp_path / "j.sqlite3"
     journal = samekey.Journal(path, durability=durability)  # type: ignore[arg-type]
     _claim(journal, 0, 500)
@@ -71,16 +71,16 @@ def test_a_thread_copies_the_wal_every_so_many_commits_and_the_wal_starts_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads: list[str] = []
-    copy = _journal._Checkpointer._copy
+    copy = _wal.Checkpointer._copy
 
-    def recorded(self: _journal._Checkpointer) -> None:
+    def recorded(self: _wal.Checkpointer) -> None:
         threads.append(threading.current_thread().name)
         copy(self)
 
-    monkeypatch.setattr(_journal._Checkpointer, "_copy", recorded)
+    monkeypatch.setattr(_wal.Checkpointer, "_copy", recorded)
     path = tmp_path / "j.sqlite3"
     journal = samekey.Journal(path, durability="process")
-    every = _journal.CHECKPOINT_EVERY
+    every = _wal.CHECKPOINT_EVERY
     _claim(journal, 0, every - 1)
     assert threads == [] and _rows_in_main_file(path) == 0
     _claim(journal, every - 1, 1)
@@ -102,15 +102,15 @@ class _SlowCopy:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.inside, self.go = threading.Event(), threading.Event()
         self.finished: list[bool] = []
-        copy = _journal._Checkpointer._copy
+        copy = _wal.Checkpointer._copy
 
-        def slow(checkpointer: _journal._Checkpointer) -> None:
+        def slow(checkpointer: _wal.Checkpointer) -> None:
             self.inside.set()
             self.go.wait(10)
             copy(checkpointer)
             self.finished.append(True)
 
-        monkeypatch.setattr(_journal._Checkpointer, "_copy", slow)
+        monkeypatch.setattr(_wal.Checkpointer, "_copy", slow)
 
 
 def _inside_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[_SlowCopy, Path, samekey.Journal]:
@@ -118,7 +118,7 @@ def _inside_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tup
     slow = _SlowCopy(monkeypatch)
     path = tmp_path / "j.sqlite3"
     journal = samekey.Journal(path, durability="process")
-    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _claim(journal, 0, _wal.CHECKPOINT_EVERY)
     assert slow.inside.wait(10)
     threading.Timer(0.2, slow.go.set).start()
     return slow, path, journal
@@ -139,7 +139,7 @@ def test_a_fork_during_a_checkpoint_waits_for_it_and_the_child_can_write(
 
     assert _fork_child(child) == 0, "the child failed or hung"
     _wait_for_checkpoint(journal)
-    assert journal.get("child") is not None and len(journal.records()) == _journal.CHECKPOINT_EVERY + 1
+    assert journal.get("child") is not None and len(journal.records()) == _wal.CHECKPOINT_EVERY + 1
     journal.close()
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -154,16 +154,16 @@ def test_close_waits_for_a_checkpoint_in_progress_and_leaves_one_file(
     journal.close()
     assert thread is not None and not thread.is_alive() and slow.finished == [True]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["j.sqlite3"]  # the last close removed the WAL
-    assert _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY
+    assert _rows_in_main_file(path) == _wal.CHECKPOINT_EVERY
 
 
 _WRITER = """
 import sys
 sys.path.insert(0, {src!r})
 import samekey
-from samekey import _journal
+from samekey import _wal
 from samekey._contract import Intent
-_journal.CHECKPOINT_EVERY = 5  # a checkpoint in progress most of the time
+_wal.CHECKPOINT_EVERY = 5  # a checkpoint in progress most of the time
 journal = samekey.Journal({path!r}, durability="process")
 for i in range({start}, {start} + 100000):
     op = f"op-{{i}}"
@@ -223,16 +223,16 @@ def test_the_checkpoint_thread_yields_the_cpu_and_leaves_the_callers_priority_al
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[int] = []
-    copy = _journal._Checkpointer._copy
+    copy = _wal.Checkpointer._copy
 
-    def recorded(self: _journal._Checkpointer) -> None:
+    def recorded(self: _wal.Checkpointer) -> None:
         seen.append(os.getpriority(os.PRIO_PROCESS, 0))  # 0: the calling thread, on Linux
         copy(self)
 
-    monkeypatch.setattr(_journal._Checkpointer, "_copy", recorded)
+    monkeypatch.setattr(_wal.Checkpointer, "_copy", recorded)
     before = os.getpriority(os.PRIO_PROCESS, 0)
     journal = samekey.Journal(tmp_path / "j.sqlite3", durability="process")
-    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _claim(journal, 0, _wal.CHECKPOINT_EVERY)
     _wait_for_checkpoint(journal)
     journal.close()
     assert seen == [19]
@@ -257,9 +257,9 @@ def test_a_journal_whose_path_is_not_utf8_opens_and_checkpoints(tmp_path: Path) 
         pytest.skip("this file system takes UTF-8 names only")
     path = tmp_path / "caf\udce9" / "j.sqlite3"
     journal = samekey.Journal(path, durability="process")
-    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _claim(journal, 0, _wal.CHECKPOINT_EVERY)
     _wait_for_checkpoint(journal)
-    assert _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY  # the thread copied this very file
+    assert _rows_in_main_file(path) == _wal.CHECKPOINT_EVERY  # the thread copied this very file
     journal.close()
 
 
@@ -273,9 +273,9 @@ def test_a_thread_priority_refused_still_checkpoints(tmp_path: Path, monkeypatch
     monkeypatch.setattr(os, "setpriority", refused, raising=False)
     path = tmp_path / "j.sqlite3"
     journal = samekey.Journal(path, durability="process")
-    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _claim(journal, 0, _wal.CHECKPOINT_EVERY)
     _wait_for_checkpoint(journal)
-    assert _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY
+    assert _rows_in_main_file(path) == _wal.CHECKPOINT_EVERY
     journal.close()
 
 
@@ -289,9 +289,9 @@ def test_the_thread_priority_is_lowered_only_where_it_is_per_thread(
     monkeypatch.setattr(sys, "platform", platform)
     path = tmp_path / "j.sqlite3"
     journal = samekey.Journal(path, durability="process")
-    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _claim(journal, 0, _wal.CHECKPOINT_EVERY)
     _wait_for_checkpoint(journal)
-    assert calls == [] and _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY
+    assert calls == [] and _rows_in_main_file(path) == _wal.CHECKPOINT_EVERY
     journal.close()
 
 
@@ -338,16 +338,16 @@ def test_no_checkpoint_thread_is_left_alive_at_a_fork(tmp_path: Path, monkeypatc
     # use of fork() may lead to deadlocks in the child"): the fork waited for the checkpoint's lock but
     # not for its thread, which lives on a moment after (longer on a loaded machine), so a single-threaded
     # worker forking its children right after a checkpoint started warned at random
-    checkpoint = _journal._Checkpointer._checkpoint
+    checkpoint = _wal.Checkpointer._checkpoint
 
-    def slow_to_end(checkpointer: _journal._Checkpointer) -> None:
+    def slow_to_end(checkpointer: _wal.Checkpointer) -> None:
         checkpoint(checkpointer)
         time.sleep(0.5)  # the lock is released; the thread has yet to end (descheduled, say)
 
-    monkeypatch.setattr(_journal._Checkpointer, "_checkpoint", slow_to_end)
+    monkeypatch.setattr(_wal.Checkpointer, "_checkpoint", slow_to_end)
     path = tmp_path / "j.sqlite3"
     journal = samekey.Journal(path, durability="process")
-    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _claim(journal, 0, _wal.CHECKPOINT_EVERY)
     _THREADS_AT_FORK.append([])  # recording
     try:
         assert _fork_child(lambda: 0) == 0
@@ -355,5 +355,5 @@ def test_no_checkpoint_thread_is_left_alive_at_a_fork(tmp_path: Path, monkeypatc
     finally:
         _THREADS_AT_FORK.clear()
     assert "samekey-checkpoint" not in forked
-    assert _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY
+    assert _rows_in_main_file(path) == _wal.CHECKPOINT_EVERY
     journal.close()

@@ -26,7 +26,7 @@ import pytest
 import respx
 
 import samekey
-from samekey import _contract, _journal
+from samekey import _contract, _group_commit, _journal, _wal
 from samekey._contract import JournalCall
 from samekey._core import Engine, Send, Sleep, operation_flow
 from samekey.testing import Fault, FaultPlan, PaymentServer
@@ -409,7 +409,7 @@ def test_ctrl_c_inside_a_journal_write_leaves_the_journal_usable(
 
 
 def test_ctrl_c_after_a_commit_does_not_wedge_later_writes(journal_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_sync = _journal._sync_data
+    real_sync = _wal.sync_data
     interruptions = [KeyboardInterrupt()]
 
     def interrupted(fd: int) -> None:
@@ -417,7 +417,7 @@ def test_ctrl_c_after_a_commit_does_not_wedge_later_writes(journal_path: Path, m
         if interruptions:
             raise interruptions.pop()  # a signal handler runs as the fdatasync returns
 
-    monkeypatch.setattr(_journal, "_sync_data", interrupted)
+    monkeypatch.setattr(_wal, "sync_data", interrupted)
     journal = samekey.Journal(journal_path)
     with pytest.raises(KeyboardInterrupt):
         journal.claim(_journal_intent("op"), "me", 60.0, time.time())
@@ -463,7 +463,7 @@ def _queued_write(journal: samekey.Journal, fn: Any, queued: int) -> tuple[threa
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
-    while len(journal._queue) < queued:
+    while len(journal._commits.queue) < queued:
         assert time.monotonic() < deadline, "the write never queued"
         time.sleep(0.001)
     return thread, errors
@@ -507,7 +507,7 @@ def test_a_writer_interrupted_as_it_is_woken_to_lead_passes_the_lead_on(
     journal = samekey.Journal(journal_path)
     leader = _Leader(journal)
     # only the journal's own Event (the one its queued writers wait on) is replaced
-    monkeypatch.setattr(_journal, "threading", SimpleNamespace(Event=InterruptedWait, Lock=threading.Lock))
+    monkeypatch.setattr(_group_commit, "threading", SimpleNamespace(Event=InterruptedWait, Lock=threading.Lock))
     first, first_errors = _queued_write(journal, _insert("first"), 1)
     monkeypatch.undo()
     second, second_errors = _queued_write(journal, _insert("second"), 2)
@@ -946,7 +946,7 @@ def _hold_the_writer_role(journal: samekey.Journal) -> tuple[threading.Thread, t
 def _interrupt_at(line: int, waiter: bool, tmp_path: Path) -> tuple[bool, bool]:
     """(interrupted, a later write still goes through) for a KeyboardInterrupt at ``line`` of _submit."""
     journal = samekey.Journal(tmp_path / f"j-{line}-{waiter}.sqlite3", durability="process")
-    code = _journal.Journal._submit.__code__
+    code = _group_commit.GroupCommit.submit.__code__
     fired: list[int] = []
 
     def tracer(frame: Any, event: str, arg: Any) -> Any:
@@ -986,7 +986,7 @@ def _interrupt_at(line: int, waiter: bool, tmp_path: Path) -> tuple[bool, bool]:
 def test_an_interruption_anywhere_in_a_write_never_wedges_the_journal(tmp_path: Path) -> None:
     # Ctrl-C, SystemExit from a SIGTERM handler, a task time limit: whichever line it lands on,
     # the writer role passes on and the caller's jobs leave the queue
-    lines, first = inspect.getsourcelines(_journal.Journal._submit)
+    lines, first = inspect.getsourcelines(_group_commit.GroupCommit.submit)
     # every line up to the clean-up (an interruption inside the clean-up itself is the one window
     # Python leaves open: no code can defer a signal's exception there)
     cleanup = first + next((i for i, text in enumerate(lines) if text.strip() == "finally:"), len(lines))
@@ -1014,10 +1014,10 @@ def test_a_leader_interrupted_before_running_its_batch_wakes_the_callers_it_took
             outcome.append(str(exc))
 
     def start_other_then_release() -> None:
-        while len(journal._queue) < 1:  # the main thread queued first: it will lead the next batch
+        while len(journal._commits.queue) < 1:  # the main thread queued first: it will lead the next batch
             time.sleep(0.001)
         threading.Thread(target=other, daemon=True, name="other").start()
-        while len(journal._queue) < 2:
+        while len(journal._commits.queue) < 2:
             time.sleep(0.001)
         release.set()
 
@@ -1040,7 +1040,7 @@ def test_a_leader_interrupted_before_running_its_batch_wakes_the_callers_it_took
     while not outcome and time.monotonic() < deadline:
         time.sleep(0.01)
     assert outcome and "interrupted" in outcome[0]  # woken, and told its write may not have happened
-    assert journal._writing is False and journal._queue == []
+    assert journal._commits.writing is False and journal._commits.queue == []
     journal.forget("later")  # and the journal still writes
     journal.close()
 

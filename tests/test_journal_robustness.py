@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import samekey
-from samekey import _journal
+from samekey import _sqlite_fork, _sqlite_open, _wal
 from samekey._contract import Intent
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -98,12 +98,14 @@ def test_a_journal_from_a_newer_samekey_is_refused_not_rewritten(tmp_path: Path)
     path = tmp_path / "journal.sqlite3"
     make_journal(path)
     with sqlite3.connect(path) as conn:
-        conn.execute(f"PRAGMA user_version={_journal.SCHEMA_VERSION + 1}")
+        conn.execute(f"PRAGMA user_version={_sqlite_open.SCHEMA_VERSION + 1}")
     conn.close()
     original = path.read_bytes()
     with pytest.raises(samekey.JournalError) as caught:
         samekey.Journal(path)
-    assert_clear(caught.value, path, "written by a newer samekey", f"schema {_journal.SCHEMA_VERSION + 1}", "Upgrade")
+    assert_clear(
+        caught.value, path, "written by a newer samekey", f"schema {_sqlite_open.SCHEMA_VERSION + 1}", "Upgrade"
+    )
     assert path.read_bytes() == original
 
 
@@ -114,7 +116,7 @@ def test_a_refused_file_keeps_its_write_ahead_log(tmp_path: Path, whose: str) ->
     path = tmp_path / "journal.sqlite3"
     if whose == "newer-samekey":
         make_journal(path)
-        writes = f"PRAGMA user_version={_journal.SCHEMA_VERSION + 1}"
+        writes = f"PRAGMA user_version={_sqlite_open.SCHEMA_VERSION + 1}"
     else:
         writes = "CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('ada')"
     killed = f"""
@@ -151,9 +153,9 @@ def test_forward_migrations_upgrade_an_older_journal_and_keep_its_records(
 ) -> None:
     path = tmp_path / "journal.sqlite3"
     make_journal(path)
-    monkeypatch.setattr(_journal, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(_sqlite_open, "SCHEMA_VERSION", 3)
     monkeypatch.setattr(
-        _journal,
+        _sqlite_open,
         "MIGRATIONS",
         {
             1: "ALTER TABLE operations ADD COLUMN note TEXT; UPDATE operations SET note = 'from v1'",
@@ -173,9 +175,9 @@ def test_forward_migrations_upgrade_an_older_journal_and_keep_its_records(
 def test_a_failing_migration_leaves_the_journal_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "journal.sqlite3"
     original = make_journal(path)
-    monkeypatch.setattr(_journal, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(_sqlite_open, "SCHEMA_VERSION", 2)
     monkeypatch.setattr(
-        _journal, "MIGRATIONS", {1: "ALTER TABLE operations ADD COLUMN note TEXT; SELECT nope FROM missing_table"}
+        _sqlite_open, "MIGRATIONS", {1: "ALTER TABLE operations ADD COLUMN note TEXT; SELECT nope FROM missing_table"}
     )
     with pytest.raises(samekey.JournalError) as caught:
         samekey.Journal(path)
@@ -320,7 +322,7 @@ def _count_wal_syncs(monkeypatch: pytest.MonkeyPatch, path: Path) -> list[str]:
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real(fd)
 
-    monkeypatch.setattr(_journal.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(_wal.os, "fdatasync", fdatasync)
     return synced
 
 
@@ -427,7 +429,7 @@ def test_a_failing_sync_is_a_clear_error_and_nothing_is_sent(tmp_path: Path, mon
         raise OSError(5, "Input/output error")
 
     with samekey.Journal(tmp_path / "journal.sqlite3") as journal:
-        monkeypatch.setattr(_journal.os, "fdatasync", broken)
+        monkeypatch.setattr(_wal.os, "fdatasync", broken)
         with pytest.raises(samekey.JournalError) as caught:
             journal.claim(intent("op-1"), "owner", 60.0, 1000.0)
         assert "durable" in str(caught.value) and "Nothing was sent" in str(caught.value)
@@ -502,14 +504,14 @@ def test_fsync_mode_on_a_platform_without_fdatasync(
     fake = _FakeFcntl(fullfsync_works)
     fsynced: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.delattr(_journal.os, "fdatasync")
-    monkeypatch.setattr(_journal, "fcntl", fake)
-    monkeypatch.setattr(_journal.os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd))[1])
+    monkeypatch.delattr(_wal.os, "fdatasync")
+    monkeypatch.setattr(_wal, "fcntl", fake)
+    monkeypatch.setattr(_wal.os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd))[1])
     path = tmp_path / "journal.sqlite3"
     with samekey.Journal(path) as journal:
         journal.claim(intent("op-1"), "owner", 60.0, 1000.0)
         journal.claim(intent("op-2"), "owner", 60.0, 1001.0)
-        wal = journal._wal_fd
+        wal = journal._wal.fd
     assert fake.calls == [wal, wal], "each claim made durable with F_FULLFSYNC"
     # the folder once (the new WAL's entry), and the WAL itself when F_FULLFSYNC is refused
     assert len(fsynced) == (1 if fullfsync_works else 3)
@@ -705,14 +707,13 @@ def test_the_fork_hooks_release_the_locks_they_took_even_if_a_journal_swapped_it
     # In a forked child, another thread's first journal call (_forked) gives the journal a new
     # lock while this thread forks again: the hooks must let go of the lock they took, and of
     # the registry lock, or every later journal call and Journal() in the process hangs.
-    from samekey import _journal
 
     journal = samekey.Journal(tmp_path / "j.sqlite3")
     taken = journal._lock
-    _journal._before_fork()
+    _sqlite_fork._before_fork()
     journal._lock = threading.Lock()  # what _forked() does
-    _journal._after_fork(child=False)
-    assert not taken.locked() and not journal._lock.locked() and not _journal._JOURNALS_LOCK.locked()
+    _sqlite_fork._after_fork(child=False)
+    assert not taken.locked() and not journal._lock.locked() and not _sqlite_fork._JOURNALS_LOCK.locked()
     journal.get("x")  # answers
     samekey.Journal(tmp_path / "other.sqlite3").close()  # the registry is free
     journal.close()
@@ -726,7 +727,7 @@ def test_an_interruption_after_commit_keeps_the_results_that_are_on_disk(tmp_pat
     journal.claim(intent("op-0"), "owner", 60.0, 1000.0)
     claim = journal._claim_job(intent("op-1"), "owner", 60.0, 1001.0)
     complete = journal._complete_job("op-0", "owner", 1, 201, [], b"{}", 1001.0)
-    sync_wal = _journal.Journal._sync_wal.__code__
+    sync_wal = _wal.WalSync.sync.__code__
 
     def tracer(frame: Any, event: str, arg: Any) -> Any:
         if frame.f_code is sync_wal:

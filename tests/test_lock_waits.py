@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import samekey
-from samekey import _journal
+from samekey import _group_commit
 from samekey._contract import Claim
 from test_journal_robustness import intent
 
@@ -109,7 +109,7 @@ def test_an_error_that_is_not_a_lock_is_not_waited_on(
     with pytest.raises(samekey.JournalError, match="the disk is full"):
         journal._write("testing", fails)
     assert tries == [1]
-    assert _journal.BUSY_FIRST_PAUSE < 0.001  # a lock meets a poll within a millisecond, not SQLite's steps
+    assert _group_commit.BUSY_FIRST_PAUSE < 0.001  # a lock meets a poll within a millisecond, not SQLite's steps
 
 
 _RECOVERING = r"""
