@@ -71,20 +71,19 @@ class Store(Protocol):
 class GroupCommit:
     """The queue of one connection's writers and the lead among them."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self) -> None:
         self.lock = threading.Lock()  # guards the queue and the lead
         self.queue: list[Job[Any]] = []
         self.writing = False  # a leader is running a batch; the queue is empty whenever not
 
-    def run(self, job: Job[_T]) -> _T:
-        self.submit([job])
+    def run(self, job: Job[_T], store: Store) -> _T:
+        self.submit([job], store)
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
 
-    def submit(self, jobs: list[Job[Any]]) -> None:
-        """Run ``jobs`` (all in the same batch) and return once they are done."""
+    def submit(self, jobs: list[Job[Any]], store: Store) -> None:
+        """Run ``jobs`` (all in the same batch) on ``store`` and return once they are done."""
         first = jobs[0]
         holding = queued = done = False  # holding: this caller has the lead to pass on
         taken: list[Job[Any]] = []  # the batch this caller leads: other callers wait on its jobs
@@ -106,13 +105,13 @@ class GroupCommit:
                 holding = True
                 with self.lock:
                     taken, self.queue = self.queue, []
-            self.store._run_batch(taken)
+            store._run_batch(taken)
             done = True
         finally:
             if holding or (queued and not done):
-                self._clean_up(jobs, taken, holding, done)
+                self._clean_up(jobs, taken, holding, done, store)
 
-    def _clean_up(self, jobs: list[Job[Any]], taken: list[Job[Any]], holding: bool, done: bool) -> None:
+    def _clean_up(self, jobs: list[Job[Any]], taken: list[Job[Any]], holding: bool, done: bool, store: Store) -> None:
         """After a write (``done``) or an interruption: the lead and the waiters, settled.
 
         Every step can be repeated, so a second interruption landing in the middle (a Ctrl-C
@@ -122,7 +121,7 @@ class GroupCommit:
         while True:
             try:
                 if not done:
-                    self._wake_taken(jobs, taken)
+                    self._wake_taken(jobs, taken, store)
                 with self.lock:
                     if not done:
                         self.queue = [job for job in self.queue if all(job is not mine for mine in jobs)]
@@ -135,12 +134,12 @@ class GroupCommit:
         if again is not None:
             raise again
 
-    def _wake_taken(self, jobs: list[Job[Any]], taken: list[Job[Any]]) -> None:
+    def _wake_taken(self, jobs: list[Job[Any]], taken: list[Job[Any]], store: Store) -> None:
         """Wake the other callers whose jobs were taken into an interrupted batch."""
         for job in taken:
             if job.done is not None and not job.done.is_set() and all(job is not mine for mine in jobs):
                 if not job.settled and not job.ran:  # ran and unsettled: its batch committed
-                    job.result, job.error = None, job.error or self.store._interrupted(job)
+                    job.result, job.error = None, job.error or store._interrupted(job)
                 job.done.set()
 
     def _hand_off(self) -> None:
@@ -238,7 +237,13 @@ def execute(conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, *
         if savepoints:
             conn.execute("SAVEPOINT job")
         try:
-            _run_job(conn, job, several, store.lock_timeout)
+            try:
+                job.result = job.fn(conn)
+            except sqlite3.OperationalError as exc:
+                if several:
+                    raise  # inside BEGIN IMMEDIATE: the write lock is ours, this is no lock wait
+                job.result = when_free(conn, job.fn, exc, store.lock_timeout)
+            job.ran = True
         except Exception as exc:
             if several and not savepoints:
                 conn.execute("ROLLBACK")
@@ -255,16 +260,6 @@ def execute(conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, *
     if conn.in_transaction:
         conn.execute("COMMIT")
     return True
-
-
-def _run_job(conn: sqlite3.Connection, job: Job[Any], several: bool, lock_timeout: float) -> None:
-    try:
-        job.result = job.fn(conn)
-    except sqlite3.OperationalError as exc:
-        if several:
-            raise  # inside BEGIN IMMEDIATE: the write lock is ours, this is no lock wait
-        job.result = when_free(conn, job.fn, exc, lock_timeout)
-    job.ran = True
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:

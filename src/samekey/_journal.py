@@ -99,7 +99,7 @@ class Journal:
             autocheckpoint=FALLBACK_AUTOCHECKPOINT if self._checkpoints_off_path else None,
         )
         self._lock = threading.Lock()  # guards the connection
-        self._commits = GroupCommit(self)
+        self._commits = GroupCommit()
         self._wal = WalSync()
         self._conn: sqlite3.Connection | None = None
         self._pid = PROCESS.pid  # the process that opened the connection
@@ -143,8 +143,9 @@ class Journal:
         return self._run(Job(fn, doing, durable))
 
     def _run(self, job: Job[_T]) -> _T:
-        self._check_process()
-        return self._commits.run(job)
+        if self._pid != PROCESS.pid:
+            self._forked()
+        return self._commits.run(job, self)
 
     def _check_process(self) -> None:
         if self._pid != PROCESS.pid:
@@ -160,7 +161,7 @@ class Journal:
         queue may have been copied mid-use by another thread: made anew.
         """
         self._lock = threading.Lock()
-        self._commits = GroupCommit(self)
+        self._commits = GroupCommit()
         self._checkpoints = None  # its thread, if any, stayed in the parent
         inherited, self._conn = self._conn, None
         self._wal.close()  # the child's copy of the descriptor
@@ -267,7 +268,7 @@ class Journal:
                 outcomes[i] = (None, exc)
         if jobs:
             self._check_process()
-            self._commits.submit([job for _, job in jobs])
+            self._commits.submit([job for _, job in jobs], self)
             for i, job in jobs:
                 outcomes[i] = (job.result, job.error)
         return outcomes

@@ -32,6 +32,7 @@ works without them (``pip install 'samekey[postgres]'``).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import weakref
@@ -102,6 +103,11 @@ _INSERT = (
 _NO_FLUSH = "set_config('synchronous_commit', 'off', true) IS NOT NULL"
 
 T = TypeVar("T")
+
+
+def _configure(settings: tuple[str, ...], conn: psycopg.Connection[Any]) -> None:
+    for statement in settings:
+        conn.execute(statement)
 
 
 def _check_arguments(dsn: object, create: object, pool_size: object, **timeouts: object) -> None:
@@ -287,7 +293,7 @@ class PostgresJournal:
         that could open none (the pool connects in its own threads and keeps their errors)."""
         conn = self._psycopg.connect(self._conninfo, **self._connect_options())
         try:
-            self._configure(conn)
+            _configure(self._settings(), conn)
         except BaseException:
             conn.close()
             raise
@@ -296,19 +302,22 @@ class PostgresJournal:
     def _connect_options(self) -> dict[str, Any]:
         return {"autocommit": True, "connect_timeout": max(1, math.ceil(self.connect_timeout))}
 
-    def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        conn.execute(f"SET lock_timeout = {int(self.lock_timeout * 1000)}")
-        conn.execute(f"SET statement_timeout = {math.ceil(self.statement_timeout * 1000)}")
-        # a session stalled inside a transaction (its process hung between two statements)
-        # would hold its row locks, and every other replica's claim of them, forever
+    def _settings(self) -> tuple[str, ...]:
+        """The SET statements every connection runs once, as it is opened."""
         idle = math.ceil(self.idle_in_transaction_session_timeout * 1000)
-        conn.execute(f"SET idle_in_transaction_session_timeout = {idle}")
+        return (
+            f"SET lock_timeout = {int(self.lock_timeout * 1000)}",
+            f"SET statement_timeout = {math.ceil(self.statement_timeout * 1000)}",
+            # a session stalled inside a transaction (its process hung between two statements)
+            # would hold its row locks, and every other replica's claim of them, forever
+            f"SET idle_in_transaction_session_timeout = {idle}",
+        )
 
     def _new_pool(self) -> psycopg_pool.ConnectionPool[Any]:
         return self._psycopg_pool.ConnectionPool(
             self._conninfo,
             kwargs=self._connect_options(),
-            configure=self._configure,
+            configure=functools.partial(_configure, self._settings()),  # no reference back to the journal
             min_size=0,  # opened lazily, one connection at a time as callers need them
             max_size=self.pool_size,
             timeout=self.pool_timeout,
@@ -629,6 +638,8 @@ _INHERITED: list[object] = []  # a forked child's copies of its parent's pools, 
 
 
 def _after_fork_in_child() -> None:
+    global _JOURNALS_LOCK
+    _JOURNALS_LOCK = threading.Lock()  # another thread of the parent may have held it at the fork
     for journal in list(_JOURNALS):
         journal._in_child()
 
