@@ -857,7 +857,9 @@ def test_resume_says_it_waits_for_an_operation_another_process_is_executing(
     assert server.charge_count() == 1
 
 
-def test_list_reads_no_bodies(journal_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_list_reads_no_bodies(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pending_op(journal_path, "inv-big", "https://pay.test/c", {"blob": "x" * 100_000})
     asked: list[dict[str, object]] = []
     records = samekey.Journal.records
