@@ -186,6 +186,14 @@ class PostgresJournal:
         self._lock = threading.Lock()  # guards _closed, _in_use and the choice of _pool
         self._closed = False
         self._in_use = 0  # connections taken from the pool and not yet given back
+        self._import_driver()
+        self._conninfo = self._full_conninfo(dsn)
+        self._pool = self._new_pool()
+        self._open_schema()
+        with _JOURNALS_LOCK:
+            _JOURNALS.add(self)
+
+    def _import_driver(self) -> None:
         try:
             import psycopg
             import psycopg_pool
@@ -196,11 +204,6 @@ class PostgresJournal:
             ) from exc
         self._psycopg = psycopg
         self._psycopg_pool = psycopg_pool
-        self._conninfo = self._full_conninfo(dsn)
-        self._pool = self._new_pool()
-        self._open_schema()
-        with _JOURNALS_LOCK:
-            _JOURNALS.add(self)
 
     def _full_conninfo(self, dsn: str) -> str:
         try:
