@@ -76,12 +76,6 @@ class GroupCommit:
         self.queue: list[Job[Any]] = []
         self.writing = False  # a leader is running a batch; the queue is empty whenever not
 
-    def run(self, job: Job[_T], store: Store) -> _T:
-        self.submit([job], store)
-        if job.error is not None:
-            raise job.error
-        return job.result  # type: ignore[return-value]
-
     def submit(self, jobs: list[Job[Any]], store: Store) -> None:
         """Run ``jobs`` (all in the same batch) on ``store`` and return once they are done."""
         first = jobs[0]

@@ -145,7 +145,10 @@ class Journal:
     def _run(self, job: Job[_T]) -> _T:
         if self._pid != PROCESS.pid:
             self._forked()
-        return self._commits.run(job, self)
+        self._commits.submit([job], self)
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
 
     def _check_process(self) -> None:
         if self._pid != PROCESS.pid:
