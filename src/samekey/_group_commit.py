@@ -61,8 +61,6 @@ class Job(Generic[_T]):
 class Store(Protocol):
     """What the group commit needs of the store it writes to."""
 
-    lock_timeout: float
-
     def _run_batch(self, batch: list[Job[Any]]) -> None: ...
 
     def _interrupted(self, job: Job[Any]) -> JournalError: ...
