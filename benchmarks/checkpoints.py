@@ -3,7 +3,7 @@ background one, in "process" mode, side by side in one run.
 
 SQLite copies its write-ahead log into the main file once the log passes 1,000 pages, inside
 the commit that crossed the line: that request pays the copy and two fsyncs. samekey's
-"process" mode does it from a short-lived thread instead (`_journal._Checkpointer`). The
+"process" mode does it from a short-lived thread instead (`_wal.Checkpointer`). The
 variants take turns in blocks of 10, in a new random order each round, as in sequential.py;
 a checkpoint comes every ~170 operations, so the tail needs many requests to show.
 

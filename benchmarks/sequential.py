@@ -90,7 +90,7 @@ def _bare_with_sqlite(target: str, folder: str, *, completion: bool = True) -> V
     # send, the completion UPDATE after it), on the real schema, with none of samekey's Python.
     # Without the completion it is the floor of the one write the mission cannot do without:
     # the key on disk before the first byte is sent.
-    from samekey._journal import _SCHEMA, _run_script
+    from samekey._sqlite_open import _SCHEMA, _run_script
     from samekey._rows import COLUMNS as _COLUMNS
 
     name = SQLITE_FLOOR if completion else CLAIM_FLOOR

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import httpx
 
-from samekey._journal import _SCHEMA, _run_script
+from samekey._sqlite_open import _SCHEMA, _run_script
 from samekey._rows import COLUMNS as _COLUMNS
 
 from ._common import median, percentile, server

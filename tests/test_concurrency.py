@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import faulthandler
 import http.server
-import inspect
 import json
 import os
 import signal
@@ -18,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -26,7 +24,8 @@ import pytest
 import respx
 
 import samekey
-from samekey import _contract, _journal
+from journal_helpers import in_thread, intent
+from samekey import _journal
 from samekey._actions import Send, Sleep
 from samekey._config import Config
 from samekey._contract import JournalCall
@@ -362,24 +361,6 @@ def test_an_interruption_right_after_the_claim_frees_the_lease(journal_path: Pat
         client.close()
 
 
-def _in_thread(fn: Any, timeout: float = 10.0) -> BaseException | None:
-    """Run ``fn`` in a thread, bounded: what it raised (None if it returned); fails if it hangs."""
-    raised: list[BaseException | None] = []
-
-    def run() -> None:
-        try:
-            fn()
-            raised.append(None)
-        except BaseException as exc:  # KeyboardInterrupt included: that is what is tested
-            raised.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), "the call hung"
-    return raised[0]
-
-
 def test_ctrl_c_inside_a_journal_write_leaves_the_journal_usable(
     journal_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -399,129 +380,16 @@ def test_ctrl_c_inside_a_journal_write_leaves_the_journal_usable(
 
     monkeypatch.setattr(_journal, "record_from_row", interrupted)
     with samekey.Client(journal=journal_path, transport=down, policy=policy) as client:
-        raised = _in_thread(lambda: client.post("https://pay.test/charges", json={}, operation="op"))
+        raised = in_thread(lambda: client.post("https://pay.test/charges", json={}, operation="op"))
         assert isinstance(raised, KeyboardInterrupt), "post() returns: its clean-up did not wait forever"
         assert client.journal._conn is not None and not client.journal._conn.in_transaction
         other = samekey.Journal(journal_path, lock_timeout=1)  # another process's view: not locked
-        assert other.claim(_journal_intent("other"), "other", 60.0, time.time()).status == "created"
+        assert other.claim(intent("other"), "other", 60.0, time.time()).status == "created"
         other.close()
         record = client.journal.get("op")
         assert record is not None and record.pending and record.lease_owner is None
-        assert isinstance(_in_thread(lambda: client.post("https://pay.test/charges", json={}, operation="op")),
+        assert isinstance(in_thread(lambda: client.post("https://pay.test/charges", json={}, operation="op")),
                           samekey.RetriesExhausted)  # fmt: skip
-
-
-def test_ctrl_c_after_a_commit_does_not_wedge_later_writes(journal_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_sync = _journal._sync_data
-    interruptions = [KeyboardInterrupt()]
-
-    def interrupted(fd: int) -> None:
-        real_sync(fd)
-        if interruptions:
-            raise interruptions.pop()  # a signal handler runs as the fdatasync returns
-
-    monkeypatch.setattr(_journal, "_sync_data", interrupted)
-    journal = samekey.Journal(journal_path)
-    with pytest.raises(KeyboardInterrupt):
-        journal.claim(_journal_intent("op"), "me", 60.0, time.time())
-    assert _in_thread(lambda: journal.release("op", "me", 0, None, time.time())) is None
-    assert _in_thread(lambda: journal.claim(_journal_intent("op-2"), "me", 60.0, time.time())) is None
-    journal.close()
-
-
-def _journal_intent(operation: str) -> _contract.Intent:
-    return _contract.Intent(operation, f"k-{operation}", "Idempotency-Key", "POST", "http://x/", "fp", (), b"")
-
-
-class _Leader:
-    """Holds the journal's writer role (inside a write) until released, so others queue up."""
-
-    def __init__(self, journal: samekey.Journal) -> None:
-        self.inside, self.go = threading.Event(), threading.Event()
-
-        def block(conn: Any) -> None:
-            self.inside.set()
-            assert self.go.wait(10)
-
-        self.thread = threading.Thread(target=journal._write, args=("blocking", block))
-        self.thread.start()
-        assert self.inside.wait(10)
-
-    def finish(self) -> None:
-        self.go.set()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
-
-
-def _queued_write(journal: samekey.Journal, fn: Any, queued: int) -> tuple[threading.Thread, list[BaseException]]:
-    """Start a write in a thread and wait (bounded) until it waits in the group-commit queue."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            journal._write("queued", fn)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while len(journal._queue) < queued:
-        assert time.monotonic() < deadline, "the write never queued"
-        time.sleep(0.001)
-    return thread, errors
-
-
-def _insert(name: str) -> Any:
-    row = "?, 'k', 'h', 'POST', 'u', 'fp', '[]', x'', 'pending', 0, 0, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL"
-    return lambda conn: conn.execute(f"INSERT INTO operations VALUES ({row})", (name,))
-
-
-def test_an_interrupted_batch_wakes_the_other_writers_and_rolls_back(journal_path: Path) -> None:
-    journal = samekey.Journal(journal_path)
-    leader = _Leader(journal)
-
-    def interrupted(conn: Any) -> None:
-        _insert("first")(conn)
-        raise KeyboardInterrupt  # lands in the thread that leads the next batch, mid-transaction
-
-    first, first_errors = _queued_write(journal, interrupted, 1)
-    second, second_errors = _queued_write(journal, _insert("second"), 2)
-    leader.finish()
-    for thread in (first, second):
-        thread.join(10)
-        assert not thread.is_alive()
-    assert isinstance(first_errors[0], KeyboardInterrupt)
-    assert isinstance(second_errors[0], samekey.JournalError) and "interrupted" in str(second_errors[0])
-    assert journal._conn is not None and not journal._conn.in_transaction
-    assert journal.records() == [], "the interrupted transaction was rolled back whole"
-    assert _in_thread(lambda: journal._write("after", _insert("after"))) is None
-    journal.close()
-
-
-def test_a_writer_interrupted_as_it_is_woken_to_lead_passes_the_lead_on(
-    journal_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    class InterruptedWait(threading.Event):
-        def wait(self, timeout: float | None = None) -> bool:
-            super().wait(timeout)
-            raise KeyboardInterrupt  # Ctrl-C lands just as this waiter is woken
-
-    journal = samekey.Journal(journal_path)
-    leader = _Leader(journal)
-    # only the journal's own Event (the one its queued writers wait on) is replaced
-    monkeypatch.setattr(_journal, "threading", SimpleNamespace(Event=InterruptedWait, Lock=threading.Lock))
-    first, first_errors = _queued_write(journal, _insert("first"), 1)
-    monkeypatch.undo()
-    second, second_errors = _queued_write(journal, _insert("second"), 2)
-    leader.finish()
-    for thread in (first, second):
-        thread.join(10)
-        assert not thread.is_alive(), "the next writer waited forever"
-    assert isinstance(first_errors[0], KeyboardInterrupt) and second_errors == []
-    assert [r.operation for r in journal.records()] == ["second"], "the interrupted caller's write was dropped"
-    assert _in_thread(lambda: journal._write("after", _insert("after"))) is None
-    journal.close()
 
 
 # -- threads -----------------------------------------------------------------------------------
@@ -781,34 +649,6 @@ def test_1000_async_operations_at_concurrency_100(journal_path: Path, server_pro
     assert p99 < bare_p99 * 2 + 0.02, "the journal blocks the event loop"
 
 
-def test_journal_groups_concurrent_commits(journal_path: Path) -> None:
-    journal = samekey.Journal(journal_path)
-    commits = 0
-    original = journal._run_batch
-
-    def counting(batch: list[object]) -> None:
-        nonlocal commits
-        commits += 1
-        original(batch)  # type: ignore[arg-type]
-
-    journal._run_batch = counting  # type: ignore[method-assign]
-    from samekey._contract import Intent
-
-    def claim(i: int) -> None:
-        intent = Intent(f"op-{i}", f"k-{i}", "Idempotency-Key", "POST", "http://x/", "fp", (), b"")
-        assert journal.claim(intent, "me", 60, time.time()).status == "created"
-
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert len(journal.pending()) == 64
-    journal.close()
-    print(f"64 concurrent claims -> {commits} commits")
-    assert commits < 64
-
-
 # -- retry budget ---------------------------------------------------------------------------------
 
 
@@ -930,122 +770,6 @@ def test_giving_up_says_how_many_attempts_were_made_in_this_run(journal_path: Pa
             with pytest.raises(samekey.RetriesExhausted) as caught:
                 client.post("https://pay.test/charges", json={}, operation="op")
     assert "gave up after 4 attempt(s), 2 in this run (max_attempts reached" in str(caught.value)
-
-
-def _hold_the_writer_role(journal: samekey.Journal) -> tuple[threading.Thread, threading.Event]:
-    """A thread inside a write until the returned event is set: callers meanwhile queue."""
-    inside, release = threading.Event(), threading.Event()
-
-    def slow(conn: Any) -> None:
-        inside.set()
-        release.wait(5)
-
-    holder = threading.Thread(target=lambda: journal._write("slow", slow))
-    holder.start()
-    inside.wait(5)
-    return holder, release
-
-
-def _interrupt_at(line: int, waiter: bool, tmp_path: Path) -> tuple[bool, bool]:
-    """(interrupted, a later write still goes through) for a KeyboardInterrupt at ``line`` of _submit."""
-    journal = samekey.Journal(tmp_path / f"j-{line}-{waiter}.sqlite3", durability="process")
-    code = _journal.Journal._submit.__code__
-    fired: list[int] = []
-
-    def tracer(frame: Any, event: str, arg: Any) -> Any:
-        if frame.f_code is not code:
-            return None
-
-        def local(frame: Any, event: str, arg: Any) -> Any:
-            if event == "line" and frame.f_lineno == line and not fired:
-                fired.append(line)
-                raise KeyboardInterrupt  # what the eval loop does with a SIGINT landing here
-            return local
-
-        return local
-
-    holder = None
-    if waiter:  # another thread holds the writer role, so this caller queues behind it
-        holder, release = _hold_the_writer_role(journal)
-        threading.Timer(0.05, release.set).start()
-    sys.settrace(tracer)
-    try:
-        journal.forget("main")
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sys.settrace(None)
-    if holder is not None:
-        holder.join(5)
-    later: list[bool] = []
-    thread = threading.Thread(target=lambda: later.append(journal.forget("later") is False), daemon=True)
-    thread.start()
-    thread.join(5)
-    if later:
-        journal.close()
-    return bool(fired), bool(later)
-
-
-def test_an_interruption_anywhere_in_a_write_never_wedges_the_journal(tmp_path: Path) -> None:
-    # Ctrl-C, SystemExit from a SIGTERM handler, a task time limit: whichever line it lands on,
-    # the writer role passes on and the caller's jobs leave the queue
-    lines, first = inspect.getsourcelines(_journal.Journal._submit)
-    # every line up to the clean-up (an interruption inside the clean-up itself is the one window
-    # Python leaves open: no code can defer a signal's exception there)
-    cleanup = first + next((i for i, text in enumerate(lines) if text.strip() == "finally:"), len(lines))
-    wedged = []
-    for line in range(first + 1, cleanup):
-        for waiter in (False, True):
-            fired, later = _interrupt_at(line, waiter, tmp_path)
-            if fired and not later:
-                wedged.append((line, "waiter" if waiter else "leader"))
-    assert wedged == []
-
-
-def test_a_leader_interrupted_before_running_its_batch_wakes_the_callers_it_took(tmp_path: Path) -> None:
-    # A promoted waiter takes the whole queue (other callers' jobs too), then a Ctrl-C lands as
-    # it enters _run_batch: those callers must be told, not left asleep forever.
-    journal = samekey.Journal(tmp_path / "j.sqlite3", durability="process")
-    holder, release = _hold_the_writer_role(journal)
-    outcome: list[str] = []
-
-    def other() -> None:
-        try:
-            journal._write("other", lambda conn: None)
-            outcome.append("ran")
-        except samekey.JournalError as exc:
-            outcome.append(str(exc))
-
-    def start_other_then_release() -> None:
-        while len(journal._queue) < 1:  # the main thread queued first: it will lead the next batch
-            time.sleep(0.001)
-        threading.Thread(target=other, daemon=True, name="other").start()
-        while len(journal._queue) < 2:
-            time.sleep(0.001)
-        release.set()
-
-    threading.Thread(target=start_other_then_release, daemon=True).start()
-    run_batch = _journal.Journal._run_batch.__code__
-
-    def tracer(frame: Any, event: str, arg: Any) -> Any:
-        if frame.f_code is run_batch:
-            raise KeyboardInterrupt  # a SIGINT landing as the promoted leader enters _run_batch
-        return None
-
-    sys.settrace(tracer)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            journal._write("main", lambda conn: None)
-    finally:
-        sys.settrace(None)
-    holder.join(5)
-    deadline = time.monotonic() + 5
-    while not outcome and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert outcome and "interrupted" in outcome[0]  # woken, and told its write may not have happened
-    assert journal._writing is False and journal._queue == []
-    journal.forget("later")  # and the journal still writes
-    journal.close()
 
 
 def test_a_request_whose_timeouts_outlast_the_lease_is_not_taken_over_while_on_the_wire(journal_path: Path) -> None:

@@ -14,21 +14,34 @@ operation and finish it with the same key. This store implements the same
 - Lease expiry compares the callers' clocks (``now``), as the SQLite store does, so
   hosts sharing a journal need synchronised clocks (NTP); leases are tens of seconds.
 
-psycopg 3 is imported when a journal is opened, so ``import samekey`` works without it
-(``pip install 'samekey[postgres]'``).
+Connections come from a `psycopg_pool.ConnectionPool`: opened lazily (min_size=0, no
+thread before the first call), ``pool_size`` at most, each set up by the pool's
+``configure`` (autocommit, lock, statement and idle-in-transaction timeouts). The pool
+opens connections in threads of its own and keeps their errors, so the schema is checked
+at opening on a connection made directly (a server that cannot be reached is said at
+once, with libpq's reason), and a pool that gives no connection within ``pool_timeout``
+while not all of them are in use is diagnosed by one direct attempt. A call whose
+connection turns out broken (a server restart, a failover, a session the server ended)
+runs once more on a fresh one, after the pool's idle ones are checked. A forked child
+gets a pool of its own: the parent's is never used nor closed there (its sockets are
+the parent's).
+
+psycopg 3 and psycopg-pool are imported when a journal is opened, so ``import samekey``
+works without them (``pip install 'samekey[postgres]'``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
-import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._contract import ClaimResult, Intent, OperationRecord, lease_decision, new_record, with_lease
 from ._errors import JournalError
-from ._identity import PROCESS
+from ._identity import at_fork_in_child
 from ._redaction import mask_dsn, redact_dsn, scrub
 from ._rows import (
     COLUMNS,
@@ -42,6 +55,7 @@ from ._rows import (
 
 if TYPE_CHECKING:
     import psycopg
+    import psycopg_pool
 
 __all__ = ["PostgresJournal", "mask_dsn"]
 
@@ -99,6 +113,23 @@ _NO_FLUSH = "set_config('synchronous_commit', 'off', true) IS NOT NULL"
 T = TypeVar("T")
 
 
+def _configure(settings: tuple[str, ...], conn: psycopg.Connection[Any]) -> None:
+    for statement in settings:
+        conn.execute(statement)
+
+
+def _check_arguments(dsn: object, create: object, pool_size: object, **timeouts: object) -> None:
+    if not isinstance(dsn, str) or not dsn.strip():
+        raise ValueError(f"dsn must be a PostgreSQL connection string, got {dsn!r}")
+    if not isinstance(create, bool):
+        raise ValueError(f"create must be True or False, got {create!r}")
+    for name, value in timeouts.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+            raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
+    if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
+        raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
+
+
 def _escape_like(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
@@ -137,27 +168,21 @@ class PostgresJournal:
         pool_timeout: float | None = None,
         create: bool = True,
     ) -> None:
-        if not isinstance(dsn, str) or not dsn.strip():
-            raise ValueError(f"dsn must be a PostgreSQL connection string, got {dsn!r}")
-        if not isinstance(create, bool):
-            raise ValueError(f"create must be True or False, got {create!r}")
         if idle_in_transaction_session_timeout is None:
             # a transaction idle longer than one statement may run is stuck, not slow
             idle_in_transaction_session_timeout = statement_timeout
         if pool_timeout is None:
             pool_timeout = statement_timeout  # a caller holds a connection for about one statement
-        timeouts = (
-            ("lock_timeout", lock_timeout),
-            ("connect_timeout", connect_timeout),
-            ("statement_timeout", statement_timeout),
-            ("idle_in_transaction_session_timeout", idle_in_transaction_session_timeout),
-            ("pool_timeout", pool_timeout),
+        _check_arguments(
+            dsn,
+            create,
+            pool_size,
+            lock_timeout=lock_timeout,
+            connect_timeout=connect_timeout,
+            statement_timeout=statement_timeout,
+            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
+            pool_timeout=pool_timeout,
         )
-        for name, value in timeouts:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
-        if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
-            raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
         self.location, self._secrets = redact_dsn(dsn)
         self.lock_timeout = float(lock_timeout)
         self.connect_timeout = float(connect_timeout)
@@ -166,22 +191,32 @@ class PostgresJournal:
         self.pool_size = pool_size
         self.pool_timeout = float(pool_timeout)
         self.create = create
-        self._cond = threading.Condition()
-        self._idle: list[psycopg.Connection[Any]] = []
-        self._opened = 0  # connections open (idle or in use)
+        self._lock = threading.Lock()  # guards _closed, _in_use and the choice of _pool
         self._closed = False
-        self._pid = PROCESS.pid
+        self._in_use = 0  # connections taken from the pool and not yet given back
+        self._import_driver()
+        self._conninfo = self._full_conninfo(dsn)
+        self._pool = self._new_pool()
+        self._open_schema()
+        with _JOURNALS_LOCK:
+            _JOURNALS.add(self)
+
+    def _import_driver(self) -> None:
         try:
             import psycopg
+            import psycopg_pool
         except ImportError as exc:
             raise self._fail(
-                "the PostgreSQL journal needs psycopg 3, which is not installed",
-                "Install it with: pip install 'samekey[postgres]'",
+                "the PostgreSQL journal needs psycopg 3 and psycopg-pool, which are not installed",
+                "Install them with: pip install 'samekey[postgres]'",
             ) from exc
         self._psycopg = psycopg
+        self._psycopg_pool = psycopg_pool
+
+    def _full_conninfo(self, dsn: str) -> str:
         try:
-            given = psycopg.conninfo.conninfo_to_dict(dsn)
-        except psycopg.ProgrammingError as exc:
+            given = self._psycopg.conninfo.conninfo_to_dict(dsn)
+        except self._psycopg.ProgrammingError as exc:
             self._hide_secrets(exc)
             raise self._fail(f"the DSN cannot be parsed ({' '.join(str(exc).split())})", "Check its syntax.") from exc
         link = {
@@ -192,8 +227,19 @@ class PostgresJournal:
             "tcp_user_timeout": math.ceil(self.statement_timeout * 1000),
         }
         # the DSN's own settings win
-        self._conninfo = psycopg.conninfo.make_conninfo(dsn, **{k: v for k, v in link.items() if k not in given})
-        self._run("opening", self._init_schema)
+        return str(self._psycopg.conninfo.make_conninfo(dsn, **{k: v for k, v in link.items() if k not in given}))
+
+    def _open_schema(self) -> None:
+        """Check (or create) the tables on a connection of its own: one that cannot be made
+        is said at once, with libpq's reason."""
+        try:
+            conn = self._connect()
+            try:
+                self._init_schema(conn)
+            finally:
+                conn.close()
+        except self._psycopg.Error as exc:
+            raise self._classify(exc, "opening") from exc
 
     # -- errors -------------------------------------------------------------------------
 
@@ -254,71 +300,86 @@ class PostgresJournal:
     # -- connections --------------------------------------------------------------------
 
     def _connect(self) -> psycopg.Connection[Any]:
-        conn = self._psycopg.connect(
-            self._conninfo, autocommit=True, connect_timeout=max(1, math.ceil(self.connect_timeout))
-        )
+        """A connection outside the pool: the schema's at opening, and the diagnosis of a pool
+        that could open none (the pool connects in its own threads and keeps their errors)."""
+        conn = self._psycopg.connect(self._conninfo, **self._connect_options())
         try:
-            conn.execute(f"SET lock_timeout = {int(self.lock_timeout * 1000)}")
-            conn.execute(f"SET statement_timeout = {math.ceil(self.statement_timeout * 1000)}")
-            # a session stalled inside a transaction (its process hung between two statements)
-            # would hold its row locks, and every other replica's claim of them, forever
-            idle = math.ceil(self.idle_in_transaction_session_timeout * 1000)
-            conn.execute(f"SET idle_in_transaction_session_timeout = {idle}")
+            _configure(self._settings(), conn)
         except BaseException:
             conn.close()
             raise
         return conn
 
+    def _connect_options(self) -> dict[str, Any]:
+        return {"autocommit": True, "connect_timeout": max(1, math.ceil(self.connect_timeout))}
+
+    def _settings(self) -> tuple[str, ...]:
+        """The SET statements every connection runs once, as it is opened."""
+        idle = math.ceil(self.idle_in_transaction_session_timeout * 1000)
+        return (
+            f"SET lock_timeout = {int(self.lock_timeout * 1000)}",
+            f"SET statement_timeout = {math.ceil(self.statement_timeout * 1000)}",
+            # a session stalled inside a transaction (its process hung between two statements)
+            # would hold its row locks, and every other replica's claim of them, forever
+            f"SET idle_in_transaction_session_timeout = {idle}",
+        )
+
+    def _new_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        return self._psycopg_pool.ConnectionPool(
+            self._conninfo,
+            kwargs=self._connect_options(),
+            configure=functools.partial(_configure, self._settings()),  # no reference back to the journal
+            min_size=0,  # opened lazily, one connection at a time as callers need them
+            max_size=self.pool_size,
+            timeout=self.pool_timeout,
+            open=False,  # no thread before the first call (a preloading server forks after opening)
+            name="samekey",
+        )
+
     def _acquire(self, doing: str = "taking a connection") -> psycopg.Connection[Any]:
-        with self._cond:
-            if PROCESS.pid != self._pid:
-                # A forked child (e.g. a preloaded web worker) must not talk on, or close, the
-                # parent's sockets: it forgets them (psycopg never closes them on collection
-                # in another process) and opens its own.
-                self._idle, self._opened, self._pid = [], 0, PROCESS.pid
-            deadline = None
-            while True:
-                if self._closed:
-                    raise self._fail("it is closed", "Use the journal inside the client's lifetime.")
-                if self._idle:
-                    return self._idle.pop()
-                if self._opened < self.pool_size:
-                    self._opened += 1
-                    break
-                deadline = deadline or time.monotonic() + self.pool_timeout
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise self._fail(
-                        f"all {self.pool_size} of its connections stayed in use for {self.pool_timeout:g} s "
-                        f"while {doing}",
-                        "Raise pool_size to the number of threads or tasks that use the journal at once, "
-                        "or raise pool_timeout; if statements are slow, look at the database server's load.",
-                    )
-                self._cond.wait(left)
+        with self._lock:
+            if self._closed:
+                raise self._fail("it is closed", "Use the journal inside the client's lifetime.")
+            pool = self._pool
+            if pool.closed:
+                pool.open()
         try:
-            return self._connect()
-        except BaseException:
-            with self._cond:
-                self._opened -= 1
-                self._cond.notify()
-            raise
+            conn: psycopg.Connection[Any] = pool.getconn()
+        except self._psycopg_pool.PoolTimeout as exc:
+            raise self._no_connection(doing) from exc
+        except self._psycopg_pool.PoolClosed as exc:
+            raise self._fail("it is closed", "Use the journal inside the client's lifetime.") from exc
+        with self._lock:
+            self._in_use += 1
+        return conn
 
     def _give_back(self, conn: psycopg.Connection[Any]) -> None:
-        with self._cond:
-            if self._closed or conn.broken or conn.closed:
-                self._opened -= 1
-                conn.close()
-            else:
-                self._idle.append(conn)
-            self._cond.notify()
+        with self._lock:
+            self._in_use -= 1
+        self._pool.putconn(conn)
 
-    def _drop_idle(self) -> None:
-        with self._cond:
-            idle, self._idle = self._idle, []
-            self._opened -= len(idle)
-            self._cond.notify_all()
-        for conn in idle:
-            conn.close()
+    def _no_connection(self, doing: str) -> JournalError:
+        """The pool gave no connection within pool_timeout: all in use, or none could be opened."""
+        if self._in_use < self.pool_size:
+            self._connect().close()  # raises libpq's reason when the server cannot be reached
+            return self._fail(
+                f"no connection to the server could be opened within pool_timeout ({self.pool_timeout:g} s) "
+                f"while {doing}",
+                "Retry; if it goes on, look at the database server's load and its max_connections.",
+            )
+        return self._fail(
+            f"all {self.pool_size} of its connections stayed in use for {self.pool_timeout:g} s while {doing}",
+            "Raise pool_size to the number of threads or tasks that use the journal at once, "
+            "or raise pool_timeout; if statements are slow, look at the database server's load.",
+        )
+
+    def _in_child(self) -> None:
+        """In a forked child: a pool of its own. The parent's is never closed here (that would
+        talk on the parent's sockets), only kept from the garbage collector."""
+        _INHERITED.append(self._pool)
+        self._lock = threading.Lock()
+        self._in_use = 0
+        self._pool = self._new_pool()
 
     def _run(self, doing: str, work: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run ``work`` on a pooled connection; once more on a fresh one if the first was broken.
@@ -334,18 +395,19 @@ class PostgresJournal:
             try:
                 return work(conn)
             except self._psycopg.Error as exc:
-                if conn.broken and not retry and isinstance(exc, self._psycopg.OperationalError):
-                    # the server restarted or failed over: its other idle connections are dead too
-                    self._drop_idle()
-                    continue
-                if conn.broken and not retry and isinstance(exc, self._psycopg.errors.IdleInTransactionSessionTimeout):
-                    # this process stalled mid-transaction and the server ended the session (its
-                    # transaction rolled back, its locks freed for the other replicas): start again
-                    continue
-                raise self._classify(exc, doing) from exc
+                if retry or not conn.broken or not self._worth_a_retry(exc):
+                    raise self._classify(exc, doing) from exc
+                dropped = isinstance(exc, self._psycopg.OperationalError)
             finally:
                 self._give_back(conn)
+            if dropped:  # the server restarted or failed over: its other idle connections are dead too
+                self._pool.check()
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _worth_a_retry(self, exc: Exception) -> bool:
+        # a dropped connection (a server restart, a failover), or this process stalled
+        # mid-transaction and the server ended the session (its locks freed for the others)
+        return isinstance(exc, (self._psycopg.OperationalError, self._psycopg.errors.IdleInTransactionSessionTimeout))
 
     # -- schema -------------------------------------------------------------------------
 
@@ -584,13 +646,9 @@ class PostgresJournal:
         return purge_in_chunks(delete_oldest, limit)
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-            self._opened -= len(idle)
-            self._cond.notify_all()
-        for conn in idle:
-            conn.close()
+        self._pool.close()
 
     def __enter__(self) -> PostgresJournal:
         return self
@@ -600,3 +658,18 @@ class PostgresJournal:
 
     def __repr__(self) -> str:
         return f"PostgresJournal({self.location!r})"
+
+
+_JOURNALS: weakref.WeakSet[PostgresJournal] = weakref.WeakSet()
+_JOURNALS_LOCK = threading.Lock()
+_INHERITED: list[object] = []  # a forked child's copies of its parent's pools, never closed there
+
+
+def _after_fork_in_child() -> None:
+    global _JOURNALS_LOCK
+    _JOURNALS_LOCK = threading.Lock()  # another thread of the parent may have held it at the fork
+    for journal in list(_JOURNALS):
+        journal._in_child()
+
+
+at_fork_in_child(_after_fork_in_child)

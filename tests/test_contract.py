@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 import samekey
-from samekey import _journal, _rows
+from samekey import _rows, _sqlite_open
 from samekey._contract import Intent, JournalStore
 from samekey.testing import Fault, FaultPlan, PaymentServer
 
@@ -56,7 +56,9 @@ def _sqlite_store(tmp_path: Path) -> Store:
         finally:
             conn.close()
 
-    return Store("sqlite", lambda: samekey.Journal(path), str(path), "operations", set_version, get_version, _journal)
+    return Store(
+        "sqlite", lambda: samekey.Journal(path), str(path), "operations", set_version, get_version, _sqlite_open
+    )
 
 
 def _postgres_store(dsn: str) -> Store:

@@ -571,6 +571,21 @@ def test_a_caller_waits_for_a_pooled_connection_no_longer_than_pool_timeout(pg_d
         samekey.PostgresJournal(pg_dsn, pool_timeout=0)
 
 
+def test_a_server_unreachable_mid_run_is_named_not_taken_for_a_busy_pool(pg_dsn: str) -> None:
+    # the pool opens its connections in threads of its own: their error must still reach the caller
+    import psycopg
+
+    with samekey.PostgresJournal(pg_dsn, pool_timeout=0.3) as journal:
+        journal._conninfo = psycopg.conninfo.make_conninfo(journal._conninfo, port=1)  # the server went away
+        journal._pool.close()
+        journal._pool = journal._new_pool()
+        with pytest.raises(samekey.JournalError) as caught:
+            journal.get("op")
+    message = str(caught.value)
+    assert "cannot reach the PostgreSQL server while reading" in message and "Check that it runs" in message
+    assert "stayed in use" not in message
+
+
 def test_a_dropped_server_connection_is_replaced(pg_dsn: str) -> None:
 
     dsn = pg_dsn + "&application_name=samekey_reconnect_test"

@@ -1,5 +1,9 @@
-"""In "process" mode no request pays for SQLite's checkpoint: a short-lived thread copies the WAL
-into the main file, and a fork, a close or a kill -9 in the middle of it loses nothing."""
+"""The write-ahead log (_wal.py).
+
+"fsync" mode: each claim is durable before it returns, and nothing else pays a sync.
+"process" mode: no request pays for SQLite's checkpoint; a short-lived thread copies the WAL
+into the main file, and a fork, a close or a kill -9 in the middle of it loses nothing.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +19,134 @@ from pathlib import Path
 import pytest
 
 import samekey
-from samekey import _journal
+from journal_helpers import SRC, count_wal_syncs, fork_child, intent
+from samekey import _wal
 from samekey._contract import Claim, Complete
-from test_journal_robustness import _fork_child, intent
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads fd paths from /proc")
+def test_fsync_mode_makes_each_claim_durable_and_no_completion_pays_a_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "journal.sqlite3"
+    with samekey.Journal(path, durability="fsync") as journal:
+        synced = count_wal_syncs(monkeypatch, path)
+        journal.claim(intent("op-1"), "owner", 60.0, 1000.0)
+        assert synced == [f"{path}-wal"]  # the claim is on the disk before claim() returns
+        journal.complete("op-1", "owner", 1, 201, [], b"{}", 1001.0)
+        journal.purge_completed(3600.0, 1002.0)
+        assert synced == [f"{path}-wal"]  # a completion or a purge adds no sync
+        journal.claim(intent("op-2"), "owner", 60.0, 1003.0)
+        assert len(synced) == 2
+        assert journal.claim(intent("op-1"), "other", 60.0, 1004.0).status == "completed"
+        assert journal.claim(intent("op-2"), "other", 60.0, 1004.0).status == "busy"
+        assert len(synced) == 2  # a replay or a busy claim wrote nothing, so nothing to sync
+    with samekey.Journal(path, durability="process") as journal:
+        synced = count_wal_syncs(monkeypatch, path)
+        journal.claim(intent("op-3"), "owner", 60.0, 1004.0)
+        assert synced == []  # process mode: the OS holds the write, no sync
+    with samekey.Journal(path) as journal:
+        assert journal.get("op-2") is not None and journal.get("op-3") is not None
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads fd paths from /proc")
+def test_a_journal_reached_through_a_symlink_still_syncs_its_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite keeps the -wal beside the real file: looking for it beside the link found nothing
+    # and skipped the sync, so "fsync" claims were not durable
+    (tmp_path / "data").mkdir()
+    link = tmp_path / "journal.sqlite3"
+    link.symlink_to(tmp_path / "data" / "journal.sqlite3")
+    with samekey.Journal(link, durability="fsync") as journal:
+        synced = count_wal_syncs(monkeypatch, link)
+        journal.claim(intent("op-1"), "owner", 60.0, 1000.0)
+    assert synced == [f"{tmp_path / 'data' / 'journal.sqlite3'}-wal"]
+    with samekey.Journal(link, read_only=True) as journal:  # and a reader leaves nothing behind
+        assert journal.get("op-1") is not None
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["journal.sqlite3"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads fd paths from /proc")
+def test_a_symlink_switched_after_opening_does_not_redirect_the_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a deploy switches `current` from blue to green while blue's journal is open: blue's claims
+    # must still sync blue's WAL (the file SQLite opened), not green's
+    for color in ("blue", "green"):
+        (tmp_path / color).mkdir()
+        samekey.Journal(tmp_path / color / "journal.sqlite3").close()
+    current = tmp_path / "current.sqlite3"
+    current.symlink_to(tmp_path / "blue" / "journal.sqlite3")
+    green = samekey.Journal(tmp_path / "green" / "journal.sqlite3", durability="process")
+    green.claim(intent("op-g"), "owner", 60.0, 1000.0)  # green has a WAL of its own
+    with samekey.Journal(current, durability="fsync") as blue:
+        current.unlink()
+        current.symlink_to(tmp_path / "green" / "journal.sqlite3")
+        synced = count_wal_syncs(monkeypatch, current)
+        blue.claim(intent("op-b"), "owner", 60.0, 1000.0)
+    green.close()
+    assert synced == [f"{tmp_path / 'blue' / 'journal.sqlite3'}-wal"]
+
+
+def test_a_failing_sync_is_a_clear_error_and_nothing_is_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    with samekey.Journal(tmp_path / "journal.sqlite3") as journal:
+        monkeypatch.setattr(_wal.os, "fdatasync", broken)
+        with pytest.raises(samekey.JournalError) as caught:
+            journal.claim(intent("op-1"), "owner", 60.0, 1000.0)
+        assert "durable" in str(caught.value) and "Nothing was sent" in str(caught.value)
+
+
+class _FakeFcntl:
+    """fcntl as on macOS: F_FULLFSYNC flushes the drive's cache; ``works`` False: a filesystem without it."""
+
+    F_FULLFSYNC = 51
+
+    def __init__(self, works: bool) -> None:
+        self.works = works
+        self.calls: list[int] = []
+
+    def fcntl(self, fd: int, command: int) -> int:
+        assert command == self.F_FULLFSYNC
+        self.calls.append(fd)
+        if not self.works:
+            raise OSError(45, "Operation not supported")
+        return 0
+
+
+@pytest.mark.parametrize("fullfsync_works", [True, False])
+def test_fsync_mode_on_a_platform_without_fdatasync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fullfsync_works: bool
+) -> None:
+    # macOS has no os.fdatasync, and its fsync leaves data in the drive's cache: F_FULLFSYNC it is
+    fake = _FakeFcntl(fullfsync_works)
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.delattr(_wal.os, "fdatasync")
+    monkeypatch.setattr(_wal, "fcntl", fake)
+    monkeypatch.setattr(_wal.os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd))[1])
+    path = tmp_path / "journal.sqlite3"
+    with samekey.Journal(path) as journal:
+        journal.claim(intent("op-1"), "owner", 60.0, 1000.0)
+        journal.claim(intent("op-2"), "owner", 60.0, 1001.0)
+        wal = journal._wal.fd
+    assert fake.calls == [wal, wal], "each claim made durable with F_FULLFSYNC"
+    # the folder once (the new WAL's entry), and the WAL itself when F_FULLFSYNC is refused
+    assert len(fsynced) == (1 if fullfsync_works else 3)
+    with samekey.Journal(path) as journal:
+        assert journal.get("op-2") is not None
+
+
+@pytest.mark.parametrize("durability", ["process", "fsync"])
+def test_sqlite_syncs_around_checkpoints_in_both_modes(tmp_path: Path, durability: str) -> None:
+    # synchronous=OFF would let a power cut during a checkpoint corrupt the whole file (every
+    # pending key lost); NORMAL costs an fsync per checkpoint, not per commit
+    journal = samekey.Journal(tmp_path / "j.sqlite3", durability=durability)  # type: ignore[arg-type]
+    assert journal._read("PRAGMA synchronous", (), "checking") == [(1,)]  # NORMAL
+    journal.close()
 
 
 def _wal_frames(path: Path) -> int:
@@ -54,7 +181,7 @@ def _wait_for_checkpoint(journal: samekey.Journal) -> None:
 def test_a_commit_checkpoints_by_itself_only_in_fsync_mode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str
 ) -> None:
-    monkeypatch.setattr(_journal, "CHECKPOINT_EVERY", 10**9)  # no background checkpoint
+    monkeypatch.setattr(_wal, "CHECKPOINT_EVERY", 10**9)  # no background checkpoint
     path = tmp_path / "j.sqlite3"
     journal = samekey.Journal(path, durability=durability)  # type: ignore[arg-type]
     _claim(journal, 0, 500)
@@ -71,16 +198,16 @@ def test_a_thread_copies_the_wal_every_so_many_commits_and_the_wal_starts_over(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads: list[str] = []
-    copy = _journal._Checkpointer._copy
+    copy = _wal.Checkpointer._copy
 
-    def recorded(self: _journal._Checkpointer) -> None:
+    def recorded(self: _wal.Checkpointer) -> None:
         threads.append(threading.current_thread().name)
         copy(self)
 
-    monkeypatch.setattr(_journal._Checkpointer, "_copy", recorded)
+    monkeypatch.setattr(_wal.Checkpointer, "_copy", recorded)
     path = tmp_path / "j.sqlite3"
     journal = samekey.Journal(path, durability="process")
-    every = _journal.CHECKPOINT_EVERY
+    every = _wal.CHECKPOINT_EVERY
     _claim(journal, 0, every - 1)
     assert threads == [] and _rows_in_main_file(path) == 0
     _claim(journal, every - 1, 1)
@@ -102,15 +229,15 @@ class _SlowCopy:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.inside, self.go = threading.Event(), threading.Event()
         self.finished: list[bool] = []
-        copy = _journal._Checkpointer._copy
+        copy = _wal.Checkpointer._copy
 
-        def slow(checkpointer: _journal._Checkpointer) -> None:
+        def slow(checkpointer: _wal.Checkpointer) -> None:
             self.inside.set()
             self.go.wait(10)
             copy(checkpointer)
             self.finished.append(True)
 
-        monkeypatch.setattr(_journal._Checkpointer, "_copy", slow)
+        monkeypatch.setattr(_wal.Checkpointer, "_copy", slow)
 
 
 def _inside_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[_SlowCopy, Path, samekey.Journal]:
@@ -118,7 +245,7 @@ def _inside_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tup
     slow = _SlowCopy(monkeypatch)
     path = tmp_path / "j.sqlite3"
     journal = samekey.Journal(path, durability="process")
-    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _claim(journal, 0, _wal.CHECKPOINT_EVERY)
     assert slow.inside.wait(10)
     threading.Timer(0.2, slow.go.set).start()
     return slow, path, journal
@@ -137,9 +264,9 @@ def test_a_fork_during_a_checkpoint_waits_for_it_and_the_child_can_write(
         journal.close()
         return 0
 
-    assert _fork_child(child) == 0, "the child failed or hung"
+    assert fork_child(child) == 0, "the child failed or hung"
     _wait_for_checkpoint(journal)
-    assert journal.get("child") is not None and len(journal.records()) == _journal.CHECKPOINT_EVERY + 1
+    assert journal.get("child") is not None and len(journal.records()) == _wal.CHECKPOINT_EVERY + 1
     journal.close()
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -154,16 +281,16 @@ def test_close_waits_for_a_checkpoint_in_progress_and_leaves_one_file(
     journal.close()
     assert thread is not None and not thread.is_alive() and slow.finished == [True]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["j.sqlite3"]  # the last close removed the WAL
-    assert _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY
+    assert _rows_in_main_file(path) == _wal.CHECKPOINT_EVERY
 
 
 _WRITER = """
 import sys
 sys.path.insert(0, {src!r})
 import samekey
-from samekey import _journal
+from samekey import _wal
 from samekey._contract import Intent
-_journal.CHECKPOINT_EVERY = 5  # a checkpoint in progress most of the time
+_wal.CHECKPOINT_EVERY = 5  # a checkpoint in progress most of the time
 journal = samekey.Journal({path!r}, durability="process")
 for i in range({start}, {start} + 100000):
     op = f"op-{{i}}"
@@ -223,16 +350,16 @@ def test_the_checkpoint_thread_yields_the_cpu_and_leaves_the_callers_priority_al
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[int] = []
-    copy = _journal._Checkpointer._copy
+    copy = _wal.Checkpointer._copy
 
-    def recorded(self: _journal._Checkpointer) -> None:
+    def recorded(self: _wal.Checkpointer) -> None:
         seen.append(os.getpriority(os.PRIO_PROCESS, 0))  # 0: the calling thread, on Linux
         copy(self)
 
-    monkeypatch.setattr(_journal._Checkpointer, "_copy", recorded)
+    monkeypatch.setattr(_wal.Checkpointer, "_copy", recorded)
     before = os.getpriority(os.PRIO_PROCESS, 0)
     journal = samekey.Journal(tmp_path / "j.sqlite3", durability="process")
-    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _claim(journal, 0, _wal.CHECKPOINT_EVERY)
     _wait_for_checkpoint(journal)
     journal.close()
     assert seen == [19]
@@ -257,9 +384,9 @@ def test_a_journal_whose_path_is_not_utf8_opens_and_checkpoints(tmp_path: Path) 
         pytest.skip("this file system takes UTF-8 names only")
     path = tmp_path / "caf\udce9" / "j.sqlite3"
     journal = samekey.Journal(path, durability="process")
-    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _claim(journal, 0, _wal.CHECKPOINT_EVERY)
     _wait_for_checkpoint(journal)
-    assert _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY  # the thread copied this very file
+    assert _rows_in_main_file(path) == _wal.CHECKPOINT_EVERY  # the thread copied this very file
     journal.close()
 
 
@@ -273,9 +400,9 @@ def test_a_thread_priority_refused_still_checkpoints(tmp_path: Path, monkeypatch
     monkeypatch.setattr(os, "setpriority", refused, raising=False)
     path = tmp_path / "j.sqlite3"
     journal = samekey.Journal(path, durability="process")
-    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _claim(journal, 0, _wal.CHECKPOINT_EVERY)
     _wait_for_checkpoint(journal)
-    assert _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY
+    assert _rows_in_main_file(path) == _wal.CHECKPOINT_EVERY
     journal.close()
 
 
@@ -289,9 +416,9 @@ def test_the_thread_priority_is_lowered_only_where_it_is_per_thread(
     monkeypatch.setattr(sys, "platform", platform)
     path = tmp_path / "j.sqlite3"
     journal = samekey.Journal(path, durability="process")
-    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _claim(journal, 0, _wal.CHECKPOINT_EVERY)
     _wait_for_checkpoint(journal)
-    assert calls == [] and _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY
+    assert calls == [] and _rows_in_main_file(path) == _wal.CHECKPOINT_EVERY
     journal.close()
 
 
@@ -338,22 +465,22 @@ def test_no_checkpoint_thread_is_left_alive_at_a_fork(tmp_path: Path, monkeypatc
     # use of fork() may lead to deadlocks in the child"): the fork waited for the checkpoint's lock but
     # not for its thread, which lives on a moment after (longer on a loaded machine), so a single-threaded
     # worker forking its children right after a checkpoint started warned at random
-    checkpoint = _journal._Checkpointer._checkpoint
+    checkpoint = _wal.Checkpointer._checkpoint
 
-    def slow_to_end(checkpointer: _journal._Checkpointer) -> None:
+    def slow_to_end(checkpointer: _wal.Checkpointer) -> None:
         checkpoint(checkpointer)
         time.sleep(0.5)  # the lock is released; the thread has yet to end (descheduled, say)
 
-    monkeypatch.setattr(_journal._Checkpointer, "_checkpoint", slow_to_end)
+    monkeypatch.setattr(_wal.Checkpointer, "_checkpoint", slow_to_end)
     path = tmp_path / "j.sqlite3"
     journal = samekey.Journal(path, durability="process")
-    _claim(journal, 0, _journal.CHECKPOINT_EVERY)
+    _claim(journal, 0, _wal.CHECKPOINT_EVERY)
     _THREADS_AT_FORK.append([])  # recording
     try:
-        assert _fork_child(lambda: 0) == 0
+        assert fork_child(lambda: 0) == 0
         forked = _THREADS_AT_FORK[1]
     finally:
         _THREADS_AT_FORK.clear()
     assert "samekey-checkpoint" not in forked
-    assert _rows_in_main_file(path) == _journal.CHECKPOINT_EVERY
+    assert _rows_in_main_file(path) == _wal.CHECKPOINT_EVERY
     journal.close()
