@@ -39,6 +39,17 @@ class _Message:
     keep_alive: bool
 
 
+@dataclass
+class _Link:
+    """One client's connection and, from its first forwarded request on, its own upstream one."""
+
+    client: socket.socket
+    from_client: BinaryIO
+    upstream: socket.socket | None = None
+    from_upstream: BinaryIO | None = None
+    abort: bool = False  # end the client's connection with a RST instead of a FIN
+
+
 def _read_message(stream: BinaryIO, *, is_request: bool, method: str = "") -> _Message | None:
     """One whole HTTP/1.1 message as raw bytes, or None on a clean end of stream."""
     start = stream.readline(_MAX_LINE)
@@ -221,67 +232,81 @@ class FaultProxy:
     def _serve(self, client: socket.socket) -> None:
         client.settimeout(self.io_timeout)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        upstream: socket.socket | None = None
-        from_client = client.makefile("rb")
-        from_upstream: BinaryIO | None = None
-        abort = False
+        link = _Link(client, client.makefile("rb"))
         try:
-            while not self._stopping.is_set():
-                request = _read_message(from_client, is_request=True)
-                if request is None:
-                    return
-                self._count("requests")
-                method = request.raw.split(b" ", 1)[0].decode("latin-1")
-                fault = self.faults.next()
-                if fault is not None:
-                    self._count(fault.label)
-                if fault is not None and fault.kind == "reset_before":
-                    abort = True
-                    return
-                if fault is not None and fault.kind == "status":
-                    client.sendall(_status_response(fault))
-                    continue
-                if upstream is None:
-                    try:
-                        upstream = socket.create_connection(self.target, timeout=self.io_timeout)
-                    except OSError:
-                        client.sendall(_status_response(Fault("status", 502)))
-                        return
-                    if not self._track(upstream):
-                        return
-                    upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    from_upstream = upstream.makefile("rb")
-                assert from_upstream is not None
-                upstream.sendall(request.raw)
-                self._count("forwarded")
-                try:
-                    response = _read_message(from_upstream, is_request=False, method=method)
-                except ConnectionResetError:
-                    abort = True  # pass the server's reset on
-                    return
-                if response is None:
-                    return  # the server closed without answering: so does the proxy
-                if fault is not None and fault.kind == "drop_after":
-                    return  # the server acted; the client gets a closed connection, no answer
-                if fault is not None and fault.kind == "slow" and self._stopping.wait(fault.delay):
-                    return
-                client.sendall(response.raw)
-                if not response.keep_alive or not request.keep_alive:
-                    return
+            while not self._stopping.is_set() and self._relay(link):
+                pass
         except (OSError, _Broken, ValueError):
-            return  # a peer went away or timed out; the client sees a broken connection
+            pass  # a peer went away or timed out; the client sees a broken connection
         finally:
-            for stream in (from_client, from_upstream):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
-            for sock in (client, upstream):
-                if sock is not None:
-                    self._untrack(sock)
-                    if abort and sock is client:
-                        _abort(sock)
-                    else:
-                        _close(sock)
+            self._close_link(link)
+
+    def _relay(self, link: _Link) -> bool:
+        """Take one request through its fault; True to read the next one on this connection."""
+        request = _read_message(link.from_client, is_request=True)
+        if request is None:
+            return False
+        self._count("requests")
+        fault = self.faults.next()
+        if fault is not None:
+            self._count(fault.label)
+        if fault is not None and fault.kind == "reset_before":
+            link.abort = True
+            return False
+        if fault is not None and fault.kind == "status":
+            link.client.sendall(_status_response(fault))
+            return True
+        response = self._forward(link, request)
+        if response is None:
+            return False
+        if fault is not None and fault.kind == "drop_after":
+            return False  # the server acted; the client gets a closed connection, no answer
+        if fault is not None and fault.kind == "slow" and self._stopping.wait(fault.delay):
+            return False
+        link.client.sendall(response.raw)
+        return response.keep_alive and request.keep_alive
+
+    def _forward(self, link: _Link, request: _Message) -> _Message | None:
+        """The server's answer to ``request``, or None when the connection is to end unanswered."""
+        if link.upstream is None and not self._connect_upstream(link):
+            return None
+        assert link.upstream is not None and link.from_upstream is not None
+        link.upstream.sendall(request.raw)
+        self._count("forwarded")
+        method = request.raw.split(b" ", 1)[0].decode("latin-1")
+        try:
+            # None: the server closed without answering, and so does the proxy
+            return _read_message(link.from_upstream, is_request=False, method=method)
+        except ConnectionResetError:
+            link.abort = True  # pass the server's reset on
+            return None
+
+    def _connect_upstream(self, link: _Link) -> bool:
+        """Open the client's own connection to the target; False if it cannot (502) or stopping."""
+        try:
+            link.upstream = socket.create_connection(self.target, timeout=self.io_timeout)
+        except OSError:
+            link.client.sendall(_status_response(Fault("status", 502)))
+            return False
+        if not self._track(link.upstream):
+            return False
+        link.upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        link.from_upstream = link.upstream.makefile("rb")
+        return True
+
+    def _close_link(self, link: _Link) -> None:
+        """Close both connections; the client's with a RST when ``link.abort`` says so."""
+        for stream in (link.from_client, link.from_upstream):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        for sock in (link.client, link.upstream):
+            if sock is not None:
+                self._untrack(sock)
+                if link.abort and sock is link.client:
+                    _abort(sock)
+                else:
+                    _close(sock)
 
 
 def _status_response(fault: Fault) -> bytes:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._identity import pid_is_gone
 from ._apis import PLAIN, Api
@@ -208,11 +208,12 @@ class PaymentServer:
 
     # -- the server side of the protocol --------------------------------------------------
 
-    def _log(self, key: str | None, method: str, path: str, outcome: str, body: bytes = b"") -> None:
+    def _log(self, key: str | None, request: _Request, outcome: str) -> None:
+        body = request.body.decode("utf-8", "replace")
         with self._db_lock:
             self._db.execute(
                 "INSERT INTO requests (key, method, path, at, outcome, body) VALUES (?, ?, ?, ?, ?, ?)",
-                (key, method, path, time.time(), outcome, body.decode("utf-8", "replace")),
+                (key, request.method, request.path, time.time(), outcome, body),
             )
 
     def _begin(self, key: str, fingerprint: str, owner: str) -> tuple[str, int | None, bytes | None]:
@@ -283,46 +284,13 @@ class PaymentServer:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            while True:
+            while (request := await _read_request(reader)) is not None:
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                method, path = [*lines[0].split(" ", 2), "", ""][:2]
-                headers = {}
-                for line in lines[1:]:
-                    name, sep, value = line.partition(":")
-                    if sep:
-                        headers[name.strip().lower()] = value.strip()
-                try:
-                    if "chunked" in headers.get("transfer-encoding", "").lower():
-                        body = await _read_chunked(reader)  # a body of unknown length: a stream, a generator
-                    else:
-                        body = await reader.readexactly(int(headers.get("content-length") or 0))
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-                    return
-                try:
-                    answer = await self._handle(method, path, headers, body)
+                    status, payload, extra = await self._handle(request)
                 except _Abort as abort:
-                    if abort.reset and sock is not None:
-                        # RST instead of FIN: the client sees a connection reset
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    writer.transport.abort() if abort.reset else writer.close()
+                    _hang_up(writer, sock, reset=abort.reset)
                     return
-                if answer is None:
-                    return
-                status, payload, extra = answer
-                if status >= 400:
-                    payload = self.api.error_body(payload)
-                reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
-                out = [
-                    f"HTTP/1.1 {status} {reason}",
-                    "Content-Type: application/json",
-                    f"Content-Length: {len(payload)}",
-                ]
-                out += [f"{k}: {v}" for k, v in extra.items()]
-                writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + payload)
+                writer.write(self._render(status, payload, extra))
                 await writer.drain()
         except (ConnectionError, asyncio.CancelledError):
             return
@@ -330,58 +298,129 @@ class PaymentServer:
             if not writer.is_closing():
                 writer.close()
 
-    async def _handle(
-        self, method: str, path: str, headers: dict[str, str], raw: bytes
-    ) -> tuple[int, bytes, dict[str, str]] | None:
-        if method == "GET":
+    def _render(self, status: int, payload: bytes, extra: dict[str, str]) -> bytes:
+        """The response on the wire; an error body is shaped as the API's errors are."""
+        if status >= 400:
+            payload = self.api.error_body(payload)
+        reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        head = [
+            f"HTTP/1.1 {status} {reason}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(payload)}",
+        ]
+        head += [f"{k}: {v}" for k, v in extra.items()]
+        return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+
+    async def _handle(self, request: _Request) -> _Answer:
+        """Answer one request as an idempotent API does; raises `_Abort` to answer nothing."""
+        if request.method == "GET":
             return 200, json.dumps(self.charges()).encode(), {}
-        key = self.api.key(headers, raw)
-        if self.require_auth is not None and headers.get("authorization") != self.require_auth:
-            self._log(key, method, path, "401", raw)  # refused before the key is even looked at, as Stripe
+        key = self.api.key(request.headers, request.body)
+        authorization = request.headers.get("authorization")
+        if self.require_auth is not None and authorization != self.require_auth:
+            self._log(key, request, "401")  # refused before the key is even looked at, as Stripe
             return 401, b'{"error":"invalid API key"}', {"WWW-Authenticate": 'Bearer realm="payments"'}
         if not key:
-            self._log(None, method, path, "400", raw)
+            self._log(None, request, "400")
             return 400, b'{"error":"missing Idempotency-Key"}', {}
         fault = self.faults.next()
         if fault is not None and fault.kind == "reset_before":
-            self._log(key, method, path, "reset_before", raw)
+            self._log(key, request, "reset_before")
             raise _Abort(reset=True)
         if fault is not None and fault.kind == "status":
-            self._log(key, method, path, str(fault.status), raw)
+            self._log(key, request, str(fault.status))
             extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             return fault.status, b'{"error":"injected"}', extra
-        fingerprint = hashlib.sha256(path.encode() + b"\n" + raw).hexdigest()
+        return await self._execute(key, request, fault)
+
+    async def _execute(self, key: str, request: _Request, fault: Fault | None) -> _Answer:
+        """Execute ``key`` once, or answer as its repeat; then a fault that strikes after it."""
+        fingerprint = hashlib.sha256(request.path.encode() + b"\n" + request.body).hexdigest()
         owner = f"{os.getpid()}/{self._token}/{next(self._executions)}"
         state, status, stored = self._begin(key, fingerprint, owner)
-        if state == "mismatch":
-            self._log(key, method, path, "422", raw)
-            return 422, b'{"error":"idempotency key reused with a different payload"}', {}
-        if state == "in_flight":
-            self._log(key, method, path, "409", raw)
-            return 409, b'{"error":"a request with this key is still in flight"}', {}
-        if state == "replay":
-            self._log(key, method, path, "replay", raw)
-            return status or 500, stored or b"", {"Idempotent-Replayed": "true"}
+        if state != "new":
+            return self._repeat(key, request, state, status, stored)
         try:
-            payload = self.api.payload(raw)
+            payload = self.api.payload(request.body)
         except ValueError:
             self._forget_running(key, owner)
-            self._log(key, method, path, "400", raw)
+            self._log(key, request, "400")
             return 400, b'{"error":"body is not JSON"}', {}
         if self.work_seconds:
             await asyncio.sleep(self.work_seconds)
         declined = self.decline(payload) if self.decline else None
         outcome, status, answer = self._charge(key, payload, declined or 201, owner)
         if outcome != "charged":
-            self._log(key, method, path, "replay" if outcome == "replay" else "409", raw)
+            self._log(key, request, "replay" if outcome == "replay" else "409")
             return status, answer, {"Idempotent-Replayed": "true"} if outcome == "replay" else {}
         if fault is not None and fault.kind == "drop_after":
-            self._log(key, method, path, "charged_then_dropped", raw)
+            self._log(key, request, "charged_then_dropped")
             raise _Abort(reset=False)
         if fault is not None and fault.kind == "slow":
             await asyncio.sleep(fault.delay)
-        self._log(key, method, path, "charged" if not declined else str(declined), raw)
+        self._log(key, request, "charged" if not declined else str(declined))
         return declined or 201, answer, {}
+
+    def _repeat(
+        self,
+        key: str,
+        request: _Request,
+        state: str,
+        status: int | None,
+        stored: bytes | None,
+    ) -> _Answer:
+        """The answer when `_begin` did not hand the key to this request: 422, 409 or the replay."""
+        if state == "mismatch":
+            self._log(key, request, "422")
+            return 422, b'{"error":"idempotency key reused with a different payload"}', {}
+        if state == "in_flight":
+            self._log(key, request, "409")
+            return 409, b'{"error":"a request with this key is still in flight"}', {}
+        self._log(key, request, "replay")
+        return status or 500, stored or b"", {"Idempotent-Replayed": "true"}
+
+
+class _Request(NamedTuple):
+    method: str
+    path: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+_Answer = tuple[int, bytes, dict[str, str]]  # status, body, extra headers
+
+
+async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
+    """The next request on the connection, or None when it ends or cannot be framed."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, path = [*lines[0].split(" ", 2), "", ""][:2]
+    headers = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    try:
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            body = await _read_chunked(reader)  # a body of unknown length: a stream, a generator
+        else:
+            body = await reader.readexactly(int(headers.get("content-length") or 0))
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+        return None
+    return _Request(method, path, headers, body)
+
+
+def _hang_up(writer: asyncio.StreamWriter, sock: socket.socket | None, *, reset: bool) -> None:
+    """Close the connection unanswered: with a RST when ``reset`` (the client sees a reset)."""
+    if reset and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    if reset:
+        writer.transport.abort()
+    else:
+        writer.close()
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:

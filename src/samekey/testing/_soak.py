@@ -28,7 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from ._faults import Fault, FaultPlan
 from ._proxy import FaultProxy
@@ -248,52 +248,14 @@ def run_soak(
     with tempfile.TemporaryDirectory(prefix="samekey-soak-", dir=folder) as tmp:
         base = Path(tmp)
         journal, server_db = base / "journal.sqlite3", base / "server.sqlite3"
-        rng = random.Random(seed)
         plan = FaultPlan(rate=fault_rate, kinds=fault_mix(), seed=seed)
         started = time.monotonic()
         server = PaymentServer(server_db).start()
         proxy = FaultProxy(server.url, plan, io_timeout=10).start()
         pool = _Workers(base, journal, proxy.url, workers, n)
+        run = _Run(report, pool, server, journal, kills, kill_interval, limit, started, progress)
         try:
-            for index in range(workers):
-                pool.start(index)
-            finished: set[int] = set()
-            next_kill = time.monotonic() + rng.uniform(*kill_interval)
-            next_note = time.monotonic() + 5
-            while len(finished) < workers:
-                now = time.monotonic()
-                if now - started > limit:
-                    report.problems.append(f"did not finish within {limit:g} s")
-                    break
-                for index, proc in pool.procs.items():
-                    if index in finished or proc.poll() is None:
-                        continue
-                    if proc.returncode != 0:
-                        report.problems.append(
-                            f"worker {index} failed with exit code {proc.returncode}: {pool.log_tail(index)}"
-                        )
-                    finished.add(index)
-                if report.problems:
-                    break
-                running = [i for i in pool.procs if i not in finished and pool.working(i)]
-                if report.kills < kills and now >= next_kill and running:
-                    victim = rng.choice(running)
-                    proc = pool.procs[victim]
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait(timeout=10)
-                    if proc.returncode == -signal.SIGKILL:
-                        report.kills += 1
-                        key = _pending_key_of(journal, proc.pid)
-                        if key is not None:
-                            report.kills_mid_operation += 1
-                            if server._query("SELECT 1 FROM charges WHERE key = ?", (key,)):
-                                report.kills_after_charge += 1
-                        pool.start(victim)  # the same share of operations, the same journal
-                    next_kill = now + rng.uniform(*kill_interval)
-                if progress is not None and now >= next_note:
-                    progress(f"{server.charge_count()}/{n} charged, {report.kills} kills, {now - started:.0f} s")
-                    next_note = now + 5
-                time.sleep(0.01)
+            _supervise(run)
         finally:
             pool.stop_all()
             proxy.stop()
@@ -305,9 +267,88 @@ def run_soak(
     return report
 
 
+@dataclass
+class _Run:
+    """What the parent's steps share while it watches the workers of one soak."""
+
+    report: SoakReport
+    pool: _Workers
+    server: PaymentServer
+    journal: Path
+    kills: int  # SIGKILLs to send in all
+    kill_interval: tuple[float, float]
+    limit: float  # seconds after ``started`` to give up
+    started: float
+    progress: Callable[[str], None] | None
+    finished: set[int] = field(default_factory=set)  # indexes of the workers that exited
+    next_kill: float = 0.0
+    next_note: float = 0.0
+    rng: random.Random = field(init=False)  # seeded: the kill moments and victims repeat
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.report.seed)
+
+
+def _supervise(run: _Run) -> None:
+    """Start the workers and watch them until all have finished or something broke."""
+    for index in range(run.report.workers):
+        run.pool.start(index)
+    run.next_kill = time.monotonic() + run.rng.uniform(*run.kill_interval)
+    run.next_note = time.monotonic() + 5
+    while len(run.finished) < run.report.workers:
+        now = time.monotonic()
+        if now - run.started > run.limit:
+            run.report.problems.append(f"did not finish within {run.limit:g} s")
+            return
+        _reap(run)
+        if run.report.problems:
+            return
+        _kill_when_due(run, now)
+        if run.progress is not None and now >= run.next_note:
+            charged, kills, seconds = run.server.charge_count(), run.report.kills, now - run.started
+            run.progress(f"{charged}/{run.report.n} charged, {kills} kills, {seconds:.0f} s")
+            run.next_note = now + 5
+        time.sleep(0.01)
+
+
+def _reap(run: _Run) -> None:
+    """Mark the workers that exited since the last look; a non-zero exit is a problem."""
+    for index, proc in run.pool.procs.items():
+        if index in run.finished or proc.poll() is None:
+            continue
+        if proc.returncode != 0:
+            code, tail = proc.returncode, run.pool.log_tail(index)
+            run.report.problems.append(f"worker {index} failed with exit code {code}: {tail}")
+        run.finished.add(index)
+
+
+def _kill_when_due(run: _Run, now: float) -> None:
+    """SIGKILL a working worker chosen at random, if a kill is due, and restart it at once."""
+    running = [i for i in run.pool.procs if i not in run.finished and run.pool.working(i)]
+    if run.report.kills >= run.kills or now < run.next_kill or not running:
+        return
+    victim = run.rng.choice(running)
+    proc = run.pool.procs[victim]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    if proc.returncode == -signal.SIGKILL:  # else it had exited by itself: not a kill
+        _count_kill(run, proc.pid)
+        run.pool.start(victim)  # the same share of operations, the same journal
+    run.next_kill = now + run.rng.uniform(*run.kill_interval)
+
+
+def _count_kill(run: _Run, pid: int) -> None:
+    """Count a kill, and whether it hit an operation in flight, and one the server had charged."""
+    run.report.kills += 1
+    key = _pending_key_of(run.journal, pid)
+    if key is not None:
+        run.report.kills_mid_operation += 1
+        if run.server._query("SELECT 1 FROM charges WHERE key = ?", (key,)):
+            run.report.kills_after_charge += 1
+
+
 def verify(report: SoakReport, server_db: Path, journal: Path) -> SoakReport:
     """Check exactly-once from the server's SQLite file (and the journal); fill ``report``."""
-    n = report.n
     db = sqlite3.connect(f"file:{server_db}?mode=ro", uri=True)
     try:
         charges = [(str(k), json.loads(b)) for k, b in db.execute("SELECT key, body FROM charges")]
@@ -316,22 +357,42 @@ def verify(report: SoakReport, server_db: Path, journal: Path) -> SoakReport:
         db.close()
     per_order = Counter(int(body["order"]) for _, body in charges)
     charge_key = {int(body["order"]): key for key, body in charges}
+    _count_charges(report, charges, per_order)
+    _count_requests(report, logged)
+    _check_charges(report, per_order)
+    _check_journal(report, journal, charge_key)
+    return report
+
+
+def _count_charges(
+    report: SoakReport,
+    charges: list[tuple[str, Any]],
+    per_order: Counter[int],
+) -> None:
+    """The figures of the charges: how many, duplicated, missing, and under how many keys."""
     report.charges = len(charges)
     report.duplicate_charges = sum(c - 1 for c in per_order.values() if c > 1)
-    report.lost_charges = sum(1 for i in range(n) if per_order[i] == 0)
+    report.lost_charges = sum(1 for i in range(report.n) if per_order[i] == 0)
     report.distinct_keys = len({key for key, _ in charges})
+
+
+def _count_requests(report: SoakReport, logged: list[tuple[Any, ...]]) -> None:
+    """The figures of the request log: requests, replays, 409s, orders sent under several keys."""
     keys_of: defaultdict[int, set[str]] = defaultdict(set)
     for key, _, body in logged:
         try:
             keys_of[int(json.loads(body)["order"])].add(str(key))
         except (ValueError, KeyError, TypeError):
-            continue
+            continue  # a body that is not an order's JSON belongs to no operation
     report.operations_with_several_keys = sum(1 for keys in keys_of.values() if len(keys) > 1)
     report.server_requests = len(logged)
     report.server_replays = sum(1 for _, outcome, _ in logged if outcome == "replay")
     report.server_409s = sum(1 for _, outcome, _ in logged if outcome == "409")
 
-    problems = report.problems
+
+def _check_charges(report: SoakReport, per_order: Counter[int]) -> None:
+    """One charge per operation, under one key per operation, and nothing else."""
+    n, problems = report.n, report.problems
     if report.charges != n:
         problems.append(f"{report.charges} charges for {n} operations")
     if report.duplicate_charges:
@@ -344,8 +405,13 @@ def verify(report: SoakReport, server_db: Path, journal: Path) -> SoakReport:
         problems.append(f"{report.distinct_keys} distinct keys among {report.charges} charges, expected {n}")
     if report.operations_with_several_keys:
         problems.append(f"{report.operations_with_several_keys} operations reached the server with more than one key")
+
+
+def _check_journal(report: SoakReport, journal: Path, charge_key: dict[int, str]) -> None:
+    """Every operation completed in the journal, under the very key the server charged."""
     from .._journal import Journal
 
+    n, problems = report.n, report.problems
     with Journal(journal) as store:
         records = {r.operation: r for r in store.records()}
     unfinished = [op for op in map(operation_name, range(n)) if op not in records or records[op].pending]
@@ -356,7 +422,6 @@ def verify(report: SoakReport, server_db: Path, journal: Path) -> SoakReport:
     ]
     if wrong:
         problems.append(f"{len(wrong)} operations charged under another key than the journal's (first: {wrong[0]})")
-    return report
 
 
 def main(argv: list[str] | None = None) -> int:
