@@ -20,7 +20,7 @@ from ._errors import (
     RetriesExhausted,
     SameKeyError,
 )
-from ._hooks import RetryDetails, RetryHook
+from ._hooks import EndDetails, EndHook, RetryDetails, RetryHook
 from ._journal import Journal
 from ._location import default_journal_path
 from ._policy import RetryBudget, RetryPolicy, set_testing
@@ -54,6 +54,8 @@ __all__ = [
     "AsyncSameKeyTransport",
     "ClaimResult",
     "Client",
+    "EndDetails",
+    "EndHook",
     "Intent",
     "Journal",
     "JournalError",
