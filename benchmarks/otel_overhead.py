@@ -45,7 +45,7 @@ def _variants(folder: Path) -> dict[str, tuple[Callable[[int], object], bool]]:
     unkeyed = samekey.Client(journal=folder / "u.sqlite3", transport=httpx.MockTransport(_answer))
 
     def post(n: int) -> object:
-        operation = f"op-{n}-{random.random()}"  # a new operation each time: a claim, a send, a completion
+        operation = f"op-{n}-{random.random()}"  # a new one each time: claim, send, complete
         return keyed.post("https://pay.test/charges", json={"n": n}, operation=operation)
 
     def get(n: int) -> object:

@@ -156,5 +156,8 @@ def run_end_hooks(hooks: tuple[EndHook, ...], details: EndDetails) -> None:
             logger.exception(
                 "samekey on_end hook %s raised (operation=%s key=%s outcome=%s); the call goes on",
                 hook_name(hook), details.operation, details.key, details.outcome,
-                extra={"operation": details.operation, "key": details.key, "outcome": details.outcome},
+                extra={
+                    "operation": details.operation, "key": details.key, "attempt": details.attempts,
+                    "outcome": details.outcome,
+                },
             )  # fmt: skip
