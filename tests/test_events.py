@@ -252,3 +252,22 @@ def test_something_that_is_not_an_end_hook_is_refused_by_name(journal_path: Path
     with pytest.raises(TypeError, match=r"async_hook \(async def\) would never run: make it a plain def"):
         make(journal=journal_path, on_end=async_hook)
     assert not journal_path.exists()  # refused before the journal was opened
+
+
+def test_a_flow_closed_mid_send_still_ends_once(journal_path: Path) -> None:
+    # a driver dropping its flow at a Send (no interruption thrown in): closed, it still ends
+    from samekey._actions import Send
+    from samekey._contract import JournalCall
+    from samekey._flow import operation_flow
+
+    ends: list[EndDetails] = []
+    with samekey.Client(journal=journal_path, on_end=ends.append) as client:
+        request = client.build_request("POST", URL, json={}, extensions={samekey.OPERATION_EXTENSION: "op"})
+        flow = operation_flow(client.engine, request)
+        action = next(flow)
+        while isinstance(action, JournalCall):
+            action = flow.send(action.run(client.engine.journal))
+        assert isinstance(action, Send)
+        flow.close()
+    [end] = ends
+    assert (end.outcome, end.error_type, end.this_run, end.operation) == ("interrupted", "GeneratorExit", 1, "op")

@@ -308,3 +308,23 @@ def test_without_opentelemetry_installed_samekey_works_as_before(tmp_path: Path)
         tmp_path,
     )
     assert out == "201 False False"
+
+
+def test_a_flow_closed_mid_send_ends_its_spans(otel: Otel, journal_path: Path) -> None:
+    from samekey._actions import Send
+    from samekey._contract import JournalCall
+    from samekey._flow import operation_flow
+
+    with samekey.Client(journal=journal_path) as client:
+        request = client.build_request("POST", URL, json={}, extensions={samekey.OPERATION_EXTENSION: "op"})
+        flow = operation_flow(client.engine, request)
+        action = next(flow)
+        while isinstance(action, JournalCall):
+            action = flow.send(action.run(client.engine.journal))
+        assert isinstance(action, Send) and trace.get_current_span().name == "samekey attempt"  # type: ignore[attr-defined]
+        flow.close()
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    spans = _by_name(otel)
+    [call], [attempt] = spans["samekey POST"], spans["samekey attempt"]
+    assert (call.attributes or {})["samekey.outcome"] == "interrupted"
+    assert (attempt.attributes or {})["samekey.attempt.outcome"] == "final"

@@ -67,6 +67,7 @@ class _Call:
             self._end_attempt(isinstance(action, _RETRYING))
         if isinstance(action, Send):
             self.sent += 1
+            self.answer = None, None  # open until its answer comes: a flow closed meanwhile ends it
             if self.tracker is not None:
                 self.tracker.attempt_started(self.earlier + self.sent)
         elif isinstance(action, Sleep) and self.sent == 0 and self.tracker is not None:
