@@ -7,6 +7,7 @@ is sent, reused by every retry, every re-run after a crash and `samekey resume`.
 import logging
 from typing import TYPE_CHECKING, Any
 
+from . import instrumentation
 from ._async_client import AsyncClient
 from ._client import Client
 from ._contract import ClaimResult, Intent, JournalStore, OperationRecord
@@ -77,6 +78,7 @@ __all__ = [
     "SameKeyError",
     "SameKeyTransport",
     "default_journal_path",
+    "instrumentation",
     "operation",
     "operation_info",
     "set_testing",
