@@ -124,11 +124,13 @@ class _Call:
                 status = None if error.last_response is None else error.last_response.status_code
             elif isinstance(error, AnswerNotRecorded) and error.response is not None:
                 status = error.response.status_code
+        # closed after an interruption whose release failed: the interruption, not the GeneratorExit
+        raised = self.interruption if outcome == "interrupted" and self.interruption else error
         return EndDetails(
             operation=self.operation, key=self.key, method=self.request.method,
             url=self.engine.redactor.url(self.request.url), outcome=outcome, status_code=status,
             attempts=attempts, this_run=this_run, duration=time.perf_counter() - self.started,
-            error_type=None if error is None else type(error).__name__, reason=reason,
+            error_type=None if raised is None else type(raised).__name__, reason=reason,
         )  # fmt: skip
 
     def _failure(self, error: BaseException | None) -> tuple[Outcome, str | None]:

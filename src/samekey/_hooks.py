@@ -51,7 +51,7 @@ class RetryHook(Protocol):
 
 
 def hooks_from(given: object, option: str = "on_retry") -> tuple[Any, ...]:
-    """``given`` as a tuple of hooks (None: none); a clear TypeError for anything that is not one."""
+    """``given`` as a tuple of hooks (None: none); a clear TypeError for anything but hooks."""
     details, example = _OPTIONS[option]
     if given is None:
         return ()
@@ -136,13 +136,13 @@ class EndDetails:
     status_code: int | None  # the last answer's status (a replay's journaled one); None: none came
     attempts: int  # attempts made, counting earlier runs (as OperationInfo.attempts)
     this_run: int  # attempts this call sent: 0 for a replay
-    duration: float  # seconds this call spent in samekey, from its claim to its end
+    duration: float  # seconds this call spent in samekey, its journal calls and waits included
     error_type: str | None  # the raised error's class name ("RetriesExhausted", "CancelledError")
     reason: str | None  # why it gave up, failed or was interrupted; None with an answer
 
 
 class EndHook(Protocol):
-    """What ``on_end=`` takes: called once per call with how it ended, before it returns or raises."""
+    """What ``on_end=`` takes: called once per call with how it ended, before it returns/raises."""
 
     def __call__(self, details: EndDetails, /) -> None: ...
 
