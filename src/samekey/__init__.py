@@ -8,6 +8,7 @@ import logging
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
+from . import instrumentation
 from ._async_client import AsyncClient
 from ._client import Client
 from ._contract import ClaimResult, Intent, JournalStore, OperationRecord
@@ -21,7 +22,7 @@ from ._errors import (
     RetriesExhausted,
     SameKeyError,
 )
-from ._hooks import RetryDetails, RetryHook
+from ._hooks import EndDetails, EndHook, RetryDetails, RetryHook
 from ._journal import Journal
 from ._location import default_journal_path
 from ._policy import RetryBudget, RetryPolicy, set_testing
@@ -58,6 +59,8 @@ __all__ = [
     "AsyncSameKeyTransport",
     "ClaimResult",
     "Client",
+    "EndDetails",
+    "EndHook",
     "Intent",
     "Journal",
     "JournalError",
@@ -79,6 +82,7 @@ __all__ = [
     "SameKeyError",
     "SameKeyTransport",
     "default_journal_path",
+    "instrumentation",
     "operation",
     "operation_info",
     "set_testing",

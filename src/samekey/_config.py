@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal, TypedDict
 
-from ._hooks import RetryHook, hooks_from
+from ._hooks import EndHook, RetryHook, hooks_from
 from ._open import JournalArg
 from ._policy import RetryPolicy, to_seconds
 
@@ -43,6 +43,7 @@ class Options(TypedDict, total=False):
     redact_headers: tuple[str, ...]
     retention: float | timedelta
     on_retry: RetryHook | Sequence[RetryHook] | None
+    on_end: EndHook | Sequence[EndHook] | None
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Config:
     redact_headers: frozenset[str] = frozenset()
     retention: float = timedelta(days=7).total_seconds()
     on_retry: tuple[RetryHook, ...] = ()
+    on_end: tuple[EndHook, ...] = ()
 
     @classmethod
     def of(cls, **options: Unpack[Options]) -> Config:
@@ -77,6 +79,7 @@ class Config:
             redact_headers=_header_names(options.get("redact_headers", ())),
             retention=to_seconds(options.get("retention", cls.retention), "retention", allow_zero=False),
             on_retry=hooks_from(options.get("on_retry")),
+            on_end=hooks_from(options.get("on_end"), "on_end"),
         )
 
 
