@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
@@ -29,23 +29,13 @@ from ._actions import Action, Discard, Flow, Send, Sleep
 from ._contract import Claim, ClaimResult, JournalCall, RecordAttempt
 from ._engine import Engine
 from ._errors import AnswerNotRecorded, RetriesExhausted
-from ._hooks import EndDetails, Outcome, run_end_hooks
+from ._hooks import CallTracker, EndDetails, Outcome, run_end_hooks
 from ._wire import operation_info
 
-__all__ = ["CallTracker", "observed"]
+__all__ = ["observed"]
 
 _RETRYING = (RecordAttempt, Discard, Sleep)  # what a flow yields after an attempt it retries
 _JOURNAL_CALLS = JournalCall.__args__  # the union's classes
-
-
-class CallTracker(Protocol):
-    """What an instrumentation is told about one call (see `samekey.instrumentation`)."""
-
-    def attempt_started(self, number: int) -> None: ...
-    def attempt_ended(self, status: int | None, error_type: str | None, retried: bool) -> None: ...
-    def lease_waited(self) -> None: ...
-    def journal_call(self, name: str, seconds: float) -> None: ...
-    def ended(self, details: EndDetails) -> None: ...
 
 
 class _Call:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import httpx
 
     from .._engine import Engine
-    from .._events import CallTracker
+    from .._hooks import CallTracker
 
 __all__ = ["opentelemetry_enabled", "set_opentelemetry"]
 
