@@ -5,7 +5,6 @@ is sent, reused by every retry, every re-run after a crash and `samekey resume`.
 """
 
 import logging
-from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 from . import instrumentation
@@ -29,6 +28,7 @@ from ._policy import RetryBudget, RetryPolicy, set_testing
 from ._resume import ResumeResult
 from ._scope import operation
 from ._transport import AsyncSameKeyTransport, SameKeyTransport
+from ._version import __version__ as __version__
 from ._wire import OPERATION_EXTENSION, OperationInfo, operation_info
 
 if TYPE_CHECKING:
@@ -48,10 +48,6 @@ else:
 # a library stays quiet unless the application configures logging
 logging.getLogger("samekey").addHandler(logging.NullHandler())
 
-try:  # one source of the version: pyproject.toml, as installed
-    __version__ = _metadata.version("samekey")
-except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "AnswerNotRecorded",

@@ -17,9 +17,9 @@ from opentelemetry import context, metrics, trace
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.util.types import AttributeValue
 
-from .. import __version__
 from .._engine import Engine
 from .._hooks import EndDetails
+from .._version import __version__
 
 __all__ = ["tracker"]
 
