@@ -174,7 +174,7 @@ def run(
         f"Concurrent: {operations} async POSTs per variant at concurrency {concurrency}, in {rounds} interleaved rounds"
     )
     rates = {v.name: v.rate for v in variants}
-    return report(title, headers, rows, notes, targets, rates=rates)
+    return report(title, headers, rows, notes, targets, rates=rates, concurrency=concurrency)
 
 
 def main() -> None:

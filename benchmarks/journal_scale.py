@@ -131,7 +131,10 @@ def run(sizes: tuple[int, ...] = (1000, 100_000, 1_000_000), folder: str | None 
     largest = rows[-1]
     checks = [f"lookup at {largest[0]} records: Journal.get {largest[5]} ms, replay {largest[6]} ms"]
     lookup = Target(
-        "scale", f"replay of a completed operation via Client, {largest[0]} records", float(largest[6]), 5.0,
+        "scale",
+        f"replay of a completed operation via Client, {largest[0]} records",
+        float(largest[6]),
+        5.0,
         unit="ms",
     )
     title = (

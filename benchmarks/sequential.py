@@ -302,7 +302,8 @@ def report_run(vs: list[Variant], requests: int, server_kind: str) -> dict[str, 
     headers = ["variant", "median ms", "p99 ms", "median vs bare", "added µs"]
     latency = {v.name: _stats(v.samples) for v in vs}
     medians_us = {name: value * 1e6 for name, value in med.items()}
-    return report(title, headers, rows, notes, targets, latency=latency, medians_us=medians_us)
+    extra = {"latency": latency, "medians_us": medians_us, "requests": requests}
+    return report(title, headers, rows, notes, targets, **extra)
 
 
 def main() -> None:
