@@ -3,7 +3,9 @@
 Every variant sends to the same loopback server (its own process) in ONE run, and
 the variants take turns in short blocks (in a new random order each round)
 so that machine noise and drift hit them all alike. The raw fsync latency of the
-journal's disk is measured in the same rounds.
+journal's disk is measured in the same rounds, and so is the durable-execution peer users
+would pick for durable calls: DBOS Transact, one workflow with one step doing the same POST
+under the workflow id as key (benchmarks/_dbos_peer.py).
 
     python -m benchmarks.sequential [--requests 2000] [--server minimal|payment] [--think-ms 5]
 """
