@@ -34,7 +34,11 @@ def peer(target: str, folder: str, run: str) -> tuple[Callable[[int], object], C
 
     _client["http"] = httpx.Client()
     database = os.path.join(folder, "dbos-system.sqlite3")
-    config: Any = {"name": "samekey-bench", "system_database_url": f"sqlite:///{database}", "log_level": "WARNING"}
+    config: Any = {
+        "name": "samekey-bench",
+        "system_database_url": f"sqlite:///{database}",
+        "log_level": "WARNING",
+    }
     DBOS(config=config)
     DBOS.launch()
 

@@ -1,4 +1,4 @@
-"""Concurrent async POSTs: throughput of bare httpx.AsyncClient vs samekey.AsyncClient, per transport.
+"""Concurrent async POSTs: bare httpx.AsyncClient vs samekey.AsyncClient, per transport.
 
 Every variant sends the same operations at the same concurrency with the same
 ``httpx.Limits``, to one loopback server in its own process, in rounds (each round sends a
@@ -94,14 +94,26 @@ def _variants(folder: str, concurrency: int) -> tuple[list[Variant], list[sameke
     variants, journals = [], []
     for transport, make in _transports(limits).items():
         variants.append(
-            Variant(f"httpx.AsyncClient, {transport}", transport, None, httpx.AsyncClient(transport=make()))
+            Variant(
+                f"httpx.AsyncClient, {transport}",
+                transport,
+                None,
+                httpx.AsyncClient(transport=make()),
+            )
         )
         for durability in DURABILITIES:
             path = os.path.join(folder, f"journal-{transport}-{durability}.sqlite3")
             journal = samekey.Journal(path, durability=durability)  # type: ignore[arg-type]
             journals.append(journal)
             client = samekey.AsyncClient(journal=journal, transport=make())
-            variants.append(Variant(f"samekey.AsyncClient ({durability}), {transport}", transport, durability, client))
+            variants.append(
+                Variant(
+                    f"samekey.AsyncClient ({durability}), {transport}",
+                    transport,
+                    durability,
+                    client,
+                )
+            )
     return variants, journals
 
 
@@ -127,14 +139,27 @@ async def _run(url: str, folder: str, operations: int, concurrency: int, rounds:
 
 
 def run(
-    operations: int = 10_000, concurrency: int = 100, rounds: int | None = None, folder: str | None = None
+    operations: int = 10_000,
+    concurrency: int = 100,
+    rounds: int | None = None,
+    folder: str | None = None,
 ) -> dict[str, Any]:
     rounds = rounds or max(4, operations // 500)  # rounds of >= 250 operations, so 100 stay in flight
-    with tempfile.TemporaryDirectory(prefix="samekey-bench-", dir=folder) as tmp, server("minimal", tmp) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="samekey-bench-", dir=folder) as tmp,
+        server("minimal", tmp) as url,
+    ):
         variants = asyncio.run(_run(url, tmp, operations, concurrency, rounds))
     bare = {v.transport: v.rate for v in variants if v.durability is None}
     rows = [
-        [v.name, v.done, v.errors, f"{v.seconds:.2f}", f"{v.rate:,.0f}", f"{v.rate / bare[v.transport]:.2f}x"]
+        [
+            v.name,
+            v.done,
+            v.errors,
+            f"{v.seconds:.2f}",
+            f"{v.rate:,.0f}",
+            f"{v.rate / bare[v.transport]:.2f}x",
+        ]
         for v in variants
     ]
     headers = ["variant", "operations", "errors", "seconds", "ops/s", "vs bare, same transport"]

@@ -122,7 +122,7 @@ def _frames(stack: str) -> list[Frame]:
 
 
 def _owner(frames: list[Frame]) -> Frame | None:
-    """The innermost frame of samekey or of the HTTP client: the library this sample is spent for."""
+    """The innermost frame of samekey or of the HTTP client: the library a sample is spent for."""
     for frame in reversed(frames):
         if _SAMEKEY in frame[1] or any(lib in frame[1] for lib in _HTTP):
             return frame
@@ -193,7 +193,10 @@ def profile(requests: int, instant: bool = False) -> dict[str, Samples]:
     and the seconds come from a run of the same workload without py-spy.
     """
     spent = {"bare": Samples(), "samekey": Samples()}
-    with tempfile.TemporaryDirectory(prefix="samekey-profile-") as folder, server("minimal", folder) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="samekey-profile-") as folder,
+        server("minimal", folder) as url,
+    ):
         target = "instant://pay.test/v1/charges" if instant else url + "/v1/charges"
         raw = os.path.join(folder, "stacks.txt")
         spy = [_py_spy(), "record", "--idle", "--full-filenames", "--format", "raw"]
@@ -236,7 +239,8 @@ def run(requests: int, instant_requests: int | None = None) -> dict[str, Any]:
     instant_requests = instant_requests or 3 * requests
     title = (
         f"Where the time goes: sequential POSTs, durability process, py-spy at {RATES[False]}/s "
-        f"({requests} over the loopback server) and {RATES[True]}/s ({instant_requests} over a transport "
+        f"({requests} over the loopback server) and {RATES[True]}/s "
+        f"({instant_requests} over a transport "
         "answering at once)"
     )
     try:
@@ -245,15 +249,18 @@ def run(requests: int, instant_requests: int | None = None) -> dict[str, Any]:
     except SystemExit as exc:  # no py-spy, or no permission to trace
         return report(title, ["µs per request"], [], [f"skipped: {exc}"])
     bare, sk = spent["bare"], spent["samekey"]
+    lbare, lsk = loop["bare"], loop["samekey"]
     n = instant_requests
     own, sql, waits = (sk.us(sk.buckets[b], n) for b in (OWN, SQLITE, WAITS))
     notes = [
-        f"loopback: samekey adds {(loop['samekey'].seconds - loop['bare'].seconds) / requests * 1e6:.0f} µs "
+        f"loopback: samekey adds {(lsk.seconds - lbare.seconds) / requests * 1e6:.0f} µs "
         "per request (means, slowed by py-spy's pauses)",
-        f"instant transport, no py-spy: samekey adds {(sk.seconds - bare.seconds) / n * 1e6:.0f} µs per request: "
+        "instant transport, no py-spy: samekey adds "
+        f"{(sk.seconds - bare.seconds) / n * 1e6:.0f} µs per request: "
         f"{own:.0f} µs its own Python, {sql:.0f} µs SQLite statements, {waits:.0f} µs waits",
-        f"samples of the sending thread (instant): {bare.buckets.total()} bare, {sk.buckets.total()} samekey, "
-        f"{sk.buckets[OWN]} in samekey's own Python (an item's µs is rough below ~{sk.us(10, n):.1f})",
+        f"samples of the sending thread (instant): {bare.buckets.total()} bare, "
+        f"{sk.buckets.total()} samekey, {sk.buckets[OWN]} in samekey's own Python "
+        f"(an item's µs is rough below ~{sk.us(10, n):.1f})",
     ]
     target = Target(
         "1b",
@@ -270,7 +277,7 @@ def run(requests: int, instant_requests: int | None = None) -> dict[str, Any]:
         "lines": _top(sk, sk.own_lines, n, 20),
     }
     headers = ["µs per request", "bare httpx", "samekey (process)", "samekey adds"]
-    rows = _bucket_rows(loop["bare"], loop["samekey"], requests)
+    rows = _bucket_rows(lbare, lsk, requests)
     return report(title, headers, rows, notes, [target], breakdown=breakdown)
 
 

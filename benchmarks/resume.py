@@ -1,4 +1,4 @@
-"""Resume throughput: `samekey resume --all` of many pending operations, against the loopback server.
+"""Resume throughput: `samekey resume --all` of many pending operations, to the loopback server.
 
 A run that could not reach its server leaves its operations pending (claimed, key on disk,
 never answered). Here a client whose transport refuses every connection leaves N of them in
@@ -58,7 +58,10 @@ def _cli(path: str, *options: str) -> tuple[float, subprocess.CompletedProcess[s
 
 def has_concurrency() -> bool:
     usage = subprocess.run(
-        [sys.executable, "-m", "samekey", "resume", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "samekey", "resume", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return "--concurrency" in usage.stdout
 
@@ -80,7 +83,10 @@ def run(operations: int = 10_000, folder: str | None = None) -> dict[str, Any]:
     if has_concurrency():
         cases[f"--concurrency {CONCURRENCY}"] = ("--concurrency", str(CONCURRENCY))
     rows, seconds = [], {}
-    with tempfile.TemporaryDirectory(prefix="samekey-bench-", dir=folder) as tmp, server("minimal", tmp) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="samekey-bench-", dir=folder) as tmp,
+        server("minimal", tmp) as url,
+    ):
         target = url + "/v1/charges"
         empty = os.path.join(tmp, "empty.sqlite3")
         samekey.Journal(empty).close()
@@ -88,7 +94,14 @@ def run(operations: int = 10_000, folder: str | None = None) -> dict[str, Any]:
         for n, (case, options) in enumerate(cases.items()):
             seconds[case] = _resume_all(tmp, target, operations, f"case-{n}", options)
     for case, wall in seconds.items():
-        rows.append([f"samekey resume --all, {case}", operations, f"{wall:.2f}", f"{operations / wall:,.0f}"])
+        rows.append(
+            [
+                f"samekey resume --all, {case}",
+                operations,
+                f"{wall:.2f}",
+                f"{operations / wall:,.0f}",
+            ]
+        )
     best = min(seconds, key=lambda case: seconds[case])
     targets = [
         Target(
@@ -101,7 +114,8 @@ def run(operations: int = 10_000, folder: str | None = None) -> dict[str, Any]:
     ]
     notes = [
         f"the CLI's own start, with nothing pending: {start * 1e3:.0f} ms (included in the seconds above)",
-        "every operation completed: none left pending after each run; the CLI opens the journal with "
+        "every operation completed: none left pending after each run; "
+        "the CLI opens the journal with "
         "durability fsync (the default): one fsync per operation's claim",
     ]
     if len(cases) == 1:

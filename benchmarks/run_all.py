@@ -17,7 +17,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import async_throughput, checkpoints, journal_scale, profile, resume, sequential, shared_journal
+from . import (
+    async_throughput,
+    checkpoints,
+    journal_scale,
+    profile,
+    resume,
+    sequential,
+    shared_journal,
+)
 from ._common import RESULTS, Target, load, machine, stamp, table, target_from, write_json
 from ._render import targets_table, write_all
 

@@ -26,7 +26,9 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return out, done.stdout
 
 
-def test_every_target_has_a_verdict_computed_from_its_measurement(smoke_run: tuple[Path, str]) -> None:
+def test_every_target_has_a_verdict_computed_from_its_measurement(
+    smoke_run: tuple[Path, str],
+) -> None:
     out, printed = smoke_run
     data = json.loads((out / "results.json").read_text())
     ids = {t["id"] for t in data["targets"]}
