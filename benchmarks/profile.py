@@ -107,6 +107,7 @@ class Samples:
     own_functions: Counter[str] = field(default_factory=Counter)  # innermost samekey function
     inclusive: Counter[str] = field(default_factory=Counter)  # every samekey function on the stack
     own_lines: Counter[str] = field(default_factory=Counter)
+    http_callers: Counter[str] = field(default_factory=Counter)  # the samekey line under httpx's time
 
     def us(self, count: int, requests: int) -> float:
         return count / max(1, self.buckets.total()) * self.seconds / requests * 1e6
@@ -155,16 +156,21 @@ def _name(frame: Frame) -> str:
 def _count(sample: Samples, frames: list[Frame], count: int) -> None:
     bucket = _bucket(frames)
     sample.buckets[bucket] += count
+    mine = [f for f in frames if _SAMEKEY in f[1]]
+    if bucket == HTTP and mine:
+        sample.http_callers[_line(mine[-1])] += count
     if bucket not in (OWN, SQLITE, WAITS):
         return
-    mine = [f for f in frames if _SAMEKEY in f[1]]
     for name in {_name(f) for f in mine}:
         sample.inclusive[name] += count
     if bucket == OWN:
-        owner = mine[-1]
-        sample.own_functions[_name(owner)] += count
-        text = linecache.getline(owner[1], owner[2]).strip()
-        sample.own_lines[f"{Path(owner[1]).name}:{owner[2]}  {text}"] += count
+        sample.own_functions[_name(mine[-1])] += count
+        sample.own_lines[_line(mine[-1])] += count
+
+
+def _line(frame: Frame) -> str:
+    _, path, line = frame
+    return f"{Path(path).name}:{line}  {linecache.getline(path, line).strip()}"
 
 
 def _py_spy() -> str:
@@ -275,6 +281,7 @@ def run(requests: int, instant_requests: int | None = None) -> dict[str, Any]:
         "functions": _top(sk, sk.own_functions, n, 25),
         "inclusive": _top(sk, sk.inclusive, n, 25),
         "lines": _top(sk, sk.own_lines, n, 20),
+        "http_callers": _top(sk, sk.http_callers, n, 10),
     }
     headers = ["µs per request", "bare httpx", "samekey (process)", "samekey adds"]
     rows = _bucket_rows(lbare, lsk, requests)
@@ -313,6 +320,11 @@ def markdown(section: dict[str, Any], when: str, where: str) -> str:
             "**samekey's own Python, the costliest lines**",
             "",
             table(["µs", "line"], breakdown["lines"]),
+            "",
+            "**httpx's time in the samekey variant, by the samekey line it runs under** "
+            f"(bare httpx spends {breakdown['instant_buckets'][4][1]} µs in httpx per request)",
+            "",
+            table(["µs", "line"], breakdown.get("http_callers", [])),
             "",
         ]
     return "\n".join(parts)
