@@ -118,8 +118,6 @@ def run(operations: int = 10_000, folder: str | None = None) -> dict[str, Any]:
         "the CLI opens the journal with "
         "durability fsync (the default): one fsync per operation's claim",
     ]
-    if len(cases) == 1:
-        notes.append("`samekey resume --help` shows no --concurrency: only the sequential case is measured")
     title = f"Resume: {operations:,} pending operations, `samekey resume --all` against one loopback server"
     headers = ["run", "operations", "seconds", "ops/s"]
     return report(title, headers, rows, notes, targets)
