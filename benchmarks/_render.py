@@ -49,7 +49,9 @@ def latest_md(data: dict[str, Any]) -> str:
 def profile_md(data: dict[str, Any]) -> str:
     from .profile import markdown
 
-    return markdown(data["sections"]["profile"], data["when"], data["machine"])
+    text = markdown(data["sections"]["profile"], data["when"], data["machine"])
+    async_part = data["sections"].get("profile_async", {}).get("markdown")
+    return text + ("\n" + async_part if async_part else "")
 
 
 def chart(data: dict[str, Any], path: Path) -> None:

@@ -22,6 +22,7 @@ from . import (
     checkpoints,
     journal_scale,
     profile,
+    profile_async,
     resume,
     sequential,
     shared_journal,
@@ -38,6 +39,7 @@ SIZES: dict[str, tuple[Any, Any, Any]] = {
     "resume": (10_000, 1000, 50),
     "scale": ((1000, 100_000, 1_000_000), (1000, 20_000), (1000,)),
     "profile": (6000, 1000, 200),
+    "profile_async": (20_000, 3000, 300),
 }
 MODES = ("full", "quick", "smoke")
 
@@ -53,6 +55,7 @@ def measure(mode: str, folder: str | None) -> dict[str, Any]:
         "resume": resume.run(size["resume"], folder=folder),
         "scale": journal_scale.run(size["scale"], folder=folder),
         "profile": profile.run(size["profile"]),
+        "profile_async": profile_async.run(size["profile_async"]),
     }
 
 
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         data = {"when": stamp(), "machine": machine(), "mode": mode, "load_before": load()}
         print(f"samekey benchmarks, {data['when']}, {data['machine']}, {data['load_before']} ({mode})")
         sections = measure(mode, args.dir)
-        targets = sorted((target_from(t) for s in sections.values() for t in s["targets"]), key=_order)
+        targets = sorted((target_from(t) for s in sections.values() for t in s.get("targets", [])), key=_order)
         data.update(load_after=load(), sections=sections, targets=[t.as_dict() for t in targets])
         write_json(out / "results.json", data)
     print(f"\nTargets ({data['load_before']} at the start, {data['load_after']} at the end)\n")

@@ -51,7 +51,10 @@ def test_the_docs_table_and_chart_are_generated_from_the_json(smoke_run: tuple[P
     for t in data["targets"]:
         assert f"| {t['id']} " in latest
     assert "(latency.png)" in latest and (out / "latency.png").read_bytes().startswith(b"\x89PNG")
-    assert "# samekey's hot path" in (out / "hot_path_profile.md").read_text()
+    profile = (out / "hot_path_profile.md").read_text()
+    assert "# samekey's hot path" in profile and "samekey's own Python by function" in profile
+    if data["sections"]["profile_async"].get("markdown"):
+        assert "**Async:" in profile
     (out / "latest.md").unlink()
     again = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--render", "--out", str(out)],
