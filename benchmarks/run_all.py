@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +29,19 @@ from . import (
     sequential,
     shared_journal,
 )
-from ._common import RESULTS, Target, load, machine, stamp, table, target_from, write_json
+from ._common import RESULTS, Target, load, machine, stamp, target_from, write_json
 from ._render import targets_table, write_all
 
 # how much each benchmark does: (full, quick, smoke); smoke only checks that it all runs
 SIZES: dict[str, tuple[Any, Any, Any]] = {
-    "sequential": (2000, 300, 20),
+    "sequential": (2000, 200, 20),
     "checkpoints": (8000, 1500, 100),
-    "shared": (3000, 500, 40),
-    "async": (10_000, 600, 100),
+    "shared": (3000, 300, 40),
+    "async": (10_000, 300, 100),
     "resume": (10_000, 1000, 50),
     "scale": ((1000, 100_000, 1_000_000), (1000, 20_000), (1000,)),
-    "profile": (6000, 1000, 200),
-    "profile_async": (20_000, 3000, 300),
+    "profile": (6000, 600, 200),
+    "profile_async": (20_000, 2000, 300),
 }
 MODES = ("full", "quick", "smoke")
 
@@ -47,16 +49,24 @@ MODES = ("full", "quick", "smoke")
 def measure(mode: str, folder: str | None) -> dict[str, Any]:
     size = {name: sizes[MODES.index(mode)] for name, sizes in SIZES.items()}
     smoke = mode == "smoke"
-    return {
-        "sequential": sequential.run(size["sequential"], warmup=5 if smoke else 50, folder=folder),
-        "checkpoints": checkpoints.run(size["checkpoints"], folder=folder),
-        "shared": shared_journal.run(2, size["shared"], rounds=2 if smoke else 6, folder=folder),
-        "async": async_throughput.run(size["async"], 20 if smoke else 100, folder=folder),
-        "resume": resume.run(size["resume"], folder=folder),
-        "scale": journal_scale.run(size["scale"], folder=folder),
-        "profile": profile.run(size["profile"]),
-        "profile_async": profile_async.run(size["profile_async"]),
+    steps: dict[str, Callable[[], dict[str, Any]]] = {
+        "sequential": lambda: sequential.run(size["sequential"], warmup=5 if smoke else 50, folder=folder),
+        "checkpoints": lambda: checkpoints.run(size["checkpoints"], folder=folder),
+        "shared": lambda: shared_journal.run(
+            2, size["shared"], rounds={"full": 6, "quick": 3, "smoke": 2}[mode], folder=folder
+        ),
+        "async": lambda: async_throughput.run(size["async"], 20 if smoke else 100, folder=folder),
+        "resume": lambda: resume.run(size["resume"], folder=folder),
+        "scale": lambda: journal_scale.run(size["scale"], folder=folder),
+        "profile": lambda: profile.run(size["profile"]),
+        "profile_async": lambda: profile_async.run(size["profile_async"]),
     }
+    sections = {}
+    for name, step in steps.items():
+        started = time.monotonic()
+        sections[name] = step()
+        print(f"  ({name}: {time.monotonic() - started:.0f} s)", flush=True)
+    return sections
 
 
 def _order(t: Target) -> int:
@@ -89,8 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\nwrote " + ", ".join(str(p) for p in [out / "results.json", *written]))
     return 0
 
-
-__all__ = ["main", "table"]
 
 if __name__ == "__main__":
     sys.exit(main())
