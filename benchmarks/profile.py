@@ -58,7 +58,7 @@ _SAMEKEY = f"{os.sep}samekey{os.sep}"
 _HTTP = tuple(f"{os.sep}{lib}{os.sep}" for lib in ("httpx", "httpcore", "h11"))
 
 WORKLOAD = """
-import sys, time, uuid, httpx, samekey
+import statistics, sys, time, uuid, httpx, samekey
 url, journal_path, requests, timings = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 body = {"amount": 1000, "currency": "eur", "source": "tok_visa"}
 run = uuid.uuid4().hex[:8]
@@ -68,13 +68,17 @@ class Instant(httpx.BaseTransport):
         request.read()
         return httpx.Response(201, json={"id": "ch_1", "status": "succeeded"}, request=request)
 
-def bare_requests(client):
+def bare_requests(client, took):
     for i in range(requests):
+        t0 = time.perf_counter()
         client.post(url, json=body)
+        took.append(time.perf_counter() - t0)
 
-def samekey_requests(client):
+def samekey_requests(client, took):
     for i in range(requests):
+        t0 = time.perf_counter()
         client.post(url, json=body, operation=f"order-{run}-{i}/charge")
+        took.append(time.perf_counter() - t0)
 
 def make(**kwargs):
     if url.startswith("instant"):
@@ -87,12 +91,15 @@ with httpx.Client(**make()) as bare, samekey.Client(**make(journal=journal)) as 
         bare.post(url, json=body)
         sk.post(url, json=body, operation=f"warm-{run}-{i}")
     time.sleep(0.2)
-    started = time.perf_counter()
-    bare_requests(bare)
-    middle = time.perf_counter()
-    samekey_requests(sk)
+    bare_took, samekey_took = [], []
+    cpu = time.thread_time()
+    bare_requests(bare, bare_took)
+    middle = time.thread_time()
+    samekey_requests(sk, samekey_took)
     with open(timings, "w") as out:  # py-spy writes on stdout too
-        out.write(f"{middle - started} {time.perf_counter() - middle}")
+        print(sum(bare_took), sum(samekey_took), file=out)
+        print(statistics.median(bare_took), statistics.median(samekey_took), file=out)
+        print(middle - cpu, time.thread_time() - middle, file=out)
 """
 
 Frame = tuple[str, str, int]
@@ -102,14 +109,21 @@ Frame = tuple[str, str, int]
 class Samples:
     """Sample counts of one variant: by bucket, and (samekey only) by function and line."""
 
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the requests (for instant: the median request's x requests)
+    cpu: float = 0.0  # the sending thread's CPU time over the requests (0: not measured)
     buckets: Counter[str] = field(default_factory=Counter)
     own_functions: Counter[str] = field(default_factory=Counter)  # innermost samekey function
     inclusive: Counter[str] = field(default_factory=Counter)  # every samekey function on the stack
     own_lines: Counter[str] = field(default_factory=Counter)
     http_callers: Counter[str] = field(default_factory=Counter)  # the samekey line under httpx's time
 
-    def us(self, count: int, requests: int) -> float:
+    def us(self, count: int, requests: int, wait: bool = False) -> float:
+        """µs per request of ``count`` samples: their share of the CPU samples times the CPU time
+        when it was measured (another process preempting this one then costs nothing), else
+        (and for waits) their share of all samples times the wall time."""
+        if self.cpu and not wait:
+            busy = self.buckets.total() - self.buckets[WAITING] - self.buckets[WAITS]
+            return count / max(1, busy) * self.cpu / requests * 1e6
         return count / max(1, self.buckets.total()) * self.seconds / requests * 1e6
 
 
@@ -180,23 +194,28 @@ def _py_spy() -> str:
     return spy
 
 
-def _workload(url: str, folder: str, requests: int, spy: list[str] | None) -> tuple[float, float]:
-    """Run the workload (under py-spy when ``spy`` is its command); (bare, samekey) seconds."""
+def _workload(url: str, folder: str, requests: int, spy: list[str] | None) -> list[float]:
+    """Run the workload (under py-spy when ``spy`` is its command).
+
+    Returns the seconds of (bare, samekey) in all, their median seconds per request, and the
+    CPU seconds of the sending thread in all.
+    """
     journal = os.path.join(folder, f"journal-{len(os.listdir(folder))}.sqlite3")
     timings = os.path.join(folder, "seconds.txt")
     command = (spy or []) + [sys.executable, "-c", WORKLOAD, url, journal, str(requests), timings]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise SystemExit(f"the profiled workload failed (py-spy needs permission to trace):\n{done.stderr}")
-    bare, samekey = map(float, Path(timings).read_text().split())
-    return bare, samekey
+    return [float(value) for value in Path(timings).read_text().split()]
 
 
 def profile(requests: int, instant: bool = False) -> dict[str, Samples]:
     """Sample counts for "bare" and "samekey", with each variant's measured seconds.
 
     ``instant``: the transport answers at once (no network, no server): every sample is CPU,
-    and the seconds come from a run of the same workload without py-spy.
+    and the seconds are the median request's times the requests, from a run of the same
+    workload without py-spy (a median: on a shared machine, a request another process
+    preempted is an outlier, not samekey's cost).
     """
     spent = {"bare": Samples(), "samekey": Samples()}
     with (
@@ -207,11 +226,12 @@ def profile(requests: int, instant: bool = False) -> dict[str, Samples]:
         raw = os.path.join(folder, "stacks.txt")
         spy = [_py_spy(), "record", "--idle", "--full-filenames", "--format", "raw"]
         spy += ["--rate", str(RATES[instant]), "--output", raw, "--"]
-        seconds = _workload(target, folder, requests, spy)
+        seconds, cpu = _workload(target, folder, requests, spy)[:2], [0.0, 0.0]
         if instant:
-            seconds = _workload(target, folder, requests, None)
-        for variant, value in zip(spent, seconds, strict=True):
-            spent[variant].seconds = value
+            timings = _workload(target, folder, requests, None)
+            seconds, cpu = [median * requests for median in timings[2:4]], timings[4:]
+        for variant, value, busy in zip(spent, seconds, cpu, strict=True):
+            spent[variant].seconds, spent[variant].cpu = value, busy
         for row in Path(raw).read_text().splitlines():
             stack, _, count = row.rpartition(" ")
             variant = "samekey" if "samekey_requests" in stack else "bare" if "bare_requests" in stack else None
@@ -226,12 +246,13 @@ def _top(sample: Samples, counter: Counter[str], requests: int, n: int) -> list[
 
 
 def _bucket_rows(bare: Samples, sk: Samples, requests: int) -> list[list[str]]:
-    rows = []
+    rows, total_b, total_s = [], 0.0, 0.0
     for bucket in BUCKETS:
-        b, s = bare.us(bare.buckets[bucket], requests), sk.us(sk.buckets[bucket], requests)
+        wait = bucket in (WAITING, WAITS)
+        b, s = bare.us(bare.buckets[bucket], requests, wait), sk.us(sk.buckets[bucket], requests, wait)
         rows.append([bucket, f"{b:.1f}", f"{s:.1f}", f"{s - b:+.1f}"])
-    total_b, total_s = bare.seconds / requests * 1e6, sk.seconds / requests * 1e6
-    rows.append(["total (mean)", f"{total_b:.1f}", f"{total_s:.1f}", f"{total_s - total_b:+.1f}"])
+        total_b, total_s = total_b + b, total_s + s
+    rows.append(["total", f"{total_b:.1f}", f"{total_s:.1f}", f"{total_s - total_b:+.1f}"])
     return rows
 
 
@@ -257,12 +278,13 @@ def run(requests: int, instant_requests: int | None = None) -> dict[str, Any]:
     bare, sk = spent["bare"], spent["samekey"]
     lbare, lsk = loop["bare"], loop["samekey"]
     n = instant_requests
-    own, sql, waits = (sk.us(sk.buckets[b], n) for b in (OWN, SQLITE, WAITS))
+    bare_cpu = bare.cpu / n * 1e6
+    own, sql, waits = sk.us(sk.buckets[OWN], n), sk.us(sk.buckets[SQLITE], n), sk.us(sk.buckets[WAITS], n, True)
     notes = [
         f"loopback: samekey adds {(lsk.seconds - lbare.seconds) / requests * 1e6:.0f} µs "
         "per request (means, slowed by py-spy's pauses)",
         "instant transport, no py-spy: samekey adds "
-        f"{(sk.seconds - bare.seconds) / n * 1e6:.0f} µs per request: "
+        f"{(sk.cpu - bare.cpu) / n * 1e6:.0f} µs of CPU per request: "
         f"{own:.0f} µs its own Python, {sql:.0f} µs SQLite statements, {waits:.0f} µs waits",
         f"samples of the sending thread (instant): {bare.buckets.total()} bare, "
         f"{sk.buckets.total()} samekey, {sk.buckets[OWN]} in samekey's own Python "
@@ -274,7 +296,8 @@ def run(requests: int, instant_requests: int | None = None) -> dict[str, Any]:
         own,
         25.0,
         unit="µs",
-        floor=f"its SQLite statements: {sql:.0f} µs",
+        floor=f"{own / bare_cpu:.0%} of bare httpx's CPU per request ({bare_cpu:.0f} µs) in the same run; "
+        f"its SQLite statements: {sql:.0f} µs",
     )
     breakdown = {
         "instant_buckets": _bucket_rows(bare, sk, n),
@@ -305,7 +328,8 @@ def markdown(section: dict[str, Any], when: str, where: str) -> str:
     breakdown = section.get("breakdown")
     if breakdown:
         parts += [
-            "**The same, over a transport answering at once** (all CPU; µs of a run without py-spy)",
+            "**The same, over a transport answering at once** (the sending thread's CPU time in a run "
+            "without py-spy, split by the samples' shares; waits: the median request's wall time)",
             "",
             table(section["headers"], breakdown["instant_buckets"]),
             "",
