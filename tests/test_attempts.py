@@ -4,7 +4,9 @@ what is journaled of each attempt and of the answer (a 401/407 keeps the key pen
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,9 @@ import pytest
 import respx
 
 import samekey
-from client_helpers import URL, make_client, sent_keys
+from client_helpers import URL, drive, make_client, sent_keys
+from samekey._config import Config
+from samekey._engine import Engine
 
 
 @respx.mock
@@ -220,3 +224,46 @@ def test_an_answer_carried_by_an_error_knows_its_request(journal_path: Path, no_
             client.post(URL, json={"amount": 1}, operation="charge")
     assert caught.value.response.request.method == "POST" and caught.value.response.url == URL
     journal.close()
+
+
+def test_the_lease_covers_a_retry_after_longer_than_the_lease(journal_path: Path) -> None:
+    # A Retry-After (or a backoff) longer than the lease must not let another caller take the
+    # operation over, and send it too, while its holder waits to try again.
+    journal = samekey.Journal(journal_path)
+    engine = Engine(Config.of(policy=samekey.RetryPolicy(), lease=2), journal)
+    request = httpx.Request("POST", URL, json={"a": 1}, extensions={samekey.OPERATION_EXTENSION: "slow-op"})
+    held_for: list[float] = []
+
+    def on_sleep(seconds: float) -> None:
+        record = journal.get("slow-op")
+        assert record is not None and record.lease_expires is not None
+        held_for.append(record.lease_expires - time.time() - seconds)
+
+    answers = [httpx.Response(503, headers={"Retry-After": "30"}), httpx.Response(201)]
+    assert drive(engine, request, answers, on_sleep).status_code == 201
+    journal.close()
+    assert len(held_for) == 1 and held_for[0] > 1.5  # still held past the wait, for the next attempt
+
+
+def test_an_interrupted_wait_counts_no_attempt_and_keeps_the_last_outcome(journal_path: Path) -> None:
+    # samekey list must say what the server answered, not that a task was cancelled
+    transport = httpx.MockTransport(lambda request: httpx.Response(503, headers={"Retry-After": "5"}))
+
+    async def story() -> samekey.OperationRecord | None:
+        async with samekey.AsyncClient(journal=journal_path, transport=transport) as client:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.post("https://pay.test/charges", json={}, operation="op"), 0.5)
+            return client.journal.get("op")
+
+    record = asyncio.run(story())
+    assert record is not None and (record.attempts, record.last_error, record.lease_owner) == (1, "HTTP 503", None)
+
+
+def test_giving_up_says_how_many_attempts_were_made_in_this_run(journal_path: Path, no_sleep: None) -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(503))
+    policy = samekey.RetryPolicy(max_attempts=2)
+    with samekey.Client(journal=journal_path, transport=transport, policy=policy) as client:
+        for _ in range(2):
+            with pytest.raises(samekey.RetriesExhausted) as caught:
+                client.post("https://pay.test/charges", json={}, operation="op")
+    assert "gave up after 4 attempt(s), 2 in this run (max_attempts reached" in str(caught.value)

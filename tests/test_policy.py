@@ -22,6 +22,7 @@ import tenacity
 import samekey
 from client_helpers import make_client, sent_keys
 from samekey._policy import parse_retry_after
+from samekey.testing import Fault, FaultPlan, PaymentServer
 
 URL = "https://api.example.test/v1/charges"
 
@@ -443,3 +444,37 @@ def test_server_verdict_header_overrides_status(journal_path: Path, no_sleep: No
         assert client.post(URL, json={}, operation="c").status_code == 201
         assert client.journal.get("c").state == "completed"  # type: ignore[union-attr]
     assert route.call_count == 1
+
+
+def test_retry_budget_bounds_retries_while_the_server_is_down_and_recovers(journal_path: Path, tmp_path: Path) -> None:
+    budget = samekey.RetryBudget(capacity=50, retry_cost=5, success_refund=1)
+    policy = samekey.RetryPolicy(max_attempts=5, initial_delay=0, max_delay=0, budget=budget)
+    plan = FaultPlan([Fault("status", 503)] * 10_000)
+    with PaymentServer(tmp_path / "s.sqlite3", faults=plan) as server:
+        with samekey.Client(journal=journal_path, base_url=server.url, policy=policy) as client:
+            for i in range(40):
+                with pytest.raises(samekey.RetriesExhausted):
+                    client.post("/charges", json={"amount": i}, operation=f"down-{i}")
+            sent = len(server.requests())
+            # 40 first attempts are never throttled; retries stop after 50 / 5 = 10
+            assert sent == 40 + 10, sent
+            assert budget.tokens < 5
+            err_text = ""
+            try:
+                client.post("/charges", json={"amount": 99}, operation="down-99")
+            except samekey.RetriesExhausted as exc:
+                err_text = str(exc)
+            assert "retry budget is empty" in err_text
+
+            server.faults = FaultPlan()  # healthy again: successes refill the bucket
+            for i in range(20):
+                assert client.post("/charges", json={"amount": i}, operation=f"down-{i}").status_code == 201
+            assert budget.tokens >= 20
+            server.faults = FaultPlan([Fault("status", 503)])
+            response = client.post("/charges", json={"amount": 1000}, operation="after-recovery")
+            assert response.status_code == 201  # the retry was allowed again
+
+
+def test_budget_can_be_turned_off() -> None:
+    assert samekey.RetryPolicy(budget=None).budget is None
+    assert isinstance(samekey.RetryPolicy().budget, samekey.RetryBudget)
