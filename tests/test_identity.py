@@ -1,4 +1,6 @@
-"""Who holds a lease (_identity.py): owner ids, the pid scope, and when an owner is judged dead."""
+"""Who holds a lease (_identity.py): owner ids (a forked child's own pid), the pid scope, and when an
+owner is judged dead.
+"""
 
 from __future__ import annotations
 
@@ -48,3 +50,20 @@ def test_a_pid_from_another_pid_namespace_or_boot_is_never_judged_dead(journal_p
         assert engine.owners.is_dead(f"{engine.owners.host}/{gone.pid}/4026539999.0badb007/tag-1") is False
         assert engine.owners.is_dead(f"{engine.owners.host}/{gone.pid}/tag-1") is False  # older samekey: no scope
         assert engine.owners.new().split("/")[2] == scope
+
+
+def test_a_forked_child_leases_under_its_own_pid(journal_path: Path) -> None:
+    engine = samekey.Client(journal=journal_path).engine
+    parent_owner = engine.owners.new()
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(writer, engine.owners.new().encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        child_owner = pipe.read()
+    os.waitpid(pid, 0)
+    engine.journal.close()
+    assert parent_owner.split("/")[1] == str(os.getpid())
+    assert child_owner.split("/")[1] == str(pid), "a dead child's lease must be recognised as the child's"
