@@ -46,10 +46,10 @@ def _fill(journal: samekey.Journal, count: int) -> None:
                 URL, fingerprint, headers, BODY,
                 state, now + i * 1e-3, now + i * 1e-3, now + i * 1e-3 if done else None, 1, None,
                 201 if done else None, headers if done else None, ANSWER if done else None,
-                None, None,
+                None, None, None,
             )  # fmt: skip
 
-    sql = f"INSERT INTO operations ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+    sql = f"INSERT INTO operations ({_COLUMNS}) VALUES ({', '.join('?' * 20)})"
     conn = journal._conn
     assert conn is not None
     conn.execute("BEGIN IMMEDIATE")

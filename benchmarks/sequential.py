@@ -101,7 +101,7 @@ def _bare_with_sqlite(target: str, folder: str, *, completion: bool = True) -> V
     client = httpx.Client()
     insert = (
         f"INSERT INTO operations ({_COLUMNS}) VALUES "
-        "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?) "
+        "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?, NULL) "
         "ON CONFLICT (operation) DO NOTHING"
     )
     update = (

@@ -36,7 +36,7 @@ from .sequential import bare_with_smallest_write
 BODY = {"amount": 1000, "currency": "eur", "source": "tok_visa"}
 INSERT = (
     f"INSERT INTO operations ({_COLUMNS}) VALUES "
-    "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?) "
+    "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?, NULL) "
     "ON CONFLICT (operation) DO NOTHING"
 )
 UPDATE = (
@@ -47,7 +47,7 @@ UPDATE = (
 HEADERS = '[["accept","*/*"],["content-type","application/json"]]'
 SCHEMAS = {
     "current schema": (_SCHEMA, ()),
-    "WITHOUT ROWID": (_SCHEMA.replace("lease_expires    REAL\n)", "lease_expires    REAL\n) WITHOUT ROWID"), ()),
+    "WITHOUT ROWID": (_SCHEMA.replace("settled_note     TEXT\n)", "settled_note     TEXT\n) WITHOUT ROWID"), ()),
     "no completed-records index": (_SCHEMA.split("CREATE INDEX operations_completed")[0], ()),
     "no indexes": (_SCHEMA.split("CREATE INDEX operations_pending")[0], ()),
     "page_size 1024": (_SCHEMA, ("PRAGMA page_size=1024",)),
