@@ -293,7 +293,8 @@ class ListQuery:
     limit: int | None = None
 
     def matches(self, record: OperationRecord) -> bool:
-        """Whether ``record`` belongs to the query (ignoring ``limit``): a store's SQL says the same."""
+        """Whether ``record`` is one of the query's matches (``limit`` aside), as a store's SQL
+        decides it."""
         return (
             (self.state is None or record.state == self.state)
             and (not self.prefix or record.operation.startswith(self.prefix))
@@ -354,4 +355,5 @@ def settle_result(changed: bool, record: OperationRecord | None, now: float) -> 
     if changed:
         return SettleResult("settled", record)
     # unchanged: it is completed, or its lease is live at ``now`` ("claimed" here: it raced a claim)
-    return SettleResult("completed" if lease_decision(record, "", now) == "completed" else "busy", record)
+    done = lease_decision(record, "", now) == "completed"
+    return SettleResult("completed" if done else "busy", record)

@@ -437,10 +437,11 @@ class Journal:
         if query.prefix:
             where.append("operation >= ? AND operation < ?")
             params += [query.prefix, query.prefix + "\U0010ffff"]
-        limit = -1 if query.limit is None else query.limit
+        limit = -1 if query.limit is None else query.limit  # -1: no limit
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
         sql = (
             f"SELECT {_SUMMARY_COLUMNS} FROM operations INDEXED BY {self._index_for(query)}"
-            f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY created_at, operation LIMIT ?"
+            f"{clause} ORDER BY created_at, operation LIMIT ?"
         )
         return [record_from_row(r) for r in self._read(sql, (*params, limit), "listing")]
 
@@ -452,12 +453,13 @@ class Journal:
         ordered = "operations_pending" if query.state == "pending" else "operations_created"
         if not query.prefix:
             return ordered
-        probe = self._read(
+        ((found,),) = self._read(
             "SELECT count(*) FROM (SELECT 1 FROM operations WHERE operation >= ? AND operation < ? LIMIT ?)",
             (query.prefix, query.prefix + "\U0010ffff", _PREFIX_PROBE + 1),
             "listing",
         )
-        return ordered if int(probe[0][0]) > _PREFIX_PROBE else "sqlite_autoindex_operations_1"  # type: ignore[call-overload]
+        by_key = "sqlite_autoindex_operations_1"  # the primary key's
+        return ordered if int(found) > _PREFIX_PROBE else by_key  # type: ignore[call-overload]
 
     def settle(self, operation: str, status: int, note: str, now: float) -> SettleResult:
         """`SettlingStore`: complete a pending operation by hand, unless a live process holds it."""
@@ -465,11 +467,13 @@ class Journal:
 
         def job(conn: sqlite3.Connection) -> SettleResult:
             changed = conn.execute(
-                f"UPDATE operations SET {SETTLE_SET.replace('%s', '?')} WHERE operation = ? AND state = 'pending' "
+                f"UPDATE operations SET {SETTLE_SET.replace('%s', '?')} "
+                "WHERE operation = ? AND state = 'pending' "
                 "AND (lease_owner IS NULL OR lease_expires IS NULL OR lease_expires <= ?)",
                 (now, now, status, headers_to_json(headers), body, note, operation, now),
             ).rowcount
-            row = conn.execute(f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (operation,)).fetchone()
+            select = f"SELECT {COLUMNS} FROM operations WHERE operation = ?"
+            row = conn.execute(select, (operation,)).fetchone()
             return settle_result(changed == 1, None if row is None else record_from_row(row), now)
 
         return self._write(f"settling operation {operation!r}", job)

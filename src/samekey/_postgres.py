@@ -645,7 +645,8 @@ class PostgresJournal:
         sql = f"{_SELECT_SUMMARY}{clause} ORDER BY created_at, operation LIMIT %s"
 
         def work(conn: psycopg.Connection[Any]) -> list[OperationRecord]:
-            return [record_from_row(r) for r in conn.execute(sql, (*params, query.limit)).fetchall()]
+            rows = conn.execute(sql, (*params, query.limit)).fetchall()
+            return [record_from_row(r) for r in rows]
 
         return self._run("listing", work)
 
@@ -656,7 +657,8 @@ class PostgresJournal:
 
         def work(conn: psycopg.Connection[Any]) -> SettleResult:
             changed = conn.execute(
-                f"UPDATE samekey_operations SET {SETTLE_SET} WHERE operation = %s AND state = 'pending' "
+                f"UPDATE samekey_operations SET {SETTLE_SET} "
+                "WHERE operation = %s AND state = 'pending' "
                 "AND (lease_owner IS NULL OR lease_expires IS NULL OR lease_expires <= %s)",
                 (now, now, status, headers_to_json(headers), body, note, operation, now),
             ).rowcount

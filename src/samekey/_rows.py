@@ -23,7 +23,8 @@ PURGE_CHUNK = 5000  # completed records deleted per transaction by a purge
 # note, the lease dropped; attempts and last_error stay, the history of what was tried
 SETTLE_SET = (
     "state = 'completed', completed_at = %s, updated_at = %s, response_status = %s, "
-    "response_headers = %s, response_body = %s, settled_note = %s, lease_owner = NULL, lease_expires = NULL"
+    "response_headers = %s, response_body = %s, settled_note = %s, "
+    "lease_owner = NULL, lease_expires = NULL"
 )
 
 
