@@ -74,11 +74,15 @@ def test_it_asks_first_showing_what_it_will_do(journal_path: Path) -> None:
         ("settled", "operation 'inv-9' is already settled by hand (HTTP 201 at "),
         ("running", "operation 'inv-9' is being executed right now by another-host/123/scope/tag-1 (lease for "),
         ("no --yes", "refusing to settle 'inv-9' without confirmation: stdin is not a terminal; pass --yes"),
+        ("reserved", "operation 'inv-9' holds a key reserved by key_for() and no request: nothing was sent"),
     ],
 )
 def test_it_refuses_what_it_must_not_settle_and_says_why(journal_path: Path, case: str, error: str) -> None:
     if case == "completed":
         completed_op(journal_path, "inv-9")
+    elif case == "reserved":
+        with samekey.Client(journal=journal_path) as client:
+            client.key_for("inv-9")  # and the process died before building the request
     elif case != "unknown":
         pending_op(journal_path, "inv-9", URL, {"amount": 9})
     if case == "settled":

@@ -16,7 +16,8 @@ import json
 import time
 from typing import TextIO
 
-from .._contract import JournalStore, OperationRecord, SettleResult, SettlingStore
+from .._contract import JournalStore, OperationRecord, SettlingStore
+from .._reserve import is_reserved
 from ._base import EXIT_FAILED, EXIT_OK, CliError
 from ._output import human_age, iso
 
@@ -32,7 +33,7 @@ def cmd_settle(
             "settle operations by hand (it has no settle method): settle it where the store allows"
         )
     record = store.get(args.operation)
-    refuse_unless_settleable(SettleResult("settled", record), args.operation, store, time.time())
+    refuse_unless_settleable(record, args.operation, store, time.time())
     assert record is not None
     if not args.yes:
         if not stdin.isatty():
@@ -47,7 +48,9 @@ def cmd_settle(
             return EXIT_FAILED
     now = time.time()
     result = store.settle(record.operation, args.status, args.note, now)
-    refuse_unless_settleable(result, record.operation, store, now)
+    if result.status != "settled":  # it changed since we looked: say what it is now
+        refuse_unless_settleable(result.record, record.operation, store, now)
+        raise CliError(f"operation {record.operation!r} changed meanwhile; it was not settled")
     out.write(
         f"settled {record.operation!r} by hand: HTTP {args.status} (key {record.key}); "
         "its code now gets that answer replayed, nothing is sent\n"
@@ -56,22 +59,27 @@ def cmd_settle(
 
 
 def refuse_unless_settleable(
-    result: SettleResult, operation: str, store: JournalStore, now: float
+    record: OperationRecord | None, operation: str, store: JournalStore, now: float
 ) -> None:
-    """A CliError saying why ``result`` leaves ``operation`` unsettled; nothing for a pending
-    record with a free lease (before), or a settled one (after)."""
-    record = result.record
+    """A CliError saying why ``record`` cannot be settled at ``now``; nothing for a pending
+    record whose lease is free or expired."""
     if record is None:
         raise CliError(f"operation {operation!r} is not in the journal {store.location}")
-    if not record.pending and result.status != "settled":
+    if not record.pending:
         how = "settled by hand" if record.settled_by_hand else "completed"
         raise CliError(
             f"operation {operation!r} is already {how} (HTTP {record.response_status} at "
             f"{iso(record.completed_at)}): there is nothing to settle; samekey show {operation} "
             "shows its answer"
         )
+    if is_reserved(record):
+        raise CliError(
+            f"operation {operation!r} holds a key reserved by key_for() and no request: nothing "
+            "was sent under it, so there is nothing to settle. Run its code again (it sends with "
+            f"the same key), or samekey forget {operation}"
+        )
     left = (record.lease_expires or 0.0) - now
-    if record.pending and record.lease_owner and left > 0:
+    if record.lease_owner and left > 0:
         raise CliError(
             f"operation {operation!r} is being executed right now by {record.lease_owner} "
             f"(lease for {left:.0f} s more): settling it would race the answer it is about to "
