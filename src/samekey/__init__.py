@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._async_client import AsyncClient
 from ._client import Client
-from ._contract import ClaimResult, Intent, JournalStore, OperationRecord
+from ._contract import ClaimResult, Intent, JournalStore, ListQuery, OperationRecord, SettleResult, settled_answer
 from ._errors import (
     AnswerNotRecorded,
     JournalError,
@@ -63,6 +63,7 @@ __all__ = [
     "JournalError",
     "JournalStore",
     "KeyExpired",
+    "ListQuery",
     "OPERATION_EXTENSION",
     "OperationInProgress",
     "OperationInfo",
@@ -78,8 +79,10 @@ __all__ = [
     "RetryPolicy",
     "SameKeyError",
     "SameKeyTransport",
+    "SettleResult",
     "default_journal_path",
     "operation",
     "operation_info",
     "set_testing",
+    "settled_answer",
 ]
