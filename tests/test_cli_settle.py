@@ -39,6 +39,9 @@ def test_settled_by_hand_as_a_process_then_shown_never_pending_and_replayed(jour
     assert data["attempts"] == 1 and data["last_error"] == "HTTP 503"
     assert run("list", *j).out == f"no pending operations in {journal_path}\n"
     assert run("list", "--all", *j).out.splitlines()[1].split()[:3] == ["inv-42", "settled", "201"]
+    planned = run("resume", "inv-42", "--dry-run", *j).out
+    assert "replay: already settled by hand with HTTP 201: nothing would be sent" in planned
+    assert "inv-42: already settled by hand, HTTP 201 (replayed, nothing sent)" in run("resume", "inv-42", *j).out
 
     def no_network(request: httpx.Request) -> httpx.Response:
         raise AssertionError("a settled operation was sent again")
