@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -12,6 +13,7 @@ import pytest
 import samekey
 from samekey._cli._args import build_parser
 from samekey._cli._settle import cmd_settle
+from samekey._contract import SettleResult
 from test_cli import FakeTty, completed_op, held_elsewhere, pending_op, run, run_process
 
 URL = "https://pay.test/charges"
@@ -121,3 +123,21 @@ def test_a_store_that_cannot_settle_says_so(journal_path: Path) -> None:
     args = build_parser().parse_args(["settle", "inv-1", "--status", "201", "--yes"])
     with pytest.raises(Exception, match=r"kept by a store \(ReadOnlyStore\) that cannot settle operations by hand"):
         cmd_settle(args, ReadOnlyStore(), FakeTty(), FakeTty(), FakeTty())  # type: ignore[arg-type]
+
+
+def test_a_process_that_takes_the_operation_after_the_check_still_wins(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the look and the write are two steps: the store's settle decides again, atomically
+    pending_op(journal_path, "inv-7", URL, {"amount": 7})
+    settle = samekey.Journal.settle
+
+    def taken_meanwhile(self: samekey.Journal, *args: Any) -> SettleResult:
+        held_elsewhere(journal_path, "inv-7", 300)  # a re-run of the code claims it now
+        return settle(self, *args)
+
+    monkeypatch.setattr(samekey.Journal, "settle", taken_meanwhile)
+    result = run("settle", "inv-7", "--status", "201", "--yes", "--journal", str(journal_path))
+    assert result.code == 2 and "is being executed right now by another-host/123/scope/tag-1" in result.err
+    record = samekey.Journal(journal_path).get("inv-7")
+    assert record is not None and record.pending and not record.settled_by_hand
