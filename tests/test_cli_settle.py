@@ -141,3 +141,17 @@ def test_a_process_that_takes_the_operation_after_the_check_still_wins(
     assert result.code == 2 and "is being executed right now by another-host/123/scope/tag-1" in result.err
     record = samekey.Journal(journal_path).get("inv-7")
     assert record is not None and record.pending and not record.settled_by_hand
+
+
+def test_settle_and_list_pages_on_a_postgresql_journal_as_processes(pg_dsn: str) -> None:
+    for n in (1, 2):
+        pending_op(pg_dsn, f"inv-{n}", URL, {"amount": n})  # type: ignore[arg-type]  # a DSN is a journal too
+    j = ("--journal", pg_dsn)
+    settled = run_process("settle", "inv-1", "--status", "201", "--note", NOTE, "--yes", *j)
+    assert settled.returncode == 0 and settled.stdout.startswith("settled 'inv-1' by hand: HTTP 201"), settled.stderr
+    first = run_process("list", "--all", "--limit", "1", "--json", *j)
+    [record] = json.loads(first.stdout)
+    assert (record["operation"], record["settled_by_hand"], record["settled_note"]) == ("inv-1", True, NOTE)
+    assert first.stderr.split("--after ")[1].strip() == record["cursor"]
+    rest = run_process("list", "--all", "--json", "--after", record["cursor"], *j)
+    assert [r["operation"] for r in json.loads(rest.stdout)] == ["inv-2"] and rest.stderr == ""
