@@ -1,4 +1,5 @@
-"""Journal scale: start-up, lookup, replay and pending listing with 1k / 100k / 1M completed records.
+"""Journal scale: start-up, lookup, replay and pending listing with 1k / 100k / 1M completed records,
+then `samekey list`'s pages on the largest journal, as a process and as the store's query.
 
 The records are written straight into the real schema with one batched INSERT per
 size (a million client calls would take far longer and measure the network, not
@@ -25,7 +26,7 @@ import httpx
 
 import samekey
 
-from ._common import Target, median, report
+from ._common import Target, median, report, table
 
 PENDING = 10
 URL = "https://api.example.com/v1/charges"
@@ -125,12 +126,79 @@ def measure(folder: str, count: int) -> list[str]:
     ]  # fmt: skip
 
 
+def _listings(count: int) -> list[tuple[str, list[str]]]:
+    """`samekey list` commands on a journal of ``count`` completed (+ PENDING pending) records:
+    the crash case, a page of each state, prefixes rare and common, a page deep in the journal."""
+    middle = f"completed-{count // 2:07d}/charge"
+    newest = f"completed-{count - 1:07d}"[:-3]  # the newest ~1,000 records
+    common = f"completed-{count // 2:07d}"[:-5]  # ~10% of the records, half way through
+    return [
+        ("list (the pending ones)", ["list"]),
+        ("list --state pending --limit 50", ["list", "--state", "pending", "--limit", "50"]),
+        ("list --prefix pending-0000 (10 pending)", ["list", "--prefix", "pending-0000"]),
+        (f"list --all --prefix {newest} (~1,000, the newest)", ["list", "--all", "--prefix", newest]),
+        (f"list --all --prefix {common} --limit 100 (~10%)", ["list", "--all", "--prefix", common, "--limit", "100"]),
+        ("list --state completed --limit 100", ["list", "--state", "completed", "--limit", "100"]),
+        ("list --all --limit 100 --after <half way>", ["list", "--all", "--limit", "100", "--after", middle]),
+    ]
+
+
+def measure_listing(folder: str, count: int, rounds: int = 9) -> list[list[str]]:
+    """Each `samekey list` as a process (wall clock; the commands and the process floor in a new
+    random order each round, so machine noise hits them alike), beside the store's page query
+    and what list did before it had one: read every record of the prefix, filter in Python."""
+    from samekey._cli import _inspect, _paging  # not in checkouts older than the paged list
+    from samekey._cli._args import build_parser
+
+    path = os.path.join(folder, f"journal-{count}.sqlite3")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with samekey.Journal(path, read_only=True) as journal:
+        middle = journal.get(f"completed-{count // 2:07d}/charge")
+        assert middle is not None
+        commands = [(label, [_paging.cursor_of(middle) if a == middle.operation else a for a in argv])
+                    for label, argv in _listings(count)]  # fmt: skip
+        queries = []
+        for _, argv in commands:
+            args = build_parser().parse_args(argv)
+            query = _inspect.query_of(args, time.time(), args.limit)
+            after = _timed(lambda q=query: journal.list_page(q), 5)  # type: ignore[misc]
+            before = _timed(lambda q=query: _before(journal, q), 1)  # type: ignore[misc]
+            queries.append((after, before, len(journal.list_page(query)[: args.limit])))
+    argvs = [["--version"]] + [argv for _, argv in commands]
+    samples: list[list[float]] = [[] for _ in argvs]
+    for _ in range(rounds):
+        for i in random.sample(range(len(argvs)), len(argvs)):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "samekey", *argvs[i], "--journal", path], check=True,
+                           capture_output=True, env=env)  # fmt: skip
+            samples[i].append(time.perf_counter() - t0)
+    rows = [["samekey --version (the process floor)", f"{median(samples[0]) * 1e3:.0f}", "", "", ""]]
+    for (label, _), wall, (after, before, shown) in zip(commands, samples[1:], queries, strict=True):
+        rows.append([f"samekey {label}: {shown} shown", f"{median(wall) * 1e3:.0f}",
+                     f"{after * 1e3:.2f}", f"{before * 1e3:.1f}", f"{before / after:,.0f}x"])  # fmt: skip
+    return rows
+
+
+def _before(journal: samekey.Journal, query: object) -> int:
+    """What `samekey list` did before the page query (and still does on a store without one)."""
+    from samekey._cli._paging import page
+
+    class Unpaged:  # the journal without list_page
+        def __init__(self) -> None:
+            self.records = journal.records
+
+    return len(page(Unpaged(), query))  # type: ignore[arg-type]
+
+
 def run(sizes: tuple[int, ...] = (1000, 100_000, 1_000_000), folder: str | None = None) -> dict:
     rows = []
+    listing: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="samekey-bench-", dir=folder) as tmp:
         for count in sizes:
             rows.append(measure(tmp, count))
             print("  measured", rows[-1][0], "records", flush=True)
+        if importlib.util.find_spec("samekey._cli._paging") is not None:
+            listing = measure_listing(tmp, sizes[-1])
     headers = [
         "completed records", "file MB", "build s", "Journal open ms", "Client start ms", "Journal.get ms",
         "replay via Client ms", "pending() ms", "`samekey list` ms",
@@ -144,11 +212,21 @@ def run(sizes: tuple[int, ...] = (1000, 100_000, 1_000_000), folder: str | None 
         5.0,
         unit="ms",
     )
+    extra: dict[str, object] = {}
+    if listing:
+        listing_headers = ["command", "process ms", "list_page ms", "before ms", "before / list_page"]
+        print(f"\n`samekey list` on the {largest[0]}-record journal\n\n{table(listing_headers, listing)}\n")
+        floor, worst = float(listing[0][1]), max(float(row[1]) for row in listing[1:])
+        checks.append(
+            f"samekey list at {largest[0]} records: every command within {worst - floor:.0f} ms of the "
+            f"process floor ({floor:.0f} ms, samekey --version)"
+        )
+        extra["listing"] = {"headers": listing_headers, "rows": listing}
     title = (
         f"Journal scale: medians; each journal also holds {PENDING} pending records (durability fsync). "
         "Client start includes httpx.Client's own set-up (its TLS context), the same with bare httpx"
     )
-    return report(title, headers, rows, checks, [lookup])
+    return report(title, headers, rows, checks, [lookup], **extra)
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ def test_the_reference_examples_run_on_a_journal(tmp_path: Path, monkeypatch: py
     commands = reference_commands()
     assert len(commands) >= 12
     for argv in commands:
-        if "--dry-run" in argv or argv[0] in ("list", "show", "--version"):
+        if "--dry-run" in argv or argv[0] in ("list", "show", "settle", "--version"):
             if argv[0] == "--version":
                 continue  # checked as a process above
             out, err = io.StringIO(), io.StringIO()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +13,14 @@ import pytest
 from wcwidth import wcswidth
 
 import samekey
-from test_cli import LIST_FIELDS, completed_op, pending_op, run, run_process
+from samekey import cli
+from samekey._cli._inspect import DEFAULT_LIMIT
+from samekey._contract import Intent
+from test_cli import LIST_FIELDS, FakeTty, completed_op, pending_op, run, run_process
+
+
+def intent_for(operation: str) -> Intent:
+    return Intent(operation, str(uuid.uuid4()), "Idempotency-Key", "POST", "https://pay.test/c", "f", (), b"{}")
 
 
 @pytest.fixture(autouse=True)
@@ -76,13 +86,19 @@ def test_list_limit_says_what_it_left_out_and_filters_reject_bad_input(
     j = ("--journal", str(journal))
     limited = run("list", "--limit", "2", *j)
     assert limited.out.splitlines()[0].startswith("OPERATION ") and len(limited.out.splitlines()) == 3
-    assert limited.err == "showing the oldest 2 of 6 matching operations (--limit)\n"
+    hint, cursor = limited.err.rsplit(" ", 1)
+    assert hint == (
+        "showing the oldest 2 matching operations (--limit); for the next ones, run the same command with --after"
+    )
+    assert listed("--limit", "2", "--after", cursor.strip(), *j) == ["batch-1/inv-2", "batch-1/inv-3"]
+    assert run("list", "--limit", "6", *j).err == ""  # nothing left out: nothing said
     assert run("list", "--prefix", "nope/", *j).out.startswith("no matching operations in ")
     assert run("list", "--state", "completed", "--prefix", "batch-2/", *j).out.startswith("no matching ")
     for argv, error in [
         (["--all", "--state", "pending"], "argument --state: not allowed with argument --all"),
         (["--older-than", "1 week"], "'1 week' is not a duration: use numbers with units s/m/h/d/w, e.g. 7d or 1h30m"),
         (["--limit", "0"], "argument --limit: '0' is not a whole number of at least 1"),
+        (["--after", "batch-1/inv-2"], "argument --after: 'batch-1/inv-2' is not a cursor printed by samekey list"),
     ]:
         with pytest.raises(SystemExit) as usage:
             run("list", *argv, *j)
@@ -106,3 +122,34 @@ def test_a_name_with_a_control_character_lines_up_as_it_is_shown(journal_path: P
     lines = run("list", "--journal", str(journal_path)).out.splitlines()
     assert "evil\\x1b-1" in lines[1] and "\x1b" not in lines[1]
     assert len({line.index("POST") for line in lines[1:]}) == 1, lines
+
+
+def test_a_terminal_gets_the_first_page_and_the_command_for_the_next(journal_path: Path) -> None:
+    with samekey.Journal(journal_path, durability="process") as journal:
+        for n in range(DEFAULT_LIMIT + 5):
+            journal.claim(intent_for(f"inv-{n:03d}"), "crashed-host/1", 0, time.time())
+    out, err = FakeTty(), io.StringIO()
+    assert cli.main(["list", "--journal", str(journal_path)], stdout=out, stderr=err) == 0
+    assert len(out.getvalue().splitlines()) == 1 + DEFAULT_LIMIT  # the header, then 100 rows
+    assert "(on a terminal; --limit N shows more); for the next ones" in err.getvalue()
+    cursor = err.getvalue().split("--after ")[1].strip()
+    out2 = FakeTty()
+    assert cli.main(["list", "--after", cursor, "--journal", str(journal_path)], stdout=out2) == 0
+    assert [line.split()[0] for line in out2.getvalue().splitlines()[1:]] == [f"inv-{n}" for n in range(100, 105)]
+    assert len(json.loads(run("list", "--json", "--journal", str(journal_path)).out)) == DEFAULT_LIMIT + 5  # piped
+
+
+def test_pages_walked_as_a_process_list_every_record_once(journal: Path) -> None:
+    j = ("--journal", str(journal))
+    seen: list[str] = []
+    argv = ["list", "--all", "--limit", "3", "--json", *j]
+    for _ in range(5):  # 7 records, 3 a page: 3 pages, the last one says nothing more
+        page = run_process(*argv)
+        assert page.returncode == 0, page.stderr
+        records = json.loads(page.stdout)
+        seen += [r["operation"] for r in records]
+        if not page.stderr:
+            break
+        assert page.stderr.split("--after ")[1].strip() == records[-1]["cursor"]
+        argv = ["list", "--all", "--limit", "3", "--json", "--after", records[-1]["cursor"], *j]
+    assert seen == listed("--all", *j) and len(seen) == len(set(seen)) == 7

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -466,3 +467,105 @@ def test_fill_reserved_writes_the_request_into_a_reserved_record_under_its_lease
         real.request_body,
         T0 + 12,
     )
+
+
+# -- samekey list's pages and samekey settle (optional: ListingStore, SettlingStore) -------
+
+
+@pytest.mark.parametrize("probe", [5000, 1], ids=["prefix-read-by-key", "prefix-read-in-order"])
+def test_list_page_walks_every_match_in_order_one_page_at_a_time(
+    journal: JournalStore, monkeypatch: pytest.MonkeyPatch, probe: int
+) -> None:
+    from samekey import _journal
+    from samekey._contract import ListingStore, ListQuery
+
+    monkeypatch.setattr(_journal, "_PREFIX_PROBE", probe)  # SQLite's two ways to read a prefix
+    assert isinstance(journal, ListingStore)
+    names = ["b/3", "a%b/1", "b/1", "a_b/2", "b/2", "b/0", "c/9"]
+    for i, op in enumerate(names):
+        journal.claim(intent(op), A, 30, T0 + i // 3)  # three records share each created_at
+    journal.complete("b/1", A, 1, 201, [], b"{}", T0 + 9)
+    every = sorted(names, key=lambda op: (T0 + names.index(op) // 3, op))
+
+    def walk(query: ListQuery) -> list[str]:
+        seen: list[str] = []
+        while True:
+            page = journal.list_page(replace(query, limit=2))
+            seen += [r.operation for r in page]
+            if len(page) < 2:
+                return seen
+            query = replace(query, after=(page[-1].created_at, page[-1].operation))
+
+    assert walk(ListQuery(state=None)) == every
+    assert walk(ListQuery(state="pending")) == [op for op in every if op != "b/1"]
+    assert walk(ListQuery(state="completed")) == ["b/1"]
+    assert walk(ListQuery(state=None, prefix="b/")) == [op for op in every if op.startswith("b/")]
+    assert walk(ListQuery(state="pending", prefix="a%")) == ["a%b/1"]  # LIKE's % and _ are literal
+    assert walk(ListQuery(state="pending", prefix="a_")) == ["a_b/2"]
+    assert walk(ListQuery(state=None, created_before=T0 + 1)) == every[:6]
+    (record,) = journal.list_page(ListQuery(state="pending", prefix="a%b/"))
+    assert (record.request_body, record.request_headers, record.key) == (b"", (), journal.get("a%b/1").key)  # type: ignore[union-attr]
+
+
+def test_settle_completes_a_pending_operation_by_hand_and_its_code_gets_the_answer_replayed(
+    store: Store,
+) -> None:
+    from samekey._contract import SettlingStore
+
+    def unavailable(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503)
+
+    policy = samekey.RetryPolicy(max_attempts=1)
+    with samekey.Client(journal=store.client_arg, transport=httpx.MockTransport(unavailable), policy=policy) as c:
+        with pytest.raises(samekey.RetriesExhausted):
+            c.post(URL, json={"amount": 7}, operation="order-7/charge")
+    journal = store.open()
+    try:
+        assert isinstance(journal, SettlingStore)
+        now = time.time()
+        result = journal.settle("order-7/charge", 201, "paid: ch_7 on the dashboard", now)
+        assert result.status == "settled" and result.record is not None
+    finally:
+        journal.close()
+    other = store.open()  # durable, and the same from another process
+    try:
+        record = other.get("order-7/charge")
+        assert record is not None and not record.pending and record.settled_by_hand
+        assert (record.settled_note, record.response_status, record.completed_at) == (
+            "paid: ch_7 on the dashboard", 201, now,
+        )  # fmt: skip
+        assert (record.attempts, record.last_error) == (1, "HTTP 503")  # what was tried stays
+        assert "order-7/charge" not in [r.operation for r in other.records(include_completed=False)]
+    finally:
+        other.close()
+
+    def no_network(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("a settled operation was sent again")
+
+    with samekey.Client(journal=store.client_arg, transport=httpx.MockTransport(no_network)) as client:
+        again = client.post(URL, json={"amount": 7}, operation="order-7/charge")
+    assert again.status_code == 201 and again.headers["samekey-settled"] == "by-hand"
+    assert again.json()["settled_by_hand"] is True and again.json()["note"] == "paid: ch_7 on the dashboard"
+    info = samekey.operation_info(again)
+    assert info is not None and info.replayed
+
+
+def test_settle_refuses_a_live_lease_a_completed_or_an_unknown_operation(journal: JournalStore) -> None:
+    settle = journal.settle  # type: ignore[attr-defined]  # optional: SettlingStore
+    journal.claim(intent(), A, 30, T0)  # A executes it until T0 + 30
+    busy = settle("order-1/charge", 201, "", T0 + 10)
+    assert busy.status == "busy" and busy.record.pending and busy.record.lease_owner == A
+    settled = settle("order-1/charge", 402, "", T0 + 31)  # A died: its lease ran out
+    assert settled.status == "settled" and settled.record.settled_note == ""
+    assert settled.record.response_body == b'{"settled_by_hand": true, "status": 402, ' + (
+        b'"settled_at": "2023-11-14T22:13:51+00:00", "note": ""}'
+    )
+    journal.complete("order-1/charge", A, 2, 201, [], b"late", T0 + 32)  # A was only paused
+    again = settle("order-1/charge", 201, "twice", T0 + 33)
+    assert again.status == "completed" and again.record.response_status == 402
+    assert again.record.settled_note == "" and again.record.response_body != b"late"
+    assert settle("nope", 201, "", T0).status == "missing" and settle("nope", 201, "", T0).record is None
+    journal.claim(intent("order-2/charge"), A, 30, T0)
+    journal.release("order-2/charge", A, 1, "ReadTimeout", T0 + 1)  # a free lease: settled at once
+    no_content = settle("order-2/charge", 204, "", T0 + 2)
+    assert no_content.status == "settled" and no_content.record.response_body == b""

@@ -46,6 +46,11 @@ def test_a_third_store_builds_its_claim_result_from_the_public_api() -> None:
 
     assert {"ClaimResult", "Intent"} <= set(samekey.__all__)
     assert samekey.ClaimResult is ClaimResult and samekey.Intent is Intent
+    # and the optional list_page / settle (docs/reference/journal.md) take and give public types
+    from samekey._contract import ListQuery, SettleResult, settled_answer
+
+    public = (samekey.ListQuery, samekey.SettleResult, samekey.settled_answer)
+    assert public == (ListQuery, SettleResult, settled_answer)
 
 
 def test_a_third_store_with_a_read_only_location_type_checks(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import instrumentation
 from ._async_client import AsyncClient
 from ._client import Client
-from ._contract import ClaimResult, Intent, JournalStore, OperationRecord
+from ._contract import ClaimResult, Intent, JournalStore, ListQuery, OperationRecord, SettleResult, settled_answer
 from ._errors import (
     AnswerNotRecorded,
     JournalError,
@@ -62,6 +62,7 @@ __all__ = [
     "JournalError",
     "JournalStore",
     "KeyExpired",
+    "ListQuery",
     "OPERATION_EXTENSION",
     "OperationInProgress",
     "OperationInfo",
@@ -77,9 +78,11 @@ __all__ = [
     "RetryPolicy",
     "SameKeyError",
     "SameKeyTransport",
+    "SettleResult",
     "default_journal_path",
     "instrumentation",
     "operation",
     "operation_info",
     "set_testing",
+    "settled_answer",
 ]

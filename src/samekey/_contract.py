@@ -13,8 +13,10 @@ All times are epoch seconds, given by the caller, so that every store decides al
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 __all__ = [
@@ -26,13 +28,19 @@ __all__ = [
     "Intent",
     "JournalCall",
     "JournalStore",
+    "ListQuery",
+    "ListingStore",
     "OperationRecord",
     "PurgeCompleted",
     "RecordAttempt",
     "Release",
     "ReservingStore",
+    "SettleResult",
+    "SettlingStore",
     "lease_decision",
     "new_record",
+    "settle_result",
+    "settled_answer",
     "with_lease",
 ]
 
@@ -72,10 +80,15 @@ class OperationRecord:
     response_body: bytes | None
     lease_owner: str | None
     lease_expires: float | None
+    settled_note: str | None = None  # None unless settled by hand (`settle`); "" without a note
 
     @property
     def pending(self) -> bool:
         return self.state == "pending"
+
+    @property
+    def settled_by_hand(self) -> bool:
+        return self.settled_note is not None
 
 
 @dataclass(frozen=True)
@@ -258,3 +271,89 @@ class ReservingStore(JournalStore, Protocol):
         """Write the request into a record `key_for` reserved (method ''), under ``owner``'s lease,
         durably; its ``created_at`` becomes ``now``. False when there is no such record."""
         ...
+
+
+# -- optional capabilities of the operator's command (`samekey list`, `samekey settle`) ------
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """The records `samekey list` shows, one page at a time: keyset paging on
+    (created_at, operation), so that page 1000 of a million records costs what page 1 does.
+
+    ``state`` None means both states; ``created_before`` keeps records created at or before
+    it; ``after`` is the (created_at, operation) of the last record already seen; ``limit``
+    None means every match.
+    """
+
+    state: Literal["pending", "completed"] | None = "pending"
+    prefix: str | None = None
+    created_before: float | None = None
+    after: tuple[float, str] | None = None
+    limit: int | None = None
+
+    def matches(self, record: OperationRecord) -> bool:
+        """Whether ``record`` is one of the query's matches (``limit`` aside), as a store's SQL
+        decides it."""
+        return (
+            (self.state is None or record.state == self.state)
+            and (not self.prefix or record.operation.startswith(self.prefix))
+            and (self.created_before is None or record.created_at <= self.created_before)
+            and (self.after is None or (record.created_at, record.operation) > self.after)
+        )
+
+
+@runtime_checkable
+class ListingStore(JournalStore, Protocol):
+    """A store that pages through its records itself (`samekey list` on a big journal)."""
+
+    def list_page(self, query: ListQuery) -> list[OperationRecord]:
+        """The records ``query`` matches, in (created_at, operation) order, at most ``query.limit``;
+        their headers and bodies empty, as ``records(bodies=False)`` gives them."""
+        ...
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    """The outcome of `settle`: ``"settled"`` (``record`` is the settled record), ``"busy"``
+    (a live lease: another process is executing it), ``"completed"`` (it already was: ``record``
+    as found) or ``"missing"`` (no such operation, ``record`` None)."""
+
+    status: Literal["settled", "busy", "completed", "missing"]
+    record: OperationRecord | None
+
+
+@runtime_checkable
+class SettlingStore(JournalStore, Protocol):
+    """A store in which an operator can settle a pending operation by hand (`samekey settle`)."""
+
+    def settle(self, operation: str, status: int, note: str, now: float) -> SettleResult:
+        """Complete a pending operation whose lease is free or expired with the answer
+        `settled_answer` builds, ``note`` kept in ``settled_note``; durable when it returns."""
+        ...
+
+
+SETTLED_HEADER = "samekey-settled"
+
+
+def settled_answer(status: int, note: str, now: float) -> tuple[list[tuple[str, str]], bytes]:
+    """The answer a settled operation replays: ``status``, a ``Samekey-Settled: by-hand`` header,
+    and a small JSON body saying so (none for 204 and 205, which carry no body)."""
+    headers = [(SETTLED_HEADER, "by-hand")]
+    if status in (204, 205):
+        return headers, b""
+    settled_at = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds")
+    body = {"settled_by_hand": True, "status": status, "settled_at": settled_at, "note": note}
+    return [("content-type", "application/json"), *headers], json.dumps(body).encode()
+
+
+def settle_result(changed: bool, record: OperationRecord | None, now: float) -> SettleResult:
+    """What a store's guarded settle UPDATE (``changed``: it matched a row) and the record read
+    after it mean: the one rule every store applies."""
+    if record is None:
+        return SettleResult("missing", None)
+    if changed:
+        return SettleResult("settled", record)
+    # unchanged: it is completed, or its lease is live at ``now`` ("claimed" here: it raced a claim)
+    done = lease_decision(record, "", now) == "completed"
+    return SettleResult("completed" if done else "busy", record)

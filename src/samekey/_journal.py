@@ -36,12 +36,16 @@ from ._contract import (
     FillReserved,
     Intent,
     JournalCall,
+    ListQuery,
     OperationRecord,
     Outcome,
     RecordAttempt,
     Release,
+    SettleResult,
     lease_decision,
     new_record,
+    settle_result,
+    settled_answer,
     with_lease,
 )
 from ._errors import JournalError
@@ -50,8 +54,10 @@ from ._identity import PROCESS
 from ._location import default_journal_path, refuse_dsn_as_path
 from ._rows import (
     COLUMNS,
+    SETTLE_SET,
     headers_to_json,
     insert_params,
+    page_filters,
     purge_in_chunks,
     record_from_row,
     request_headers_json,
@@ -65,6 +71,9 @@ __all__ = ["Journal"]
 Durability = Literal["fsync", "process"]
 
 _SUMMARY_COLUMNS = summary_columns("X''")
+# A prefix matched by more records than this is listed by walking the (created_at, operation)
+# index and testing the prefix in it; fewer are read through the primary key and sorted.
+_PREFIX_PROBE = 5000
 
 _T = TypeVar("_T")
 
@@ -309,7 +318,7 @@ class Journal:
         def job(conn: sqlite3.Connection) -> ClaimResult:
             cur = conn.execute(
                 f"INSERT INTO operations ({COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?) "
+                "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?, NULL) "
                 "ON CONFLICT (operation) DO NOTHING",
                 insert_params(intent, owner, now, expires),
             )
@@ -421,6 +430,53 @@ class Journal:
             f"SELECT {columns} FROM operations{clause} ORDER BY created_at, operation", tuple(params), "listing"
         )
         return [record_from_row(r) for r in rows]
+
+    def list_page(self, query: ListQuery) -> list[OperationRecord]:
+        """`ListingStore`: one page of `samekey list`, its index chosen here (see `_index_for`)."""
+        where, params = page_filters(query, "?")
+        if query.prefix:
+            where.append("operation >= ? AND operation < ?")
+            params += [query.prefix, query.prefix + "\U0010ffff"]
+        limit = -1 if query.limit is None else query.limit  # -1: no limit
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = (
+            f"SELECT {_SUMMARY_COLUMNS} FROM operations INDEXED BY {self._index_for(query)}"
+            f"{clause} ORDER BY created_at, operation LIMIT ?"
+        )
+        return [record_from_row(r) for r in self._read(sql, (*params, limit), "listing")]
+
+    def _index_for(self, query: ListQuery) -> str:
+        """The index a page is read through. SQLite has no statistics on a journal, and its own
+        choice for a prefix (the primary key, then sort every match) is slow for a prefix
+        most records share; walking the ordered index is slow for a rare one. Counting up to
+        _PREFIX_PROBE matches first (a bounded walk of the primary key) tells them apart."""
+        ordered = "operations_pending" if query.state == "pending" else "operations_created"
+        if not query.prefix:
+            return ordered
+        ((found,),) = self._read(
+            "SELECT count(*) FROM (SELECT 1 FROM operations WHERE operation >= ? AND operation < ? LIMIT ?)",
+            (query.prefix, query.prefix + "\U0010ffff", _PREFIX_PROBE + 1),
+            "listing",
+        )
+        by_key = "sqlite_autoindex_operations_1"  # the primary key's
+        return ordered if int(found) > _PREFIX_PROBE else by_key  # type: ignore[call-overload]
+
+    def settle(self, operation: str, status: int, note: str, now: float) -> SettleResult:
+        """`SettlingStore`: complete a pending operation by hand, unless a live process holds it."""
+        headers, body = settled_answer(status, note, now)
+
+        def job(conn: sqlite3.Connection) -> SettleResult:
+            changed = conn.execute(
+                f"UPDATE operations SET {SETTLE_SET.replace('%s', '?')} "
+                "WHERE operation = ? AND state = 'pending' "
+                "AND (lease_owner IS NULL OR lease_expires IS NULL OR lease_expires <= ?)",
+                (now, now, status, headers_to_json(headers), body, note, operation, now),
+            ).rowcount
+            select = f"SELECT {COLUMNS} FROM operations WHERE operation = ?"
+            row = conn.execute(select, (operation,)).fetchone()
+            return settle_result(changed == 1, None if row is None else record_from_row(row), now)
+
+        return self._write(f"settling operation {operation!r}", job)
 
     def forget(self, operation: str) -> bool:
         def job(conn: sqlite3.Connection) -> bool:

@@ -39,14 +39,27 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._contract import ClaimResult, Intent, OperationRecord, lease_decision, new_record, with_lease
+from ._contract import (
+    ClaimResult,
+    Intent,
+    ListQuery,
+    OperationRecord,
+    SettleResult,
+    lease_decision,
+    new_record,
+    settle_result,
+    settled_answer,
+    with_lease,
+)
 from ._errors import JournalError
 from ._identity import at_fork_in_child
 from ._redaction import mask_dsn, redact_dsn, scrub
 from ._rows import (
     COLUMNS,
+    SETTLE_SET,
     headers_to_json,
     insert_params,
+    page_filters,
     purge_in_chunks,
     record_from_row,
     request_headers_json,
@@ -89,17 +102,19 @@ CREATE TABLE samekey_operations (
     response_headers text,
     response_body    bytea,
     lease_owner      text,
-    lease_expires    double precision
+    lease_expires    double precision,
+    settled_note     text
 );
-CREATE INDEX samekey_operations_pending ON samekey_operations (created_at) WHERE state = 'pending';
-CREATE INDEX samekey_operations_completed ON samekey_operations (completed_at) WHERE state = 'completed'
+CREATE INDEX samekey_operations_pending ON samekey_operations (created_at, operation) WHERE state = 'pending';
+CREATE INDEX samekey_operations_completed ON samekey_operations (completed_at) WHERE state = 'completed';
+CREATE INDEX samekey_operations_created ON samekey_operations (created_at, operation)
 """
 
 _SELECT = f"SELECT {COLUMNS} FROM samekey_operations"
 _SELECT_SUMMARY = "SELECT " + summary_columns("''::bytea") + " FROM samekey_operations"
 _INSERT = (
     f"INSERT INTO samekey_operations ({COLUMNS}) VALUES "
-    "(%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, NULL, 0, NULL, NULL, NULL, NULL, %s, %s) "
+    "(%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, NULL, 0, NULL, NULL, NULL, NULL, %s, %s, NULL) "
     "ON CONFLICT (operation) DO NOTHING"
 )
 
@@ -619,6 +634,38 @@ class PostgresJournal:
             return [record_from_row(r) for r in rows]
 
         return self._run("listing", work)
+
+    def list_page(self, query: ListQuery) -> list[OperationRecord]:
+        """`ListingStore`: one page of `samekey list` (the server's planner picks the index)."""
+        where, params = page_filters(query, "%s")
+        if query.prefix:
+            where.append("operation LIKE %s")
+            params.append(_escape_like(query.prefix))
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        sql = f"{_SELECT_SUMMARY}{clause} ORDER BY created_at, operation LIMIT %s"
+
+        def work(conn: psycopg.Connection[Any]) -> list[OperationRecord]:
+            rows = conn.execute(sql, (*params, query.limit)).fetchall()
+            return [record_from_row(r) for r in rows]
+
+        return self._run("listing", work)
+
+    def settle(self, operation: str, status: int, note: str, now: float) -> SettleResult:
+        """`SettlingStore`: complete a pending operation by hand, unless a live process holds it.
+        Committed durably (no _NO_FLUSH): an operator's decision is not left to be redone."""
+        headers, body = settled_answer(status, note, now)
+
+        def work(conn: psycopg.Connection[Any]) -> SettleResult:
+            changed = conn.execute(
+                f"UPDATE samekey_operations SET {SETTLE_SET} "
+                "WHERE operation = %s AND state = 'pending' "
+                "AND (lease_owner IS NULL OR lease_expires IS NULL OR lease_expires <= %s)",
+                (now, now, status, headers_to_json(headers), body, note, operation, now),
+            ).rowcount
+            row = conn.execute(f"{_SELECT} WHERE operation = %s", (operation,)).fetchone()
+            return settle_result(changed == 1, None if row is None else record_from_row(row), now)
+
+        return self._run(f"settling operation {operation!r}", work)
 
     def forget(self, operation: str) -> bool:
         def work(conn: psycopg.Connection[Any]) -> bool:

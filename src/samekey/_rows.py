@@ -11,14 +11,21 @@ import json
 from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring_ascii as _quote
 
-from ._contract import Intent, OperationRecord
+from ._contract import Intent, ListQuery, OperationRecord
 
 COLUMNS = (
     "operation, key, key_header, method, url, fingerprint, request_headers, request_body, state, "
     "created_at, updated_at, completed_at, attempts, last_error, response_status, response_headers, "
-    "response_body, lease_owner, lease_expires"
+    "response_body, lease_owner, lease_expires, settled_note"
 )
 PURGE_CHUNK = 5000  # completed records deleted per transaction by a purge
+# what `settle` writes (placeholders %s; SQLite's store swaps them for ?): the answer, the
+# note, the lease dropped; attempts and last_error stay, the history of what was tried
+SETTLE_SET = (
+    "state = 'completed', completed_at = %s, updated_at = %s, response_status = %s, "
+    "response_headers = %s, response_body = %s, settled_note = %s, "
+    "lease_owner = NULL, lease_expires = NULL"
+)
 
 
 def summary_columns(empty_bytes: str) -> str:
@@ -30,6 +37,25 @@ def summary_columns(empty_bytes: str) -> str:
         "response_body": "NULL",
     }
     return ", ".join(empty.get(name, name) for name in COLUMNS.split(", "))
+
+
+def page_filters(query: ListQuery, mark: str) -> tuple[list[str], list[object]]:
+    """The WHERE terms of a `ListQuery` but its prefix (each store has its own), with ``mark`` as
+    placeholder. The state is a literal, not a parameter: SQLite uses a partial index only
+    for a query whose WHERE names its condition as written."""
+    where: list[str] = []
+    params: list[object] = []
+    if query.state is not None:
+        if query.state not in ("pending", "completed"):
+            raise ValueError(f"state must be 'pending', 'completed' or None, got {query.state!r}")
+        where.append(f"state = '{query.state}'")
+    if query.created_before is not None:
+        where.append(f"created_at <= {mark}")
+        params.append(query.created_before)
+    if query.after is not None:
+        where.append(f"(created_at, operation) > ({mark}, {mark})")
+        params += [float(query.after[0]), str(query.after[1])]
+    return where, params
 
 
 def headers_to_json(headers: Iterable[tuple[str, str]]) -> str:
@@ -58,7 +84,7 @@ def insert_params(intent: Intent, owner: str, now: float, expires: float) -> tup
 
 def record_from_row(row: tuple[object, ...]) -> OperationRecord:
     (op, key, key_header, method, url, fp, req_h, req_b, state, created, updated, completed,
-     attempts, last_error, status, resp_h, resp_b, owner, expires) = row  # fmt: skip
+     attempts, last_error, status, resp_h, resp_b, owner, expires, settled_note) = row  # fmt: skip
     return OperationRecord(
         operation=str(op),
         key=str(key),
@@ -79,6 +105,7 @@ def record_from_row(row: tuple[object, ...]) -> OperationRecord:
         response_body=None if resp_b is None else bytes(resp_b),  # type: ignore[call-overload]
         lease_owner=None if owner is None else str(owner),
         lease_expires=None if expires is None else float(expires),  # type: ignore[arg-type]
+        settled_note=None if settled_note is None else str(settled_note),
     )
 
 

@@ -55,10 +55,12 @@ CREATE TABLE operations (
     response_headers TEXT,
     response_body    BLOB,
     lease_owner      TEXT,
-    lease_expires    REAL
+    lease_expires    REAL,
+    settled_note     TEXT
 );
-CREATE INDEX operations_pending ON operations (created_at) WHERE state = 'pending';
+CREATE INDEX operations_pending ON operations (created_at, operation) WHERE state = 'pending';
 CREATE INDEX operations_completed ON operations (completed_at) WHERE state = 'completed';
+CREATE INDEX operations_created ON operations (created_at, operation);
 """
 
 # Forward migrations: MIGRATIONS[n] upgrades a journal from version n to n + 1.

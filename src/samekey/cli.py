@@ -1,17 +1,20 @@
 """The ``samekey`` command: see and finish what a crashed run left in flight.
 
-    samekey list [--all | --state S] [--prefix P] [--older-than 1h] [--limit N] [--json]
+    samekey list [--all | --state S] [--prefix P] [--older-than 1h] [--limit N]
+                 [--after CURSOR] [--json]
     samekey show OPERATION [--json]       one whole record, with the stored response
     samekey resume (OPERATION | --all)    send pending operations again, with their keys
                  [--concurrency N] [--dry-run] [--json] [-v] [--max-attempts N] [--deadline 30s]
                  [-H 'Name: value'] [--base-url URL]
+    samekey settle OPERATION --status CODE [--note TEXT] [--yes]
+                                          complete a pending operation by hand
     samekey forget OPERATION [--yes]      drop a record (its key is gone for good)
     samekey purge --older-than 7d [--dry-run]   drop completed records older than that
     samekey --version
 
 Every subcommand takes ``--journal PATH`` (default: ``$SAMEKEY_JOURNAL`` or the
 user state directory; a ``postgresql://`` DSN also works) and ``--debug``.
-Exit codes: 0 ok, 1 some operations failed (or were not forgotten), 2 usage or
+Exit codes: 0 ok, 1 some operations failed (or were not forgotten or settled), 2 usage or
 journal error, 130 interrupted (Ctrl-C), 141 the reader of the output went away
 (``samekey list | head -1``: 128 + SIGPIPE, quietly, as other commands do).
 Errors are one line on stderr; ``--debug`` adds the traceback. The commands
@@ -33,6 +36,7 @@ from ._cli._inspect import cmd_list, cmd_show
 from ._cli._maintain import cmd_forget, cmd_purge
 from ._cli._output import Escaped, without_password
 from ._cli._resume import cmd_resume
+from ._cli._settle import cmd_settle
 from ._contract import JournalStore
 from ._errors import SameKeyError
 from ._open import open_for_inspection
@@ -62,6 +66,8 @@ def _run(args: argparse.Namespace, store: JournalStore, out: TextIO, err: TextIO
         return cmd_resume(args, store, out, err, raw)
     if args.command == "forget":
         return cmd_forget(args, store, out, err, inp)
+    if args.command == "settle":
+        return cmd_settle(args, store, out, err, inp)
     return cmd_purge(args, store, out)
 
 

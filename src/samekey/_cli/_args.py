@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
+from ._paging import cursor_argument
 
 __all__ = [
     "build_parser",
+    "final_status",
     "header_argument",
     "operation_argument",
     "parse_duration",
@@ -139,6 +141,29 @@ def operation_argument(text: str) -> str:
     return text
 
 
+def final_status(text: str) -> int:
+    """``settle --status``: the answer the operation replays, a success or a refusal for good."""
+    code = int(text) if text.strip().isdigit() else 0
+    if 200 <= code < 300 or 400 <= code < 500:
+        return code
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a final answer: give the status the provider's dashboard shows, a 2xx "
+        "(it was done, e.g. 201) or a 4xx (it was refused for good, e.g. 402); 1xx, 3xx and 5xx "
+        "are not final"
+    )
+
+
+def note_argument(text: str) -> str:
+    """``settle --note``: UTF-8 text, kept in the journal as typed."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(
+            "the note is not valid UTF-8: type it from a terminal set to UTF-8"
+        ) from None
+    return text
+
+
 def journal_argument(text: str) -> str:
     """``--journal``: a path or DSN; an empty one (an unset variable) is no journal, not the
     default one."""
@@ -195,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("forget", parents=[common], help="remove an operation's record and key")
     p.add_argument("operation", type=operation_argument)
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    _settle_parser(
+        sub.add_parser(
+            "settle", parents=[common], help="complete a pending operation by hand, with its answer"
+        )
+    )
     p = sub.add_parser(
         "purge", parents=[common], help="remove completed records older than a duration"
     )
@@ -229,9 +259,37 @@ def _list_parser(p: argparse.ArgumentParser) -> None:
         help="only operations created longer ago, e.g. 1h",
     )
     p.add_argument(
-        "--limit", type=positive_int, metavar="N", help="at most N operations (the oldest first)"
+        "--limit",
+        type=positive_int,
+        metavar="N",
+        help="at most N operations, the oldest first (default: 100 on a terminal, all when piped)",
+    )
+    p.add_argument(
+        "--after",
+        type=cursor_argument,
+        metavar="CURSOR",
+        help="the next page: the operations after the cursor a previous list printed",
     )
     p.add_argument("--json", action="store_true", help="a JSON array of records instead of a table")
+
+
+def _settle_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("operation", type=operation_argument, help="the pending operation to settle")
+    p.add_argument(
+        "--status",
+        type=final_status,
+        required=True,
+        metavar="CODE",
+        help="the HTTP status its code gets replayed: 2xx (done) or 4xx (refused for good)",
+    )
+    p.add_argument(
+        "--note",
+        type=note_argument,
+        default="",
+        metavar="TEXT",
+        help="why, kept in the journal, e.g. 'paid: ch_123 on the dashboard'",
+    )
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
 
 
 def _resume_parser(p: argparse.ArgumentParser) -> None:

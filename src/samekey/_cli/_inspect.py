@@ -1,7 +1,11 @@
 """``samekey list`` and ``samekey show``: look, never write.
 
-``list`` filters over the store's own API (its prefix, then state, age and limit here);
-every record it reads comes without headers nor bodies, so 100k pending stay quick.
+``list`` asks the store for one page (`_paging`): its filters and its keyset cursor run
+in the store's SQL, on an index, so a page of a journal of a million records is read as
+quickly as one of ten. On a terminal it shows the oldest DEFAULT_LIMIT matches and says
+how to see the next ones; a pipe or a file gets every match unless ``--limit`` says
+otherwise (a script must not lose records to a limit it never asked for). Every record
+it reads comes without headers nor bodies.
 """
 
 from __future__ import annotations
@@ -10,47 +14,56 @@ import argparse
 import json
 import sys
 import time
-from typing import TextIO
+from typing import Literal, TextIO
 
-from .._contract import JournalStore, OperationRecord
+from .._contract import JournalStore, ListQuery, OperationRecord
 from .._wire import header_text
 from ._base import EXIT_OK, CliError
-from ._output import clip, details, human_age, summary, table
+from ._output import clip, details, human_age, iso, summary, table
+from ._paging import cursor_of, page
 
-__all__ = ["cmd_list", "cmd_show"]
+__all__ = ["DEFAULT_LIMIT", "cmd_list", "cmd_show"]
+
+DEFAULT_LIMIT = 100  # records `list` shows on a terminal without --limit
 
 
-def selected(args: argparse.Namespace, store: JournalStore, now: float) -> list[OperationRecord]:
-    """The records ``list`` shows: its filters, in creation order, at most ``--limit``."""
-    with_completed = args.all or args.state == "completed"
-    # list shows no header nor body: reading them would slow a listing of 100k records
-    records = store.records(args.prefix, include_completed=with_completed, bodies=False)
-    if args.state is not None:
-        records = [r for r in records if r.state == args.state]
-    if args.older_than is not None:
-        records = [r for r in records if now - r.created_at >= args.older_than]
-    return records
+def query_of(args: argparse.Namespace, now: float, limit: int | None) -> ListQuery:
+    """The store query of ``list``'s options; one more than ``limit``: whether more follow."""
+    state: Literal["pending", "completed"] | None = None if args.all else args.state or "pending"
+    return ListQuery(
+        state=state,
+        prefix=args.prefix or None,
+        created_before=None if args.older_than is None else now - args.older_than,
+        after=args.after,
+        limit=None if limit is None else limit + 1,
+    )
 
 
 def cmd_list(
     args: argparse.Namespace, store: JournalStore, out: TextIO, err: TextIO = sys.stderr
 ) -> int:
     now = time.time()
-    records = selected(args, store, now)
-    if args.limit is not None and len(records) > args.limit:
-        err.write(
-            f"showing the oldest {args.limit} of {len(records)} matching operations (--limit)\n"
-        )
-        records = records[: args.limit]
+    limit = args.limit
+    if limit is None and out.isatty():
+        limit = DEFAULT_LIMIT
+    records = page(store, query_of(args, now, limit))
+    more = limit is not None and len(records) > limit
+    records = records[:limit]
     if args.json:
-        out.write(json.dumps([summary(r, now) for r in records], indent=2) + "\n")
-        return EXIT_OK
-    if not records:
-        filtered = args.prefix is not None or args.older_than is not None
+        rows = [{**summary(r, now), "cursor": cursor_of(r)} for r in records]
+        out.write(json.dumps(rows, indent=2) + "\n")
+    elif records:
+        table(_rows(records, now, with_state=args.all or args.state == "completed"), out)
+    else:
+        filtered = args.prefix is not None or args.older_than is not None or args.after is not None
         what = "matching " if filtered else "" if args.all else f"{args.state or 'pending'} "
         out.write(f"no {what}operations in {store.location}\n")
-        return EXIT_OK
-    table(_rows(records, now, with_state=args.all or args.state == "completed"), out)
+    if more:
+        why = "--limit" if args.limit is not None else "on a terminal; --limit N shows more"
+        err.write(
+            f"showing the oldest {len(records)} matching operations ({why}); for the next ones, "
+            f"run the same command with --after {cursor_of(records[-1])}\n"
+        )
     return EXIT_OK
 
 
@@ -71,7 +84,8 @@ def _rows(records: list[OperationRecord], now: float, *, with_state: bool) -> li
     if with_state:
         head.insert(1, "STATE")
         for row, r in zip(rows, records, strict=True):
-            row.insert(1, r.state if r.pending else f"done {r.response_status}")
+            done = "settled" if r.settled_by_hand else "done"
+            row.insert(1, r.state if r.pending else f"{done} {r.response_status}")
     return [head, *rows]
 
 
@@ -105,6 +119,9 @@ def cmd_show(args: argparse.Namespace, store: JournalStore, out: TextIO) -> int:
 
 def _show_response(record: OperationRecord, data: dict[str, object], out: TextIO) -> None:
     out.write(f"completed_at:     {data['completed_at']}\n")
+    if record.settled_note is not None:
+        note = json.dumps(record.settled_note, ensure_ascii=False) if record.settled_note else "-"
+        out.write(f"settled by hand:  at {iso(record.completed_at)}, note: {note}\n")
     out.write(f"response status:  {record.response_status}\nresponse headers:\n")
     for k, v in record.response_headers:
         out.write(f"  {k}: {header_text(v)}\n")

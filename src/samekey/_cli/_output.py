@@ -135,6 +135,8 @@ def summary(record: OperationRecord, now: float) -> dict[str, Any]:
         "response_status": record.response_status,
         "lease_owner": record.lease_owner,
         "lease_expires_at": iso(record.lease_expires),
+        "settled_by_hand": record.settled_by_hand,
+        "settled_note": record.settled_note,
     }
 
 

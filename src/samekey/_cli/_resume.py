@@ -177,7 +177,7 @@ def _plan(args: argparse.Namespace, record: OperationRecord, now: float) -> dict
     if not record.pending:
         action, detail = (
             "replay",
-            f"already completed with HTTP {record.response_status}: nothing would be sent",
+            f"already {_done(record)} with HTTP {record.response_status}: nothing would be sent",
         )
     elif age > args.key_ttl:
         action = "refuse"
@@ -322,6 +322,10 @@ def _resume_one(
     return _answered(record, response)
 
 
+def _done(record: OperationRecord) -> str:
+    return "settled by hand" if record.settled_by_hand else "completed"
+
+
 def _answered(record: OperationRecord, response: httpx.Response) -> Outcome:
     info = response.extensions.get("samekey")
     replayed = bool(getattr(info, "replayed", False))
@@ -339,7 +343,7 @@ def _answered(record: OperationRecord, response: httpx.Response) -> Outcome:
         )
     elif replayed:
         outcome.outcome = "replayed"
-        outcome.line = f"already completed, HTTP {status} (replayed, nothing sent)"
+        outcome.line = f"already {_done(record)}, HTTP {status} (replayed, nothing sent)"
     elif status in NOT_ACTED_ON:  # the key stays pending: not done
         outcome.outcome = "failed"
         header = "Proxy-Authorization" if status == 407 else "Authorization"
