@@ -26,22 +26,26 @@ import threading
 from collections.abc import Callable, Sequence
 from math import inf
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import _sqlite_fork
 from ._contract import (
+    BatchingStore,
     Claim,
     ClaimResult,
     Complete,
     FillReserved,
     Intent,
     JournalCall,
+    ListingStore,
     ListQuery,
     OperationRecord,
     Outcome,
     RecordAttempt,
     Release,
+    ReservingStore,
     SettleResult,
+    SettlingStore,
     lease_decision,
     new_record,
     settle_result,
@@ -529,3 +533,10 @@ class Journal:
 
 def _absolute(path: str | os.PathLike[str] | None) -> Path:
     return Path(path).expanduser().absolute() if path is not None else default_journal_path()
+
+
+if TYPE_CHECKING:  # the store contracts Journal keeps, checked by mypy
+    _0: type[BatchingStore] = Journal
+    _1: type[ListingStore] = Journal
+    _2: type[ReservingStore] = Journal
+    _3: type[SettlingStore] = Journal

@@ -42,9 +42,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._contract import (
     ClaimResult,
     Intent,
+    ListingStore,
     ListQuery,
     OperationRecord,
+    ReservingStore,
     SettleResult,
+    SettlingStore,
     lease_decision,
     new_record,
     settle_result,
@@ -720,3 +723,9 @@ def _after_fork_in_child() -> None:
 
 
 at_fork_in_child(_after_fork_in_child)
+
+
+if TYPE_CHECKING:  # the store contracts PostgresJournal keeps, checked by mypy
+    _0: type[ListingStore] = PostgresJournal
+    _1: type[ReservingStore] = PostgresJournal
+    _2: type[SettlingStore] = PostgresJournal
