@@ -335,3 +335,51 @@ def test_processes_opening_a_new_journal_at_once_all_succeed(tmp_path: Path) -> 
     for r in range(rounds):
         with samekey.Journal(tmp_path / f"journal-{r}.sqlite3") as journal:
             assert journal.records() == []
+
+
+def test_an_existing_journal_and_its_side_files_are_made_private(tmp_path: Path) -> None:
+    real = tmp_path / "real.sqlite3"
+    make_journal(real)
+    link = tmp_path / "journal.sqlite3"
+    link.symlink_to(real)
+    real.chmod(0o644)
+    Path(f"{real}-wal").write_bytes(b"")  # an empty WAL SQLite takes as it is
+    Path(f"{real}-wal").chmod(0o666)
+    with samekey.Journal(link) as journal:
+        journal.claim(intent("new"), "owner", 60.0, 2000.0)
+        modes = {end: Path(f"{real}{end}").stat().st_mode & 0o777 for end in ("", "-wal", "-shm")}
+    assert modes == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+
+
+def test_a_journal_this_process_cannot_make_private_is_refused(tmp_path: Path, unprivileged: list[str]) -> None:
+    path = tmp_path / "journal.sqlite3"
+    original = make_journal(path)
+    path.chmod(0o666)
+    os.chown(path, 65534, 65534)  # another user's file, readable by all
+    result = _run_as_unprivileged(
+        unprivileged,
+        f"""
+        import samekey
+        try:
+            samekey.Journal({str(path)!r})
+        except samekey.JournalError as exc:
+            print(exc)
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "mode 0666" in result.stdout and f"chmod 600 {path}" in result.stdout, result.stdout
+    assert path.read_bytes() == original
+
+
+@pytest.mark.parametrize("kind", ["dev-null", "fifo"])
+def test_a_journal_path_that_is_not_a_regular_file_is_refused_before_sqlite(tmp_path: Path, kind: str) -> None:
+    if kind == "fifo":
+        path = tmp_path / "journal.sqlite3"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/null")
+    before = set(path.parent.iterdir())
+    with pytest.raises(samekey.JournalError) as caught:
+        samekey.Journal(path)
+    assert_clear(caught.value, path, "not a regular file", "Point journal= at a file")
+    assert set(path.parent.iterdir()) == before
