@@ -442,8 +442,9 @@ class Journal:
                     (cutoff, size),
                 ).rowcount
 
-            # not durable: a purge lost in a crash is simply done again by the next one
-            return self._write("purging completed operations", job, durable=False)
+            # not durable: a purge lost in a crash is simply done again by the next one; not patient:
+            # housekeeping never waits for the lock a request's claim then waits for in its turn
+            return self._run(Job(job, "purging completed operations", False, patient=False))
 
         return purge_in_chunks(delete_oldest, limit)
 

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._contract import ClaimResult, Intent, OperationRecord, lease_decision, new_record, with_lease
-from ._errors import JournalError
+from ._errors import JournalError, JournalLocked
 from ._identity import at_fork_in_child
 from ._redaction import mask_dsn, redact_dsn, scrub
 from ._rows import (
@@ -262,7 +262,8 @@ class PostgresJournal:
         errors = self._psycopg.errors
         text = " ".join(str(exc).split())
         if isinstance(exc, errors.LockNotAvailable):
-            return self._fail(
+            return JournalLocked(
+                self.location,
                 f"a lock was held by another caller for more than {self.lock_timeout:g} s while {doing}",
                 "Another process may be stuck in a transaction (the server ends a samekey session idle in one "
                 f"after {self.idle_in_transaction_session_timeout:g} s); retry, or raise lock_timeout.",

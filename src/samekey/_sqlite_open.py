@@ -30,7 +30,7 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
-from ._errors import JournalError
+from ._errors import JournalError, JournalLocked
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "JournalFile"]
 
@@ -373,7 +373,8 @@ class JournalFile:
         text = str(exc)
         lowered = text.lower()
         if "locked" in lowered or "busy" in lowered:
-            return self.fail(
+            return JournalLocked(
+                self.path,
                 f"locked by another process for more than {self.lock_timeout:g} s while {doing}",
                 "Another samekey process may be stuck; retry, or raise lock_timeout.",
             )
