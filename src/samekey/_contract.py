@@ -72,6 +72,8 @@ class OperationRecord:
     response_body: bytes | None
     lease_owner: str | None
     lease_expires: float | None
+    # set by the client reading it back through its body_key: fields of request_body were never stored
+    body_redacted: bool = False
 
     @property
     def pending(self) -> bool:

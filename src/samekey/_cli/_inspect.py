@@ -13,6 +13,8 @@ import time
 from typing import TextIO
 
 from .._contract import JournalStore, OperationRecord
+from .._sealed_store import sealed
+from .._sealing import sealer_of
 from .._wire import header_text
 from ._base import EXIT_OK, CliError
 from ._output import clip, details, human_age, summary, table
@@ -76,7 +78,8 @@ def _rows(records: list[OperationRecord], now: float, *, with_state: bool) -> li
 
 
 def cmd_show(args: argparse.Namespace, store: JournalStore, out: TextIO) -> int:
-    record = store.get(args.operation)
+    # with $SAMEKEY_BODY_KEY, encrypted bodies are shown opened; without, said to be encrypted
+    record = sealed(store, sealer_of(None), None).get(args.operation)
     if record is None:
         raise CliError(f"operation {args.operation!r} is not in the journal {store.location}")
     now = time.time()

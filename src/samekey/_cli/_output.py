@@ -17,6 +17,7 @@ from wcwidth import wcswidth, wcwidth
 from .._contract import OperationRecord
 from .._location import environment_dsn, is_dsn
 from .._redaction import dsn_secrets, mask_dsn, scrub
+from .._sealing import KEY_ENV, is_sealed
 from .._wire import header_text
 
 __all__ = [
@@ -112,6 +113,11 @@ def human_age(seconds: float) -> str:
 def body_fields(prefix: str, body: bytes | None) -> dict[str, Any]:
     if body is None:
         return {prefix: None, f"{prefix}_encoding": None}
+    if is_sealed(body):  # read without the client's body_key
+        return {
+            prefix: f"(encrypted; set ${KEY_ENV} to the client's body_key to read it)",
+            f"{prefix}_encoding": "encrypted",
+        }
     try:
         return {prefix: body.decode("utf-8"), f"{prefix}_encoding": "utf-8"}
     except UnicodeDecodeError:
