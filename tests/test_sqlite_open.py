@@ -383,3 +383,29 @@ def test_a_journal_path_that_is_not_a_regular_file_is_refused_before_sqlite(tmp_
         samekey.Journal(path)
     assert_clear(caught.value, path, "not a regular file", "Point journal= at a file")
     assert set(path.parent.iterdir()) == before
+
+
+_HOLD_EXCLUSIVE = r"""
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # its WAL writes stay locked to it
+conn.execute("UPDATE operations SET attempts = attempts + 1")
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_read_only_open_of_a_locked_journal_says_locked_not_permissions(tmp_path: Path) -> None:
+    # `samekey list` while another process holds the journal: it said to run as the owner
+    path = tmp_path / "journal.sqlite3"
+    make_journal(path)
+    other = subprocess.Popen([sys.executable, "-c", _HOLD_EXCLUSIVE, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "holding"
+        with pytest.raises(samekey.JournalError) as caught:
+            samekey.Journal(path, read_only=True, lock_timeout=0.2)
+    finally:
+        other.kill()
+        other.wait(10)
+    assert_clear(caught.value, path, "locked by another process for more than 0.2 s", "raise lock_timeout")
+    assert "owner" not in str(caught.value)

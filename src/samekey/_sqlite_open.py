@@ -243,6 +243,8 @@ class JournalFile:
         except sqlite3.OperationalError as exc:
             conn.close()
             wal = self.side_file("-wal")
+            if "locked" in str(exc).lower() and wal.exists() and wal.stat().st_size > 0:
+                raise self.classify(exc, "reading it") from exc  # a lock to wait out, not a permission
             if wal.exists() and wal.stat().st_size > 0:
                 raise self.fail(
                     f"cannot read it without writing ({exc}), and {wal.name} holds writes not yet in the main file",
