@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from wcwidth import wcswidth
 
@@ -106,3 +107,26 @@ def test_a_name_with_a_control_character_lines_up_as_it_is_shown(journal_path: P
     lines = run("list", "--journal", str(journal_path)).out.splitlines()
     assert "evil\\x1b-1" in lines[1] and "\x1b" not in lines[1]
     assert len({line.index("POST") for line in lines[1:]}) == 1, lines
+
+
+class _FullDisk(samekey.Journal):
+    """A journal whose disk fills up once the request is claimed: the answer and the release fail."""
+
+    def complete(self, *args: object, **kwargs: object) -> None:
+        raise samekey.JournalError(self.path, "the disk is full while recording", "Free some space.")
+
+    def release(self, *args: object, **kwargs: object) -> None:
+        raise samekey.JournalError(self.path, "the disk is full while recording", "Free some space.")
+
+
+def test_an_operation_sent_once_whose_answer_was_not_recorded_lists_one_attempt_in_doubt(journal_path: Path) -> None:
+    journal = _FullDisk(journal_path)
+    with samekey.Client(journal=journal, transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
+        with pytest.raises(samekey.AnswerNotRecorded):
+            client.post("https://pay.test/charges", operation="inv-1", json={"amount": 1})
+    journal.close()
+    listed = run("list", "--journal", str(journal_path))
+    row = listed.out.splitlines()[1].split()
+    assert row[0] == "inv-1" and row[5] == "1?", listed.out  # "0" read as never sent
+    assert json.loads(run("list", "--json", "--journal", str(journal_path)).out)[0]["attempt_unrecorded"] is True
+    assert "the first may have been sent" in run("show", "inv-1", "--journal", str(journal_path)).out
