@@ -373,10 +373,10 @@ def test_ctrl_c_inside_a_journal_write_leaves_the_journal_usable(
     real_record = _journal.record_from_row
     interruptions = [KeyboardInterrupt()]
 
-    def interrupted(row: Any) -> Any:
+    def interrupted(row: Any, location: str) -> Any:
         if interruptions:
             raise interruptions.pop()  # Ctrl-C lands while the claim holds the write lock
-        return real_record(row)
+        return real_record(row, location)
 
     monkeypatch.setattr(_journal, "record_from_row", interrupted)
     with samekey.Client(journal=journal_path, transport=down, policy=policy) as client:

@@ -211,7 +211,9 @@ def _queued_write(journal: samekey.Journal, fn: Any, queued: int) -> tuple[threa
 
 
 def _insert(name: str) -> Any:
-    row = "?, 'k', 'h', 'POST', 'u', 'fp', '[]', x'', 'pending', 0, 0, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL"
+    row = (
+        "?, 'k', 'h', 'POST', 'u', 'fp', '[]', x'', 'pending', 0, 0, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL"
+    )
     return lambda conn: conn.execute(f"INSERT INTO operations VALUES ({row})", (name,))
 
 

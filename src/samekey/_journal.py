@@ -50,6 +50,7 @@ from ._identity import PROCESS
 from ._location import default_journal_path, refuse_dsn_as_path
 from ._rows import (
     COLUMNS,
+    checksum,
     headers_to_json,
     insert_params,
     purge_in_chunks,
@@ -309,7 +310,7 @@ class Journal:
         def job(conn: sqlite3.Connection) -> ClaimResult:
             cur = conn.execute(
                 f"INSERT INTO operations ({COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?) "
+                "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?, ?) "
                 "ON CONFLICT (operation) DO NOTHING",
                 insert_params(intent, owner, now, expires),
             )
@@ -319,7 +320,7 @@ class Journal:
                 conn.execute("BEGIN IMMEDIATE")
                 return job(conn)
             row = conn.execute(f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (intent.operation,)).fetchone()
-            record = record_from_row(row)
+            record = record_from_row(row, self.location)
             decision = lease_decision(record, owner, now)
             if decision != "claimed":
                 return ClaimResult(decision, record)
@@ -384,13 +385,14 @@ class Journal:
 
     def _fill_reserved_job(self, intent: Intent, owner: str, now: float) -> Job[bool]:
         def job(conn: sqlite3.Connection) -> bool:
+            headers = request_headers_json(intent.request_headers)
             cur = conn.execute(
                 "UPDATE operations SET method = ?, url = ?, fingerprint = ?, request_headers = ?, "
-                "request_body = ?, created_at = ?, updated_at = ? "
-                "WHERE operation = ? AND lease_owner = ? AND state = 'pending' AND method = ''",
+                "request_body = ?, created_at = ?, updated_at = ?, checksum = ? "
+                "WHERE operation = ? AND lease_owner = ? AND state = 'pending' AND method = '' AND key = ?",
                 (
-                    intent.method, intent.url, intent.fingerprint, request_headers_json(intent.request_headers),
-                    intent.request_body, now, now, intent.operation, owner,
+                    intent.method, intent.url, intent.fingerprint, headers, intent.request_body, now, now,
+                    checksum(intent, headers), intent.operation, owner, intent.key,
                 ),
             )  # fmt: skip
             return cur.rowcount == 1
@@ -399,7 +401,7 @@ class Journal:
 
     def get(self, operation: str) -> OperationRecord | None:
         rows = self._read(f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (operation,), "reading")
-        return record_from_row(rows[0]) if rows else None
+        return record_from_row(rows[0], self.location) if rows else None
 
     def pending(self, prefix: str | None = None) -> list[OperationRecord]:
         return self.records(prefix, include_completed=False)
@@ -420,7 +422,7 @@ class Journal:
         rows = self._read(
             f"SELECT {columns} FROM operations{clause} ORDER BY created_at, operation", tuple(params), "listing"
         )
-        return [record_from_row(r) for r in rows]
+        return [record_from_row(r, self.location) for r in rows]
 
     def forget(self, operation: str) -> bool:
         def job(conn: sqlite3.Connection) -> bool:

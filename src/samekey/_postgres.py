@@ -45,6 +45,7 @@ from ._identity import at_fork_in_child
 from ._redaction import mask_dsn, redact_dsn, scrub
 from ._rows import (
     COLUMNS,
+    checksum,
     headers_to_json,
     insert_params,
     purge_in_chunks,
@@ -89,7 +90,8 @@ CREATE TABLE samekey_operations (
     response_headers text,
     response_body    bytea,
     lease_owner      text,
-    lease_expires    double precision
+    lease_expires    double precision,
+    checksum         text
 );
 CREATE INDEX samekey_operations_pending ON samekey_operations (created_at) WHERE state = 'pending';
 CREATE INDEX samekey_operations_completed ON samekey_operations (completed_at) WHERE state = 'completed'
@@ -99,7 +101,7 @@ _SELECT = f"SELECT {COLUMNS} FROM samekey_operations"
 _SELECT_SUMMARY = "SELECT " + summary_columns("''::bytea") + " FROM samekey_operations"
 _INSERT = (
     f"INSERT INTO samekey_operations ({COLUMNS}) VALUES "
-    "(%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, NULL, 0, NULL, NULL, NULL, NULL, %s, %s) "
+    "(%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, NULL, 0, NULL, NULL, NULL, NULL, %s, %s, %s) "
     "ON CONFLICT (operation) DO NOTHING"
 )
 
@@ -514,7 +516,7 @@ class PostgresJournal:
                     row = conn.execute(f"{_SELECT} WHERE operation = %s FOR UPDATE", (intent.operation,)).fetchone()
                     if row is None:
                         continue
-                    record = record_from_row(row)
+                    record = record_from_row(row, self.location)
                     decision = lease_decision(record, owner, now)
                     if decision != "claimed":
                         return ClaimResult(decision, record)
@@ -579,13 +581,14 @@ class PostgresJournal:
         """Write the request into a record `key_for` reserved (method ''), under ``owner``'s lease."""
 
         def work(conn: psycopg.Connection[Any]) -> bool:
+            headers = request_headers_json(intent.request_headers)
             cur = conn.execute(
                 "UPDATE samekey_operations SET method = %s, url = %s, fingerprint = %s, request_headers = %s, "
-                "request_body = %s, created_at = %s, updated_at = %s "
-                "WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND method = ''",
+                "request_body = %s, created_at = %s, updated_at = %s, checksum = %s "
+                "WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND method = '' AND key = %s",
                 (
-                    intent.method, intent.url, intent.fingerprint, request_headers_json(intent.request_headers),
-                    intent.request_body, now, now, intent.operation, owner,
+                    intent.method, intent.url, intent.fingerprint, headers, intent.request_body, now, now,
+                    checksum(intent, headers), intent.operation, owner, intent.key,
                 ),
             )  # fmt: skip
             return cur.rowcount == 1
@@ -595,7 +598,7 @@ class PostgresJournal:
     def get(self, operation: str) -> OperationRecord | None:
         def work(conn: psycopg.Connection[Any]) -> OperationRecord | None:
             row = conn.execute(f"{_SELECT} WHERE operation = %s", (operation,)).fetchone()
-            return record_from_row(row) if row is not None else None
+            return record_from_row(row, self.location) if row is not None else None
 
         return self._run("reading", work)
 
@@ -617,7 +620,7 @@ class PostgresJournal:
         def work(conn: psycopg.Connection[Any]) -> list[OperationRecord]:
             select = _SELECT if bodies else _SELECT_SUMMARY  # see Journal.records
             rows = conn.execute(f"{select}{clause} ORDER BY created_at, operation", params).fetchall()
-            return [record_from_row(r) for r in rows]
+            return [record_from_row(r, self.location) for r in rows]
 
         return self._run("listing", work)
 

@@ -58,7 +58,8 @@ CREATE TABLE operations (
     response_headers TEXT,
     response_body    BLOB,
     lease_owner      TEXT,
-    lease_expires    REAL
+    lease_expires    REAL,
+    checksum         TEXT
 );
 CREATE INDEX operations_pending ON operations (created_at) WHERE state = 'pending';
 CREATE INDEX operations_completed ON operations (completed_at) WHERE state = 'completed';
