@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,9 +20,10 @@ PAN = b"4242424242424242"
 
 
 @pytest.fixture(autouse=True)
-def _no_waiting_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_waiting_no_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv(KEY_ENV, raising=False)
-    samekey.set_testing(True)
+    with samekey.set_testing(True):
+        yield
 
 
 def _journal_bytes(path: Path) -> bytes:

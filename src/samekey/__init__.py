@@ -14,6 +14,7 @@ from ._contract import ClaimResult, Intent, JournalStore, OperationRecord
 from ._errors import (
     AnswerNotRecorded,
     JournalError,
+    JournalLocked,
     KeyExpired,
     OperationInProgress,
     OperationMismatch,
@@ -61,6 +62,7 @@ __all__ = [
     "Intent",
     "Journal",
     "JournalError",
+    "JournalLocked",
     "JournalStore",
     "KeyExpired",
     "OPERATION_EXTENSION",

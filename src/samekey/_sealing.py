@@ -92,7 +92,7 @@ def sealer_of(key: object) -> Sealer | None:
         if key is None:
             return None
     if not isinstance(key, (str, bytes)) or len(key.encode() if isinstance(key, str) else key) < MIN_KEY_LENGTH:
-        shown = f"a {type(key).__name__} of {len(key)}" if isinstance(key, (str, bytes)) else repr(type(key).__name__)
+        shown = f"{len(key)} characters" if isinstance(key, (str, bytes)) else f"a {type(key).__name__}"
         raise ValueError(
             f"body_key must be a secret of at least {MIN_KEY_LENGTH} characters, the same for every process "
             f"sharing the journal (got {shown}); make one with: {MAKE_KEY}, and pass it as body_key= or ${KEY_ENV}"
