@@ -1,3 +1,5 @@
+import sys
+
 from .run_all import main
 
-main()
+sys.exit(main())

@@ -25,7 +25,7 @@ import httpx
 
 import samekey
 
-from ._common import median, percentile, report, server, table
+from ._common import median, percentile, report, server
 
 BODY = {"amount": 1000, "currency": "eur", "source": "tok_visa"}
 BARE = "httpx.Client (bare)"
@@ -94,7 +94,7 @@ def run(requests: int = 8000, folder: str | None = None) -> dict[str, object]:
             v.name, f"{median(s) * 1e3:.3f}", f"{percentile(s, 99) * 1e3:.2f}", f"{percentile(s, 99.9) * 1e3:.2f}",
             f"{max(s) * 1e3:.1f}", sum(x > 0.005 for x in s), f"{v.largest_wal / 1e6:.1f}" if v.wal else "",
         ])  # fmt: skip
-    text = table(["variant", "median ms", "p99 ms", "p99.9 ms", "max ms", "over 5 ms", "largest WAL MB"], rows)
+    headers = ["variant", "median ms", "p99 ms", "p99.9 ms", "max ms", "over 5 ms", "largest WAL MB"]
     by = {v.name: v.samples for v in variants}
     checks = [
         f"p99.9: {percentile(by[INLINE], 99.9) * 1e3:.2f} ms with SQLite's own checkpoint, "
@@ -104,7 +104,7 @@ def run(requests: int = 8000, folder: str | None = None) -> dict[str, object]:
         f"{sum(x > 0.005 for x in by[BACKGROUND])} of {len(by[INLINE])}",
     ]
     title = f"Checkpoint tail: {requests} POSTs per variant, durability process, in blocks of 10 in random order"
-    return report(title, text, checks)
+    return report(title, headers, rows, checks)
 
 
 def main() -> None:

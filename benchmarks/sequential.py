@@ -3,7 +3,9 @@
 Every variant sends to the same loopback server (its own process) in ONE run, and
 the variants take turns in short blocks (in a new random order each round)
 so that machine noise and drift hit them all alike. The raw fsync latency of the
-journal's disk is measured in the same rounds.
+journal's disk is measured in the same rounds, and so is the durable-execution peer users
+would pick for durable calls: DBOS Transact, one workflow with one step doing the same POST
+under the workflow id as key (benchmarks/_dbos_peer.py).
 
     python -m benchmarks.sequential [--requests 2000] [--server minimal|payment] [--think-ms 5]
 """
@@ -19,13 +21,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import tenacity
 
 import samekey
 
-from ._common import median, percentile, server, table
+from ._common import FloorJournal, Target, median, new_run, percentile, report, server
 
 BLOCK = 10  # requests per variant per turn
 BODY = {"amount": 1000, "currency": "eur", "source": "tok_visa"}
@@ -58,7 +61,7 @@ def _durable_write(folder: str, name: str) -> tuple[Callable[[], None], Callable
 
 def _raw_fsync(folder: str) -> Variant:
     write, close = _durable_write(folder, "fsync-probe")
-    return Variant("raw fsync (journal disk)", lambda i: write(), close)
+    return Variant(RAW_FSYNC, lambda i: write(), close)
 
 
 def _bare_with_fsync(target: str, folder: str) -> Variant:
@@ -76,12 +79,16 @@ def _bare_with_fsync(target: str, folder: str) -> Variant:
         client.close()
         close_file()
 
-    return Variant("httpx + one raw fsync (floor)", call, close)
+    return Variant(FSYNC_FLOOR, call, close)
 
 
 SQLITE_FLOOR = "httpx + 2 raw SQLite writes (floor)"
 CLAIM_FLOOR = "httpx + the claim INSERT alone (floor)"
 SMALLEST_FLOOR = "httpx + the smallest SQLite write (floor, exclusive lock)"
+BARE = "httpx.Client (bare)"
+FSYNC_FLOOR = "httpx + one raw fsync (floor)"
+RAW_FSYNC = "raw fsync (journal disk)"
+DBOS = "DBOS Transact (workflow + step)"
 
 
 def _bare_with_sqlite(target: str, folder: str, *, completion: bool = True) -> Variant:
@@ -90,42 +97,23 @@ def _bare_with_sqlite(target: str, folder: str, *, completion: bool = True) -> V
     # send, the completion UPDATE after it), on the real schema, with none of samekey's Python.
     # Without the completion it is the floor of the one write the mission cannot do without:
     # the key on disk before the first byte is sent.
-    from samekey._sqlite_open import _SCHEMA, _run_script
-    from samekey._rows import COLUMNS as _COLUMNS
-
     name = SQLITE_FLOOR if completion else CLAIM_FLOOR
-    conn = sqlite3.connect(os.path.join(folder, f"floor-{completion}.sqlite3"), isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # as samekey runs it
-    _run_script(conn, _SCHEMA)
+    journal = FloorJournal(os.path.join(folder, f"floor-{completion}.sqlite3"))
     client = httpx.Client()
-    insert = (
-        f"INSERT INTO operations ({_COLUMNS}) VALUES "
-        "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?) "
-        "ON CONFLICT (operation) DO NOTHING"
-    )
-    update = (
-        "UPDATE operations SET state = 'completed', completed_at = ?, updated_at = ?, attempts = ?, "
-        "last_error = NULL, response_status = ?, response_headers = ?, response_body = ?, "
-        "lease_owner = NULL, lease_expires = NULL WHERE operation = ? AND state = 'pending'"
-    )
-    run = uuid.uuid4().hex[:8]
-    headers = '[["accept","*/*"],["content-type","application/json"]]'
+    run = new_run()
     body = b'{"amount":1000,"currency":"eur","source":"tok_visa"}'
 
     def call(i: int) -> None:
         operation, key, now = f"order-{run}-{i}/charge", str(uuid.uuid4()), time.time()
-        conn.execute(
-            insert, (operation, key, "Idempotency-Key", "POST", target, "0" * 64, headers, body, now, now, "o", now)
-        )
+        journal.claim(operation, key, target, body, now)
         response = client.post(target, json=BODY, headers={"Idempotency-Key": key})
         response.raise_for_status()
         if completion:
-            conn.execute(update, (now, now, 1, 201, headers, response.content, operation))
+            journal.complete(operation, response.content, now)
 
     def close() -> None:
         client.close()
-        conn.close()
+        journal.close()
 
     return Variant(name, call, close)
 
@@ -166,12 +154,12 @@ def bare_with_smallest_write(target: str, folder: str, *, mode: str = "exclusive
     return Variant(SMALLEST_FLOOR if mode == "exclusive" else f"{SMALLEST_FLOOR} ({mode})", call, close)
 
 
-def variants(url: str, folder: str) -> list[Variant]:
+def variants(url: str, folder: str, peer: bool = True) -> list[Variant]:
     target = url + "/v1/charges"
     out: list[Variant] = []
 
     bare = httpx.Client()
-    out.append(Variant("httpx.Client (bare)", lambda i: bare.post(target, json=BODY).raise_for_status(), bare.close))
+    out.append(Variant(BARE, lambda i: bare.post(target, json=BODY).raise_for_status(), bare.close))
 
     from httpx_retries import Retry, RetryTransport
 
@@ -199,7 +187,7 @@ def variants(url: str, folder: str) -> list[Variant]:
     for durability in ("process", "fsync"):
         journal = samekey.Journal(os.path.join(folder, f"journal-{durability}.sqlite3"), durability=durability)
         client = samekey.Client(journal=journal)
-        run = uuid.uuid4().hex[:8]
+        run = new_run()
 
         def call(i: int, client: samekey.Client = client, run: str = run) -> None:
             client.post(target, json=BODY, operation=f"order-{run}-{i}/charge").raise_for_status()
@@ -214,18 +202,27 @@ def variants(url: str, folder: str) -> list[Variant]:
     out.append(bare_with_smallest_write(target, folder))
     out.append(_raw_fsync(folder))
     out.append(_bare_with_fsync(target, folder))
+    if peer:
+        from ._dbos_peer import peer as dbos_peer
+
+        out.append(Variant(DBOS, *dbos_peer(target, folder, new_run())))
     return out
 
 
 def run(
-    requests: int = 2000, warmup: int = 50, server_kind: str = "minimal", folder: str | None = None, think_ms: float = 0
-) -> dict:
+    requests: int = 2000,
+    warmup: int = 50,
+    server_kind: str = "minimal",
+    folder: str | None = None,
+    think_ms: float = 0,
+    peer: bool = True,
+) -> dict[str, Any]:
     server_name = f"{server_kind}, answering after {think_ms:g} ms" if think_ms else server_kind
     with (
         tempfile.TemporaryDirectory(prefix="samekey-bench-", dir=folder) as tmp,
         server(server_kind, tmp, think_ms) as url,
     ):
-        vs = variants(url, tmp)
+        vs = variants(url, tmp, peer)
         try:
             for i in range(warmup):
                 for v in vs:
@@ -249,60 +246,66 @@ def run(
         finally:
             for v in vs:
                 v.close()
-    return report(vs, requests, server_name)
+    return report_run(vs, requests, server_name)
 
 
-def report(vs: list[Variant], requests: int, server_kind: str) -> dict:
-    by = {v.name: v for v in vs}
-    bare = median(by["httpx.Client (bare)"].samples)
-    fsync = median(by["raw fsync (journal disk)"].samples)
-    floor = median(by["httpx + one raw fsync (floor)"].samples)
-    sqlite_floor = median(by[SQLITE_FLOOR].samples)
-    claim_floor = median(by[CLAIM_FLOOR].samples)
-    smallest = median(by[SMALLEST_FLOOR].samples)
+def _stats(samples: list[float]) -> dict[str, float]:
+    """What a box plot needs, in ms: the whiskers at p1 and p99."""
+    points = {"whislo": 1, "q1": 25, "med": 50, "q3": 75, "whishi": 99}
+    return {name: percentile(samples, q) * 1e3 for name, q in points.items()}
+
+
+def report_run(vs: list[Variant], requests: int, server_kind: str) -> dict[str, Any]:
+    med = {v.name: median(v.samples) for v in vs}
+    bare = med[BARE]
     rows = []
     for v in vs:
-        med, p99 = median(v.samples), percentile(v.samples, 99)
-        raw = v.name.startswith("raw")
-        ratio = "" if raw else f"{med / bare:.2f}x"
-        added = "" if raw else f"{(med - bare) * 1e6:+.0f}"
-        rows.append([v.name, f"{med * 1e3:.3f}", f"{p99 * 1e3:.3f}", ratio, added])
-    process = median(by["samekey.Client (process)"].samples)
-    durable = median(by["samekey.Client (fsync)"].samples)
-    extra = (durable - process) / fsync
-    text = table(["variant", "median ms", "p99 ms", "median vs bare", "added µs"], rows)
-    checks = [
-        f"samekey process / bare = {process / bare:.2f}x (target <= 1.10x): "
-        f"{'MET' if process / bare <= 1.10 else 'NOT MET'}",
-        f"for scale: bare httpx plus samekey's two SQLite statements alone = {sqlite_floor / bare:.2f}x bare "
-        f"({(sqlite_floor - bare) * 1e6:+.0f} µs); samekey process adds {(process - sqlite_floor) * 1e6:+.0f} µs "
-        "of its own above that floor",
-        f"the claim INSERT alone, with no completion record and no samekey Python = {claim_floor / bare:.2f}x bare "
-        f"({(claim_floor - bare) * 1e6:+.0f} µs): the floor of any client that puts its key in SQLite before "
-        "sending",
-        f"the smallest kill -9 safe write SQLite commits (one key, no index, WAL with an exclusive lock, "
-        f"synchronous=OFF) = {smallest / bare:.2f}x bare ({(smallest - bare) * 1e6:+.0f} µs): the floor of any "
-        "client that writes its key to SQLite at all; "
-        f"the 1.10x target leaves {(bare * 0.10) * 1e6:.0f} µs for everything",
-        f"samekey fsync - process = {(durable - process) * 1e3:.3f} ms = {extra:.2f} x one raw fsync "
-        f"({fsync * 1e3:.3f} ms) (target <= 1.5x): {'MET' if extra <= 1.5 else 'NOT MET'}",
-        f"in context: fsync - process = {(durable - process) / (floor - bare):.2f} x what one raw fsync adds to a "
-        f"bare httpx request ({(floor - bare) * 1e3:.3f} ms, after-effect included); one durable write per "
-        "operation (the claim), none for the completion",
+        raw = v.name == RAW_FSYNC
+        ratio = "" if raw else f"{med[v.name] / bare:.2f}x"
+        added = "" if raw else f"{(med[v.name] - bare) * 1e6:+.0f}"
+        rows.append([v.name, f"{med[v.name] * 1e3:.3f}", f"{percentile(v.samples, 99) * 1e3:.3f}", ratio, added])
+    process, durable = med["samekey.Client (process)"], med["samekey.Client (fsync)"]
+    fsync_adds = med[FSYNC_FLOOR] - bare
+    notes = [
+        f"bare httpx plus samekey's two SQLite statements alone = {med[SQLITE_FLOOR] / bare:.2f}x bare "
+        f"({(med[SQLITE_FLOOR] - bare) * 1e6:+.0f} µs); samekey (process) adds "
+        f"{(process - med[SQLITE_FLOOR]) * 1e6:+.0f} µs of its own above that",
+        f"one raw fsync of the journal's disk: {med[RAW_FSYNC] * 1e3:.3f} ms alone, "
+        f"{fsync_adds * 1e3:.3f} ms added to a bare request (its after-effect included)",
     ]
+    floors = (
+        f"claim INSERT alone {med[CLAIM_FLOOR] / bare:.2f}x; smallest SQLite write {med[SMALLEST_FLOOR] / bare:.2f}x"
+    )
+    targets = [
+        Target("1", "sequential POST, durability process / bare httpx", process / bare, 1.25, floor=floors),
+        Target(
+            "2",
+            "(fsync - process) / what one raw fsync adds to a bare request",
+            (durable - process) / fsync_adds,
+            1.2,
+            floor=f"one raw fsync adds {fsync_adds * 1e6:.0f} µs",
+        ),
+    ]
+    if DBOS in med:
+        targets.append(
+            Target(
+                "4",
+                "samekey (fsync) / DBOS Transact, one workflow + one step",
+                durable / med[DBOS],
+                1.0,
+                floor=f"DBOS {med[DBOS] / bare:.2f}x bare; samekey fsync {durable / bare:.2f}x, "
+                f"process {process / bare:.2f}x",
+            )
+        )
     title = (
         f"Sequential: {requests} POSTs per variant, in blocks of {BLOCK} in random order, "
         f"one loopback server ({server_kind})"
     )
-    print(f"\n{title}\n\n{text}\n")
-    for c in checks:
-        print("  " + c)
-    return {
-        "title": title,
-        "table": text,
-        "checks": checks,
-        "latency": {v.name: sorted(v.samples) for v in vs},
-    }
+    headers = ["variant", "median ms", "p99 ms", "median vs bare", "added µs"]
+    latency = {v.name: _stats(v.samples) for v in vs}
+    medians_us = {name: value * 1e6 for name, value in med.items()}
+    extra = {"latency": latency, "medians_us": medians_us, "requests": requests}
+    return report(title, headers, rows, notes, targets, **extra)
 
 
 def main() -> None:

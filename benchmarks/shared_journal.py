@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ._common import median, percentile, report, server, table
+from ._common import median, percentile, report, server
 
 OWN = "each worker its own journal"
 SHARED = "one shared journal (samekey polls the lock)"
@@ -82,7 +82,7 @@ def run(workers: int = 2, requests: int = 3000, rounds: int = 6, folder: str | N
             f"{percentile(s, 99.9) * 1e3:.2f}",
             f"{100 * sum(x > 0.002 for x in s) / len(s):.2f}%",
         ])  # fmt: skip
-    text = table(["variant", "requests", "mean ms", "median ms", "p99 ms", "p99.9 ms", "over 2 ms"], rows)
+    headers = ["variant", "requests", "mean ms", "median ms", "p99 ms", "p99.9 ms", "over 2 ms"]
     checks = [
         f"p99 with a shared journal: {percentile(samples[SHARED], 99) * 1e3:.2f} ms as samekey runs it, "
         f"{percentile(samples[SQLITE_WAITS], 99) * 1e3:.2f} ms with SQLite's busy handler, "
@@ -91,7 +91,7 @@ def run(workers: int = 2, requests: int = 3000, rounds: int = 6, folder: str | N
     title = (
         f"Shared journal: {workers} worker processes, {requests} sequential POSTs each per variant, durability process"
     )
-    return report(title, text, checks)
+    return report(title, headers, rows, checks)
 
 
 def main() -> None:

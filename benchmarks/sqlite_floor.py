@@ -27,13 +27,38 @@ from collections.abc import Callable
 
 import httpx
 
-from samekey._sqlite_open import _SCHEMA, _run_script
-from samekey._rows import COLUMNS as _COLUMNS
+import samekey
 
 from ._common import median, percentile, server
 from .sequential import bare_with_smallest_write
 
 BODY = {"amount": 1000, "currency": "eur", "source": "tok_visa"}
+
+
+def _samekey_schema() -> tuple[str, str]:
+    """(the schema script, the column list) of a journal samekey creates, read from the file."""
+    with tempfile.TemporaryDirectory(prefix="samekey-schema-") as folder:
+        path = os.path.join(folder, "schema.sqlite3")
+        samekey.Journal(path, durability="process").close()
+        conn = sqlite3.connect(path)
+        try:
+            rows = conn.execute(
+                "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND tbl_name = 'operations' "
+                "ORDER BY type DESC, name"
+            ).fetchall()  # the table first, then its indexes
+            columns = ", ".join(row[1] for row in conn.execute("PRAGMA table_info(operations)"))
+        finally:
+            conn.close()
+    return ";\n".join(row[0] for row in rows) + ";\n", columns
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+_SCHEMA, _COLUMNS = _samekey_schema()
 INSERT = (
     f"INSERT INTO operations ({_COLUMNS}) VALUES "
     "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?) "
@@ -47,9 +72,12 @@ UPDATE = (
 HEADERS = '[["accept","*/*"],["content-type","application/json"]]'
 SCHEMAS = {
     "current schema": (_SCHEMA, ()),
-    "WITHOUT ROWID": (_SCHEMA.replace("lease_expires    REAL\n)", "lease_expires    REAL\n) WITHOUT ROWID"), ()),
-    "no completed-records index": (_SCHEMA.split("CREATE INDEX operations_completed")[0], ()),
-    "no indexes": (_SCHEMA.split("CREATE INDEX operations_pending")[0], ()),
+    "WITHOUT ROWID": (_SCHEMA.replace(");\n", ") WITHOUT ROWID;\n", 1), ()),
+    "no completed-records index": (
+        ";\n".join(s for s in _SCHEMA.split(";\n") if "INDEX operations_completed" not in s),
+        (),
+    ),
+    "no indexes": (_SCHEMA.split("CREATE INDEX")[0], ()),
     "page_size 1024": (_SCHEMA, ("PRAGMA page_size=1024",)),
     # what "process" ran before it moved to NORMAL: no checkpoint fsyncs (a shorter tail), but a
     # power cut during a checkpoint could corrupt the whole journal

@@ -1,8 +1,8 @@
 """MkDocs hooks: the benchmark results page is built from benchmarks/results, never copied by hand.
 
 - `<!-- benchmarks:tables -->` in a page becomes the date line and the captioned tables of
-  benchmarks/results/latest.md (what `python -m benchmarks` writes). Its verdict bullets and
-  uncaptioned tables are left out: they are notes for samekey's developers.
+  benchmarks/results/latest.md (what `python -m benchmarks` writes). Its targets table, verdict
+  bullets and uncaptioned tables are left out: they are notes for samekey's developers.
 - benchmarks/results/latency.png is added to the site as assets/latency.png.
 """
 
@@ -16,6 +16,7 @@ from mkdocs.structure.files import File, Files
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 PLACEHOLDER = "<!-- benchmarks:tables -->"
+DEVELOPERS_ONLY = "**Targets"  # the issue targets' verdicts: for samekey's developers, in latest.md itself
 
 
 def benchmark_tables(text: str) -> str:
@@ -23,7 +24,7 @@ def benchmark_tables(text: str) -> str:
     paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
     kept = [paragraphs[0]] if paragraphs and paragraphs[0].startswith("Measured ") else []
     for before, paragraph in itertools.pairwise(paragraphs):
-        if paragraph.startswith("|") and before.startswith("**"):
+        if paragraph.startswith("|") and before.startswith("**") and not before.startswith(DEVELOPERS_ONLY):
             kept += [before, paragraph]
     return "\n\n".join(kept)
 

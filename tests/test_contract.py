@@ -9,7 +9,6 @@ import asyncio
 import hashlib
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -333,30 +332,6 @@ def test_pending_request_with_non_ascii_headers_resumes_with_the_same_bytes(stor
             client.post(URL, json={"amount": 9}, headers=headers, operation="order-9/charge")
         assert client.resume("order-9/charge").status_code == 201
     assert seen[1] == seen[0] == [(k.lower(), v) for k, v in headers]
-
-
-def test_non_ascii_header_values_journaled_before_still_replay(journal: JournalStore) -> None:
-    # samekey used to journal a header set that was valid UTF-8 decoded as UTF-8: such a
-    # value, with a character that is no latin-1 byte, goes out as the UTF-8 it came from
-    now = time.time()  # not T0: the client's lazy purge would take a record that old
-    journal.claim(intent(url=URL), A, 30, now)
-    old_answer = [("content-disposition", 'attachment; filename="reçu-€.pdf"')]
-    journal.complete("order-1/charge", A, 1, 201, old_answer, b"{}", now)
-    journal.claim(
-        replace(intent("order-2/charge", url=URL), request_headers=(("x-customer-name", "José €"),)), A, 30, now
-    )
-    journal.release("order-2/charge", A, 1, "HTTP 503", now)
-    seen: list[bytes | None] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(dict(request.headers.raw).get(b"x-customer-name"))
-        return httpx.Response(201)
-
-    with samekey.Client(journal=journal, transport=httpx.MockTransport(handler)) as client:
-        again = client.post(URL, content=b'{"amount": 100}', operation="order-1/charge")
-        assert again.headers.raw == [(b"content-disposition", UTF8_DISPOSITION)]
-        assert client.resume("order-2/charge").status_code == 201
-    assert seen == ["José €".encode()]  # only the resumed one was sent
 
 
 # -- listing, forgetting, purging --------------------------------------------------------

@@ -44,10 +44,13 @@ benchmarks/results/latest.md and the chart, as `docs/hooks.py` generates them.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import dataclasses
 import functools
 import importlib.util
 import io
+import json
 import os
 import re
 import shlex
@@ -370,6 +373,66 @@ def run_on_retry(block: Block, ctx: Context) -> None:
     ]
 
 
+def run_on_end(block: Block, ctx: Context) -> None:
+    with printed() as out:
+        execute(block)
+    assert out.getvalue().splitlines() == [
+        "order-2/charge: HTTP 402 after 1 attempt(s)",
+        "{'completed': 1, 'replayed': 1, 'refused': 1}",
+    ]
+
+
+def run_prometheus(block: Block, ctx: Context) -> None:
+    with printed() as out:
+        execute(block)
+    assert out.getvalue().splitlines() == [
+        'samekey_calls_total{outcome="completed"} 1.0',
+        'samekey_retries_total{cause="503"} 1.0',
+    ]
+
+
+def run_structlog(block: Block, ctx: Context) -> None:
+    import structlog
+
+    try:
+        with printed() as out:
+            execute(block)
+    finally:
+        structlog.reset_defaults()  # the block configures structlog for its process, as an application does
+    [line] = out.getvalue().splitlines()
+    logged = json.loads(line)
+    assert logged["event"] == "samekey call ended" and logged.pop("event")
+    assert sorted(logged) == sorted(f.name for f in dataclasses.fields(samekey.EndDetails))
+    assert (logged["operation"], logged["outcome"], logged["status_code"], logged["attempts"]) == (
+        "order-1042/charge", "completed", 201, 1,
+    )  # fmt: skip
+
+
+# after the block, in its process: the names of the metrics its MeterProvider received
+OTEL_METRICS = """
+data = reader.get_metrics_data()
+print(sorted(m.name for r in (data.resource_metrics if data else ()) for s in r.scope_metrics for m in s.metrics))
+"""
+
+
+def run_opentelemetry(block: Block, ctx: Context) -> None:
+    # a process of its own: OpenTelemetry takes one global provider per process, as the block sets
+    script = ctx.tmp_path / "otel_block.py"
+    script.write_text(module_text(block, "") + OTEL_METRICS)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=ctx.tmp_path)
+    assert run.returncode == 0, run.stderr
+    *spans, names = run.stdout.splitlines()
+    assert spans == [
+        "samekey attempt 1 503 retried",
+        "samekey attempt 2 201 final",
+        "samekey POST order-1042/charge completed 2",
+    ]
+    assert ast.literal_eval(names) == [
+        "samekey.attempts", "samekey.journal.duration", "samekey.operation.duration", "samekey.operations",
+        "samekey.retries",
+    ]  # fmt: skip
+
+
 MYSHOP = '''"""The user's code the testing guide's pytest example imports."""
 
 import samekey
@@ -436,6 +499,10 @@ SNIPPETS: dict[str, Snippet] = {
     "resume": Snippet('"invoice-0042/charge"', run_resume, preamble='import samekey\n\ntoken = "sk_test"\n'),
     "postgres replicas": Snippet("SAMEKEY_JOURNAL_DSN", run_postgres_replicas),
     "on_retry": Snippet("def warn_when_throttled(", run_on_retry),
+    "on_end": Snippet("def record_end(", run_on_end),
+    "prometheus": Snippet("def measure_end(", run_prometheus),
+    "structlog": Snippet("def log_end(", run_structlog),
+    "opentelemetry": Snippet("trace.set_tracer_provider(", run_opentelemetry),
     "async": Snippet("async def charge_all(", run_async),
     "set_testing": Snippet("e.g. in conftest.py", run_set_testing),
     "pytest plugin": Snippet(

@@ -1,7 +1,11 @@
-"""samekey's errors cross process boundaries: multiprocessing and ProcessPoolExecutor pickle them."""
+"""samekey's errors (_errors.py): what they say of an error with an empty message (its cause), and
+they cross process boundaries: multiprocessing and ProcessPoolExecutor pickle them.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import multiprocessing
 import pickle
 from collections.abc import Callable
@@ -9,10 +13,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpcore
 import httpx
 import pytest
 
 import samekey
+from client_helpers import make_client, raising
 
 URL = "https://pay.example/charges"
 REQUEST = httpx.Request("POST", URL, json={"amount": 1})
@@ -164,3 +171,66 @@ def test_an_error_raised_in_a_process_pool_worker_reaches_the_parent(tmp_path: P
     with samekey.Journal(journal) as opened:
         record = opened.get("order-2/charge")
     assert record is not None and error.key == record.key and "samekey resume order-2/charge" in str(error)
+
+
+def _reset_by_peer() -> httpx.ReadError:
+    """A reset as httpx's async transport raises it: no message, the reason three errors down."""
+    try:
+        try:
+            try:
+                raise anyio.BrokenResourceError from ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+            except anyio.BrokenResourceError as exc:
+                raise httpcore.ReadError(exc) from None  # as httpcore's connection pool re-raises it
+        except httpcore.ReadError as exc:
+            raise httpx.ReadError(str(exc)) from exc
+    except httpx.ReadError as exc:
+        return exc
+
+
+def _bare_read_error() -> httpx.ReadError:
+    error = httpx.ReadError("")
+    error.__cause__ = ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+    return error
+
+
+RESET_TEXT = f"ReadError (ConnectionResetError: [Errno {errno.ECONNRESET}] Connection reset by peer)"
+
+
+@pytest.mark.parametrize("make_error", [_reset_by_peer, _bare_read_error])
+def test_an_empty_read_error_is_reported_with_its_cause(journal_path: Path, no_sleep: None, make_error: Any) -> None:
+    # the async transport raises a reset as ReadError(''): last_error said "ReadError", the error "ReadError: "
+    async def story() -> tuple[samekey.RetriesExhausted, httpx.ReadError]:
+        transport = raising(make_error(), make_error())
+        policy = samekey.RetryPolicy(max_attempts=2)
+        async with samekey.AsyncClient(journal=journal_path, transport=transport, policy=policy) as client:
+            with pytest.raises(samekey.RetriesExhausted) as exhausted:
+                await client.post(URL, json={"amount": 1}, operation="exhausted")
+        # not retried: the error itself reaches the caller, and the journal says why
+        transport, policy = raising(make_error()), samekey.RetryPolicy(retry_exceptions=())
+        async with samekey.AsyncClient(journal=journal_path, transport=transport, policy=policy) as client:
+            with pytest.raises(httpx.ReadError) as raised:
+                await client.post(URL, json={"amount": 2}, operation="raised")
+        return exhausted.value, raised.value
+
+    exhausted, raised = asyncio.run(story())
+    assert f"last error {RESET_TEXT})" in str(exhausted)
+    assert str(raised) == ""  # the caller's error is the transport's own, untouched
+    with samekey.Journal(journal_path) as journal:
+        for operation, attempts in (("exhausted", 2), ("raised", 1)):
+            record = journal.get(operation)
+            assert record is not None and record.state == "pending" and record.attempts == attempts
+            assert record.last_error == RESET_TEXT
+
+
+def test_an_empty_error_with_no_message_below_names_the_deepest_cause(journal_path: Path) -> None:
+    # a clean close mid-answer: ReadError('') from httpcore's ReadError from EndOfStream, no message anywhere
+    below, alone = httpx.ReadError(""), httpx.ReadError("")
+    below.__cause__ = httpcore.ReadError(anyio.EndOfStream())
+    below.__cause__.__cause__ = anyio.EndOfStream()
+    policy = samekey.RetryPolicy(retry_exceptions=())
+    with make_client(journal_path, transport=raising(below, alone), policy=policy) as client:
+        for operation in ("below", "alone"):
+            with pytest.raises(httpx.ReadError):
+                client.post(URL, json={"amount": 1}, operation=operation)
+        records = [client.journal.get(operation) for operation in ("below", "alone")]
+    assert [r.last_error for r in records if r is not None] == ["ReadError (EndOfStream)", "ReadError"]

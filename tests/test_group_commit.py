@@ -463,3 +463,34 @@ def test_one_call_waits_for_the_lock_at_most_lock_timeout_in_all(tmp_path: Path)
         other.kill()
         other.wait(10)
     assert 0.9 < waited < 1.6, waited
+
+
+def test_ctrl_c_inside_a_journal_write_leaves_the_journal_usable(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a pending operation: its next claim reads it back inside BEGIN IMMEDIATE
+    down = httpx.MockTransport(lambda r: httpx.Response(503))
+    policy = samekey.RetryPolicy(max_attempts=1)
+    with samekey.Client(journal=journal_path, transport=down, policy=policy) as client:
+        with pytest.raises(samekey.RetriesExhausted):
+            client.post("https://pay.test/charges", json={}, operation="op")
+    real_record = _journal.record_from_row
+    interruptions = [KeyboardInterrupt()]
+
+    def interrupted(row: Any, location: str) -> Any:
+        if interruptions:
+            raise interruptions.pop()  # Ctrl-C lands while the claim holds the write lock
+        return real_record(row, location)
+
+    monkeypatch.setattr(_journal, "record_from_row", interrupted)
+    with samekey.Client(journal=journal_path, transport=down, policy=policy) as client:
+        raised = in_thread(lambda: client.post("https://pay.test/charges", json={}, operation="op"))
+        assert isinstance(raised, KeyboardInterrupt), "post() returns: its clean-up did not wait forever"
+        assert client.journal._conn is not None and not client.journal._conn.in_transaction
+        other = samekey.Journal(journal_path, lock_timeout=1)  # another process's view: not locked
+        assert other.claim(intent("other"), "other", 60.0, time.time()).status == "created"
+        other.close()
+        record = client.journal.get("op")
+        assert record is not None and record.pending and record.lease_owner is None
+        assert isinstance(in_thread(lambda: client.post("https://pay.test/charges", json={}, operation="op")),
+                          samekey.RetriesExhausted)  # fmt: skip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 from pathlib import Path
 
@@ -60,20 +59,3 @@ def test_the_async_client_pays_the_same_two_statements(journal_path: Path) -> No
 
     with samekey.Journal(journal_path, durability="process") as journal:
         asyncio.run(story(journal))
-
-
-def test_a_forked_child_leases_under_its_own_pid(journal_path: Path) -> None:
-    engine = samekey.Client(journal=journal_path).engine
-    parent_owner = engine.owners.new()
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.write(writer, engine.owners.new().encode())
-        os._exit(0)
-    os.close(writer)
-    with os.fdopen(reader) as pipe:
-        child_owner = pipe.read()
-    os.waitpid(pid, 0)
-    engine.journal.close()
-    assert parent_owner.split("/")[1] == str(os.getpid())
-    assert child_owner.split("/")[1] == str(pid), "a dead child's lease must be recognised as the child's"

@@ -1,4 +1,6 @@
-"""RetryPolicy: validation, backoff bounds, jitter, Retry-After, deadline, classification."""
+"""RetryPolicy: validation, backoff bounds, jitter, Retry-After, deadline, classification (the statuses
+retried, the server's verdict header), and the retry budget.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ import respx
 import tenacity
 
 import samekey
+from client_helpers import make_client, sent_keys
 from samekey._policy import parse_retry_after
+from samekey.testing import Fault, FaultPlan, PaymentServer
 
 URL = "https://api.example.test/v1/charges"
 
@@ -397,3 +401,80 @@ def test_set_testing_false_as_a_context_manager_is_undone_on_exit() -> None:
     finally:
         outer.__exit__(None, None, None)
     assert policy.attempts_allowed() == 8
+
+
+@respx.mock
+@pytest.mark.parametrize("status", [520, 522, 524, 507])
+def test_a_gateway_5xx_is_retried_with_the_key_and_never_recorded_as_the_answer(
+    journal_path: Path, no_sleep: None, status: int
+) -> None:
+    # Cloudflare's 520-524: the origin was unreachable or too slow, the charge may be running.
+    # Recorded as completed, that error would be replayed to every re-run; it is retried instead
+    route = respx.post(URL).mock(side_effect=[httpx.Response(status), httpx.Response(201, json={"id": "ch_1"})])
+    with make_client(journal_path) as client:
+        assert client.post(URL, json={}, operation="op").status_code == 201
+    keys = sent_keys(route)
+    assert len(keys) == 2 and keys[0] is not None and keys[0] == keys[1]
+
+
+@respx.mock
+@pytest.mark.parametrize("status", [408, 409, 425, 429, 500, 502, 503, 504])
+def test_retryable_statuses_are_retried_with_the_same_key(journal_path: Path, no_sleep: None, status: int) -> None:
+    route = respx.post(URL).mock(side_effect=[httpx.Response(status), httpx.Response(201)])
+    with make_client(journal_path) as client:
+        assert client.post(URL, json={}, operation="op").status_code == 201
+    assert route.call_count == 2 and len(set(sent_keys(route))) == 1
+
+
+@respx.mock
+def test_server_verdict_header_overrides_status(journal_path: Path, no_sleep: None) -> None:
+    route = respx.post(URL).mock(return_value=httpx.Response(500, headers={"Stripe-Should-Retry": "false"}))
+    with make_client(journal_path) as client:
+        assert client.post(URL, json={}, operation="a").status_code == 500
+    assert route.call_count == 1
+    route.reset()
+    route.mock(side_effect=[httpx.Response(400, headers={"Stripe-Should-Retry": "true"}), httpx.Response(201)])
+    with make_client(journal_path) as client:
+        assert client.post(URL, json={}, operation="b").status_code == 201
+    assert route.call_count == 2
+    route.reset()
+    # a success is definitive whatever the header says: the server acted, a retry could only replay
+    route.mock(return_value=httpx.Response(201, headers={"Stripe-Should-Retry": "true"}))
+    with make_client(journal_path) as client:
+        assert client.post(URL, json={}, operation="c").status_code == 201
+        assert client.journal.get("c").state == "completed"  # type: ignore[union-attr]
+    assert route.call_count == 1
+
+
+def test_retry_budget_bounds_retries_while_the_server_is_down_and_recovers(journal_path: Path, tmp_path: Path) -> None:
+    budget = samekey.RetryBudget(capacity=50, retry_cost=5, success_refund=1)
+    policy = samekey.RetryPolicy(max_attempts=5, initial_delay=0, max_delay=0, budget=budget)
+    plan = FaultPlan([Fault("status", 503)] * 10_000)
+    with PaymentServer(tmp_path / "s.sqlite3", faults=plan) as server:
+        with samekey.Client(journal=journal_path, base_url=server.url, policy=policy) as client:
+            for i in range(40):
+                with pytest.raises(samekey.RetriesExhausted):
+                    client.post("/charges", json={"amount": i}, operation=f"down-{i}")
+            sent = len(server.requests())
+            # 40 first attempts are never throttled; retries stop after 50 / 5 = 10
+            assert sent == 40 + 10, sent
+            assert budget.tokens < 5
+            err_text = ""
+            try:
+                client.post("/charges", json={"amount": 99}, operation="down-99")
+            except samekey.RetriesExhausted as exc:
+                err_text = str(exc)
+            assert "retry budget is empty" in err_text
+
+            server.faults = FaultPlan()  # healthy again: successes refill the bucket
+            for i in range(20):
+                assert client.post("/charges", json={"amount": i}, operation=f"down-{i}").status_code == 201
+            assert budget.tokens >= 20
+            server.faults = FaultPlan([Fault("status", 503)])
+            response = client.post("/charges", json={"amount": 1000}, operation="after-recovery")
+            assert response.status_code == 201  # the retry was allowed again
+
+
+def test_budget_can_be_turned_off() -> None:
+    assert samekey.RetryPolicy(budget=None).budget is None
+    assert isinstance(samekey.RetryPolicy().budget, samekey.RetryBudget)

@@ -211,3 +211,39 @@ def test_retry_hooks_are_checked_by_the_users_mypy(tmp_path: Path) -> None:
     result = _users_mypy(user_code)
     errors = [line for line in result.stdout.splitlines() if ": error:" in line]
     assert [line.split(":")[1] for line in errors] == ["30"], result.stdout + result.stderr
+
+
+def test_end_hooks_are_checked_by_the_users_mypy(tmp_path: Path) -> None:
+    # EndHook, as RetryHook: any callable taking an EndDetails fits; a RetryDetails hook does not
+    user_code = tmp_path / "ends.py"
+    user_code.write_text(
+        textwrap.dedent(
+            """
+            import samekey
+            from samekey import EndDetails, EndHook, RetryDetails
+
+            seen: list[EndDetails] = []
+
+
+            def count(d: EndDetails) -> None:
+                print(d.outcome, d.status_code, d.attempts, d.this_run, d.duration, d.error_type, d.reason)
+
+
+            hooks: list[EndHook] = [count, seen.append]
+            samekey.Client(on_end=count, on_retry=None)
+            samekey.AsyncClient(on_end=[count, lambda d: print(d.outcome)])
+            samekey.SameKeyTransport(on_end=hooks)
+            samekey.AsyncSameKeyTransport(on_end=None)
+            samekey.instrumentation.set_opentelemetry(True)
+
+
+            def by_retry(details: RetryDetails) -> None: ...
+
+
+            samekey.Client(on_end=by_retry)
+            """
+        )
+    )
+    result = _users_mypy(user_code)
+    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
+    assert [line.split(":")[1] for line in errors] == ["23"], result.stdout + result.stderr

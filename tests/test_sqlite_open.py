@@ -1,6 +1,7 @@
 """Opening a journal file (_sqlite_open.py).
 
-A journal that cannot be used is a clear JournalError, and the file is never changed: each
+A journal is created private: 0600, in 0700 folders, whatever the umask, behind a symlink too.
+A journal that cannot be used is a clear JournalError, and the file is never changed: such a
 test keeps a byte-for-byte copy of the file before samekey touches it and compares after
 (a journal may hold pending keys, so samekey must never rewrite it).
 """
@@ -16,9 +17,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+import respx
 
 import samekey
+from client_helpers import URL, make_client
 from journal_helpers import SRC, assert_clear, intent, make_journal
 from samekey import _sqlite_open
 
@@ -409,3 +413,98 @@ def test_a_read_only_open_of_a_locked_journal_says_locked_not_permissions(tmp_pa
         other.wait(10)
     assert_clear(caught.value, path, "locked by another process for more than 0.2 s", "raise lock_timeout")
     assert "owner" not in str(caught.value)
+
+
+def test_journal_file_and_folder_are_private(journal_path: Path) -> None:
+    with make_client(journal_path):
+        pass
+    assert journal_path.stat().st_mode & 0o777 == 0o600
+    assert journal_path.parent.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_every_folder_samekey_creates_for_the_journal_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    # a first run with no ~/.local/state yet, under a service manager's umask 000: a folder left
+    # world-writable above the journal lets another local user swap the journal folder for their own
+    # (and with it the pending keys); XDG also asks for 0700 on state folders an app creates
+    journal_path = tmp_path / "home" / ".local" / "state" / "samekey" / "journal.sqlite3"
+    existing = tmp_path.stat().st_mode & 0o777
+    previous = os.umask(0o000)
+    try:
+        with make_client(journal_path, transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
+            client.post(URL, json={}, operation="op")
+            files = {p.name: p.stat().st_mode & 0o777 for p in journal_path.parent.iterdir()}
+    finally:
+        os.umask(previous)
+    assert files == {name: 0o600 for name in ("journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm")}
+    created = [journal_path.parents[i] for i in range(4)]  # samekey, state, .local, home
+    assert {str(folder): folder.stat().st_mode & 0o777 for folder in created} == {str(f): 0o700 for f in created}
+    assert tmp_path.stat().st_mode & 0o777 == existing  # a folder that was there is left as it is
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="POSIX modes and symlinks")
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_journal_behind_a_dangling_symlink_is_private_too(tmp_path: Path, relative: bool) -> None:
+    # a dotfiles-managed state folder, or a path pointing at a volume: the link exists, its target not yet
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    link = tmp_path / "state" / "journal.sqlite3"
+    link.parent.mkdir(mode=0o700)
+    link.symlink_to(Path("..", "volume", "journal.sqlite3") if relative else volume / "journal.sqlite3")
+    previous = os.umask(0o022)
+    try:
+        with make_client(link, transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
+            client.post("https://pay.test/charges", json={}, operation="op")
+            modes = {p.name: p.stat().st_mode & 0o777 for p in volume.iterdir()}
+    finally:
+        os.umask(previous)
+    assert link.is_symlink()
+    assert modes == {name: 0o600 for name in ("journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm")}
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="POSIX modes and symlinks")
+def test_a_journal_folder_behind_a_dangling_symlink_is_created_private(tmp_path: Path) -> None:
+    # ~/.local/state/samekey linked to a volume folder not made yet: as for a linked file, the target is made
+    link = tmp_path / "state" / "samekey"
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "volume" / "samekey")
+    with make_client(link / "journal.sqlite3", transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
+        client.post(URL, json={}, operation="op")
+    volume = tmp_path / "volume"
+    assert link.is_symlink() and (volume / "samekey" / "journal.sqlite3").is_file()
+    assert {folder.stat().st_mode & 0o777 for folder in (volume, volume / "samekey")} == {0o700}
+
+
+def test_corrupt_journal_is_a_clear_error_and_left_intact(journal_path: Path) -> None:
+    journal_path.parent.mkdir(parents=True)
+    garbage = b"this is not a database" * 100
+    journal_path.write_bytes(garbage)
+    with pytest.raises(samekey.JournalError) as caught:
+        samekey.Client(journal=journal_path)
+    assert str(journal_path) in str(caught.value) and "left untouched" in str(caught.value)
+    assert journal_path.read_bytes() == garbage
+
+
+def test_journal_from_a_newer_samekey_is_refused(journal_path: Path) -> None:
+    samekey.Journal(journal_path).close()
+    with sqlite3.connect(journal_path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    before = journal_path.read_bytes()
+    with pytest.raises(samekey.JournalError, match=r"newer samekey .*Upgrade samekey"):
+        samekey.Journal(journal_path)
+    assert journal_path.read_bytes() == before
+
+
+def test_locked_journal_times_out_with_a_clear_error(journal_path: Path) -> None:
+    journal = samekey.Journal(journal_path, lock_timeout=0.2)
+    blocker = sqlite3.connect(journal_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with samekey.Client(journal=journal) as client, respx.mock:
+            respx.post(URL).mock(return_value=httpx.Response(201))
+            with pytest.raises(samekey.JournalError, match="locked by another process"):
+                client.post(URL, json={}, operation="op")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        journal.close()

@@ -5,9 +5,9 @@ is sent, reused by every retry, every re-run after a crash and `samekey resume`.
 """
 
 import logging
-from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
+from . import instrumentation
 from ._async_client import AsyncClient
 from ._client import Client
 from ._contract import ClaimResult, Intent, JournalStore, OperationRecord
@@ -22,13 +22,14 @@ from ._errors import (
     RetriesExhausted,
     SameKeyError,
 )
-from ._hooks import RetryDetails, RetryHook
+from ._hooks import EndDetails, EndHook, RetryDetails, RetryHook
 from ._journal import Journal
 from ._location import default_journal_path
 from ._policy import RetryBudget, RetryPolicy, set_testing
 from ._resume import ResumeResult
 from ._scope import operation
 from ._transport import AsyncSameKeyTransport, SameKeyTransport
+from ._version import __version__ as __version__
 from ._wire import OPERATION_EXTENSION, OperationInfo, operation_info
 
 if TYPE_CHECKING:
@@ -48,10 +49,6 @@ else:
 # a library stays quiet unless the application configures logging
 logging.getLogger("samekey").addHandler(logging.NullHandler())
 
-try:  # one source of the version: pyproject.toml, as installed
-    __version__ = _metadata.version("samekey")
-except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "AnswerNotRecorded",
@@ -59,6 +56,8 @@ __all__ = [
     "AsyncSameKeyTransport",
     "ClaimResult",
     "Client",
+    "EndDetails",
+    "EndHook",
     "Intent",
     "Journal",
     "JournalError",
@@ -81,6 +80,7 @@ __all__ = [
     "SameKeyError",
     "SameKeyTransport",
     "default_journal_path",
+    "instrumentation",
     "operation",
     "operation_info",
     "set_testing",

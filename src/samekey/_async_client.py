@@ -19,7 +19,7 @@ from ._client import refuse_samekey_transports, with_operation
 from ._config import Config, KeyFormat, OnBusy
 from ._contract import JournalStore, OperationRecord
 from ._engine import open_engine
-from ._hooks import RetryHook
+from ._hooks import EndHook, RetryHook
 from ._open import JournalArg
 from ._plan import carry_first_bytes, multipart_operation
 from ._policy import RetryPolicy
@@ -48,6 +48,7 @@ class AsyncClient(httpx.AsyncClient, EngineHolder, AsyncKeyFor):
         on_retry: RetryHook | Sequence[RetryHook] | None = None,
         redact_body: RedactBody = None,
         body_key: str | bytes | None = None,
+        on_end: EndHook | Sequence[EndHook] | None = None,
         **kwargs: Any,
     ) -> None:
         refuse_samekey_transports("AsyncClient", kwargs)
@@ -55,6 +56,7 @@ class AsyncClient(httpx.AsyncClient, EngineHolder, AsyncKeyFor):
             journal=journal, policy=policy, key_header=key_header, key_format=key_format, key_ttl=key_ttl,
             lease=lease, on_busy=on_busy, redact_headers=redact_headers, retention=retention, on_retry=on_retry,
             redact_body=redact_body, body_key=body_key,
+            on_end=on_end,
         )  # fmt: skip
         self.engine, self._owns_journal = open_engine(config)
         engine = self.engine

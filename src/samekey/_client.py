@@ -13,7 +13,7 @@ import httpx
 from ._bodies import RedactBody
 from ._config import Config, KeyFormat, OnBusy
 from ._engine import open_engine
-from ._hooks import RetryHook
+from ._hooks import EndHook, RetryHook
 from ._open import JournalArg
 from ._plan import carry_first_bytes, multipart_operation
 from ._policy import RetryPolicy
@@ -77,6 +77,7 @@ class Client(httpx.Client, EngineHolder, KeyFor):
         on_retry: RetryHook | Sequence[RetryHook] | None = None,
         redact_body: RedactBody = None,
         body_key: str | bytes | None = None,
+        on_end: EndHook | Sequence[EndHook] | None = None,
         **kwargs: Any,
     ) -> None:
         refuse_samekey_transports("Client", kwargs)
@@ -84,6 +85,7 @@ class Client(httpx.Client, EngineHolder, KeyFor):
             journal=journal, policy=policy, key_header=key_header, key_format=key_format, key_ttl=key_ttl,
             lease=lease, on_busy=on_busy, redact_headers=redact_headers, retention=retention, on_retry=on_retry,
             redact_body=redact_body, body_key=body_key,
+            on_end=on_end,
         )  # fmt: skip
         self.engine, self._owns_journal = open_engine(config)
         engine = self.engine

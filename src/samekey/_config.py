@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Literal, TypedDict
 
 from ._bodies import BodyRedactor, RedactBody, body_redactor
-from ._hooks import RetryHook, hooks_from
+from ._hooks import EndHook, RetryHook, hooks_from
 from ._open import JournalArg
 from ._policy import RetryPolicy, to_seconds
 from ._sealing import KEY_ENV, MAKE_KEY, Sealer, sealer_of
@@ -47,6 +47,7 @@ class Options(TypedDict, total=False):
     on_retry: RetryHook | Sequence[RetryHook] | None
     redact_body: RedactBody
     body_key: str | bytes | None
+    on_end: EndHook | Sequence[EndHook] | None
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Config:
     on_retry: tuple[RetryHook, ...] = ()
     bodies: BodyRedactor | None = None  # redact_body=: fields never stored
     sealer: Sealer | None = None  # body_key= (or $SAMEKEY_BODY_KEY): bodies sealed, fingerprints keyed
+    on_end: tuple[EndHook, ...] = ()
 
     @classmethod
     def of(cls, **options: Unpack[Options]) -> Config:
@@ -86,6 +88,7 @@ class Config:
             on_retry=hooks_from(options.get("on_retry")),
             bodies=bodies,
             sealer=sealer,
+            on_end=hooks_from(options.get("on_end"), "on_end"),
         )
 
 

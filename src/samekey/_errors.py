@@ -100,6 +100,7 @@ class RetriesExhausted(SameKeyError):
         self.attempts = attempts  # all runs together (the journal's count)
         self.last_response = last_response
         self.last_exception = last_exception
+        self.reason = reason  # why the policy stopped: "max_attempts reached", a deadline, the budget
         if last_response is not None:
             last = f"last answer HTTP {last_response.status_code}"
         elif last_exception is not None:

@@ -29,6 +29,7 @@ from ._attempts import attempts
 from ._contract import Claim, ClaimResult, Intent, OperationRecord, PurgeCompleted, Release
 from ._engine import Engine
 from ._errors import JournalLocked, KeyExpired, OperationInProgress, OperationMismatch
+from ._events import observed
 from ._plan import Plan, as_first_sent, mismatch
 from ._reserve import fill, is_reserved
 from ._wire import OPERATION_EXTENSION, replay, settled
@@ -42,6 +43,10 @@ PURGE_BATCH = 1000  # records one lazy purge deletes at most (a few ms), so no r
 
 def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
     """Decide everything about one request; yield the I/O. Returns the final response."""
+    return observed(engine, request, _decided(engine, request))  # on_end hooks, OpenTelemetry
+
+
+def _decided(engine: Engine, request: httpx.Request) -> Flow:
     plan = engine.plan(request)
     if plan is None:
         return (yield from attempts(engine, request, None, None))

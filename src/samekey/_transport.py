@@ -223,8 +223,8 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
             if action.seconds > 0:
                 await anyio.sleep(action.seconds)
             return None
-        journal = self.engine.journal
-        if isinstance(journal, BatchingStore):
+        journal = self.engine.batching
+        if journal is not None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # not asyncio (trio): a worker thread per call
@@ -234,7 +234,7 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
                 if thread is None:
                     thread = self._journal_thread = _JournalThread(journal)
                 return await thread.submit(action, loop)
-        return await on_worker.run(action, journal)
+        return await on_worker.run(action, self.engine.journal)
 
     def _release(self, flow: Flow, interruption: BaseException, on_worker: _WorkerCalls) -> list[threading.Event]:
         """Let the flow free its lease; returns the releases' ends, which the task may await.

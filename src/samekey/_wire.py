@@ -39,14 +39,8 @@ def operation_info(response: httpx.Response) -> OperationInfo | None:
 
 
 def header_bytes(value: str) -> bytes:
-    """A journaled header value (or name) as the bytes that were on the wire.
-
-    A value with a character past U+00FF was not journaled as latin-1: it is UTF-8 text.
-    """
-    try:
-        return value.encode("latin-1")
-    except UnicodeEncodeError:
-        return value.encode("utf-8")
+    """A journaled header value (or name) as the bytes that were on the wire."""
+    return value.encode("latin-1")
 
 
 def header_text(value: str) -> str:
@@ -55,7 +49,7 @@ def header_text(value: str) -> str:
         return value
     try:
         return header_bytes(value).decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeError:  # not UTF-8 on the wire (or not journaled by samekey): shown as stored
         return value
 
 

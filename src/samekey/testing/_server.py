@@ -55,7 +55,7 @@ _LIVE: set[str] = set()  # the serving PaymentServers of this process, by token
 def _owner_alive(owner: str | None) -> bool:
     """Whether the execution that wrote a 'running' row may still finish: its server serves."""
     pid, _, rest = (owner or "").partition("/")
-    if not pid.isdigit():  # written before owners were recorded: its server is long gone
+    if not pid.isdigit():  # no owner recorded: nothing can finish it
         return False
     if int(pid) == os.getpid():
         return rest.partition("/")[0] in _LIVE  # a server of this process, stopped mid-request?
@@ -98,8 +98,6 @@ class PaymentServer:
             # survives a killed process (the OS keeps the writes); a test server needs no fsync
             self._db.execute("PRAGMA synchronous=OFF")
         self._db.executescript(_SCHEMA)
-        if "owner" not in {row[1] for row in self._db.execute("PRAGMA table_info(idempotency)")}:
-            self._db.execute("ALTER TABLE idempotency ADD COLUMN owner TEXT")  # a file from an older samekey
         # who executes a key: pid/server/request, to tell a live execution from one killed with its server
         self._token = os.urandom(6).hex()
         self._executions = itertools.count(1)

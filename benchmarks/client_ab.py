@@ -1,0 +1,107 @@
+"""Two samekey source trees side by side in one process: a client's whole request path, A/B.
+
+For a refactoring of the core: the same POSTs go through a `samekey.Client` of each tree, in
+alternating blocks (a new random order each round) to one loopback server, so machine noise
+hits them alike; then the same for `samekey.AsyncClient` at concurrency 20. Both trees use the
+SQLite journal with durability "process" (the path the benchmarks compare to bare httpx).
+
+    git archive <commit> src | tar -x -C /tmp/before
+    python -m benchmarks.client_ab /tmp/before/src src [--blocks 30] [--cpu]
+
+Prints the median time per request for each tree and their ratio (after/before).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from ._common import server
+from .journal_ab import _load
+
+BLOCK = 40  # sequential requests per block
+TASKS = 20  # concurrent requests per async block (each sends BLOCK // 4)
+BODY = {"amount": 1000, "currency": "eur", "source": "tok_visa"}
+
+
+def _sequential(client: Any, url: str, first: int, clock: Callable[[], float]) -> float:
+    started = clock()
+    for i in range(first, first + BLOCK):
+        client.post(url, json=BODY, operation=f"s-{i}").raise_for_status()
+    return (clock() - started) / BLOCK
+
+
+def _concurrent(client: Any, url: str, first: int, clock: Callable[[], float]) -> float:
+    per_task = BLOCK // 4
+
+    async def task(t: int) -> None:
+        for i in range(per_task):
+            (await client.post(url, json=BODY, operation=f"a-{first}-{t}-{i}")).raise_for_status()
+
+    async def block() -> float:
+        started = clock()
+        await asyncio.gather(*(task(t) for t in range(TASKS)))
+        return (clock() - started) / (TASKS * per_task)
+
+    return client.loop.run_until_complete(block())  # type: ignore[no-any-return]
+
+
+def _measure(trees: dict[str, ModuleType], clients: dict[str, Any], url: str, blocks: int, work: Any,
+             clock: Callable[[], float]) -> dict[str, float]:  # fmt: skip
+    times: dict[str, list[float]] = {k: [] for k in trees}
+    for b in range(blocks):
+        order = list(trees)
+        random.shuffle(order)
+        for k in order:
+            times[k].append(work(clients[k], url, b * BLOCK * TASKS, clock))
+    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
+
+
+def run(before: str, after: str, blocks: int, clock: Callable[[], float]) -> None:
+    trees = {"before": _load("samekey_before", before), "after": _load("samekey_after", after)}
+    folder = tempfile.mkdtemp(prefix="samekey-client-ab-")
+
+    def journal(k: str, kind: str) -> Any:
+        return trees[k].Journal(os.path.join(folder, f"{k}-{kind}.sqlite3"), durability="process")
+
+    with server("minimal") as url:
+        sync = {k: tree.Client(journal=journal(k, "sync")) for k, tree in trees.items()}
+        _report("sequential Client POST", _measure(trees, sync, url, blocks, _sequential, clock))
+        loop = asyncio.new_event_loop()
+        limits = {"limits": __import__("httpx").Limits(max_connections=TASKS)}
+        aio = {k: tree.AsyncClient(journal=journal(k, "async"), **limits) for k, tree in trees.items()}
+        for client in aio.values():
+            client.loop = loop
+        _report(f"AsyncClient POST, {TASKS} at once", _measure(trees, aio, url, blocks, _concurrent, clock))
+        for client in sync.values():
+            client.close()
+        for client in aio.values():
+            loop.run_until_complete(client.aclose())
+        loop.close()
+
+
+def _report(title: str, medians: dict[str, float]) -> None:
+    before, after = medians["before"], medians["after"]
+    print(f"{title:34s} before {before:8.1f} µs/req   after {after:8.1f} µs/req   after/before {after / before:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("before", help="the src folder of the tree to compare against")
+    parser.add_argument("after", help="the src folder of the tree under test")
+    parser.add_argument("--blocks", type=int, default=30)
+    parser.add_argument("--cpu", action="store_true", help="time with the process CPU clock")
+    args = parser.parse_args()
+    run(args.before, args.after, args.blocks, time.process_time if args.cpu else time.perf_counter)
+
+
+if __name__ == "__main__":
+    main()

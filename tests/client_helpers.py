@@ -1,0 +1,57 @@
+"""Helpers shared by the tests of the client core's modules (_plan, _flow, _attempts, _redaction, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import respx
+
+import samekey
+from samekey._actions import Send, Sleep
+from samekey._contract import JournalCall
+from samekey._engine import Engine
+from samekey._flow import operation_flow
+
+URL = "https://pay.example/charges"
+
+
+def sent_keys(route: respx.Route, header: str = "Idempotency-Key") -> list[str | None]:
+    return [call.request.headers.get(header) for call in route.calls]
+
+
+def make_client(journal_path: Path, **kwargs: object) -> samekey.Client:
+    return samekey.Client(journal=journal_path, **kwargs)  # type: ignore[arg-type]
+
+
+def raising(*errors: Exception) -> httpx.MockTransport:
+    # not respx: it re-raises a side effect `from` its own SideEffectError, replacing the cause
+    queue = list(errors)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise queue.pop(0)
+
+    return httpx.MockTransport(handler)
+
+
+def drive(
+    engine: Engine, request: httpx.Request, answers: list[httpx.Response], on_sleep: Callable[[float], None]
+) -> httpx.Response:
+    """Run the decision core by hand: journal calls for real, answers from the list, sleeps reported."""
+    flow = operation_flow(engine, request)
+    action = next(flow)
+    try:
+        while True:
+            if isinstance(action, JournalCall):
+                action = flow.send(action.run(engine.journal))
+            elif isinstance(action, Send):
+                action = flow.send(answers.pop(0))
+            elif isinstance(action, Sleep):
+                on_sleep(action.seconds)
+                action = flow.send(None)
+            else:
+                action = flow.send(None)
+    except StopIteration as done:
+        response: httpx.Response = done.value
+        return response

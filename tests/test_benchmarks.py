@@ -1,0 +1,64 @@
+"""`python -m benchmarks` end to end, at its smallest size (--smoke): every target of issue 22 is
+printed and written with a verdict that follows from its measurement, and the docs' table and
+chart are generated from the JSON. Needs the bench extra (skipped without it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ISSUE_22 = {"1", "2", "3a", "3b", "3c", "3d", "4", "5"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    for module in ("matplotlib", "dbos", "httpx_aiohttp", "httpx_retries"):
+        pytest.importorskip(module, reason="the bench extra: pip install -e '.[bench]'")
+    out = tmp_path_factory.mktemp("results")
+    command = [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stdout
+
+
+def test_every_target_has_a_verdict_computed_from_its_measurement(
+    smoke_run: tuple[Path, str],
+) -> None:
+    out, printed = smoke_run
+    data = json.loads((out / "results.json").read_text())
+    ids = {t["id"] for t in data["targets"]}
+    assert ISSUE_22 <= ids
+    if data["sections"]["profile"]["rows"]:  # py-spy may lack permission to trace: then it says so
+        assert "1b" in ids
+    for t in data["targets"]:
+        if t["limit"] is None:
+            assert t["verdict"] == "reported"
+            continue
+        met = t["measured"] <= t["limit"] if t["better"] == "lower" else t["measured"] >= t["limit"]
+        assert t["verdict"] == ("MET" if met else "NOT MET"), t
+        assert f"| {t['id']} " in printed and t["verdict"] in printed
+
+
+def test_the_docs_table_and_chart_are_generated_from_the_json(smoke_run: tuple[Path, str]) -> None:
+    out, _ = smoke_run
+    latest = (out / "latest.md").read_text()
+    data = json.loads((out / "results.json").read_text())
+    for t in data["targets"]:
+        assert f"| {t['id']} " in latest
+    assert "(latency.png)" in latest and (out / "latency.png").read_bytes().startswith(b"\x89PNG")
+    profile = (out / "hot_path_profile.md").read_text()
+    assert "# samekey's hot path" in profile and "samekey's own Python by function" in profile
+    if data["sections"]["profile_async"].get("markdown"):
+        assert "**Async:" in profile
+    (out / "latest.md").unlink()
+    again = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--render", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert (out / "latest.md").read_text() == latest
