@@ -120,13 +120,13 @@ def test_a_failing_write_in_a_batch_fails_alone(journal_path: Path) -> None:
 
     journal = samekey.Journal(journal_path)
 
-    def intent(name: str, body: object) -> Intent:
-        return Intent(name, f"key-{name}", "Idempotency-Key", "POST", "http://x/", "fp", (), body)  # type: ignore[arg-type]
+    def intent(name: str, body: bytes) -> Intent:
+        return Intent(name, f"key-{name}", "Idempotency-Key", "POST", "http://x/", "fp", (), body)
 
     outcomes = journal.run_batch(
         [
             Claim(intent("good-1", b"{}"), "me", 60.0, 1.0),
-            Claim(intent("bad", object()), "me", 60.0, 1.0),  # SQLite cannot store this body
+            Claim(intent("bad", b"{}"), "me", 60.0, float("nan")),  # NaN is NULL to SQLite: created_at refuses it
             Claim(intent("good-2", b"{}"), "me", 60.0, 1.0),
         ]
     )

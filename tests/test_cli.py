@@ -27,8 +27,8 @@ from samekey.testing import PaymentServer
 SRC = Path(__file__).resolve().parents[1] / "src"
 LIST_FIELDS = {
     "operation", "state", "method", "url", "key", "key_header", "created_at", "age_seconds", "attempts",
-    "last_error", "completed_at", "response_status", "lease_owner", "lease_expires_at", "settled_by_hand",
-    "settled_note", "cursor",
+    "attempt_unrecorded", "last_error", "completed_at", "response_status", "lease_owner", "lease_expires_at",
+    "settled_by_hand", "settled_note", "cursor",
 }  # fmt: skip
 SHOW_EXTRA_FIELDS = {
     "updated_at", "fingerprint", "request_headers", "request_body", "request_body_encoding",

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from wcwidth import wcswidth
 
@@ -153,3 +154,26 @@ def test_pages_walked_as_a_process_list_every_record_once(journal: Path) -> None
         assert page.stderr.split("--after ")[1].strip() == records[-1]["cursor"]
         argv = ["list", "--all", "--limit", "3", "--json", "--after", records[-1]["cursor"], *j]
     assert seen == listed("--all", *j) and len(seen) == len(set(seen)) == 7
+
+
+class _FullDisk(samekey.Journal):
+    """A journal whose disk fills up once the request is claimed: the answer and the release fail."""
+
+    def complete(self, *args: object, **kwargs: object) -> None:
+        raise samekey.JournalError(self.path, "the disk is full while recording", "Free some space.")
+
+    def release(self, *args: object, **kwargs: object) -> None:
+        raise samekey.JournalError(self.path, "the disk is full while recording", "Free some space.")
+
+
+def test_an_operation_sent_once_whose_answer_was_not_recorded_lists_one_attempt_in_doubt(journal_path: Path) -> None:
+    journal = _FullDisk(journal_path)
+    with samekey.Client(journal=journal, transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
+        with pytest.raises(samekey.AnswerNotRecorded):
+            client.post("https://pay.test/charges", operation="inv-1", json={"amount": 1})
+    journal.close()
+    listed = run("list", "--journal", str(journal_path))
+    row = listed.out.splitlines()[1].split()
+    assert row[0] == "inv-1" and row[5] == "1?", listed.out  # "0" read as never sent
+    assert json.loads(run("list", "--json", "--journal", str(journal_path)).out)[0]["attempt_unrecorded"] is True
+    assert "the first may have been sent" in run("show", "inv-1", "--journal", str(journal_path)).out

@@ -251,6 +251,17 @@ def run_async(block: Block, ctx: Context) -> None:
         assert keys == set(server.keys_seen())
 
 
+def run_card_data(block: Block, ctx: Context) -> None:
+    # the server gets the card; the journal never holds its number nor its CVC, even encrypted
+    ctx.monkeypatch.setenv("SAMEKEY_BODY_KEY", "a-test-key-of-at-least-32-characters-long")
+    with ctx.server() as server:
+        for _run in range(2):
+            execute(block, url=server.url)
+        assert server.charge_count() == 1 and server.charges()[0]["card"]["cvc"] == "737"
+    stored = b"".join(p.read_bytes() for p in ctx.tmp_path.glob("payments.sqlite3*"))
+    assert stored and b"4242424242424242" not in stored and b'"737"' not in stored and b"exp_month" not in stored
+
+
 def run_own_httpx_client(block: Block, ctx: Context) -> None:
     preamble = SNIPPETS["own httpx client"].preamble
     with ctx.server() as server:
@@ -474,6 +485,7 @@ SNIPPETS: dict[str, Snippet] = {
     "quickstart": Snippet("a stand-in for your payment API", run_quickstart),
     "real api": Snippet("your stable name for this logical operation", run_real_api),
     "default journal": Snippet("no journal=: the default journal", run_default_journal),
+    "card data": Snippet('redact_body=("card.number", "card.cvc")', run_card_data),
     "own httpx client": Snippet(
         "samekey.SameKeyTransport(journal=",
         run_own_httpx_client,

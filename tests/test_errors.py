@@ -48,6 +48,9 @@ ERRORS: dict[str, Callable[[], samekey.SameKeyError]] = {
     "KeyExpired": lambda: samekey.KeyExpired("order-1/charge", "3f0c7b9e-key", 90000.0, 86400.0),
     "OperationNotFound": lambda: samekey.OperationNotFound("order-1/charge", "/var/lib/app/journal.sqlite3"),
     "JournalError": lambda: samekey.JournalError(Path("/var/lib/app/journal.sqlite3"), "disk full", "Free space."),
+    "JournalLocked": lambda: samekey.JournalLocked(
+        "/var/lib/app/journal.sqlite3", "locked by another process for more than 10 s", "Retry."
+    ),
     "AnswerNotRecorded": lambda: samekey.AnswerNotRecorded(
         "/var/lib/app/journal.sqlite3",
         "disk full",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 
 import samekey
@@ -66,3 +67,22 @@ def test_a_relative_journal_path_survives_a_change_of_directory(
     assert list(elsewhere.iterdir()) == []
     monkeypatch.setenv("SAMEKEY_JOURNAL", "env.sqlite3")
     assert samekey.default_journal_path() == elsewhere / "env.sqlite3"
+
+
+def test_a_damaged_record_is_reported_as_damage_not_as_another_operation(tmp_path: Path) -> None:
+    # a byte of the record's URL flipped on disk: a re-run of the same operation was refused
+    # as OperationMismatch ("it was POST https://pay.tesu/..."), pointing at the caller's code
+    path = tmp_path / "journal.sqlite3"
+    policy = samekey.RetryPolicy(max_attempts=1)
+    with samekey.Client(journal=path, policy=policy, transport=httpx.MockTransport(lambda r: httpx.Response(503))) as c:
+        with pytest.raises(samekey.RetriesExhausted):
+            c.post("https://pay.test/charges", operation="order-1/charge", json={"amount": 1})
+    data = path.read_bytes()
+    assert data.count(b"https://pay.test/charges") == 1
+    path.write_bytes(data.replace(b"https://pay.test/charges", b"https://pay.tesu/charges"))
+    with samekey.Client(journal=path, transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
+        with pytest.raises(samekey.JournalError) as caught:
+            client.post("https://pay.test/charges", operation="order-1/charge", json={"amount": 1})
+    assert not isinstance(caught.value, samekey.OperationMismatch)
+    assert "the record of operation 'order-1/charge' is damaged" in str(caught.value), caught.value
+    assert "Nothing was sent" in str(caught.value)

@@ -291,11 +291,11 @@ def test_a_replica_stalled_while_holding_a_row_lock_is_cut_off_and_the_others_go
     stalled = threading.Event()
     real_record = _postgres.record_from_row
 
-    def stalling_record(row: tuple[object, ...]) -> samekey.OperationRecord:
+    def stalling_record(row: tuple[object, ...], location: str) -> samekey.OperationRecord:
         if threading.current_thread().name == "replica-a" and not stalled.is_set():
             stalled.set()
             time.sleep(3)
-        return real_record(row)
+        return real_record(row, location)
 
     monkeypatch.setattr(_postgres, "record_from_row", stalling_record)
     a = samekey.PostgresJournal(pg_dsn, idle_in_transaction_session_timeout=0.5)
@@ -327,9 +327,9 @@ def test_a_replica_that_stalls_again_after_the_retry_is_told_why_its_call_failed
 
     real_record = _postgres.record_from_row
 
-    def stalling_record(row: tuple[object, ...]) -> samekey.OperationRecord:
+    def stalling_record(row: tuple[object, ...], location: str) -> samekey.OperationRecord:
         time.sleep(1.0)  # every time: the fresh connection's transaction is ended too
-        return real_record(row)
+        return real_record(row, location)
 
     with samekey.PostgresJournal(pg_dsn, idle_in_transaction_session_timeout=0.3) as journal:
         assert journal.claim(_intent(), "a", 30, 1000.0).status == "created"

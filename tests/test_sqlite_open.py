@@ -341,6 +341,80 @@ def test_processes_opening_a_new_journal_at_once_all_succeed(tmp_path: Path) -> 
             assert journal.records() == []
 
 
+def test_an_existing_journal_and_its_side_files_are_made_private(tmp_path: Path) -> None:
+    real = tmp_path / "real.sqlite3"
+    make_journal(real)
+    link = tmp_path / "journal.sqlite3"
+    link.symlink_to(real)
+    real.chmod(0o644)
+    Path(f"{real}-wal").write_bytes(b"")  # an empty WAL SQLite takes as it is
+    Path(f"{real}-wal").chmod(0o666)
+    with samekey.Journal(link) as journal:
+        journal.claim(intent("new"), "owner", 60.0, 2000.0)
+        modes = {end: Path(f"{real}{end}").stat().st_mode & 0o777 for end in ("", "-wal", "-shm")}
+    assert modes == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+
+
+def test_a_journal_this_process_cannot_make_private_is_refused(tmp_path: Path, unprivileged: list[str]) -> None:
+    path = tmp_path / "journal.sqlite3"
+    original = make_journal(path)
+    path.chmod(0o666)
+    os.chown(path, 65534, 65534)  # another user's file, readable by all
+    result = _run_as_unprivileged(
+        unprivileged,
+        f"""
+        import samekey
+        try:
+            samekey.Journal({str(path)!r})
+        except samekey.JournalError as exc:
+            print(exc)
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "mode 0666" in result.stdout and f"chmod 600 {path}" in result.stdout, result.stdout
+    assert path.read_bytes() == original
+
+
+@pytest.mark.parametrize("kind", ["dev-null", "fifo"])
+def test_a_journal_path_that_is_not_a_regular_file_is_refused_before_sqlite(tmp_path: Path, kind: str) -> None:
+    if kind == "fifo":
+        path = tmp_path / "journal.sqlite3"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/null")
+    before = set(path.parent.iterdir())
+    with pytest.raises(samekey.JournalError) as caught:
+        samekey.Journal(path)
+    assert_clear(caught.value, path, "not a regular file", "Point journal= at a file")
+    assert set(path.parent.iterdir()) == before
+
+
+_HOLD_EXCLUSIVE = r"""
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA locking_mode=EXCLUSIVE")  # its WAL writes stay locked to it
+conn.execute("UPDATE operations SET attempts = attempts + 1")
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_read_only_open_of_a_locked_journal_says_locked_not_permissions(tmp_path: Path) -> None:
+    # `samekey list` while another process holds the journal: it said to run as the owner
+    path = tmp_path / "journal.sqlite3"
+    make_journal(path)
+    other = subprocess.Popen([sys.executable, "-c", _HOLD_EXCLUSIVE, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "holding"
+        with pytest.raises(samekey.JournalError) as caught:
+            samekey.Journal(path, read_only=True, lock_timeout=0.2)
+    finally:
+        other.kill()
+        other.wait(10)
+    assert_clear(caught.value, path, "locked by another process for more than 0.2 s", "raise lock_timeout")
+    assert "owner" not in str(caught.value)
+
+
 def test_journal_file_and_folder_are_private(journal_path: Path) -> None:
     with make_client(journal_path):
         pass

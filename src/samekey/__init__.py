@@ -14,6 +14,7 @@ from ._contract import ClaimResult, Intent, JournalStore, ListQuery, OperationRe
 from ._errors import (
     AnswerNotRecorded,
     JournalError,
+    JournalLocked,
     KeyExpired,
     OperationInProgress,
     OperationMismatch,
@@ -60,6 +61,7 @@ __all__ = [
     "Intent",
     "Journal",
     "JournalError",
+    "JournalLocked",
     "JournalStore",
     "KeyExpired",
     "ListQuery",

@@ -14,6 +14,7 @@ from typing import Any
 import anyio.to_thread
 import httpx
 
+from ._bodies import RedactBody
 from ._client import refuse_samekey_transports, with_operation
 from ._config import Config, KeyFormat, OnBusy
 from ._contract import JournalStore, OperationRecord
@@ -45,6 +46,8 @@ class AsyncClient(httpx.AsyncClient, EngineHolder, AsyncKeyFor):
         redact_headers: tuple[str, ...] = (),
         retention: float | timedelta = timedelta(days=7),
         on_retry: RetryHook | Sequence[RetryHook] | None = None,
+        redact_body: RedactBody = None,
+        body_key: str | bytes | None = None,
         on_end: EndHook | Sequence[EndHook] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -52,6 +55,7 @@ class AsyncClient(httpx.AsyncClient, EngineHolder, AsyncKeyFor):
         config = Config.of(
             journal=journal, policy=policy, key_header=key_header, key_format=key_format, key_ttl=key_ttl,
             lease=lease, on_busy=on_busy, redact_headers=redact_headers, retention=retention, on_retry=on_retry,
+            redact_body=redact_body, body_key=body_key,
             on_end=on_end,
         )  # fmt: skip
         self.engine, self._owns_journal = open_engine(config)

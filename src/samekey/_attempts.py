@@ -25,7 +25,7 @@ import tenacity
 from ._actions import Action, Discard, Flow, Read, Send, Sleep, Step
 from ._contract import Complete, OperationRecord, RecordAttempt, Release
 from ._engine import Engine
-from ._errors import AnswerNotRecorded, JournalError, RetriesExhausted, command
+from ._errors import AnswerNotRecorded, JournalError, JournalLocked, RetriesExhausted, command
 from ._hooks import RetryDetails, run_hooks
 from ._policy import RetryPolicy, _Exhausted, server_wait
 from ._wire import INFO_EXTENSION, OperationInfo, settled
@@ -267,9 +267,10 @@ def _record_answer(
     try:
         yield Complete(record.operation, owner, attempts, response.status_code, headers, body, engine.clock())
     except Exception as exc:  # a full disk, a lost database: the server HAS acted, say so
-        with contextlib.suppress(Exception):  # free the lease if the journal still can
-            unrecorded = f"HTTP {response.status_code}: the answer could not be recorded"
-            yield Release(record.operation, owner, attempts, unrecorded, engine.clock())
+        if not isinstance(exc, JournalLocked):  # locked out: freeing the lease would wait as long again
+            with contextlib.suppress(Exception):  # free the lease if the journal still can
+                unrecorded = f"HTTP {response.status_code}: the answer could not be recorded"
+                yield Release(record.operation, owner, attempts, unrecorded, engine.clock())
         response.read()  # in memory already: `error.response.json()` works at once
         raise _not_recorded(engine, exc, record, response) from exc
 

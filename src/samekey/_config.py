@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Literal, TypedDict
 
+from ._bodies import BodyRedactor, RedactBody, body_redactor
 from ._hooks import EndHook, RetryHook, hooks_from
 from ._open import JournalArg
 from ._policy import RetryPolicy, to_seconds
+from ._sealing import KEY_ENV, MAKE_KEY, Sealer, sealer_of
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -43,6 +45,8 @@ class Options(TypedDict, total=False):
     redact_headers: tuple[str, ...]
     retention: float | timedelta
     on_retry: RetryHook | Sequence[RetryHook] | None
+    redact_body: RedactBody
+    body_key: str | bytes | None
     on_end: EndHook | Sequence[EndHook] | None
 
 
@@ -60,6 +64,8 @@ class Config:
     redact_headers: frozenset[str] = frozenset()
     retention: float = timedelta(days=7).total_seconds()
     on_retry: tuple[RetryHook, ...] = ()
+    bodies: BodyRedactor | None = None  # redact_body=: fields never stored
+    sealer: Sealer | None = None  # body_key= (or $SAMEKEY_BODY_KEY): bodies sealed, fingerprints keyed
     on_end: tuple[EndHook, ...] = ()
 
     @classmethod
@@ -68,6 +74,7 @@ class Config:
         policy = options.get("policy")
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise TypeError(f"policy must be a samekey.RetryPolicy, got {policy!r}")
+        bodies, sealer = _body_protection(options.get("redact_body"), options.get("body_key"))
         return cls(
             journal=options.get("journal"),
             policy=policy or RetryPolicy(),
@@ -79,6 +86,8 @@ class Config:
             redact_headers=_header_names(options.get("redact_headers", ())),
             retention=to_seconds(options.get("retention", cls.retention), "retention", allow_zero=False),
             on_retry=hooks_from(options.get("on_retry")),
+            bodies=bodies,
+            sealer=sealer,
             on_end=hooks_from(options.get("on_end"), "on_end"),
         )
 
@@ -123,3 +132,16 @@ def _header_names(names: object) -> frozenset[str]:
             f"(note the comma for one name), got {names!r}"
         )
     return frozenset(name.lower() for name in listed)
+
+
+def _body_protection(redact_body: object, body_key: object) -> tuple[BodyRedactor | None, Sealer | None]:
+    # without a key, a fingerprint of the real body could be enumerated back to a card number,
+    # and one of the redacted body could not tell another card number: refuse, naming the fix
+    bodies, sealer = body_redactor(redact_body), sealer_of(body_key)
+    if bodies is not None and sealer is None:
+        raise ValueError(
+            "redact_body needs a body_key: the key keys the fingerprint that tells another card number from the "
+            f"first without exposing it, and seals the rest of the body. Make one with: {MAKE_KEY}, then pass "
+            f"body_key=... or set ${KEY_ENV} (the same key on every process sharing the journal)"
+        )
+    return bodies, sealer

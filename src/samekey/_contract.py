@@ -81,6 +81,8 @@ class OperationRecord:
     lease_owner: str | None
     lease_expires: float | None
     settled_note: str | None = None  # None unless settled by hand (`settle`); "" without a note
+    # set by the client reading it back through its body_key: fields of request_body were never stored
+    body_redacted: bool = False
 
     @property
     def pending(self) -> bool:

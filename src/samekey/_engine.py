@@ -18,6 +18,7 @@ from ._identity import Owners
 from ._open import open_journal
 from ._plan import Plan, make_plan
 from ._redaction import Redactor
+from ._sealed_store import sealed
 
 __all__ = ["Engine", "open_engine"]
 
@@ -91,4 +92,4 @@ class Engine:
 def open_engine(config: Config) -> tuple[Engine, bool]:
     """(the engine of ``config``, whether it opened its journal and so must close it)."""
     store, owned = open_journal(config.journal)
-    return Engine(config, store), owned
+    return Engine(config, sealed(store, config.sealer, config.bodies)), owned

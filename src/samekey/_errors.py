@@ -24,6 +24,7 @@ import httpx
 __all__ = [
     "AnswerNotRecorded",
     "JournalError",
+    "JournalLocked",
     "KeyExpired",
     "OperationInProgress",
     "OperationMismatch",
@@ -233,6 +234,14 @@ class JournalError(SameKeyError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"journal {self.path}: {problem}. {fix}")
+
+
+class JournalLocked(JournalError):
+    """Another process held the journal's lock for the whole ``lock_timeout``: nothing was written.
+
+    The caller has waited its budget: a follow-up write (freeing a lease the failed call never
+    took) would only wait as long again.
+    """
 
 
 class AnswerNotRecorded(JournalError):

@@ -28,7 +28,7 @@ from ._actions import Action, Flow, Sleep, Step
 from ._attempts import attempts
 from ._contract import Claim, ClaimResult, Intent, OperationRecord, PurgeCompleted, Release
 from ._engine import Engine
-from ._errors import KeyExpired, OperationInProgress, OperationMismatch
+from ._errors import JournalLocked, KeyExpired, OperationInProgress, OperationMismatch
 from ._events import observed
 from ._plan import Plan, as_first_sent, mismatch
 from ._reserve import fill, is_reserved
@@ -79,6 +79,7 @@ def _purge_if_due(engine: Engine) -> Step:
         if removed >= PURGE_BATCH:
             engine.purges.soon(now)  # more to do: the next request after a short pause takes it
     except Exception as exc:  # housekeeping never fails a payment; the claim reports a broken journal
+        engine.purges.soon(now)
         logger.warning("samekey could not purge old completed records: %s", exc)
 
 
@@ -108,7 +109,7 @@ def _claim_once(
 ) -> Generator[Action, Any, ClaimResult]:
     try:
         claim: ClaimResult = yield Claim(intent, owner, lease, now)
-    except GeneratorExit:
+    except (GeneratorExit, JournalLocked):  # locked out: nothing was written, no lease is held
         raise
     except BaseException:
         # interrupted (a cancelled task, Ctrl-C) or failed after the claim may have committed:

@@ -13,6 +13,9 @@ Lock waits. The connection has no busy handler of its own: SQLite's sleeps 1, 2,
 15 ms between tries while a samekey write holds the lock for microseconds. `when_free`
 polls instead, from BUSY_FIRST_PAUSE doubling to BUSY_MAX_PAUSE, for up to the store's
 lock_timeout, and only for a statement that changed nothing (autocommit, or the BEGIN).
+A job may be given less ``patience`` than that: what its request has left of its own
+lock_timeout (`_lock_budget`), or none at all (the lazy purge: housekeeping never eats the
+wait of the request it runs before). The seconds a job waited are kept in ``job.waited``.
 
 Interruptions (Ctrl-C, SystemExit from a SIGTERM handler, a task time limit) may land on
 any line. Whatever happens, the lead passes on, the interrupted caller's jobs leave the
@@ -44,12 +47,18 @@ _T = TypeVar("_T")
 class Job(Generic[_T]):
     """One write waiting for its group commit."""
 
-    __slots__ = ("doing", "done", "durable", "error", "fn", "promoted", "ran", "result", "settled")
+    __slots__ = (
+        "doing", "done", "durable", "error", "fn", "patience", "promoted", "ran", "result", "settled", "waited",
+    )  # fmt: skip
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], _T], doing: str, durable: bool) -> None:
+    def __init__(
+        self, fn: Callable[[sqlite3.Connection], _T], doing: str, durable: bool, *, patience: float | None = None
+    ) -> None:
         self.fn = fn
         self.doing = doing
         self.durable = durable
+        self.patience = patience  # seconds it may wait for a busy lock; None: the store's lock_timeout
+        self.waited = 0.0  # seconds it waited for the lock
         self.done: threading.Event | None = None  # made only for a job that has to wait
         self.promoted = False  # woken to lead the next batch, not because it finished
         self.result: _T | None = None
@@ -224,7 +233,7 @@ def execute(conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, *
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            when_free(conn, _begin_immediate, exc, store.lock_timeout)
+            _when_free(conn, _begin_immediate, exc, batch, store)
     for job in batch:
         if savepoints:
             conn.execute("SAVEPOINT job")
@@ -234,7 +243,7 @@ def execute(conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, *
             except sqlite3.OperationalError as exc:
                 if several:
                     raise  # inside BEGIN IMMEDIATE: the write lock is ours, this is no lock wait
-                job.result = when_free(conn, job.fn, exc, store.lock_timeout)
+                job.result = _when_free(conn, job.fn, exc, [job], store)
             job.ran = True
         except Exception as exc:
             if several and not savepoints:
@@ -252,6 +261,24 @@ def execute(conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, *
     if conn.in_transaction:
         conn.execute("COMMIT")
     return True
+
+
+def _when_free(
+    conn: sqlite3.Connection,
+    attempt: Callable[[sqlite3.Connection], _T],
+    error: sqlite3.OperationalError,
+    jobs: list[Job[Any]],
+    store: Committer,
+) -> _T:
+    """`when_free` for ``jobs`` (a batch waits as long as its most patient job), the wait counted."""
+    patience = max(store.lock_timeout if job.patience is None else job.patience for job in jobs)
+    started = time.monotonic()
+    try:
+        return when_free(conn, attempt, error, patience)
+    finally:
+        waited = time.monotonic() - started
+        for job in jobs:
+            job.waited += waited
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:

@@ -56,9 +56,11 @@ from ._errors import JournalError
 from ._group_commit import GroupCommit, Job, refuse, run_batch, wake, when_free
 from ._identity import PROCESS
 from ._location import default_journal_path, refuse_dsn_as_path
+from ._lock_budget import LockBudgets
 from ._rows import (
     COLUMNS,
     SETTLE_SET,
+    checksum,
     headers_to_json,
     insert_params,
     page_filters,
@@ -122,6 +124,7 @@ class Journal:
         )
         self._lock = threading.Lock()  # guards the connection
         self._commits = GroupCommit()
+        self._budgets = LockBudgets(self.lock_timeout)  # one request's lock waits: lock_timeout in all
         self._wal = WalSync()
         self._conn: sqlite3.Connection | None = None
         self._pid = PROCESS.pid  # the process that opened the connection
@@ -171,6 +174,14 @@ class Journal:
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[return-value]
+
+    def _run_owned(self, owner: str, job: Job[_T], *, last: bool) -> _T:
+        """Run a write of ``owner``'s request, within what is left of its lock_timeout (`_lock_budget`)."""
+        job.patience = self._budgets.left(owner)
+        try:
+            return self._run(job)
+        finally:
+            self._budgets.spend(owner, job.waited, last=last)
 
     def _check_process(self) -> None:
         if self._pid != PROCESS.pid:
@@ -252,12 +263,13 @@ class Journal:
     # -- JournalStore -------------------------------------------------------------------
 
     def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult:
-        return self._run(self._claim_job(intent, owner, lease_seconds, now))
+        return self._run_owned(owner, self._claim_job(intent, owner, lease_seconds, now), last=False)
 
     def record_attempt(
         self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
     ) -> None:
-        self._run(self._record_attempt_job(operation, owner, attempts, error, lease_seconds, now))
+        job = self._record_attempt_job(operation, owner, attempts, error, lease_seconds, now)
+        self._run_owned(owner, job, last=False)
 
     def complete(
         self,
@@ -269,10 +281,11 @@ class Journal:
         body: bytes,
         now: float,
     ) -> None:
-        self._run(self._complete_job(operation, owner, attempts, status, headers, body, now))
+        job = self._complete_job(operation, owner, attempts, status, headers, body, now)
+        self._run_owned(owner, job, last=True)
 
     def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None:
-        self._run(self._release_job(operation, owner, attempts, error, now))
+        self._run_owned(owner, self._release_job(operation, owner, attempts, error, now), last=True)
 
     def run_batch(self, calls: Sequence[JournalCall]) -> list[Outcome]:
         """Run several calls at once, all their writes in ONE group commit (`BatchingStore`).
@@ -293,7 +306,14 @@ class Journal:
                 outcomes[i] = (None, exc)
         if jobs:
             self._check_process()
-            self._commits.submit([job for _, job in jobs], self)
+            owned = [(job, calls[i].owner, isinstance(calls[i], (Complete, Release))) for i, job in jobs]  # type: ignore[union-attr]
+            for job, owner, _ in owned:
+                job.patience = self._budgets.left(owner)
+            try:
+                self._commits.submit([job for _, job in jobs], self)
+            finally:
+                for job, owner, last in owned:
+                    self._budgets.spend(owner, job.waited, last=last)
             for i, job in jobs:
                 outcomes[i] = (job.result, job.error)
         return outcomes
@@ -322,7 +342,7 @@ class Journal:
         def job(conn: sqlite3.Connection) -> ClaimResult:
             cur = conn.execute(
                 f"INSERT INTO operations ({COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?, NULL) "
+                "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?, NULL, ?) "
                 "ON CONFLICT (operation) DO NOTHING",
                 insert_params(intent, owner, now, expires),
             )
@@ -332,7 +352,7 @@ class Journal:
                 conn.execute("BEGIN IMMEDIATE")
                 return job(conn)
             row = conn.execute(f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (intent.operation,)).fetchone()
-            record = record_from_row(row)
+            record = record_from_row(row, self.location)
             decision = lease_decision(record, owner, now)
             if decision != "claimed":
                 return ClaimResult(decision, record)
@@ -393,17 +413,18 @@ class Journal:
         Its key's life (``created_at``, against ``key_ttl``) starts now: no server has seen it yet.
         False when there is no such record: it was filled, forgotten or taken over meanwhile.
         """
-        return self._run(self._fill_reserved_job(intent, owner, now))
+        return self._run_owned(owner, self._fill_reserved_job(intent, owner, now), last=False)
 
     def _fill_reserved_job(self, intent: Intent, owner: str, now: float) -> Job[bool]:
         def job(conn: sqlite3.Connection) -> bool:
+            headers = request_headers_json(intent.request_headers)
             cur = conn.execute(
                 "UPDATE operations SET method = ?, url = ?, fingerprint = ?, request_headers = ?, "
-                "request_body = ?, created_at = ?, updated_at = ? "
-                "WHERE operation = ? AND lease_owner = ? AND state = 'pending' AND method = ''",
+                "request_body = ?, created_at = ?, updated_at = ?, checksum = ? "
+                "WHERE operation = ? AND lease_owner = ? AND state = 'pending' AND method = '' AND key = ?",
                 (
-                    intent.method, intent.url, intent.fingerprint, request_headers_json(intent.request_headers),
-                    intent.request_body, now, now, intent.operation, owner,
+                    intent.method, intent.url, intent.fingerprint, headers, intent.request_body, now, now,
+                    checksum(intent, headers), intent.operation, owner, intent.key,
                 ),
             )  # fmt: skip
             return cur.rowcount == 1
@@ -412,7 +433,7 @@ class Journal:
 
     def get(self, operation: str) -> OperationRecord | None:
         rows = self._read(f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (operation,), "reading")
-        return record_from_row(rows[0]) if rows else None
+        return record_from_row(rows[0], self.location) if rows else None
 
     def pending(self, prefix: str | None = None) -> list[OperationRecord]:
         return self.records(prefix, include_completed=False)
@@ -433,7 +454,7 @@ class Journal:
         rows = self._read(
             f"SELECT {columns} FROM operations{clause} ORDER BY created_at, operation", tuple(params), "listing"
         )
-        return [record_from_row(r) for r in rows]
+        return [record_from_row(r, self.location) for r in rows]
 
     def list_page(self, query: ListQuery) -> list[OperationRecord]:
         """`ListingStore`: one page of `samekey list`, its index chosen here (see `_index_for`)."""
@@ -502,8 +523,9 @@ class Journal:
                     (cutoff, size),
                 ).rowcount
 
-            # not durable: a purge lost in a crash is simply done again by the next one
-            return self._write("purging completed operations", job, durable=False)
+            # not durable: a purge lost in a crash is simply done again by the next one; not patient:
+            # housekeeping never waits for the lock a request's claim then waits for in its turn
+            return self._run(Job(job, "purging completed operations", False, patience=0.0))
 
         return purge_in_chunks(delete_oldest, limit)
 

@@ -17,6 +17,7 @@ import httpx
 from ._config import Config
 from ._contract import Intent, OperationRecord
 from ._redaction import Redactor
+from ._sealing import KEY_ENV, Sealer, is_sealed
 from ._wire import OPERATION_EXTENSION, header_bytes
 
 __all__ = ["UNNAMED_PREFIX", "Plan", "carry_first_bytes", "make_plan", "mismatch", "multipart_operation"]
@@ -28,6 +29,7 @@ MAX_OPERATION_LENGTH = 512
 # A POST sent without operation= is journaled as "auto:<uuid>". Running the code again makes a
 # NEW unnamed operation with a new key, so nothing resumes these in bulk (see _resume).
 UNNAMED_PREFIX = "auto:"
+KEYED = "hmac:"  # a fingerprint keyed with the client's body_key
 
 
 @dataclass(frozen=True)
@@ -56,17 +58,19 @@ def make_plan(config: Config, redactor: Redactor, request: httpx.Request) -> Pla
         key_header=config.key_header,
         method=request.method,
         url=url,
-        fingerprint=fingerprint(request, url),
+        fingerprint=fingerprint(request, url, config.sealer),
         request_headers=headers,
         request_body=request.content,
     )
     return Plan(intent, caller_key is not None)
 
 
-def fingerprint(request: httpx.Request, url: str) -> str:
-    digest = hashlib.sha256(f"{request.method}\n{url}\n".encode())
+def fingerprint(request: httpx.Request, url: str, sealer: Sealer | None = None) -> str:
+    # with a body_key, keyed: a plain hash of a body holding a card number can be enumerated
+    digest = hashlib.sha256() if sealer is None else sealer.keyed()
+    digest.update(f"{request.method}\n{url}\n".encode())
     digest.update(_without_random_boundary(request.content, request.headers))
-    return digest.hexdigest()
+    return digest.hexdigest() if sealer is None else KEYED + digest.hexdigest()
 
 
 def new_key(config: Config) -> str:
@@ -116,6 +120,11 @@ def mismatch(plan: Plan, record: OperationRecord) -> str | None:
     intent = plan.intent
     if record.method != intent.method or record.url != intent.url:
         return f"it was {record.method} {record.url}, now {intent.method} {intent.url}"
+    if record.fingerprint.startswith(KEYED) and not intent.fingerprint.startswith(KEYED):
+        # also what keeps a client without the key from replaying an answer it cannot open
+        return f"it was recorded by a client with a body_key and this one has none: pass body_key= or set ${KEY_ENV}"
+    if intent.fingerprint.startswith(KEYED) and not record.fingerprint.startswith(KEYED):
+        return "it was recorded by a client without a body_key: its body cannot be compared with this one's"
     if record.fingerprint != intent.fingerprint:
         return "same method and URL, different body"
     if plan.caller_key and record.key != intent.key:
@@ -165,8 +174,8 @@ def as_first_sent(request: httpx.Request, record: OperationRecord) -> None:
     """
     stored = {name.lower(): value for name, value in record.request_headers}
     content_type = stored.get("content-type")
-    if content_type is None:
-        return
+    if content_type is None or record.body_redacted or is_sealed(record.request_body):
+        return  # a body with fields never stored (or one this client cannot open) is never sent
     request.headers["Content-Type"] = header_bytes(content_type).decode("latin-1")
     if "Transfer-Encoding" not in request.headers:  # never both (RFC 9112 6.1): a chunked body stays chunked
         request.headers["Content-Length"] = str(len(record.request_body))

@@ -54,12 +54,13 @@ from ._contract import (
     settled_answer,
     with_lease,
 )
-from ._errors import JournalError
+from ._errors import JournalError, JournalLocked
 from ._identity import at_fork_in_child
 from ._redaction import mask_dsn, redact_dsn, scrub
 from ._rows import (
     COLUMNS,
     SETTLE_SET,
+    checksum,
     headers_to_json,
     insert_params,
     page_filters,
@@ -106,7 +107,8 @@ CREATE TABLE samekey_operations (
     response_body    bytea,
     lease_owner      text,
     lease_expires    double precision,
-    settled_note     text
+    settled_note     text,
+    checksum         text
 );
 CREATE INDEX samekey_operations_pending ON samekey_operations (created_at, operation) WHERE state = 'pending';
 CREATE INDEX samekey_operations_completed ON samekey_operations (completed_at) WHERE state = 'completed';
@@ -117,7 +119,7 @@ _SELECT = f"SELECT {COLUMNS} FROM samekey_operations"
 _SELECT_SUMMARY = "SELECT " + summary_columns("''::bytea") + " FROM samekey_operations"
 _INSERT = (
     f"INSERT INTO samekey_operations ({COLUMNS}) VALUES "
-    "(%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, NULL, 0, NULL, NULL, NULL, NULL, %s, %s, NULL) "
+    "(%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, NULL, 0, NULL, NULL, NULL, NULL, %s, %s, NULL, %s) "
     "ON CONFLICT (operation) DO NOTHING"
 )
 
@@ -280,7 +282,8 @@ class PostgresJournal:
         errors = self._psycopg.errors
         text = " ".join(str(exc).split())
         if isinstance(exc, errors.LockNotAvailable):
-            return self._fail(
+            return JournalLocked(
+                self.location,
                 f"a lock was held by another caller for more than {self.lock_timeout:g} s while {doing}",
                 "Another process may be stuck in a transaction (the server ends a samekey session idle in one "
                 f"after {self.idle_in_transaction_session_timeout:g} s); retry, or raise lock_timeout.",
@@ -531,7 +534,7 @@ class PostgresJournal:
                     row = conn.execute(f"{_SELECT} WHERE operation = %s FOR UPDATE", (intent.operation,)).fetchone()
                     if row is None:
                         continue
-                    record = record_from_row(row)
+                    record = record_from_row(row, self.location)
                     decision = lease_decision(record, owner, now)
                     if decision != "claimed":
                         return ClaimResult(decision, record)
@@ -596,13 +599,14 @@ class PostgresJournal:
         """Write the request into a record `key_for` reserved (method ''), under ``owner``'s lease."""
 
         def work(conn: psycopg.Connection[Any]) -> bool:
+            headers = request_headers_json(intent.request_headers)
             cur = conn.execute(
                 "UPDATE samekey_operations SET method = %s, url = %s, fingerprint = %s, request_headers = %s, "
-                "request_body = %s, created_at = %s, updated_at = %s "
-                "WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND method = ''",
+                "request_body = %s, created_at = %s, updated_at = %s, checksum = %s "
+                "WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND method = '' AND key = %s",
                 (
-                    intent.method, intent.url, intent.fingerprint, request_headers_json(intent.request_headers),
-                    intent.request_body, now, now, intent.operation, owner,
+                    intent.method, intent.url, intent.fingerprint, headers, intent.request_body, now, now,
+                    checksum(intent, headers), intent.operation, owner, intent.key,
                 ),
             )  # fmt: skip
             return cur.rowcount == 1
@@ -612,7 +616,7 @@ class PostgresJournal:
     def get(self, operation: str) -> OperationRecord | None:
         def work(conn: psycopg.Connection[Any]) -> OperationRecord | None:
             row = conn.execute(f"{_SELECT} WHERE operation = %s", (operation,)).fetchone()
-            return record_from_row(row) if row is not None else None
+            return record_from_row(row, self.location) if row is not None else None
 
         return self._run("reading", work)
 
@@ -634,7 +638,7 @@ class PostgresJournal:
         def work(conn: psycopg.Connection[Any]) -> list[OperationRecord]:
             select = _SELECT if bodies else _SELECT_SUMMARY  # see Journal.records
             rows = conn.execute(f"{select}{clause} ORDER BY created_at, operation", params).fetchall()
-            return [record_from_row(r) for r in rows]
+            return [record_from_row(r, self.location) for r in rows]
 
         return self._run("listing", work)
 

@@ -19,6 +19,7 @@ from ._errors import OperationNotFound, SameKeyError
 from ._plan import UNNAMED_PREFIX
 from ._redaction import REDACTED
 from ._reserve import refuse_reserved, unreserved
+from ._sealing import KEY_ENV, is_sealed
 from ._wire import OPERATION_EXTENSION, header_bytes
 
 logger = logging.getLogger("samekey")
@@ -93,6 +94,7 @@ def build_resume_request(
             "never stores. Nothing was sent. Run the code that made it again (same operation name, same URL): "
             f"it sends the same key, {record.key}."
         )
+    refuse_protected_body(record)
     # as bytes: a str header value would go out as ASCII, and fail on 'José' (see header_bytes)
     merged = httpx.Headers([(header_bytes(name), header_bytes(value)) for name, value in record.request_headers])
     if headers is not None:
@@ -106,6 +108,23 @@ def build_resume_request(
         headers=merged,
         extensions={OPERATION_EXTENSION: operation},
     )
+
+
+def refuse_protected_body(record: OperationRecord) -> None:
+    """Never send a body the journal does not hold whole: redacted fields, or sealed with a key not given."""
+    if not record.pending:
+        return  # replayed, not sent
+    if record.body_redacted:
+        raise SameKeyError(
+            f"operation {record.operation!r} was recorded with redact_body: fields of its body (card data) were never "
+            "stored, so it cannot be sent from the journal. Nothing was sent. Run the code that made it again "
+            f"(same operation name, same body): it sends the real body with the same key, {record.key}."
+        )
+    if is_sealed(record.request_body):
+        raise SameKeyError(
+            f"operation {record.operation!r} has an encrypted body and this client has no body_key. Nothing was sent. "
+            f"Resume it with the key its client had: body_key=... or ${KEY_ENV}."
+        )
 
 
 class RetargetTransport(httpx.BaseTransport):

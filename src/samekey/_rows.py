@@ -2,21 +2,28 @@
 
 The SQLite and the PostgreSQL stores share one table layout, so that a record reads the
 same from either; headers are kept as JSON lists of [name, value] pairs.
+
+A record's request (its name, key and what was sent) never changes once written, so a
+checksum of it goes with it and is checked on every read: a record damaged on disk is
+reported as damaged, never taken for another operation (nor sent with a damaged key).
+A row without one (written by hand) is not checked.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring_ascii as _quote
 
 from ._contract import Intent, ListQuery, OperationRecord
+from ._errors import JournalError
 
 COLUMNS = (
     "operation, key, key_header, method, url, fingerprint, request_headers, request_body, state, "
     "created_at, updated_at, completed_at, attempts, last_error, response_status, response_headers, "
-    "response_body, lease_owner, lease_expires, settled_note"
+    "response_body, lease_owner, lease_expires, settled_note, checksum"
 )
 PURGE_CHUNK = 5000  # completed records deleted per transaction by a purge
 # what `settle` writes (placeholders %s; SQLite's store swaps them for ?): the answer, the
@@ -35,6 +42,7 @@ def summary_columns(empty_bytes: str) -> str:
         "request_body": empty_bytes,
         "response_headers": "NULL",
         "response_body": "NULL",
+        "checksum": "NULL",  # the request is not read: nothing to check it against
     }
     return ", ".join(empty.get(name, name) for name in COLUMNS.split(", "))
 
@@ -76,16 +84,43 @@ def headers_from_json(text: str | None) -> tuple[tuple[str, str], ...]:
 
 def insert_params(intent: Intent, owner: str, now: float, expires: float) -> tuple[object, ...]:
     """The values of a new pending record, in the order of the stores' INSERT statements."""
+    headers = request_headers_json(intent.request_headers)
     return (
         intent.operation, intent.key, intent.key_header, intent.method, intent.url, intent.fingerprint,
-        request_headers_json(intent.request_headers), intent.request_body, now, now, owner, expires,
+        headers, intent.request_body, now, now, owner, expires, checksum(intent, headers),
     )  # fmt: skip
 
 
-def record_from_row(row: tuple[object, ...]) -> OperationRecord:
+def checksum(intent: Intent, headers_json: str) -> str:
+    """The checksum of a record's request as journaled (``intent`` carries the record's key)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for text in (intent.operation, intent.key, intent.key_header, intent.method, intent.url, intent.fingerprint,
+                 headers_json):  # fmt: skip
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    digest.update(intent.request_body)
+    return digest.hexdigest()
+
+
+def _check(record: OperationRecord, stored: object, location: str) -> None:
+    intent = Intent(
+        record.operation, record.key, record.key_header, record.method, record.url, record.fingerprint,
+        record.request_headers, record.request_body,
+    )  # fmt: skip
+    if checksum(intent, headers_to_json(record.request_headers)) != stored:
+        raise JournalError(
+            location,
+            f"the record of operation {record.operation!r} is damaged (what it holds no longer matches its "
+            "checksum: its URL, key or body may have changed on disk)",
+            "Nothing was sent. Check the disk or database; ask the server what it did under this operation "
+            "before you settle it by hand or `samekey forget` it.",
+        )
+
+
+def record_from_row(row: tuple[object, ...], location: str = "(journal)") -> OperationRecord:
+    """The record of a row read with ``COLUMNS``; a JournalError if its request is damaged."""
     (op, key, key_header, method, url, fp, req_h, req_b, state, created, updated, completed,
-     attempts, last_error, status, resp_h, resp_b, owner, expires, settled_note) = row  # fmt: skip
-    return OperationRecord(
+     attempts, last_error, status, resp_h, resp_b, owner, expires, settled_note, stored) = row  # fmt: skip
+    record = OperationRecord(
         operation=str(op),
         key=str(key),
         key_header=str(key_header),
@@ -107,6 +142,9 @@ def record_from_row(row: tuple[object, ...]) -> OperationRecord:
         lease_expires=None if expires is None else float(expires),  # type: ignore[arg-type]
         settled_note=None if settled_note is None else str(settled_note),
     )
+    if stored is not None:
+        _check(record, stored, location)
+    return record
 
 
 def purge_in_chunks(delete_oldest: Callable[[int], int], limit: int | None) -> int:

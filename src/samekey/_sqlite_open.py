@@ -1,7 +1,9 @@
 """Opening a SQLite journal file: creating it private, checking what it is, setting up its schema.
 
 A journal is created 0600 (in 0700 folders) before SQLite opens it, since SQLite copies
-the file's mode to its -wal and -shm. A file is used only when its header says it is a
+the file's mode to its -wal and -shm; an existing one (and its -wal/-shm) loses any group
+and other access, or is refused when this process cannot take it away. What is not a
+regular file (``/dev/null``, a pipe) is refused before SQLite runs. A file is used only when its header says it is a
 samekey journal (application_id, and a schema version this samekey reads); anything else
 (another application's database, random bytes, a newer samekey's journal) is refused and
 left untouched, -wal included: `_close_untouched` keeps a refused file's WAL from being
@@ -22,12 +24,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
-from ._errors import JournalError
+from ._errors import JournalError, JournalLocked
 
 __all__ = ["APPLICATION_ID", "MIGRATIONS", "SCHEMA_VERSION", "JournalFile"]
 
@@ -56,7 +59,8 @@ CREATE TABLE operations (
     response_body    BLOB,
     lease_owner      TEXT,
     lease_expires    REAL,
-    settled_note     TEXT
+    settled_note     TEXT,
+    checksum         TEXT
 );
 CREATE INDEX operations_pending ON operations (created_at, operation) WHERE state = 'pending';
 CREATE INDEX operations_completed ON operations (completed_at) WHERE state = 'completed';
@@ -103,7 +107,9 @@ class JournalFile:
                 ) from exc
         if self.path.is_dir():
             raise self.fail("this is a folder, not a file", "Pass the path of a file inside it.")
-        if not self.path.exists():
+        if self.path.exists():
+            self._make_private()
+        else:
             # a dangling symlink (a dotfiles-managed state folder, a volume): O_EXCL refuses the link
             # itself, so create its target, or SQLite would create it with the umask's 0644
             target = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
@@ -117,6 +123,42 @@ class JournalFile:
                     f"cannot create the file ({exc.strerror})",
                     "Check the folder's permissions or choose another path with journal=PATH.",
                 ) from exc
+
+    def _make_private(self) -> None:
+        """Refuse what is not a regular file; take group and other access away from the journal.
+
+        SQLite writes ``<path>-journal``/``-wal``/``-shm`` beside whatever it is given (``/dev/null``
+        left a world-writable ``/dev/null-journal``), and copies the main file's mode to them: so
+        the main file is made 0600-like first, then any -wal/-shm already there.
+        """
+        real = Path(os.path.realpath(self.path))
+        try:
+            kind = real.stat().st_mode
+        except OSError as exc:
+            raise self.fail(f"cannot read its status ({exc.strerror})", "Check the path.") from exc
+        if not stat.S_ISREG(kind):
+            raise self.fail(
+                "this is not a regular file (a device, a pipe or a socket)",
+                "Point journal= at a file (it is created if missing), e.g. journal='payments.sqlite3'.",
+            )
+        for file in (real, self.side_file("-wal"), self.side_file("-shm")):
+            self._tighten(file)
+
+    def _tighten(self, file: Path) -> None:
+        try:
+            mode = stat.S_IMODE(file.stat().st_mode)
+        except FileNotFoundError:
+            return
+        if not mode & 0o077:
+            return
+        try:
+            os.chmod(file, mode & 0o700)
+        except OSError as exc:
+            raise self.fail(
+                f"{file.name} can be read or written by other users (mode {mode:04o}) and this process "
+                f"cannot change that ({exc.strerror})",
+                f"Run `chmod 600 {file}` as its owner, or use a journal this process owns.",
+            ) from exc
 
     def _connect(self, target: str | Path, *, uri: bool = False) -> sqlite3.Connection:
         try:
@@ -204,6 +246,8 @@ class JournalFile:
         except sqlite3.OperationalError as exc:
             conn.close()
             wal = self.side_file("-wal")
+            if "locked" in str(exc).lower() and wal.exists() and wal.stat().st_size > 0:
+                raise self.classify(exc, "reading it") from exc  # a lock to wait out, not a permission
             if wal.exists() and wal.stat().st_size > 0:
                 raise self.fail(
                     f"cannot read it without writing ({exc}), and {wal.name} holds writes not yet in the main file",
@@ -334,7 +378,8 @@ class JournalFile:
         text = str(exc)
         lowered = text.lower()
         if "locked" in lowered or "busy" in lowered:
-            return self.fail(
+            return JournalLocked(
+                self.path,
                 f"locked by another process for more than {self.lock_timeout:g} s while {doing}",
                 "Another samekey process may be stuck; retry, or raise lock_timeout.",
             )

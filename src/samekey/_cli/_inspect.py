@@ -17,9 +17,20 @@ import time
 from typing import Literal, TextIO
 
 from .._contract import JournalStore, ListQuery, OperationRecord
+from .._sealed_store import sealed
+from .._sealing import sealer_of
 from .._wire import header_text
 from ._base import EXIT_OK, CliError
-from ._output import clip, details, human_age, iso, summary, table
+from ._output import (
+    attempt_unrecorded,
+    attempts_text,
+    clip,
+    details,
+    human_age,
+    iso,
+    summary,
+    table,
+)
 from ._paging import cursor_of, page
 
 __all__ = ["DEFAULT_LIMIT", "cmd_list", "cmd_show"]
@@ -76,7 +87,7 @@ def _rows(records: list[OperationRecord], now: float, *, with_state: bool) -> li
             clip(r.url, 60),
             r.key,
             human_age(now - r.created_at),
-            str(r.attempts),
+            attempts_text(r),
             clip(r.last_error, 60),
         ]
         for r in records
@@ -90,7 +101,8 @@ def _rows(records: list[OperationRecord], now: float, *, with_state: bool) -> li
 
 
 def cmd_show(args: argparse.Namespace, store: JournalStore, out: TextIO) -> int:
-    record = store.get(args.operation)
+    # with $SAMEKEY_BODY_KEY, encrypted bodies are shown opened; without, said to be encrypted
+    record = sealed(store, sealer_of(None), None).get(args.operation)
     if record is None:
         raise CliError(f"operation {args.operation!r} is not in the journal {store.location}")
     now = time.time()
@@ -104,6 +116,8 @@ def cmd_show(args: argparse.Namespace, store: JournalStore, out: TextIO) -> int:
         value = data[name]
         if name == "created_at":
             value = f"{value} ({human_age(now - record.created_at)} ago)"
+        if name == "attempts" and attempt_unrecorded(record):
+            value = "0 recorded; the first may have been sent (its outcome was never recorded)"
         out.write(f"{name + ':':<18}{'-' if value is None else value}\n")
     out.write("request headers:\n")
     for k, v in record.request_headers:

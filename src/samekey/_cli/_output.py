@@ -17,6 +17,7 @@ from wcwidth import wcswidth, wcwidth
 from .._contract import OperationRecord
 from .._location import environment_dsn, is_dsn
 from .._redaction import dsn_secrets, mask_dsn, scrub
+from .._sealing import KEY_ENV, is_sealed
 from .._wire import header_text
 
 __all__ = [
@@ -112,10 +113,34 @@ def human_age(seconds: float) -> str:
 def body_fields(prefix: str, body: bytes | None) -> dict[str, Any]:
     if body is None:
         return {prefix: None, f"{prefix}_encoding": None}
+    if is_sealed(body):  # read without the client's body_key
+        return {
+            prefix: f"(encrypted; set ${KEY_ENV} to the client's body_key to read it)",
+            f"{prefix}_encoding": "encrypted",
+        }
     try:
         return {prefix: body.decode("utf-8"), f"{prefix}_encoding": "utf-8"}
     except UnicodeDecodeError:
         return {prefix: base64.b64encode(body).decode("ascii"), f"{prefix}_encoding": "base64"}
+
+
+def attempt_unrecorded(record: OperationRecord) -> bool:
+    """Claimed, no attempt recorded, lease never freed: its first attempt may have been sent.
+
+    The journal records an attempt's outcome after it: a process killed mid-attempt, or a
+    completion that met a full disk (and the lease release with it), leaves 0 attempts behind.
+    """
+    return (
+        record.pending
+        and record.attempts == 0
+        and record.lease_owner is not None
+        and record.method != ""
+    )
+
+
+def attempts_text(record: OperationRecord) -> str:
+    """ATTEMPTS as an operator reads it: ``1?`` for a first attempt that may have been sent."""
+    return "1?" if attempt_unrecorded(record) else str(record.attempts)
 
 
 def summary(record: OperationRecord, now: float) -> dict[str, Any]:
@@ -130,6 +155,7 @@ def summary(record: OperationRecord, now: float) -> dict[str, Any]:
         "created_at": iso(record.created_at),
         "age_seconds": round(now - record.created_at, 3),
         "attempts": record.attempts,
+        "attempt_unrecorded": attempt_unrecorded(record),  # a first attempt may have been sent
         "last_error": record.last_error,
         "completed_at": iso(record.completed_at),
         "response_status": record.response_status,
