@@ -65,7 +65,6 @@ class Redactor:
         self._key_name = key_header.lower()
         self._not_stored = NOT_STORED_HEADERS | {self._key_name}
         self._hidden: dict[str, bool] = {}  # header name -> never journaled (a client sees few names)
-        self._answer_secrets: dict[str, bool] = {}  # answer header name -> a credential (Set-Cookie)
 
     def scan_headers(self, headers: httpx.Headers) -> tuple[str | None, tuple[tuple[str, str], ...]]:
         """(the caller's key header, the headers to journal), in one pass over the raw headers."""
@@ -94,17 +93,8 @@ class Redactor:
         return [
             (name, raw_value.decode("latin-1"))  # lossless: see header_bytes
             for raw_name, raw_value in headers.raw
-            if not self._secret_in_answer(name := raw_name.lower().decode("latin-1"))
+            if not is_secret_header(name := raw_name.lower().decode("latin-1"), self.redact)
         ]
-
-    def _secret_in_answer(self, name: str) -> bool:
-        known = self._answer_secrets
-        secret = known.get(name)
-        if secret is None:
-            if len(known) > 1024:  # names made up per answer: do not grow without bound
-                known.clear()
-            secret = known[name] = is_secret_header(name, self.redact)
-        return secret
 
     def url(self, url: httpx.URL) -> str:
         """The URL as journaled and fingerprinted: no user:password, secret query values hidden,
