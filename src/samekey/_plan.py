@@ -26,7 +26,7 @@ __all__ = ["UNNAMED_PREFIX", "Plan", "carry_first_bytes", "make_plan", "mismatch
 # (POST, PATCH, LOCK, a custom one) may act twice, so it is keyed and journaled.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 MAX_OPERATION_LENGTH = 512
-KEY_POOL = 128  # keys drawn from the OS at once (2 KiB of randomness)
+KEY_POOL = 512  # keys drawn from the OS at once (8 KiB of randomness)
 # A POST sent without operation= is journaled as "auto:<uuid>". Running the code again makes a
 # NEW unnamed operation with a new key, so nothing resumes these in bulk (see _resume).
 UNNAMED_PREFIX = "auto:"
