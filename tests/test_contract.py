@@ -142,6 +142,12 @@ def test_claim_creates_a_durable_record_that_another_instance_reads_back(store: 
     assert (record.lease_owner, record.lease_expires, record.created_at, record.attempts) == (A, T0 + 30, T0, 0)
 
 
+def test_the_record_a_claim_returns_is_the_one_read_back(journal: JournalStore) -> None:
+    # every field: the store builds a new claim's record without reading it back
+    result = journal.claim(intent(body=b'{"amount": 100}'), A, 30, T0)
+    assert result.record == journal.get("order-1/charge")
+
+
 def test_claim_by_another_owner_while_the_lease_is_live_is_busy(journal: JournalStore) -> None:
     first = intent()
     journal.claim(first, A, 30, T0)

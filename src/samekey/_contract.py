@@ -118,13 +118,17 @@ def lease_decision(record: OperationRecord, owner: str, now: float) -> Literal["
 
 def new_record(intent: Intent, owner: str, now: float, expires: float) -> OperationRecord:
     """The record a claim creates: pending, leased to ``owner`` until ``expires``."""
-    return OperationRecord(
+    # what the frozen dataclass's __init__ builds, without its 19 object.__setattr__ calls:
+    # every request that sends makes one
+    record = object.__new__(OperationRecord)
+    record.__dict__.update(
         operation=intent.operation, key=intent.key, key_header=intent.key_header, method=intent.method,
         url=intent.url, fingerprint=intent.fingerprint, request_headers=intent.request_headers,
         request_body=intent.request_body, state="pending", created_at=now, updated_at=now, completed_at=None,
         attempts=0, last_error=None, response_status=None, response_headers=(), response_body=None,
         lease_owner=owner, lease_expires=expires,
     )  # fmt: skip
+    return record
 
 
 def with_lease(record: OperationRecord, owner: str, expires: float, now: float) -> OperationRecord:

@@ -62,6 +62,7 @@ class Engine:
         self.redactor = Redactor(config.key_header, config.redact_headers)
         self.owners = Owners()
         self.purges = PurgeSchedule()
+        self._last_lease: tuple[tuple[object, ...], float] = ((), config.lease)
 
     def plan(self, request: httpx.Request) -> Plan | None:
         return make_plan(self.config, self.redactor, request)
@@ -79,11 +80,20 @@ class Engine:
         second time meanwhile. So a lease covers the worst the timeouts allow (pool, connect,
         write, read). With no timeout (None) an attempt is unbounded: the client's lease stands.
         """
-        lease = self.config.lease
         timeouts = request.extensions.get("timeout")
         if not isinstance(timeouts, dict):
-            return lease
-        limits = [timeouts.get(phase) for phase in ("pool", "connect", "write", "read")]
+            return self.config.lease
+        get = timeouts.get
+        limits = (get("pool"), get("connect"), get("write"), get("read"))
+        last_limits, last_lease = self._last_lease  # a client's requests mostly share one setting
+        if limits == last_limits:
+            return last_lease
+        lease = self._lease_for(limits)
+        self._last_lease = (limits, lease)  # one assignment: a thread reads the old pair or the new
+        return lease
+
+    def _lease_for(self, limits: tuple[object, ...]) -> float:
+        lease = self.config.lease
         if not all(isinstance(limit, (int, float)) for limit in limits):
             return lease
         return max(lease, sum(limits) + LEASE_MARGIN)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ import httpx
 
 from ._config import Config
 from ._contract import Intent, OperationRecord
+from ._identity import at_fork_in_child
 from ._redaction import Redactor
 from ._sealing import KEY_ENV, Sealer, is_sealed
 from ._wire import OPERATION_EXTENSION, header_bytes
@@ -26,6 +27,7 @@ __all__ = ["UNNAMED_PREFIX", "Plan", "carry_first_bytes", "make_plan", "mismatch
 # (POST, PATCH, LOCK, a custom one) may act twice, so it is keyed and journaled.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 MAX_OPERATION_LENGTH = 512
+KEY_POOL = 512  # keys drawn from the OS at once (8 KiB of randomness)
 # A POST sent without operation= is journaled as "auto:<uuid>". Running the code again makes a
 # NEW unnamed operation with a new key, so nothing resumes these in bulk (see _resume).
 UNNAMED_PREFIX = "auto:"
@@ -79,12 +81,28 @@ def new_key(config: Config) -> str:
 
 
 def uuid4() -> str:
-    # str(uuid.uuid4()) without building a UUID object (this runs once per request)
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """str(uuid.uuid4()), from a pool drawn in bulk: one os.urandom per KEY_POOL keys."""
+    while True:
+        try:
+            return _keys.pop()  # atomic: two threads never get the same key
+        except IndexError:
+            _keys.extend(_draw_keys())
+
+
+def _draw_keys() -> list[str]:
+    pool = os.urandom(16 * KEY_POOL).hex()
+    return [_as_uuid4(pool[i : i + 32]) for i in range(0, len(pool), 32)]
+
+
+def _as_uuid4(h: str) -> str:
+    # version 4 (nibble 12), RFC 4122 variant (nibble 16: 8, 9, a or b)
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+_keys: list[str] = []
+# a forked child must never hand out the keys its parent still holds: it draws its own
+at_fork_in_child(_keys.clear)
 
 
 def valid_operation(operation: object) -> bool:

@@ -388,7 +388,7 @@ class _JournalThread:
                     self._items.pop()
                     raise
                 self._running = True  # the thread waits for this lock before it looks
-            else:
+            elif not self._wake.is_set():  # set: the thread takes the queue before it clears it (this lock)
                 self._wake.set()
 
     def stop(self) -> None:

@@ -12,10 +12,10 @@ Checkpoints. SQLite's own auto-checkpoint runs inside the commit that takes the 
 1,000 pages: that one request pays the copy into the main file and two syncs. In
 "process" mode the store leaves that to a `Checkpointer` instead: it counts the records
 commits write and, every CHECKPOINT_EVERY, a thread that lives for one checkpoint copies
-the WAL on a connection of its own (PASSIVE while writers go on, then a short FULL so the
-WAL starts over). Nothing stays behind to join at close or to copy into a fork. In
-"fsync" mode each claim has synced the WAL already, so SQLite's checkpoint is cheap and
-a concurrent one would only compete with the claims' syncs.
+the WAL on a connection of its own (PASSIVE while writers go on, at the lowest CPU priority,
+then a short FULL at the normal one so the WAL starts over). Nothing stays behind to join at
+close or to copy into a fork. In "fsync" mode each claim has synced the WAL already, so
+SQLite's checkpoint is cheap and a concurrent one would only compete with the claims' syncs.
 """
 
 from __future__ import annotations
@@ -122,6 +122,16 @@ class Checkpointer:
 
     def _checkpoint(self) -> None:
         with self.lock, contextlib.suppress(Exception):  # a checkpoint not done now is done by the next
+            # the bulk at the lowest CPU priority, on a thread of its own: nice cannot be undone, and
+            # the short FULL holds the writers' lock, which a thread at nice 19 on a busy machine
+            # could keep for milliseconds while descheduled (every request of the process waiting)
+            bulk = threading.Thread(target=self._in_the_background, name="samekey-checkpoint", daemon=True)
+            bulk.start()
+            bulk.join()
+            self._finish()
+
+    def _in_the_background(self) -> None:
+        with contextlib.suppress(Exception):
             # Linux only: elsewhere (macOS, the BSDs) setpriority takes that id for a process id
             if sys.platform.startswith("linux") and hasattr(os, "setpriority"):
                 # the lowest CPU priority: on a busy machine the requests go first, the copy waits
@@ -129,22 +139,32 @@ class Checkpointer:
                     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
             self._copy()
 
-    def _copy(self) -> None:
+    def _connect(self) -> sqlite3.Connection:
         # timeout=0: SQLite's busy handler would sleep 1, 2, 5, 10 ms while FULL holds the writers
         # off (a reader of an older snapshot, `samekey list`); each try gives up at once instead
         conn = sqlite3.connect(self.uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA synchronous=NORMAL")  # syncs the WAL, then the main file (OFF would not)
+        return conn
+
+    def _copy(self) -> None:
+        conn = self._connect()
         try:
-            conn.execute("PRAGMA synchronous=NORMAL")  # syncs the WAL, then the main file (OFF would not)
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # the bulk, writers going on
-            # the few frames left over, writers held off briefly: only a WAL copied to its end
-            # starts over at the next commit (instead of growing)
+        finally:
+            conn.close()  # never the last connection: the writer's stays open until close() joins this
+
+    def _finish(self) -> None:
+        # the few frames left over, writers held off briefly: only a WAL copied to its end
+        # starts over at the next commit (instead of growing)
+        conn = self._connect()
+        try:
             for _ in range(FULL_TRIES):
                 busy, _frames, _copied = conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
                 if not busy:
                     break
                 time.sleep(FULL_RETRY_PAUSE)  # a writer mid-commit, or a reader still on an old snapshot
         finally:
-            conn.close()  # never the last connection: the writer's stays open until close() joins this
+            conn.close()
 
     def join(self) -> None:
         thread, self.thread = self.thread, None
