@@ -39,7 +39,9 @@ def _fill(path: str, count: int) -> None:
     # follows samekey wherever the code defining it lives
     now = time.time() - 3600
     headers = '[["content-type","application/json"]]'
-    fingerprint = hashlib.sha256(f"POST\n{URL}\n".encode() + BODY).hexdigest()  # as _plan.fingerprint computes it
+    fingerprint = hashlib.sha256(
+        f"POST\n{URL}\n".encode() + BODY
+    ).hexdigest()  # as _plan.fingerprint computes it
     conn = sqlite3.connect(path, isolation_level=None)
     columns = [row[1] for row in conn.execute("PRAGMA table_info(operations)")]
 
@@ -111,7 +113,9 @@ def measure(folder: str, count: int) -> list[str]:
 
             replayed = _timed(replay, 300)
     cli = ""
-    if importlib.util.find_spec("samekey.cli") is not None:  # the CLI may not exist in every checkout
+    if (
+        importlib.util.find_spec("samekey.cli") is not None
+    ):  # the CLI may not exist in every checkout
 
         def run_cli() -> None:
             subprocess.run(
@@ -136,10 +140,19 @@ def _listings(count: int) -> list[tuple[str, list[str]]]:
         ("list (the pending ones)", ["list"]),
         ("list --state pending --limit 50", ["list", "--state", "pending", "--limit", "50"]),
         ("list --prefix pending-0000 (10 pending)", ["list", "--prefix", "pending-0000"]),
-        (f"list --all --prefix {newest} (~1,000, the newest)", ["list", "--all", "--prefix", newest]),
-        (f"list --all --prefix {common} --limit 100 (~10%)", ["list", "--all", "--prefix", common, "--limit", "100"]),
+        (
+            f"list --all --prefix {newest} (~1,000, the newest)",
+            ["list", "--all", "--prefix", newest],
+        ),
+        (
+            f"list --all --prefix {common} --limit 100 (~10%)",
+            ["list", "--all", "--prefix", common, "--limit", "100"],
+        ),
         ("list --state completed --limit 100", ["list", "--state", "completed", "--limit", "100"]),
-        ("list --all --limit 100 --after <half way>", ["list", "--all", "--limit", "100", "--after", middle]),
+        (
+            "list --all --limit 100 --after <half way>",
+            ["list", "--all", "--limit", "100", "--after", middle],
+        ),
     ]
 
 
@@ -172,8 +185,12 @@ def measure_listing(folder: str, count: int, rounds: int = 9) -> list[list[str]]
             subprocess.run([sys.executable, "-m", "samekey", *argvs[i], "--journal", path], check=True,
                            capture_output=True, env=env)  # fmt: skip
             samples[i].append(time.perf_counter() - t0)
-    rows = [["samekey --version (the process floor)", f"{median(samples[0]) * 1e3:.0f}", "", "", ""]]
-    for (label, _), wall, (after, before, shown) in zip(commands, samples[1:], queries, strict=True):
+    rows = [
+        ["samekey --version (the process floor)", f"{median(samples[0]) * 1e3:.0f}", "", "", ""]
+    ]
+    for (label, _), wall, (after, before, shown) in zip(
+        commands, samples[1:], queries, strict=True
+    ):
         rows.append([f"samekey {label}: {shown} shown", f"{median(wall) * 1e3:.0f}",
                      f"{after * 1e3:.2f}", f"{before * 1e3:.1f}", f"{before / after:,.0f}x"])  # fmt: skip
     return rows
@@ -204,7 +221,9 @@ def run(sizes: tuple[int, ...] = (1000, 100_000, 1_000_000), folder: str | None 
         "replay via Client ms", "pending() ms", "`samekey list` ms",
     ]  # fmt: skip
     largest = rows[-1]
-    checks = [f"lookup at {largest[0]} records: Journal.get {largest[5]} ms, replay {largest[6]} ms"]
+    checks = [
+        f"lookup at {largest[0]} records: Journal.get {largest[5]} ms, replay {largest[6]} ms"
+    ]
     lookup = Target(
         "scale",
         f"replay of a completed operation via Client, {largest[0]} records",
@@ -214,8 +233,16 @@ def run(sizes: tuple[int, ...] = (1000, 100_000, 1_000_000), folder: str | None 
     )
     extra: dict[str, object] = {}
     if listing:
-        listing_headers = ["command", "process ms", "list_page ms", "before ms", "before / list_page"]
-        print(f"\n`samekey list` on the {largest[0]}-record journal\n\n{table(listing_headers, listing)}\n")
+        listing_headers = [
+            "command",
+            "process ms",
+            "list_page ms",
+            "before ms",
+            "before / list_page",
+        ]
+        print(
+            f"\n`samekey list` on the {largest[0]}-record journal\n\n{table(listing_headers, listing)}\n"
+        )
         floor, worst = float(listing[0][1]), max(float(row[1]) for row in listing[1:])
         checks.append(
             f"samekey list at {largest[0]} records: every command within {worst - floor:.0f} ms of the "
@@ -230,10 +257,14 @@ def run(sizes: tuple[int, ...] = (1000, 100_000, 1_000_000), folder: str | None 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="1000,100000,1000000")
     parser.add_argument("--quick", action="store_true", help="1,000 and 100,000 records only")
-    parser.add_argument("--dir", default=None, help="folder for the journals (default: the system temp folder)")
+    parser.add_argument(
+        "--dir", default=None, help="folder for the journals (default: the system temp folder)"
+    )
     args = parser.parse_args()
     sizes = (1000, 100_000) if args.quick else tuple(int(s) for s in args.sizes.split(","))
     run(sizes, folder=args.dir)

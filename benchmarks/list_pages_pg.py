@@ -59,7 +59,9 @@ def _fill(dsn: str, count: int) -> None:
 
 
 def _before(journal: samekey.PostgresJournal, query: ListQuery) -> int:
-    records = journal.records(query.prefix, include_completed=query.state != "pending", bodies=False)
+    records = journal.records(
+        query.prefix, include_completed=query.state != "pending", bodies=False
+    )
     return len([r for r in records if query.matches(r)][: query.limit])
 
 
@@ -93,7 +95,15 @@ def run(count: int, dsn: str | None) -> dict[str, object]:
                 _before(journal, query)
                 before = time.perf_counter() - t0
                 after = median(samples)
-                rows.append([label, str(shown), f"{after * 1e3:.2f}", f"{before * 1e3:.1f}", f"{before / after:,.0f}x"])
+                rows.append(
+                    [
+                        label,
+                        str(shown),
+                        f"{after * 1e3:.2f}",
+                        f"{before * 1e3:.1f}",
+                        f"{before / after:,.0f}x",
+                    ]
+                )
         finally:
             journal.close()
     text = table(["query", "records", "list_page ms", "before ms", "before / list_page"], rows)
@@ -103,9 +113,13 @@ def run(count: int, dsn: str | None) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--dsn", default=None, help="an empty database (default: a throwaway local server)")
+    parser.add_argument(
+        "--dsn", default=None, help="an empty database (default: a throwaway local server)"
+    )
     args = parser.parse_args()
     run(args.records, args.dsn)
 

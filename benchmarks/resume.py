@@ -74,7 +74,9 @@ def _resume_all(folder: str, target: str, count: int, name: str, options: tuple[
         left = len(journal.pending())
     if done.returncode != 0 or left:
         tail = (done.stderr or done.stdout)[-600:]
-        raise RuntimeError(f"samekey resume --all {' '.join(options)}: exit {done.returncode}, {left} left\n{tail}")
+        raise RuntimeError(
+            f"samekey resume --all {' '.join(options)}: exit {done.returncode}, {left} left\n{tail}"
+        )
     return seconds
 
 
@@ -124,9 +126,13 @@ def run(operations: int = 10_000, folder: str | None = None) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--operations", type=int, default=10_000)
-    parser.add_argument("--dir", default=None, help="folder for the journals (default: the system temp folder)")
+    parser.add_argument(
+        "--dir", default=None, help="folder for the journals (default: the system temp folder)"
+    )
     args = parser.parse_args()
     run(args.operations, args.dir)
 

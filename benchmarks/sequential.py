@@ -132,9 +132,17 @@ def bare_with_smallest_write(target: str, folder: str, *, mode: str = "exclusive
     # lock). mode "unsafe": journal_mode=OFF, exclusive, synchronous=OFF: no atomic commit at all
     # (a kill during a page split corrupts the file), the bound of SQLite as a plain file.
     pragmas = {
-        "exclusive": ("PRAGMA locking_mode=EXCLUSIVE", "PRAGMA journal_mode=WAL", "PRAGMA synchronous=OFF"),
+        "exclusive": (
+            "PRAGMA locking_mode=EXCLUSIVE",
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=OFF",
+        ),
         "shared": ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL"),
-        "unsafe": ("PRAGMA locking_mode=EXCLUSIVE", "PRAGMA journal_mode=OFF", "PRAGMA synchronous=OFF"),
+        "unsafe": (
+            "PRAGMA locking_mode=EXCLUSIVE",
+            "PRAGMA journal_mode=OFF",
+            "PRAGMA synchronous=OFF",
+        ),
     }[mode]
     conn = sqlite3.connect(os.path.join(folder, f"smallest-{mode}.sqlite3"), isolation_level=None)
     for pragma in pragmas:
@@ -151,7 +159,9 @@ def bare_with_smallest_write(target: str, folder: str, *, mode: str = "exclusive
         client.close()
         conn.close()
 
-    return Variant(SMALLEST_FLOOR if mode == "exclusive" else f"{SMALLEST_FLOOR} ({mode})", call, close)
+    return Variant(
+        SMALLEST_FLOOR if mode == "exclusive" else f"{SMALLEST_FLOOR} ({mode})", call, close
+    )
 
 
 def variants(url: str, folder: str, peer: bool = True) -> list[Variant]:
@@ -166,7 +176,11 @@ def variants(url: str, folder: str, peer: bool = True) -> list[Variant]:
     retry = Retry(total=3, allowed_methods=["POST"], backoff_factor=0.5)
     rt = httpx.Client(transport=RetryTransport(retry=retry))
     out.append(
-        Variant("httpx-retries RetryTransport", lambda i: rt.post(target, json=BODY).raise_for_status(), rt.close)
+        Variant(
+            "httpx-retries RetryTransport",
+            lambda i: rt.post(target, json=BODY).raise_for_status(),
+            rt.close,
+        )
     )
 
     by_hand = httpx.Client()
@@ -182,10 +196,18 @@ def variants(url: str, folder: str, peer: bool = True) -> list[Variant]:
         response.raise_for_status()
         return response
 
-    out.append(Variant("tenacity + uuid4 key (by hand)", lambda i: post_with_key(str(uuid.uuid4())), by_hand.close))
+    out.append(
+        Variant(
+            "tenacity + uuid4 key (by hand)",
+            lambda i: post_with_key(str(uuid.uuid4())),
+            by_hand.close,
+        )
+    )
 
     for durability in ("process", "fsync"):
-        journal = samekey.Journal(os.path.join(folder, f"journal-{durability}.sqlite3"), durability=durability)
+        journal = samekey.Journal(
+            os.path.join(folder, f"journal-{durability}.sqlite3"), durability=durability
+        )
         client = samekey.Client(journal=journal)
         run = new_run()
 
@@ -263,7 +285,15 @@ def report_run(vs: list[Variant], requests: int, server_kind: str) -> dict[str, 
         raw = v.name == RAW_FSYNC
         ratio = "" if raw else f"{med[v.name] / bare:.2f}x"
         added = "" if raw else f"{(med[v.name] - bare) * 1e6:+.0f}"
-        rows.append([v.name, f"{med[v.name] * 1e3:.3f}", f"{percentile(v.samples, 99) * 1e3:.3f}", ratio, added])
+        rows.append(
+            [
+                v.name,
+                f"{med[v.name] * 1e3:.3f}",
+                f"{percentile(v.samples, 99) * 1e3:.3f}",
+                ratio,
+                added,
+            ]
+        )
     process, durable = med["samekey.Client (process)"], med["samekey.Client (fsync)"]
     fsync_adds = med[FSYNC_FLOOR] - bare
     notes = [
@@ -273,11 +303,15 @@ def report_run(vs: list[Variant], requests: int, server_kind: str) -> dict[str, 
         f"one raw fsync of the journal's disk: {med[RAW_FSYNC] * 1e3:.3f} ms alone, "
         f"{fsync_adds * 1e3:.3f} ms added to a bare request (its after-effect included)",
     ]
-    floors = (
-        f"claim INSERT alone {med[CLAIM_FLOOR] / bare:.2f}x; smallest SQLite write {med[SMALLEST_FLOOR] / bare:.2f}x"
-    )
+    floors = f"claim INSERT alone {med[CLAIM_FLOOR] / bare:.2f}x; smallest SQLite write {med[SMALLEST_FLOOR] / bare:.2f}x"
     targets = [
-        Target("1", "sequential POST, durability process / bare httpx", process / bare, 1.25, floor=floors),
+        Target(
+            "1",
+            "sequential POST, durability process / bare httpx",
+            process / bare,
+            1.25,
+            floor=floors,
+        ),
         Target(
             "2",
             "(fsync - process) / what one raw fsync adds to a bare request",
@@ -309,18 +343,30 @@ def report_run(vs: list[Variant], requests: int, server_kind: str) -> dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="300 requests per variant")
     parser.add_argument("--server", choices=["minimal", "payment"], default="minimal")
-    parser.add_argument("--dir", default=None, help="folder for the journals (default: the system temp folder)")
     parser.add_argument(
-        "--think-ms", type=float, default=0.0, help="the minimal server answers this late, as a real API works"
+        "--dir", default=None, help="folder for the journals (default: the system temp folder)"
+    )
+    parser.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help="the minimal server answers this late, as a real API works",
     )
     args = parser.parse_args()
     if args.think_ms and args.server != "minimal":
         parser.error("--think-ms needs --server minimal")
-    run(300 if args.quick else args.requests, server_kind=args.server, folder=args.dir, think_ms=args.think_ms)
+    run(
+        300 if args.quick else args.requests,
+        server_kind=args.server,
+        folder=args.dir,
+        think_ms=args.think_ms,
+    )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def start_server(state: Path, work_seconds: float) -> PaymentServer:
     port_file = state / "server-port"
     port = int(port_file.read_text()) if port_file.exists() else 0
     try:
-        server = PaymentServer(state / "server.sqlite3", work_seconds=work_seconds, port=port).start()
+        server = PaymentServer(
+            state / "server.sqlite3", work_seconds=work_seconds, port=port
+        ).start()
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
@@ -73,14 +75,24 @@ def start_server(state: Path, work_seconds: float) -> PaymentServer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--csv", type=Path, help="invoices to pay (default: a sample written to the state dir)")
-    parser.add_argument("--state", type=Path, default=Path(tempfile.gettempdir()) / "samekey-batch-invoices")
+    parser.add_argument(
+        "--csv", type=Path, help="invoices to pay (default: a sample written to the state dir)"
+    )
+    parser.add_argument(
+        "--state", type=Path, default=Path(tempfile.gettempdir()) / "samekey-batch-invoices"
+    )
     parser.add_argument("--journal", type=Path, help="default: <state>/journal.sqlite3")
-    parser.add_argument("--server", help="payment API base URL (default: start a local PaymentServer)")
+    parser.add_argument(
+        "--server", help="payment API base URL (default: start a local PaymentServer)"
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--sample-size", type=int, default=20)
-    parser.add_argument("--work-seconds", type=float, default=0.05, help="local server: time per charge")
-    parser.add_argument("--crash-after", type=float, metavar="SECONDS", help="SIGKILL this process after SECONDS")
+    parser.add_argument(
+        "--work-seconds", type=float, default=0.05, help="local server: time per charge"
+    )
+    parser.add_argument(
+        "--crash-after", type=float, metavar="SECONDS", help="SIGKILL this process after SECONDS"
+    )
     args = parser.parse_args(argv)
 
     args.state.mkdir(parents=True, exist_ok=True)
@@ -139,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if server is not None:
         server.stop()
-    print(f"done: {counts['paid']} paid now, {counts['already']} already paid earlier, {counts['failed']} failed")
+    print(
+        f"done: {counts['paid']} paid now, {counts['already']} already paid earlier, {counts['failed']} failed"
+    )
     return 1 if counts["failed"] else 0
 
 

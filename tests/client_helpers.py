@@ -36,7 +36,10 @@ def raising(*errors: Exception) -> httpx.MockTransport:
 
 
 def drive(
-    engine: Engine, request: httpx.Request, answers: list[httpx.Response], on_sleep: Callable[[float], None]
+    engine: Engine,
+    request: httpx.Request,
+    answers: list[httpx.Response],
+    on_sleep: Callable[[float], None],
 ) -> httpx.Response:
     """Run the decision core by hand: journal calls for real, answers from the list, sleeps reported."""
     flow = operation_flow(engine, request)

@@ -38,7 +38,9 @@ def unprivileged() -> list[str]:
         return []
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        pytest.skip("running as root without setpriv: cannot make a file read-only for a child process")
+        pytest.skip(
+            "running as root without setpriv: cannot make a file read-only for a child process"
+        )
     return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 
 

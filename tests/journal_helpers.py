@@ -20,7 +20,16 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def intent(operation: str, body: bytes = b'{"amount": 1}') -> Intent:
-    return Intent(operation, f"key-{operation}", "Idempotency-Key", "POST", "https://pay.test/c", "fp", (), body)
+    return Intent(
+        operation,
+        f"key-{operation}",
+        "Idempotency-Key",
+        "POST",
+        "https://pay.test/c",
+        "fp",
+        (),
+        body,
+    )
 
 
 def make_journal(path: Path, operations: int = 3) -> bytes:

@@ -13,7 +13,9 @@ import samekey
 from client_helpers import URL
 
 
-def test_a_request_whose_timeouts_outlast_the_lease_is_not_taken_over_while_on_the_wire(journal_path: Path) -> None:
+def test_a_request_whose_timeouts_outlast_the_lease_is_not_taken_over_while_on_the_wire(
+    journal_path: Path,
+) -> None:
     # lease=1 but timeout=3: the answer may come after the lease ran out. A second caller then
     # must see the operation in progress, not take it over and send it a second time.
     on_the_wire, second_done = threading.Event(), threading.Event()
@@ -29,9 +31,13 @@ def test_a_request_whose_timeouts_outlast_the_lease_is_not_taken_over_while_on_t
     transport = httpx.MockTransport(server)
     with (
         samekey.Client(journal=journal_path, transport=transport, lease=1, timeout=3) as first,
-        samekey.Client(journal=journal_path, transport=transport, lease=1, on_busy="raise") as second,
+        samekey.Client(
+            journal=journal_path, transport=transport, lease=1, on_busy="raise"
+        ) as second,
     ):
-        worker = threading.Thread(target=lambda: first.post(URL, json={"a": 1}, operation="slow-charge"))
+        worker = threading.Thread(
+            target=lambda: first.post(URL, json={"a": 1}, operation="slow-charge")
+        )
         worker.start()
         assert on_the_wire.wait(10)
         time.sleep(1.3)  # past the client's 1 s lease, within what the timeouts allow the attempt

@@ -70,7 +70,9 @@ def run_sdk_block(
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("INCREASE_API_KEY", "test-key")
         monkeypatch.setenv("INCREASE_BASE_URL", server.url)
-        compiled = compile("\n" * (line - 1) + code.replace(EXAMPLE_URL, server.url), filename, "exec")
+        compiled = compile(
+            "\n" * (line - 1) + code.replace(EXAMPLE_URL, server.url), filename, "exec"
+        )
         for _run in range(2):
             with contextlib.redirect_stdout(io.StringIO()):
                 exec(compiled, {"__name__": "docs_block"})

@@ -27,7 +27,13 @@ def test_all_is_sorted_and_exported() -> None:
 
 
 def test_errors_share_one_root() -> None:
-    for name in ("RetriesExhausted", "OperationMismatch", "OperationInProgress", "KeyExpired", "JournalError"):
+    for name in (
+        "RetriesExhausted",
+        "OperationMismatch",
+        "OperationInProgress",
+        "KeyExpired",
+        "JournalError",
+    ):
         assert issubclass(getattr(samekey, name), samekey.SameKeyError)
 
 
@@ -149,7 +155,9 @@ def test_the_transports_keywords_are_checked_by_the_users_mypy(tmp_path: Path) -
     )
     result = _users_mypy(user_code)
     errors = [line for line in result.stdout.splitlines() if ": error:" in line]
-    assert [line.split(":")[1] for line in errors] == ["12", "13", "14"], result.stdout + result.stderr
+    assert [line.split(":")[1] for line in errors] == ["12", "13", "14"], (
+        result.stdout + result.stderr
+    )
 
 
 def test_a_misspelt_samekey_name_fails_the_users_mypy(tmp_path: Path) -> None:

@@ -91,24 +91,36 @@ class AsyncClient(httpx.AsyncClient, EngineHolder, AsyncKeyFor):
             carry_first_bytes(self.engine.config, self.engine.redactor, request, record)
         return await super().send(request, **kwargs)
 
-    async def post(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    async def post(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return await self.request("POST", url, operation=operation, **kwargs)
 
-    async def put(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    async def put(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return await self.request("PUT", url, operation=operation, **kwargs)
 
-    async def patch(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    async def patch(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return await self.request("PATCH", url, operation=operation, **kwargs)
 
-    async def delete(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    async def delete(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return await self.request("DELETE", url, operation=operation, **kwargs)
 
     async def resume(self, operation: str, *, headers: HeadersArg = None) -> httpx.Response:
         """The async twin of `Client.resume`."""
-        request = await anyio.to_thread.run_sync(build_resume_request, self, self.engine, operation, headers)
+        request = await anyio.to_thread.run_sync(
+            build_resume_request, self, self.engine, operation, headers
+        )
         return await self.send(request)
 
-    async def resume_pending(self, prefix: str | None = None, *, headers: HeadersArg = None) -> list[ResumeResult]:
+    async def resume_pending(
+        self, prefix: str | None = None, *, headers: HeadersArg = None
+    ) -> list[ResumeResult]:
         """The async twin of `Client.resume_pending`: one after the other, never stopping at a failure."""
         results = []
         pending = await anyio.to_thread.run_sync(_pending, self.engine.journal, prefix)

@@ -96,7 +96,8 @@ class Client(httpx.Client, EngineHolder, KeyFor):
             raise
         self._transport = SameKeyTransport.around(self._transport, engine)
         self._mounts = {
-            pattern: None if t is None else SameKeyTransport.around(t, engine) for pattern, t in self._mounts.items()
+            pattern: None if t is None else SameKeyTransport.around(t, engine)
+            for pattern, t in self._mounts.items()
         }
 
     def request(
@@ -119,16 +120,24 @@ class Client(httpx.Client, EngineHolder, KeyFor):
             carry_first_bytes(self.engine.config, self.engine.redactor, request, record)
         return super().send(request, **kwargs)
 
-    def post(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    def post(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return self.request("POST", url, operation=operation, **kwargs)
 
-    def put(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    def put(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return self.request("PUT", url, operation=operation, **kwargs)
 
-    def patch(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    def patch(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return self.request("PATCH", url, operation=operation, **kwargs)
 
-    def delete(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    def delete(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return self.request("DELETE", url, operation=operation, **kwargs)
 
     def resume(self, operation: str, *, headers: HeadersArg = None) -> httpx.Response:
@@ -143,17 +152,25 @@ class Client(httpx.Client, EngineHolder, KeyFor):
         """
         return self.send(build_resume_request(self, self.engine, operation, headers))
 
-    def resume_pending(self, prefix: str | None = None, *, headers: HeadersArg = None) -> list[ResumeResult]:
+    def resume_pending(
+        self, prefix: str | None = None, *, headers: HeadersArg = None
+    ) -> list[ResumeResult]:
         """Resume every pending operation (whose name starts with ``prefix``), oldest first.
 
         Never stops at a failure: each operation gets a `ResumeResult` holding either
         its response or the error that stopped it.
         """
         results = []
-        records, _unnamed = bulk_resumable(self.engine.journal.records(prefix, include_completed=False), prefix)
+        records, _unnamed = bulk_resumable(
+            self.engine.journal.records(prefix, include_completed=False), prefix
+        )
         for record in records:
             try:
-                results.append(ResumeResult(record.operation, response=self.resume(record.operation, headers=headers)))
+                results.append(
+                    ResumeResult(
+                        record.operation, response=self.resume(record.operation, headers=headers)
+                    )
+                )
             except Exception as exc:
                 results.append(ResumeResult(record.operation, error=exc))
         return results

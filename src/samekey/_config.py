@@ -65,7 +65,9 @@ class Config:
     retention: float = timedelta(days=7).total_seconds()
     on_retry: tuple[RetryHook, ...] = ()
     bodies: BodyRedactor | None = None  # redact_body=: fields never stored
-    sealer: Sealer | None = None  # body_key= (or $SAMEKEY_BODY_KEY): bodies sealed, fingerprints keyed
+    sealer: Sealer | None = (
+        None  # body_key= (or $SAMEKEY_BODY_KEY): bodies sealed, fingerprints keyed
+    )
     on_end: tuple[EndHook, ...] = ()
 
     @classmethod
@@ -84,7 +86,9 @@ class Config:
             lease=_lease(options.get("lease", cls.lease)),
             on_busy=_choice("on_busy", options.get("on_busy", "wait")),  # type: ignore[arg-type]
             redact_headers=_header_names(options.get("redact_headers", ())),
-            retention=to_seconds(options.get("retention", cls.retention), "retention", allow_zero=False),
+            retention=to_seconds(
+                options.get("retention", cls.retention), "retention", allow_zero=False
+            ),
             on_retry=hooks_from(options.get("on_retry")),
             bodies=bodies,
             sealer=sealer,
@@ -125,7 +129,9 @@ def _lease(value: float | timedelta) -> float:
 
 def _header_names(names: object) -> frozenset[str]:
     # a bare string would be read letter by letter, and the header it names written to disk
-    listed = None if isinstance(names, (str, bytes)) or not isinstance(names, Iterable) else tuple(names)
+    listed = (
+        None if isinstance(names, (str, bytes)) or not isinstance(names, Iterable) else tuple(names)
+    )
     if listed is None or not all(isinstance(name, str) for name in listed):
         raise TypeError(
             "redact_headers must be a tuple of names, e.g. redact_headers=('X-Merchant-Pin',) "
@@ -134,7 +140,9 @@ def _header_names(names: object) -> frozenset[str]:
     return frozenset(name.lower() for name in listed)
 
 
-def _body_protection(redact_body: object, body_key: object) -> tuple[BodyRedactor | None, Sealer | None]:
+def _body_protection(
+    redact_body: object, body_key: object
+) -> tuple[BodyRedactor | None, Sealer | None]:
     # without a key, a fingerprint of the real body could be enumerated back to a card number,
     # and one of the redacted body could not tell another card number: refuse, naming the fix
     bodies, sealer = body_redactor(redact_body), sealer_of(body_key)

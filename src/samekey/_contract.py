@@ -106,11 +106,15 @@ class ClaimResult:
     record: OperationRecord
 
 
-def lease_decision(record: OperationRecord, owner: str, now: float) -> Literal["completed", "busy", "claimed"]:
+def lease_decision(
+    record: OperationRecord, owner: str, now: float
+) -> Literal["completed", "busy", "claimed"]:
     """What a claim of an existing record by ``owner`` at ``now`` finds: the one lease rule."""
     if record.state == "completed":
         return "completed"
-    lease_free = record.lease_owner is None or record.lease_expires is None or record.lease_expires <= now
+    lease_free = (
+        record.lease_owner is None or record.lease_expires is None or record.lease_expires <= now
+    )
     if not lease_free and record.lease_owner != owner:
         return "busy"
     return "claimed"
@@ -145,10 +149,18 @@ class JournalStore(Protocol):
         """A printable name without secrets (read only: a plain attribute or a property)."""
         ...
 
-    def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult: ...
+    def claim(
+        self, intent: Intent, owner: str, lease_seconds: float, now: float
+    ) -> ClaimResult: ...
 
     def record_attempt(
-        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+        self,
+        operation: str,
+        owner: str,
+        attempts: int,
+        error: str | None,
+        lease_seconds: float,
+        now: float,
     ) -> None: ...
 
     def complete(
@@ -162,7 +174,9 @@ class JournalStore(Protocol):
         now: float,
     ) -> None: ...
 
-    def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None: ...
+    def release(
+        self, operation: str, owner: str, attempts: int, error: str | None, now: float
+    ) -> None: ...
 
     def get(self, operation: str) -> OperationRecord | None: ...
 
@@ -203,7 +217,9 @@ class RecordAttempt:
     now: float
 
     def run(self, store: JournalStore) -> None:
-        store.record_attempt(self.operation, self.owner, self.attempts, self.error, self.lease_seconds, self.now)
+        store.record_attempt(
+            self.operation, self.owner, self.attempts, self.error, self.lease_seconds, self.now
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +233,15 @@ class Complete:
     now: float
 
     def run(self, store: JournalStore) -> None:
-        store.complete(self.operation, self.owner, self.attempts, self.status, self.headers, self.body, self.now)
+        store.complete(
+            self.operation,
+            self.owner,
+            self.attempts,
+            self.status,
+            self.headers,
+            self.body,
+            self.now,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,11 +100,15 @@ class RetriesExhausted(SameKeyError):
         self.attempts = attempts  # all runs together (the journal's count)
         self.last_response = last_response
         self.last_exception = last_exception
-        self.reason = reason  # why the policy stopped: "max_attempts reached", a deadline, the budget
+        self.reason = (
+            reason  # why the policy stopped: "max_attempts reached", a deadline, the budget
+        )
         if last_response is not None:
             last = f"last answer HTTP {last_response.status_code}"
         elif last_exception is not None:
-            last = f"last error {last_error if last_error is not None else error_text(last_exception)}"
+            last = (
+                f"last error {last_error if last_error is not None else error_text(last_exception)}"
+            )
         else:
             last = "no answer"
         if key is None:
@@ -122,7 +126,8 @@ class RetriesExhausted(SameKeyError):
             )
         runs = f", {this_run} in this run" if this_run is not None and this_run != attempts else ""
         super().__init__(
-            f"operation {operation!r}: gave up after {attempts} attempt(s){runs} ({reason}; {last}). " + pending
+            f"operation {operation!r}: gave up after {attempts} attempt(s){runs} ({reason}; {last}). "
+            + pending
         )
 
 
@@ -131,7 +136,9 @@ class OperationMismatch(SameKeyError):
 
     def __init__(self, operation: str, detail: str, *, pending: bool = False) -> None:
         self.operation = operation
-        if pending:  # a new name alone would send a second request while the first may have been acted on
+        if (
+            pending
+        ):  # a new name alone would send a second request while the first may have been acted on
             advice = (
                 "The first request is still pending, and the server may have acted on it: finish it first "
                 f"(`{command('resume', operation)}`), or check on the server before "
@@ -252,7 +259,9 @@ class AnswerNotRecorded(JournalError):
     ``samekey resume``) sends that key again and the server returns its stored answer.
     """
 
-    def __init__(self, path: str | Path, problem: str, *, operation: str, key: str, response: httpx.Response) -> None:
+    def __init__(
+        self, path: str | Path, problem: str, *, operation: str, key: str, response: httpx.Response
+    ) -> None:
         self.operation = operation
         self.key = key
         self.response = response

@@ -35,7 +35,16 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ._errors import JournalError
 
-__all__ = ["BUSY_FIRST_PAUSE", "BUSY_MAX_PAUSE", "GroupCommit", "Job", "refuse", "run_batch", "wake", "when_free"]
+__all__ = [
+    "BUSY_FIRST_PAUSE",
+    "BUSY_MAX_PAUSE",
+    "GroupCommit",
+    "Job",
+    "refuse",
+    "run_batch",
+    "wake",
+    "when_free",
+]
 
 BUSY_FIRST_PAUSE = 0.00005  # seconds
 BUSY_MAX_PAUSE = 0.002
@@ -52,12 +61,19 @@ class Job(Generic[_T]):
     )  # fmt: skip
 
     def __init__(
-        self, fn: Callable[[sqlite3.Connection], _T], doing: str, durable: bool, *, patience: float | None = None
+        self,
+        fn: Callable[[sqlite3.Connection], _T],
+        doing: str,
+        durable: bool,
+        *,
+        patience: float | None = None,
     ) -> None:
         self.fn = fn
         self.doing = doing
         self.durable = durable
-        self.patience = patience  # seconds it may wait for a busy lock; None: the store's lock_timeout
+        self.patience = (
+            patience  # seconds it may wait for a busy lock; None: the store's lock_timeout
+        )
         self.waited = 0.0  # seconds it waited for the lock
         self.done: threading.Event | None = None  # made only for a job that has to wait
         self.promoted = False  # woken to lead the next batch, not because it finished
@@ -112,7 +128,9 @@ class GroupCommit:
             if holding or (queued and not done):
                 self._clean_up(jobs, taken, holding, done, store)
 
-    def _clean_up(self, jobs: list[Job[Any]], taken: list[Job[Any]], holding: bool, done: bool, store: Store) -> None:
+    def _clean_up(
+        self, jobs: list[Job[Any]], taken: list[Job[Any]], holding: bool, done: bool, store: Store
+    ) -> None:
         """After a write (``done``) or an interruption: the lead and the waiters, settled.
 
         Every step can be repeated, so a second interruption landing in the middle (a Ctrl-C
@@ -125,7 +143,9 @@ class GroupCommit:
                     self._wake_taken(jobs, taken, store)
                 with self.lock:
                     if not done:
-                        self.queue = [job for job in self.queue if all(job is not mine for mine in jobs)]
+                        self.queue = [
+                            job for job in self.queue if all(job is not mine for mine in jobs)
+                        ]
                         holding = holding or jobs[0].promoted  # promoted while being interrupted
                     if holding:
                         self._hand_off()
@@ -138,7 +158,11 @@ class GroupCommit:
     def _wake_taken(self, jobs: list[Job[Any]], taken: list[Job[Any]], store: Store) -> None:
         """Wake the other callers whose jobs were taken into an interrupted batch."""
         for job in taken:
-            if job.done is not None and not job.done.is_set() and all(job is not mine for mine in jobs):
+            if (
+                job.done is not None
+                and not job.done.is_set()
+                and all(job is not mine for mine in jobs)
+            ):
                 if not job.settled and not job.ran:  # ran and unsettled: its batch committed
                     job.result, job.error = None, job.error or store._interrupted(job)
                 job.done.set()
@@ -175,7 +199,9 @@ def refuse(batch: list[Job[Any]], error: JournalError) -> None:
             job.done.set()
 
 
-def run_batch(conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, *, sync: bool) -> None:
+def run_batch(
+    conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, *, sync: bool
+) -> None:
     """Run ``batch`` in one transaction on ``conn`` (its lock held); ``sync``: it owes a WAL sync.
 
     The callers are woken by `wake` once the lock is let go; an interrupted batch wakes them here."""
@@ -200,14 +226,18 @@ def run_batch(conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer,
 
 def wake(batch: list[Job[Any]]) -> None:
     """Wake the callers of a batch that ran (after its connection lock is let go)."""
-    for job in batch:  # all settled before any is woken: an interruption while waking loses no result
+    for (
+        job
+    ) in batch:  # all settled before any is woken: an interruption while waking loses no result
         job.settled = True
     for job in batch:
         if job.done is not None:
             job.done.set()
 
 
-def _interrupted(conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, sync: bool) -> None:
+def _interrupted(
+    conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, sync: bool
+) -> None:
     """Settle and wake a batch interrupted mid-way. A job that ran in a batch that committed
     keeps its result (its write is there), unless it is a durable write still owed its sync."""
     committed = not conn.in_transaction
@@ -226,7 +256,9 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
-def execute(conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, *, savepoints: bool) -> bool:
+def execute(
+    conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, *, savepoints: bool
+) -> bool:
     """Run the batch in one transaction; False (all rolled back) when a job fails without savepoints."""
     several = len(batch) > 1
     if several:  # a lone job runs in autocommit; a job needing more opens its own transaction

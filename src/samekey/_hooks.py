@@ -36,10 +36,14 @@ class RetryDetails:
     url: str
     attempt: int  # the attempt that just failed, 1-based, counting earlier runs (as OperationInfo.attempts)
     next_wait: float  # seconds before the next attempt
-    waited_so_far: float  # seconds this call has already waited between its attempts, next_wait excluded
+    waited_so_far: (
+        float  # seconds this call has already waited between its attempts, next_wait excluded
+    )
     reason: str  # e.g. "HTTP 503", "ReadError (ConnectionResetError: ...)"
     status_code: int | None  # the answer's status, None when the attempt got no answer (an error)
-    error_type: str | None  # that error's class name ("ReadTimeout", "ConnectError"); None with an answer
+    error_type: (
+        str | None
+    )  # that error's class name ("ReadTimeout", "ConnectError"); None with an answer
     from_retry_after: bool  # next_wait is the server's Retry-After (capped), not the backoff
 
 
@@ -66,7 +70,9 @@ def hooks_from(given: object, option: str = "on_retry") -> tuple[Any, ...]:
         )
     for hook in hooks:
         if not callable(hook):
-            raise TypeError(f"{option} hooks must be callables taking a samekey.{details}, got {hook!r} in {given!r}")
+            raise TypeError(
+                f"{option} hooks must be callables taking a samekey.{details}, got {hook!r} in {given!r}"
+            )
         if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(hook.__call__):
             # it would return a coroutine nobody awaits: the hook would silently never run
             raise TypeError(

@@ -94,6 +94,11 @@ class Owners:
         An owner of another host or scope is never probed: its lease is waited out.
         """
         host, pid_text, scope = [*(owner or "").split("/"), "", ""][:3]
-        if host != self.host or scope != PID_SCOPE or not pid_text.isdigit() or int(pid_text) == PROCESS.pid:
+        if (
+            host != self.host
+            or scope != PID_SCOPE
+            or not pid_text.isdigit()
+            or int(pid_text) == PROCESS.pid
+        ):
             return False
         return pid_is_gone(int(pid_text))

@@ -103,8 +103,14 @@ class Journal:
     ) -> None:
         if durability not in ("fsync", "process"):
             raise ValueError(f"durability must be 'fsync' or 'process', got {durability!r}")
-        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or not 0 < lock_timeout < inf:
-            raise ValueError(f"lock_timeout must be a positive, finite number of seconds, got {lock_timeout!r}")
+        if (
+            isinstance(lock_timeout, bool)
+            or not isinstance(lock_timeout, (int, float))
+            or not 0 < lock_timeout < inf
+        ):
+            raise ValueError(
+                f"lock_timeout must be a positive, finite number of seconds, got {lock_timeout!r}"
+            )
         refuse_dsn_as_path(path)
         # absolute once, here: a later os.chdir (a daemon, a task runner) must neither point the
         # WAL sync at a missing file nor let a forked child reopen another, empty journal
@@ -113,7 +119,9 @@ class Journal:
         self.location = str(self.path)
         self.durability: Durability = durability
         self.lock_timeout = float(lock_timeout)
-        self.read_only = bool(read_only)  # for inspection (`samekey list/show`): creates and changes nothing
+        self.read_only = bool(
+            read_only
+        )  # for inspection (`samekey list/show`): creates and changes nothing
         # checkpoints off the request path in "process" mode only (see _wal)
         self._checkpoints_off_path = durability == "process" and not self.read_only
         self._file = JournalFile(
@@ -124,14 +132,18 @@ class Journal:
         )
         self._lock = threading.Lock()  # guards the connection
         self._commits = GroupCommit()
-        self._budgets = LockBudgets(self.lock_timeout)  # one request's lock waits: lock_timeout in all
+        self._budgets = LockBudgets(
+            self.lock_timeout
+        )  # one request's lock waits: lock_timeout in all
         self._wal = WalSync()
         self._conn: sqlite3.Connection | None = None
         self._pid = PROCESS.pid  # the process that opened the connection
         # how long a fork waits for a call in another thread to leave the connection (_sqlite_fork):
         # a busy wait for the write lock, then one for BEGIN IMMEDIATE, then an fsync
         self._fork_wait = 2 * self.lock_timeout + _sqlite_fork.FORK_WAIT_EXTRA
-        self._forked_in_use = False  # forked while another thread held the connection past _fork_wait
+        self._forked_in_use = (
+            False  # forked while another thread held the connection past _fork_wait
+        )
         self._checkpoints: Checkpointer | None = None  # made once the file is open
         _sqlite_fork.register(self)
         with self._lock:  # a fork meanwhile waits for the open to end
@@ -140,7 +152,9 @@ class Journal:
     def _open(self) -> None:
         self._conn = self._file.open()
         if self._checkpoints_off_path:
-            self._checkpoints = Checkpointer(str(self._file.opened_file(self._conn, "")), self._fork_wait)
+            self._checkpoints = Checkpointer(
+                str(self._file.opened_file(self._conn, "")), self._fork_wait
+            )
 
     # -- errors -------------------------------------------------------------------------
 
@@ -164,7 +178,9 @@ class Journal:
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _write(self, doing: str, fn: Callable[[sqlite3.Connection], _T], *, durable: bool = True) -> _T:
+    def _write(
+        self, doing: str, fn: Callable[[sqlite3.Connection], _T], *, durable: bool = True
+    ) -> _T:
         return self._run(Job(fn, doing, durable))
 
     def _run(self, job: Job[_T]) -> _T:
@@ -231,10 +247,17 @@ class Journal:
         with self._lock:
             conn = self._conn
             if conn is None:
-                return refuse(batch, self._fail("it is closed", "Use the journal inside the client's lifetime."))
+                return refuse(
+                    batch,
+                    self._fail("it is closed", "Use the journal inside the client's lifetime."),
+                )
             if self.read_only:
                 return refuse(
-                    batch, self._fail("it was opened read_only=True", "Open it without read_only to record operations.")
+                    batch,
+                    self._fail(
+                        "it was opened read_only=True",
+                        "Open it without read_only to record operations.",
+                    ),
                 )
             run_batch(conn, batch, self, sync=sync)
         wake(batch)
@@ -256,17 +279,27 @@ class Journal:
                 try:
                     return conn.execute(sql, params).fetchall()
                 except sqlite3.OperationalError as exc:
-                    return when_free(conn, lambda c: c.execute(sql, params).fetchall(), exc, self.lock_timeout)
+                    return when_free(
+                        conn, lambda c: c.execute(sql, params).fetchall(), exc, self.lock_timeout
+                    )
             except sqlite3.Error as exc:
                 raise self._classify(exc, doing) from exc
 
     # -- JournalStore -------------------------------------------------------------------
 
     def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult:
-        return self._run_owned(owner, self._claim_job(intent, owner, lease_seconds, now), last=False)
+        return self._run_owned(
+            owner, self._claim_job(intent, owner, lease_seconds, now), last=False
+        )
 
     def record_attempt(
-        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+        self,
+        operation: str,
+        owner: str,
+        attempts: int,
+        error: str | None,
+        lease_seconds: float,
+        now: float,
     ) -> None:
         job = self._record_attempt_job(operation, owner, attempts, error, lease_seconds, now)
         self._run_owned(owner, job, last=False)
@@ -284,7 +317,9 @@ class Journal:
         job = self._complete_job(operation, owner, attempts, status, headers, body, now)
         self._run_owned(owner, job, last=True)
 
-    def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None:
+    def release(
+        self, operation: str, owner: str, attempts: int, error: str | None, now: float
+    ) -> None:
         self._run_owned(owner, self._release_job(operation, owner, attempts, error, now), last=True)
 
     def run_batch(self, calls: Sequence[JournalCall]) -> list[Outcome]:
@@ -306,7 +341,9 @@ class Journal:
                 outcomes[i] = (None, exc)
         if jobs:
             self._check_process()
-            owned = [(job, calls[i].owner, isinstance(calls[i], (Complete, Release))) for i, job in jobs]  # type: ignore[union-attr]
+            owned = [
+                (job, calls[i].owner, isinstance(calls[i], (Complete, Release))) for i, job in jobs
+            ]  # type: ignore[union-attr]
             for job, owner, _ in owned:
                 job.patience = self._budgets.left(owner)
             try:
@@ -328,15 +365,25 @@ class Journal:
             )
         if isinstance(call, Complete):
             return self._complete_job(
-                call.operation, call.owner, call.attempts, call.status, call.headers, call.body, call.now
+                call.operation,
+                call.owner,
+                call.attempts,
+                call.status,
+                call.headers,
+                call.body,
+                call.now,
             )
         if isinstance(call, Release):
-            return self._release_job(call.operation, call.owner, call.attempts, call.error, call.now)
+            return self._release_job(
+                call.operation, call.owner, call.attempts, call.error, call.now
+            )
         if isinstance(call, FillReserved):
             return self._fill_reserved_job(call.intent, call.owner, call.now)
         return None
 
-    def _claim_job(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> Job[ClaimResult]:
+    def _claim_job(
+        self, intent: Intent, owner: str, lease_seconds: float, now: float
+    ) -> Job[ClaimResult]:
         expires = now + lease_seconds
 
         def job(conn: sqlite3.Connection) -> ClaimResult:
@@ -351,7 +398,9 @@ class Journal:
             if not conn.in_transaction:  # ran in autocommit: read and update under the write lock
                 conn.execute("BEGIN IMMEDIATE")
                 return job(conn)
-            row = conn.execute(f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (intent.operation,)).fetchone()
+            row = conn.execute(
+                f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (intent.operation,)
+            ).fetchone()
             record = record_from_row(row, self.location)
             decision = lease_decision(record, owner, now)
             if decision != "claimed":
@@ -365,7 +414,13 @@ class Journal:
         return Job(job, f"recording operation {intent.operation!r}", True)
 
     def _record_attempt_job(
-        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+        self,
+        operation: str,
+        owner: str,
+        attempts: int,
+        error: str | None,
+        lease_seconds: float,
+        now: float,
     ) -> Job[None]:
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -396,7 +451,9 @@ class Journal:
 
         return Job(job, f"completing operation {operation!r}", False)
 
-    def _release_job(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> Job[None]:
+    def _release_job(
+        self, operation: str, owner: str, attempts: int, error: str | None, now: float
+    ) -> Job[None]:
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE operations SET attempts = max(attempts, ?), last_error = coalesce(?, last_error), "
@@ -432,7 +489,9 @@ class Journal:
         return Job(job, f"recording the request of operation {intent.operation!r}", True)
 
     def get(self, operation: str) -> OperationRecord | None:
-        rows = self._read(f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (operation,), "reading")
+        rows = self._read(
+            f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (operation,), "reading"
+        )
         return record_from_row(rows[0], self.location) if rows else None
 
     def pending(self, prefix: str | None = None) -> list[OperationRecord]:
@@ -452,7 +511,9 @@ class Journal:
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         columns = COLUMNS if bodies else _SUMMARY_COLUMNS
         rows = self._read(
-            f"SELECT {columns} FROM operations{clause} ORDER BY created_at, operation", tuple(params), "listing"
+            f"SELECT {columns} FROM operations{clause} ORDER BY created_at, operation",
+            tuple(params),
+            "listing",
         )
         return [record_from_row(r, self.location) for r in rows]
 
@@ -505,7 +566,10 @@ class Journal:
 
     def forget(self, operation: str) -> bool:
         def job(conn: sqlite3.Connection) -> bool:
-            return conn.execute("DELETE FROM operations WHERE operation = ?", (operation,)).rowcount == 1
+            return (
+                conn.execute("DELETE FROM operations WHERE operation = ?", (operation,)).rowcount
+                == 1
+            )
 
         return self._write(f"forgetting operation {operation!r}", job)
 

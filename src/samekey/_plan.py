@@ -20,7 +20,14 @@ from ._redaction import Redactor
 from ._sealing import KEY_ENV, Sealer, is_sealed
 from ._wire import OPERATION_EXTENSION, header_bytes
 
-__all__ = ["UNNAMED_PREFIX", "Plan", "carry_first_bytes", "make_plan", "mismatch", "multipart_operation"]
+__all__ = [
+    "UNNAMED_PREFIX",
+    "Plan",
+    "carry_first_bytes",
+    "make_plan",
+    "mismatch",
+    "multipart_operation",
+]
 
 # Idempotent by RFC 9110: retried without a key when no operation is named. Every other method
 # (POST, PATCH, LOCK, a custom one) may act twice, so it is keyed and journaled.
@@ -89,7 +96,11 @@ def uuid4() -> str:
 
 def valid_operation(operation: object) -> bool:
     # a lone surrogate cannot be stored; PostgreSQL refuses NUL in text
-    if not isinstance(operation, str) or not operation.strip() or len(operation) > MAX_OPERATION_LENGTH:
+    if (
+        not isinstance(operation, str)
+        or not operation.strip()
+        or len(operation) > MAX_OPERATION_LENGTH
+    ):
         return False
     if "\0" in operation:
         return False
@@ -177,7 +188,9 @@ def as_first_sent(request: httpx.Request, record: OperationRecord) -> None:
     if content_type is None or record.body_redacted or is_sealed(record.request_body):
         return  # a body with fields never stored (or one this client cannot open) is never sent
     request.headers["Content-Type"] = header_bytes(content_type).decode("latin-1")
-    if "Transfer-Encoding" not in request.headers:  # never both (RFC 9112 6.1): a chunked body stays chunked
+    if (
+        "Transfer-Encoding" not in request.headers
+    ):  # never both (RFC 9112 6.1): a chunked body stays chunked
         request.headers["Content-Length"] = str(len(record.request_body))
     request.stream = httpx.ByteStream(record.request_body)
     request._content = record.request_body  # what request.content (and a retry's re-read) returns

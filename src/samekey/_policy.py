@@ -53,7 +53,9 @@ def to_seconds(value: Seconds, name: str, *, allow_zero: bool = True) -> float:
 # -- testing mode -----------------------------------------------------------------------
 
 _testing_lock = threading.Lock()
-_testing: list[_TestingMode] = []  # stack of active testing modes (each holds its attempts cap, or None)
+_testing: list[
+    _TestingMode
+] = []  # stack of active testing modes (each holds its attempts cap, or None)
 
 
 def testing_attempts_cap() -> tuple[bool, int | None]:
@@ -69,7 +71,9 @@ class _TestingMode:
         self._on = on
         self._attempts = attempts
         self._ended = False
-        self._saved: list[_TestingMode] = []  # what an 'off' cleared: put back when it is used as `with`
+        self._saved: list[
+            _TestingMode
+        ] = []  # what an 'off' cleared: put back when it is used as `with`
         if on:
             with _testing_lock:
                 _testing.append(self)
@@ -83,7 +87,9 @@ class _TestingMode:
 
     def __exit__(self, *exc: object) -> None:
         if not self._on:
-            with _testing_lock:  # the modes it turned off, unless they ended meanwhile, under any begun since
+            with (
+                _testing_lock
+            ):  # the modes it turned off, unless they ended meanwhile, under any begun since
                 _testing[:0] = [mode for mode in self._saved if not mode._ended]
                 self._saved = []
             return
@@ -96,7 +102,9 @@ class _TestingMode:
                     break
 
 
-def set_testing(on: bool = True, *, attempts: int | None = None) -> contextlib.AbstractContextManager[object]:
+def set_testing(
+    on: bool = True, *, attempts: int | None = None
+) -> contextlib.AbstractContextManager[object]:
     """Turn off real waiting between retries, for your own test suite.
 
     ``samekey.set_testing(True)`` stays on until ``set_testing(False)``; used as
@@ -135,7 +143,9 @@ class RetryBudget:
             ("timeout_cost", timeout_cost),
             ("success_refund", success_refund),
         ):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:  # NaN too
+            if (
+                not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0
+            ):  # NaN too
                 raise ValueError(f"RetryBudget {name} must be a non-negative number, got {value!r}")
         self.capacity = float(capacity)
         self.retry_cost = float(retry_cost)
@@ -266,8 +276,14 @@ class RetryPolicy:
         budget: RetryBudget | bool | None = True,
     ) -> None:
         if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
-            raise ValueError(f"max_attempts must be a whole number >= 1 (1 means no retries), got {max_attempts!r}")
-        if not isinstance(multiplier, (int, float)) or isinstance(multiplier, bool) or not multiplier >= 1:  # NaN
+            raise ValueError(
+                f"max_attempts must be a whole number >= 1 (1 means no retries), got {max_attempts!r}"
+            )
+        if (
+            not isinstance(multiplier, (int, float))
+            or isinstance(multiplier, bool)
+            or not multiplier >= 1
+        ):  # NaN
             raise ValueError(f"multiplier must be a number >= 1, got {multiplier!r}")
         self.max_attempts = max_attempts
         self.multiplier = float(multiplier)
@@ -281,8 +297,12 @@ class RetryPolicy:
             )
         self.retry_statuses = _statuses(retry_statuses)
         self.retry_exceptions = _exception_classes(retry_exceptions)
-        if verdict_header is not None and (not isinstance(verdict_header, str) or not verdict_header.strip()):
-            raise ValueError(f"verdict_header must be a header name or None, got {verdict_header!r}")
+        if verdict_header is not None and (
+            not isinstance(verdict_header, str) or not verdict_header.strip()
+        ):
+            raise ValueError(
+                f"verdict_header must be a header name or None, got {verdict_header!r}"
+            )
         self.verdict_header = verdict_header
         self._default_budget: RetryBudget | None = None  # see active_budget
         if budget is True:
@@ -290,7 +310,9 @@ class RetryPolicy:
         elif budget is False:
             budget = None
         if budget is not None and not isinstance(budget, RetryBudget):
-            raise TypeError(f"budget must be a samekey.RetryBudget, True (a default one) or None (off), got {budget!r}")
+            raise TypeError(
+                f"budget must be a samekey.RetryBudget, True (a default one) or None (off), got {budget!r}"
+            )
         self.budget: RetryBudget | None = budget
         self._retrying: tuple[tuple[object, ...], tenacity.Retrying] | None = None
 
@@ -314,7 +336,11 @@ class RetryPolicy:
         return response.status_code in self.retry_statuses
 
     def should_retry_exception(self, exc: BaseException) -> bool:
-        return isinstance(exc, self.retry_exceptions) and not _tls_refused(exc) and not _proxy_refused(exc)
+        return (
+            isinstance(exc, self.retry_exceptions)
+            and not _tls_refused(exc)
+            and not _proxy_refused(exc)
+        )
 
     def retry_after(self, response: httpx.Response | None) -> float | None:
         """The server's requested wait, capped at max_retry_after."""
@@ -348,7 +374,14 @@ class RetryPolicy:
         """
         testing, _ = testing_attempts_cap()
         # everything the strategies were built from: a changed attribute or testing mode rebuilds
-        key = (testing, self.attempts_allowed(), self.deadline, self.initial_delay, self.max_delay, self.multiplier)
+        key = (
+            testing,
+            self.attempts_allowed(),
+            self.deadline,
+            self.initial_delay,
+            self.max_delay,
+            self.multiplier,
+        )
         cached = self._retrying
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -358,7 +391,8 @@ class RetryPolicy:
 
     def _build_retrying(self, testing: bool) -> tenacity.Retrying:
         return tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts_allowed()) | tenacity.stop_before_delay(self.deadline),
+            stop=tenacity.stop_after_attempt(self.attempts_allowed())
+            | tenacity.stop_before_delay(self.deadline),
             wait=_WaitBackoffOrRetryAfter(self, testing),
             retry=_RetryWhenChangeable(self),
             retry_error_callback=_Exhausted,
@@ -424,7 +458,9 @@ def _statuses(retry_statuses: Iterable[int]) -> frozenset[int]:
     return statuses
 
 
-def _exception_classes(retry_exceptions: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
+def _exception_classes(
+    retry_exceptions: Iterable[type[BaseException]],
+) -> tuple[type[BaseException], ...]:
     if isinstance(retry_exceptions, type):
         raise TypeError(
             "retry_exceptions must be a tuple of exception classes, "

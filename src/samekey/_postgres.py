@@ -144,7 +144,11 @@ def _check_arguments(dsn: object, create: object, pool_size: object, **timeouts:
     if not isinstance(create, bool):
         raise ValueError(f"create must be True or False, got {create!r}")
     for name, value in timeouts.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not 0 < value < math.inf
+        ):
             raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
     if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
         raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
@@ -238,7 +242,9 @@ class PostgresJournal:
             given = self._psycopg.conninfo.conninfo_to_dict(dsn)
         except self._psycopg.ProgrammingError as exc:
             self._hide_secrets(exc)
-            raise self._fail(f"the DSN cannot be parsed ({' '.join(str(exc).split())})", "Check its syntax.") from exc
+            raise self._fail(
+                f"the DSN cannot be parsed ({' '.join(str(exc).split())})", "Check its syntax."
+            ) from exc
         link = {
             "keepalives": 1,
             "keepalives_idle": 10,
@@ -247,7 +253,11 @@ class PostgresJournal:
             "tcp_user_timeout": math.ceil(self.statement_timeout * 1000),
         }
         # the DSN's own settings win
-        return str(self._psycopg.conninfo.make_conninfo(dsn, **{k: v for k, v in link.items() if k not in given}))
+        return str(
+            self._psycopg.conninfo.make_conninfo(
+                dsn, **{k: v for k, v in link.items() if k not in given}
+            )
+        )
 
     def _open_schema(self) -> None:
         """Check (or create) the tables on a connection of its own: one that cannot be made
@@ -274,7 +284,9 @@ class PostgresJournal:
         link: BaseException | None = exc
         while link is not None and id(link) not in seen:
             seen.add(id(link))
-            link.args = tuple(scrub(a, self._secrets) if isinstance(a, str) else a for a in link.args)
+            link.args = tuple(
+                scrub(a, self._secrets) if isinstance(a, str) else a for a in link.args
+            )
             link = link.__cause__ or link.__context__
 
     def _classify(self, exc: Exception, doing: str) -> JournalError:
@@ -309,14 +321,19 @@ class PostgresJournal:
                 "samekey_operations and samekey_schema tables.",
             )
         if isinstance(exc, errors.DiskFull):
-            return self._fail(f"the database server's disk is full while {doing}", "Free some space; nothing was sent.")
+            return self._fail(
+                f"the database server's disk is full while {doing}",
+                "Free some space; nothing was sent.",
+            )
         if isinstance(exc, self._psycopg.OperationalError):
             return self._fail(
                 f"cannot reach the PostgreSQL server while {doing} ({text})",
                 "Check that it runs and accepts connections from this host, and the DSN's host, port, "
                 "user, password and database.",
             )
-        return self._fail(f"PostgreSQL error while {doing} ({text})", "Check the database and the DSN.")
+        return self._fail(
+            f"PostgreSQL error while {doing} ({text})", "Check the database and the DSN."
+        )
 
     # -- connections --------------------------------------------------------------------
 
@@ -349,7 +366,9 @@ class PostgresJournal:
         return self._psycopg_pool.ConnectionPool(
             self._conninfo,
             kwargs=self._connect_options(),
-            configure=functools.partial(_configure, self._settings()),  # no reference back to the journal
+            configure=functools.partial(
+                _configure, self._settings()
+            ),  # no reference back to the journal
             min_size=0,  # opened lazily, one connection at a time as callers need them
             max_size=self.pool_size,
             timeout=self.pool_timeout,
@@ -369,7 +388,9 @@ class PostgresJournal:
         except self._psycopg_pool.PoolTimeout as exc:
             raise self._no_connection(doing) from exc
         except self._psycopg_pool.PoolClosed as exc:
-            raise self._fail("it is closed", "Use the journal inside the client's lifetime.") from exc
+            raise self._fail(
+                "it is closed", "Use the journal inside the client's lifetime."
+            ) from exc
         with self._lock:
             self._in_use += 1
         return conn
@@ -421,14 +442,19 @@ class PostgresJournal:
                 dropped = isinstance(exc, self._psycopg.OperationalError)
             finally:
                 self._give_back(conn)
-            if dropped:  # the server restarted or failed over: its other idle connections are dead too
+            if (
+                dropped
+            ):  # the server restarted or failed over: its other idle connections are dead too
                 self._pool.check()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _worth_a_retry(self, exc: Exception) -> bool:
         # a dropped connection (a server restart, a failover), or this process stalled
         # mid-transaction and the server ended the session (its locks freed for the others)
-        return isinstance(exc, (self._psycopg.OperationalError, self._psycopg.errors.IdleInTransactionSessionTimeout))
+        return isinstance(
+            exc,
+            (self._psycopg.OperationalError, self._psycopg.errors.IdleInTransactionSessionTimeout),
+        )
 
     # -- schema -------------------------------------------------------------------------
 
@@ -440,7 +466,9 @@ class PostgresJournal:
                     "It was left untouched. Use another database or schema (options=-csearch_path=NAME).",
                 )
             return None
-        versions = [row[0] for row in conn.execute("SELECT DISTINCT version FROM samekey_schema ORDER BY 1")]
+        versions = [
+            row[0] for row in conn.execute("SELECT DISTINCT version FROM samekey_schema ORDER BY 1")
+        ]
         restore = "or use another database or schema."
         if not versions:
             raise self._fail(
@@ -483,7 +511,9 @@ class PostgresJournal:
 
     def _create_or_migrate(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
-            version = self._version(conn)  # again under the lock: another process may have set it up
+            version = self._version(
+                conn
+            )  # again under the lock: another process may have set it up
             if version is not None and version > SCHEMA_VERSION:
                 raise self._fail(
                     f"it was written by a newer samekey (schema {version}; this one reads up to {SCHEMA_VERSION})",
@@ -493,7 +523,11 @@ class PostgresJournal:
                 database, schema, path = conn.execute(
                     "SELECT current_database(), current_schema(), current_setting('search_path')"
                 ).fetchone() or (None, None, None)
-                place = f"in schema {schema!r}" if schema is not None else f"on its search_path ({path})"
+                place = (
+                    f"in schema {schema!r}"
+                    if schema is not None
+                    else f"on its search_path ({path})"
+                )
                 raise self._fail(
                     f"database {database!r} has no samekey tables (samekey_operations, samekey_schema) {place}, "
                     "so it holds no journal; nothing was created",
@@ -531,7 +565,9 @@ class PostgresJournal:
                 if conn.execute(_INSERT, params).rowcount == 1:
                     return ClaimResult("created", new_record(intent, owner, now, expires))
                 with conn.transaction():
-                    row = conn.execute(f"{_SELECT} WHERE operation = %s FOR UPDATE", (intent.operation,)).fetchone()
+                    row = conn.execute(
+                        f"{_SELECT} WHERE operation = %s FOR UPDATE", (intent.operation,)
+                    ).fetchone()
                     if row is None:
                         continue
                     record = record_from_row(row, self.location)
@@ -552,7 +588,13 @@ class PostgresJournal:
         return self._run(f"recording operation {intent.operation!r}", work)
 
     def record_attempt(
-        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+        self,
+        operation: str,
+        owner: str,
+        attempts: int,
+        error: str | None,
+        lease_seconds: float,
+        now: float,
     ) -> None:
         def work(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
@@ -584,7 +626,9 @@ class PostgresJournal:
 
         self._run(f"completing operation {operation!r}", work)
 
-    def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None:
+    def release(
+        self, operation: str, owner: str, attempts: int, error: str | None, now: float
+    ) -> None:
         def work(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
                 "UPDATE samekey_operations SET attempts = greatest(attempts, %s), "
@@ -637,7 +681,9 @@ class PostgresJournal:
 
         def work(conn: psycopg.Connection[Any]) -> list[OperationRecord]:
             select = _SELECT if bodies else _SELECT_SUMMARY  # see Journal.records
-            rows = conn.execute(f"{select}{clause} ORDER BY created_at, operation", params).fetchall()
+            rows = conn.execute(
+                f"{select}{clause} ORDER BY created_at, operation", params
+            ).fetchall()
             return [record_from_row(r, self.location) for r in rows]
 
         return self._run("listing", work)
@@ -676,7 +722,12 @@ class PostgresJournal:
 
     def forget(self, operation: str) -> bool:
         def work(conn: psycopg.Connection[Any]) -> bool:
-            return conn.execute("DELETE FROM samekey_operations WHERE operation = %s", (operation,)).rowcount == 1
+            return (
+                conn.execute(
+                    "DELETE FROM samekey_operations WHERE operation = %s", (operation,)
+                ).rowcount
+                == 1
+            )
 
         return self._run(f"forgetting operation {operation!r}", work)
 

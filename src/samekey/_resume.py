@@ -24,7 +24,13 @@ from ._wire import OPERATION_EXTENSION, header_bytes
 
 logger = logging.getLogger("samekey")
 
-__all__ = ["HeadersArg", "ResumeResult", "RetargetTransport", "build_resume_request", "bulk_resumable"]
+__all__ = [
+    "HeadersArg",
+    "ResumeResult",
+    "RetargetTransport",
+    "build_resume_request",
+    "bulk_resumable",
+]
 
 HeadersArg = Mapping[str, str] | Sequence[tuple[str, str]] | Sequence[tuple[bytes, bytes]] | None
 
@@ -69,7 +75,10 @@ def bulk_resumable(
 
 
 def build_resume_request(
-    client: httpx.Client | httpx.AsyncClient, engine: Engine, operation: str, headers: HeadersArg = None
+    client: httpx.Client | httpx.AsyncClient,
+    engine: Engine,
+    operation: str,
+    headers: HeadersArg = None,
 ) -> httpx.Request:
     """The journaled request of ``operation``, rebuilt on ``client``.
 
@@ -87,7 +96,9 @@ def build_resume_request(
             f"this client sends keys in {engine.key_header!r}. Nothing was sent. "
             f"Resume it with a client created with key_header={record.key_header!r}."
         )
-    hidden = [name for name, value in httpx.URL(record.url).params.multi_items() if value == REDACTED]
+    hidden = [
+        name for name, value in httpx.URL(record.url).params.multi_items() if value == REDACTED
+    ]
     if record.pending and hidden:
         raise SameKeyError(
             f"operation {operation!r} carried credentials in its URL ({', '.join(hidden)}), which the journal "
@@ -96,7 +107,9 @@ def build_resume_request(
         )
     refuse_protected_body(record)
     # as bytes: a str header value would go out as ASCII, and fail on 'José' (see header_bytes)
-    merged = httpx.Headers([(header_bytes(name), header_bytes(value)) for name, value in record.request_headers])
+    merged = httpx.Headers(
+        [(header_bytes(name), header_bytes(value)) for name, value in record.request_headers]
+    )
     if headers is not None:
         merged.update(httpx.Headers(headers))
     # the journaled key, as a caller key: the flow checks it against the record
@@ -148,7 +161,9 @@ class RetargetTransport(httpx.BaseTransport):
         """
         base = httpx.URL(base_url)
         if base.userinfo:
-            raise ValueError("a base URL must not carry credentials: pass them as a header (-H 'Authorization: ...')")
+            raise ValueError(
+                "a base URL must not carry credentials: pass them as a header (-H 'Authorization: ...')"
+            )
         if base.scheme not in ("http", "https") or not base.host:
             raise ValueError(f"base URL must look like http://host[:port], got {base_url!r}")
         if base.raw_path not in (b"/", b"/?") or base.fragment:
@@ -159,7 +174,9 @@ class RetargetTransport(httpx.BaseTransport):
         return base
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        request.url = request.url.copy_with(scheme=self.base.scheme, host=self.base.host, port=self.base.port)
+        request.url = request.url.copy_with(
+            scheme=self.base.scheme, host=self.base.host, port=self.base.port
+        )
         request.headers["Host"] = request.url.netloc.decode("ascii")
         return self.inner.handle_request(request)
 

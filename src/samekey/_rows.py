@@ -71,7 +71,9 @@ def headers_to_json(headers: Iterable[tuple[str, str]]) -> str:
     return "[" + ",".join(f"[{_quote(k)},{_quote(v)}]" for k, v in headers) + "]"
 
 
-@functools.lru_cache(maxsize=256)  # a client sends the same few sets of request headers again and again
+@functools.lru_cache(
+    maxsize=256
+)  # a client sends the same few sets of request headers again and again
 def request_headers_json(headers: tuple[tuple[str, str], ...]) -> str:
     return headers_to_json(headers)
 

@@ -81,7 +81,9 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 class JournalFile:
     """One journal file's path and how to open it; the connection is the store's."""
 
-    def __init__(self, path: Path, *, lock_timeout: float, read_only: bool, autocheckpoint: int | None) -> None:
+    def __init__(
+        self, path: Path, *, lock_timeout: float, read_only: bool, autocheckpoint: int | None
+    ) -> None:
         self.path = path
         self.lock_timeout = lock_timeout
         self.read_only = read_only
@@ -103,7 +105,8 @@ class JournalFile:
                     missing.mkdir(mode=0o700, exist_ok=True)
             except OSError as exc:
                 raise self.fail(
-                    f"cannot create its folder ({exc.strerror})", "Choose a writable location with journal=PATH."
+                    f"cannot create its folder ({exc.strerror})",
+                    "Choose a writable location with journal=PATH.",
                 ) from exc
         if self.path.is_dir():
             raise self.fail("this is a folder, not a file", "Pass the path of a file inside it.")
@@ -163,10 +166,16 @@ class JournalFile:
     def _connect(self, target: str | Path, *, uri: bool = False) -> sqlite3.Connection:
         try:
             return sqlite3.connect(
-                target, timeout=self.lock_timeout, isolation_level=None, check_same_thread=False, uri=uri
+                target,
+                timeout=self.lock_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=uri,
             )
         except sqlite3.Error as exc:
-            raise self.fail(f"cannot open it ({exc})", "Check the path and its permissions.") from exc
+            raise self.fail(
+                f"cannot open it ({exc})", "Check the path and its permissions."
+            ) from exc
 
     def open(self) -> sqlite3.Connection:
         if self.read_only:
@@ -176,13 +185,17 @@ class JournalFile:
                 self.drop_side_files()
                 raise
             with self._closing_on_error(conn):
-                conn.execute("PRAGMA busy_timeout=0")  # the store's lock waits poll instead (_group_commit)
+                conn.execute(
+                    "PRAGMA busy_timeout=0"
+                )  # the store's lock waits poll instead (_group_commit)
             return conn
         self._prepare_file()
         conn = self._connect(self.path)
         with self._closing_on_error(conn):
             self._init_schema(conn)
-            conn.execute("PRAGMA busy_timeout=0")  # from here on, the store's lock waits poll (_group_commit)
+            conn.execute(
+                "PRAGMA busy_timeout=0"
+            )  # from here on, the store's lock waits poll (_group_commit)
         return conn
 
     @contextlib.contextmanager
@@ -220,10 +233,16 @@ class JournalFile:
         With an empty -wal there is nothing to fold in: a plain close removes the -wal/-shm it made.
         """
         holder = None
-        with contextlib.suppress(sqlite3.Error, OSError):  # no -wal, or the file cannot be read: a plain close
+        with contextlib.suppress(
+            sqlite3.Error, OSError
+        ):  # no -wal, or the file cannot be read: a plain close
             if self.side_file("-wal").stat().st_size > 0:
-                holder = sqlite3.connect(self._read_only_uri(), uri=True, isolation_level=None, check_same_thread=False)
-                holder.execute("PRAGMA user_version").fetchone()  # a read: it holds the file from now on
+                holder = sqlite3.connect(
+                    self._read_only_uri(), uri=True, isolation_level=None, check_same_thread=False
+                )
+                holder.execute(
+                    "PRAGMA user_version"
+                ).fetchone()  # a read: it holds the file from now on
         try:
             conn.close()
         finally:
@@ -236,7 +255,10 @@ class JournalFile:
         # With no -wal holding recent writes, the main file alone is the whole journal and
         # can be read as immutable; otherwise those writes would be skipped, so it is an error.
         if not self.path.is_file():
-            raise self.fail("there is no journal file here", "Check the path (--journal PATH or $SAMEKEY_JOURNAL).")
+            raise self.fail(
+                "there is no journal file here",
+                "Check the path (--journal PATH or $SAMEKEY_JOURNAL).",
+            )
         self._made_side_files = not any(self.side_file(end).exists() for end in ("-wal", "-shm"))
         base = self._read_only_uri()
         conn = self._connect(base, uri=True)
@@ -247,7 +269,9 @@ class JournalFile:
             conn.close()
             wal = self.side_file("-wal")
             if "locked" in str(exc).lower() and wal.exists() and wal.stat().st_size > 0:
-                raise self.classify(exc, "reading it") from exc  # a lock to wait out, not a permission
+                raise self.classify(
+                    exc, "reading it"
+                ) from exc  # a lock to wait out, not a permission
             if wal.exists() and wal.stat().st_size > 0:
                 raise self.fail(
                     f"cannot read it without writing ({exc}), and {wal.name} holds writes not yet in the main file",
@@ -287,7 +311,9 @@ class JournalFile:
         # exclusive lock (so never while another process uses them): a plain connection that reads
         # once and closes lets it do so. Nothing to checkpoint in an empty WAL: the file is unchanged.
         with contextlib.suppress(sqlite3.Error):
-            conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=1.0, isolation_level=None, check_same_thread=False
+            )
             try:
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             finally:
@@ -301,7 +327,9 @@ class JournalFile:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         finally:
-            if conn.in_transaction:  # SQLite rolls back by itself on some errors (no room for the -shm): keep that one
+            if (
+                conn.in_transaction
+            ):  # SQLite rolls back by itself on some errors (no room for the -shm): keep that one
                 conn.execute("COMMIT")
         if app_id != APPLICATION_ID and (tables or version or app_id):
             raise self.fail(
@@ -389,11 +417,15 @@ class JournalFile:
                 "Make the file and its folder writable, or choose another path with journal=PATH.",
             )
         if "full" in lowered:
-            return self.fail(f"the disk is full while {doing}", "Free some space; nothing was sent.")
+            return self.fail(
+                f"the disk is full while {doing}", "Free some space; nothing was sent."
+            )
         if "malformed" in lowered or "not a database" in lowered:
             return self.fail(
                 f"the file is corrupt ({text})",
                 "It was left untouched. Move it aside (keep it: it may hold pending keys) "
                 "or point journal= at another file.",
             )
-        return self.fail(f"SQLite error while {doing} ({text})", "Check the file, its folder and the disk.")
+        return self.fail(
+            f"SQLite error while {doing} ({text})", "Check the file, its folder and the disk."
+        )

@@ -70,7 +70,9 @@ class WalSync:
     def sync(self, wal: Callable[[], Path]) -> None:
         """Sync the WAL; ``wal`` names the file SQLite has open, asked only when it is new."""
         fd = self.fd
-        if fd is None or os.fstat(fd).st_nlink == 0:  # first time, or the WAL was deleted and made anew
+        if (
+            fd is None or os.fstat(fd).st_nlink == 0
+        ):  # first time, or the WAL was deleted and made anew
             self.close()
             fd = self._open(wal())
             if fd is None:  # no WAL: everything is in the main file, synced by SQLite
@@ -116,25 +118,36 @@ class Checkpointer:
             return  # one at a time: the next commit tries again
         self.written = 0
         thread = threading.Thread(target=self._checkpoint, name="samekey-checkpoint", daemon=True)
-        with contextlib.suppress(RuntimeError):  # no thread to be had (interpreter exiting): SQLite's fallback
+        with contextlib.suppress(
+            RuntimeError
+        ):  # no thread to be had (interpreter exiting): SQLite's fallback
             thread.start()
             self.thread = thread
 
     def _checkpoint(self) -> None:
-        with self.lock, contextlib.suppress(Exception):  # a checkpoint not done now is done by the next
+        with (
+            self.lock,
+            contextlib.suppress(Exception),
+        ):  # a checkpoint not done now is done by the next
             # Linux only: elsewhere (macOS, the BSDs) setpriority takes that id for a process id
             if sys.platform.startswith("linux") and hasattr(os, "setpriority"):
                 # the lowest CPU priority: on a busy machine the requests go first, the copy waits
-                with contextlib.suppress(OSError):  # refused (a sandbox): the copy is done all the same
+                with contextlib.suppress(
+                    OSError
+                ):  # refused (a sandbox): the copy is done all the same
                     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
             self._copy()
 
     def _copy(self) -> None:
         # timeout=0: SQLite's busy handler would sleep 1, 2, 5, 10 ms while FULL holds the writers
         # off (a reader of an older snapshot, `samekey list`); each try gives up at once instead
-        conn = sqlite3.connect(self.uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self.uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False
+        )
         try:
-            conn.execute("PRAGMA synchronous=NORMAL")  # syncs the WAL, then the main file (OFF would not)
+            conn.execute(
+                "PRAGMA synchronous=NORMAL"
+            )  # syncs the WAL, then the main file (OFF would not)
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # the bulk, writers going on
             # the few frames left over, writers held off briefly: only a WAL copied to its end
             # starts over at the next commit (instead of growing)
@@ -142,7 +155,9 @@ class Checkpointer:
                 busy, _frames, _copied = conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
                 if not busy:
                     break
-                time.sleep(FULL_RETRY_PAUSE)  # a writer mid-commit, or a reader still on an old snapshot
+                time.sleep(
+                    FULL_RETRY_PAUSE
+                )  # a writer mid-commit, or a reader still on an old snapshot
         finally:
             conn.close()  # never the last connection: the writer's stays open until close() joins this
 

@@ -47,9 +47,15 @@ class Fault:
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
-            raise ValueError(f"Fault kind must be one of {', '.join(FAULT_KINDS)}; got {self.kind!r}")
-        if self.kind == "status" and not (isinstance(self.status, int) and 100 <= self.status <= 599):
-            raise ValueError(f"Fault status must be an HTTP status code 100-599, got {self.status!r}")
+            raise ValueError(
+                f"Fault kind must be one of {', '.join(FAULT_KINDS)}; got {self.kind!r}"
+            )
+        if self.kind == "status" and not (
+            isinstance(self.status, int) and 100 <= self.status <= 599
+        ):
+            raise ValueError(
+                f"Fault status must be an HTTP status code 100-599, got {self.status!r}"
+            )
         if self.kind == "slow" and not (isinstance(self.delay, (int, float)) and self.delay > 0):
             raise ValueError(
                 f"a 'slow' Fault needs delay=SECONDS > 0 (how long the answer is held), got {self.delay!r}"

@@ -89,7 +89,9 @@ class PaymentServer:
         self.faults = faults or FaultPlan()
         self.work_seconds = work_seconds
         self.decline = decline
-        self.require_auth = require_auth  # e.g. "Bearer sk_test": anything else gets a 401 and is not acted on
+        self.require_auth = (
+            require_auth  # e.g. "Bearer sk_test": anything else gets a 401 and is not acted on
+        )
         self._db_lock = threading.Lock()
         self._stopped = False
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
@@ -143,7 +145,9 @@ class PaymentServer:
         return self
 
     def stop(self) -> None:
-        _LIVE.discard(self._token)  # a request it leaves running is executed again by the next server
+        _LIVE.discard(
+            self._token
+        )  # a request it leaves running is executed again by the next server
 
         async def shutdown() -> None:
             if self._server is not None:
@@ -157,7 +161,9 @@ class PaymentServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
             self._thread = None
-        if not self._loop.is_closed():  # also when it never started; a second stop() does nothing more
+        if (
+            not self._loop.is_closed()
+        ):  # also when it never started; a second stop() does nothing more
             self._loop.close()
         self._sock.close()
         with self._db_lock:
@@ -197,12 +203,17 @@ class PaymentServer:
 
     def keys_seen(self) -> list[str]:
         """The Idempotency-Key of every request that arrived, in order (None-less)."""
-        return [r[0] for r in self._query("SELECT key FROM requests WHERE key IS NOT NULL ORDER BY id")]
+        return [
+            r[0] for r in self._query("SELECT key FROM requests WHERE key IS NOT NULL ORDER BY id")
+        ]
 
     def requests(self) -> list[dict[str, Any]]:
         """Every request that arrived, in order: key, method, path, at, outcome and body (text)."""
         rows = self._query("SELECT key, method, path, at, outcome, body FROM requests ORDER BY id")
-        return [dict(zip(("key", "method", "path", "at", "outcome", "body"), r, strict=True)) for r in rows]
+        return [
+            dict(zip(("key", "method", "path", "at", "outcome", "body"), r, strict=True))
+            for r in rows
+        ]
 
     # -- the server side of the protocol --------------------------------------------------
 
@@ -214,7 +225,9 @@ class PaymentServer:
                 (key, request.method, request.path, time.time(), outcome, body),
             )
 
-    def _begin(self, key: str, fingerprint: str, owner: str) -> tuple[str, int | None, bytes | None]:
+    def _begin(
+        self, key: str, fingerprint: str, owner: str
+    ) -> tuple[str, int | None, bytes | None]:
         """('new'|'replay'|'in_flight'|'mismatch', status, body) for a key, atomically.
 
         'new': ``owner`` now executes the key, the first time or in place of an execution
@@ -224,7 +237,8 @@ class PaymentServer:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
-                    "SELECT fingerprint, state, status, body, owner FROM idempotency WHERE key = ?", (key,)
+                    "SELECT fingerprint, state, status, body, owner FROM idempotency WHERE key = ?",
+                    (key,),
                 ).fetchone()
                 if row is None:
                     self._db.execute(
@@ -243,7 +257,9 @@ class PaymentServer:
             finally:
                 self._db.execute("COMMIT")
 
-    def _charge(self, key: str, payload: dict[str, Any], status: int, owner: str) -> tuple[str, int, bytes]:
+    def _charge(
+        self, key: str, payload: dict[str, Any], status: int, owner: str
+    ) -> tuple[str, int, bytes]:
         """('charged'|'replay'|'in_flight', status, body): charges only while ``owner`` executes the key.
 
         Were this execution wrongly taken for dead and the key executed by another, it
@@ -252,22 +268,30 @@ class PaymentServer:
         with self._db_lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT state, status, body, owner FROM idempotency WHERE key = ?", (key,))
+                row = self._db.execute(
+                    "SELECT state, status, body, owner FROM idempotency WHERE key = ?", (key,)
+                )
                 state, stored_status, stored, current = row.fetchone() or (None, None, None, None)
                 if state == "done":
                     return "replay", stored_status or 500, stored or b""
                 if state != "running" or current != owner:
-                    return "in_flight", 409, b'{"error":"a request with this key is still in flight"}'
+                    return (
+                        "in_flight",
+                        409,
+                        b'{"error":"a request with this key is still in flight"}',
+                    )
                 body_text = json.dumps(payload, sort_keys=True)
                 if status == 201:
                     cur = self._db.execute(
-                        "INSERT INTO charges (key, body, at) VALUES (?, ?, ?)", (key, body_text, time.time())
+                        "INSERT INTO charges (key, body, at) VALUES (?, ?, ?)",
+                        (key, body_text, time.time()),
                     )
                     answer = json.dumps(self.api.answer(cur.lastrowid or 0, payload)).encode()
                 else:
                     answer = json.dumps(self.api.error("card_declined")).encode()
                 self._db.execute(
-                    "UPDATE idempotency SET state = 'done', status = ?, body = ? WHERE key = ?", (status, answer, key)
+                    "UPDATE idempotency SET state = 'done', status = ?, body = ? WHERE key = ?",
+                    (status, answer, key),
                 )
                 return "charged", status, answer
             finally:
@@ -275,7 +299,10 @@ class PaymentServer:
 
     def _forget_running(self, key: str, owner: str) -> None:
         with self._db_lock:
-            self._db.execute("DELETE FROM idempotency WHERE key = ? AND state = 'running' AND owner = ?", (key, owner))
+            self._db.execute(
+                "DELETE FROM idempotency WHERE key = ? AND state = 'running' AND owner = ?",
+                (key, owner),
+            )
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
@@ -317,7 +344,11 @@ class PaymentServer:
         authorization = request.headers.get("authorization")
         if self.require_auth is not None and authorization != self.require_auth:
             self._log(key, request, "401")  # refused before the key is even looked at, as Stripe
-            return 401, b'{"error":"invalid API key"}', {"WWW-Authenticate": 'Bearer realm="payments"'}
+            return (
+                401,
+                b'{"error":"invalid API key"}',
+                {"WWW-Authenticate": 'Bearer realm="payments"'},
+            )
         if not key:
             self._log(None, request, "400")
             return 400, b'{"error":"missing Idempotency-Key"}', {}
