@@ -81,8 +81,10 @@ async def _round(
             try:
                 if v.durability:
                     response = await v.client.post(
-                        target, json=BODY, operation=f"order-{run}-{i}/charge"
-                    )  # type: ignore[call-arg]
+                        target,
+                        json=BODY,
+                        operation=f"order-{run}-{i}/charge",  # type: ignore[call-arg]
+                    )
                 else:
                     response = await v.client.post(target, json=BODY)
                 response.raise_for_status()
@@ -208,7 +210,8 @@ def run(
                     by[transport, durability].versus(bare[transport]),
                     0.8,
                     better="higher",
-                    floor=f"ceiling {ceiling.rate:,.0f} ops/s ({ceiling.rate / bare[transport].rate:.2f}x bare); "
+                    floor=f"ceiling {ceiling.rate:,.0f} ops/s "
+                    f"({ceiling.rate / bare[transport].rate:.2f}x bare); "
                     f"samekey +{adds:.0f} µs CPU/op, 0.8x leaves {leaves:.0f} if serial",
                 )
             )
@@ -225,11 +228,17 @@ def run(
     best = max((HTTPX, AIOHTTP), key=lambda t: by[t, "fsync"].rate)
     other = AIOHTTP if best == HTTPX else HTTPX
     notes = [
-        f"for throughput at concurrency {concurrency}, choose the {best} transport: samekey (fsync) "
-        f"{by[best, 'fsync'].rate:,.0f} ops/s against {by[other, 'fsync'].rate:,.0f} ops/s on {other}",
-        f"every variant has the same limits: max_connections={concurrency}, max_keepalive_connections={concurrency}",
+        f"for throughput at concurrency {concurrency}, choose the {best} transport: "
+        "samekey (fsync) "
+        f"{by[best, 'fsync'].rate:,.0f} ops/s against {by[other, 'fsync'].rate:,.0f} "
+        f"ops/s on {other}",
+        f"every variant has the same limits: max_connections={concurrency}, "
+        f"max_keepalive_connections={concurrency}",
     ]
-    title = f"Concurrent: {operations} async POSTs per variant at concurrency {concurrency}, in {rounds} interleaved rounds"
+    title = (
+        f"Concurrent: {operations} async POSTs per variant at concurrency {concurrency}, in "
+        f"{rounds} interleaved rounds"
+    )
     rates = {v.name: v.rate for v in variants}
     return report(title, headers, rows, notes, targets, rates=rates, concurrency=concurrency)
 

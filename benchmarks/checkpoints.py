@@ -101,8 +101,10 @@ def run(requests: int = 8000, folder: str | None = None) -> dict[str, object]:
     for v in variants:
         s = v.samples
         rows.append([
-            v.name, f"{median(s) * 1e3:.3f}", f"{percentile(s, 99) * 1e3:.2f}", f"{percentile(s, 99.9) * 1e3:.2f}",
-            f"{max(s) * 1e3:.1f}", sum(x > 0.005 for x in s), f"{v.largest_wal / 1e6:.1f}" if v.wal else "",
+            v.name, f"{median(s) * 1e3:.3f}", f"{percentile(s, 99) * 1e3:.2f}",
+            f"{percentile(s, 99.9) * 1e3:.2f}",
+            f"{max(s) * 1e3:.1f}", sum(x > 0.005 for x in s),
+            f"{v.largest_wal / 1e6:.1f}" if v.wal else "",
         ])  # fmt: skip
     headers = [
         "variant",
@@ -121,7 +123,10 @@ def run(requests: int = 8000, folder: str | None = None) -> dict[str, object]:
         f"requests over 5 ms: {sum(x > 0.005 for x in by[INLINE])} against "
         f"{sum(x > 0.005 for x in by[BACKGROUND])} of {len(by[INLINE])}",
     ]
-    title = f"Checkpoint tail: {requests} POSTs per variant, durability process, in blocks of 10 in random order"
+    title = (
+        f"Checkpoint tail: {requests} POSTs per variant, durability process, in blocks of 10 "
+        "in random order"
+    )
     return report(title, headers, rows, checks)
 
 

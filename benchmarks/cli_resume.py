@@ -89,7 +89,10 @@ def main() -> None:
                     summary,
                 ]
             )
-    title = f"samekey resume --all --max-attempts {args.max_attempts}: {args.operations} pending operations"
+    title = (
+        f"samekey resume --all --max-attempts {args.max_attempts}: {args.operations} pending "
+        "operations"
+    )
     print(f"**{title}, server down (connection refused)**\n")
     print(table(["variant", "wall s", "faster than 1", "exit", "summary line"], rows))
 

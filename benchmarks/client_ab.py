@@ -54,7 +54,8 @@ def _concurrent(client: Any, url: str, first: int, clock: Callable[[], float]) -
     return client.loop.run_until_complete(block())  # type: ignore[no-any-return]
 
 
-def _measure(trees: dict[str, ModuleType], clients: dict[str, Any], url: str, blocks: int, work: Any,
+def _measure(trees: dict[str, ModuleType], clients: dict[str, Any], url: str, blocks: int,
+        work: Any,
              clock: Callable[[], float]) -> dict[str, float]:  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in trees}
     for b in range(blocks):
@@ -96,7 +97,8 @@ def run(before: str, after: str, blocks: int, clock: Callable[[], float]) -> Non
 def _report(title: str, medians: dict[str, float]) -> None:
     before, after = medians["before"], medians["after"]
     print(
-        f"{title:34s} before {before:8.1f} µs/req   after {after:8.1f} µs/req   after/before {after / before:.3f}"
+        f"{title:34s} before {before:8.1f} µs/req   after {after:8.1f} µs/req   "
+        f"after/before {after / before:.3f}"
     )
 
 

@@ -96,7 +96,8 @@ def run(before: str, after: str, blocks: int, clock: Callable[[], float]) -> Non
                     )
             before_us, after_us = (statistics.median(times[k]) * 1e6 for k in ("before", "after"))
             print(
-                f"{durability:8s} {title:31s} before {before_us:8.1f} µs/op   after {after_us:8.1f} µs/op   "
+                f"{durability:8s} {title:31s} before {before_us:8.1f} µs/op   after "
+                f"{after_us:8.1f} µs/op   "
                 f"after/before {after_us / before_us:.3f}"
             )
         for journal in journals.values():

@@ -2,9 +2,9 @@
 
 Each request is a new keyed operation (claim -> send -> complete) against a minimal
 loopback server that charges once per Idempotency-Key and answers in one TCP write
-(so the figures show the client and its journal, not the server). Measured: one caller in a loop (sequential), threads
-sharing one `samekey.Client`, and tasks sharing one `samekey.AsyncClient`; plus plain
-httpx without a journal as the floor set by the server.
+(so the figures show the client and its journal, not the server). Measured: one caller in a loop
+(sequential), threads sharing one `samekey.Client`, and tasks sharing one `samekey.AsyncClient`;
+plus plain httpx without a journal as the floor set by the server.
 
     python -m benchmarks.journal_pg            # starts a throwaway PostgreSQL (fsync on)
     python -m benchmarks.journal_pg --quick    # fewer requests, for a smoke run
@@ -49,7 +49,10 @@ class _Handler(BaseHTTPRequestHandler):
         key = self.headers.get("Idempotency-Key") or ""
         with self.lock:
             body = self.answers.setdefault(key, f'{{"id":"ch_{len(self.answers)}"}}'.encode())
-        head = f"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        head = (
+            "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: "
+            f"{len(body)}\r\n\r\n"
+        )
         self.wfile.write(head.encode() + body)
 
 
@@ -89,8 +92,9 @@ def _fresh_pg(dsn: str) -> Callable[[], samekey.JournalStore]:
 def _stores(folder: Path, dsn: str) -> dict[str, Callable[[], samekey.JournalStore | None]]:
     def sqlite(durability: str) -> Callable[[], samekey.JournalStore]:
         return lambda: samekey.Journal(
-            folder / f"{uuid.uuid4().hex}.sqlite3", durability=durability
-        )  # type: ignore[arg-type]
+            folder / f"{uuid.uuid4().hex}.sqlite3",
+            durability=durability,  # type: ignore[arg-type]
+        )
 
     return {
         "httpx, no journal": lambda: None,

@@ -315,7 +315,8 @@ def run(requests: int, instant_requests: int | None = None) -> dict[str, Any]:
         own,
         25.0,
         unit="µs",
-        floor=f"{own / bare_cpu:.0%} of bare httpx's CPU per request ({bare_cpu:.0f} µs) in the same run; "
+        floor=f"{own / bare_cpu:.0%} of bare httpx's CPU per request ({bare_cpu:.0f} µs) in "
+        "the same run; "
         f"its SQLite statements: {sql:.0f} µs",
     )
     breakdown = {
@@ -347,16 +348,19 @@ def markdown(section: dict[str, Any], when: str, where: str) -> str:
     breakdown = section.get("breakdown")
     if breakdown:
         parts += [
-            "**The same, over a transport answering at once** (the sending thread's CPU time in a run "
+            "**The same, over a transport answering at once** (the sending thread's CPU "
+            "time in a run "
             "without py-spy, split by the samples' shares; waits: the median request's wall time)",
             "",
             table(section["headers"], breakdown["instant_buckets"]),
             "",
-            "**samekey's own Python by function** (self time, with the stdlib helpers it calls; no SQLite, no waits)",
+            "**samekey's own Python by function** (self time, with the stdlib helpers "
+            "it calls; no SQLite, no waits)",
             "",
             table(["µs", "function"], breakdown["functions"]),
             "",
-            "**samekey functions on the stack** (inclusive: own Python + SQLite + waits under them)",
+            "**samekey functions on the stack** (inclusive: own Python + SQLite + waits "
+            "under them)",
             "",
             table(["µs", "function"], breakdown["inclusive"]),
             "",

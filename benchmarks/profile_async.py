@@ -43,7 +43,8 @@ async def operations_of(client, start, end, keyed):
     async def worker():
         for i in todo:
             if keyed:
-                await client.post("https://pay.test/v1/charges", json=body, operation=f"order-{run}-{i}")
+                await client.post("https://pay.test/v1/charges", json=body, \
+operation=f"order-{run}-{i}")
             else:
                 await client.post("https://pay.test/v1/charges", json=body)
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -160,8 +161,10 @@ def markdown(data: dict[str, Any], operations: int) -> str:
                 rows.append([thread, label, f"{b:.1f}", f"{s:.1f}"])
     rows.append(["wall", "per operation", f"{bare['us_per_op']:.1f}", f"{sk['us_per_op']:.1f}"])
     parts = [
-        f"**Async: {operations} operations at concurrency {CONCURRENCY} over a transport answering at once, "
-        f"py-spy at {RATE}/s** (µs per operation, from a run without py-spy; samekey durability process)",
+        f"**Async: {operations} operations at concurrency {CONCURRENCY} over a transport "
+        "answering at once, "
+        f"py-spy at {RATE}/s** (µs per operation, from a run without py-spy; samekey "
+        "durability process)",
         "",
         table(["thread", "where", "bare httpx.AsyncClient", "samekey.AsyncClient"], rows),
         "",

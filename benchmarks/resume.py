@@ -115,12 +115,16 @@ def run(operations: int = 10_000, folder: str | None = None) -> dict[str, Any]:
         )
     ]
     notes = [
-        f"the CLI's own start, with nothing pending: {start * 1e3:.0f} ms (included in the seconds above)",
+        f"the CLI's own start, with nothing pending: {start * 1e3:.0f} ms (included in "
+        "the seconds above)",
         "every operation completed: none left pending after each run; "
         "the CLI opens the journal with "
         "durability fsync (the default): one fsync per operation's claim",
     ]
-    title = f"Resume: {operations:,} pending operations, `samekey resume --all` against one loopback server"
+    title = (
+        f"Resume: {operations:,} pending operations, `samekey resume --all` against one "
+        "loopback server"
+    )
     headers = ["run", "operations", "seconds", "ops/s"]
     return report(title, headers, rows, notes, targets)
 

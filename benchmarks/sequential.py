@@ -122,10 +122,10 @@ def bare_with_smallest_write(target: str, folder: str, *, mode: str = "exclusive
     # The cheapest commit SQLite makes at all: one key into a table with no index, then the
     # request carrying it. A claim also needs the operation's name, the request to resume and a
     # lease, so this is the floor of ANY client that writes its key to SQLite before sending.
-    # mode "exclusive" (the default, the floor): WAL with locking_mode=EXCLUSIVE and synchronous=OFF,
-    # still safe from kill -9 (the commit is in the OS's page cache when execute returns; only a
-    # power cut or an OS crash can lose or corrupt it). The exclusive lock drops the 6 fcntl
-    # calls and the shared-memory index of every commit (2 pwrite calls left), ~10-15 µs in
+    # mode "exclusive" (the default, the floor): WAL with locking_mode=EXCLUSIVE and
+    # synchronous=OFF, still safe from kill -9 (the commit is in the OS's page cache when execute
+    # returns; only a power cut or an OS crash can lose or corrupt it). The exclusive lock drops the
+    # 6 fcntl calls and the shared-memory index of every commit (2 pwrite calls left), ~10-15 µs in
     # context, but no other process can read or write the file while it is open: samekey's
     # journal cannot run so (shared journals, the CLI), so this bound is below anything samekey
     # could do. mode "shared": samekey's own "process" settings (WAL, synchronous=NORMAL, shared
@@ -297,13 +297,17 @@ def report_run(vs: list[Variant], requests: int, server_kind: str) -> dict[str, 
     process, durable = med["samekey.Client (process)"], med["samekey.Client (fsync)"]
     fsync_adds = med[FSYNC_FLOOR] - bare
     notes = [
-        f"bare httpx plus samekey's two SQLite statements alone = {med[SQLITE_FLOOR] / bare:.2f}x bare "
+        "bare httpx plus samekey's two SQLite statements alone = "
+        f"{med[SQLITE_FLOOR] / bare:.2f}x bare "
         f"({(med[SQLITE_FLOOR] - bare) * 1e6:+.0f} µs); samekey (process) adds "
         f"{(process - med[SQLITE_FLOOR]) * 1e6:+.0f} µs of its own above that",
         f"one raw fsync of the journal's disk: {med[RAW_FSYNC] * 1e3:.3f} ms alone, "
         f"{fsync_adds * 1e3:.3f} ms added to a bare request (its after-effect included)",
     ]
-    floors = f"claim INSERT alone {med[CLAIM_FLOOR] / bare:.2f}x; smallest SQLite write {med[SMALLEST_FLOOR] / bare:.2f}x"
+    floors = (
+        f"claim INSERT alone {med[CLAIM_FLOOR] / bare:.2f}x; smallest SQLite write "
+        f"{med[SMALLEST_FLOOR] / bare:.2f}x"
+    )
     targets = [
         Target(
             "1",

@@ -95,17 +95,22 @@ def run(
     for v in variants:
         s = samples[v]
         rows.append([
-            v, len(s), f"{sum(s) / len(s) * 1e3:.3f}", f"{median(s) * 1e3:.3f}", f"{percentile(s, 99) * 1e3:.2f}",
+            v, len(s), f"{sum(s) / len(s) * 1e3:.3f}", f"{median(s) * 1e3:.3f}",
+            f"{percentile(s, 99) * 1e3:.2f}",
             f"{percentile(s, 99.9) * 1e3:.2f}",
             f"{100 * sum(x > 0.002 for x in s) / len(s):.2f}%",
         ])  # fmt: skip
     headers = ["variant", "requests", "mean ms", "median ms", "p99 ms", "p99.9 ms", "over 2 ms"]
     checks = [
-        f"p99 with a shared journal: {percentile(samples[SHARED], 99) * 1e3:.2f} ms as samekey runs it, "
+        f"p99 with a shared journal: {percentile(samples[SHARED], 99) * 1e3:.2f} ms as "
+        "samekey runs it, "
         f"{percentile(samples[SQLITE_WAITS], 99) * 1e3:.2f} ms with SQLite's busy handler, "
         f"{percentile(samples[OWN], 99) * 1e3:.2f} ms with a journal per worker",
     ]
-    title = f"Shared journal: {workers} worker processes, {requests} sequential POSTs each per variant, durability process"
+    title = (
+        f"Shared journal: {workers} worker processes, {requests} sequential POSTs each per "
+        "variant, durability process"
+    )
     return report(title, headers, rows, checks)
 
 

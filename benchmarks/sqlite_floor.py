@@ -188,7 +188,8 @@ def schema_floors(folder: str, requests: int) -> None:
             done += 10
     base = median(samples["bare httpx"])
     print(
-        f"\nBare httpx plus the two statements, {requests} POSTs each (median added to bare httpx's; p99)\n"
+        f"\nBare httpx plus the two statements, {requests} POSTs each (median added to "
+        "bare httpx's; p99)\n"
     )
     for name, values in samples.items():
         print(
@@ -198,7 +199,8 @@ def schema_floors(folder: str, requests: int) -> None:
 
 
 def _deferred_completions(folder: str, target: str) -> dict[str, Callable[[int], object]]:
-    """Two ways to take the completion off a request's path, on the real schema: what they could save.
+    """Two ways to take the completion off a request's path, on the real schema: what they could
+    save.
 
     - the claim alone: no completion record at all (the bound of any deferral);
     - piggyback: the completion is written in the NEXT request's claim transaction (one commit
@@ -211,7 +213,7 @@ def _deferred_completions(folder: str, target: str) -> dict[str, Callable[[int],
         client, run = httpx.Client(), uuid.uuid4().hex[:8]
         waiting: list[tuple[str, bytes]] = []
 
-        def call(
+        def call(  # type: ignore[no-untyped-def]
             i: int,
             kind=kind,
             conn=conn,
@@ -220,7 +222,7 @@ def _deferred_completions(folder: str, target: str) -> dict[str, Callable[[int],
             client=client,
             run=run,
             waiting=waiting,
-        ):  # type: ignore[no-untyped-def]
+        ):
             operation = f"order-{run}-{i}/charge"
             if waiting:
                 conn.execute("BEGIN IMMEDIATE")

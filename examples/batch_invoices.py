@@ -1,8 +1,8 @@
 """Pay a CSV of invoices, safely re-runnable after a crash.
 
-    python examples/batch_invoices.py --crash-after 0.5 # sample CSV, local server: dies (SIGKILL) half-way
-    python examples/batch_invoices.py                   # the re-run: pays only what is left
-    samekey list --journal /tmp/samekey-batch-invoices/journal.sqlite3
+    python examples/batch_invoices.py --crash-after 0.5 # sample CSV, local server: dies (SIGKILL)
+    half-way python examples/batch_invoices.py                   # the re-run: pays only what is
+    left samekey list --journal /tmp/samekey-batch-invoices/journal.sqlite3
 
 Each invoice is one operation ("invoice-<id>/charge"): its Idempotency-Key is
 journaled before the first send, so a re-run replays the invoices already paid
@@ -48,7 +48,8 @@ def read_invoices(path: Path) -> list[dict[str, str]]:
 
 
 class PortInUse(Exception):
-    """The local server's port (kept in <state>/server-port) is taken: the message says what to do."""
+    """The local server's port (kept in
+    <state>/server-port) is taken: the message says what to do."""
 
 
 def start_server(state: Path, work_seconds: float) -> PaymentServer:
@@ -64,10 +65,13 @@ def start_server(state: Path, work_seconds: float) -> PaymentServer:
         # The port cannot just change: this state's journal names it in every URL (a pending invoice
         # sent to another port is another request), so say who may hold it and how to get past it.
         raise PortInUse(
-            f"batch_invoices.py: port {port} on 127.0.0.1 is already in use, and the local payment server of "
-            f"{state} must listen there (its journal names it): another run on this state folder may still be "
+            f"batch_invoices.py: port {port} on 127.0.0.1 is already in use, and the "
+            "local payment server of "
+            f"{state} must listen there (its journal names it): another run on this "
+            "state folder may still be "
             f"going (let it finish or stop it), or something else listens there (see `ss -ltnp "
-            f"'sport = :{port}'`); or start afresh with another state folder, e.g. --state {state}-2"
+            f"'sport = :{port}'`); or start afresh with another state folder, e.g. "
+            f"--state {state}-2"
         ) from None
     port_file.write_text(str(server.port))  # the journal's URLs name this port: keep it for re-runs
     return server
@@ -152,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     if server is not None:
         server.stop()
     print(
-        f"done: {counts['paid']} paid now, {counts['already']} already paid earlier, {counts['failed']} failed"
+        f"done: {counts['paid']} paid now, {counts['already']} already paid earlier, "
+        f"{counts['failed']} failed"
     )
     return 1 if counts["failed"] else 0
 

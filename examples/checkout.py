@@ -59,14 +59,16 @@ def _stderr_tail(path: Path, lines: int = 15) -> str:
 
 
 def _died(child: subprocess.Popen[bytes], command: list[str], stderr: Path) -> str:
-    """The message for the checkout process ending before the demo killed it: how, and its last words."""
+    """The message for the checkout process ending
+    before the demo killed it: how, and its last words."""
     how = f"exit code {child.returncode}"
     if child.returncode < 0:
         with contextlib.suppress(ValueError):
             how += f", killed by {signal.Signals(-child.returncode).name}"
     return (
         f"checkout.py: the checkout process (pid {child.pid}: {shlex.join(command)}) "
-        f"died unexpectedly ({how}); the demo stops here. Its stderr ended with:\n{_stderr_tail(stderr)}"
+        f"died unexpectedly ({how}); the demo stops here. Its stderr ended "
+        f"with:\n{_stderr_tail(stderr)}"
     )
 
 
@@ -133,12 +135,15 @@ def main(argv: list[str] | None = None) -> None:
             record is None or record.state != "pending"
         ):  # alive, but stuck before order B (bounded: 20 s)
             sys.exit(
-                f"checkout.py: the checkout process did not get to order B within 20 s (the proxy counted "
-                f"{dict(proxy.counts)}); the demo stops here. Its stderr ended with:\n{_stderr_tail(child_stderr)}"
+                "checkout.py: the checkout process did not get to order B within 20 s "
+                "(the proxy counted "
+                f"{dict(proxy.counts)}); the demo stops here. Its stderr ended "
+                f"with:\n{_stderr_tail(child_stderr)}"
             )
         print(f"3. ... and the process was killed with SIGKILL (exit {child.returncode}).")
         print(
-            f"   Server charges: {server.charge_count()}. Journal: order B {record.state}, key {record.key}."
+            f"   Server charges: {server.charge_count()}. Journal: order B "
+            f"{record.state}, key {record.key}."
         )
         proxy.faults = FaultPlan(
             [None, Fault.lost_response()]
@@ -149,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         counts = " ".join(f"{name}={per_order[order]}" for name, order in orders.items())
         keys = len({charge["key"] for charge in server.charges()})
         print(
-            f"5. Charges per order on the server: {counts}; distinct keys: {keys}; lost answers: 2; crashes: 1."
+            f"5. Charges per order on the server: {counts}; distinct keys: {keys}; lost "
+            "answers: 2; crashes: 1."
         )
         assert (
             all(per_order[order] == 1 for order in orders.values()) and server.charge_count() == 3

@@ -94,10 +94,12 @@ def main(argv: list[str] | None = None) -> None:
                 time.sleep(0.02)
             if child.poll() is not None or proxy.counts["status_503"] < 3:
                 sys.exit(
-                    f"stripe_sdk.py: the child process did not reach order B (exit {child.poll()}); stopping"
+                    "stripe_sdk.py: the child process did not reach order B (exit "
+                    f"{child.poll()}); stopping"
                 )
             print(
-                f"   order B: created, answer lost; {proxy.counts['status_503']} retries with its key got 503 ..."
+                f"   order B: created, answer lost; {proxy.counts['status_503']} retries "
+                "with its key got 503 ..."
             )
             os.kill(child.pid, signal.SIGKILL)
             child.wait(timeout=10)
@@ -109,14 +111,16 @@ def main(argv: list[str] | None = None) -> None:
             left = j.get(f"order-{orders['B']}/payment-intent")
         print(f"3. ... and the process was killed with SIGKILL (exit {child.returncode}).")
         print(
-            f"   Journal: order B {left.state if left else 'missing'}, key {left.key if left else '-'}."
+            f"   Journal: order B {left.state if left else 'missing'}, key "
+            f"{left.key if left else '-'}."
         )
         proxy.faults = FaultPlan([])  # the network is fine again
         print("4. The same code runs again, same journal:")
         create_intents(orders, proxy.url, journal)
         per_key = Counter(charge["key"] for charge in server.charges())
         print(
-            f"5. PaymentIntents created on the server: {server.charge_count()}; distinct keys: {len(per_key)}."
+            f"5. PaymentIntents created on the server: {server.charge_count()}; distinct "
+            f"keys: {len(per_key)}."
         )
         assert server.charge_count() == len(orders) and len(per_key) == len(orders)
 

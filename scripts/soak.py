@@ -42,7 +42,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     print(
-        f"soak: {args.n} operations, {args.fault_rate:.0%} faults, {args.workers} workers, seed {args.seed}",
+        f"soak: {args.n} operations, {args.fault_rate:.0%} faults, {args.workers} "
+        f"workers, seed {args.seed}",
         flush=True,
     )
     report = run_soak(

@@ -61,7 +61,8 @@ def _postgres_unavailable(reason: str) -> NoReturn:
     if _in_ci():
         pytest.fail(f"CI is set, so the PostgreSQL tests must run, but {reason}", pytrace=False)
     pytest.skip(
-        f"no PostgreSQL here: {reason}. Install it (apt-get install postgresql, pip install 'samekey[postgres]') "
+        f"no PostgreSQL here: {reason}. Install it (apt-get install postgresql, pip "
+        "install 'samekey[postgres]') "
         "or point SAMEKEY_TEST_PG_DSN at a database"
     )
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the tests of the SQLite journal's modules (imported by subprocess scripts too)."""
+"""Helpers shared by the tests of the SQLite journal's
+modules (imported by subprocess scripts too)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def assert_clear(error: samekey.JournalError, path: Path, *words: str) -> None:
 
 
 class InsideSQLite:
-    """A write whose thread stays inside SQLite (a statement running, its mutex held) until let go."""
+    """A write whose thread stays inside SQLite (a
+    statement running, its mutex held) until let go."""
 
     def __init__(self, journal: samekey.Journal) -> None:
         self.inside, self.go = threading.Event(), threading.Event()

@@ -1,4 +1,5 @@
-"""One payment through a real SDK over samekey, as user code writes it: `python sdk_worker.py SDK URL JOURNAL`.
+"""One payment through a real SDK over samekey, as user code writes it: `python sdk_worker.py SDK
+URL JOURNAL`.
 
 Run as a process by test_sdks.py (and SIGKILLed there mid-payment); the test also calls `pay` itself
 for the re-run. Prints the payment's id and the key samekey journaled for it.

@@ -1,5 +1,6 @@
 """The retry loop (_attempts.py): retries under one key, giving up, the retry budget's use, and
-what is journaled of each attempt and of the answer (a 401/407 keeps the key pending; AnswerNotRecorded).
+what is journaled of each attempt and of the answer (a 401/407 keeps the key pending;
+AnswerNotRecorded).
 """
 
 from __future__ import annotations

@@ -124,8 +124,8 @@ def test_sigkilled_batch_is_listed_resumed_and_finished_without_double_charges(
                 resumed.stdout
             )
         assert (
-            lines[-1]
-            == f"resumed {len(pending)} operation(s): {len(pending)} completed now, 0 already completed, 0 failed"
+            lines[-1] == f"resumed {len(pending)} operation(s): {len(pending)} completed now, 0 "
+            "already completed, 0 failed"
         )
         assert json.loads(samekey_cli("list", "--json", "--journal", str(journal)).stdout) == []
         assert server.charge_count() == len(records)  # each interrupted one charged once, not twice
@@ -247,7 +247,10 @@ def test_a_rerun_straight_after_a_crash_counts_the_servers_replay_as_already_pai
         )
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         lines = rerun.stdout.splitlines()
-        in_flight = rf"already paid invoice-000{charged}/charge ch_{charged} key=\S+ \(the server's replay\)"
+        in_flight = (
+            rf"already paid invoice-000{charged}/charge ch_{charged} key=\S+ \(the server's "
+            r"replay\)"
+        )
         assert any(re.fullmatch(in_flight, line) for line in lines), rerun.stdout
         assert (
             lines[-1] == f"done: {4 - charged} paid now, {charged} already paid earlier, 0 failed"

@@ -1,4 +1,5 @@
-"""examples/batch_invoices.py, when the port its local server must use is taken, says so in one line."""
+"""examples/batch_invoices.py, when the port its
+local server must use is taken, says so in one line."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-""".ci/run on a fresh Debian/Ubuntu machine: it installs what the README's commands need, then runs them.
+""".ci/run on a fresh Debian/Ubuntu machine: it installs what the README's commands need, then runs
+them.
 
 The script is run for real, in a copy of the checkout, with fakes first on PATH: a `python3`
 whose ensurepip comes with the python3.X-venv package (as on Debian and Ubuntu), an `apt-get`
@@ -20,23 +21,28 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PYTHON3 = r"""#!/bin/bash
+PYTHON3 = """#!/bin/bash
 # python3 as Debian ships it: ensurepip (so `-m venv`) only once python$FAKE_PY-venv is installed
-has_ensurepip() { [ -e "$FAKE_STATE/installed-python$FAKE_PY-venv" ] || [ -e "$FAKE_STATE/installed-python3-venv" ]; }
+has_ensurepip() { [ -e "$FAKE_STATE/installed-python$FAKE_PY-venv" ] || [ -e \
+"$FAKE_STATE/installed-python3-venv" ]; }
 echo "python3 $*" >> "$FAKE_LOG"
 case "$*" in
-    "-c import ensurepip") has_ensurepip || { echo "ModuleNotFoundError: No module named 'ensurepip'" >&2; exit 1; } ;;
+    "-c import ensurepip") has_ensurepip || { echo "ModuleNotFoundError: No module named \
+'ensurepip'" >&2; exit 1; } ;;
     "-c "*version_info*) echo "$FAKE_PY" ;;
     "-m venv .venv")
         if ! has_ensurepip; then
-            echo "The virtual environment was not created successfully because ensurepip is not available." >&2
+            echo "The virtual environment was not created successfully because ensurepip is not \
+available." >&2
             exit 1
         fi
         mkdir -p .venv/bin
         for tool in pip python; do
             # the tests pass, unless FAKE_TESTS_FAIL is set
-            printf '#!/bin/bash\necho ".venv/bin/%s $*" >> "$FAKE_LOG"\n' "$tool" > ".venv/bin/$tool"
-            printf '[ -z "$FAKE_TESTS_FAIL" ] || [ %s != python ] || exit 1\n' "$tool" >> ".venv/bin/$tool"
+            printf '#!/bin/bash\\necho ".venv/bin/%s $*" >> "$FAKE_LOG"\\n' "$tool" > \
+".venv/bin/$tool"
+            printf '[ -z "$FAKE_TESTS_FAIL" ] || [ %s != python ] || exit 1\\n' "$tool" >> \
+".venv/bin/$tool"
             chmod +x ".venv/bin/$tool"
         done ;;
     *) echo "fake python3: unexpected $*" >&2; exit 99 ;;
@@ -62,7 +68,8 @@ ID = r"""#!/bin/bash
 [ "$1" = -u ] && echo "$FAKE_UID_NOW"
 """
 
-# `ls /usr/lib/postgresql/*/bin/initdb` finds it: the PostgreSQL step installs nothing on any machine
+# `ls /usr/lib/postgresql/*/bin/initdb` finds it:
+# the PostgreSQL step installs nothing on any machine
 LS = """#!/bin/bash
 exit 0
 """
@@ -100,8 +107,10 @@ def run_ci(
     for package in preinstalled.split():
         (state / f"installed-{package}").touch()
     env = {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path), "FAKE_LOG": str(log),
-        "FAKE_STATE": str(state), "FAKE_PY": py, "FAKE_APT_KNOWS": apt_knows, "FAKE_UID_NOW": str(uid),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
+        "FAKE_LOG": str(log),
+        "FAKE_STATE": str(state), "FAKE_PY": py, "FAKE_APT_KNOWS": apt_knows,
+        "FAKE_UID_NOW": str(uid),
         "FAKE_TESTS_FAIL": "1" if tests_fail else "",
     }  # fmt: skip
     result = subprocess.run(
@@ -179,7 +188,8 @@ def test_ci_leaves_a_python_that_has_ensurepip_alone(tmp_path: Path) -> None:
 
 
 def test_ci_stops_with_a_message_when_no_package_gives_ensurepip(tmp_path: Path) -> None:
-    # e.g. a Python of its own (not the distribution's) first on PATH, for which apt has no venv package
+    # e.g. a Python of its own (not the distribution's)
+    # first on PATH, for which apt has no venv package
     code, calls, stderr = run_ci(tmp_path, uid=0, py="3.12", apt_knows="")
     assert code == 1, stderr
     assert (
@@ -193,7 +203,8 @@ def test_ci_runs_the_readme_test_command_verbatim_then_the_release_check() -> No
     readme = (ROOT / "README.md").read_text()
     command = readme.split("# run the tests (what CI runs)\n", 1)[1].splitlines()[0]
     assert command == (
-        'python3 -m venv .venv && .venv/bin/pip install -q -e ".[test,docs]" && .venv/bin/python -m pytest -q'
+        'python3 -m venv .venv && .venv/bin/pip install -q -e ".[test,docs]" && '
+        ".venv/bin/python -m pytest -q"
     )
     steps = [
         line

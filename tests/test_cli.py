@@ -26,8 +26,10 @@ from samekey.testing import PaymentServer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LIST_FIELDS = {
-    "operation", "state", "method", "url", "key", "key_header", "created_at", "age_seconds", "attempts",
-    "attempt_unrecorded", "last_error", "completed_at", "response_status", "lease_owner", "lease_expires_at",
+    "operation", "state", "method", "url", "key", "key_header", "created_at", "age_seconds",
+    "attempts",
+    "attempt_unrecorded", "last_error", "completed_at", "response_status", "lease_owner",
+    "lease_expires_at",
     "settled_by_hand", "settled_note", "cursor",
 }  # fmt: skip
 SHOW_EXTRA_FIELDS = {
@@ -323,10 +325,12 @@ def test_resume_of_a_declined_charge_says_refused_and_exits_1(
     result = run("resume", "--all", "--journal", str(journal_path))
     assert result.code == 1, result.out
     assert result.out.splitlines() == [
-        f"[1/2] order 7: REFUSED: HTTP 402 (key {key}); a definitive answer: the operation is completed "
+        f"[1/2] order 7: REFUSED: HTTP 402 (key {key}); a definitive answer: the "
+        "operation is completed "
         "and will not be retried. `samekey show 'order 7'` has the answer",
         f"[2/2] order 8: HTTP 201 (key {ok}, attempt 2)",
-        "resumed 2 operation(s): 1 completed now, 0 already completed, 0 failed, 1 refused by the server",
+        "resumed 2 operation(s): 1 completed now, 0 already completed, 0 failed, 1 "
+        "refused by the server",
     ]
     assert samekey.Journal(journal_path).pending() == []  # definitive: nothing is left to resume
     again = run("resume", "order 7", "--journal", str(journal_path))
@@ -442,7 +446,8 @@ def test_suggested_commands_quote_the_operation_name_for_the_shell(
         journal.claim(intent, "dead-process", 60.0, time.time() - 2 * 3600)
     expired = run("resume", "--key-ttl", "1h", "--journal", str(journal_path), "--", name)
     (forget,) = re.findall(r"`(samekey forget [^`]*)`", expired.out)
-    # pasted into a shell (the journal given before the subcommand): it names that operation, runs nothing else
+    # pasted into a shell (the journal given before the
+    # subcommand): it names that operation, runs nothing else
     pasted = forget.replace(
         "samekey", f"{shlex.quote(sys.executable)} -m samekey --journal {journal_path}", 1
     )
@@ -514,7 +519,8 @@ def test_forget_refuses_without_a_terminal_or_yes(journal_path: Path) -> None:
     refused = run("forget", "inv-1", "--journal", str(journal_path))
     assert refused.code == 2
     assert refused.err == (
-        "samekey: error: refusing to forget 'inv-1' without confirmation: stdin is not a terminal; pass --yes\n"
+        "samekey: error: refusing to forget 'inv-1' without confirmation: stdin is not "
+        "a terminal; pass --yes\n"
     )
     record = samekey.Journal(journal_path).get("inv-1")
     assert record is not None and record.pending and record.key == key
@@ -558,8 +564,8 @@ def test_purge_keeps_pending_records(journal_path: Path) -> None:
     result = run("purge", "--older-than", "7d", "--journal", str(journal_path))
     assert result.code == 0
     assert (
-        result.out
-        == "purged 1 completed record(s) older than 7.0d; 1 pending record(s) kept (pending records are never purged)\n"
+        result.out == "purged 1 completed record(s) older than 7.0d; 1 pending record(s) kept "
+        "(pending records are never purged)\n"
     )
     remaining = {r.operation for r in samekey.Journal(journal_path).records()}
     assert remaining == {"new-done", "old-pending"}
@@ -589,8 +595,9 @@ def test_durations(text: str, seconds: float) -> None:
 def test_a_zero_or_negative_duration_is_refused_with_an_example(
     journal_path: Path, option: str, example: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # --key-ttl 0s ended in "unexpected ValueError: key_ttl must be a positive duration, got 0.0 (run with
-    # --debug ...)", and only once a pending operation was found; --deadline 0s named no option
+    # --key-ttl 0s ended in "unexpected ValueError: key_ttl must be a positive duration, got 0.0
+    # (run with --debug ...)", and only once a pending operation was found; --deadline 0s named no
+    # option
     pending_op(journal_path, "inv-18", "http://127.0.0.1:9/charges", {"amount": 18})
     with pytest.raises(SystemExit) as usage:
         run("resume", "--all", option, "--journal", str(journal_path))
@@ -598,8 +605,8 @@ def test_a_zero_or_negative_duration_is_refused_with_an_example(
     flag, text = option.split("=")
     err = capsys.readouterr().err
     assert (
-        f"argument {flag}: {text!r} is not a positive duration: it must be more than 0, e.g. {example}"
-        in err
+        f"argument {flag}: {text!r} is not a positive duration: it must be more than 0, "
+        f"e.g. {example}" in err
     )
     assert "unexpected" not in err
     assert samekey.Journal(journal_path).get("inv-18").attempts == 1  # type: ignore[union-attr]
@@ -628,7 +635,8 @@ def test_python_m_samekey_errors_are_one_line_and_exit_2(tmp_path: Path) -> None
     assert missing.returncode == 2 and missing.stdout == ""
     assert (
         missing.stderr
-        == f"samekey: error: no journal at {tmp_path / 'nope.sqlite3'} (pass --journal PATH or set $SAMEKEY_JOURNAL)\n"
+        == f"samekey: error: no journal at {tmp_path / 'nope.sqlite3'} (pass --journal PATH "
+        "or set $SAMEKEY_JOURNAL)\n"
     )
     assert not (tmp_path / "nope.sqlite3").exists()
 
@@ -660,7 +668,8 @@ def popen_samekey(*argv: str) -> subprocess.Popen[bytes]:
 
 
 def test_a_reader_that_stops_early_ends_samekey_quietly_with_141(tmp_path: Path) -> None:
-    # `samekey list | head -1` printed "samekey: error: unexpected BrokenPipeError: [Errno 32] Broken pipe"
+    # `samekey list | head -1` printed "samekey: error:
+    # unexpected BrokenPipeError: [Errno 32] Broken pipe"
     journal_path = tmp_path / "many.sqlite3"
     with samekey.Journal(
         journal_path
@@ -725,14 +734,17 @@ def test_default_journal_comes_from_the_environment(tmp_path: Path) -> None:
 def test_an_empty_journal_argument_is_refused_not_taken_for_the_default(
     tmp_path: Path, argv: list[str]
 ) -> None:
-    # `--journal "$JOURNAL"` with the variable unset: `forget --yes` forgot from $SAMEKEY_JOURNAL's journal
+    # `--journal "$JOURNAL"` with the variable unset:
+    # `forget --yes` forgot from $SAMEKEY_JOURNAL's journal
     default = tmp_path / "default-journal.sqlite3"
     completed_op(default, "inv-21")
     result = run_process(*argv, env={"SAMEKEY_JOURNAL": str(default)})
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines()[-1].endswith(
-        "error: argument --journal: the journal path is empty: give the journal file or a postgresql:// DSN, "
-        "e.g. --journal ./payments.sqlite3, or leave --journal out to use $SAMEKEY_JOURNAL or the default journal"
+        "error: argument --journal: the journal path is empty: give the journal file or "
+        "a postgresql:// DSN, "
+        "e.g. --journal ./payments.sqlite3, or leave --journal out to use "
+        "$SAMEKEY_JOURNAL or the default journal"
     )
     assert samekey.Journal(default).get("inv-21") is not None
 
@@ -786,12 +798,14 @@ def test_resume_refuses_a_bad_base_url_as_a_usage_error(journal_path: Path) -> N
 def test_resume_refuses_an_empty_base_url_instead_of_sending_to_the_recorded_one(
     journal_path: Path, server: PaymentServer, base_url: str
 ) -> None:
-    # `--base-url "$STAGING_URL"` with the variable unset was taken as no --base-url: sent to the recorded origin
+    # `--base-url "$STAGING_URL"` with the variable unset
+    # was taken as no --base-url: sent to the recorded origin
     pending_op(journal_path, "inv-20", f"{server.url}/charges", {"amount": 20})
     result = run_process("resume", "inv-20", "--base-url", base_url, "--journal", str(journal_path))
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (
-        "samekey: error: --base-url is empty: give the origin to send to, e.g. https://api.example.com "
+        "samekey: error: --base-url is empty: give the origin to send to, e.g. "
+        "https://api.example.com "
         "(or leave --base-url out to send to the recorded URL); nothing was sent\n"
     )
     assert server.keys_seen() == []
@@ -822,7 +836,8 @@ def test_resume_all_with_only_unnamed_operations_pending_says_so(journal_path: P
 def test_resume_refuses_a_base_url_whose_path_or_query_would_be_dropped(
     journal_path: Path, base_url: str
 ) -> None:
-    # the recorded path and query are sent: a prefix given here would silently not be (a POST to another endpoint)
+    # the recorded path and query are sent: a prefix given
+    # here would silently not be (a POST to another endpoint)
     pending_op(journal_path, "inv-10", "http://127.0.0.1:9/charges", {"amount": 10})
     result = run("resume", "inv-10", "--base-url", base_url, "--journal", str(journal_path))
     assert result.code == 2, result.out + result.err
@@ -884,7 +899,8 @@ def test_a_header_value_with_a_line_break_is_refused_naming_only_the_header(
     argument: str,
     name: str,
 ) -> None:
-    # it was sent on, and the failure printed it: "FAILED: Illegal header value b'Bearer sk_live_S3CRET\r\n...'"
+    # it was sent on, and the failure printed it: "FAILED:
+    # Illegal header value b'Bearer sk_live_S3CRET\r\n...'"
     pending_op(journal_path, "inv-17", f"{server.url}/charges", {"amount": 17})
     with pytest.raises(SystemExit) as usage:
         run("resume", "inv-17", "-H", argument, "--journal", str(journal_path))
@@ -929,8 +945,9 @@ DSN_IN_ENV = "postgresql://pay:S3CRETPW@127.0.0.1:1/payments?connect_timeout=2"
 def test_an_unreachable_dsn_in_samekey_journal_is_said_so_without_its_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # it was read as a relative file path: 'no journal at /cwd/postgresql:/pay:S3CRETPW@...' (the password
-    # printed), and a Client() made a local SQLite journal there, shared with no other replica
+    # it was read as a relative file path: 'no journal at /cwd/postgresql:/pay:S3CRETPW@...' (the
+    # password printed), and a Client() made a local SQLite journal there, shared with no other
+    # replica
     monkeypatch.setenv("SAMEKEY_JOURNAL", DSN_IN_ENV)
     monkeypatch.chdir(tmp_path)
     result = run("list")
@@ -971,8 +988,8 @@ def test_resume_reads_headers_from_a_file_keeping_the_credential_out_of_the_comm
 
 
 def test_a_header_file_saved_with_a_bom_and_crlf_is_read(tmp_path: Path) -> None:
-    # Windows PowerShell 5.1 (Set-Content/Out-File -Encoding UTF8) and older Notepad start a UTF-8 file
-    # with a BOM: its first header was refused as "line 1 is not a header", though it is one
+    # Windows PowerShell 5.1 (Set-Content/Out-File -Encoding UTF8) and older Notepad start a UTF-8
+    # file with a BOM: its first header was refused as "line 1 is not a header", though it is one
     headers = tmp_path / "headers"
     headers.write_bytes(
         b"\xef\xbb\xbfAuthorization: Bearer sk_live_from_file\r\nX-Team: payments\r\n"
@@ -1042,8 +1059,9 @@ def test_show_and_list_escape_control_characters_from_the_server(journal_path: P
 def test_an_operation_name_that_is_not_utf8_is_refused_by_name(
     journal_path: Path, argv: list[str]
 ) -> None:
-    # `samekey show $'inv-\xff'` (bytes a Latin-1 terminal sent): "unexpected UnicodeEncodeError: 'utf-8' codec
-    # can't encode character '\udcff' in position 4: surrogates not allowed" from sqlite
+    # `samekey show $'inv-\xff'` (bytes a Latin-1 terminal sent): "unexpected UnicodeEncodeError:
+    # 'utf-8' codec can't encode character '\udcff' in position 4: surrogates not allowed" from
+    # sqlite
     completed_op(journal_path, "inv-ÿ")
     result = run_process(
         *argv, "--journal", str(journal_path), env={"PYTHONUTF8": "1"}
@@ -1052,8 +1070,10 @@ def test_an_operation_name_that_is_not_utf8_is_refused_by_name(
     argument = "--prefix" if "--prefix" in argv else "operation"
     shown = repr(os.fsencode(argv[-1]))
     assert result.stderr.splitlines()[-1] == (
-        f"samekey {argv[0]}: error: argument {argument}: {shown} is not valid UTF-8, and operation names are "
-        "UTF-8 text (no journal holds this one): type the name as `samekey list --all` shows it, from a terminal "
+        f"samekey {argv[0]}: error: argument {argument}: {shown} is not valid UTF-8, and "
+        "operation names are "
+        "UTF-8 text (no journal holds this one): type the name as `samekey list --all` "
+        "shows it, from a terminal "
         "set to UTF-8"
     )
     assert "Traceback" not in result.stderr and "UnicodeEncodeError" not in result.stderr

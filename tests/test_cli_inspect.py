@@ -45,7 +45,8 @@ def age(journal_path: Path, operation: str, seconds: float) -> None:
 
     with sqlite3.connect(journal_path) as db:
         db.execute(
-            "UPDATE operations SET created_at = created_at - ?, completed_at = completed_at - ? WHERE operation = ?",
+            "UPDATE operations SET created_at = created_at - ?, completed_at = "
+            "completed_at - ? WHERE operation = ?",
             (seconds, seconds, operation),
         )
 
@@ -108,7 +109,8 @@ def test_list_limit_says_what_it_left_out_and_filters_reject_bad_input(
     )
     hint, cursor = limited.err.rsplit(" ", 1)
     assert hint == (
-        "showing the oldest 2 matching operations (--limit); for the next ones, run the same command with --after"
+        "showing the oldest 2 matching operations (--limit); for the next ones, run the "
+        "same command with --after"
     )
     assert listed("--limit", "2", "--after", cursor.strip(), *j) == [
         "batch-1/inv-2",
@@ -192,7 +194,8 @@ def test_pages_walked_as_a_process_list_every_record_once(journal: Path) -> None
 
 
 class _FullDisk(samekey.Journal):
-    """A journal whose disk fills up once the request is claimed: the answer and the release fail."""
+    """A journal whose disk fills up once the
+    request is claimed: the answer and the release fail."""
 
     def complete(self, *args: object, **kwargs: object) -> None:
         raise samekey.JournalError(

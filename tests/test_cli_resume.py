@@ -127,12 +127,14 @@ def test_json_gives_each_outcome_and_the_counts(journal_path: Path, server: Paym
     assert result.code == 1
     document = json.loads(result.out)
     first, second = document["operations"]
-    assert first == {"operation": "ok", "key": ok, "outcome": "completed", "status": 201, "attempts": 2,
+    assert first == {"operation": "ok", "key": ok, "outcome": "completed", "status": 201,
+        "attempts": 2,
                      "error": None}  # fmt: skip
     assert (
         second["outcome"] == "failed" and second["status"] is None and "gave up" in second["error"]
     )
-    assert document["summary"] == {"operations": 2, "completed": 1, "replayed": 0, "failed": 1, "refused": 0,
+    assert document["summary"] == {"operations": 2, "completed": 1, "replayed": 0, "failed": 1,
+        "refused": 0,
                                    "skipped": 0}  # fmt: skip
 
 

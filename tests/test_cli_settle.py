@@ -34,7 +34,8 @@ def test_settled_by_hand_as_a_process_then_shown_never_pending_and_replayed(
     settled = run_process("settle", "inv-42", "--status", "201", "--note", NOTE, "--yes", *j)
     assert (settled.returncode, settled.stderr) == (0, ""), settled.stderr
     assert settled.stdout == (
-        f"settled 'inv-42' by hand: HTTP 201 (key {key}); its code now gets that answer replayed, nothing is sent\n"
+        f"settled 'inv-42' by hand: HTTP 201 (key {key}); its code now gets that answer "
+        "replayed, nothing is sent\n"
     )
     shown = run_process("show", "inv-42", *j).stdout
     assert (
@@ -102,7 +103,8 @@ def test_it_asks_first_showing_what_it_will_do(journal_path: Path) -> None:
         ("settled", "operation 'inv-9' is already settled by hand (HTTP 201 at "),
         (
             "running",
-            "operation 'inv-9' is being executed right now by another-host/123/scope/tag-1 (lease for ",
+            "operation 'inv-9' is being executed right now by "
+            "another-host/123/scope/tag-1 (lease for ",
         ),
         (
             "no --yes",

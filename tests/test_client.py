@@ -72,7 +72,8 @@ def test_stream_takes_operation_like_request(journal_path: Path) -> None:
 def test_event_hooks_run_once_per_call_around_the_retries(
     journal_path: Path, no_sleep: None
 ) -> None:
-    # as README says: a request hook before the key is added, a response hook on the final answer only
+    # as README says: a request hook before the key
+    # is added, a response hook on the final answer only
     answers = iter([httpx.Response(503), httpx.Response(201, json={"id": "ch_1"})])
     seen: list[tuple[str, object]] = []
     hooks = {
@@ -93,8 +94,8 @@ def test_a_samekey_transport_given_to_a_samekey_client_is_refused_not_waited_on(
     journal_path: Path,
 ) -> None:
     # samekey.Client(transport=samekey.SameKeyTransport()) wrapped it in a second one: the inner one
-    # found its own client holding the lease on the shared journal and waited it out on every request
-    # (25 s with httpx's default timeouts, 60 s with a longer lease), in silence
+    # found its own client holding the lease on the shared journal and waited it out on every
+    # request (25 s with httpx's default timeouts, 60 s with a longer lease), in silence
     inner = samekey.SameKeyTransport(
         httpx.MockTransport(lambda r: httpx.Response(201)), journal=journal_path
     )

@@ -1,5 +1,6 @@
 """Exactly once at scale, end to end: 8 processes racing over 200 operations on one journal (one
-SIGKILLed and restarted), 1,000 asyncio operations at concurrency 100 on a server in its own process.
+SIGKILLed and restarted), 1,000 asyncio operations at concurrency 100 on a server in its own
+process.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def test_8_processes_race_with_one_killed_and_restarted(
     _assert_exactly_once(race_server, 200)
 
 
-# -- asyncio at scale -------------------------------------------------------------------------------
+# -- asyncio at scale
+# -------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -179,7 +181,8 @@ def test_1000_async_operations_at_concurrency_100(
             row[0] for row in conn.execute("SELECT json_extract(body, '$.amount') FROM charges")
         ]
     assert sorted(amounts) == list(range(1000))
-    # every journal call (2 per operation) ran off the event loop, grouped in batches of 2 ms + fsync
+    # every journal call (2 per operation) ran off
+    # the event loop, grouped in batches of 2 ms + fsync
     assert journal.calls >= 2000 and journal.threads and loop_thread not in journal.threads
     print(f"{journal.calls} journal calls in {len(journal.threads)} batches")
     # The same load through bare httpx, on the same server, for the loop's own baseline: at

@@ -514,7 +514,10 @@ def test_an_older_schema_is_migrated_forward_keeping_its_records(
     journal.claim(intent(), A, 30, T0)
     journal.close()
     current = store.module.SCHEMA_VERSION
-    migration = f"ALTER TABLE {store.table} ADD COLUMN note TEXT; UPDATE {store.table} SET note = 'migrated'"
+    migration = (
+        f"ALTER TABLE {store.table} ADD COLUMN note TEXT; UPDATE {store.table} SET note = "
+        "'migrated'"
+    )
     monkeypatch.setattr(store.module, "SCHEMA_VERSION", current + 1)
     monkeypatch.setitem(store.module.MIGRATIONS, current, migration)
     migrated = store.open()
@@ -600,8 +603,8 @@ def test_list_page_walks_every_match_in_order_one_page_at_a_time(
     assert (record.request_body, record.request_headers, record.key) == (
         b"",
         (),
-        journal.get("a%b/1").key,
-    )  # type: ignore[union-attr]
+        journal.get("a%b/1").key,  # type: ignore[union-attr]
+    )
 
 
 def test_settle_completes_a_pending_operation_by_hand_and_its_code_gets_the_answer_replayed(

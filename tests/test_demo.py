@@ -40,7 +40,8 @@ def test_checkout_demo_runs_and_charges_each_order_once(tmp_path: Path) -> None:
 
 def test_checkout_demo_leaves_no_temporary_folder_behind(tmp_path: Path) -> None:
     # Run as the README says, again and again: each run's payment-server folder is its own and
-    # must be removed when the demo ends, not pile up in the temp dir (the journal is what persists).
+    # must be removed when the demo ends, not pile
+    # up in the temp dir (the journal is what persists).
     temp = tmp_path / "tmp"
     temp.mkdir()
     _run_demo(tmp_path, TMPDIR=str(temp))
@@ -52,7 +53,8 @@ def test_checkout_demo_leaves_no_temporary_folder_behind(tmp_path: Path) -> None
 # does it to the child only (it is the process started with --child), with no hook in the demo.
 CRASHES = {
     "exits at start": (
-        "sys.stderr.write('ModuleNotFoundError: No module named httpx_broken\\n'); sys.stderr.flush(); os._exit(3)",
+        "sys.stderr.write('ModuleNotFoundError: No module named httpx_broken\\n'); "
+        "sys.stderr.flush(); os._exit(3)",
         "exit code 3",
         "ModuleNotFoundError: No module named httpx_broken",
     ),

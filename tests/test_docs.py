@@ -81,7 +81,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 # The base URLs the blocks use for "your payment API"; a run sends them to the loopback server.
 EXAMPLE_URLS = ("https://api.example.com", "https://api.payments.example")
-# The languages a fenced block may have: python is checked here; the others are shell, output, diagrams.
+# The languages a fenced block may have: python is
+# checked here; the others are shell, output, diagrams.
 FENCES = {"python", "bash", "text", "mermaid"}
 
 
@@ -208,7 +209,8 @@ def run_quickstart(block: Block, ctx: Context) -> None:
         "quickstart.sqlite3", "order-1042/charge"
     )  # the explicit journal, in the folder
     assert outputs == [
-        f"201 OperationInfo(operation='order-1042/charge', key='{record.key}', attempts=1, replayed={replayed})"
+        f"201 OperationInfo(operation='order-1042/charge', key='{record.key}', "
+        f"attempts=1, replayed={replayed})"
         for replayed in (False, True)
     ]
     # one charge, under the journaled key; the second run sent nothing
@@ -218,7 +220,8 @@ def run_quickstart(block: Block, ctx: Context) -> None:
 
 
 def run_real_api(block: Block, ctx: Context) -> None:
-    # the server takes exactly the Authorization the block sends: the client's default headers reach it
+    # the server takes exactly the Authorization the
+    # block sends: the client's default headers reach it
     with ctx.server(require_auth="Bearer sk_...") as server:
         outputs = []
         for _run in range(2):
@@ -230,7 +233,8 @@ def run_real_api(block: Block, ctx: Context) -> None:
         # one charge; the re-run is answered from the journal with the same key, nothing sent
         assert server.charge_count() == 1 and len(server.requests()) == 1
         assert outputs == [
-            f"OperationInfo(operation='order-1042/charge', key='{key}', attempts=1, replayed={replayed})"
+            f"OperationInfo(operation='order-1042/charge', key='{key}', attempts=1, "
+            f"replayed={replayed})"
             for replayed in (False, True)
         ]
     assert completed_record(ctx.tmp_path / "payments.sqlite3", "order-1042/charge").key == key
@@ -296,7 +300,8 @@ def run_own_httpx_client(block: Block, ctx: Context) -> None:
 
 
 def run_retry_policy(block: Block, ctx: Context) -> None:
-    # the block shows the defaults (the table below it says so): it must build what RetryPolicy() builds
+    # the block shows the defaults (the table below
+    # it says so): it must build what RetryPolicy() builds
     shown = execute(block, SNIPPETS["retry policy"].preamble, mode="eval")
     default = samekey.RetryPolicy()
     assert isinstance(shown, samekey.RetryPolicy)
@@ -437,7 +442,8 @@ def run_structlog(block: Block, ctx: Context) -> None:
         with printed() as out:
             execute(block)
     finally:
-        structlog.reset_defaults()  # the block configures structlog for its process, as an application does
+        # the block configures structlog for its process, as an application does
+        structlog.reset_defaults()
     [line] = out.getvalue().splitlines()
     logged = json.loads(line)
     assert logged["event"] == "samekey call ended" and logged.pop("event")
@@ -450,7 +456,8 @@ def run_structlog(block: Block, ctx: Context) -> None:
 # after the block, in its process: the names of the metrics its MeterProvider received
 OTEL_METRICS = """
 data = reader.get_metrics_data()
-print(sorted(m.name for r in (data.resource_metrics if data else ()) for s in r.scope_metrics for m in s.metrics))
+print(sorted(m.name for r in (data.resource_metrics if data else ()) for s in r.scope_metrics for \
+m in s.metrics))
 """
 
 
@@ -469,7 +476,8 @@ def run_opentelemetry(block: Block, ctx: Context) -> None:
         "samekey POST order-1042/charge completed 2",
     ]
     assert ast.literal_eval(names) == [
-        "samekey.attempts", "samekey.journal.duration", "samekey.operation.duration", "samekey.operations",
+        "samekey.attempts", "samekey.journal.duration", "samekey.operation.duration",
+        "samekey.operations",
         "samekey.retries",
     ]  # fmt: skip
 
@@ -480,7 +488,8 @@ import samekey
 
 
 def charge_order(client: samekey.Client, order: int) -> None:
-    response = client.post("/charges", json={"order": order, "amount": 4999}, operation=f"order-{order}/charge")
+    response = client.post("/charges", json={"order": order, "amount": 4999}, \
+operation=f"order-{order}/charge")
     response.raise_for_status()
 '''
 
@@ -516,7 +525,8 @@ def run_pytest_plugin_example(block: Block, ctx: Context) -> None:
 
 
 def sdk_runner(api: Api, operation: str) -> Callable[[Block, Context], None]:
-    """A README block of "With Stripe, Square and other SDKs", run as the guide's (test_guide_sdks.py)."""
+    """A README block of "With Stripe, Square and
+    other SDKs", run as the guide's (test_guide_sdks.py)."""
 
     def run(block: Block, ctx: Context) -> None:
         spec = SdkBlock("", api, operation)
@@ -525,8 +535,8 @@ def sdk_runner(api: Api, operation: str) -> Callable[[Block, Context], None]:
     return run
 
 
-# marker: text of that block and of no other, a comment or a name where one will do (a broken keyword
-# should fail the type check and the run, not hide behind a marker that no longer matches)
+# marker: text of that block and of no other, a comment or a name where one will do (a broken
+# keyword should fail the type check and the run, not hide behind a marker that no longer matches)
 SNIPPETS: dict[str, Snippet] = {
     "quickstart": Snippet("a stand-in for your payment API", run_quickstart),
     "real api": Snippet("your stable name for this logical operation", run_real_api),
@@ -584,7 +594,8 @@ def snippet_block(name: str, blocks: list[Block] | None = None) -> Block:
 
 
 def preamble_of(block: Block) -> str:
-    """The preamble of the snippet entry whose marker is in ``block`` ("" for none: a complete program)."""
+    """The preamble of the snippet entry whose marker
+    is in ``block`` ("" for none: a complete program)."""
     preambles = [s.preamble for s in SNIPPETS.values() if s.marker in block.code]
     return preambles[0] if len(preambles) == 1 else ""
 
@@ -619,7 +630,8 @@ def test_every_doc_block_compiles_as_written() -> None:
 
 
 def module_text(block: Block, preamble: str) -> str:
-    """The preamble, then the block on its own line numbers (the preamble fits in the lines above)."""
+    """The preamble, then the block on its own line
+    numbers (the preamble fits in the lines above)."""
     head = preamble.splitlines()
     assert len(head) < block.line, "the preamble must fit above the block"
     return "\n".join(head) + "\n" * (block.line - len(head)) + block.code
@@ -633,7 +645,8 @@ def test_every_doc_block_passes_the_users_mypy_strict(tmp_path: Path) -> None:
     for number, block in enumerate(blocks):
         (folder / f"block_{number}.py").write_text(module_text(block, preamble_of(block)))
     result = _users_mypy(folder)  # one run over every block: mypy starts once
-    # block_3.py:52: error: ... -> docs/guides/async.md:52: error: ... (the modules keep their lines)
+    # block_3.py:52: error: ... -> docs/guides/async.md:52:
+    # error: ... (the modules keep their lines)
     report = re.sub(
         r"\S*block_(\d+)\.py:",
         lambda m: f"{blocks[int(m[1])].file}:",
@@ -666,8 +679,8 @@ def test_the_demo_command_is_the_ci_install_then_the_demo_the_tests_run() -> Non
     demo = readme.split("# run the demo: ", 1)[1].splitlines()[1]
     tests = readme.split("# run the tests (what CI runs)\n", 1)[1].splitlines()[0]
     assert (
-        demo
-        == "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/python examples/checkout.py"
+        demo == "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/python "
+        "examples/checkout.py"
     )
     assert demo == re.sub(r'-e "\.\[[\w,]+\]"', "-e .", tests).replace(
         "-m pytest -q", "examples/checkout.py"
@@ -757,7 +770,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         or importlib.util.find_spec("mkdocstrings") is None
     ):
         pytest.fail(
-            "the docs' packages are missing: pip install -e '.[test,docs]' (the README's test command)"
+            "the docs' packages are missing: pip install -e '.[test,docs]' (the "
+            "README's test command)"
         )
     folder = tmp_path_factory.mktemp("site")
     build = subprocess.run(

@@ -55,7 +55,8 @@ CHILD = textwrap.dedent(
     """
     import sys, samekey
     journal, url = sys.argv[1], sys.argv[2]
-    policy = samekey.RetryPolicy(max_attempts=10_000, initial_delay=0.05, max_delay=0.05, deadline=600)
+    policy = samekey.RetryPolicy(max_attempts=10_000, initial_delay=0.05, max_delay=0.05, \
+deadline=600)
     with samekey.Client(journal=journal, base_url=url, policy=policy) as client:
         response = client.post("/charges", json={"amount": 990}, operation="order-99/charge")
         print(response.status_code, flush=True)

@@ -157,7 +157,8 @@ def test_an_attribute_that_cannot_cross_arrives_as_none_the_message_intact() -> 
     )
 
 
-# -- end to end: a worker process raises, its parent catches -----------------------------------------------
+# -- end to end: a worker process raises, its parent catches
+# -----------------------------------------------
 
 
 def _charge_twice_with_another_body(journal: str) -> None:
@@ -180,7 +181,8 @@ def _charge_a_server_that_is_down(journal: str) -> None:
 
 
 def test_an_error_raised_in_a_process_pool_worker_reaches_the_parent(tmp_path: Path) -> None:
-    # the parent got BrokenProcessPool ("A process in the process pool was terminated abruptly"), not the error
+    # the parent got BrokenProcessPool ("A process in
+    # the process pool was terminated abruptly"), not the error
     journal = str(tmp_path / "journal.sqlite3")
     with ProcessPoolExecutor(
         max_workers=1, mp_context=multiprocessing.get_context("spawn")
@@ -241,7 +243,8 @@ RESET_TEXT = (
 def test_an_empty_read_error_is_reported_with_its_cause(
     journal_path: Path, no_sleep: None, make_error: Any
 ) -> None:
-    # the async transport raises a reset as ReadError(''): last_error said "ReadError", the error "ReadError: "
+    # the async transport raises a reset as ReadError(''):
+    # last_error said "ReadError", the error "ReadError: "
     async def story() -> tuple[samekey.RetriesExhausted, httpx.ReadError]:
         transport = raising(make_error(), make_error())
         policy = samekey.RetryPolicy(max_attempts=2)
@@ -270,7 +273,8 @@ def test_an_empty_read_error_is_reported_with_its_cause(
 
 
 def test_an_empty_error_with_no_message_below_names_the_deepest_cause(journal_path: Path) -> None:
-    # a clean close mid-answer: ReadError('') from httpcore's ReadError from EndOfStream, no message anywhere
+    # a clean close mid-answer: ReadError('') from
+    # httpcore's ReadError from EndOfStream, no message anywhere
     below, alone = httpx.ReadError(""), httpx.ReadError("")
     below.__cause__ = httpcore.ReadError(anyio.EndOfStream())
     below.__cause__.__cause__ = anyio.EndOfStream()

@@ -1,4 +1,5 @@
-"""on_end hooks: one call per request with how it ended, the same from the sync and the async client."""
+"""on_end hooks: one call per request with how it
+ended, the same from the sync and the async client."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def _post(
     ends: list[EndDetails],
     policy: samekey.RetryPolicy = NO_BACKOFF,
 ) -> httpx.Response:
-    """One POST of order-1/charge from a sync or an async samekey client with ``on_end=ends.append``."""
+    """One POST of order-1/charge from a sync or an
+    async samekey client with ``on_end=ends.append``."""
     options: dict[str, Any] = {"journal": journal, "policy": policy, "on_end": ends.append}
     if kind == "sync":
         with samekey.Client(transport=httpx.MockTransport(handler), **options) as client:

@@ -126,10 +126,11 @@ def test_an_error_that_is_not_a_lock_is_not_waited_on(
     )  # a lock meets a poll within a millisecond, not SQLite's steps
 
 
-_RECOVERING = r"""
+_RECOVERING = """
 import fcntl, os, sys, time
 fd = os.open(sys.argv[1] + "-shm", os.O_RDWR)
-fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 3, 120)  # SQLite's WAL write, checkpoint and recover locks
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 3, 120)  # SQLite's WAL write, checkpoint and \
+recover locks
 os.pwrite(fd, bytes(96), 0)  # the WAL index header, not rebuilt yet
 print("recovering", flush=True)
 time.sleep(60)
@@ -329,7 +330,8 @@ def _hold_the_writer_role(journal: samekey.Journal) -> tuple[threading.Thread, t
 
 
 def _interrupt_at(line: int, waiter: bool, tmp_path: Path) -> tuple[bool, bool]:
-    """(interrupted, a later write still goes through) for a KeyboardInterrupt at ``line`` of _submit."""
+    """(interrupted, a later write still goes through)
+    for a KeyboardInterrupt at ``line`` of _submit."""
     journal = samekey.Journal(tmp_path / f"j-{line}-{waiter}.sqlite3", durability="process")
     code = _group_commit.GroupCommit.submit.__code__
     fired: list[int] = []
@@ -535,5 +537,6 @@ def test_ctrl_c_inside_a_journal_write_leaves_the_journal_usable(
         other.close()
         record = client.journal.get("op")
         assert record is not None and record.pending and record.lease_owner is None
-        assert isinstance(in_thread(lambda: client.post("https://pay.test/charges", json={}, operation="op")),
+        assert isinstance(in_thread(lambda: client.post("https://pay.test/charges", json={},
+            operation="op")),
                           samekey.RetriesExhausted)  # fmt: skip

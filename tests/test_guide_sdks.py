@@ -61,7 +61,8 @@ def run_sdk_block(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Run ``code`` twice on a server speaking ``spec.api``: one charge, the journaled key, a replay."""
+    """Run ``code`` twice on a server speaking
+    ``spec.api``: one charge, the journaled key, a replay."""
     monkeypatch.chdir(tmp_path)
     with PaymentServer(tmp_path / "server.sqlite3", api=spec.api) as server:
         monkeypatch.setattr(stripe._stripe_client, "DEFAULT_API_BASE", server.url)

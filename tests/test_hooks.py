@@ -205,7 +205,8 @@ def test_a_hook_that_raises_is_logged_and_the_operation_completes(
     assert counts == {"HTTP 503": 2}  # the hooks after a broken one still ran, at every retry
     failures = [r for r in caplog.records if r.name == "samekey" and r.levelno == logging.ERROR]
     assert [r.exc_info[0] for r in failures if r.exc_info] == [
-        RuntimeError, dataclasses.FrozenInstanceError, RuntimeError, dataclasses.FrozenInstanceError,
+        RuntimeError, dataclasses.FrozenInstanceError, RuntimeError,
+        dataclasses.FrozenInstanceError,
     ]  # fmt: skip
     message = failures[0].getMessage()
     assert "broken_metrics" in message and "operation=op" in message and "attempt=1" in message

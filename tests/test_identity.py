@@ -1,5 +1,5 @@
-"""Who holds a lease (_identity.py): owner ids (a forked child's own pid), the pid scope, and when an
-owner is judged dead.
+"""Who holds a lease (_identity.py): owner ids (a forked child's own pid), the pid scope, and when
+an owner is judged dead.
 """
 
 from __future__ import annotations

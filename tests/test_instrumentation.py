@@ -115,7 +115,8 @@ def _check_completed_after_a_retry(otel: Otel, key: str) -> None:
     attempts = sorted(spans["samekey attempt"], key=lambda s: s.start_time or 0)
     assert dict(call.attributes or {}) == {
         "samekey.operation": "order-1/charge", "samekey.key": key, "samekey.outcome": "completed",
-        "samekey.attempts": 2, "samekey.this_run": 2, "http.request.method": "POST", "url.full": SHOWN_URL,
+        "samekey.attempts": 2, "samekey.this_run": 2, "http.request.method": "POST",
+        "url.full": SHOWN_URL,
         "http.response.status_code": 201,
     }  # fmt: skip
     assert call.status.status_code == trace.StatusCode.UNSET
@@ -329,7 +330,8 @@ def _python(code: str, tmp_path: Path) -> str:
 CALL = """
     import httpx, samekey
     from samekey import instrumentation
-    client = samekey.Client(journal="j.sqlite3", transport=httpx.MockTransport(lambda r: httpx.Response(201)))
+    client = samekey.Client(journal="j.sqlite3", transport=httpx.MockTransport(lambda r: \
+httpx.Response(201)))
     def call(n):
         return client.post("https://pay.example/charges", json={}, operation=f"op-{n}").status_code
 """

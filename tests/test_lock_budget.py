@@ -1,4 +1,5 @@
-"""One request's lock waits share its lock_timeout (samekey._lock_budget, through the SQLite journal)."""
+"""One request's lock waits share its lock_timeout
+(samekey._lock_budget, through the SQLite journal)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""RetryPolicy: validation, backoff bounds, jitter, Retry-After, deadline, classification (the statuses
-retried, the server's verdict header), and the retry budget.
+"""RetryPolicy: validation, backoff bounds, jitter, Retry-After, deadline, classification (the
+statuses retried, the server's verdict header), and the retry budget.
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ def test_bad_values_are_refused_with_the_fix(kwargs: dict[str, object], words: s
             {"retry_exceptions": httpx.TransportError},
             r"retry_exceptions must be a tuple of exception classes, e.g. \(TransportError,\)",
         ),
-        # None turns verdict_header and budget off, so it is tried here too: it raised "'NoneType' object
-        # is not iterable", naming neither the keyword nor the way to retry no status / no exception
+        # None turns verdict_header and budget off, so it is tried here too: it raised "'NoneType'
+        # object is not iterable", naming neither the keyword nor the way to retry no status / no
+        # exception
         (
             {"retry_statuses": None},
             r"retry_statuses must be a collection of status codes.*set\(\) to retry none",
@@ -106,7 +107,8 @@ def test_bad_values_are_refused_with_the_fix(kwargs: dict[str, object], words: s
 def test_a_single_status_or_exception_class_names_the_fix(
     kwargs: dict[str, object], words: str
 ) -> None:
-    # isinstance() takes a bare class, so this is an easy slip: it raised "'type' object is not iterable"
+    # isinstance() takes a bare class, so this is an
+    # easy slip: it raised "'type' object is not iterable"
     with pytest.raises(TypeError, match=words):
         samekey.RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
@@ -258,7 +260,8 @@ def test_tls_failures_that_retrying_cannot_fix_are_not_retried(
             client.post(tls_url, json={"amount": 1}, operation="tls-misconfigured")
         record = client.journal.get("tls-misconfigured")
     assert record is not None and record.attempts == 1 and record.state == "pending"
-    # a certificate that does not verify: httpx raises ConnectError from ssl.SSLCertVerificationError
+    # a certificate that does not verify: httpx
+    # raises ConnectError from ssl.SSLCertVerificationError
     try:
         raise ssl.SSLCertVerificationError(
             1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
@@ -273,7 +276,8 @@ def test_tls_failures_that_retrying_cannot_fix_are_not_retried(
 
 @contextlib.contextmanager
 def _proxy_answering(status_line: str) -> Iterator[tuple[int, list[str]]]:
-    """A 127.0.0.1 HTTP proxy that answers every CONNECT with ``status_line``; yields (port, request lines)."""
+    """A 127.0.0.1 HTTP proxy that answers every CONNECT
+    with ``status_line``; yields (port, request lines)."""
     seen: list[str] = []
 
     def answer(head: bytes) -> bytes:
@@ -286,7 +290,8 @@ def _proxy_answering(status_line: str) -> Iterator[tuple[int, list[str]]]:
 
 @pytest.mark.parametrize(
     ("answer", "retried"),
-    [("503 Service Unavailable", True), ("502 Bad Gateway", True), ("407 Proxy Authentication Required", False),
+    [("503 Service Unavailable", True), ("502 Bad Gateway", True),
+    ("407 Proxy Authentication Required", False),
      ("403 Forbidden", False)],
 )  # fmt: skip
 def test_a_proxy_that_cannot_reach_the_server_is_retried_one_that_refuses_is_not(

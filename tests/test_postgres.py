@@ -29,7 +29,8 @@ REPLICA = textwrap.dedent(
         client.engine.owners.host = host  # each process plays a replica on a host of its own
         response = client.post(url + "/charges", json={"amount": 4200}, operation="order-42/charge")
         info = samekey.operation_info(response)
-        print(json.dumps({"status": response.status_code, "body": response.json(), "key": info.key}))
+        print(json.dumps({"status": response.status_code, "body": response.json(), "key": \
+info.key}))
     """
 )
 
@@ -244,7 +245,8 @@ def test_the_sqlite_journal_given_a_dsn_refuses_it_instead_of_making_a_local_fil
     ["lock_timeout", "connect_timeout", "statement_timeout", "idle_in_transaction_session_timeout"],
 )
 def test_an_endless_timeout_is_refused_by_name(name: str) -> None:
-    # float("inf") passed the check, then failed as "OverflowError: cannot convert float infinity to integer"
+    # float("inf") passed the check, then failed as
+    # "OverflowError: cannot convert float infinity to integer"
     with pytest.raises(ValueError, match=f"{name} must be a positive, finite number of seconds"):
         samekey.PostgresJournal("postgresql://ops@127.0.0.1:1/pay", **{name: float("inf")})
 
@@ -298,8 +300,9 @@ def test_a_bad_idle_in_transaction_timeout_is_refused_by_name(value: object) -> 
         ValueError, match="idle_in_transaction_session_timeout must be a positive, finite number"
     ):
         samekey.PostgresJournal(
-            "postgresql://ops@127.0.0.1:1/pay", idle_in_transaction_session_timeout=value
-        )  # type: ignore[arg-type]
+            "postgresql://ops@127.0.0.1:1/pay",
+            idle_in_transaction_session_timeout=value,  # type: ignore[arg-type]
+        )
 
 
 def test_sessions_idle_in_a_transaction_are_ended_by_the_server(pg_dsn: str) -> None:
@@ -325,9 +328,10 @@ def test_a_replica_stalled_while_holding_a_row_lock_is_cut_off_and_the_others_go
 
     from samekey import _postgres
 
-    # Replica A takes over an expired lease and stalls (a GC pause, SIGSTOP, a swapped-out VM) between
-    # its SELECT ... FOR UPDATE and its UPDATE. Without a server-side limit the row stays locked as long
-    # as A is stalled, and every other replica's claim of it waits or fails with a lock timeout.
+    # Replica A takes over an expired lease and stalls (a GC pause, SIGSTOP, a swapped-out VM)
+    # between its SELECT ... FOR UPDATE and its UPDATE. Without a server-side limit the row stays
+    # locked as long as A is stalled, and every other replica's claim of it waits or fails with a
+    # lock timeout.
     stalled = threading.Event()
     real_record = _postgres.record_from_row
 
@@ -408,7 +412,8 @@ def _terminate(pg_dsn: str, application_name: str) -> int:
 
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
         row = admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+            "application_name = %s",
             (application_name,),
         ).fetchone()
     assert row is not None
@@ -541,7 +546,10 @@ def test_a_replica_that_waited_for_another_creating_the_tables_opens_them(pg_dsn
         waiter = threading.Thread(target=open_journal)
         waiter.start()
         deadline = time.monotonic() + 20
-        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid::bigint = %s AND NOT granted"
+        waiting = (
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid::bigint = "
+            "%s AND NOT granted"
+        )
         while other.execute(waiting, (_postgres._SCHEMA_LOCK_ID,)).fetchone() != (1,):
             assert time.monotonic() < deadline and waiter.is_alive(), outcome
             time.sleep(0.02)
@@ -623,7 +631,8 @@ def test_create_must_be_a_bool() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["list"], ["list", "--all", "--json"], ["show", "order-1"], ["resume", "--all"], ["forget", "order-1", "--yes"],
+    [["list"], ["list", "--all", "--json"], ["show", "order-1"], ["resume", "--all"], ["forget",
+    "order-1", "--yes"],
      ["purge", "--older-than", "7d"]],
 )  # fmt: skip
 def test_the_samekey_command_never_creates_tables_in_a_database_without_them(
@@ -635,7 +644,8 @@ def test_the_samekey_command_never_creates_tables_in_a_database_without_them(
 
     from samekey import cli
 
-    # --journal .../payments_stagin (a typo) or a database of another application: said so, left alone
+    # --journal .../payments_stagin (a typo) or a
+    # database of another application: said so, left alone
     out, err = io.StringIO(), io.StringIO()
     code = cli.main([*argv, "--journal", pg_dsn], stdout=out, stderr=err, stdin=io.StringIO())
     assert code == 2 and out.getvalue() == ""

@@ -1,5 +1,5 @@
-"""What never reaches the disk or a log (_redaction.py): secret headers and query values, credentials
-in a URL or quoted by an error, a DSN's password.
+"""What never reaches the disk or a log (_redaction.py): secret headers and query values,
+credentials in a URL or quoted by an error, a DSN's password.
 """
 
 from __future__ import annotations
@@ -198,13 +198,15 @@ def test_key_value_dsn_password_is_masked_too() -> None:
 
 # passwords as a password manager makes them: '#', '?', '/', '@', spaces, quotes, backslashes
 WELL_FORMED_DSNS = [
-    "postgresql://ops:Pw%23h4sh%3Fq%2Fsl%40at@127.0.0.1:1/pay",  # percent-encoded, as libpq wants them
+    # percent-encoded, as libpq wants them
+    "postgresql://ops:Pw%23h4sh%3Fq%2Fsl%40at@127.0.0.1:1/pay",
     "postgres://ops:%40%2F%3F%23Pw@127.0.0.1:1/pay?sslmode=disable",
     "postgresql://ops:Pw#h4sh?q@127.0.0.1:1/pay",  # '#' and '?' need no encoding before the '@'
     "postgresql://ops:S3cr%3At@[::1]:1/pay",
     "postgresql://ops@127.0.0.1:1/pay?password=Pw%23h4sh%26amp%3Fq%2F%40",  # as a query parameter
     "postgresql://ops@127.0.0.1:1/pay?sslmode=disable&password=Pw#h4sh?q/@x&application_name=x",
-    "postgresql://ops:Pw1%23x@127.0.0.1:1,[::1]:1/pay?pass%77ord=Pw2%23y",  # twice, the key percent-encoded
+    # twice, the key percent-encoded
+    "postgresql://ops:Pw1%23x@127.0.0.1:1,[::1]:1/pay?pass%77ord=Pw2%23y",
     "host=127.0.0.1 port=1 user=bob password='Pw#h4sh ?q/sl@at' dbname=d",
     "host=127.0.0.1 password=Pw#h4sh?q/sl@at dbname=d",
     r"host=127.0.0.1 password = 'it\'s #?/@ Pw\\x' dbname=d",
@@ -243,9 +245,12 @@ def test_passwords_with_special_characters_are_masked_as_libpq_reads_them(dsn: s
 @pytest.mark.parametrize(
     "dsn",
     [
-        "postgresql://ops:pa@S3CRET@127.0.0.1:1/pay",  # a raw '@': libpq takes 'S3CRET@127.0.0.1' for the host
-        "postgresql://ops:pa/S3CRET@127.0.0.1:1/pay",  # a raw '/': libpq reads 'S3CRET@...' as the database
-        "postgresql://ops:pa%zzS3CRET@127.0.0.1:1/pay",  # a bad escape: libpq's error quotes the password
+        # a raw '@': libpq takes 'S3CRET@127.0.0.1' for the host
+        "postgresql://ops:pa@S3CRET@127.0.0.1:1/pay",
+        # a raw '/': libpq reads 'S3CRET@...' as the database
+        "postgresql://ops:pa/S3CRET@127.0.0.1:1/pay",
+        # a bad escape: libpq's error quotes the password
+        "postgresql://ops:pa%zzS3CRET@127.0.0.1:1/pay",
         "host=127.0.0.1 port=1 password='unterminated S3CRET",
         "host=127.0.0.1 port=1 PASSWORD=S3CRET",  # no such key for libpq, a password all the same
         "host=127.0.0.1 port=1 password 'S3CRET' dbname=x",
@@ -268,8 +273,10 @@ def test_a_misspelt_dsn_never_shows_its_password(dsn: str) -> None:
 @pytest.mark.parametrize(
     "dsn",
     [
-        "postgresql://ops:pa%zzS3CRET@127.0.0.1:1/pay",  # libpq's error quotes the bad escape, password and all
-        "postgresql://ops:pa@S3CRET@127.0.0.1:1/pay",  # libpq's error names the 'host' it read after a raw '@'
+        # libpq's error quotes the bad escape, password and all
+        "postgresql://ops:pa%zzS3CRET@127.0.0.1:1/pay",
+        # libpq's error names the 'host' it read after a raw '@'
+        "postgresql://ops:pa@S3CRET@127.0.0.1:1/pay",
     ],
 )
 def test_samekey_debug_traceback_never_shows_the_password(dsn: str, given: str) -> None:

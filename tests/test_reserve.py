@@ -155,7 +155,8 @@ def test_a_key_reserved_long_ago_but_never_sent_is_not_expired(
             journal_path
         ) as conn:  # reserved two hours ago: no server has seen the key yet
             conn.execute(
-                "UPDATE operations SET created_at = created_at - 7200 WHERE operation = 'order-14/pay'"
+                "UPDATE operations SET created_at = created_at - 7200 WHERE operation = "
+                "'order-14/pay'"
             )
         response = client.post(
             server.url + "/charges", json={"idempotency_key": key}, operation="order-14/pay"

@@ -57,7 +57,8 @@ def test_the_fixtures_isolate_each_test_and_turn_the_testing_mode_on(
 def test_the_plugin_imports_nothing_heavy_and_can_be_turned_off(pytester: pytest.Pytester) -> None:
     probe = (
         "import sys, samekey_pytest; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'samekey', 'httpx', 'tenacity', 'anyio'}))"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'samekey', 'httpx', "
+        "'tenacity', 'anyio'}))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True

@@ -1,4 +1,5 @@
-"""samekey.operation(name): a block names the request an SDK builds, and its key replaces the SDK's."""
+"""samekey.operation(name): a block names the request
+an SDK builds, and its key replaces the SDK's."""
 
 from __future__ import annotations
 

@@ -175,8 +175,8 @@ def test_the_stripe_example_runs_and_creates_one_intent_per_order() -> None:
     pending = re.search(r"Journal: order B pending, key (\S+)\.", out)
     assert pending is not None and "killed with SIGKILL (exit -9)" in out, out
     assert (
-        f"order B: pi_2, key {pending[1]}, sent again with its journaled key: the server replayed it"
-        in out
+        f"order B: pi_2, key {pending[1]}, sent again with its journaled key: the server "
+        "replayed it" in out
     )
     assert "answered from the journal, nothing sent" in out
     assert "PaymentIntents created on the server: 2; distinct keys: 2." in out

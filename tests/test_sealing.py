@@ -1,4 +1,5 @@
-"""Card data kept out of the journal: redact_body= and body_key= (samekey._bodies, _sealing, _sealed_store)."""
+"""Card data kept out of the journal: redact_body= and
+body_key= (samekey._bodies, _sealing, _sealed_store)."""
 
 from __future__ import annotations
 
@@ -138,7 +139,8 @@ def test_redact_body_without_a_key_names_the_fix() -> None:
 @pytest.mark.parametrize(
     ("paths", "content_type", "body", "stored"),
     [
-        (("card.number",), "application/json", b'{"card": {"number": "4242"}}', b'{"card":{"number":"REDACTED"}}'),
+        (("card.number",), "application/json", b'{"card": {"number": "4242"}}',
+        b'{"card":{"number":"REDACTED"}}'),
         (("cards.*.cvc",), "application/json", b'{"cards": [{"cvc": "1"}, {"cvc": "2"}]}',
          b'{"cards":[{"cvc":"REDACTED"},{"cvc":"REDACTED"}]}'),
         (("card[number]",), "application/x-www-form-urlencoded", b"amount=1&card%5Bnumber%5D=4242",

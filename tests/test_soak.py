@@ -37,7 +37,8 @@ def test_soak_exactly_once_under_faults_and_sigkill(tmp_path: Path) -> None:
     assert report.charges == N
     assert report.duplicate_charges == 0 and report.lost_charges == 0
     assert report.distinct_keys == N and report.operations_with_several_keys == 0
-    # the run was not vacuous: faults of every kind at about the asked rate, real kills mid-operation
+    # the run was not vacuous: faults of every kind
+    # at about the asked rate, real kills mid-operation
     assert set(report.faults) == {"drop_after", "reset_before", "slow", "status_429", "status_503"}
     assert 0.2 < report.faults_injected / report.requests < 0.4
     assert report.kills >= 10 and report.kills_mid_operation >= 1  # (12 unless the run ends first)

@@ -141,7 +141,8 @@ if pid == 0:
 writer.finish()
 _, status = os.waitpid(pid, 0)
 journal.claim(intent("parent"), "parent", 60.0, 1000.0)
-print("parent:", [r.operation for r in journal.records()], "child exit", os.waitstatus_to_exitcode(status))
+print("parent:", [r.operation for r in journal.records()], "child exit", \
+os.waitstatus_to_exitcode(status))
 journal.close()
 """
     result = subprocess.run(

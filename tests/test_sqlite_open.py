@@ -154,7 +154,8 @@ def test_forward_migrations_upgrade_an_older_journal_and_keep_its_records(
         _sqlite_open,
         "MIGRATIONS",
         {
-            1: "ALTER TABLE operations ADD COLUMN note TEXT; UPDATE operations SET note = 'from v1'",
+            1: "ALTER TABLE operations ADD COLUMN note TEXT; UPDATE operations SET note = "
+            "'from v1'",
             2: "CREATE INDEX operations_key ON operations (key)",
         },
     )
@@ -198,7 +199,8 @@ def test_no_room_to_open_the_journal_names_the_disk_error(tmp_path: Path) -> Non
     original = make_journal(path)
     opener = f"""
         import resource, signal, samekey
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) \
+instead
         resource.setrlimit(resource.RLIMIT_FSIZE, ({len(original)}, {len(original)}))
         try:
             samekey.Journal({str(path)!r})
@@ -282,7 +284,8 @@ def test_a_journal_in_a_read_only_directory(tmp_path: Path, unprivileged: list[s
             for path in ({str(missing)!r}, {str(path)!r}):
                 try:
                     journal = samekey.Journal(path)
-                    journal.claim(Intent("x", "k", "Idempotency-Key", "POST", "u", "f", (), b""), "o", 60.0, 1.0)
+                    journal.claim(Intent("x", "k", "Idempotency-Key", "POST", "u", "f", (), b""), \
+"o", 60.0, 1.0)
                 except samekey.JournalError as exc:
                     print(exc)
                 else:
@@ -357,7 +360,8 @@ _OPENER = textwrap.dedent(
     import sys, time, samekey
     folder, start, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     for r in range(rounds):
-        time.sleep(max(0.0, start + r * 0.04 - time.time()))  # every process opens journal r at once
+        time.sleep(max(0.0, start + r * 0.04 - time.time()))  # every process opens journal r at \
+once
         samekey.Journal(f"{folder}/journal-{r}.sqlite3").close()
     """
 )
@@ -503,7 +507,8 @@ def test_every_folder_samekey_creates_for_the_journal_is_private_whatever_the_um
 )
 @pytest.mark.parametrize("relative", [False, True])
 def test_a_journal_behind_a_dangling_symlink_is_private_too(tmp_path: Path, relative: bool) -> None:
-    # a dotfiles-managed state folder, or a path pointing at a volume: the link exists, its target not yet
+    # a dotfiles-managed state folder, or a path
+    # pointing at a volume: the link exists, its target not yet
     volume = tmp_path / "volume"
     volume.mkdir()
     link = tmp_path / "state" / "journal.sqlite3"
@@ -530,7 +535,8 @@ def test_a_journal_behind_a_dangling_symlink_is_private_too(tmp_path: Path, rela
     not hasattr(os, "symlink") or os.name != "posix", reason="POSIX modes and symlinks"
 )
 def test_a_journal_folder_behind_a_dangling_symlink_is_created_private(tmp_path: Path) -> None:
-    # ~/.local/state/samekey linked to a volume folder not made yet: as for a linked file, the target is made
+    # ~/.local/state/samekey linked to a volume folder
+    # not made yet: as for a linked file, the target is made
     link = tmp_path / "state" / "samekey"
     link.parent.mkdir()
     link.symlink_to(tmp_path / "volume" / "samekey")

@@ -1,5 +1,6 @@
-"""The sync and async drivers (_transport.py): under any httpx client, streaming what is not journaled;
-a cancelled task or a Ctrl-C frees its lease and keeps its key; a forked child's own connections.
+"""The sync and async drivers (_transport.py): under any httpx client, streaming what is not
+journaled; a cancelled task or a Ctrl-C frees its lease and keeps its key; a forked child's own
+connections.
 """
 
 from __future__ import annotations
@@ -214,7 +215,8 @@ def test_a_task_cancelled_during_its_claim_frees_the_lease(journal_path: Path) -
 async def _lease_freed(
     journal: samekey.Journal, operation: str, since: float
 ) -> samekey.OperationRecord | None:
-    """The record once its lease is free (a release running in the background), or after 5 s from ``since``."""
+    """The record once its lease is free (a release
+    running in the background), or after 5 s from ``since``."""
     record = journal.get(operation)
     while (record is None or record.lease_owner is not None) and time.monotonic() - since < 5:
         await asyncio.sleep(0.01)
@@ -330,7 +332,8 @@ def test_ctrl_c_mid_request_frees_the_lease_and_keeps_the_key(journal_path: Path
 
 
 class _OtherStore:
-    """A JournalStore that is not the SQLite Journal (PostgresJournal, one of your own): worker threads."""
+    """A JournalStore that is not the SQLite Journal
+    (PostgresJournal, one of your own): worker threads."""
 
     def __init__(self, journal: samekey.Journal) -> None:
         self.journal = journal

@@ -45,7 +45,8 @@ def test_under_trio_a_cancel_scope_frees_the_lease(journal_path: Path, tmp_path:
                 await client.post("/charges", json={"amount": 7}, operation="slow")
             interrupted = client.journal.get("slow")
             started = time.monotonic()
-            # the retry meets the server's 409 (the first still running) and backs off until the replay
+            # the retry meets the server's 409 (the
+            # first still running) and backs off until the replay
             await client.post("/charges", json={"amount": 7}, operation="slow")
             return interrupted, time.monotonic() - started
 

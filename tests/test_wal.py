@@ -103,7 +103,8 @@ def test_a_failing_sync_is_a_clear_error_and_nothing_is_sent(
 
 
 class _FakeFcntl:
-    """fcntl as on macOS: F_FULLFSYNC flushes the drive's cache; ``works`` False: a filesystem without it."""
+    """fcntl as on macOS: F_FULLFSYNC flushes the
+    drive's cache; ``works`` False: a filesystem without it."""
 
     F_FULLFSYNC = 51
 
@@ -157,7 +158,8 @@ def _wal_frames(path: Path) -> int:
 
 
 def _rows_in_main_file(path: Path) -> int:
-    """What checkpoints have copied so far: the main file read alone (immutable: the WAL ignored)."""
+    """What checkpoints have copied so far: the
+    main file read alone (immutable: the WAL ignored)."""
     conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
     try:
         if (
@@ -307,7 +309,8 @@ _wal.CHECKPOINT_EVERY = 5  # a checkpoint in progress most of the time
 journal = samekey.Journal({path!r}, durability="process")
 for i in range({start}, {start} + 100000):
     op = f"op-{{i}}"
-    journal.claim(Intent(op, f"key-{{i}}", "Idempotency-Key", "POST", "https://pay.test/c", "fp", (), b"{{}}"),
+    journal.claim(Intent(op, f"key-{{i}}", "Idempotency-Key", "POST", "https://pay.test/c", "fp", \
+(), b"{{}}"),
                   "owner", 60.0, 1000.0)
     print(op, flush=True)
 """
@@ -406,8 +409,8 @@ def test_a_journal_whose_path_is_not_utf8_opens_and_checkpoints(tmp_path: Path) 
 def test_a_thread_priority_refused_still_checkpoints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # only Linux takes a thread id in setpriority(PRIO_PROCESS, ...): macOS and the BSDs read it as a
-    # process id and answer ESRCH (or EPERM, or renice that process); the error skipped the copy
+    # only Linux takes a thread id in setpriority(PRIO_PROCESS, ...): macOS and the BSDs read it as
+    # a process id and answer ESRCH (or EPERM, or renice that process); the error skipped the copy
     # itself, so there the WAL grew to the 8,000-page fallback, paid for by a request
     def refused(which: int, who: int, priority: int) -> None:
         raise ProcessLookupError(3, "No such process")
@@ -425,7 +428,8 @@ def test_a_thread_priority_refused_still_checkpoints(
 def test_the_thread_priority_is_lowered_only_where_it_is_per_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, platform: str
 ) -> None:
-    # elsewhere the thread id names a process (NetBSD's LWP ids are 1, 2, ...): never renice another process
+    # elsewhere the thread id names a process (NetBSD's
+    # LWP ids are 1, 2, ...): never renice another process
     calls: list[tuple[int, int, int]] = []
     monkeypatch.setattr(os, "setpriority", lambda *args: calls.append(args), raising=False)
     monkeypatch.setattr(sys, "platform", platform)
@@ -482,10 +486,11 @@ if hasattr(os, "register_at_fork"):
 def test_no_checkpoint_thread_is_left_alive_at_a_fork(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Python 3.12+ warns at a fork of a process running another thread ("This process is multi-threaded,
-    # use of fork() may lead to deadlocks in the child"): the fork waited for the checkpoint's lock but
-    # not for its thread, which lives on a moment after (longer on a loaded machine), so a single-threaded
-    # worker forking its children right after a checkpoint started warned at random
+    # Python 3.12+ warns at a fork of a process running another thread ("This process is
+    # multi-threaded, use of fork() may lead to deadlocks in the child"): the fork waited for the
+    # checkpoint's lock but not for its thread, which lives on a moment after (longer on a loaded
+    # machine), so a single-threaded worker forking its children right after a checkpoint started
+    # warned at random
     checkpoint = _wal.Checkpointer._checkpoint
 
     def slow_to_end(checkpointer: _wal.Checkpointer) -> None:

@@ -53,8 +53,10 @@ class AsyncClient(httpx.AsyncClient, EngineHolder, AsyncKeyFor):
     ) -> None:
         refuse_samekey_transports("AsyncClient", kwargs)
         config = Config.of(
-            journal=journal, policy=policy, key_header=key_header, key_format=key_format, key_ttl=key_ttl,
-            lease=lease, on_busy=on_busy, redact_headers=redact_headers, retention=retention, on_retry=on_retry,
+            journal=journal, policy=policy, key_header=key_header, key_format=key_format,
+            key_ttl=key_ttl,
+            lease=lease, on_busy=on_busy, redact_headers=redact_headers, retention=retention,
+            on_retry=on_retry,
             redact_body=redact_body, body_key=body_key,
             on_end=on_end,
         )  # fmt: skip
@@ -121,7 +123,8 @@ class AsyncClient(httpx.AsyncClient, EngineHolder, AsyncKeyFor):
     async def resume_pending(
         self, prefix: str | None = None, *, headers: HeadersArg = None
     ) -> list[ResumeResult]:
-        """The async twin of `Client.resume_pending`: one after the other, never stopping at a failure."""
+        """The async twin of `Client.resume_pending`:
+        one after the other, never stopping at a failure."""
         results = []
         pending = await anyio.to_thread.run_sync(_pending, self.engine.journal, prefix)
         records, _unnamed = bulk_resumable(pending, prefix)

@@ -110,7 +110,8 @@ def _send_once(run: _Run) -> Generator[Action, Any, tuple[httpx.Response | None,
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
             "samekey attempt operation=%s key=%s attempt=%d %s %s",
-            run.operation, run.key, run.attempt, run.request.method, run.engine.redactor.url(run.request.url),
+            run.operation, run.key, run.attempt, run.request.method,
+            run.engine.redactor.url(run.request.url),
             extra=run.log_extra(run.attempt),
         )  # fmt: skip
     run.begun = run.tries
@@ -128,14 +129,15 @@ def _send_once(run: _Run) -> Generator[Action, Any, tuple[httpx.Response | None,
 def _decide(
     run: _Run, response: httpx.Response | None, exc: Exception | None
 ) -> float | str | None:
-    """None: definitive (an error not to retry is raised); a wait: retry after it; a text: give up, why."""
+    """None: definitive (an error not to retry is
+    raised); a wait: retry after it; a text: give up, why."""
     policy = run.policy
     if run.state is None:
         retry = (
             policy.should_retry_exception(exc)
             if exc is not None
-            else policy.should_retry_response(response)
-        )  # type: ignore[arg-type]
+            else policy.should_retry_response(response)  # type: ignore[arg-type]
+        )
         if not retry:
             if exc is not None:
                 raise exc
@@ -180,7 +182,10 @@ def _deadline_reason(policy: RetryPolicy, wait: float, response: httpx.Response 
             if asked > policy.max_retry_after
             else ""
         )
-        return f"the server asked to wait {asked:g} s (Retry-After{capped}), past the {policy.deadline:g} s deadline"
+        return (
+            f"the server asked to wait {asked:g} s (Retry-After{capped}), past the "
+            f"{policy.deadline:g} s deadline"
+        )
     return f"the next wait would pass the {policy.deadline:g} s deadline"
 
 
@@ -255,7 +260,8 @@ def _deliver(run: _Run, response: httpx.Response) -> Flow:
     attempts = run.attempt
     budget = run.policy.active_budget()
     if budget is not None and response.is_success:
-        # only a 2xx shows the server healthy: a server answering 4xx to everything must not keep it full
+        # only a 2xx shows the server healthy: a server
+        # answering 4xx to everything must not keep it full
         budget.refund(run.taken)
     if run.journaled:
         yield from _journal_answer(run, attempts, response)
@@ -292,7 +298,10 @@ def _record_answer(
 ) -> Step:
     """Journal a definitive answer as completed; a 401/407 only frees the lease, its key kept."""
     if response.status_code in NOT_ACTED_ON:
-        refused = f"HTTP {response.status_code}: credentials refused, the server did not act; the key is kept"
+        refused = (
+            f"HTTP {response.status_code}: credentials refused, the server did not act; the "
+            "key is kept"
+        )
         yield Release(record.operation, owner, attempts, refused, engine.clock())
         return
     headers = engine.redactor.response_headers(response.headers)
@@ -336,8 +345,10 @@ def _not_recorded_attempt(
         path,
         f"operation {record.operation!r} was sent (attempt {attempt}, {error_text}), "
         f"but recording the attempt failed: {problem}",
-        f"The key {record.key} stays pending: once the journal works again, run the same operation again "
-        f"(or `{command('resume', record.operation)}`) to send it with the same key. Do not start it under a new "
+        f"The key {record.key} stays pending: once the journal works again, run the same "
+        "operation again "
+        f"(or `{command('resume', record.operation)}`) to send it with the same key. Do "
+        "not start it under a new "
         "operation name: that would be a new key, and the server could act twice.",
     )
 
@@ -353,7 +364,8 @@ def _give_up(
     elif response is not None:
         yield Read(response)  # still streaming: read it whole for RetriesExhausted.last_response
     if response is not None:
-        response.read()  # in memory by now: `last_response.json()` works without a read() of the caller's
+        # in memory by now: `last_response.json()` works without a read() of the caller's
+        response.read()
     raise RetriesExhausted(
         operation=record.operation if record else "(unkeyed request)",
         key=record.key if record else None,

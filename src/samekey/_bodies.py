@@ -27,7 +27,8 @@ RedactBody = tuple[str, ...] | Callable[[bytes, str], bytes] | None
 
 
 class BodyRedactor:
-    """What one client keeps of a body: ``redact(body, content_type)`` -> (stored bytes, changed)."""
+    """What one client keeps of a body: ``redact(body,
+    content_type)`` -> (stored bytes, changed)."""
 
     def __init__(
         self,
@@ -104,7 +105,8 @@ def _mask(node: Any, path: tuple[str, ...]) -> bool:
 
 
 def body_redactor(spec: object) -> BodyRedactor | None:
-    """The redactor of a ``redact_body=`` value (paths or a callable), checked once; None for none."""
+    """The redactor of a ``redact_body=`` value
+    (paths or a callable), checked once; None for none."""
     if spec is None or spec == ():
         return None
     if callable(spec):
@@ -116,7 +118,9 @@ def body_redactor(spec: object) -> BodyRedactor | None:
         isinstance(path, str) and path.strip(".") == path and path for path in listed
     ):
         raise TypeError(
-            "redact_body must be a tuple of field paths, e.g. redact_body=('card.number', 'card.cvc') for JSON "
-            f"or ('card[number]',) for a form (note the comma for one path), or a function, got {spec!r}"
+            "redact_body must be a tuple of field paths, e.g. "
+            "redact_body=('card.number', 'card.cvc') for JSON "
+            "or ('card[number]',) for a form (note the comma for one path), or a "
+            f"function, got {spec!r}"
         )
     return BodyRedactor(tuple(tuple(path.split(".")) for path in listed), frozenset(listed), None)

@@ -45,10 +45,13 @@ def refuse_samekey_transports(kind: str, kwargs: dict[str, Any]) -> None:
     for where, transport in given:
         if isinstance(transport, (SameKeyTransport, AsyncSameKeyTransport)):
             raise TypeError(
-                f"{where} is a samekey.{type(transport).__name__}, but samekey.{kind} adds one itself: the two "
-                "would claim every operation twice (on one journal each request waits out its own lease, "
+                f"{where} is a samekey.{type(transport).__name__}, but samekey.{kind} "
+                "adds one itself: the two "
+                "would claim every operation twice (on one journal each request waits "
+                "out its own lease, "
                 f"60 s). Pass the httpx transport it wraps (e.g. {plain}(...)) and give "
-                f"journal=, policy= and the other samekey options to samekey.{kind}; or keep the samekey "
+                f"journal=, policy= and the other samekey options to samekey.{kind}; or "
+                "keep the samekey "
                 f"transport under a plain httpx.{kind}."
             )
 
@@ -82,8 +85,10 @@ class Client(httpx.Client, EngineHolder, KeyFor):
     ) -> None:
         refuse_samekey_transports("Client", kwargs)
         config = Config.of(
-            journal=journal, policy=policy, key_header=key_header, key_format=key_format, key_ttl=key_ttl,
-            lease=lease, on_busy=on_busy, redact_headers=redact_headers, retention=retention, on_retry=on_retry,
+            journal=journal, policy=policy, key_header=key_header, key_format=key_format,
+            key_ttl=key_ttl,
+            lease=lease, on_busy=on_busy, redact_headers=redact_headers, retention=retention,
+            on_retry=on_retry,
             redact_body=redact_body, body_key=body_key,
             on_end=on_end,
         )  # fmt: skip

@@ -28,7 +28,8 @@ __all__ = ["Config", "KeyFormat", "OnBusy", "Options"]
 KeyFormat = Literal["uuid", "structured"]
 OnBusy = Literal["wait", "raise"]
 
-# An HTTP field name (RFC 9110 token): the key header is sent on every request of an operation for life
+# An HTTP field name (RFC 9110 token): the key header
+# is sent on every request of an operation for life
 FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -112,7 +113,8 @@ def _choice(name: str, value: object) -> str:
 def _key_header(name: object) -> str:
     if not isinstance(name, str) or not FIELD_NAME.fullmatch(name):
         raise ValueError(
-            "key_header must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~, no space or "
+            "key_header must be an HTTP header name (letters, digits and "
+            "!#$%&'*+-.^_`|~, no space or "
             f"colon), e.g. 'Idempotency-Key', got {name!r}"
         )
     return name
@@ -122,7 +124,8 @@ def _lease(value: float | timedelta) -> float:
     seconds = to_seconds(value, "lease", allow_zero=False)
     if not math.isfinite(seconds):  # an owner that vanished on another host would hold it forever
         raise ValueError(
-            f"lease must be a finite duration, e.g. lease=60 (seconds, renewed at every retry), got {value!r}"
+            "lease must be a finite duration, e.g. lease=60 (seconds, renewed at every "
+            f"retry), got {value!r}"
         )
     return seconds
 
@@ -148,8 +151,10 @@ def _body_protection(
     bodies, sealer = body_redactor(redact_body), sealer_of(body_key)
     if bodies is not None and sealer is None:
         raise ValueError(
-            "redact_body needs a body_key: the key keys the fingerprint that tells another card number from the "
-            f"first without exposing it, and seals the rest of the body. Make one with: {MAKE_KEY}, then pass "
+            "redact_body needs a body_key: the key keys the fingerprint that tells "
+            "another card number from the "
+            "first without exposing it, and seals the rest of the body. Make one with: "
+            f"{MAKE_KEY}, then pass "
             f"body_key=... or set ${KEY_ENV} (the same key on every process sharing the journal)"
         )
     return bodies, sealer

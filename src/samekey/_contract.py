@@ -81,7 +81,8 @@ class OperationRecord:
     lease_owner: str | None
     lease_expires: float | None
     settled_note: str | None = None  # None unless settled by hand (`settle`); "" without a note
-    # set by the client reading it back through its body_key: fields of request_body were never stored
+    # set by the client reading it back through its
+    # body_key: fields of request_body were never stored
     body_redacted: bool = False
 
     @property
@@ -123,9 +124,11 @@ def lease_decision(
 def new_record(intent: Intent, owner: str, now: float, expires: float) -> OperationRecord:
     """The record a claim creates: pending, leased to ``owner`` until ``expires``."""
     return OperationRecord(
-        operation=intent.operation, key=intent.key, key_header=intent.key_header, method=intent.method,
+        operation=intent.operation, key=intent.key, key_header=intent.key_header,
+        method=intent.method,
         url=intent.url, fingerprint=intent.fingerprint, request_headers=intent.request_headers,
-        request_body=intent.request_body, state="pending", created_at=now, updated_at=now, completed_at=None,
+        request_body=intent.request_body, state="pending", created_at=now, updated_at=now,
+        completed_at=None,
         attempts=0, last_error=None, response_status=None, response_headers=(), response_body=None,
         lease_owner=owner, lease_expires=expires,
     )  # fmt: skip

@@ -57,7 +57,8 @@ class Job(Generic[_T]):
     """One write waiting for its group commit."""
 
     __slots__ = (
-        "doing", "done", "durable", "error", "fn", "patience", "promoted", "ran", "result", "settled", "waited",
+        "doing", "done", "durable", "error", "fn", "patience", "promoted", "ran", "result",
+        "settled", "waited",
     )  # fmt: skip
 
     def __init__(
@@ -110,7 +111,8 @@ class GroupCommit:
                     self.writing = holding = True
                 else:
                     first.done = threading.Event()
-                    queued = True  # before the extend: an interruption between them leaves nothing behind
+                    # before the extend: an interruption between them leaves nothing behind
+                    queued = True
                     self.queue.extend(jobs)
             if holding:
                 taken = jobs
@@ -204,7 +206,8 @@ def run_batch(
 ) -> None:
     """Run ``batch`` in one transaction on ``conn`` (its lock held); ``sync``: it owes a WAL sync.
 
-    The callers are woken by `wake` once the lock is let go; an interrupted batch wakes them here."""
+    The callers are woken by `wake` once the lock is let go; an interrupted batch wakes them
+    here."""
     try:
         changes = conn.total_changes
         if not execute(conn, batch, store, savepoints=False):
@@ -259,7 +262,8 @@ def _rollback(conn: sqlite3.Connection) -> None:
 def execute(
     conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, *, savepoints: bool
 ) -> bool:
-    """Run the batch in one transaction; False (all rolled back) when a job fails without savepoints."""
+    """Run the batch in one transaction; False (all
+    rolled back) when a job fails without savepoints."""
     several = len(batch) > 1
     if several:  # a lone job runs in autocommit; a job needing more opens its own transaction
         try:
@@ -302,7 +306,8 @@ def _when_free(
     jobs: list[Job[Any]],
     store: Committer,
 ) -> _T:
-    """`when_free` for ``jobs`` (a batch waits as long as its most patient job), the wait counted."""
+    """`when_free` for ``jobs`` (a batch waits as
+    long as its most patient job), the wait counted."""
     patience = max(store.lock_timeout if job.patience is None else job.patience for job in jobs)
     started = time.monotonic()
     try:
@@ -331,7 +336,8 @@ def when_free(
     error: sqlite3.OperationalError,
     lock_timeout: float,
 ) -> _T:
-    """``attempt`` failed with ``error``: if another process held the lock, try again until it lets go."""
+    """``attempt`` failed with ``error``: if another
+    process held the lock, try again until it lets go."""
     pause, deadline = BUSY_FIRST_PAUSE, time.monotonic() + lock_timeout
     while is_busy(error) and not conn.in_transaction:
         if time.monotonic() >= deadline:

@@ -192,7 +192,8 @@ class Journal:
         return job.result  # type: ignore[return-value]
 
     def _run_owned(self, owner: str, job: Job[_T], *, last: bool) -> _T:
-        """Run a write of ``owner``'s request, within what is left of its lock_timeout (`_lock_budget`)."""
+        """Run a write of ``owner``'s request, within
+        what is left of its lock_timeout (`_lock_budget`)."""
         job.patience = self._budgets.left(owner)
         try:
             return self._run(job)
@@ -263,7 +264,8 @@ class Journal:
         wake(batch)
 
     def _committed(self, records: int, sync: bool) -> None:
-        """After a commit that wrote ``records`` (connection lock held): its sync, its checkpoint."""
+        """After a commit that wrote ``records``
+        (connection lock held): its sync, its checkpoint."""
         if sync:
             self._wal.sync(lambda: self._file.opened_file(self._conn, "-wal"))
         if self._checkpoints is not None:
@@ -342,8 +344,9 @@ class Journal:
         if jobs:
             self._check_process()
             owned = [
-                (job, calls[i].owner, isinstance(calls[i], (Complete, Release))) for i, job in jobs
-            ]  # type: ignore[union-attr]
+                (job, calls[i].owner, isinstance(calls[i], (Complete, Release)))  # type: ignore[union-attr]
+                for i, job in jobs
+            ]
             for job, owner, _ in owned:
                 job.patience = self._budgets.left(owner)
             try:
@@ -389,7 +392,8 @@ class Journal:
         def job(conn: sqlite3.Connection) -> ClaimResult:
             cur = conn.execute(
                 f"INSERT INTO operations ({COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?, NULL, ?) "
+                "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, "
+                "NULL, ?, ?, NULL, ?) "
                 "ON CONFLICT (operation) DO NOTHING",
                 insert_params(intent, owner, now, expires),
             )
@@ -406,7 +410,8 @@ class Journal:
             if decision != "claimed":
                 return ClaimResult(decision, record)
             conn.execute(
-                "UPDATE operations SET lease_owner = ?, lease_expires = ?, updated_at = ? WHERE operation = ?",
+                "UPDATE operations SET lease_owner = ?, lease_expires = ?, updated_at = "
+                "? WHERE operation = ?",
                 (owner, expires, now, intent.operation),
             )
             return ClaimResult("claimed", with_lease(record, owner, expires, now))
@@ -424,7 +429,8 @@ class Journal:
     ) -> Job[None]:
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE operations SET attempts = ?, last_error = ?, updated_at = ?, lease_expires = ? "
+                "UPDATE operations SET attempts = ?, last_error = ?, updated_at = ?, "
+                "lease_expires = ? "
                 "WHERE operation = ? AND lease_owner = ? AND state = 'pending'",
                 (attempts, error, now, now + lease_seconds, operation, owner),
             )
@@ -443,9 +449,11 @@ class Journal:
     ) -> Job[None]:
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE operations SET state = 'completed', completed_at = ?, updated_at = ?, attempts = ?, "
+                "UPDATE operations SET state = 'completed', completed_at = ?, "
+                "updated_at = ?, attempts = ?, "
                 "last_error = NULL, response_status = ?, response_headers = ?, response_body = ?, "
-                "lease_owner = NULL, lease_expires = NULL WHERE operation = ? AND state = 'pending'",
+                "lease_owner = NULL, lease_expires = NULL WHERE operation = ? AND state "
+                "= 'pending'",
                 (now, now, attempts, status, headers_to_json(headers), body, operation),
             )
 
@@ -456,7 +464,8 @@ class Journal:
     ) -> Job[None]:
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE operations SET attempts = max(attempts, ?), last_error = coalesce(?, last_error), "
+                "UPDATE operations SET attempts = max(attempts, ?), last_error = "
+                "coalesce(?, last_error), "
                 "updated_at = ?, lease_owner = NULL, lease_expires = NULL "
                 "WHERE operation = ? AND lease_owner = ? AND state = 'pending'",
                 (attempts, error, now, operation, owner),
@@ -478,9 +487,11 @@ class Journal:
             cur = conn.execute(
                 "UPDATE operations SET method = ?, url = ?, fingerprint = ?, request_headers = ?, "
                 "request_body = ?, created_at = ?, updated_at = ?, checksum = ? "
-                "WHERE operation = ? AND lease_owner = ? AND state = 'pending' AND method = '' AND key = ?",
+                "WHERE operation = ? AND lease_owner = ? AND state = 'pending' AND "
+                "method = '' AND key = ?",
                 (
-                    intent.method, intent.url, intent.fingerprint, headers, intent.request_body, now, now,
+                    intent.method, intent.url, intent.fingerprint, headers, intent.request_body,
+                    now, now,
                     checksum(intent, headers), intent.operation, owner, intent.key,
                 ),
             )  # fmt: skip
@@ -540,7 +551,8 @@ class Journal:
         if not query.prefix:
             return ordered
         ((found,),) = self._read(
-            "SELECT count(*) FROM (SELECT 1 FROM operations WHERE operation >= ? AND operation < ? LIMIT ?)",
+            "SELECT count(*) FROM (SELECT 1 FROM operations WHERE operation >= ? AND "
+            "operation < ? LIMIT ?)",
             (query.prefix, query.prefix + "\U0010ffff", _PREFIX_PROBE + 1),
             "listing",
         )
@@ -587,8 +599,9 @@ class Journal:
                     (cutoff, size),
                 ).rowcount
 
-            # not durable: a purge lost in a crash is simply done again by the next one; not patient:
-            # housekeeping never waits for the lock a request's claim then waits for in its turn
+            # not durable: a purge lost in a crash is simply done again by the next one; not
+            # patient: housekeeping never waits for the lock a request's claim then waits for in its
+            # turn
             return self._run(Job(job, "purging completed operations", False, patience=0.0))
 
         return purge_in_chunks(delete_oldest, limit)

@@ -56,7 +56,8 @@ def make_plan(config: Config, redactor: Redactor, request: httpx.Request) -> Pla
     elif not valid_operation(operation):
         raise ValueError(
             f"operation must be a non-empty string of at most {MAX_OPERATION_LENGTH} characters, "
-            f"valid text (UTF-8, no NUL), naming the logical operation (e.g. 'order-42/charge'), got {operation!r}"
+            "valid text (UTF-8, no NUL), naming the logical operation (e.g. "
+            f"'order-42/charge'), got {operation!r}"
         )
     url = redactor.url(request.url)
     intent = Intent(
@@ -133,9 +134,15 @@ def mismatch(plan: Plan, record: OperationRecord) -> str | None:
         return f"it was {record.method} {record.url}, now {intent.method} {intent.url}"
     if record.fingerprint.startswith(KEYED) and not intent.fingerprint.startswith(KEYED):
         # also what keeps a client without the key from replaying an answer it cannot open
-        return f"it was recorded by a client with a body_key and this one has none: pass body_key= or set ${KEY_ENV}"
+        return (
+            "it was recorded by a client with a body_key and this one has none: pass "
+            f"body_key= or set ${KEY_ENV}"
+        )
     if intent.fingerprint.startswith(KEYED) and not record.fingerprint.startswith(KEYED):
-        return "it was recorded by a client without a body_key: its body cannot be compared with this one's"
+        return (
+            "it was recorded by a client without a body_key: its body cannot be compared "
+            "with this one's"
+        )
     if record.fingerprint != intent.fingerprint:
         return "same method and URL, different body"
     if plan.caller_key and record.key != intent.key:
@@ -144,13 +151,15 @@ def mismatch(plan: Plan, record: OperationRecord) -> str | None:
         # the server knows the key under the header it came in: in another one it is no key at all
         return (
             f"its key was sent in the {record.key_header!r} header, this client sends keys in "
-            f"{intent.key_header!r}; send it again with a client created with key_header={record.key_header!r}"
+            f"{intent.key_header!r}; send it again with a client created with "
+            f"key_header={record.key_header!r}"
         )
     return None
 
 
 def multipart_operation(request: httpx.Request) -> str | None:
-    """The operation of a multipart request (a re-run of it may need `carry_first_bytes`), else None.
+    """The operation of a multipart request (a re-run of it may need `carry_first_bytes`), else
+    None.
 
     Most requests are not multipart: they cost a header lookup and no journal read.
     """
@@ -164,7 +173,8 @@ def multipart_operation(request: httpx.Request) -> str | None:
 def carry_first_bytes(
     config: Config, redactor: Redactor, request: httpx.Request, record: OperationRecord | None
 ) -> None:
-    """Before the client's auth runs: a re-run of a pending multipart operation carries its first bytes.
+    """Before the client's auth runs: a re-run of a pending multipart operation carries its first
+    bytes.
 
     The transport swaps them in too (`as_first_sent`), but only after auth: an `httpx.Auth` that
     signs the body (HMAC, SigV4) would have signed the re-run's own boundary, and the server would

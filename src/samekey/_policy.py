@@ -33,7 +33,8 @@ DEFAULT_RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (
     httpx.TimeoutException,  # connect, read, write and pool timeouts
     httpx.NetworkError,  # connect errors, resets, broken pipes
     httpx.RemoteProtocolError,  # server closed the connection without a full response
-    httpx.ProxyError,  # the proxy's 502/503/504 to CONNECT (nothing reached the server); not its 403/407
+    # the proxy's 502/503/504 to CONNECT (nothing reached the server); not its 403/407
+    httpx.ProxyError,
 )
 
 
@@ -159,7 +160,8 @@ class RetryBudget:
         return self._tokens
 
     def try_acquire(self, timeout: bool) -> float | None:
-        """Take the cost of one retry and return it (0.0 when retries are free); None means: do not retry."""
+        """Take the cost of one retry and return it
+        (0.0 when retries are free); None means: do not retry."""
         cost = self.timeout_cost if timeout else self.retry_cost
         with self._lock:
             if self._tokens < cost:
@@ -186,7 +188,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     if value.isdigit():
-        # ASCII digits only: "²" (a stray 0xB2 byte read as latin-1) is a digit to isdigit(), not to float()
+        # ASCII digits only: "²" (a stray 0xB2 byte
+        # read as latin-1) is a digit to isdigit(), not to float()
         return float(value) if value.isascii() else None
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -222,7 +225,8 @@ def _tls_refused(exc: BaseException) -> bool:
 def _proxy_refused(exc: BaseException) -> bool:
     """A proxy that would not open the tunnel for a reason retrying cannot fix: its 403 (a policy)
     or 407 (its credentials), a SOCKS refusal. Only its 5xx (it could not reach the server, or is
-    overloaded) is passing; httpcore raises ProxyError("<status> <reason>") for a refused CONNECT."""
+    overloaded) is passing; httpcore raises ProxyError("<status> <reason>") for a refused
+    CONNECT."""
     return isinstance(exc, httpx.ProxyError) and _PROXY_UNAVAILABLE.match(str(exc)) is None
 
 
@@ -277,7 +281,8 @@ class RetryPolicy:
     ) -> None:
         if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
             raise ValueError(
-                f"max_attempts must be a whole number >= 1 (1 means no retries), got {max_attempts!r}"
+                "max_attempts must be a whole number >= 1 (1 means no retries), got "
+                f"{max_attempts!r}"
             )
         if (
             not isinstance(multiplier, (int, float))
@@ -293,7 +298,8 @@ class RetryPolicy:
         self.max_retry_after = to_seconds(max_retry_after, "max_retry_after")
         if self.max_delay < self.initial_delay:
             raise ValueError(
-                f"max_delay ({self.max_delay:g} s) must not be below initial_delay ({self.initial_delay:g} s)"
+                f"max_delay ({self.max_delay:g} s) must not be below initial_delay "
+                f"({self.initial_delay:g} s)"
             )
         self.retry_statuses = _statuses(retry_statuses)
         self.retry_exceptions = _exception_classes(retry_exceptions)
@@ -311,7 +317,8 @@ class RetryPolicy:
             budget = None
         if budget is not None and not isinstance(budget, RetryBudget):
             raise TypeError(
-                f"budget must be a samekey.RetryBudget, True (a default one) or None (off), got {budget!r}"
+                "budget must be a samekey.RetryBudget, True (a default one) or None "
+                f"(off), got {budget!r}"
             )
         self.budget: RetryBudget | None = budget
         self._retrying: tuple[tuple[object, ...], tenacity.Retrying] | None = None
@@ -319,7 +326,8 @@ class RetryPolicy:
     def __repr__(self) -> str:
         return (
             f"RetryPolicy(max_attempts={self.max_attempts}, initial_delay={self.initial_delay:g}, "
-            f"max_delay={self.max_delay:g}, multiplier={self.multiplier:g}, deadline={self.deadline:g}, "
+            f"max_delay={self.max_delay:g}, multiplier={self.multiplier:g}, "
+            f"deadline={self.deadline:g}, "
             f"max_retry_after={self.max_retry_after:g}, budget={self.budget!r})"
         )
 
@@ -446,7 +454,8 @@ class _WaitBackoffOrRetryAfter(wait_base):
 def _statuses(retry_statuses: Iterable[int]) -> frozenset[int]:
     if retry_statuses is None or isinstance(retry_statuses, (int, str, bytes)):
         raise TypeError(
-            f"retry_statuses must be a collection of status codes, e.g. {{503}}, got {retry_statuses!r} "
+            f"retry_statuses must be a collection of status codes, e.g. {{503}}, got "
+            f"{retry_statuses!r} "
             "(set() to retry none)"
         )
     statuses = frozenset(retry_statuses)

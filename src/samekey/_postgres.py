@@ -110,8 +110,10 @@ CREATE TABLE samekey_operations (
     settled_note     text,
     checksum         text
 );
-CREATE INDEX samekey_operations_pending ON samekey_operations (created_at, operation) WHERE state = 'pending';
-CREATE INDEX samekey_operations_completed ON samekey_operations (completed_at) WHERE state = 'completed';
+CREATE INDEX samekey_operations_pending ON samekey_operations (created_at, operation) WHERE state \
+= 'pending';
+CREATE INDEX samekey_operations_completed ON samekey_operations (completed_at) WHERE state = \
+'completed';
 CREATE INDEX samekey_operations_created ON samekey_operations (created_at, operation)
 """
 
@@ -119,7 +121,8 @@ _SELECT = f"SELECT {COLUMNS} FROM samekey_operations"
 _SELECT_SUMMARY = "SELECT " + summary_columns("''::bytea") + " FROM samekey_operations"
 _INSERT = (
     f"INSERT INTO samekey_operations ({COLUMNS}) VALUES "
-    "(%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, NULL, 0, NULL, NULL, NULL, NULL, %s, %s, NULL, %s) "
+    "(%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, NULL, 0, NULL, NULL, NULL, "
+    "NULL, %s, %s, NULL, %s) "
     "ON CONFLICT (operation) DO NOTHING"
 )
 
@@ -296,28 +299,37 @@ class PostgresJournal:
         if isinstance(exc, errors.LockNotAvailable):
             return JournalLocked(
                 self.location,
-                f"a lock was held by another caller for more than {self.lock_timeout:g} s while {doing}",
-                "Another process may be stuck in a transaction (the server ends a samekey session idle in one "
-                f"after {self.idle_in_transaction_session_timeout:g} s); retry, or raise lock_timeout.",
+                f"a lock was held by another caller for more than {self.lock_timeout:g} "
+                f"s while {doing}",
+                "Another process may be stuck in a transaction (the server ends a "
+                "samekey session idle in one "
+                f"after {self.idle_in_transaction_session_timeout:g} s); retry, or raise "
+                "lock_timeout.",
             )
         if isinstance(exc, errors.QueryCanceled):
             return self._fail(
-                f"the server cancelled a statement while {doing} ({text}; samekey's statement_timeout "
+                f"the server cancelled a statement while {doing} ({text}; samekey's "
+                "statement_timeout "
                 f"is {self.statement_timeout:g} s)",
-                "The database is overloaded or something holds its locks; retry, or raise statement_timeout.",
+                "The database is overloaded or something holds its locks; retry, or "
+                "raise statement_timeout.",
             )
         if isinstance(exc, errors.IdleInTransactionSessionTimeout):
             return self._fail(
-                f"the server ended samekey's session while {doing}: it stayed idle in a transaction for more than "
-                f"{self.idle_in_transaction_session_timeout:g} s (idle_in_transaction_session_timeout), so its "
+                f"the server ended samekey's session while {doing}: it stayed idle in a "
+                "transaction for more than "
+                f"{self.idle_in_transaction_session_timeout:g} s (idle_in_transaction_se"
+                "ssion_timeout), so its "
                 "changes were rolled back",
-                "This process stalled between two statements (overloaded, paused or swapped out); retry, or raise "
+                "This process stalled between two statements (overloaded, paused or "
+                "swapped out); retry, or raise "
                 "idle_in_transaction_session_timeout.",
             )
         if isinstance(exc, errors.InsufficientPrivilege):
             return self._fail(
                 f"the database user lacks a privilege while {doing} ({text})",
-                "Grant it CREATE on the schema (first use) and SELECT, INSERT, UPDATE, DELETE on the "
+                "Grant it CREATE on the schema (first use) and SELECT, INSERT, UPDATE, "
+                "DELETE on the "
                 "samekey_operations and samekey_schema tables.",
             )
         if isinstance(exc, errors.DiskFull):
@@ -328,7 +340,8 @@ class PostgresJournal:
         if isinstance(exc, self._psycopg.OperationalError):
             return self._fail(
                 f"cannot reach the PostgreSQL server while {doing} ({text})",
-                "Check that it runs and accepts connections from this host, and the DSN's host, port, "
+                "Check that it runs and accepts connections from this host, and the "
+                "DSN's host, port, "
                 "user, password and database.",
             )
         return self._fail(
@@ -405,12 +418,14 @@ class PostgresJournal:
         if self._in_use < self.pool_size:
             self._connect().close()  # raises libpq's reason when the server cannot be reached
             return self._fail(
-                f"no connection to the server could be opened within pool_timeout ({self.pool_timeout:g} s) "
+                "no connection to the server could be opened within pool_timeout "
+                f"({self.pool_timeout:g} s) "
                 f"while {doing}",
                 "Retry; if it goes on, look at the database server's load and its max_connections.",
             )
         return self._fail(
-            f"all {self.pool_size} of its connections stayed in use for {self.pool_timeout:g} s while {doing}",
+            f"all {self.pool_size} of its connections stayed in use for "
+            f"{self.pool_timeout:g} s while {doing}",
             "Raise pool_size to the number of threads or tasks that use the journal at once, "
             "or raise pool_timeout; if statements are slow, look at the database server's load.",
         )
@@ -462,8 +477,10 @@ class PostgresJournal:
         if conn.execute("SELECT to_regclass('samekey_schema')").fetchone() == (None,):
             if conn.execute("SELECT to_regclass('samekey_operations')").fetchone() != (None,):
                 raise self._fail(
-                    "it has a samekey_operations table without samekey_schema, so it was not made by samekey",
-                    "It was left untouched. Use another database or schema (options=-csearch_path=NAME).",
+                    "it has a samekey_operations table without samekey_schema, so it "
+                    "was not made by samekey",
+                    "It was left untouched. Use another database or schema "
+                    "(options=-csearch_path=NAME).",
                 )
             return None
         versions = [
@@ -473,23 +490,27 @@ class PostgresJournal:
         if not versions:
             raise self._fail(
                 "its samekey_schema table is empty, so its schema version is unknown",
-                "It was left untouched. Restore the row (INSERT INTO samekey_schema VALUES (1) for samekey 0.1) "
-                + restore,
+                "It was left untouched. Restore the row (INSERT INTO samekey_schema "
+                "VALUES (1) for samekey 0.1) " + restore,
             )
         if len(versions) > 1:
             raise self._fail(
-                f"its samekey_schema table holds several versions ({', '.join(map(str, versions))}), so its schema "
+                "its samekey_schema table holds several versions "
+                f"({', '.join(map(str, versions))}), so its schema "
                 "version is unknown",
-                f"It was left untouched. Keep only the row of the version samekey wrote (1 for samekey 0.1) {restore}",
+                "It was left untouched. Keep only the row of the version samekey wrote "
+                f"(1 for samekey 0.1) {restore}",
             )
         [version] = versions
         if not isinstance(version, int) or version < 1:
-            # never taken for an old journal to migrate: no samekey wrote it, so its tables are unknown
+            # never taken for an old journal to
+            # migrate: no samekey wrote it, so its tables are unknown
             raise self._fail(
-                f"its samekey_schema table holds version {version}, which no samekey writes (versions start at 1), "
+                f"its samekey_schema table holds version {version}, which no samekey "
+                "writes (versions start at 1), "
                 "so its schema version is unknown",
-                "It was left untouched. Restore the row (UPDATE samekey_schema SET version = 1 for samekey 0.1) "
-                + restore,
+                "It was left untouched. Restore the row (UPDATE samekey_schema SET "
+                "version = 1 for samekey 0.1) " + restore,
             )
         return version
 
@@ -498,7 +519,8 @@ class PostgresJournal:
             if self._version(conn) == SCHEMA_VERSION:
                 return
         except JournalError:
-            pass  # perhaps read while another process was creating the tables: decided under the lock
+            # perhaps read while another process was creating the tables: decided under the lock
+            pass
         # A session lock taken before the transaction: a backend refreshes its catalog caches when
         # a transaction starts, not when an advisory lock is granted, so a transaction that waited
         # for the lock would not see the tables the holder created and would create them again.
@@ -516,7 +538,8 @@ class PostgresJournal:
             )  # again under the lock: another process may have set it up
             if version is not None and version > SCHEMA_VERSION:
                 raise self._fail(
-                    f"it was written by a newer samekey (schema {version}; this one reads up to {SCHEMA_VERSION})",
+                    f"it was written by a newer samekey (schema {version}; this one "
+                    f"reads up to {SCHEMA_VERSION})",
                     "It was left untouched. Upgrade samekey to use it.",
                 )
             if version is None and not self.create:
@@ -529,10 +552,13 @@ class PostgresJournal:
                     else f"on its search_path ({path})"
                 )
                 raise self._fail(
-                    f"database {database!r} has no samekey tables (samekey_operations, samekey_schema) {place}, "
+                    f"database {database!r} has no samekey tables (samekey_operations, "
+                    f"samekey_schema) {place}, "
                     "so it holds no journal; nothing was created",
-                    "Check the database name and the search_path (options=-csearch_path=NAME) in the DSN. A new "
-                    "journal's tables are created when the application first opens it (samekey.PostgresJournal(DSN) "
+                    "Check the database name and the search_path "
+                    "(options=-csearch_path=NAME) in the DSN. A new "
+                    "journal's tables are created when the application first opens it "
+                    "(samekey.PostgresJournal(DSN) "
                     "or samekey.Client(journal=DSN)).",
                 )
             if version is None:
@@ -575,7 +601,8 @@ class PostgresJournal:
                     if decision != "claimed":
                         return ClaimResult(decision, record)
                     conn.execute(
-                        "UPDATE samekey_operations SET lease_owner = %s, lease_expires = %s, updated_at = %s "
+                        "UPDATE samekey_operations SET lease_owner = %s, lease_expires "
+                        "= %s, updated_at = %s "
                         "WHERE operation = %s",
                         (owner, expires, now, intent.operation),
                     )
@@ -599,7 +626,8 @@ class PostgresJournal:
         def work(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
                 "UPDATE samekey_operations SET attempts = %s, last_error = %s, updated_at = %s, "
-                f"lease_expires = %s WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND {_NO_FLUSH}",
+                "lease_expires = %s WHERE operation = %s AND lease_owner = %s AND state "
+                f"= 'pending' AND {_NO_FLUSH}",
                 (attempts, error, now, now + lease_seconds, operation, owner),
             )
 
@@ -617,7 +645,8 @@ class PostgresJournal:
     ) -> None:
         def work(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
-                "UPDATE samekey_operations SET state = 'completed', completed_at = %s, updated_at = %s, "
+                "UPDATE samekey_operations SET state = 'completed', completed_at = %s, "
+                "updated_at = %s, "
                 "attempts = %s, last_error = NULL, response_status = %s, response_headers = %s, "
                 "response_body = %s, lease_owner = NULL, lease_expires = NULL "
                 f"WHERE operation = %s AND state = 'pending' AND {_NO_FLUSH}",
@@ -632,7 +661,8 @@ class PostgresJournal:
         def work(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
                 "UPDATE samekey_operations SET attempts = greatest(attempts, %s), "
-                "last_error = coalesce(%s, last_error), updated_at = %s, lease_owner = NULL, lease_expires = NULL "
+                "last_error = coalesce(%s, last_error), updated_at = %s, lease_owner = "
+                "NULL, lease_expires = NULL "
                 f"WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND {_NO_FLUSH}",
                 (attempts, error, now, operation, owner),
             )
@@ -640,16 +670,20 @@ class PostgresJournal:
         self._run(f"updating operation {operation!r}", work)
 
     def fill_reserved(self, intent: Intent, owner: str, now: float) -> bool:
-        """Write the request into a record `key_for` reserved (method ''), under ``owner``'s lease."""
+        """Write the request into a record `key_for`
+        reserved (method ''), under ``owner``'s lease."""
 
         def work(conn: psycopg.Connection[Any]) -> bool:
             headers = request_headers_json(intent.request_headers)
             cur = conn.execute(
-                "UPDATE samekey_operations SET method = %s, url = %s, fingerprint = %s, request_headers = %s, "
+                "UPDATE samekey_operations SET method = %s, url = %s, fingerprint = %s, "
+                "request_headers = %s, "
                 "request_body = %s, created_at = %s, updated_at = %s, checksum = %s "
-                "WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND method = '' AND key = %s",
+                "WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND "
+                "method = '' AND key = %s",
                 (
-                    intent.method, intent.url, intent.fingerprint, headers, intent.request_body, now, now,
+                    intent.method, intent.url, intent.fingerprint, headers, intent.request_body,
+                    now, now,
                     checksum(intent, headers), intent.operation, owner, intent.key,
                 ),
             )  # fmt: skip
@@ -740,8 +774,10 @@ class PostgresJournal:
         def delete_oldest(size: int) -> int:
             def work(conn: psycopg.Connection[Any]) -> int:
                 return conn.execute(
-                    "DELETE FROM samekey_operations WHERE operation IN (SELECT operation FROM samekey_operations "
-                    "WHERE state = 'completed' AND completed_at < %s ORDER BY completed_at LIMIT %s) "
+                    "DELETE FROM samekey_operations WHERE operation IN (SELECT "
+                    "operation FROM samekey_operations "
+                    "WHERE state = 'completed' AND completed_at < %s ORDER BY "
+                    "completed_at LIMIT %s) "
                     f"AND {_NO_FLUSH}",
                     (cutoff, size),
                 ).rowcount

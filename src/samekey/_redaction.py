@@ -144,7 +144,8 @@ class Redactor:
     def describe(
         self, exc: BaseException | None, response: httpx.Response | None, request: httpx.Request
     ) -> str | None:
-        """An attempt's outcome as journaled (last_error) and logged, the request's credentials hidden.
+        """An attempt's outcome as journaled (last_error) and logged, the request's credentials
+        hidden.
 
         An error may quote them: h11 refuses a token read with its newline as
         ``Illegal header value b'Bearer sk_live_...\\n'``, and `samekey list` shows last_error.
@@ -171,7 +172,8 @@ class Redactor:
                 values.append(param.encode())
         found = set()
         for value in values:
-            # as the bytes read as text, and as Python prints bytes (an error's {!r}: newlines escaped)
+            # as the bytes read as text, and as Python
+            # prints bytes (an error's {!r}: newlines escaped)
             for form in (value.decode("latin-1"), repr(bytes(value))[2:-1]):
                 if form.strip():
                     found.add(form)
@@ -192,7 +194,8 @@ _URL_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
 def mask_dsn(dsn: str) -> str:
     """The DSN with every password replaced by ``***``: URL (``postgresql://user:PASSWORD@host``,
     ``?password=``) and key=value (``password=...``, quoted or not) forms, read as libpq reads them,
-    so a ``#``, ``?``, ``/``, ``@`` or space in a password (percent-encoded or quoted) is masked whole."""
+    so a ``#``, ``?``, ``/``, ``@`` or space in a password (percent-encoded or quoted) is masked
+    whole."""
     return redact_dsn(dsn)[0]
 
 

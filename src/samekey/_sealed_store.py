@@ -100,7 +100,8 @@ class SealedStore:
         self.inner.record_attempt(operation, owner, attempts, error, lease_seconds, now)
 
     def complete(
-        self, operation: str, owner: str, attempts: int, status: int, headers: list[tuple[str, str]], body: bytes,
+        self, operation: str, owner: str, attempts: int, status: int, headers: list[tuple[str,
+        str]], body: bytes,
         now: float,
     ) -> None:  # fmt: skip
         self.inner.complete(

@@ -3,10 +3,10 @@
 A journal is created 0600 (in 0700 folders) before SQLite opens it, since SQLite copies
 the file's mode to its -wal and -shm; an existing one (and its -wal/-shm) loses any group
 and other access, or is refused when this process cannot take it away. What is not a
-regular file (``/dev/null``, a pipe) is refused before SQLite runs. A file is used only when its header says it is a
-samekey journal (application_id, and a schema version this samekey reads); anything else
-(another application's database, random bytes, a newer samekey's journal) is refused and
-left untouched, -wal included: `_close_untouched` keeps a refused file's WAL from being
+regular file (``/dev/null``, a pipe) is refused before SQLite runs. A file is used only when its
+header says it is a samekey journal (application_id, and a schema version this samekey reads);
+anything else (another application's database, random bytes, a newer samekey's journal) is refused
+and left untouched, -wal included: `_close_untouched` keeps a refused file's WAL from being
 folded in by the close. A fresh file gets its schema, or an older one its forward
 migrations, in one transaction under the write lock, so a crash half-way leaves it as it
 was and processes opening it together set it up once.
@@ -96,11 +96,13 @@ class JournalFile:
     def _prepare_file(self) -> None:
         folder = self.path.parent
         if not folder.exists():
-            # a dangling symlink (a state folder linked to a volume): create its target, as for the file
+            # a dangling symlink (a state folder
+            # linked to a volume): create its target, as for the file
             folder = Path(os.path.realpath(folder))
             try:
-                # every missing folder 0700, not only the last (mkdir -p makes parents with the umask's
-                # mode): a world-writable parent would let another user swap the journal folder
+                # every missing folder 0700, not only the last (mkdir -p makes parents with the
+                # umask's mode): a world-writable parent would let another user swap the journal
+                # folder
                 for missing in reversed([folder, *(p for p in folder.parents if not p.exists())]):
                     missing.mkdir(mode=0o700, exist_ok=True)
             except OSError as exc:
@@ -113,8 +115,8 @@ class JournalFile:
         if self.path.exists():
             self._make_private()
         else:
-            # a dangling symlink (a dotfiles-managed state folder, a volume): O_EXCL refuses the link
-            # itself, so create its target, or SQLite would create it with the umask's 0644
+            # a dangling symlink (a dotfiles-managed state folder, a volume): O_EXCL refuses the
+            # link itself, so create its target, or SQLite would create it with the umask's 0644
             target = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
             try:  # create it private before SQLite opens it; SQLite copies the mode to -wal/-shm
                 fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -130,9 +132,9 @@ class JournalFile:
     def _make_private(self) -> None:
         """Refuse what is not a regular file; take group and other access away from the journal.
 
-        SQLite writes ``<path>-journal``/``-wal``/``-shm`` beside whatever it is given (``/dev/null``
-        left a world-writable ``/dev/null-journal``), and copies the main file's mode to them: so
-        the main file is made 0600-like first, then any -wal/-shm already there.
+        SQLite writes ``<path>-journal``/``-wal``/``-shm`` beside whatever it is given
+        (``/dev/null`` left a world-writable ``/dev/null-journal``), and copies the main file's mode
+        to them: so the main file is made 0600-like first, then any -wal/-shm already there.
         """
         real = Path(os.path.realpath(self.path))
         try:
@@ -142,7 +144,8 @@ class JournalFile:
         if not stat.S_ISREG(kind):
             raise self.fail(
                 "this is not a regular file (a device, a pipe or a socket)",
-                "Point journal= at a file (it is created if missing), e.g. journal='payments.sqlite3'.",
+                "Point journal= at a file (it is created if missing), e.g. "
+                "journal='payments.sqlite3'.",
             )
         for file in (real, self.side_file("-wal"), self.side_file("-shm")):
             self._tighten(file)
@@ -158,7 +161,8 @@ class JournalFile:
             os.chmod(file, mode & 0o700)
         except OSError as exc:
             raise self.fail(
-                f"{file.name} can be read or written by other users (mode {mode:04o}) and this process "
+                f"{file.name} can be read or written by other users (mode {mode:04o}) "
+                "and this process "
                 f"cannot change that ({exc.strerror})",
                 f"Run `chmod 600 {file}` as its owner, or use a journal this process owns.",
             ) from exc
@@ -200,7 +204,8 @@ class JournalFile:
 
     @contextlib.contextmanager
     def _closing_on_error(self, conn: sqlite3.Connection) -> Iterator[None]:
-        """Close ``conn`` on any error, turning SQLite's into a JournalError that says what to do."""
+        """Close ``conn`` on any error, turning
+        SQLite's into a JournalError that says what to do."""
         try:
             yield
         except JournalError:
@@ -229,8 +234,9 @@ class JournalFile:
         The last connection to a WAL database to close copies the -wal into the main file and
         deletes it: a newer samekey's journal or another application's database would be
         rewritten. A read-only connection holding the file meanwhile keeps ``conn`` from being
-        the last, and cannot checkpoint itself (Python 3.11 has no SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE).
-        With an empty -wal there is nothing to fold in: a plain close removes the -wal/-shm it made.
+        the last, and cannot checkpoint itself (Python 3.11 has no
+        SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE). With an empty -wal there is nothing to fold in: a plain
+        close removes the -wal/-shm it made.
         """
         holder = None
         with contextlib.suppress(
@@ -274,7 +280,8 @@ class JournalFile:
                 ) from exc  # a lock to wait out, not a permission
             if wal.exists() and wal.stat().st_size > 0:
                 raise self.fail(
-                    f"cannot read it without writing ({exc}), and {wal.name} holds writes not yet in the main file",
+                    f"cannot read it without writing ({exc}), and {wal.name} holds "
+                    "writes not yet in the main file",
                     "Run as the journal's owner, or where its folder is writable.",
                 ) from exc
         except BaseException:
@@ -309,7 +316,8 @@ class JournalFile:
             return  # never a WAL holding writes, nor files that were there before it opened
         # SQLite deletes both when the last connection to the journal closes, deciding under its own
         # exclusive lock (so never while another process uses them): a plain connection that reads
-        # once and closes lets it do so. Nothing to checkpoint in an empty WAL: the file is unchanged.
+        # once and closes lets it do so. Nothing to
+        # checkpoint in an empty WAL: the file is unchanged.
         with contextlib.suppress(sqlite3.Error):
             conn = sqlite3.connect(
                 self.path, timeout=1.0, isolation_level=None, check_same_thread=False
@@ -320,7 +328,8 @@ class JournalFile:
                 conn.close()
 
     def _check_header(self, conn: sqlite3.Connection) -> tuple[int, int]:
-        """(application id, schema version), refusing a file that is not a journal this samekey reads."""
+        """(application id, schema version), refusing
+        a file that is not a journal this samekey reads."""
         conn.execute("BEGIN")  # one snapshot: another process may be creating the schema right now
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -338,12 +347,14 @@ class JournalFile:
             )
         if version > SCHEMA_VERSION:
             raise self.fail(
-                f"it was written by a newer samekey (schema {version}; this one reads up to {SCHEMA_VERSION})",
+                f"it was written by a newer samekey (schema {version}; this one reads up "
+                f"to {SCHEMA_VERSION})",
                 "It was left untouched. Upgrade samekey to use it.",
             )
         if self.read_only and (app_id, version) != (APPLICATION_ID, SCHEMA_VERSION):
             raise self.fail(
-                f"it is empty or needs an upgrade (schema {version}, this samekey writes {SCHEMA_VERSION})",
+                f"it is empty or needs an upgrade (schema {version}, this samekey writes "
+                f"{SCHEMA_VERSION})",
                 "Open it once with write access (any samekey client or command does it).",
             )
         return app_id, version
@@ -398,7 +409,8 @@ class JournalFile:
                     raise
                 raise self.fail(
                     f"upgrading it from schema {version} to {version + 1} failed ({exc})",
-                    "The upgrade was rolled back and the file left as it was; report this as a samekey bug.",
+                    "The upgrade was rolled back and the file left as it was; report "
+                    "this as a samekey bug.",
                 ) from exc
             version += 1
 

@@ -93,7 +93,8 @@ at_fork_in_child(_drop_inherited_connections)
 
 
 class _Wrapping(EngineHolder, Generic[_InnerT]):
-    """What the two transports share: samekey's keywords (typed once), and the real transport inside."""
+    """What the two transports share: samekey's
+    keywords (typed once), and the real transport inside."""
 
     inner: _InnerT
 
@@ -205,9 +206,10 @@ class AsyncSameKeyTransport(
                     action = flow.throw(exc)
                 except BaseException as exc:  # a cancelled task: the lease is freed, the key kept
                     if isinstance(exc, GeneratorExit):
-                        # the coroutine is being closed (its task dropped and collected mid-call): the
-                        # flow hears of a cancellation, as a closing generator could not yield its
-                        # release, and the release is queued but not awaited (a closing coroutine may not)
+                        # the coroutine is being closed (its task dropped and collected mid-call):
+                        # the flow hears of a cancellation, as a closing generator could not yield
+                        # its release, and the release is queued but not awaited (a closing
+                        # coroutine may not)
                         self._release(flow, asyncio.CancelledError(), on_worker)
                     else:
                         await _released(self._release(flow, exc, on_worker))
@@ -262,7 +264,9 @@ class AsyncSameKeyTransport(
             thread = self._journal_thread
             if thread is not None:
                 thread.post(call, done)
-            else:  # on a thread of its own, started now: a second cancellation ends the wait, not the release
+            # on a thread of its own, started now: a second cancellation ends the wait, not the
+            # release
+            else:
                 args = (running, call, self.engine.journal, done)
                 threading.Thread(
                     target=_release_after, args=args, name="samekey-release", daemon=True
@@ -289,7 +293,8 @@ class AsyncSameKeyTransport(
 
 
 class _WorkerCalls:
-    """One request's journal calls on worker threads (PostgresJournal, another store, or under trio).
+    """One request's journal calls on worker threads (PostgresJournal, another store, or under
+    trio).
 
     A cancelled asyncio task stops waiting for such a call, but the thread goes on: the release
     of an interrupted task must come after a claim still running there, and must not wait for
@@ -321,7 +326,8 @@ class _WorkerCalls:
         return await anyio.to_thread.run_sync(run)
 
     def abandon(self) -> threading.Event | None:
-        """The task was interrupted: a call not yet begun never runs. Returns the end of one running."""
+        """The task was interrupted: a call not yet
+        begun never runs. Returns the end of one running."""
         with self._lock:
             self._abandoned = True
             return self._running
@@ -343,7 +349,8 @@ def _release_after(
 
 async def _released(releases: list[threading.Event]) -> None:
     """Wait for the releases shielded from the cancellation, so the interruption reaches the
-    caller with the lease free; the event loop runs meanwhile (the journal may be busy for seconds)."""
+    caller with the lease free; the event loop runs meanwhile (the journal may be busy for
+    seconds)."""
     with anyio.move_on_after(60, shield=True):
         for done in releases:
             try:

@@ -112,7 +112,8 @@ class Checkpointer:
         self.written = 0  # records written since the last checkpoint started
 
     def committed(self, records: int) -> None:
-        """Count a commit's records; start a checkpoint every CHECKPOINT_EVERY (connection lock held)."""
+        """Count a commit's records; start a checkpoint
+        every CHECKPOINT_EVERY (connection lock held)."""
         self.written += records
         if self.written < CHECKPOINT_EVERY or (self.thread is not None and self.thread.is_alive()):
             return  # one at a time: the next commit tries again
@@ -159,7 +160,8 @@ class Checkpointer:
                     FULL_RETRY_PAUSE
                 )  # a writer mid-commit, or a reader still on an old snapshot
         finally:
-            conn.close()  # never the last connection: the writer's stays open until close() joins this
+            # never the last connection: the writer's stays open until close() joins this
+            conn.close()
 
     def join(self) -> None:
         thread, self.thread = self.thread, None

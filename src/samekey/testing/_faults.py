@@ -58,7 +58,8 @@ class Fault:
             )
         if self.kind == "slow" and not (isinstance(self.delay, (int, float)) and self.delay > 0):
             raise ValueError(
-                f"a 'slow' Fault needs delay=SECONDS > 0 (how long the answer is held), got {self.delay!r}"
+                "a 'slow' Fault needs delay=SECONDS > 0 (how long the answer is held), "
+                f"got {self.delay!r}"
             )
 
     @classmethod
@@ -148,4 +149,7 @@ class FaultPlan:
         return sum(self.injected.values())
 
     def __repr__(self) -> str:
-        return f"FaultPlan(rate={self._rate}, scheduled={len(self._schedule)}, injected={dict(self.injected)})"
+        return (
+            f"FaultPlan(rate={self._rate}, scheduled={len(self._schedule)}, "
+            f"injected={dict(self.injected)})"
+        )

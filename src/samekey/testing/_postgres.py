@@ -100,8 +100,10 @@ class PostgresServer:
         self._bin = find_postgres_bin()
         if self._bin is None:
             raise PostgresUnavailable(
-                "no PostgreSQL server binaries (initdb, pg_ctl) found under /usr/lib/postgresql/*/bin or on PATH; "
-                "install them with `apt-get install postgresql` or set SAMEKEY_PG_BIN to their folder"
+                "no PostgreSQL server binaries (initdb, pg_ctl) found under "
+                "/usr/lib/postgresql/*/bin or on PATH; "
+                "install them with `apt-get install postgresql` or set SAMEKEY_PG_BIN "
+                "to their folder"
             )
         if os.geteuid() == 0:
             for name in ("postgres", "nobody"):
@@ -148,7 +150,8 @@ class PostgresServer:
         for _ in range(3):  # the free port may be taken between choosing and binding
             self.port = _free_port()
             options = (
-                f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self._root} "
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -c "
+                f"unix_socket_directories={self._root} "
                 f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=100"
             )
             log = str(self._root / "server.log")

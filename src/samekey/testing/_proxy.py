@@ -125,7 +125,8 @@ def _close(sock: socket.socket) -> None:
 
 
 class FaultProxy:
-    """``with FaultProxy(server.url, FaultPlan(rate=0.3, seed=1)) as proxy:`` -> send to ``proxy.url``.
+    """``with FaultProxy(server.url, FaultPlan(rate=0.3, seed=1)) as proxy:`` -> send to
+    ``proxy.url``.
 
     Faults (see `Fault`): ``drop_after`` forwards, lets the server answer, then
     closes the client's connection without the answer; ``reset_before`` resets the
@@ -150,7 +151,8 @@ class FaultProxy:
         url = httpx.URL(target if "://" in target else f"http://{target}")
         if url.scheme != "http" or not url.host:
             raise ValueError(
-                f"target must be an http:// address (the proxy speaks plain HTTP/1.1), got {target!r}"
+                "target must be an http:// address (the proxy speaks plain HTTP/1.1), "
+                f"got {target!r}"
             )
         self.target = (url.host, url.port or 80)
         self.faults = faults if isinstance(faults, FaultPlan) else FaultPlan(faults or ())

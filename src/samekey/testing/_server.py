@@ -40,9 +40,11 @@ __all__ = ["Fault", "FaultPlan", "PaymentServer"]
 
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS charges (id INTEGER PRIMARY KEY, key TEXT NOT NULL, body TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS charges (id INTEGER PRIMARY KEY, key TEXT NOT NULL, body TEXT NOT NULL, \
+at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency (
-    key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state TEXT NOT NULL, status INTEGER, body BLOB, owner TEXT
+    key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state TEXT NOT NULL, status INTEGER, body \
+BLOB, owner TEXT
 );
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY, key TEXT, method TEXT, path TEXT, at REAL, outcome TEXT, body TEXT
@@ -69,8 +71,8 @@ class PaymentServer:
     ``{"id": ..., "amount": ...}``. With ``require_auth="Bearer sk_test"`` a request without
     that Authorization is refused with a 401 before anything is charged or stored.
     GET /charges lists the charges. ``api=STRIPE`` (or ``SQUARE``, ``INCREASE``) answers that
-    SDK's requests instead, each POST a charge (see `Api`). ``db_path`` is the SQLite file holding charges,
-    stored responses and the request log; it can be opened by tests and by other processes.
+    SDK's requests instead, each POST a charge (see `Api`). ``db_path`` is the SQLite file holding
+    charges, stored responses and the request log; it can be opened by tests and by other processes.
     """
 
     def __init__(
@@ -100,7 +102,8 @@ class PaymentServer:
             # survives a killed process (the OS keeps the writes); a test server needs no fsync
             self._db.execute("PRAGMA synchronous=OFF")
         self._db.executescript(_SCHEMA)
-        # who executes a key: pid/server/request, to tell a live execution from one killed with its server
+        # who executes a key: pid/server/request, to
+        # tell a live execution from one killed with its server
         self._token = os.urandom(6).hex()
         self._executions = itertools.count(1)
         # One asyncio loop in a background thread: at concurrency 100 a thread-per-connection
@@ -221,7 +224,8 @@ class PaymentServer:
         body = request.body.decode("utf-8", "replace")
         with self._db_lock:
             self._db.execute(
-                "INSERT INTO requests (key, method, path, at, outcome, body) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO requests (key, method, path, at, outcome, body) VALUES (?, "
+                "?, ?, ?, ?, ?)",
                 (key, request.method, request.path, time.time(), outcome, body),
             )
 
@@ -242,7 +246,8 @@ class PaymentServer:
                 ).fetchone()
                 if row is None:
                     self._db.execute(
-                        "INSERT INTO idempotency (key, fingerprint, state, owner) VALUES (?, ?, 'running', ?)",
+                        "INSERT INTO idempotency (key, fingerprint, state, owner) "
+                        "VALUES (?, ?, 'running', ?)",
                         (key, fingerprint, owner),
                     )
                     return "new", None, None
@@ -260,7 +265,8 @@ class PaymentServer:
     def _charge(
         self, key: str, payload: dict[str, Any], status: int, owner: str
     ) -> tuple[str, int, bytes]:
-        """('charged'|'replay'|'in_flight', status, body): charges only while ``owner`` executes the key.
+        """('charged'|'replay'|'in_flight', status, body): charges only while ``owner`` executes the
+        key.
 
         Were this execution wrongly taken for dead and the key executed by another, it
         charges nothing and answers as a repeat would.

@@ -100,10 +100,12 @@ class SoakReport:
         return [
             f"operations          {self.n} ({self.workers} worker processes, seed {self.seed})",
             f"requests at proxy   {self.requests}",
-            f"faults injected     {self.faults_injected} ({self.faults_injected / max(self.requests, 1):.1%}): {kinds}",
+            f"faults injected     {self.faults_injected} "
+            f"({self.faults_injected / max(self.requests, 1):.1%}): {kinds}",
             f"SIGKILLs            {self.kills} ({self.kills_mid_operation} mid-operation, "
             f"{self.kills_after_charge} after the server charged)",
-            f"server requests     {self.server_requests} ({self.server_replays} answered by replay, "
+            f"server requests     {self.server_requests} ({self.server_replays} answered "
+            "by replay, "
             f"{self.server_409s} with 409 in flight)",
             f"charges             {self.charges}",
             f"duplicate charges   {self.duplicate_charges}",
@@ -150,7 +152,8 @@ def worker_main(argv: list[str]) -> int:
                     continue
                 if response.status_code != 201:
                     print(
-                        f"{operation_name(i)}: unexpected HTTP {response.status_code} {response.text}",
+                        f"{operation_name(i)}: unexpected HTTP {response.status_code} "
+                        f"{response.text}",
                         file=sys.stderr,
                     )
                     return 3
@@ -423,7 +426,8 @@ def _check_charges(report: SoakReport, per_order: Counter[int]) -> None:
         )
     if report.operations_with_several_keys:
         problems.append(
-            f"{report.operations_with_several_keys} operations reached the server with more than one key"
+            f"{report.operations_with_several_keys} operations reached the server with "
+            "more than one key"
         )
 
 
@@ -448,7 +452,8 @@ def _check_journal(report: SoakReport, journal: Path, charge_key: dict[int, str]
     ]
     if wrong:
         problems.append(
-            f"{len(wrong)} operations charged under another key than the journal's (first: {wrong[0]})"
+            f"{len(wrong)} operations charged under another key than the journal's "
+            f"(first: {wrong[0]})"
         )
 
 

@@ -71,7 +71,8 @@ class _Decider:
             return _Decision(fault, answer=answer)
         if fault.kind == "drop_after":
             lost = httpx.RemoteProtocolError(
-                f"[samekey.testing] {where} reached the server, which answered; the answer was lost",
+                f"[samekey.testing] {where} reached the server, which answered; the "
+                "answer was lost",
                 request=request,
             )
             return _Decision(fault, error_after=lost)
