@@ -1,1 +1,2 @@
-"""samekey benchmarks: ``python -m benchmarks [--quick]`` runs them all (needs the ``bench`` extra)."""
+"""samekey benchmarks: ``python -m benchmarks
+[--quick]`` runs them all (needs the ``bench`` extra)."""

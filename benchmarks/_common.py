@@ -21,16 +21,26 @@ RESULTS = Path(__file__).parent / "results"
 
 
 @contextlib.contextmanager
-def server(kind: str = "minimal", folder: str | None = None, think_ms: float = 0.0) -> Iterator[str]:
+def server(
+    kind: str = "minimal", folder: str | None = None, think_ms: float = 0.0
+) -> Iterator[str]:
     """Start the loopback server in its own process; yield its URL."""
     if kind == "minimal":
         cmd = [sys.executable, "-m", "benchmarks._server", "--think-ms", str(think_ms)]
     else:  # the PaymentServer from samekey.testing (charges in SQLite)
-        cmd = [sys.executable, "-m", "samekey.testing", "--db", os.path.join(folder or ".", "server.sqlite3")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "samekey.testing",
+            "--db",
+            os.path.join(folder or ".", "server.sqlite3"),
+        ]
     root = str(Path(__file__).resolve().parent.parent)
     path = os.pathsep.join([root, os.path.join(root, "src"), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path}
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=root)
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=root
+    )
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
@@ -65,7 +75,8 @@ def machine() -> str:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return (
-        f"{platform.system()} {platform.release()}, {os.cpu_count()} CPU(s) ({cpu}), Python {platform.python_version()}"
+        f"{platform.system()} {platform.release()}, {os.cpu_count()} CPU(s) ({cpu}), Python "
+        f"{platform.python_version()}"
     )
 
 
@@ -73,7 +84,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A Markdown table (also readable in a terminal)."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
+    ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
@@ -178,10 +191,14 @@ class FloorJournal:
         self.columns = columns
         names = ", ".join(columns)
         marks = ", ".join(f":{c}" for c in columns)
-        self.insert = f"INSERT INTO operations ({names}) VALUES ({marks}) ON CONFLICT (operation) DO NOTHING"
+        self.insert = (
+            f"INSERT INTO operations ({names}) VALUES ({marks}) ON CONFLICT (operation) DO NOTHING"
+        )
         completed = [c for c in _COMPLETION if c in columns]
         sets = ", ".join(f"{c} = :{c}" for c in completed)
-        self.update = f"UPDATE operations SET {sets} WHERE operation = :operation AND state = 'pending'"
+        self.update = (
+            f"UPDATE operations SET {sets} WHERE operation = :operation AND state = 'pending'"
+        )
 
     def claim(self, operation: str, key: str, url: str, body: bytes, now: float) -> None:
         values = {c: None for c in self.columns}

@@ -78,12 +78,16 @@ def _latency(ax: Any, sequential: dict[str, Any]) -> None:
     ax.invert_yaxis()
     raw = latency.get("raw fsync (journal disk)")
     if raw:
-        ax.axvline(raw["med"], color="grey", linestyle=":", label=f"one raw fsync ({raw['med']:.2f} ms)")
+        ax.axvline(
+            raw["med"], color="grey", linestyle=":", label=f"one raw fsync ({raw['med']:.2f} ms)"
+        )
     for name, s in off_scale.items():
         ax.plot([], [], " ", label=f"{name}: median {s['med']:.2f} ms (off the scale)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
     ax.set_xlabel("latency per sequential POST, ms (box: quartiles and median; whiskers: p1-p99)")
-    ax.set_title(f"Sequential POSTs, one loopback server ({sequential['requests']} per variant)", fontsize=10)
+    ax.set_title(
+        f"Sequential POSTs, one loopback server ({sequential['requests']} per variant)", fontsize=10
+    )
     ax.set_xlim(0, max(s["whishi"] for n, s in latency.items() if n in names) * 1.35)
     ax.tick_params(axis="y", labelsize=8)
 

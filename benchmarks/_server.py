@@ -33,9 +33,12 @@ def _answer(key: bytes | None) -> bytes:
             return cached
     _count += 1
     body = b'{"id":"ch_%d","status":"succeeded"}' % _count
-    reply = b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
-        len(body),
-        body,
+    reply = (
+        b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+        % (
+            len(body),
+            body,
+        )
     )
     if key is not None:
         _replies[key] = reply
@@ -80,13 +83,17 @@ async def _serve() -> None:
     print(f"http://127.0.0.1:{port}", flush=True)
     stop = asyncio.Event()
     # stdin closing (the parent exiting) stops the server: no orphan process
-    threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)), daemon=True).start()
+    threading.Thread(
+        target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)), daemon=True
+    ).start()
     async with server:
         await stop.wait()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--think-ms", type=float, default=0.0, help="answer each request this late")
     _think = parser.parse_args().think_ms / 1000
     asyncio.run(_serve())

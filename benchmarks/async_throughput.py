@@ -54,7 +54,9 @@ class Variant:
         Each round runs every variant back to back, so a round's ratio compares runs seconds
         apart; the median keeps a burst of load from another process out of the verdict.
         """
-        return statistics.median(r / b for r, b in zip(self.round_rates, bare.round_rates, strict=True))
+        return statistics.median(
+            r / b for r, b in zip(self.round_rates, bare.round_rates, strict=True)
+        )
 
 
 class InstantTransport(httpx.AsyncBaseTransport):
@@ -65,7 +67,9 @@ class InstantTransport(httpx.AsyncBaseTransport):
         return httpx.Response(201, json={"id": "ch_1", "status": "succeeded"}, request=request)
 
 
-async def _round(v: Variant, target: str, start: int, count: int, concurrency: int, run: str) -> None:
+async def _round(
+    v: Variant, target: str, start: int, count: int, concurrency: int, run: str
+) -> None:
     next_index = start
     end = start + count
 
@@ -76,7 +80,11 @@ async def _round(v: Variant, target: str, start: int, count: int, concurrency: i
             next_index += 1
             try:
                 if v.durability:
-                    response = await v.client.post(target, json=BODY, operation=f"order-{run}-{i}/charge")  # type: ignore[call-arg]
+                    response = await v.client.post(
+                        target,
+                        json=BODY,
+                        operation=f"order-{run}-{i}/charge",  # type: ignore[call-arg]
+                    )
                 else:
                     response = await v.client.post(target, json=BODY)
                 response.raise_for_status()
@@ -129,7 +137,9 @@ def _variants(folder: str, concurrency: int) -> tuple[list[Variant], list[sameke
     return variants, journals
 
 
-async def _run(url: str, folder: str, operations: int, concurrency: int, rounds: int) -> list[Variant]:
+async def _run(
+    url: str, folder: str, operations: int, concurrency: int, rounds: int
+) -> list[Variant]:
     target = url + "/v1/charges"
     variants, journals = _variants(folder, concurrency)
     run = new_run()
@@ -156,7 +166,9 @@ def run(
     rounds: int | None = None,
     folder: str | None = None,
 ) -> dict[str, Any]:
-    rounds = rounds or max(4, operations // 500)  # rounds of >= 250 operations, so 100 stay in flight
+    rounds = rounds or max(
+        4, operations // 500
+    )  # rounds of >= 250 operations, so 100 stay in flight
     with (
         tempfile.TemporaryDirectory(prefix="samekey-bench-", dir=folder) as tmp,
         server("minimal", tmp) as url,
@@ -164,10 +176,24 @@ def run(
         variants = asyncio.run(_run(url, tmp, operations, concurrency, rounds))
     bare = {v.transport: v for v in variants if v.durability is None}
     rows = [
-        [v.name, v.done, v.errors, f"{v.seconds:.2f}", f"{v.rate:,.0f}", f"{v.versus(bare[v.transport]):.2f}x"]
+        [
+            v.name,
+            v.done,
+            v.errors,
+            f"{v.seconds:.2f}",
+            f"{v.rate:,.0f}",
+            f"{v.versus(bare[v.transport]):.2f}x",
+        ]
         for v in variants
     ]
-    headers = ["variant", "operations", "errors", "seconds", "ops/s", "vs bare, same transport (median of rounds)"]
+    headers = [
+        "variant",
+        "operations",
+        "errors",
+        "seconds",
+        "ops/s",
+        "vs bare, same transport (median of rounds)",
+    ]
     by = {(v.transport, v.durability): v for v in variants}
     targets = []
     for n, durability in enumerate(DURABILITIES):
@@ -184,7 +210,8 @@ def run(
                     by[transport, durability].versus(bare[transport]),
                     0.8,
                     better="higher",
-                    floor=f"ceiling {ceiling.rate:,.0f} ops/s ({ceiling.rate / bare[transport].rate:.2f}x bare); "
+                    floor=f"ceiling {ceiling.rate:,.0f} ops/s "
+                    f"({ceiling.rate / bare[transport].rate:.2f}x bare); "
                     f"samekey +{adds:.0f} µs CPU/op, 0.8x leaves {leaves:.0f} if serial",
                 )
             )
@@ -201,23 +228,31 @@ def run(
     best = max((HTTPX, AIOHTTP), key=lambda t: by[t, "fsync"].rate)
     other = AIOHTTP if best == HTTPX else HTTPX
     notes = [
-        f"for throughput at concurrency {concurrency}, choose the {best} transport: samekey (fsync) "
-        f"{by[best, 'fsync'].rate:,.0f} ops/s against {by[other, 'fsync'].rate:,.0f} ops/s on {other}",
-        f"every variant has the same limits: max_connections={concurrency}, max_keepalive_connections={concurrency}",
+        f"for throughput at concurrency {concurrency}, choose the {best} transport: "
+        "samekey (fsync) "
+        f"{by[best, 'fsync'].rate:,.0f} ops/s against {by[other, 'fsync'].rate:,.0f} "
+        f"ops/s on {other}",
+        f"every variant has the same limits: max_connections={concurrency}, "
+        f"max_keepalive_connections={concurrency}",
     ]
     title = (
-        f"Concurrent: {operations} async POSTs per variant at concurrency {concurrency}, in {rounds} interleaved rounds"
+        f"Concurrent: {operations} async POSTs per variant at concurrency {concurrency}, in "
+        f"{rounds} interleaved rounds"
     )
     rates = {v.name: v.rate for v in variants}
     return report(title, headers, rows, notes, targets, rates=rates, concurrency=concurrency)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--operations", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="1,000 operations per variant")
-    parser.add_argument("--dir", default=None, help="folder for the journals (default: the system temp folder)")
+    parser.add_argument(
+        "--dir", default=None, help="folder for the journals (default: the system temp folder)"
+    )
     args = parser.parse_args()
     run(1000 if args.quick else args.operations, args.concurrency, folder=args.dir)
 

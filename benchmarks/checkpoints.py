@@ -42,7 +42,9 @@ class _Variant:
     largest_wal: int = 0
 
 
-def _samekey(name: str, target: str, path: str, *, inline: bool) -> tuple[_Variant, Callable[[], None]]:
+def _samekey(
+    name: str, target: str, path: str, *, inline: bool
+) -> tuple[_Variant, Callable[[], None]]:
     journal = samekey.Journal(path, durability="process")
     if inline:  # what samekey did before: no thread, SQLite's default threshold, in the commit
         journal._checkpoints = None
@@ -65,9 +67,17 @@ def run(requests: int = 8000, folder: str | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="samekey-bench-", dir=folder) as tmp, server() as url:
         target = url + "/v1/charges"
         bare = httpx.Client()
-        inline, close_inline = _samekey(INLINE, target, os.path.join(tmp, "inline.sqlite3"), inline=True)
-        background, close_background = _samekey(BACKGROUND, target, os.path.join(tmp, "bg.sqlite3"), inline=False)
-        variants = [_Variant(BARE, lambda: bare.post(target, json=BODY).raise_for_status()), inline, background]
+        inline, close_inline = _samekey(
+            INLINE, target, os.path.join(tmp, "inline.sqlite3"), inline=True
+        )
+        background, close_background = _samekey(
+            BACKGROUND, target, os.path.join(tmp, "bg.sqlite3"), inline=False
+        )
+        variants = [
+            _Variant(BARE, lambda: bare.post(target, json=BODY).raise_for_status()),
+            inline,
+            background,
+        ]
         try:
             for _ in range(50):
                 for v in variants:
@@ -91,10 +101,20 @@ def run(requests: int = 8000, folder: str | None = None) -> dict[str, object]:
     for v in variants:
         s = v.samples
         rows.append([
-            v.name, f"{median(s) * 1e3:.3f}", f"{percentile(s, 99) * 1e3:.2f}", f"{percentile(s, 99.9) * 1e3:.2f}",
-            f"{max(s) * 1e3:.1f}", sum(x > 0.005 for x in s), f"{v.largest_wal / 1e6:.1f}" if v.wal else "",
+            v.name, f"{median(s) * 1e3:.3f}", f"{percentile(s, 99) * 1e3:.2f}",
+            f"{percentile(s, 99.9) * 1e3:.2f}",
+            f"{max(s) * 1e3:.1f}", sum(x > 0.005 for x in s),
+            f"{v.largest_wal / 1e6:.1f}" if v.wal else "",
         ])  # fmt: skip
-    headers = ["variant", "median ms", "p99 ms", "p99.9 ms", "max ms", "over 5 ms", "largest WAL MB"]
+    headers = [
+        "variant",
+        "median ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "over 5 ms",
+        "largest WAL MB",
+    ]
     by = {v.name: v.samples for v in variants}
     checks = [
         f"p99.9: {percentile(by[INLINE], 99.9) * 1e3:.2f} ms with SQLite's own checkpoint, "
@@ -103,15 +123,22 @@ def run(requests: int = 8000, folder: str | None = None) -> dict[str, object]:
         f"requests over 5 ms: {sum(x > 0.005 for x in by[INLINE])} against "
         f"{sum(x > 0.005 for x in by[BACKGROUND])} of {len(by[INLINE])}",
     ]
-    title = f"Checkpoint tail: {requests} POSTs per variant, durability process, in blocks of 10 in random order"
+    title = (
+        f"Checkpoint tail: {requests} POSTs per variant, durability process, in blocks of 10 "
+        "in random order"
+    )
     return report(title, headers, rows, checks)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=8000)
     parser.add_argument("--quick", action="store_true", help="2000 requests per variant")
-    parser.add_argument("--dir", default=None, help="folder for the journals (default: the system temp folder)")
+    parser.add_argument(
+        "--dir", default=None, help="folder for the journals (default: the system temp folder)"
+    )
     args = parser.parse_args()
     run(2000 if args.quick else args.requests, folder=args.dir)
 

@@ -48,11 +48,21 @@ def journal_with_pending(path: Path, operations: int, url: str) -> None:
 
 
 def resume(path: Path, concurrency: int, attempts: int) -> tuple[float, int, str]:
-    command = [sys.executable, "-m", "samekey", "resume", "--all", "--concurrency", str(concurrency)]
+    command = [
+        sys.executable,
+        "-m",
+        "samekey",
+        "resume",
+        "--all",
+        "--concurrency",
+        str(concurrency),
+    ]
     command += ["--max-attempts", str(attempts)]
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     started = time.perf_counter()
-    done = subprocess.run([*command, "--journal", str(path)], capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [*command, "--journal", str(path)], capture_output=True, text=True, env=env
+    )
     return time.perf_counter() - started, done.returncode, done.stdout.splitlines()[-1]
 
 
@@ -70,8 +80,19 @@ def main() -> None:
             journal_with_pending(path, args.operations, url)
             seconds, code, summary = resume(path, n, args.max_attempts)
             first = first or seconds
-            rows.append([f"--concurrency {n}", f"{seconds:.1f}", f"{first / seconds:.1f}x", str(code), summary])
-    title = f"samekey resume --all --max-attempts {args.max_attempts}: {args.operations} pending operations"
+            rows.append(
+                [
+                    f"--concurrency {n}",
+                    f"{seconds:.1f}",
+                    f"{first / seconds:.1f}x",
+                    str(code),
+                    summary,
+                ]
+            )
+    title = (
+        f"samekey resume --all --max-attempts {args.max_attempts}: {args.operations} pending "
+        "operations"
+    )
     print(f"**{title}, server down (connection refused)**\n")
     print(table(["variant", "wall s", "faster than 1", "exit", "summary line"], rows))
 

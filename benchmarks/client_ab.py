@@ -54,7 +54,8 @@ def _concurrent(client: Any, url: str, first: int, clock: Callable[[], float]) -
     return client.loop.run_until_complete(block())  # type: ignore[no-any-return]
 
 
-def _measure(trees: dict[str, ModuleType], clients: dict[str, Any], url: str, blocks: int, work: Any,
+def _measure(trees: dict[str, ModuleType], clients: dict[str, Any], url: str, blocks: int,
+        work: Any,
              clock: Callable[[], float]) -> dict[str, float]:  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in trees}
     for b in range(blocks):
@@ -77,10 +78,15 @@ def run(before: str, after: str, blocks: int, clock: Callable[[], float]) -> Non
         _report("sequential Client POST", _measure(trees, sync, url, blocks, _sequential, clock))
         loop = asyncio.new_event_loop()
         limits = {"limits": __import__("httpx").Limits(max_connections=TASKS)}
-        aio = {k: tree.AsyncClient(journal=journal(k, "async"), **limits) for k, tree in trees.items()}
+        aio = {
+            k: tree.AsyncClient(journal=journal(k, "async"), **limits) for k, tree in trees.items()
+        }
         for client in aio.values():
             client.loop = loop
-        _report(f"AsyncClient POST, {TASKS} at once", _measure(trees, aio, url, blocks, _concurrent, clock))
+        _report(
+            f"AsyncClient POST, {TASKS} at once",
+            _measure(trees, aio, url, blocks, _concurrent, clock),
+        )
         for client in sync.values():
             client.close()
         for client in aio.values():
@@ -90,11 +96,16 @@ def run(before: str, after: str, blocks: int, clock: Callable[[], float]) -> Non
 
 def _report(title: str, medians: dict[str, float]) -> None:
     before, after = medians["before"], medians["after"]
-    print(f"{title:34s} before {before:8.1f} µs/req   after {after:8.1f} µs/req   after/before {after / before:.3f}")
+    print(
+        f"{title:34s} before {before:8.1f} µs/req   after {after:8.1f} µs/req   "
+        f"after/before {after / before:.3f}"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("before", help="the src folder of the tree to compare against")
     parser.add_argument("after", help="the src folder of the tree under test")
     parser.add_argument("--blocks", type=int, default=30)

@@ -34,7 +34,9 @@ BATCH = 100  # calls per run_batch
 def _load(name: str, src: str) -> ModuleType:
     """The samekey package under ``src``, imported as ``name`` (its modules import relatively)."""
     init = os.path.join(src, "samekey", "__init__.py")
-    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[os.path.dirname(init)])
+    spec = importlib.util.spec_from_file_location(
+        name, init, submodule_search_locations=[os.path.dirname(init)]
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -47,7 +49,9 @@ def _contract(tree: ModuleType) -> Any:
 
 
 def _intent(tree: ModuleType, operation: str) -> Any:
-    return _contract(tree).Intent(operation, f"k-{operation}", "Idempotency-Key", "POST", "http://x/", "fp", (), b"{}")
+    return _contract(tree).Intent(
+        operation, f"k-{operation}", "Idempotency-Key", "POST", "http://x/", "fp", (), b"{}"
+    )
 
 
 def _sequential(tree: ModuleType, journal: Any, first: int, clock: Callable[[], float]) -> float:
@@ -70,10 +74,15 @@ def _batched(tree: ModuleType, journal: Any, first: int, clock: Callable[[], flo
 def run(before: str, after: str, blocks: int, clock: Callable[[], float]) -> None:
     trees = {"before": _load("samekey_before", before), "after": _load("samekey_after", after)}
     folder = tempfile.mkdtemp(prefix="samekey-ab-")
-    workloads = (("claim + complete, one caller", _sequential), ("run_batch of 100 (async path)", _batched))
+    workloads = (
+        ("claim + complete, one caller", _sequential),
+        ("run_batch of 100 (async path)", _batched),
+    )
     for durability in ("process", "fsync"):
         journals = {
-            k: tree.Journal(os.path.join(folder, f"{k}-{durability}.sqlite3"), durability=durability)
+            k: tree.Journal(
+                os.path.join(folder, f"{k}-{durability}.sqlite3"), durability=durability
+            )
             for k, tree in trees.items()
         }
         for w, (title, workload) in enumerate(workloads):
@@ -82,10 +91,13 @@ def run(before: str, after: str, blocks: int, clock: Callable[[], float]) -> Non
                 order = list(trees)
                 random.shuffle(order)
                 for k in order:
-                    times[k].append(workload(trees[k], journals[k], (w * blocks + b) * BLOCK * BATCH, clock))
+                    times[k].append(
+                        workload(trees[k], journals[k], (w * blocks + b) * BLOCK * BATCH, clock)
+                    )
             before_us, after_us = (statistics.median(times[k]) * 1e6 for k in ("before", "after"))
             print(
-                f"{durability:8s} {title:31s} before {before_us:8.1f} µs/op   after {after_us:8.1f} µs/op   "
+                f"{durability:8s} {title:31s} before {before_us:8.1f} µs/op   after "
+                f"{after_us:8.1f} µs/op   "
                 f"after/before {after_us / before_us:.3f}"
             )
         for journal in journals.values():
@@ -93,7 +105,9 @@ def run(before: str, after: str, blocks: int, clock: Callable[[], float]) -> Non
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("before", help="the src folder of the tree to compare against")
     parser.add_argument("after", help="the src folder of the tree under test")
     parser.add_argument("--blocks", type=int, default=40)

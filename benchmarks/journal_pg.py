@@ -2,9 +2,9 @@
 
 Each request is a new keyed operation (claim -> send -> complete) against a minimal
 loopback server that charges once per Idempotency-Key and answers in one TCP write
-(so the figures show the client and its journal, not the server). Measured: one caller in a loop (sequential), threads
-sharing one `samekey.Client`, and tasks sharing one `samekey.AsyncClient`; plus plain
-httpx without a journal as the floor set by the server.
+(so the figures show the client and its journal, not the server). Measured: one caller in a loop
+(sequential), threads sharing one `samekey.Client`, and tasks sharing one `samekey.AsyncClient`;
+plus plain httpx without a journal as the floor set by the server.
 
     python -m benchmarks.journal_pg            # starts a throwaway PostgreSQL (fsync on)
     python -m benchmarks.journal_pg --quick    # fewer requests, for a smoke run
@@ -49,7 +49,10 @@ class _Handler(BaseHTTPRequestHandler):
         key = self.headers.get("Idempotency-Key") or ""
         with self.lock:
             body = self.answers.setdefault(key, f'{{"id":"ch_{len(self.answers)}"}}'.encode())
-        head = f"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        head = (
+            "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: "
+            f"{len(body)}\r\n\r\n"
+        )
         self.wfile.write(head.encode() + body)
 
 
@@ -61,7 +64,9 @@ class _Server(ThreadingHTTPServer):
 @contextlib.contextmanager
 def _fast_server() -> Iterator[str]:
     httpd = _Server(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}/charges"
@@ -86,7 +91,10 @@ def _fresh_pg(dsn: str) -> Callable[[], samekey.JournalStore]:
 
 def _stores(folder: Path, dsn: str) -> dict[str, Callable[[], samekey.JournalStore | None]]:
     def sqlite(durability: str) -> Callable[[], samekey.JournalStore]:
-        return lambda: samekey.Journal(folder / f"{uuid.uuid4().hex}.sqlite3", durability=durability)  # type: ignore[arg-type]
+        return lambda: samekey.Journal(
+            folder / f"{uuid.uuid4().hex}.sqlite3",
+            durability=durability,  # type: ignore[arg-type]
+        )
 
     return {
         "httpx, no journal": lambda: None,
@@ -113,7 +121,9 @@ def _sync_post(client: httpx.Client, url: str, keyed: bool, latencies: list[floa
     assert response.status_code == 201, response.text
 
 
-def run_sync(store: samekey.JournalStore | None, url: str, requests: int, workers: int) -> tuple[float, float, float]:
+def run_sync(
+    store: samekey.JournalStore | None, url: str, requests: int, workers: int
+) -> tuple[float, float, float]:
     keyed = store is not None
     client: httpx.Client = (
         samekey.Client(journal=store, limits=httpx.Limits(max_connections=workers + 4))
@@ -129,17 +139,25 @@ def run_sync(store: samekey.JournalStore | None, url: str, requests: int, worker
                 _sync_post(client, url, keyed, latencies)
         else:
             with ThreadPoolExecutor(workers) as pool:
-                for future in [pool.submit(_sync_post, client, url, keyed, latencies) for _ in range(requests)]:
+                for future in [
+                    pool.submit(_sync_post, client, url, keyed, latencies) for _ in range(requests)
+                ]:
                     future.result()
         elapsed = time.perf_counter() - started
     return _latencies_summary(latencies, elapsed)
 
 
-def run_async(store: samekey.JournalStore | None, url: str, requests: int, tasks: int) -> tuple[float, float, float]:
+def run_async(
+    store: samekey.JournalStore | None, url: str, requests: int, tasks: int
+) -> tuple[float, float, float]:
     async def main() -> tuple[float, float, float]:
         keyed = store is not None
         limits = httpx.Limits(max_connections=tasks + 4)
-        client = samekey.AsyncClient(journal=store, limits=limits) if keyed else httpx.AsyncClient(limits=limits)
+        client = (
+            samekey.AsyncClient(journal=store, limits=limits)
+            if keyed
+            else httpx.AsyncClient(limits=limits)
+        )
         latencies: list[float] = []
         gate = asyncio.Semaphore(tasks)
 
@@ -176,10 +194,18 @@ def _postgres(dsn: str | None) -> Iterator[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few requests, one round: a smoke run of seconds")
-    parser.add_argument("--dsn", help="an existing PostgreSQL database (default: start a throwaway server)")
-    parser.add_argument("--requests", type=int, help="requests per measurement (default 400, --quick 60)")
-    parser.add_argument("--concurrency", type=int, default=16, help="threads / tasks for the concurrent runs")
+    parser.add_argument(
+        "--quick", action="store_true", help="few requests, one round: a smoke run of seconds"
+    )
+    parser.add_argument(
+        "--dsn", help="an existing PostgreSQL database (default: start a throwaway server)"
+    )
+    parser.add_argument(
+        "--requests", type=int, help="requests per measurement (default 400, --quick 60)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="threads / tasks for the concurrent runs"
+    )
     parser.add_argument("--rounds", type=int, help="rounds, the best kept (default 3, --quick 1)")
     args = parser.parse_args()
     requests = args.requests or (60 if args.quick else 400)
@@ -206,7 +232,10 @@ def main() -> None:
                             store.close()
                     if result[0] > best.get((name, mode), (0.0, 0.0, 0.0))[0]:
                         best[(name, mode)] = result
-                    print(f"  round {round_}: {name:<18} {mode:<16} {result[0]:8.0f} req/s", flush=True)
+                    print(
+                        f"  round {round_}: {name:<18} {mode:<16} {result[0]:8.0f} req/s",
+                        flush=True,
+                    )
 
     print(
         f"\n{requests} POSTs per run, each a new operation, best of {rounds} round(s); "

@@ -1,5 +1,5 @@
-"""Journal scale: start-up, lookup, replay and pending listing with 1k / 100k / 1M completed records,
-then `samekey list`'s pages on the largest journal, as a process and as the store's query.
+"""Journal scale: start-up, lookup, replay and pending listing with 1k / 100k / 1M completed
+records, then `samekey list`'s pages on the largest journal, as a process and as the store's query.
 
 The records are written straight into the real schema with one batched INSERT per
 size (a million client calls would take far longer and measure the network, not
@@ -39,7 +39,9 @@ def _fill(path: str, count: int) -> None:
     # follows samekey wherever the code defining it lives
     now = time.time() - 3600
     headers = '[["content-type","application/json"]]'
-    fingerprint = hashlib.sha256(f"POST\n{URL}\n".encode() + BODY).hexdigest()  # as _plan.fingerprint computes it
+    fingerprint = hashlib.sha256(
+        f"POST\n{URL}\n".encode() + BODY
+    ).hexdigest()  # as _plan.fingerprint computes it
     conn = sqlite3.connect(path, isolation_level=None)
     columns = [row[1] for row in conn.execute("PRAGMA table_info(operations)")]
 
@@ -48,11 +50,15 @@ def _fill(path: str, count: int) -> None:
             done = state == "completed"
             at = now + i * 1e-3
             values = {
-                "operation": f"{state}-{i:07d}/charge", "key": f"key-{state}-{i}", "key_header": "Idempotency-Key",
-                "method": "POST", "url": URL, "fingerprint": fingerprint, "request_headers": headers,
+                "operation": f"{state}-{i:07d}/charge", "key": f"key-{state}-{i}",
+                "key_header": "Idempotency-Key",
+                "method": "POST", "url": URL, "fingerprint": fingerprint,
+                "request_headers": headers,
                 "request_body": BODY, "state": state, "created_at": at, "updated_at": at,
-                "completed_at": at if done else None, "attempts": 1, "response_status": 201 if done else None,
-                "response_headers": headers if done else None, "response_body": ANSWER if done else None,
+                "completed_at": at if done else None, "attempts": 1,
+                "response_status": 201 if done else None,
+                "response_headers": headers if done else None,
+                "response_body": ANSWER if done else None,
             }  # fmt: skip
             yield tuple(values.get(c) for c in columns)
 
@@ -111,17 +117,21 @@ def measure(folder: str, count: int) -> list[str]:
 
             replayed = _timed(replay, 300)
     cli = ""
-    if importlib.util.find_spec("samekey.cli") is not None:  # the CLI may not exist in every checkout
+    if (
+        importlib.util.find_spec("samekey.cli") is not None
+    ):  # the CLI may not exist in every checkout
 
         def run_cli() -> None:
             subprocess.run(
                 [sys.executable, "-m", "samekey", "list", "--journal", path],
-                check=True, capture_output=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                check=True, capture_output=True, env={**os.environ,
+                "PYTHONPATH": os.pathsep.join(sys.path)},
             )  # fmt: skip
 
         cli = f"{_timed(run_cli, 5) * 1e3:.0f}"
     return [
-        f"{count:,}", f"{size_mb:.0f}", f"{build:.1f}", f"{opening * 1e3:.2f}", f"{start * 1e3:.2f}",
+        f"{count:,}", f"{size_mb:.0f}", f"{build:.1f}", f"{opening * 1e3:.2f}",
+        f"{start * 1e3:.2f}",
         f"{lookup * 1e3:.3f}", f"{replayed * 1e3:.3f}", f"{listing * 1e3:.3f}", cli,
     ]  # fmt: skip
 
@@ -136,10 +146,19 @@ def _listings(count: int) -> list[tuple[str, list[str]]]:
         ("list (the pending ones)", ["list"]),
         ("list --state pending --limit 50", ["list", "--state", "pending", "--limit", "50"]),
         ("list --prefix pending-0000 (10 pending)", ["list", "--prefix", "pending-0000"]),
-        (f"list --all --prefix {newest} (~1,000, the newest)", ["list", "--all", "--prefix", newest]),
-        (f"list --all --prefix {common} --limit 100 (~10%)", ["list", "--all", "--prefix", common, "--limit", "100"]),
+        (
+            f"list --all --prefix {newest} (~1,000, the newest)",
+            ["list", "--all", "--prefix", newest],
+        ),
+        (
+            f"list --all --prefix {common} --limit 100 (~10%)",
+            ["list", "--all", "--prefix", common, "--limit", "100"],
+        ),
         ("list --state completed --limit 100", ["list", "--state", "completed", "--limit", "100"]),
-        ("list --all --limit 100 --after <half way>", ["list", "--all", "--limit", "100", "--after", middle]),
+        (
+            "list --all --limit 100 --after <half way>",
+            ["list", "--all", "--limit", "100", "--after", middle],
+        ),
     ]
 
 
@@ -155,7 +174,8 @@ def measure_listing(folder: str, count: int, rounds: int = 9) -> list[list[str]]
     with samekey.Journal(path, read_only=True) as journal:
         middle = journal.get(f"completed-{count // 2:07d}/charge")
         assert middle is not None
-        commands = [(label, [_paging.cursor_of(middle) if a == middle.operation else a for a in argv])
+        commands = [(label,
+            [_paging.cursor_of(middle) if a == middle.operation else a for a in argv])
                     for label, argv in _listings(count)]  # fmt: skip
         queries = []
         for _, argv in commands:
@@ -169,13 +189,19 @@ def measure_listing(folder: str, count: int, rounds: int = 9) -> list[list[str]]
     for _ in range(rounds):
         for i in random.sample(range(len(argvs)), len(argvs)):
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "samekey", *argvs[i], "--journal", path], check=True,
+            subprocess.run([sys.executable, "-m", "samekey", *argvs[i], "--journal", path],
+                check=True,
                            capture_output=True, env=env)  # fmt: skip
             samples[i].append(time.perf_counter() - t0)
-    rows = [["samekey --version (the process floor)", f"{median(samples[0]) * 1e3:.0f}", "", "", ""]]
-    for (label, _), wall, (after, before, shown) in zip(commands, samples[1:], queries, strict=True):
+    rows = [
+        ["samekey --version (the process floor)", f"{median(samples[0]) * 1e3:.0f}", "", "", ""]
+    ]
+    for (label, _), wall, (after, before, shown) in zip(
+        commands, samples[1:], queries, strict=True
+    ):
         rows.append([f"samekey {label}: {shown} shown", f"{median(wall) * 1e3:.0f}",
-                     f"{after * 1e3:.2f}", f"{before * 1e3:.1f}", f"{before / after:,.0f}x"])  # fmt: skip
+                     f"{after * 1e3:.2f}", f"{before * 1e3:.1f}",
+                     f"{before / after:,.0f}x"])  # fmt: skip
     return rows
 
 
@@ -200,11 +226,14 @@ def run(sizes: tuple[int, ...] = (1000, 100_000, 1_000_000), folder: str | None 
         if importlib.util.find_spec("samekey._cli._paging") is not None:
             listing = measure_listing(tmp, sizes[-1])
     headers = [
-        "completed records", "file MB", "build s", "Journal open ms", "Client start ms", "Journal.get ms",
+        "completed records", "file MB", "build s", "Journal open ms", "Client start ms",
+        "Journal.get ms",
         "replay via Client ms", "pending() ms", "`samekey list` ms",
     ]  # fmt: skip
     largest = rows[-1]
-    checks = [f"lookup at {largest[0]} records: Journal.get {largest[5]} ms, replay {largest[6]} ms"]
+    checks = [
+        f"lookup at {largest[0]} records: Journal.get {largest[5]} ms, replay {largest[6]} ms"
+    ]
     lookup = Target(
         "scale",
         f"replay of a completed operation via Client, {largest[0]} records",
@@ -214,26 +243,42 @@ def run(sizes: tuple[int, ...] = (1000, 100_000, 1_000_000), folder: str | None 
     )
     extra: dict[str, object] = {}
     if listing:
-        listing_headers = ["command", "process ms", "list_page ms", "before ms", "before / list_page"]
-        print(f"\n`samekey list` on the {largest[0]}-record journal\n\n{table(listing_headers, listing)}\n")
+        listing_headers = [
+            "command",
+            "process ms",
+            "list_page ms",
+            "before ms",
+            "before / list_page",
+        ]
+        print(
+            f"\n`samekey list` on the {largest[0]}-record "
+            f"journal\n\n{table(listing_headers, listing)}\n"
+        )
         floor, worst = float(listing[0][1]), max(float(row[1]) for row in listing[1:])
         checks.append(
-            f"samekey list at {largest[0]} records: every command within {worst - floor:.0f} ms of the "
+            f"samekey list at {largest[0]} records: every command within "
+            f"{worst - floor:.0f} ms of the "
             f"process floor ({floor:.0f} ms, samekey --version)"
         )
         extra["listing"] = {"headers": listing_headers, "rows": listing}
     title = (
-        f"Journal scale: medians; each journal also holds {PENDING} pending records (durability fsync). "
-        "Client start includes httpx.Client's own set-up (its TLS context), the same with bare httpx"
+        f"Journal scale: medians; each journal also holds {PENDING} pending records "
+        "(durability fsync). "
+        "Client start includes httpx.Client's own set-up (its TLS context), the same "
+        "with bare httpx"
     )
     return report(title, headers, rows, checks, [lookup], **extra)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="1000,100000,1000000")
     parser.add_argument("--quick", action="store_true", help="1,000 and 100,000 records only")
-    parser.add_argument("--dir", default=None, help="folder for the journals (default: the system temp folder)")
+    parser.add_argument(
+        "--dir", default=None, help="folder for the journals (default: the system temp folder)"
+    )
     args = parser.parse_args()
     sizes = (1000, 100_000) if args.quick else tuple(int(s) for s in args.sizes.split(","))
     run(sizes, folder=args.dir)

@@ -43,23 +43,28 @@ def _fill(dsn: str, count: int) -> None:
 
     now = time.time() - 3600
     columns = (
-        "operation, key, key_header, method, url, fingerprint, request_headers, request_body, state, "
+        "operation, key, key_header, method, url, fingerprint, request_headers, "
+        "request_body, state, "
         "created_at, updated_at, completed_at, attempts"
     )
     with psycopg.connect(dsn, autocommit=True) as conn:
         with conn.cursor().copy(f"COPY samekey_operations ({columns}) FROM STDIN") as copy:
             for i in range(count):
                 t = now + i * 1e-3
-                copy.write_row((f"completed-{i:07d}/charge", f"key-{i}", "Idempotency-Key", "POST", URL,
+                copy.write_row((f"completed-{i:07d}/charge", f"key-{i}", "Idempotency-Key", "POST",
+                    URL,
                                 "f", "[]", b"{}", "completed", t, t, t, 1))  # fmt: skip
             for i in range(PENDING):
-                copy.write_row((f"pending-{i:07d}/charge", f"key-p{i}", "Idempotency-Key", "POST", URL,
+                copy.write_row((f"pending-{i:07d}/charge", f"key-p{i}", "Idempotency-Key", "POST",
+                    URL,
                                 "f", "[]", b"{}", "pending", now, now, None, 1))  # fmt: skip
         conn.execute("ANALYZE samekey_operations")
 
 
 def _before(journal: samekey.PostgresJournal, query: ListQuery) -> int:
-    records = journal.records(query.prefix, include_completed=query.state != "pending", bodies=False)
+    records = journal.records(
+        query.prefix, include_completed=query.state != "pending", bodies=False
+    )
     return len([r for r in records if query.matches(r)][: query.limit])
 
 
@@ -76,10 +81,13 @@ def run(count: int, dsn: str | None) -> dict[str, object]:
                 ("pending (list)", ListQuery(limit=None)),
                 ("pending, 50 a page", ListQuery(limit=51)),
                 ("pending, prefix pending-0000", ListQuery(prefix="pending-0000")),
-                (f"all, prefix {newest} (~1,000, the newest)", ListQuery(state=None, prefix=newest)),
-                (f"all, prefix {common} (~10%), 100 a page", ListQuery(state=None, prefix=common, limit=101)),
+                (f"all, prefix {newest} (~1,000, the newest)", ListQuery(state=None,
+                prefix=newest)),
+                (f"all, prefix {common} (~10%), 100 a page", ListQuery(state=None, prefix=common,
+                limit=101)),
                 ("completed, 100 a page", ListQuery(state="completed", limit=101)),
-                ("all, 100 a page after half way", ListQuery(state=None, after=half_way, limit=101)),
+                ("all, 100 a page after half way", ListQuery(state=None, after=half_way,
+                limit=101)),
             ]  # fmt: skip
             rows = []
             for label, query in cases:
@@ -93,19 +101,34 @@ def run(count: int, dsn: str | None) -> dict[str, object]:
                 _before(journal, query)
                 before = time.perf_counter() - t0
                 after = median(samples)
-                rows.append([label, str(shown), f"{after * 1e3:.2f}", f"{before * 1e3:.1f}", f"{before / after:,.0f}x"])
+                rows.append(
+                    [
+                        label,
+                        str(shown),
+                        f"{after * 1e3:.2f}",
+                        f"{before * 1e3:.1f}",
+                        f"{before / after:,.0f}x",
+                    ]
+                )
         finally:
             journal.close()
     text = table(["query", "records", "list_page ms", "before ms", "before / list_page"], rows)
     worst = max(float(row[2]) for row in rows)
-    title = f"samekey list's page query on PostgreSQL, {count:,} completed + {PENDING} pending records (median of 5)"
+    title = (
+        f"samekey list's page query on PostgreSQL, {count:,} completed + {PENDING} pending "
+        "records (median of 5)"
+    )
     return report(title, text, [f"slowest page: {worst:.1f} ms"])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--dsn", default=None, help="an empty database (default: a throwaway local server)")
+    parser.add_argument(
+        "--dsn", default=None, help="an empty database (default: a throwaway local server)"
+    )
     args = parser.parse_args()
     run(args.records, args.dsn)
 

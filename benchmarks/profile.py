@@ -115,7 +115,9 @@ class Samples:
     own_functions: Counter[str] = field(default_factory=Counter)  # innermost samekey function
     inclusive: Counter[str] = field(default_factory=Counter)  # every samekey function on the stack
     own_lines: Counter[str] = field(default_factory=Counter)
-    http_callers: Counter[str] = field(default_factory=Counter)  # the samekey line under httpx's time
+    http_callers: Counter[str] = field(
+        default_factory=Counter
+    )  # the samekey line under httpx's time
 
     def us(self, count: int, requests: int, wait: bool = False) -> float:
         """µs per request of ``count`` samples: their share of the CPU samples times the CPU time
@@ -146,7 +148,9 @@ def _owner(frames: list[Frame]) -> Frame | None:
 
 def _bucket(frames: list[Frame]) -> str:
     _, path, line = frames[-1]
-    if _SOCKET.search(linecache.getline(path, line)) or path.endswith(("selectors.py", "socket.py")):
+    if _SOCKET.search(linecache.getline(path, line)) or path.endswith(
+        ("selectors.py", "socket.py")
+    ):
         return WAITING
     owner = _owner(frames)
     if owner is None:
@@ -205,7 +209,9 @@ def _workload(url: str, folder: str, requests: int, spy: list[str] | None) -> li
     command = (spy or []) + [sys.executable, "-c", WORKLOAD, url, journal, str(requests), timings]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
-        raise SystemExit(f"the profiled workload failed (py-spy needs permission to trace):\n{done.stderr}")
+        raise SystemExit(
+            f"the profiled workload failed (py-spy needs permission to trace):\n{done.stderr}"
+        )
     return [float(value) for value in Path(timings).read_text().split()]
 
 
@@ -234,7 +240,13 @@ def profile(requests: int, instant: bool = False) -> dict[str, Samples]:
             spent[variant].seconds, spent[variant].cpu = value, busy
         for row in Path(raw).read_text().splitlines():
             stack, _, count = row.rpartition(" ")
-            variant = "samekey" if "samekey_requests" in stack else "bare" if "bare_requests" in stack else None
+            variant = (
+                "samekey"
+                if "samekey_requests" in stack
+                else "bare"
+                if "bare_requests" in stack
+                else None
+            )
             frames = _frames(stack)
             if variant is not None and frames:
                 _count(spent[variant], frames, int(count))
@@ -249,7 +261,10 @@ def _bucket_rows(bare: Samples, sk: Samples, requests: int) -> list[list[str]]:
     rows, total_b, total_s = [], 0.0, 0.0
     for bucket in BUCKETS:
         wait = bucket in (WAITING, WAITS)
-        b, s = bare.us(bare.buckets[bucket], requests, wait), sk.us(sk.buckets[bucket], requests, wait)
+        b, s = (
+            bare.us(bare.buckets[bucket], requests, wait),
+            sk.us(sk.buckets[bucket], requests, wait),
+        )
         rows.append([bucket, f"{b:.1f}", f"{s:.1f}", f"{s - b:+.1f}"])
         total_b, total_s = total_b + b, total_s + s
     rows.append(["total", f"{total_b:.1f}", f"{total_s:.1f}", f"{total_s - total_b:+.1f}"])
@@ -279,7 +294,11 @@ def run(requests: int, instant_requests: int | None = None) -> dict[str, Any]:
     lbare, lsk = loop["bare"], loop["samekey"]
     n = instant_requests
     bare_cpu = bare.cpu / n * 1e6
-    own, sql, waits = sk.us(sk.buckets[OWN], n), sk.us(sk.buckets[SQLITE], n), sk.us(sk.buckets[WAITS], n, True)
+    own, sql, waits = (
+        sk.us(sk.buckets[OWN], n),
+        sk.us(sk.buckets[SQLITE], n),
+        sk.us(sk.buckets[WAITS], n, True),
+    )
     notes = [
         f"loopback: samekey adds {(lsk.seconds - lbare.seconds) / requests * 1e6:.0f} µs "
         "per request (means, slowed by py-spy's pauses)",
@@ -296,7 +315,8 @@ def run(requests: int, instant_requests: int | None = None) -> dict[str, Any]:
         own,
         25.0,
         unit="µs",
-        floor=f"{own / bare_cpu:.0%} of bare httpx's CPU per request ({bare_cpu:.0f} µs) in the same run; "
+        floor=f"{own / bare_cpu:.0%} of bare httpx's CPU per request ({bare_cpu:.0f} µs) in "
+        "the same run; "
         f"its SQLite statements: {sql:.0f} µs",
     )
     breakdown = {
@@ -328,16 +348,19 @@ def markdown(section: dict[str, Any], when: str, where: str) -> str:
     breakdown = section.get("breakdown")
     if breakdown:
         parts += [
-            "**The same, over a transport answering at once** (the sending thread's CPU time in a run "
+            "**The same, over a transport answering at once** (the sending thread's CPU "
+            "time in a run "
             "without py-spy, split by the samples' shares; waits: the median request's wall time)",
             "",
             table(section["headers"], breakdown["instant_buckets"]),
             "",
-            "**samekey's own Python by function** (self time, with the stdlib helpers it calls; no SQLite, no waits)",
+            "**samekey's own Python by function** (self time, with the stdlib helpers "
+            "it calls; no SQLite, no waits)",
             "",
             table(["µs", "function"], breakdown["functions"]),
             "",
-            "**samekey functions on the stack** (inclusive: own Python + SQLite + waits under them)",
+            "**samekey functions on the stack** (inclusive: own Python + SQLite + waits "
+            "under them)",
             "",
             table(["µs", "function"], breakdown["inclusive"]),
             "",
@@ -355,8 +378,12 @@ def markdown(section: dict[str, Any], when: str, where: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=6000, help="over the loopback server (x3 instant)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--requests", type=int, default=6000, help="over the loopback server (x3 instant)"
+    )
     args = parser.parse_args()
     print("\n" + markdown(run(args.requests), stamp(), machine()))
 

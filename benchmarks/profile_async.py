@@ -43,7 +43,8 @@ async def operations_of(client, start, end, keyed):
     async def worker():
         for i in todo:
             if keyed:
-                await client.post("https://pay.test/v1/charges", json=body, operation=f"order-{run}-{i}")
+                await client.post("https://pay.test/v1/charges", json=body, \
+operation=f"order-{run}-{i}")
             else:
                 await client.post("https://pay.test/v1/charges", json=body)
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -78,11 +79,22 @@ def _thread(frames: list[tuple[str, str, int]]) -> str | None:
 def _run(variant: str, folder: str, operations: int, spy: list[str] | None) -> float:
     timings = os.path.join(folder, f"{variant}-seconds.txt")
     journal = os.path.join(folder, f"journal-{variant}-{bool(spy)}.sqlite3")
-    command = [*(spy or []), sys.executable, "-c", WORKLOAD, variant, journal, str(operations), timings]
+    command = [
+        *(spy or []),
+        sys.executable,
+        "-c",
+        WORKLOAD,
+        variant,
+        journal,
+        str(operations),
+        timings,
+    ]
     command.append(str(CONCURRENCY))
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
-        raise SystemExit(f"the async workload failed (py-spy needs permission to trace):\n{done.stderr}")
+        raise SystemExit(
+            f"the async workload failed (py-spy needs permission to trace):\n{done.stderr}"
+        )
     return float(Path(timings).read_text())
 
 
@@ -92,7 +104,16 @@ def profile(operations: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="samekey-profile-async-") as folder:
         for variant in ("bare", "samekey"):
             raw = os.path.join(folder, f"{variant}.txt")
-            spy = [_py_spy(), "record", "--idle", "--full-filenames", "--format", "raw", "--rate", str(RATE)]
+            spy = [
+                _py_spy(),
+                "record",
+                "--idle",
+                "--full-filenames",
+                "--format",
+                "raw",
+                "--rate",
+                str(RATE),
+            ]
             spy += ["--output", raw, "--"]
             _run(variant, folder, operations, spy)
             seconds = _run(variant, folder, operations, None)
@@ -118,7 +139,8 @@ def profile(operations: int) -> dict[str, Any]:
                 "us_per_op": seconds / operations * 1e6,
                 "buckets": {f"{t}|{b}": c * per_op for (t, b), c in buckets.items()},
                 "functions": {
-                    t: [[f"{c * per_op:.1f}", n] for n, c in f.most_common(15)] for t, f in functions.items()
+                    t: [[f"{c * per_op:.1f}", n] for n, c in f.most_common(15)]
+                    for t, f in functions.items()
                 },
                 "lines": [[f"{c * per_op:.1f}", n[:100]] for n, c in lines.most_common(12)],
             }
@@ -132,13 +154,17 @@ def markdown(data: dict[str, Any], operations: int) -> str:
     groups.update((bucket, (bucket,)) for bucket in BUCKETS if bucket not in (WAITING, WAITS))
     for thread in (LOOP, JOURNAL):
         for label, buckets in groups.items():
-            b, s = (sum(v["buckets"].get(f"{thread}|{x}", 0.0) for x in buckets) for v in (bare, sk))
+            b, s = (
+                sum(v["buckets"].get(f"{thread}|{x}", 0.0) for x in buckets) for v in (bare, sk)
+            )
             if b >= 0.05 or s >= 0.05:
                 rows.append([thread, label, f"{b:.1f}", f"{s:.1f}"])
     rows.append(["wall", "per operation", f"{bare['us_per_op']:.1f}", f"{sk['us_per_op']:.1f}"])
     parts = [
-        f"**Async: {operations} operations at concurrency {CONCURRENCY} over a transport answering at once, "
-        f"py-spy at {RATE}/s** (µs per operation, from a run without py-spy; samekey durability process)",
+        f"**Async: {operations} operations at concurrency {CONCURRENCY} over a transport "
+        "answering at once, "
+        f"py-spy at {RATE}/s** (µs per operation, from a run without py-spy; samekey "
+        "durability process)",
         "",
         table(["thread", "where", "bare httpx.AsyncClient", "samekey.AsyncClient"], rows),
         "",
@@ -162,7 +188,9 @@ def run(operations: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--operations", type=int, default=20_000)
     run(parser.parse_args().operations)
 

@@ -74,7 +74,9 @@ def _resume_all(folder: str, target: str, count: int, name: str, options: tuple[
         left = len(journal.pending())
     if done.returncode != 0 or left:
         tail = (done.stderr or done.stdout)[-600:]
-        raise RuntimeError(f"samekey resume --all {' '.join(options)}: exit {done.returncode}, {left} left\n{tail}")
+        raise RuntimeError(
+            f"samekey resume --all {' '.join(options)}: exit {done.returncode}, {left} left\n{tail}"
+        )
     return seconds
 
 
@@ -113,20 +115,28 @@ def run(operations: int = 10_000, folder: str | None = None) -> dict[str, Any]:
         )
     ]
     notes = [
-        f"the CLI's own start, with nothing pending: {start * 1e3:.0f} ms (included in the seconds above)",
+        f"the CLI's own start, with nothing pending: {start * 1e3:.0f} ms (included in "
+        "the seconds above)",
         "every operation completed: none left pending after each run; "
         "the CLI opens the journal with "
         "durability fsync (the default): one fsync per operation's claim",
     ]
-    title = f"Resume: {operations:,} pending operations, `samekey resume --all` against one loopback server"
+    title = (
+        f"Resume: {operations:,} pending operations, `samekey resume --all` against one "
+        "loopback server"
+    )
     headers = ["run", "operations", "seconds", "ops/s"]
     return report(title, headers, rows, notes, targets)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--operations", type=int, default=10_000)
-    parser.add_argument("--dir", default=None, help="folder for the journals (default: the system temp folder)")
+    parser.add_argument(
+        "--dir", default=None, help="folder for the journals (default: the system temp folder)"
+    )
     args = parser.parse_args()
     run(args.operations, args.dir)
 

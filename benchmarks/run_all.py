@@ -50,7 +50,9 @@ def measure(mode: str, folder: str | None) -> dict[str, Any]:
     size = {name: sizes[MODES.index(mode)] for name, sizes in SIZES.items()}
     smoke = mode == "smoke"
     steps: dict[str, Callable[[], dict[str, Any]]] = {
-        "sequential": lambda: sequential.run(size["sequential"], warmup=5 if smoke else 50, folder=folder),
+        "sequential": lambda: sequential.run(
+            size["sequential"], warmup=5 if smoke else 50, folder=folder
+        ),
         "checkpoints": lambda: checkpoints.run(size["checkpoints"], folder=folder),
         "shared": lambda: shared_journal.run(
             2, size["shared"], rounds={"full": 6, "quick": 3, "smoke": 2}[mode], folder=folder
@@ -75,12 +77,24 @@ def _order(t: Target) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer requests, journals up to 20k records")
-    parser.add_argument("--smoke", action="store_true", help="a few requests each: checks that everything runs")
-    parser.add_argument("--dir", default=None, help="folder for the journals (default: the system temp folder)")
-    parser.add_argument("--out", default=str(RESULTS), help="folder for the results (default: %(default)s)")
-    parser.add_argument("--render", action="store_true", help="only rewrite the .md and .png from results.json")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer requests, journals up to 20k records"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few requests each: checks that everything runs"
+    )
+    parser.add_argument(
+        "--dir", default=None, help="folder for the journals (default: the system temp folder)"
+    )
+    parser.add_argument(
+        "--out", default=str(RESULTS), help="folder for the results (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite the .md and .png from results.json"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     if args.render:
@@ -88,9 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         mode = "smoke" if args.smoke else "quick" if args.quick else "full"
         data = {"when": stamp(), "machine": machine(), "mode": mode, "load_before": load()}
-        print(f"samekey benchmarks, {data['when']}, {data['machine']}, {data['load_before']} ({mode})")
+        print(
+            f"samekey benchmarks, {data['when']}, {data['machine']}, {data['load_before']} ({mode})"
+        )
         sections = measure(mode, args.dir)
-        targets = sorted((target_from(t) for s in sections.values() for t in s.get("targets", [])), key=_order)
+        targets = sorted(
+            (target_from(t) for s in sections.values() for t in s.get("targets", [])), key=_order
+        )
         data.update(load_after=load(), sections=sections, targets=[t.as_dict() for t in targets])
         write_json(out / "results.json", data)
     print(f"\nTargets ({data['load_before']} at the start, {data['load_after']} at the end)\n")

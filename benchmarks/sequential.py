@@ -122,19 +122,27 @@ def bare_with_smallest_write(target: str, folder: str, *, mode: str = "exclusive
     # The cheapest commit SQLite makes at all: one key into a table with no index, then the
     # request carrying it. A claim also needs the operation's name, the request to resume and a
     # lease, so this is the floor of ANY client that writes its key to SQLite before sending.
-    # mode "exclusive" (the default, the floor): WAL with locking_mode=EXCLUSIVE and synchronous=OFF,
-    # still safe from kill -9 (the commit is in the OS's page cache when execute returns; only a
-    # power cut or an OS crash can lose or corrupt it). The exclusive lock drops the 6 fcntl
-    # calls and the shared-memory index of every commit (2 pwrite calls left), ~10-15 µs in
+    # mode "exclusive" (the default, the floor): WAL with locking_mode=EXCLUSIVE and
+    # synchronous=OFF, still safe from kill -9 (the commit is in the OS's page cache when execute
+    # returns; only a power cut or an OS crash can lose or corrupt it). The exclusive lock drops the
+    # 6 fcntl calls and the shared-memory index of every commit (2 pwrite calls left), ~10-15 µs in
     # context, but no other process can read or write the file while it is open: samekey's
     # journal cannot run so (shared journals, the CLI), so this bound is below anything samekey
     # could do. mode "shared": samekey's own "process" settings (WAL, synchronous=NORMAL, shared
     # lock). mode "unsafe": journal_mode=OFF, exclusive, synchronous=OFF: no atomic commit at all
     # (a kill during a page split corrupts the file), the bound of SQLite as a plain file.
     pragmas = {
-        "exclusive": ("PRAGMA locking_mode=EXCLUSIVE", "PRAGMA journal_mode=WAL", "PRAGMA synchronous=OFF"),
+        "exclusive": (
+            "PRAGMA locking_mode=EXCLUSIVE",
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=OFF",
+        ),
         "shared": ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL"),
-        "unsafe": ("PRAGMA locking_mode=EXCLUSIVE", "PRAGMA journal_mode=OFF", "PRAGMA synchronous=OFF"),
+        "unsafe": (
+            "PRAGMA locking_mode=EXCLUSIVE",
+            "PRAGMA journal_mode=OFF",
+            "PRAGMA synchronous=OFF",
+        ),
     }[mode]
     conn = sqlite3.connect(os.path.join(folder, f"smallest-{mode}.sqlite3"), isolation_level=None)
     for pragma in pragmas:
@@ -151,7 +159,9 @@ def bare_with_smallest_write(target: str, folder: str, *, mode: str = "exclusive
         client.close()
         conn.close()
 
-    return Variant(SMALLEST_FLOOR if mode == "exclusive" else f"{SMALLEST_FLOOR} ({mode})", call, close)
+    return Variant(
+        SMALLEST_FLOOR if mode == "exclusive" else f"{SMALLEST_FLOOR} ({mode})", call, close
+    )
 
 
 def variants(url: str, folder: str, peer: bool = True) -> list[Variant]:
@@ -166,7 +176,11 @@ def variants(url: str, folder: str, peer: bool = True) -> list[Variant]:
     retry = Retry(total=3, allowed_methods=["POST"], backoff_factor=0.5)
     rt = httpx.Client(transport=RetryTransport(retry=retry))
     out.append(
-        Variant("httpx-retries RetryTransport", lambda i: rt.post(target, json=BODY).raise_for_status(), rt.close)
+        Variant(
+            "httpx-retries RetryTransport",
+            lambda i: rt.post(target, json=BODY).raise_for_status(),
+            rt.close,
+        )
     )
 
     by_hand = httpx.Client()
@@ -182,10 +196,18 @@ def variants(url: str, folder: str, peer: bool = True) -> list[Variant]:
         response.raise_for_status()
         return response
 
-    out.append(Variant("tenacity + uuid4 key (by hand)", lambda i: post_with_key(str(uuid.uuid4())), by_hand.close))
+    out.append(
+        Variant(
+            "tenacity + uuid4 key (by hand)",
+            lambda i: post_with_key(str(uuid.uuid4())),
+            by_hand.close,
+        )
+    )
 
     for durability in ("process", "fsync"):
-        journal = samekey.Journal(os.path.join(folder, f"journal-{durability}.sqlite3"), durability=durability)
+        journal = samekey.Journal(
+            os.path.join(folder, f"journal-{durability}.sqlite3"), durability=durability
+        )
         client = samekey.Client(journal=journal)
         run = new_run()
 
@@ -263,21 +285,37 @@ def report_run(vs: list[Variant], requests: int, server_kind: str) -> dict[str, 
         raw = v.name == RAW_FSYNC
         ratio = "" if raw else f"{med[v.name] / bare:.2f}x"
         added = "" if raw else f"{(med[v.name] - bare) * 1e6:+.0f}"
-        rows.append([v.name, f"{med[v.name] * 1e3:.3f}", f"{percentile(v.samples, 99) * 1e3:.3f}", ratio, added])
+        rows.append(
+            [
+                v.name,
+                f"{med[v.name] * 1e3:.3f}",
+                f"{percentile(v.samples, 99) * 1e3:.3f}",
+                ratio,
+                added,
+            ]
+        )
     process, durable = med["samekey.Client (process)"], med["samekey.Client (fsync)"]
     fsync_adds = med[FSYNC_FLOOR] - bare
     notes = [
-        f"bare httpx plus samekey's two SQLite statements alone = {med[SQLITE_FLOOR] / bare:.2f}x bare "
+        "bare httpx plus samekey's two SQLite statements alone = "
+        f"{med[SQLITE_FLOOR] / bare:.2f}x bare "
         f"({(med[SQLITE_FLOOR] - bare) * 1e6:+.0f} µs); samekey (process) adds "
         f"{(process - med[SQLITE_FLOOR]) * 1e6:+.0f} µs of its own above that",
         f"one raw fsync of the journal's disk: {med[RAW_FSYNC] * 1e3:.3f} ms alone, "
         f"{fsync_adds * 1e3:.3f} ms added to a bare request (its after-effect included)",
     ]
     floors = (
-        f"claim INSERT alone {med[CLAIM_FLOOR] / bare:.2f}x; smallest SQLite write {med[SMALLEST_FLOOR] / bare:.2f}x"
+        f"claim INSERT alone {med[CLAIM_FLOOR] / bare:.2f}x; smallest SQLite write "
+        f"{med[SMALLEST_FLOOR] / bare:.2f}x"
     )
     targets = [
-        Target("1", "sequential POST, durability process / bare httpx", process / bare, 1.25, floor=floors),
+        Target(
+            "1",
+            "sequential POST, durability process / bare httpx",
+            process / bare,
+            1.25,
+            floor=floors,
+        ),
         Target(
             "2",
             "(fsync - process) / what one raw fsync adds to a bare request",
@@ -309,18 +347,30 @@ def report_run(vs: list[Variant], requests: int, server_kind: str) -> dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="300 requests per variant")
     parser.add_argument("--server", choices=["minimal", "payment"], default="minimal")
-    parser.add_argument("--dir", default=None, help="folder for the journals (default: the system temp folder)")
     parser.add_argument(
-        "--think-ms", type=float, default=0.0, help="the minimal server answers this late, as a real API works"
+        "--dir", default=None, help="folder for the journals (default: the system temp folder)"
+    )
+    parser.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help="the minimal server answers this late, as a real API works",
     )
     args = parser.parse_args()
     if args.think_ms and args.server != "minimal":
         parser.error("--think-ms needs --server minimal")
-    run(300 if args.quick else args.requests, server_kind=args.server, folder=args.dir, think_ms=args.think_ms)
+    run(
+        300 if args.quick else args.requests,
+        server_kind=args.server,
+        folder=args.dir,
+        think_ms=args.think_ms,
+    )
 
 
 if __name__ == "__main__":

@@ -50,12 +50,27 @@ print(json.dumps(samples))
 
 def _round(url: str, folder: str, variant: str, workers: int, requests: int) -> list[float]:
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     procs = []
     for n in range(workers):
-        name = f"own-{n}.sqlite3" if variant == OWN else ("shared.sqlite3" if variant == SHARED else "sqlite.sqlite3")
+        name = (
+            f"own-{n}.sqlite3"
+            if variant == OWN
+            else ("shared.sqlite3" if variant == SHARED else "sqlite.sqlite3")
+        )
         mode = "sqlite" if variant == SQLITE_WAITS else "samekey"
-        cmd = [sys.executable, "-c", WORKER, url + "/v1/charges", os.path.join(folder, name), str(requests), mode]
+        cmd = [
+            sys.executable,
+            "-c",
+            WORKER,
+            url + "/v1/charges",
+            os.path.join(folder, name),
+            str(requests),
+            mode,
+        ]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env))
     samples: list[float] = []
     for proc in procs:
@@ -66,7 +81,9 @@ def _round(url: str, folder: str, variant: str, workers: int, requests: int) -> 
     return samples
 
 
-def run(workers: int = 2, requests: int = 3000, rounds: int = 6, folder: str | None = None) -> dict[str, object]:
+def run(
+    workers: int = 2, requests: int = 3000, rounds: int = 6, folder: str | None = None
+) -> dict[str, object]:
     variants = [OWN, SHARED, SQLITE_WAITS]
     samples: dict[str, list[float]] = {v: [] for v in variants}
     order = random.Random(1234)
@@ -78,28 +95,35 @@ def run(workers: int = 2, requests: int = 3000, rounds: int = 6, folder: str | N
     for v in variants:
         s = samples[v]
         rows.append([
-            v, len(s), f"{sum(s) / len(s) * 1e3:.3f}", f"{median(s) * 1e3:.3f}", f"{percentile(s, 99) * 1e3:.2f}",
+            v, len(s), f"{sum(s) / len(s) * 1e3:.3f}", f"{median(s) * 1e3:.3f}",
+            f"{percentile(s, 99) * 1e3:.2f}",
             f"{percentile(s, 99.9) * 1e3:.2f}",
             f"{100 * sum(x > 0.002 for x in s) / len(s):.2f}%",
         ])  # fmt: skip
     headers = ["variant", "requests", "mean ms", "median ms", "p99 ms", "p99.9 ms", "over 2 ms"]
     checks = [
-        f"p99 with a shared journal: {percentile(samples[SHARED], 99) * 1e3:.2f} ms as samekey runs it, "
+        f"p99 with a shared journal: {percentile(samples[SHARED], 99) * 1e3:.2f} ms as "
+        "samekey runs it, "
         f"{percentile(samples[SQLITE_WAITS], 99) * 1e3:.2f} ms with SQLite's busy handler, "
         f"{percentile(samples[OWN], 99) * 1e3:.2f} ms with a journal per worker",
     ]
     title = (
-        f"Shared journal: {workers} worker processes, {requests} sequential POSTs each per variant, durability process"
+        f"Shared journal: {workers} worker processes, {requests} sequential POSTs each per "
+        "variant, durability process"
     )
     return report(title, headers, rows, checks)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--requests", type=int, default=3000, help="per worker and variant")
     parser.add_argument("--quick", action="store_true", help="600 requests per worker and variant")
-    parser.add_argument("--dir", default=None, help="folder for the journals (default: the system temp folder)")
+    parser.add_argument(
+        "--dir", default=None, help="folder for the journals (default: the system temp folder)"
+    )
     args = parser.parse_args()
     run(args.workers, 600 if args.quick else args.requests, folder=args.dir)
 

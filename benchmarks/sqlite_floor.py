@@ -96,10 +96,21 @@ def _journal(path: str, schema: str, pragmas: tuple[str, ...]) -> sqlite3.Connec
     return conn
 
 
-def _statements(conn: sqlite3.Connection, url: str) -> tuple[Callable[[str], None], Callable[[str, bytes], None]]:
+def _statements(
+    conn: sqlite3.Connection, url: str
+) -> tuple[Callable[[str], None], Callable[[str, bytes], None]]:
     def claim(operation: str) -> None:
         now = time.time()
-        params = (operation, str(uuid.uuid4()), "Idempotency-Key", "POST", url, "0" * 64, HEADERS, b"{}")
+        params = (
+            operation,
+            str(uuid.uuid4()),
+            "Idempotency-Key",
+            "POST",
+            url,
+            "0" * 64,
+            HEADERS,
+            b"{}",
+        )
         conn.execute(INSERT, (*params, now, now, "owner", now + 60))
 
     def complete(operation: str, body: bytes) -> None:
@@ -136,9 +147,13 @@ def schema_floors(folder: str, requests: int) -> None:
     with server("minimal", folder) as url:
         target = url + "/v1/charges"
         bare = httpx.Client()
-        calls: dict[str, Callable[[int], object]] = {"bare httpx": lambda i: bare.post(target, json=BODY)}
+        calls: dict[str, Callable[[int], object]] = {
+            "bare httpx": lambda i: bare.post(target, json=BODY)
+        }
         for n, (name, (schema, pragmas)) in enumerate(SCHEMAS.items()):
-            claim, complete = _statements(_journal(os.path.join(folder, f"floor-{n}.sqlite3"), schema, pragmas), target)
+            claim, complete = _statements(
+                _journal(os.path.join(folder, f"floor-{n}.sqlite3"), schema, pragmas), target
+            )
             client, run = httpx.Client(), uuid.uuid4().hex[:8]
 
             def call(i: int, claim=claim, complete=complete, client=client, run=run) -> None:  # type: ignore[no-untyped-def]
@@ -153,20 +168,29 @@ def schema_floors(folder: str, requests: int) -> None:
             target, json=BODY, headers={"Idempotency-Key": str(uuid.uuid4())}
         ).raise_for_status()
         calls["smallest write, exclusive"] = bare_with_smallest_write(target, folder).call
-        calls["smallest write, shared"] = bare_with_smallest_write(target, folder, mode="shared").call
-        calls["smallest write, no journal"] = bare_with_smallest_write(target, folder, mode="unsafe").call
+        calls["smallest write, shared"] = bare_with_smallest_write(
+            target, folder, mode="shared"
+        ).call
+        calls["smallest write, no journal"] = bare_with_smallest_write(
+            target, folder, mode="unsafe"
+        ).call
         samples: dict[str, list[float]] = {name: [] for name in calls}
         order, done = random.Random(1234), 0
         while done < requests:
             for name in order.sample(list(calls), len(calls)):
-                calls[name](-1000 - done)  # not counted: pays for what the previous block left behind
+                calls[name](
+                    -1000 - done
+                )  # not counted: pays for what the previous block left behind
                 for i in range(done, done + 10):
                     t0 = time.perf_counter()
                     calls[name](i)
                     samples[name].append(time.perf_counter() - t0)
             done += 10
     base = median(samples["bare httpx"])
-    print(f"\nBare httpx plus the two statements, {requests} POSTs each (median added to bare httpx's; p99)\n")
+    print(
+        f"\nBare httpx plus the two statements, {requests} POSTs each (median added to "
+        "bare httpx's; p99)\n"
+    )
     for name, values in samples.items():
         print(
             f"  {name:28s} {median(values) * 1e3:.3f} ms  {(median(values) - base) * 1e6:+5.0f} µs"
@@ -175,7 +199,8 @@ def schema_floors(folder: str, requests: int) -> None:
 
 
 def _deferred_completions(folder: str, target: str) -> dict[str, Callable[[int], object]]:
-    """Two ways to take the completion off a request's path, on the real schema: what they could save.
+    """Two ways to take the completion off a request's path, on the real schema: what they could
+    save.
 
     - the claim alone: no completion record at all (the bound of any deferral);
     - piggyback: the completion is written in the NEXT request's claim transaction (one commit
@@ -188,7 +213,16 @@ def _deferred_completions(folder: str, target: str) -> dict[str, Callable[[int],
         client, run = httpx.Client(), uuid.uuid4().hex[:8]
         waiting: list[tuple[str, bytes]] = []
 
-        def call(i: int, kind=kind, conn=conn, claim=claim, complete=complete, client=client, run=run, waiting=waiting):  # type: ignore[no-untyped-def]
+        def call(  # type: ignore[no-untyped-def]
+            i: int,
+            kind=kind,
+            conn=conn,
+            claim=claim,
+            complete=complete,
+            client=client,
+            run=run,
+            waiting=waiting,
+        ):
             operation = f"order-{run}-{i}/charge"
             if waiting:
                 conn.execute("BEGIN IMMEDIATE")
@@ -206,7 +240,9 @@ def _deferred_completions(folder: str, target: str) -> dict[str, Callable[[int],
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=2000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="samekey-floor-") as folder:

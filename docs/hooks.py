@@ -16,7 +16,9 @@ from mkdocs.structure.files import File, Files
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 PLACEHOLDER = "<!-- benchmarks:tables -->"
-DEVELOPERS_ONLY = "**Targets"  # the issue targets' verdicts: for samekey's developers, in latest.md itself
+DEVELOPERS_ONLY = (
+    "**Targets"  # the issue targets' verdicts: for samekey's developers, in latest.md itself
+)
 
 
 def benchmark_tables(text: str) -> str:
@@ -24,7 +26,11 @@ def benchmark_tables(text: str) -> str:
     paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
     kept = [paragraphs[0]] if paragraphs and paragraphs[0].startswith("Measured ") else []
     for before, paragraph in itertools.pairwise(paragraphs):
-        if paragraph.startswith("|") and before.startswith("**") and not before.startswith(DEVELOPERS_ONLY):
+        if (
+            paragraph.startswith("|")
+            and before.startswith("**")
+            and not before.startswith(DEVELOPERS_ONLY)
+        ):
             kept += [before, paragraph]
     return "\n\n".join(kept)
 
@@ -36,5 +42,7 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
 
 
 def on_files(files: Files, config: Any, **kwargs: Any) -> Files:
-    files.append(File.generated(config, "assets/latency.png", abs_src_path=str(RESULTS / "latency.png")))
+    files.append(
+        File.generated(config, "assets/latency.png", abs_src_path=str(RESULTS / "latency.png"))
+    )
     return files

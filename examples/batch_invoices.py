@@ -1,8 +1,8 @@
 """Pay a CSV of invoices, safely re-runnable after a crash.
 
-    python examples/batch_invoices.py --crash-after 0.5 # sample CSV, local server: dies (SIGKILL) half-way
-    python examples/batch_invoices.py                   # the re-run: pays only what is left
-    samekey list --journal /tmp/samekey-batch-invoices/journal.sqlite3
+    python examples/batch_invoices.py --crash-after 0.5 # sample CSV, local server: dies (SIGKILL)
+    half-way python examples/batch_invoices.py                   # the re-run: pays only what is
+    left samekey list --journal /tmp/samekey-batch-invoices/journal.sqlite3
 
 Each invoice is one operation ("invoice-<id>/charge"): its Idempotency-Key is
 journaled before the first send, so a re-run replays the invoices already paid
@@ -48,24 +48,30 @@ def read_invoices(path: Path) -> list[dict[str, str]]:
 
 
 class PortInUse(Exception):
-    """The local server's port (kept in <state>/server-port) is taken: the message says what to do."""
+    """The local server's port (kept in
+    <state>/server-port) is taken: the message says what to do."""
 
 
 def start_server(state: Path, work_seconds: float) -> PaymentServer:
     port_file = state / "server-port"
     port = int(port_file.read_text()) if port_file.exists() else 0
     try:
-        server = PaymentServer(state / "server.sqlite3", work_seconds=work_seconds, port=port).start()
+        server = PaymentServer(
+            state / "server.sqlite3", work_seconds=work_seconds, port=port
+        ).start()
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
         # The port cannot just change: this state's journal names it in every URL (a pending invoice
         # sent to another port is another request), so say who may hold it and how to get past it.
         raise PortInUse(
-            f"batch_invoices.py: port {port} on 127.0.0.1 is already in use, and the local payment server of "
-            f"{state} must listen there (its journal names it): another run on this state folder may still be "
+            f"batch_invoices.py: port {port} on 127.0.0.1 is already in use, and the "
+            "local payment server of "
+            f"{state} must listen there (its journal names it): another run on this "
+            "state folder may still be "
             f"going (let it finish or stop it), or something else listens there (see `ss -ltnp "
-            f"'sport = :{port}'`); or start afresh with another state folder, e.g. --state {state}-2"
+            f"'sport = :{port}'`); or start afresh with another state folder, e.g. "
+            f"--state {state}-2"
         ) from None
     port_file.write_text(str(server.port))  # the journal's URLs name this port: keep it for re-runs
     return server
@@ -73,14 +79,24 @@ def start_server(state: Path, work_seconds: float) -> PaymentServer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--csv", type=Path, help="invoices to pay (default: a sample written to the state dir)")
-    parser.add_argument("--state", type=Path, default=Path(tempfile.gettempdir()) / "samekey-batch-invoices")
+    parser.add_argument(
+        "--csv", type=Path, help="invoices to pay (default: a sample written to the state dir)"
+    )
+    parser.add_argument(
+        "--state", type=Path, default=Path(tempfile.gettempdir()) / "samekey-batch-invoices"
+    )
     parser.add_argument("--journal", type=Path, help="default: <state>/journal.sqlite3")
-    parser.add_argument("--server", help="payment API base URL (default: start a local PaymentServer)")
+    parser.add_argument(
+        "--server", help="payment API base URL (default: start a local PaymentServer)"
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--sample-size", type=int, default=20)
-    parser.add_argument("--work-seconds", type=float, default=0.05, help="local server: time per charge")
-    parser.add_argument("--crash-after", type=float, metavar="SECONDS", help="SIGKILL this process after SECONDS")
+    parser.add_argument(
+        "--work-seconds", type=float, default=0.05, help="local server: time per charge"
+    )
+    parser.add_argument(
+        "--crash-after", type=float, metavar="SECONDS", help="SIGKILL this process after SECONDS"
+    )
     args = parser.parse_args(argv)
 
     args.state.mkdir(parents=True, exist_ok=True)
@@ -139,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if server is not None:
         server.stop()
-    print(f"done: {counts['paid']} paid now, {counts['already']} already paid earlier, {counts['failed']} failed")
+    print(
+        f"done: {counts['paid']} paid now, {counts['already']} already paid earlier, "
+        f"{counts['failed']} failed"
+    )
     return 1 if counts["failed"] else 0
 
 

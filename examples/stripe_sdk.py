@@ -43,7 +43,9 @@ def create_intents(orders: dict[str, int], api_base: str, journal: str) -> None:
             operation = f"order-{order}/payment-intent"
             before = http.client.journal.get(operation)  # only to tell the story below
             with samekey.operation(operation):
-                intent = client.v1.payment_intents.create(params={"amount": 4999, "currency": "eur"})
+                intent = client.v1.payment_intents.create(
+                    params={"amount": 4999, "currency": "eur"}
+                )
             if before is None:
                 how = "created"
             elif not before.pending:
@@ -56,8 +58,12 @@ def create_intents(orders: dict[str, int], api_base: str, journal: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--child", nargs=3, metavar=("FIRST_ORDER", "URL", "JOURNAL"), help=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--child", nargs=3, metavar=("FIRST_ORDER", "URL", "JOURNAL"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.child is not None:  # the process the demo starts, then kills
         first = int(args.child[0])
@@ -75,14 +81,26 @@ def main(argv: list[str] | None = None) -> None:
         journal = str(Path(folder) / "journal.sqlite3")
         print(f"1. A Stripe-like API on {server.url}, behind a fault proxy {proxy.url}.")
         print("2. A process creates the PaymentIntents of orders A and B with stripe-python:")
-        child = subprocess.Popen([sys.executable, __file__, "--child", str(first), proxy.url, journal])
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--child", str(first), proxy.url, journal]
+        )
         try:
             deadline = time.monotonic() + 30
-            while proxy.counts["status_503"] < 3 and child.poll() is None and time.monotonic() < deadline:
+            while (
+                proxy.counts["status_503"] < 3
+                and child.poll() is None
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.02)
             if child.poll() is not None or proxy.counts["status_503"] < 3:
-                sys.exit(f"stripe_sdk.py: the child process did not reach order B (exit {child.poll()}); stopping")
-            print(f"   order B: created, answer lost; {proxy.counts['status_503']} retries with its key got 503 ...")
+                sys.exit(
+                    "stripe_sdk.py: the child process did not reach order B (exit "
+                    f"{child.poll()}); stopping"
+                )
+            print(
+                f"   order B: created, answer lost; {proxy.counts['status_503']} retries "
+                "with its key got 503 ..."
+            )
             os.kill(child.pid, signal.SIGKILL)
             child.wait(timeout=10)
         finally:
@@ -92,12 +110,18 @@ def main(argv: list[str] | None = None) -> None:
         with samekey.Journal(journal) as j:
             left = j.get(f"order-{orders['B']}/payment-intent")
         print(f"3. ... and the process was killed with SIGKILL (exit {child.returncode}).")
-        print(f"   Journal: order B {left.state if left else 'missing'}, key {left.key if left else '-'}.")
+        print(
+            f"   Journal: order B {left.state if left else 'missing'}, key "
+            f"{left.key if left else '-'}."
+        )
         proxy.faults = FaultPlan([])  # the network is fine again
         print("4. The same code runs again, same journal:")
         create_intents(orders, proxy.url, journal)
         per_key = Counter(charge["key"] for charge in server.charges())
-        print(f"5. PaymentIntents created on the server: {server.charge_count()}; distinct keys: {len(per_key)}.")
+        print(
+            f"5. PaymentIntents created on the server: {server.charge_count()}; distinct "
+            f"keys: {len(per_key)}."
+        )
         assert server.charge_count() == len(orders) and len(per_key) == len(orders)
 
 

@@ -15,22 +15,35 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1] / "src")
+)  # run from a checkout without installing
 
 from samekey.testing._soak import run_soak
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=10_000, help="operations (charges) to make (default 10,000)")
-    parser.add_argument("--fault-rate", type=float, default=0.3, help="share of requests hit by a fault (0.3)")
+    parser.add_argument(
+        "--n", type=int, default=10_000, help="operations (charges) to make (default 10,000)"
+    )
+    parser.add_argument(
+        "--fault-rate", type=float, default=0.3, help="share of requests hit by a fault (0.3)"
+    )
     parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
-    parser.add_argument("--seed", type=int, default=1, help="seed for faults and kill moments (default 1)")
-    parser.add_argument("--kills", type=int, default=None, help="SIGKILLs in all (default n // 20, at least 3)")
-    parser.add_argument("--time-limit", type=float, default=None, help="give up after this many seconds")
+    parser.add_argument(
+        "--seed", type=int, default=1, help="seed for faults and kill moments (default 1)"
+    )
+    parser.add_argument(
+        "--kills", type=int, default=None, help="SIGKILLs in all (default n // 20, at least 3)"
+    )
+    parser.add_argument(
+        "--time-limit", type=float, default=None, help="give up after this many seconds"
+    )
     args = parser.parse_args()
     print(
-        f"soak: {args.n} operations, {args.fault_rate:.0%} faults, {args.workers} workers, seed {args.seed}",
+        f"soak: {args.n} operations, {args.fault_rate:.0%} faults, {args.workers} "
+        f"workers, seed {args.seed}",
         flush=True,
     )
     report = run_soak(

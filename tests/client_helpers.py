@@ -1,4 +1,5 @@
-"""Helpers shared by the tests of the client core's modules (_plan, _flow, _attempts, _redaction, ...)."""
+"""Helpers shared by the tests of the client core's
+modules (_plan, _flow, _attempts, _redaction, ...)."""
 
 from __future__ import annotations
 
@@ -36,9 +37,13 @@ def raising(*errors: Exception) -> httpx.MockTransport:
 
 
 def drive(
-    engine: Engine, request: httpx.Request, answers: list[httpx.Response], on_sleep: Callable[[float], None]
+    engine: Engine,
+    request: httpx.Request,
+    answers: list[httpx.Response],
+    on_sleep: Callable[[float], None],
 ) -> httpx.Response:
-    """Run the decision core by hand: journal calls for real, answers from the list, sleeps reported."""
+    """Run the decision core by hand: journal calls
+    for real, answers from the list, sleeps reported."""
     flow = operation_flow(engine, request)
     action = next(flow)
     try:

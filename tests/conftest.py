@@ -38,7 +38,9 @@ def unprivileged() -> list[str]:
         return []
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        pytest.skip("running as root without setpriv: cannot make a file read-only for a child process")
+        pytest.skip(
+            "running as root without setpriv: cannot make a file read-only for a child process"
+        )
     return [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 
 
@@ -59,7 +61,8 @@ def _postgres_unavailable(reason: str) -> NoReturn:
     if _in_ci():
         pytest.fail(f"CI is set, so the PostgreSQL tests must run, but {reason}", pytrace=False)
     pytest.skip(
-        f"no PostgreSQL here: {reason}. Install it (apt-get install postgresql, pip install 'samekey[postgres]') "
+        f"no PostgreSQL here: {reason}. Install it (apt-get install postgresql, pip "
+        "install 'samekey[postgres]') "
         "or point SAMEKEY_TEST_PG_DSN at a database"
     )
 

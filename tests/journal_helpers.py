@@ -1,4 +1,5 @@
-"""Helpers shared by the tests of the SQLite journal's modules (imported by subprocess scripts too)."""
+"""Helpers shared by the tests of the SQLite journal's
+modules (imported by subprocess scripts too)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,16 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def intent(operation: str, body: bytes = b'{"amount": 1}') -> Intent:
-    return Intent(operation, f"key-{operation}", "Idempotency-Key", "POST", "https://pay.test/c", "fp", (), body)
+    return Intent(
+        operation,
+        f"key-{operation}",
+        "Idempotency-Key",
+        "POST",
+        "https://pay.test/c",
+        "fp",
+        (),
+        body,
+    )
 
 
 def make_journal(path: Path, operations: int = 3) -> bytes:
@@ -41,7 +51,8 @@ def assert_clear(error: samekey.JournalError, path: Path, *words: str) -> None:
 
 
 class InsideSQLite:
-    """A write whose thread stays inside SQLite (a statement running, its mutex held) until let go."""
+    """A write whose thread stays inside SQLite (a
+    statement running, its mutex held) until let go."""
 
     def __init__(self, journal: samekey.Journal) -> None:
         self.inside, self.go = threading.Event(), threading.Event()

@@ -1,4 +1,5 @@
-"""A worker process for the concurrency tests: pays operations op-0..op-(n-1) in a shuffled order."""
+"""A worker process for the concurrency tests:
+pays operations op-0..op-(n-1) in a shuffled order."""
 
 import random
 import sys

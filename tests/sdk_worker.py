@@ -1,4 +1,5 @@
-"""One payment through a real SDK over samekey, as user code writes it: `python sdk_worker.py SDK URL JOURNAL`.
+"""One payment through a real SDK over samekey, as user code writes it: `python sdk_worker.py SDK
+URL JOURNAL`.
 
 Run as a process by test_sdks.py (and SIGKILLed there mid-payment); the test also calls `pay` itself
 for the re-run. Prints the payment's id and the key samekey journaled for it.
@@ -26,7 +27,9 @@ def pay(sdk: str, url: str, journal: str) -> tuple[str, str]:
                 "sk_test_123", http_client=http, base_addresses={"api": url}, max_network_retries=0
             )
             with samekey.operation(OPERATION):
-                intent = client.v1.payment_intents.create(params={"amount": 1200, "currency": "usd"})
+                intent = client.v1.payment_intents.create(
+                    params={"amount": 1200, "currency": "usd"}
+                )
             return intent.id, http.key_for(OPERATION)
         finally:
             http.close()
@@ -35,7 +38,9 @@ def pay(sdk: str, url: str, journal: str) -> tuple[str, str]:
 
         with samekey.Client(journal=journal) as square_http:
             sq = square.Square(token="EAAA-test", base_url=url, httpx_client=square_http)
-            key = square_http.key_for(OPERATION)  # durable before the request (and its body) is built
+            key = square_http.key_for(
+                OPERATION
+            )  # durable before the request (and its body) is built
             with samekey.operation(OPERATION):
                 created = sq.payments.create(
                     source_id="cnon:card-nonce-ok",
@@ -49,7 +54,9 @@ def pay(sdk: str, url: str, journal: str) -> tuple[str, str]:
         import increase
 
         with samekey.Client(journal=journal) as increase_http:
-            client = increase.Increase(api_key="test-key", base_url=url, http_client=increase_http, max_retries=0)
+            client = increase.Increase(
+                api_key="test-key", base_url=url, http_client=increase_http, max_retries=0
+            )
             with samekey.operation(OPERATION):
                 transfer = client.account_transfers.create(
                     account_id="account_in71c4amph0vgo2qllky",

@@ -40,9 +40,14 @@ def test_concurrent_async_operations_share_commits_off_the_loop(journal_path: Pa
     loop_thread = threading.get_ident()
 
     async def main() -> list[httpx.Response]:
-        async with samekey.AsyncClient(journal=journal, transport=httpx.MockTransport(_handler)) as client:
+        async with samekey.AsyncClient(
+            journal=journal, transport=httpx.MockTransport(_handler)
+        ) as client:
             return await asyncio.gather(
-                *(client.post("http://pay.test/charges", json={"n": i}, operation=f"op-{i}") for i in range(200))
+                *(
+                    client.post("http://pay.test/charges", json={"n": i}, operation=f"op-{i}")
+                    for i in range(200)
+                )
             )
 
     responses = asyncio.run(main())
@@ -65,7 +70,10 @@ def test_one_client_used_from_two_event_loops(journal_path: Path) -> None:
     def run(name: str) -> None:
         async def main() -> list[int]:
             responses = await asyncio.gather(
-                *(client.post("http://pay.test/c", json={}, operation=f"{name}-{i}") for i in range(50))
+                *(
+                    client.post("http://pay.test/c", json={}, operation=f"{name}-{i}")
+                    for i in range(50)
+                )
             )
             return [r.status_code for r in responses]
 
@@ -86,7 +94,9 @@ def test_journal_errors_reach_the_awaiting_task(journal_path: Path) -> None:
     journal = samekey.Journal(journal_path)
 
     async def main() -> None:
-        async with samekey.AsyncClient(journal=journal, transport=httpx.MockTransport(_handler)) as client:
+        async with samekey.AsyncClient(
+            journal=journal, transport=httpx.MockTransport(_handler)
+        ) as client:
             await client.post("http://pay.test/c", json={}, operation="first")
             journal.close()
             with pytest.raises(samekey.JournalError, match="closed"):
@@ -99,10 +109,15 @@ def test_cancelled_task_does_not_disturb_the_others(journal_path: Path) -> None:
     journal = samekey.Journal(journal_path)
 
     async def main() -> list[int]:
-        async with samekey.AsyncClient(journal=journal, transport=httpx.MockTransport(_handler)) as client:
-            victim = asyncio.create_task(client.post("http://pay.test/c", json={}, operation="victim"))
+        async with samekey.AsyncClient(
+            journal=journal, transport=httpx.MockTransport(_handler)
+        ) as client:
+            victim = asyncio.create_task(
+                client.post("http://pay.test/c", json={}, operation="victim")
+            )
             others = [
-                asyncio.create_task(client.post("http://pay.test/c", json={}, operation=f"o-{i}")) for i in range(20)
+                asyncio.create_task(client.post("http://pay.test/c", json={}, operation=f"o-{i}"))
+                for i in range(20)
             ]
             await asyncio.sleep(0)
             victim.cancel()
@@ -126,7 +141,9 @@ def test_a_failing_write_in_a_batch_fails_alone(journal_path: Path) -> None:
     outcomes = journal.run_batch(
         [
             Claim(intent("good-1", b"{}"), "me", 60.0, 1.0),
-            Claim(intent("bad", b"{}"), "me", 60.0, float("nan")),  # NaN is NULL to SQLite: created_at refuses it
+            Claim(
+                intent("bad", b"{}"), "me", 60.0, float("nan")
+            ),  # NaN is NULL to SQLite: created_at refuses it
             Claim(intent("good-2", b"{}"), "me", 60.0, 1.0),
         ]
     )
@@ -145,7 +162,9 @@ def test_a_forked_child_runs_its_own_journal_thread(journal_path: Path) -> None:
     client = samekey.AsyncClient(journal=journal_path, transport=transport)
 
     async def pay(operation: str) -> int:
-        return (await client.post("https://pay.test/charges", json={}, operation=operation)).status_code
+        return (
+            await client.post("https://pay.test/charges", json={}, operation=operation)
+        ).status_code
 
     assert asyncio.run(pay("parent")) == 201  # the parent's journal thread is running now
     pid = os.fork()
@@ -178,10 +197,18 @@ def test_a_journal_thread_that_could_not_start_does_not_wedge_the_client(
     monkeypatch.setattr(threading.Thread, "start", flaky_start)
 
     async def main() -> int:
-        async with samekey.AsyncClient(journal=journal_path, transport=httpx.MockTransport(_handler)) as client:
-            with pytest.raises(RuntimeError, match="can't start new thread"):  # no hang, nothing sent
-                await asyncio.wait_for(client.post("http://pay.test/c", json={}, operation="o-1"), 10)
-            response = await asyncio.wait_for(client.post("http://pay.test/c", json={}, operation="o-1"), 10)
+        async with samekey.AsyncClient(
+            journal=journal_path, transport=httpx.MockTransport(_handler)
+        ) as client:
+            with pytest.raises(
+                RuntimeError, match="can't start new thread"
+            ):  # no hang, nothing sent
+                await asyncio.wait_for(
+                    client.post("http://pay.test/c", json={}, operation="o-1"), 10
+                )
+            response = await asyncio.wait_for(
+                client.post("http://pay.test/c", json={}, operation="o-1"), 10
+            )
             return response.status_code
 
     assert asyncio.run(main()) == 201

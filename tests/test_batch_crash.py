@@ -51,7 +51,11 @@ def kill_after_first_payment(batch: list[str], pause: float) -> None:
 
 def samekey_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "samekey", *argv], capture_output=True, text=True, timeout=60, env=env()
+        [sys.executable, "-m", "samekey", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env(),
     )
 
 
@@ -61,7 +65,9 @@ def printed(path: Path, verb: str) -> dict[str, str]:
     return {m[1]: m[2] for line in path.read_text().splitlines() if (m := pattern.match(line))}
 
 
-def test_sigkilled_batch_is_listed_resumed_and_finished_without_double_charges(tmp_path: Path) -> None:
+def test_sigkilled_batch_is_listed_resumed_and_finished_without_double_charges(
+    tmp_path: Path,
+) -> None:
     journal = tmp_path / "journal.sqlite3"
     batch = [
         sys.executable, str(EXAMPLE), "--state", str(tmp_path / "state"), "--journal", str(journal),
@@ -70,10 +76,16 @@ def test_sigkilled_batch_is_listed_resumed_and_finished_without_double_charges(t
     with PaymentServer(tmp_path / "server.sqlite3", work_seconds=0.08) as server:
         first_out = tmp_path / "first-run.txt"
         with first_out.open("w") as out:
-            proc = subprocess.Popen([*batch, "--server", server.url], stdout=out, stderr=subprocess.STDOUT, env=env())
+            proc = subprocess.Popen(
+                [*batch, "--server", server.url], stdout=out, stderr=subprocess.STDOUT, env=env()
+            )
             try:
                 deadline = time.monotonic() + 60
-                while server.charge_count() < INVOICES // 2 and proc.poll() is None and time.monotonic() < deadline:
+                while (
+                    server.charge_count() < INVOICES // 2
+                    and proc.poll() is None
+                    and time.monotonic() < deadline
+                ):
                     time.sleep(0.01)
                 proc.send_signal(signal.SIGKILL)
             finally:
@@ -101,21 +113,27 @@ def test_sigkilled_batch_is_listed_resumed_and_finished_without_double_charges(t
         table = samekey_cli("list", "--journal", str(journal))
         assert table.returncode == 0 and len(table.stdout.splitlines()) == 1 + len(pending)
 
-        resumed = samekey_cli("resume", "--all", "--base-url", server.url, "--journal", str(journal))
+        resumed = samekey_cli(
+            "resume", "--all", "--base-url", server.url, "--journal", str(journal)
+        )
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         lines = resumed.stdout.splitlines()
         assert len(lines) == len(pending) + 1
         for op in pending:
-            assert any(f"] {op}: HTTP 201 (key {listed_ops[op]}, " in line for line in lines), resumed.stdout
+            assert any(f"] {op}: HTTP 201 (key {listed_ops[op]}, " in line for line in lines), (
+                resumed.stdout
+            )
         assert (
-            lines[-1]
-            == f"resumed {len(pending)} operation(s): {len(pending)} completed now, 0 already completed, 0 failed"
+            lines[-1] == f"resumed {len(pending)} operation(s): {len(pending)} completed now, 0 "
+            "already completed, 0 failed"
         )
         assert json.loads(samekey_cli("list", "--json", "--journal", str(journal)).stdout) == []
         assert server.charge_count() == len(records)  # each interrupted one charged once, not twice
 
         second_out = tmp_path / "second-run.txt"
-        rerun = subprocess.run([*batch, "--server", server.url], capture_output=True, text=True, timeout=120, env=env())
+        rerun = subprocess.run(
+            [*batch, "--server", server.url], capture_output=True, text=True, timeout=120, env=env()
+        )
         second_out.write_text(rerun.stdout)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         already, paid_now = printed(second_out, "already paid"), printed(second_out, "paid")
@@ -136,11 +154,18 @@ def test_sigkilled_batch_is_listed_resumed_and_finished_without_double_charges(t
 
 
 def test_the_example_runs_with_no_arguments_and_a_rerun_pays_nothing_twice(tmp_path: Path) -> None:
-    environ = {**env(), "TMPDIR": str(tmp_path)}  # its default state directory lives in the temp dir
-    first = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120, env=environ)
+    environ = {
+        **env(),
+        "TMPDIR": str(tmp_path),
+    }  # its default state directory lives in the temp dir
+    first = subprocess.run(
+        [sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120, env=environ
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.splitlines()[-1] == "done: 20 paid now, 0 already paid earlier, 0 failed"
-    second = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120, env=environ)
+    second = subprocess.run(
+        [sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=120, env=environ
+    )
     assert second.returncode == 0, second.stdout + second.stderr
     assert second.stdout.splitlines()[-1] == "done: 0 paid now, 20 already paid earlier, 0 failed"
 
@@ -153,9 +178,20 @@ def test_the_example_killed_mid_charge_with_its_own_server_pays_each_invoice_onc
     # the re-run must execute it (nothing was charged: a charge commits with its answer), not
     # meet a 409 on every attempt of every run.
     state = tmp_path / "state"
-    batch = [sys.executable, str(EXAMPLE), "--state", str(state), "--sample-size", "3", "--work-seconds", "0.6"]
+    batch = [
+        sys.executable,
+        str(EXAMPLE),
+        "--state",
+        str(state),
+        "--sample-size",
+        "3",
+        "--work-seconds",
+        "0.6",
+    ]
     # killed 0.3 s into the second charge, counted from the first one's answer
-    kill_after_first_payment(batch, 0.3)  # SIGKILL: the batch and the PaymentServer it runs die together
+    kill_after_first_payment(
+        batch, 0.3
+    )  # SIGKILL: the batch and the PaymentServer it runs die together
     server_db = state / "server.sqlite3"
 
     def query(sql: str) -> list[tuple[object, ...]]:
@@ -170,7 +206,9 @@ def test_the_example_killed_mid_charge_with_its_own_server_pays_each_invoice_onc
         pending = [r for r in j.records() if r.pending]
     assert [r.key for r in pending] == [in_flight[0]]
 
-    for run, last_line in enumerate(["0 failed", "done: 0 paid now, 3 already paid earlier, 0 failed"]):
+    for run, last_line in enumerate(
+        ["0 failed", "done: 0 paid now, 3 already paid earlier, 0 failed"]
+    ):
         rerun = subprocess.run(batch, capture_output=True, text=True, timeout=60, env=env())
         assert rerun.returncode == 0, f"run {run + 2}:\n{rerun.stdout}{rerun.stderr}"
         assert rerun.stdout.splitlines()[-1].endswith(last_line)
@@ -184,13 +222,17 @@ def test_the_example_killed_mid_charge_with_its_own_server_pays_each_invoice_onc
     assert query("SELECT count(*) FROM idempotency WHERE state = 'running'") == [(0,)]
 
 
-def test_a_rerun_straight_after_a_crash_counts_the_servers_replay_as_already_paid(tmp_path: Path) -> None:
+def test_a_rerun_straight_after_a_crash_counts_the_servers_replay_as_already_paid(
+    tmp_path: Path,
+) -> None:
     # No `samekey resume` in between: the invoice in flight when the batch died was charged by the
     # server (which outlived it); the re-run sends its key again and gets the server's replay. That
     # is not a payment made now: "paid now" counted it, so the summary claimed one charge too many.
     batch = [sys.executable, str(EXAMPLE), "--state", str(tmp_path / "state"), "--sample-size", "4"]
     with PaymentServer(tmp_path / "server.sqlite3", work_seconds=0.4) as server:
-        kill_after_first_payment([*batch, "--server", server.url], 0.15)  # the next one is mid-charge then
+        kill_after_first_payment(
+            [*batch, "--server", server.url], 0.15
+        )  # the next one is mid-charge then
         deadline = time.monotonic() + 60
         running = "SELECT count(*) FROM idempotency WHERE state = 'running'"
         while time.monotonic() < deadline:  # the server finishes the charge alone
@@ -200,12 +242,19 @@ def test_a_rerun_straight_after_a_crash_counts_the_servers_replay_as_already_pai
             time.sleep(0.01)
         charged = server.charge_count()
         assert 2 <= charged < 4
-        rerun = subprocess.run([*batch, "--server", server.url], capture_output=True, text=True, timeout=60, env=env())
+        rerun = subprocess.run(
+            [*batch, "--server", server.url], capture_output=True, text=True, timeout=60, env=env()
+        )
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         lines = rerun.stdout.splitlines()
-        in_flight = rf"already paid invoice-000{charged}/charge ch_{charged} key=\S+ \(the server's replay\)"
+        in_flight = (
+            rf"already paid invoice-000{charged}/charge ch_{charged} key=\S+ \(the server's "
+            r"replay\)"
+        )
         assert any(re.fullmatch(in_flight, line) for line in lines), rerun.stdout
-        assert lines[-1] == f"done: {4 - charged} paid now, {charged} already paid earlier, 0 failed"
+        assert (
+            lines[-1] == f"done: {4 - charged} paid now, {charged} already paid earlier, 0 failed"
+        )
         assert server.charge_count() == 4
 
 
@@ -214,7 +263,9 @@ def test_crash_after_longer_than_the_run_lets_a_finished_run_exit_normally(tmp_p
     # exit 0, not sit until the timer fires and then be SIGKILLed after printing "done".
     batch = [sys.executable, str(EXAMPLE), "--state", str(tmp_path / "state"), "--sample-size", "2"]
     started = time.monotonic()
-    done = subprocess.run([*batch, "--crash-after", "30"], capture_output=True, text=True, timeout=90, env=env())
+    done = subprocess.run(
+        [*batch, "--crash-after", "30"], capture_output=True, text=True, timeout=90, env=env()
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1] == "done: 2 paid now, 0 already paid earlier, 0 failed"
     assert time.monotonic() - started < 30

@@ -1,4 +1,5 @@
-"""examples/batch_invoices.py, when the port its local server must use is taken, says so in one line."""
+"""examples/batch_invoices.py, when the port its
+local server must use is taken, says so in one line."""
 
 from __future__ import annotations
 
@@ -32,8 +33,12 @@ def test_batch_on_a_taken_port_says_which_port_and_what_to_do(tmp_path: Path) ->
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     message = lines[0]
-    assert message.startswith(f"batch_invoices.py: port {port} on 127.0.0.1 is already in use"), message
-    assert "another run on this state folder may still be going (let it finish or stop it)" in message
+    assert message.startswith(f"batch_invoices.py: port {port} on 127.0.0.1 is already in use"), (
+        message
+    )
+    assert (
+        "another run on this state folder may still be going (let it finish or stop it)" in message
+    )
     assert f"--state {state}-2" in message  # the way out that needs nothing stopped
     assert "paid" not in result.stdout  # nothing was sent
     assert not (state / "journal.sqlite3").exists()

@@ -26,8 +26,10 @@ from samekey.testing import PaymentServer
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LIST_FIELDS = {
-    "operation", "state", "method", "url", "key", "key_header", "created_at", "age_seconds", "attempts",
-    "attempt_unrecorded", "last_error", "completed_at", "response_status", "lease_owner", "lease_expires_at",
+    "operation", "state", "method", "url", "key", "key_header", "created_at", "age_seconds",
+    "attempts",
+    "attempt_unrecorded", "last_error", "completed_at", "response_status", "lease_owner",
+    "lease_expires_at",
     "settled_by_hand", "settled_note", "cursor",
 }  # fmt: skip
 SHOW_EXTRA_FIELDS = {
@@ -68,7 +70,9 @@ def run_process(
     )  # fmt: skip
 
 
-def pending_op(journal_path: Path, operation: str, url: str, body: dict[str, object], **kw: object) -> str:
+def pending_op(
+    journal_path: Path, operation: str, url: str, body: dict[str, object], **kw: object
+) -> str:
     """Leave ``operation`` pending (its one attempt got a 503); returns its key."""
     keys: list[str] = []
 
@@ -77,7 +81,9 @@ def pending_op(journal_path: Path, operation: str, url: str, body: dict[str, obj
         return httpx.Response(503)
 
     policy = samekey.RetryPolicy(max_attempts=1)
-    with samekey.Client(journal=journal_path, policy=policy, transport=httpx.MockTransport(handler)) as client:
+    with samekey.Client(
+        journal=journal_path, policy=policy, transport=httpx.MockTransport(handler)
+    ) as client:
         with pytest.raises(samekey.RetriesExhausted):
             client.post(url, operation=operation, json=body, **kw)  # type: ignore[arg-type]
     return keys[0]
@@ -89,9 +95,19 @@ def held_elsewhere(journal_path: Path, operation: str, lease: float) -> None:
         r = journal.get(operation)
         assert r is not None
         intent = Intent(
-            r.operation, r.key, r.key_header, r.method, r.url, r.fingerprint, r.request_headers, r.request_body
+            r.operation,
+            r.key,
+            r.key_header,
+            r.method,
+            r.url,
+            r.fingerprint,
+            r.request_headers,
+            r.request_body,
         )
-        assert journal.claim(intent, "another-host/123/scope/tag-1", lease, time.time()).status == "claimed"
+        assert (
+            journal.claim(intent, "another-host/123/scope/tag-1", lease, time.time()).status
+            == "claimed"
+        )
 
 
 def completed_op(journal_path: Path, operation: str) -> None:
@@ -103,7 +119,9 @@ def completed_op(journal_path: Path, operation: str) -> None:
 # -- list / show ------------------------------------------------------------------------
 
 
-def test_list_and_show_read_a_journal_the_user_cannot_write(journal_path: Path, unprivileged: list[str]) -> None:
+def test_list_and_show_read_a_journal_the_user_cannot_write(
+    journal_path: Path, unprivileged: list[str]
+) -> None:
     key = pending_op(journal_path, "inv-1", "https://pay.test/charges", {"amount": 1})
     completed_op(journal_path, "inv-2")
     folder = journal_path.parent
@@ -111,21 +129,32 @@ def test_list_and_show_read_a_journal_the_user_cannot_write(journal_path: Path, 
     folder.chmod(0o555)  # as on a read-only mount: no -shm can be created beside the file
     before = sorted(p.name for p in folder.iterdir()), journal_path.read_bytes()
     try:
-        listed = run_process("list", "--all", "--json", "--journal", str(journal_path), prefix=unprivileged)
+        listed = run_process(
+            "list", "--all", "--json", "--journal", str(journal_path), prefix=unprivileged
+        )
         shown = run_process("show", "inv-1", "--journal", str(journal_path), prefix=unprivileged)
         after = sorted(p.name for p in folder.iterdir()), journal_path.read_bytes()
     finally:
         folder.chmod(0o700)
     assert listed.returncode == 0, listed.stderr
-    assert {r["operation"]: r["state"] for r in json.loads(listed.stdout)} == {"inv-1": "pending", "inv-2": "completed"}
+    assert {r["operation"]: r["state"] for r in json.loads(listed.stdout)} == {
+        "inv-1": "pending",
+        "inv-2": "completed",
+    }
     assert shown.returncode == 0 and key in shown.stdout, shown.stderr
     assert after == before, "reading wrote nothing"
 
 
-def test_reading_is_refused_when_recent_writes_are_out_of_reach(journal_path: Path, unprivileged: list[str]) -> None:
+def test_reading_is_refused_when_recent_writes_are_out_of_reach(
+    journal_path: Path, unprivileged: list[str]
+) -> None:
     if not unprivileged:
-        pytest.skip("the journal's owner can always read its own -wal: needs root to play a second user")
-    with samekey.Journal(journal_path, durability="process") as live:  # a running service: its writes are in -wal
+        pytest.skip(
+            "the journal's owner can always read its own -wal: needs root to play a second user"
+        )
+    with samekey.Journal(
+        journal_path, durability="process"
+    ) as live:  # a running service: its writes are in -wal
         pending_op(journal_path, "inv-1", "https://pay.test/charges", {"amount": 1})
         Path(f"{journal_path}-shm").chmod(0o000)
         Path(f"{journal_path}-wal").chmod(0o000)
@@ -151,7 +180,11 @@ def test_list_json_is_valid_and_has_the_documented_fields(journal_path: Path) ->
     assert set(record) == LIST_FIELDS
     assert record["operation"] == "inv-1" and record["state"] == "pending" and record["key"] == key
     assert record["method"] == "POST" and record["url"] == "https://pay.test/charges"
-    assert record["attempts"] == 1 and record["last_error"] == "HTTP 503" and record["completed_at"] is None
+    assert (
+        record["attempts"] == 1
+        and record["last_error"] == "HTTP 503"
+        and record["completed_at"] is None
+    )
     assert 0 <= record["age_seconds"] < 60 and record["created_at"].endswith("+00:00")
 
     everything = json.loads(run("list", "--all", "--json", "--journal", str(journal_path)).out)
@@ -167,19 +200,49 @@ def test_list_table_shows_the_columns_users_need(journal_path: Path) -> None:
     result = run("list", "--journal", str(journal_path))
     assert result.code == 0
     header, row = result.out.splitlines()
-    assert header.split() == ["OPERATION", "METHOD", "URL", "KEY", "AGE", "ATTEMPTS", "LAST", "ERROR"]
-    assert row.split() == ["order-9/charge", "POST", "https://pay.test/charges", key, "0s", "1", "HTTP", "503"]
+    assert header.split() == [
+        "OPERATION",
+        "METHOD",
+        "URL",
+        "KEY",
+        "AGE",
+        "ATTEMPTS",
+        "LAST",
+        "ERROR",
+    ]
+    assert row.split() == [
+        "order-9/charge",
+        "POST",
+        "https://pay.test/charges",
+        key,
+        "0s",
+        "1",
+        "HTTP",
+        "503",
+    ]
     all_rows = run("list", "--all", "--journal", str(journal_path)).out.splitlines()
     assert "STATE" in all_rows[0] and any("order-8/charge  done 201" in line for line in all_rows)
 
 
-def test_show_and_resume_handle_non_ascii_header_values(journal_path: Path, server: PaymentServer) -> None:
-    pending_op(journal_path, "inv-3", f"{server.url}/charges", {"amount": 3}, headers={"X-Customer": "José".encode()})
+def test_show_and_resume_handle_non_ascii_header_values(
+    journal_path: Path, server: PaymentServer
+) -> None:
+    pending_op(
+        journal_path,
+        "inv-3",
+        f"{server.url}/charges",
+        {"amount": 3},
+        headers={"X-Customer": "José".encode()},
+    )
     disposition = 'attachment; filename="reçu-€.pdf"'
     answer = httpx.Response(201, headers=[(b"Content-Disposition", disposition.encode())], json={})
-    with samekey.Client(journal=journal_path, transport=httpx.MockTransport(lambda r: answer)) as client:
+    with samekey.Client(
+        journal=journal_path, transport=httpx.MockTransport(lambda r: answer)
+    ) as client:
         client.post("https://pay.test/charges", operation="inv-4", json={"amount": 4})
-    assert "  x-customer: José\n" in run("show", "inv-3", "--journal", str(journal_path)).out  # as text, not bytes
+    assert (
+        "  x-customer: José\n" in run("show", "inv-3", "--journal", str(journal_path)).out
+    )  # as text, not bytes
     data = json.loads(run("show", "inv-4", "--json", "--journal", str(journal_path)).out)
     assert ["content-disposition", disposition] in data["response_headers"]
     resumed = run("resume", "inv-3", "--journal", str(journal_path))
@@ -189,7 +252,10 @@ def test_show_and_resume_handle_non_ascii_header_values(journal_path: Path, serv
 
 def test_list_of_an_empty_journal(journal_path: Path) -> None:
     samekey.Journal(journal_path).close()
-    assert run("list", "--journal", str(journal_path)).out == f"no pending operations in {journal_path}\n"
+    assert (
+        run("list", "--journal", str(journal_path)).out
+        == f"no pending operations in {journal_path}\n"
+    )
     assert json.loads(run("list", "--json", "--journal", str(journal_path)).out) == []
 
 
@@ -201,11 +267,16 @@ def test_show_prints_the_whole_record_with_the_stored_response(journal_path: Pat
     assert "response status:  201" in text.out and '{"id":"ch_x"}' in text.out
     data = json.loads(run("show", "inv-2", "--json", "--journal", str(journal_path)).out)
     assert set(data) == LIST_FIELDS - {"cursor"} | SHOW_EXTRA_FIELDS
-    assert json.loads(data["response_body"]) == {"id": "ch_x"} and data["response_body_encoding"] == "utf-8"
+    assert (
+        json.loads(data["response_body"]) == {"id": "ch_x"}
+        and data["response_body_encoding"] == "utf-8"
+    )
     assert ["content-type", "application/json"] in data["request_headers"]
     missing = run("show", "nope", "--journal", str(journal_path))
     assert (
-        missing.code == 2 and missing.err == f"samekey: error: operation 'nope' is not in the journal {journal_path}\n"
+        missing.code == 2
+        and missing.err
+        == f"samekey: error: operation 'nope' is not in the journal {journal_path}\n"
     )
 
 
@@ -230,7 +301,9 @@ def test_resume_all_reports_each_operation_and_exits_1_when_some_failed(
     journal_path: Path, server: PaymentServer
 ) -> None:
     k1 = pending_op(journal_path, "b/1", f"{server.url}/charges", {"amount": 1})
-    pending_op(journal_path, "b/2", "http://127.0.0.1:9/charges", {"amount": 2})  # nothing listens on port 9
+    pending_op(
+        journal_path, "b/2", "http://127.0.0.1:9/charges", {"amount": 2}
+    )  # nothing listens on port 9
     k3 = pending_op(journal_path, "b/3", f"{server.url}/charges", {"amount": 3})
     result = run("resume", "--all", "--journal", str(journal_path))
     assert result.code == 1
@@ -242,7 +315,9 @@ def test_resume_all_reports_each_operation_and_exits_1_when_some_failed(
     assert [r.operation for r in samekey.Journal(journal_path).pending()] == ["b/2"]
 
 
-def test_resume_of_a_declined_charge_says_refused_and_exits_1(journal_path: Path, server: PaymentServer) -> None:
+def test_resume_of_a_declined_charge_says_refused_and_exits_1(
+    journal_path: Path, server: PaymentServer
+) -> None:
     # a script runs `samekey resume --all && mark_orders_paid`: a declined card must stop it
     key = pending_op(journal_path, "order 7", f"{server.url}/charges", {"amount": 7})
     ok = pending_op(journal_path, "order 8", f"{server.url}/charges", {"amount": 8})
@@ -250,38 +325,64 @@ def test_resume_of_a_declined_charge_says_refused_and_exits_1(journal_path: Path
     result = run("resume", "--all", "--journal", str(journal_path))
     assert result.code == 1, result.out
     assert result.out.splitlines() == [
-        f"[1/2] order 7: REFUSED: HTTP 402 (key {key}); a definitive answer: the operation is completed "
+        f"[1/2] order 7: REFUSED: HTTP 402 (key {key}); a definitive answer: the "
+        "operation is completed "
         "and will not be retried. `samekey show 'order 7'` has the answer",
         f"[2/2] order 8: HTTP 201 (key {ok}, attempt 2)",
-        "resumed 2 operation(s): 1 completed now, 0 already completed, 0 failed, 1 refused by the server",
+        "resumed 2 operation(s): 1 completed now, 0 already completed, 0 failed, 1 "
+        "refused by the server",
     ]
     assert samekey.Journal(journal_path).pending() == []  # definitive: nothing is left to resume
     again = run("resume", "order 7", "--journal", str(journal_path))
-    assert again.code == 1 and "REFUSED: HTTP 402 (replayed from the journal, nothing sent)" in again.out
+    assert (
+        again.code == 1
+        and "REFUSED: HTTP 402 (replayed from the journal, nothing sent)" in again.out
+    )
     assert again.out.splitlines()[-1].endswith("0 failed, 1 refused by the server")
     assert sorted(server.keys_seen()) == sorted([key, ok])  # the re-run sent nothing
 
 
 def test_resume_takes_the_retry_limits_of_this_run(journal_path: Path) -> None:
-    pending_op(journal_path, "down", "http://127.0.0.1:9/charges", {"amount": 2})  # nothing listens on port 9
+    pending_op(
+        journal_path, "down", "http://127.0.0.1:9/charges", {"amount": 2}
+    )  # nothing listens on port 9
     once = run("resume", "down", "--max-attempts", "1", "--journal", str(journal_path))
-    assert once.code == 1 and "gave up after 2 attempt(s)" in once.out and "max_attempts reached" in once.out
+    assert (
+        once.code == 1
+        and "gave up after 2 attempt(s)" in once.out
+        and "max_attempts reached" in once.out
+    )
     default = run("resume", "down", "--journal", str(journal_path))
-    assert default.code == 1 and "gave up after 10 attempt(s)" in default.out  # 2 earlier + 8 of the default policy
+    assert (
+        default.code == 1 and "gave up after 10 attempt(s)" in default.out
+    )  # 2 earlier + 8 of the default policy
     bad = run_process("resume", "down", "--deadline", "0s", "--journal", str(journal_path))
-    assert bad.returncode == 2 and "argument --deadline: '0s' is not a positive duration" in bad.stderr
+    assert (
+        bad.returncode == 2 and "argument --deadline: '0s' is not a positive duration" in bad.stderr
+    )
     assert bad.stdout == ""
     usage = run_process("resume", "down", "--max-attempts", "0", "--journal", str(journal_path))
     assert usage.returncode == 2 and "'0' is not a whole number of at least 1" in usage.stderr
 
 
-def test_resume_without_credentials_says_how_to_pass_them(journal_path: Path, server: PaymentServer) -> None:
+def test_resume_without_credentials_says_how_to_pass_them(
+    journal_path: Path, server: PaymentServer
+) -> None:
     key = pending_op(journal_path, "auth", f"{server.url}/charges", {"amount": 3})
     server.require_auth = "Bearer sk_test"
     refused = run("resume", "auth", "--journal", str(journal_path))
-    assert refused.code == 1 and "HTTP 401, credentials refused" in refused.out and "-H 'Authorization" in refused.out
-    assert refused.out.splitlines()[-1] == "resumed 1 operation(s): 0 completed now, 0 already completed, 1 failed"
-    done = run("resume", "auth", "-H", "Authorization: Bearer sk_test", "--journal", str(journal_path))
+    assert (
+        refused.code == 1
+        and "HTTP 401, credentials refused" in refused.out
+        and "-H 'Authorization" in refused.out
+    )
+    assert (
+        refused.out.splitlines()[-1]
+        == "resumed 1 operation(s): 0 completed now, 0 already completed, 1 failed"
+    )
+    done = run(
+        "resume", "auth", "-H", "Authorization: Bearer sk_test", "--journal", str(journal_path)
+    )
     assert done.code == 0 and f"HTTP 201 (key {key}" in done.out, done.out
     assert server.charge_count() == 1
 
@@ -289,24 +390,35 @@ def test_resume_without_credentials_says_how_to_pass_them(journal_path: Path, se
 def test_resume_base_url_and_headers(journal_path: Path, server: PaymentServer) -> None:
     key = pending_op(journal_path, "moved", "http://payments.invalid/charges?v=2", {"amount": 7})
     header = "Authorization: Bearer sk_test"
-    result = run("resume", "moved", "--base-url", server.url, "-H", header, "--journal", str(journal_path))
+    result = run(
+        "resume", "moved", "--base-url", server.url, "-H", header, "--journal", str(journal_path)
+    )
     assert result.code == 0, result.out + result.err
     assert server.keys_seen() == [key]
     assert server.requests()[0]["path"] == "/charges?v=2"
     assert server.charges()[0]["amount"] == 7
     record = samekey.Journal(journal_path).get("moved")
-    assert record is not None and record.url == "http://payments.invalid/charges?v=2"  # identity unchanged
+    assert (
+        record is not None and record.url == "http://payments.invalid/charges?v=2"
+    )  # identity unchanged
 
 
-def test_resume_refuses_an_expired_key_and_sends_nothing(journal_path: Path, server: PaymentServer) -> None:
+def test_resume_refuses_an_expired_key_and_sends_nothing(
+    journal_path: Path, server: PaymentServer
+) -> None:
     url = f"{server.url}/charges"
-    fingerprint = hashlib.sha256(f"POST\n{url}\n{{}}".encode()).hexdigest()  # as the client computes it
+    fingerprint = hashlib.sha256(
+        f"POST\n{url}\n{{}}".encode()
+    ).hexdigest()  # as the client computes it
     with samekey.Journal(journal_path) as journal:
         intent = Intent("old", "k-old", "Idempotency-Key", "POST", url, fingerprint, (), b"{}")
         journal.claim(intent, "dead-process", 60.0, time.time() - 2 * 3600)
     result = run("resume", "--all", "--key-ttl", "1h", "--journal", str(journal_path))
     assert result.code == 1
-    assert "[1/1] old: FAILED: operation 'old' is pending with key k-old, created 2.0 h ago" in result.out
+    assert (
+        "[1/1] old: FAILED: operation 'old' is pending with key k-old, created 2.0 h ago"
+        in result.out
+    )
     assert "samekey forget old" in result.out
     assert server.keys_seen() == []
 
@@ -319,25 +431,35 @@ def test_suggested_commands_quote_the_operation_name_for_the_shell(
     journal_path: Path, tmp_path: Path, name: str
 ) -> None:
     # `samekey forget inv 7; touch PWNED` pasted into a shell forgot 'inv' and ran `touch PWNED`
-    pending_op(journal_path, name, "http://127.0.0.1:9/charges", {"amount": 7})  # nothing listens on port 9
+    pending_op(
+        journal_path, name, "http://127.0.0.1:9/charges", {"amount": 7}
+    )  # nothing listens on port 9
     failed = run("resume", "--max-attempts", "1", "--journal", str(journal_path), "--", name)
     assert failed.code == 1
     (resume,) = re.findall(r"`(samekey resume [^`]*)`", failed.out)
     assert shlex.split(resume)[0:2] == ["samekey", "resume"] and shlex.split(resume)[-1] == name
     with samekey.Journal(journal_path) as journal:  # the key outlived the server's key lifetime
         journal.forget(name)
-        intent = Intent(name, "k-old", "Idempotency-Key", "POST", "http://127.0.0.1:9/charges", "fp", (), b"{}")
+        intent = Intent(
+            name, "k-old", "Idempotency-Key", "POST", "http://127.0.0.1:9/charges", "fp", (), b"{}"
+        )
         journal.claim(intent, "dead-process", 60.0, time.time() - 2 * 3600)
     expired = run("resume", "--key-ttl", "1h", "--journal", str(journal_path), "--", name)
     (forget,) = re.findall(r"`(samekey forget [^`]*)`", expired.out)
-    # pasted into a shell (the journal given before the subcommand): it names that operation, runs nothing else
-    pasted = forget.replace("samekey", f"{shlex.quote(sys.executable)} -m samekey --journal {journal_path}", 1)
+    # pasted into a shell (the journal given before the
+    # subcommand): it names that operation, runs nothing else
+    pasted = forget.replace(
+        "samekey", f"{shlex.quote(sys.executable)} -m samekey --journal {journal_path}", 1
+    )
     environ = {**os.environ, "PYTHONPATH": str(SRC)}
     shell = subprocess.run(
         ["sh", "-c", pasted], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=environ,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
-    assert shell.returncode == 2 and f"refusing to forget {name!r} without confirmation" in shell.stderr
+    assert (
+        shell.returncode == 2
+        and f"refusing to forget {name!r} without confirmation" in shell.stderr
+    )
     assert not list(tmp_path.glob("PWNED*"))
 
 
@@ -346,12 +468,19 @@ def test_every_suggested_command_quotes_the_operation_name(name: str) -> None:
     response = httpx.Response(201)
     messages = [
         samekey.RetriesExhausted(
-            operation=name, key="k", attempts=1, last_response=None, last_exception=None, reason="deadline"
+            operation=name,
+            key="k",
+            attempts=1,
+            last_response=None,
+            last_exception=None,
+            reason="deadline",
         ),
         samekey.OperationMismatch(name, "different body", pending=True),
         samekey.OperationMismatch(name, "different body"),
         samekey.KeyExpired(name, "k", 7200.0, 3600.0),
-        samekey.AnswerNotRecorded("j.sqlite3", "disk full", operation=name, key="k", response=response),
+        samekey.AnswerNotRecorded(
+            "j.sqlite3", "disk full", operation=name, key="k", response=response
+        ),
     ]
     for message in map(str, messages):
         commands = re.findall(r"`(samekey (?:resume|forget) [^`]*)`", message)
@@ -366,10 +495,20 @@ def test_resume_usage_errors(journal_path: Path) -> None:
     samekey.Journal(journal_path).close()
     for argv in (["resume"], ["resume", "x", "--all"], ["resume", "x", "--prefix", "a"]):
         result = run(*argv, "--journal", str(journal_path))
-        assert result.code == 2 and result.err.startswith("samekey: error: ") and result.err.count("\n") == 1
+        assert (
+            result.code == 2
+            and result.err.startswith("samekey: error: ")
+            and result.err.count("\n") == 1
+        )
     unknown = run("resume", "ghost", "--journal", str(journal_path))
-    assert unknown.code == 2 and "'ghost' is not in the journal" in unknown.err and "nothing was sent" in unknown.err
-    assert run("resume", "--all", "--journal", str(journal_path)).out.startswith("nothing to resume")
+    assert (
+        unknown.code == 2
+        and "'ghost' is not in the journal" in unknown.err
+        and "nothing was sent" in unknown.err
+    )
+    assert run("resume", "--all", "--journal", str(journal_path)).out.startswith(
+        "nothing to resume"
+    )
 
 
 # -- forget / purge ---------------------------------------------------------------------
@@ -380,7 +519,8 @@ def test_forget_refuses_without_a_terminal_or_yes(journal_path: Path) -> None:
     refused = run("forget", "inv-1", "--journal", str(journal_path))
     assert refused.code == 2
     assert refused.err == (
-        "samekey: error: refusing to forget 'inv-1' without confirmation: stdin is not a terminal; pass --yes\n"
+        "samekey: error: refusing to forget 'inv-1' without confirmation: stdin is not "
+        "a terminal; pass --yes\n"
     )
     record = samekey.Journal(journal_path).get("inv-1")
     assert record is not None and record.pending and record.key == key
@@ -413,22 +553,31 @@ def test_purge_keeps_pending_records(journal_path: Path) -> None:
             ("new-done", 1 * day, True),
             ("old-pending", 30 * day, False),
         ]:
-            journal.claim(Intent(name, f"k-{name}", "Idempotency-Key", "POST", "u", "f", (), b""), "me", 60, now - age)
+            journal.claim(
+                Intent(name, f"k-{name}", "Idempotency-Key", "POST", "u", "f", (), b""),
+                "me",
+                60,
+                now - age,
+            )
             if done:
                 journal.complete(name, "me", 1, 201, [], b"{}", now - age)
     result = run("purge", "--older-than", "7d", "--journal", str(journal_path))
     assert result.code == 0
     assert (
-        result.out
-        == "purged 1 completed record(s) older than 7.0d; 1 pending record(s) kept (pending records are never purged)\n"
+        result.out == "purged 1 completed record(s) older than 7.0d; 1 pending record(s) kept "
+        "(pending records are never purged)\n"
     )
     remaining = {r.operation for r in samekey.Journal(journal_path).records()}
     assert remaining == {"new-done", "old-pending"}
-    assert run("purge", "--older-than", "1s", "--journal", str(journal_path)).out.startswith("purged 1 ")
+    assert run("purge", "--older-than", "1s", "--journal", str(journal_path)).out.startswith(
+        "purged 1 "
+    )
     assert [r.operation for r in samekey.Journal(journal_path).records()] == ["old-pending"]
 
 
-@pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("1.5h", 5400), ("7d", 604800)])
+@pytest.mark.parametrize(
+    "text, seconds", [("90s", 90), ("15m", 900), ("1.5h", 5400), ("7d", 604800)]
+)
 def test_durations(text: str, seconds: float) -> None:
     assert cli.parse_duration(text) == seconds
 
@@ -446,15 +595,19 @@ def test_durations(text: str, seconds: float) -> None:
 def test_a_zero_or_negative_duration_is_refused_with_an_example(
     journal_path: Path, option: str, example: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # --key-ttl 0s ended in "unexpected ValueError: key_ttl must be a positive duration, got 0.0 (run with
-    # --debug ...)", and only once a pending operation was found; --deadline 0s named no option
+    # --key-ttl 0s ended in "unexpected ValueError: key_ttl must be a positive duration, got 0.0
+    # (run with --debug ...)", and only once a pending operation was found; --deadline 0s named no
+    # option
     pending_op(journal_path, "inv-18", "http://127.0.0.1:9/charges", {"amount": 18})
     with pytest.raises(SystemExit) as usage:
         run("resume", "--all", option, "--journal", str(journal_path))
     assert usage.value.code == 2
     flag, text = option.split("=")
     err = capsys.readouterr().err
-    assert f"argument {flag}: {text!r} is not a positive duration: it must be more than 0, e.g. {example}" in err
+    assert (
+        f"argument {flag}: {text!r} is not a positive duration: it must be more than 0, "
+        f"e.g. {example}" in err
+    )
     assert "unexpected" not in err
     assert samekey.Journal(journal_path).get("inv-18").attempts == 1  # type: ignore[union-attr]
 
@@ -463,9 +616,14 @@ def test_purge_older_than_takes_zero_but_not_a_negative_duration(journal_path: P
     completed_op(journal_path, "inv-19")
     negative = run_process("purge", "--older-than=-7d", "--journal", str(journal_path))
     assert negative.returncode == 2
-    assert "argument --older-than: '-7d' is negative: a duration must be 0 or more, e.g. 7d" in negative.stderr
+    assert (
+        "argument --older-than: '-7d' is negative: a duration must be 0 or more, e.g. 7d"
+        in negative.stderr
+    )
     assert samekey.Journal(journal_path).get("inv-19") is not None
-    everything = run("purge", "--older-than", "0s", "--journal", str(journal_path))  # every completed record
+    everything = run(
+        "purge", "--older-than", "0s", "--journal", str(journal_path)
+    )  # every completed record
     assert everything.code == 0 and everything.out.startswith("purged 1 completed record(s)")
 
 
@@ -477,15 +635,22 @@ def test_python_m_samekey_errors_are_one_line_and_exit_2(tmp_path: Path) -> None
     assert missing.returncode == 2 and missing.stdout == ""
     assert (
         missing.stderr
-        == f"samekey: error: no journal at {tmp_path / 'nope.sqlite3'} (pass --journal PATH or set $SAMEKEY_JOURNAL)\n"
+        == f"samekey: error: no journal at {tmp_path / 'nope.sqlite3'} (pass --journal PATH "
+        "or set $SAMEKEY_JOURNAL)\n"
     )
     assert not (tmp_path / "nope.sqlite3").exists()
 
     junk = tmp_path / "junk.sqlite3"
     junk.write_bytes(b"this is not sqlite" * 100)
     broken = run_process("list", "--journal", str(junk))
-    assert broken.returncode == 2 and broken.stderr.count("\n") == 1 and "Traceback" not in broken.stderr
-    assert broken.stderr.startswith(f"samekey: error: journal {junk}: it is not a readable SQLite database")
+    assert (
+        broken.returncode == 2
+        and broken.stderr.count("\n") == 1
+        and "Traceback" not in broken.stderr
+    )
+    assert broken.stderr.startswith(
+        f"samekey: error: journal {junk}: it is not a readable SQLite database"
+    )
     debug = run_process("--debug", "list", "--journal", str(junk))
     assert debug.returncode == 2 and "Traceback" in debug.stderr and "JournalError" in debug.stderr
 
@@ -497,16 +662,23 @@ def popen_samekey(*argv: str) -> subprocess.Popen[bytes]:
     environ = {**os.environ, "PYTHONPATH": str(SRC)}
     command = [sys.executable, "-m", "samekey", *argv]
     pipe = subprocess.PIPE
-    return subprocess.Popen(command, stdout=pipe, stderr=pipe, stdin=subprocess.DEVNULL, env=environ)
+    return subprocess.Popen(
+        command, stdout=pipe, stderr=pipe, stdin=subprocess.DEVNULL, env=environ
+    )
 
 
 def test_a_reader_that_stops_early_ends_samekey_quietly_with_141(tmp_path: Path) -> None:
-    # `samekey list | head -1` printed "samekey: error: unexpected BrokenPipeError: [Errno 32] Broken pipe"
+    # `samekey list | head -1` printed "samekey: error:
+    # unexpected BrokenPipeError: [Errno 32] Broken pipe"
     journal_path = tmp_path / "many.sqlite3"
-    with samekey.Journal(journal_path) as journal:  # ~1.2 MB of table: more than any pipe buffer holds
+    with samekey.Journal(
+        journal_path
+    ) as journal:  # ~1.2 MB of table: more than any pipe buffer holds
         for n in range(2000):
             name = f"batch-7/op-{n:04d}-" + "x" * 500
-            intent = Intent(name, f"k-{n}", "Idempotency-Key", "POST", "https://pay.test/c", "fp", (), b"{}")
+            intent = Intent(
+                name, f"k-{n}", "Idempotency-Key", "POST", "https://pay.test/c", "fp", (), b"{}"
+            )
             journal.claim(intent, "dead-process", 60.0, time.time())
     head = popen_samekey("list", "--journal", str(journal_path))
     assert head.stdout is not None
@@ -516,14 +688,18 @@ def test_a_reader_that_stops_early_ends_samekey_quietly_with_141(tmp_path: Path)
     assert first.startswith(b"OPERATION ")
     assert (head.returncode, err) == (141, b"")
     for argv in (["list", "--all"], ["list", "--json"], ["show", "batch-7/op-0001-" + "x" * 500]):
-        gone = popen_samekey(*argv, "--journal", str(journal_path))  # the reader gone before a byte is written
+        gone = popen_samekey(
+            *argv, "--journal", str(journal_path)
+        )  # the reader gone before a byte is written
         assert gone.stdout is not None
         gone.stdout.close()
         _, err = gone.communicate(timeout=60)
         assert (gone.returncode, err) == (141, b""), argv
 
 
-def test_ctrl_c_ends_samekey_with_130_and_one_line(journal_path: Path, server: PaymentServer) -> None:
+def test_ctrl_c_ends_samekey_with_130_and_one_line(
+    journal_path: Path, server: PaymentServer
+) -> None:
     key = pending_op(journal_path, "held", f"{server.url}/charges", {"amount": 22})
     held_elsewhere(journal_path, "held", 60.0)
     resume = popen_samekey("resume", "held", "--journal", str(journal_path))
@@ -555,15 +731,20 @@ def test_default_journal_comes_from_the_environment(tmp_path: Path) -> None:
         ["purge", "--older-than", "0s", "--journal", ""],
     ],
 )
-def test_an_empty_journal_argument_is_refused_not_taken_for_the_default(tmp_path: Path, argv: list[str]) -> None:
-    # `--journal "$JOURNAL"` with the variable unset: `forget --yes` forgot from $SAMEKEY_JOURNAL's journal
+def test_an_empty_journal_argument_is_refused_not_taken_for_the_default(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    # `--journal "$JOURNAL"` with the variable unset:
+    # `forget --yes` forgot from $SAMEKEY_JOURNAL's journal
     default = tmp_path / "default-journal.sqlite3"
     completed_op(default, "inv-21")
     result = run_process(*argv, env={"SAMEKEY_JOURNAL": str(default)})
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.splitlines()[-1].endswith(
-        "error: argument --journal: the journal path is empty: give the journal file or a postgresql:// DSN, "
-        "e.g. --journal ./payments.sqlite3, or leave --journal out to use $SAMEKEY_JOURNAL or the default journal"
+        "error: argument --journal: the journal path is empty: give the journal file or "
+        "a postgresql:// DSN, "
+        "e.g. --journal ./payments.sqlite3, or leave --journal out to use "
+        "$SAMEKEY_JOURNAL or the default journal"
     )
     assert samekey.Journal(default).get("inv-21") is not None
 
@@ -575,9 +756,12 @@ def test_resume_all_leaves_unnamed_operations_alone_so_a_rerun_is_not_charged_tw
     policy = samekey.RetryPolicy(max_attempts=1)
     with samekey.Client(journal=journal_path, policy=policy) as client:
         with pytest.raises(
-            samekey.RetriesExhausted, match=r"without operation=, so running the code again makes a NEW"
+            samekey.RetriesExhausted,
+            match=r"without operation=, so running the code again makes a NEW",
         ):
-            client.post("http://127.0.0.1:9/charges", json={"order": 42})  # nothing listens on port 9
+            client.post(
+                "http://127.0.0.1:9/charges", json={"order": 42}
+            )  # nothing listens on port 9
     (unnamed,) = samekey.Journal(journal_path, read_only=True).pending()
     assert unnamed.operation.startswith("auto:")
     # ... the job queue ran the same code again: a new unnamed operation, charged
@@ -587,18 +771,26 @@ def test_resume_all_leaves_unnamed_operations_alone_so_a_rerun_is_not_charged_tw
     result = run("resume", "--all", "--journal", str(journal_path))
     assert result.code == 1  # something still needs a decision
     assert f"skipped {unnamed.operation}: an unnamed operation" in result.out
-    assert result.out.splitlines()[-1].endswith("1 completed now, 0 already completed, 0 failed, 1 unnamed skipped")
-    assert server.charge_count() == 2 and named_key in server.keys_seen()  # order 42 once, inv-7 once
+    assert result.out.splitlines()[-1].endswith(
+        "1 completed now, 0 already completed, 0 failed, 1 unnamed skipped"
+    )
+    assert (
+        server.charge_count() == 2 and named_key in server.keys_seen()
+    )  # order 42 once, inv-7 once
     assert unnamed.key not in server.keys_seen()
     with samekey.Client(journal=journal_path, base_url=server.url) as client:
         assert [r.operation for r in client.resume_pending()] == []  # the API leaves it alone too
-        assert [r.operation for r in client.resume_pending(prefix="auto:")] == [unnamed.operation]  # named: sent
+        assert [r.operation for r in client.resume_pending(prefix="auto:")] == [
+            unnamed.operation
+        ]  # named: sent
 
 
 def test_resume_refuses_a_bad_base_url_as_a_usage_error(journal_path: Path) -> None:
     pending_op(journal_path, "inv-9", "http://127.0.0.1:9/charges", {"amount": 9})
     result = run("resume", "inv-9", "--base-url", "ftp://example", "--journal", str(journal_path))
-    assert result.code == 2 and "--base-url: base URL must look like http://host[:port]" in result.err
+    assert (
+        result.code == 2 and "--base-url: base URL must look like http://host[:port]" in result.err
+    )
     assert "unexpected" not in result.err
 
 
@@ -606,12 +798,14 @@ def test_resume_refuses_a_bad_base_url_as_a_usage_error(journal_path: Path) -> N
 def test_resume_refuses_an_empty_base_url_instead_of_sending_to_the_recorded_one(
     journal_path: Path, server: PaymentServer, base_url: str
 ) -> None:
-    # `--base-url "$STAGING_URL"` with the variable unset was taken as no --base-url: sent to the recorded origin
+    # `--base-url "$STAGING_URL"` with the variable unset
+    # was taken as no --base-url: sent to the recorded origin
     pending_op(journal_path, "inv-20", f"{server.url}/charges", {"amount": 20})
     result = run_process("resume", "inv-20", "--base-url", base_url, "--journal", str(journal_path))
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (
-        "samekey: error: --base-url is empty: give the origin to send to, e.g. https://api.example.com "
+        "samekey: error: --base-url is empty: give the origin to send to, e.g. "
+        "https://api.example.com "
         "(or leave --base-url out to send to the recorded URL); nothing was sent\n"
     )
     assert server.keys_seen() == []
@@ -622,7 +816,9 @@ def test_resume_refuses_an_empty_base_url_instead_of_sending_to_the_recorded_one
 def test_resume_all_with_only_unnamed_operations_pending_says_so(journal_path: Path) -> None:
     with samekey.Client(journal=journal_path, policy=samekey.RetryPolicy(max_attempts=1)) as client:
         with pytest.raises(samekey.RetriesExhausted):
-            client.post("http://127.0.0.1:9/charges", json={"order": 43})  # nothing listens on port 9
+            client.post(
+                "http://127.0.0.1:9/charges", json={"order": 43}
+            )  # nothing listens on port 9
     result = run("resume", "--all", "--journal", str(journal_path))
     assert result.code == 1 and "no pending operations" not in result.out
     assert "nothing resumed: only unnamed operations are pending, skipped above" in result.out
@@ -637,8 +833,11 @@ def test_resume_all_with_only_unnamed_operations_pending_says_so(journal_path: P
         "http://127.0.0.1:9#x",
     ],
 )
-def test_resume_refuses_a_base_url_whose_path_or_query_would_be_dropped(journal_path: Path, base_url: str) -> None:
-    # the recorded path and query are sent: a prefix given here would silently not be (a POST to another endpoint)
+def test_resume_refuses_a_base_url_whose_path_or_query_would_be_dropped(
+    journal_path: Path, base_url: str
+) -> None:
+    # the recorded path and query are sent: a prefix given
+    # here would silently not be (a POST to another endpoint)
     pending_op(journal_path, "inv-10", "http://127.0.0.1:9/charges", {"amount": 10})
     result = run("resume", "inv-10", "--base-url", base_url, "--journal", str(journal_path))
     assert result.code == 2, result.out + result.err
@@ -646,9 +845,18 @@ def test_resume_refuses_a_base_url_whose_path_or_query_would_be_dropped(journal_
     assert samekey.Journal(journal_path).get("inv-10").attempts == 1  # type: ignore[union-attr]
 
 
-def test_resume_refuses_credentials_in_the_base_url_without_echoing_them(journal_path: Path) -> None:
+def test_resume_refuses_credentials_in_the_base_url_without_echoing_them(
+    journal_path: Path,
+) -> None:
     pending_op(journal_path, "inv-11", "http://127.0.0.1:9/charges", {"amount": 11})
-    result = run("resume", "inv-11", "--base-url", "http://ops:hunter2@127.0.0.1:9", "--journal", str(journal_path))
+    result = run(
+        "resume",
+        "inv-11",
+        "--base-url",
+        "http://ops:hunter2@127.0.0.1:9",
+        "--journal",
+        str(journal_path),
+    )
     assert result.code == 2 and "-H" in result.err
     assert "hunter2" not in result.out + result.err
 
@@ -661,7 +869,8 @@ def test_base_url_origins_are_accepted(base_url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "argument", ["Authorization Bearer sk_live_S3CRET", "sk_live_S3CRET", " Authorization: sk_live_S3CRET"]
+    "argument",
+    ["Authorization Bearer sk_live_S3CRET", "sk_live_S3CRET", " Authorization: sk_live_S3CRET"],
 )
 def test_a_malformed_header_argument_is_refused_without_echoing_its_value(
     journal_path: Path, argument: str, capsys: pytest.CaptureFixture[str]
@@ -684,20 +893,30 @@ def test_a_malformed_header_argument_is_refused_without_echoing_its_value(
     ],
 )
 def test_a_header_value_with_a_line_break_is_refused_naming_only_the_header(
-    journal_path: Path, server: PaymentServer, capsys: pytest.CaptureFixture[str], argument: str, name: str
+    journal_path: Path,
+    server: PaymentServer,
+    capsys: pytest.CaptureFixture[str],
+    argument: str,
+    name: str,
 ) -> None:
-    # it was sent on, and the failure printed it: "FAILED: Illegal header value b'Bearer sk_live_S3CRET\r\n...'"
+    # it was sent on, and the failure printed it: "FAILED:
+    # Illegal header value b'Bearer sk_live_S3CRET\r\n...'"
     pending_op(journal_path, "inv-17", f"{server.url}/charges", {"amount": 17})
     with pytest.raises(SystemExit) as usage:
         run("resume", "inv-17", "-H", argument, "--journal", str(journal_path))
     assert usage.value.code == 2
     err = capsys.readouterr().err
-    assert f"argument -H/--header: the value of header {name} holds a line break (value not shown" in err
+    assert (
+        f"argument -H/--header: the value of header {name} holds a line break (value not shown"
+        in err
+    )
     assert "give each header its own -H" in err
     assert "S3CRET" not in err and "payments" not in err
     assert server.keys_seen() == []
     with pytest.raises(SystemExit):  # a line break in the name: not a header, nothing echoed either
-        run("resume", "inv-17", "-H", "X-Api\nToken: sk_live_S3CRET", "--journal", str(journal_path))
+        run(
+            "resume", "inv-17", "-H", "X-Api\nToken: sk_live_S3CRET", "--journal", str(journal_path)
+        )
     err = capsys.readouterr().err
     assert "not a header (value not shown" in err and "S3CRET" not in err
 
@@ -726,8 +945,9 @@ DSN_IN_ENV = "postgresql://pay:S3CRETPW@127.0.0.1:1/payments?connect_timeout=2"
 def test_an_unreachable_dsn_in_samekey_journal_is_said_so_without_its_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # it was read as a relative file path: 'no journal at /cwd/postgresql:/pay:S3CRETPW@...' (the password
-    # printed), and a Client() made a local SQLite journal there, shared with no other replica
+    # it was read as a relative file path: 'no journal at /cwd/postgresql:/pay:S3CRETPW@...' (the
+    # password printed), and a Client() made a local SQLite journal there, shared with no other
+    # replica
     monkeypatch.setenv("SAMEKEY_JOURNAL", DSN_IN_ENV)
     monkeypatch.chdir(tmp_path)
     result = run("list")
@@ -754,21 +974,31 @@ def test_resume_reads_headers_from_a_file_keeping_the_credential_out_of_the_comm
 
     monkeypatch.setattr(httpx.HTTPTransport, "handle_request", spy)
     headers = tmp_path / "headers"
-    headers.write_text("# the on-call key\nAuthorization: Bearer sk_live_from_file\n\nX-Team: payments\n")
+    headers.write_text(
+        "# the on-call key\nAuthorization: Bearer sk_live_from_file\n\nX-Team: payments\n"
+    )
     pending_op(journal_path, "inv-14", f"{server.url}/charges", {"amount": 14})
     result = run("resume", "inv-14", "-H", f"@{headers}", "--journal", str(journal_path))
     assert result.code == 0, result.out + result.err
-    assert sent[0][b"Authorization"] == b"Bearer sk_live_from_file" and sent[0][b"X-Team"] == b"payments"
+    assert (
+        sent[0][b"Authorization"] == b"Bearer sk_live_from_file"
+        and sent[0][b"X-Team"] == b"payments"
+    )
     assert server.charge_count() == 1
 
 
 def test_a_header_file_saved_with_a_bom_and_crlf_is_read(tmp_path: Path) -> None:
-    # Windows PowerShell 5.1 (Set-Content/Out-File -Encoding UTF8) and older Notepad start a UTF-8 file
-    # with a BOM: its first header was refused as "line 1 is not a header", though it is one
+    # Windows PowerShell 5.1 (Set-Content/Out-File -Encoding UTF8) and older Notepad start a UTF-8
+    # file with a BOM: its first header was refused as "line 1 is not a header", though it is one
     headers = tmp_path / "headers"
-    headers.write_bytes(b"\xef\xbb\xbfAuthorization: Bearer sk_live_from_file\r\nX-Team: payments\r\n")
+    headers.write_bytes(
+        b"\xef\xbb\xbfAuthorization: Bearer sk_live_from_file\r\nX-Team: payments\r\n"
+    )
     args = cli.build_parser().parse_args(["resume", "inv-16", "-H", f"@{headers}"])
-    assert args.headers == [(b"Authorization", b"Bearer sk_live_from_file"), (b"X-Team", b"payments")]
+    assert args.headers == [
+        (b"Authorization", b"Bearer sk_live_from_file"),
+        (b"X-Team", b"payments"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -780,7 +1010,11 @@ def test_a_header_file_saved_with_a_bom_and_crlf_is_read(tmp_path: Path) -> None
     ],
 )
 def test_a_bad_header_file_is_refused_without_showing_its_content(
-    journal_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, words: str
+    journal_path: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: str | None,
+    words: str,
 ) -> None:
     headers = tmp_path / "headers"
     if content is not None:
@@ -796,7 +1030,9 @@ def test_show_and_list_escape_control_characters_from_the_server(journal_path: P
     # an answer or a header carrying ESC sequences (clear the screen, write the clipboard) or a
     # bidi override must reach the operator's terminal as text, not run
     evil = "ok\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\u202eevil"
-    transport = httpx.MockTransport(lambda r: httpx.Response(201, headers={"X-Note": "\x1b[31mred"}, text=evil))
+    transport = httpx.MockTransport(
+        lambda r: httpx.Response(201, headers={"X-Note": "\x1b[31mred"}, text=evil)
+    )
     with samekey.Client(journal=journal_path, transport=transport) as client:
         client.post("https://pay.test/c", json={}, operation="op-\x1b[8m")
     shown = run("show", "op-\x1b[8m", "--journal", str(journal_path))
@@ -820,17 +1056,24 @@ def test_show_and_list_escape_control_characters_from_the_server(journal_path: P
         ["resume", "--all", "--prefix", "\udcfe"],
     ],
 )
-def test_an_operation_name_that_is_not_utf8_is_refused_by_name(journal_path: Path, argv: list[str]) -> None:
-    # `samekey show $'inv-\xff'` (bytes a Latin-1 terminal sent): "unexpected UnicodeEncodeError: 'utf-8' codec
-    # can't encode character '\udcff' in position 4: surrogates not allowed" from sqlite
+def test_an_operation_name_that_is_not_utf8_is_refused_by_name(
+    journal_path: Path, argv: list[str]
+) -> None:
+    # `samekey show $'inv-\xff'` (bytes a Latin-1 terminal sent): "unexpected UnicodeEncodeError:
+    # 'utf-8' codec can't encode character '\udcff' in position 4: surrogates not allowed" from
+    # sqlite
     completed_op(journal_path, "inv-ÿ")
-    result = run_process(*argv, "--journal", str(journal_path), env={"PYTHONUTF8": "1"})  # argv: those bytes
+    result = run_process(
+        *argv, "--journal", str(journal_path), env={"PYTHONUTF8": "1"}
+    )  # argv: those bytes
     assert result.returncode == 2 and result.stdout == ""
     argument = "--prefix" if "--prefix" in argv else "operation"
     shown = repr(os.fsencode(argv[-1]))
     assert result.stderr.splitlines()[-1] == (
-        f"samekey {argv[0]}: error: argument {argument}: {shown} is not valid UTF-8, and operation names are "
-        "UTF-8 text (no journal holds this one): type the name as `samekey list --all` shows it, from a terminal "
+        f"samekey {argv[0]}: error: argument {argument}: {shown} is not valid UTF-8, and "
+        "operation names are "
+        "UTF-8 text (no journal holds this one): type the name as `samekey list --all` "
+        "shows it, from a terminal "
         "set to UTF-8"
     )
     assert "Traceback" not in result.stderr and "UnicodeEncodeError" not in result.stderr
@@ -839,7 +1082,9 @@ def test_an_operation_name_that_is_not_utf8_is_refused_by_name(journal_path: Pat
 
 def test_forget_says_when_the_operation_is_being_executed_right_now(journal_path: Path) -> None:
     with samekey.Journal(journal_path) as journal:
-        intent = Intent("live", "k-live", "Idempotency-Key", "POST", "https://pay.test/c", "fp", (), b"{}")
+        intent = Intent(
+            "live", "k-live", "Idempotency-Key", "POST", "https://pay.test/c", "fp", (), b"{}"
+        )
         journal.claim(intent, "host/123/scope/tag-1", 60.0, time.time())
     result = run("forget", "live", "--yes", "--journal", str(journal_path))
     assert result.code == 0
@@ -853,8 +1098,13 @@ def test_resume_says_it_waits_for_an_operation_another_process_is_executing(
     pending_op(journal_path, "held", f"{server.url}/charges", {"amount": 15})
     held_elsewhere(journal_path, "held", 1.5)
     result = run("resume", "held", "--journal", str(journal_path))
-    assert "held by another-host/123/scope/tag-1" in result.err and "waiting for its outcome" in result.err
-    assert result.code == 0, result.out + result.err  # its lease ran out: taken over, sent with its key
+    assert (
+        "held by another-host/123/scope/tag-1" in result.err
+        and "waiting for its outcome" in result.err
+    )
+    assert result.code == 0, (
+        result.out + result.err
+    )  # its lease ran out: taken over, sent with its key
     assert server.charge_count() == 1
 
 

@@ -27,7 +27,14 @@ def test_version_is_the_installed_one_from_pyproject() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("1w", 604800), ("1h30m", 5400), ("1d 12h", 129600), ("2m30s", 150), ("0.5w", 302400), ("0s", 0)],
+    [
+        ("1w", 604800),
+        ("1h30m", 5400),
+        ("1d 12h", 129600),
+        ("2m30s", 150),
+        ("0.5w", 302400),
+        ("0s", 0),
+    ],
 )
 def test_compound_durations(text: str, seconds: float) -> None:
     assert cli.parse_duration(text) == seconds
@@ -35,7 +42,9 @@ def test_compound_durations(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["1x", "h", "1h30", "30m1", "1 week", "", "1h-30m"])
 def test_a_bad_duration_names_the_units_and_an_example(text: str) -> None:
-    with pytest.raises(argparse.ArgumentTypeError, match=r"use numbers with units s/m/h/d/w, e\.g\. 7d or 1h30m"):
+    with pytest.raises(
+        argparse.ArgumentTypeError, match=r"use numbers with units s/m/h/d/w, e\.g\. 7d or 1h30m"
+    ):
         cli.parse_duration(text)
 
 
@@ -54,10 +63,18 @@ def test_the_reference_shows_every_option_of_every_command() -> None:
     for name, sub in commands.items():
         assert f"## `samekey {name}" in text
         for option in sub._option_string_actions:
-            assert f"`{option}" in text or option in ("-h", "--help", "--yes", "--header", "--verbose"), option
+            assert f"`{option}" in text or option in (
+                "-h",
+                "--help",
+                "--yes",
+                "--header",
+                "--verbose",
+            ), option
 
 
-def test_the_reference_examples_run_on_a_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_reference_examples_run_on_a_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     journal = tmp_path / "journal.sqlite3"
     monkeypatch.setenv("SAMEKEY_JOURNAL", str(journal))
     headers = tmp_path / "payments-headers"

@@ -21,7 +21,16 @@ from test_cli import LIST_FIELDS, FakeTty, completed_op, pending_op, run, run_pr
 
 
 def intent_for(operation: str) -> Intent:
-    return Intent(operation, str(uuid.uuid4()), "Idempotency-Key", "POST", "https://pay.test/c", "f", (), b"{}")
+    return Intent(
+        operation,
+        str(uuid.uuid4()),
+        "Idempotency-Key",
+        "POST",
+        "https://pay.test/c",
+        "f",
+        (),
+        b"{}",
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +45,8 @@ def age(journal_path: Path, operation: str, seconds: float) -> None:
 
     with sqlite3.connect(journal_path) as db:
         db.execute(
-            "UPDATE operations SET created_at = created_at - ?, completed_at = completed_at - ? WHERE operation = ?",
+            "UPDATE operations SET created_at = created_at - ?, completed_at = "
+            "completed_at - ? WHERE operation = ?",
             (seconds, seconds, operation),
         )
 
@@ -61,10 +71,18 @@ def listed(*argv: str) -> list[str]:
 
 def test_list_filters_combine_and_keep_the_json_fields(journal: Path) -> None:
     j = ("--journal", str(journal))
-    oldest_first = ["batch-1/inv-1", "batch-1/inv-0", "batch-1/inv-2", "batch-1/inv-3", "batch-1/inv-4"]
+    oldest_first = [
+        "batch-1/inv-1",
+        "batch-1/inv-0",
+        "batch-1/inv-2",
+        "batch-1/inv-3",
+        "batch-1/inv-4",
+    ]
     assert listed(*j) == [*oldest_first, "batch-2/inv-0"]
     assert listed("--prefix", "batch-2/", *j) == ["batch-2/inv-0"]
-    as_a_process = run_process("list", "--all", "--prefix", "batch-1/", "--older-than", "1h", "--json", *j)
+    as_a_process = run_process(
+        "list", "--all", "--prefix", "batch-1/", "--older-than", "1h", "--json", *j
+    )
     assert [r["operation"] for r in json.loads(as_a_process.stdout)] == [
         "batch-1/inv-1",
         "batch-1/paid",
@@ -86,20 +104,34 @@ def test_list_limit_says_what_it_left_out_and_filters_reject_bad_input(
 ) -> None:
     j = ("--journal", str(journal))
     limited = run("list", "--limit", "2", *j)
-    assert limited.out.splitlines()[0].startswith("OPERATION ") and len(limited.out.splitlines()) == 3
+    assert (
+        limited.out.splitlines()[0].startswith("OPERATION ") and len(limited.out.splitlines()) == 3
+    )
     hint, cursor = limited.err.rsplit(" ", 1)
     assert hint == (
-        "showing the oldest 2 matching operations (--limit); for the next ones, run the same command with --after"
+        "showing the oldest 2 matching operations (--limit); for the next ones, run the "
+        "same command with --after"
     )
-    assert listed("--limit", "2", "--after", cursor.strip(), *j) == ["batch-1/inv-2", "batch-1/inv-3"]
+    assert listed("--limit", "2", "--after", cursor.strip(), *j) == [
+        "batch-1/inv-2",
+        "batch-1/inv-3",
+    ]
     assert run("list", "--limit", "6", *j).err == ""  # nothing left out: nothing said
     assert run("list", "--prefix", "nope/", *j).out.startswith("no matching operations in ")
-    assert run("list", "--state", "completed", "--prefix", "batch-2/", *j).out.startswith("no matching ")
+    assert run("list", "--state", "completed", "--prefix", "batch-2/", *j).out.startswith(
+        "no matching "
+    )
     for argv, error in [
         (["--all", "--state", "pending"], "argument --state: not allowed with argument --all"),
-        (["--older-than", "1 week"], "'1 week' is not a duration: use numbers with units s/m/h/d/w, e.g. 7d or 1h30m"),
+        (
+            ["--older-than", "1 week"],
+            "'1 week' is not a duration: use numbers with units s/m/h/d/w, e.g. 7d or 1h30m",
+        ),
         (["--limit", "0"], "argument --limit: '0' is not a whole number of at least 1"),
-        (["--after", "batch-1/inv-2"], "argument --after: 'batch-1/inv-2' is not a cursor printed by samekey list"),
+        (
+            ["--after", "batch-1/inv-2"],
+            "argument --after: 'batch-1/inv-2' is not a cursor printed by samekey list",
+        ),
     ]:
         with pytest.raises(SystemExit) as usage:
             run("list", *argv, *j)
@@ -136,8 +168,13 @@ def test_a_terminal_gets_the_first_page_and_the_command_for_the_next(journal_pat
     cursor = err.getvalue().split("--after ")[1].strip()
     out2 = FakeTty()
     assert cli.main(["list", "--after", cursor, "--journal", str(journal_path)], stdout=out2) == 0
-    assert [line.split()[0] for line in out2.getvalue().splitlines()[1:]] == [f"inv-{n}" for n in range(100, 105)]
-    assert len(json.loads(run("list", "--json", "--journal", str(journal_path)).out)) == DEFAULT_LIMIT + 5  # piped
+    assert [line.split()[0] for line in out2.getvalue().splitlines()[1:]] == [
+        f"inv-{n}" for n in range(100, 105)
+    ]
+    assert (
+        len(json.loads(run("list", "--json", "--journal", str(journal_path)).out))
+        == DEFAULT_LIMIT + 5
+    )  # piped
 
 
 def test_pages_walked_as_a_process_list_every_record_once(journal: Path) -> None:
@@ -157,23 +194,39 @@ def test_pages_walked_as_a_process_list_every_record_once(journal: Path) -> None
 
 
 class _FullDisk(samekey.Journal):
-    """A journal whose disk fills up once the request is claimed: the answer and the release fail."""
+    """A journal whose disk fills up once the
+    request is claimed: the answer and the release fail."""
 
     def complete(self, *args: object, **kwargs: object) -> None:
-        raise samekey.JournalError(self.path, "the disk is full while recording", "Free some space.")
+        raise samekey.JournalError(
+            self.path, "the disk is full while recording", "Free some space."
+        )
 
     def release(self, *args: object, **kwargs: object) -> None:
-        raise samekey.JournalError(self.path, "the disk is full while recording", "Free some space.")
+        raise samekey.JournalError(
+            self.path, "the disk is full while recording", "Free some space."
+        )
 
 
-def test_an_operation_sent_once_whose_answer_was_not_recorded_lists_one_attempt_in_doubt(journal_path: Path) -> None:
+def test_an_operation_sent_once_whose_answer_was_not_recorded_lists_one_attempt_in_doubt(
+    journal_path: Path,
+) -> None:
     journal = _FullDisk(journal_path)
-    with samekey.Client(journal=journal, transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
+    with samekey.Client(
+        journal=journal, transport=httpx.MockTransport(lambda r: httpx.Response(201))
+    ) as client:
         with pytest.raises(samekey.AnswerNotRecorded):
             client.post("https://pay.test/charges", operation="inv-1", json={"amount": 1})
     journal.close()
     listed = run("list", "--journal", str(journal_path))
     row = listed.out.splitlines()[1].split()
     assert row[0] == "inv-1" and row[5] == "1?", listed.out  # "0" read as never sent
-    assert json.loads(run("list", "--json", "--journal", str(journal_path)).out)[0]["attempt_unrecorded"] is True
-    assert "the first may have been sent" in run("show", "inv-1", "--journal", str(journal_path)).out
+    assert (
+        json.loads(run("list", "--json", "--journal", str(journal_path)).out)[0][
+            "attempt_unrecorded"
+        ]
+        is True
+    )
+    assert (
+        "the first may have been sent" in run("show", "inv-1", "--journal", str(journal_path)).out
+    )

@@ -73,8 +73,13 @@ def rendezvous() -> Iterator[Rendezvous]:
     server.server_close()
 
 
-def test_resume_sends_concurrency_operations_at_once(journal_path: Path, rendezvous: Rendezvous) -> None:
-    keys = [pending_op(journal_path, f"inv-{n}", f"{rendezvous.url}/charges", {"n": n}) for n in range(4)]
+def test_resume_sends_concurrency_operations_at_once(
+    journal_path: Path, rendezvous: Rendezvous
+) -> None:
+    keys = [
+        pending_op(journal_path, f"inv-{n}", f"{rendezvous.url}/charges", {"n": n})
+        for n in range(4)
+    ]
     result = run_process("resume", "--all", "--concurrency", "4", "--max-attempts", "1",
                          "--journal", str(journal_path))  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -91,7 +96,14 @@ def test_dry_run_says_what_would_be_sent_and_sends_and_writes_nothing(
     key = pending_op(journal_path, "inv-1", "http://payments.invalid/charges?v=2", {"amount": 1})
     completed_op(journal_path, "inv-2")
     before = journal_path.read_bytes(), samekey.Journal(journal_path).get("inv-1")
-    argv = ["--base-url", server.url, "-H", "Authorization: Bearer sk_live_secret", "--journal", str(journal_path)]
+    argv = [
+        "--base-url",
+        server.url,
+        "-H",
+        "Authorization: Bearer sk_live_secret",
+        "--journal",
+        str(journal_path),
+    ]
     text = run_process("resume", "--all", "--dry-run", *argv)
     assert text.returncode == 0, text.stderr
     assert text.stdout.splitlines() == [
@@ -108,19 +120,27 @@ def test_dry_run_says_what_would_be_sent_and_sends_and_writes_nothing(
 
 def test_json_gives_each_outcome_and_the_counts(journal_path: Path, server: PaymentServer) -> None:
     ok = pending_op(journal_path, "ok", f"{server.url}/charges", {"amount": 1})
-    pending_op(journal_path, "down", "http://127.0.0.1:9/charges", {"amount": 2})  # nothing listens there
+    pending_op(
+        journal_path, "down", "http://127.0.0.1:9/charges", {"amount": 2}
+    )  # nothing listens there
     result = run("resume", "--all", "--json", "--max-attempts", "1", "--journal", str(journal_path))
     assert result.code == 1
     document = json.loads(result.out)
     first, second = document["operations"]
-    assert first == {"operation": "ok", "key": ok, "outcome": "completed", "status": 201, "attempts": 2,
+    assert first == {"operation": "ok", "key": ok, "outcome": "completed", "status": 201,
+        "attempts": 2,
                      "error": None}  # fmt: skip
-    assert second["outcome"] == "failed" and second["status"] is None and "gave up" in second["error"]
-    assert document["summary"] == {"operations": 2, "completed": 1, "replayed": 0, "failed": 1, "refused": 0,
+    assert (
+        second["outcome"] == "failed" and second["status"] is None and "gave up" in second["error"]
+    )
+    assert document["summary"] == {"operations": 2, "completed": 1, "replayed": 0, "failed": 1,
+        "refused": 0,
                                    "skipped": 0}  # fmt: skip
 
 
-def test_verbose_prints_each_failed_attempt_as_it_happens(journal_path: Path, server: PaymentServer) -> None:
+def test_verbose_prints_each_failed_attempt_as_it_happens(
+    journal_path: Path, server: PaymentServer
+) -> None:
     key = pending_op(journal_path, "flaky", f"{server.url}/charges", {"amount": 3})
     server.faults = FaultPlan([Fault.http(503), Fault.http(503)])
     result = run("resume", "flaky", "-v", "--journal", str(journal_path))
@@ -138,7 +158,9 @@ def test_a_progress_bar_on_a_terminal_only(journal_path: Path, server: PaymentSe
     for n in range(3):
         pending_op(journal_path, f"bar-{n}", f"{server.url}/charges", {"amount": n})
     out, err = io.StringIO(), FakeTty()
-    code = samekey.cli.main(["resume", "--all", "--journal", str(journal_path)], stdout=out, stderr=err)
+    code = samekey.cli.main(
+        ["resume", "--all", "--journal", str(journal_path)], stdout=out, stderr=err
+    )
     assert code == 0
     assert "\r[------------------------] 0/3 done, 0 failed" in err.getvalue()
     assert "\r[########################] 3/3 done, 0 failed" in err.getvalue()
@@ -154,7 +176,9 @@ def test_the_progress_bar_draws_on_a_real_terminal_and_leaves_stdout_clean(
     main, child = pty.openpty()
     command = [sys.executable, "-m", "samekey", "resume", "--all", "--journal", str(journal_path)]
     environ = {**os.environ, "PYTHONPATH": str(SRC)}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=child, stdin=subprocess.DEVNULL, env=environ) as proc:
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=child, stdin=subprocess.DEVNULL, env=environ
+    ) as proc:
         os.close(child)
         out, _ = proc.communicate(timeout=60)
     screen = b""
@@ -169,4 +193,7 @@ def test_the_progress_bar_draws_on_a_real_terminal_and_leaves_stdout_clean(
     os.close(main)
     assert proc.returncode == 0
     assert b"] 3/3 done, 0 failed" in screen and screen.endswith(b"\r\x1b[K")
-    assert out.decode().splitlines()[-1] == "resumed 3 operation(s): 3 completed now, 0 already completed, 0 failed"
+    assert (
+        out.decode().splitlines()[-1]
+        == "resumed 3 operation(s): 3 completed now, 0 already completed, 0 failed"
+    )

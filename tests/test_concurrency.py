@@ -1,5 +1,6 @@
 """Exactly once at scale, end to end: 8 processes racing over 200 operations on one journal (one
-SIGKILLed and restarted), 1,000 asyncio operations at concurrency 100 on a server in its own process.
+SIGKILLed and restarted), 1,000 asyncio operations at concurrency 100 on a server in its own
+process.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def _workers(journal: Path, url: str, count: int, n: int) -> list[subprocess.Pop
 
 def _wait_all(workers: list[subprocess.Popen[bytes]], journal: Path) -> None:
     codes = [w.wait(timeout=120) for w in workers]
-    logs = "\n".join(p.read_text(errors="replace")[-2000:] for p in sorted(journal.parent.glob("worker-*.log")))
+    logs = "\n".join(
+        p.read_text(errors="replace")[-2000:] for p in sorted(journal.parent.glob("worker-*.log"))
+    )
     assert codes == [0] * len(workers), logs
 
 
@@ -64,13 +67,17 @@ def race_server(tmp_path: Path) -> Iterator[PaymentServer]:
         yield server
 
 
-def test_8_processes_race_over_200_operations(journal_path: Path, race_server: PaymentServer) -> None:
+def test_8_processes_race_over_200_operations(
+    journal_path: Path, race_server: PaymentServer
+) -> None:
     workers = _workers(journal_path, race_server.url, 8, 200)
     _wait_all(workers, journal_path)
     _assert_exactly_once(race_server, 200)
 
 
-def test_8_processes_race_with_one_killed_and_restarted(journal_path: Path, race_server: PaymentServer) -> None:
+def test_8_processes_race_with_one_killed_and_restarted(
+    journal_path: Path, race_server: PaymentServer
+) -> None:
     workers = _workers(journal_path, race_server.url, 8, 200)
     deadline = time.monotonic() + 60
     while race_server.charge_count() < 60 and time.monotonic() < deadline:
@@ -83,7 +90,8 @@ def test_8_processes_race_with_one_killed_and_restarted(journal_path: Path, race
     _assert_exactly_once(race_server, 200)
 
 
-# -- asyncio at scale -------------------------------------------------------------------------------
+# -- asyncio at scale
+# -------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -91,7 +99,9 @@ def server_process(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """A PaymentServer in its own process, so it does not share our GIL."""
     db = tmp_path / "proc-server.sqlite3"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "samekey.testing", "--db", str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, "-m", "samekey.testing", "--db", str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None
     url = proc.stdout.readline().decode().strip()
@@ -140,7 +150,9 @@ async def _thousand(journal: object | None, url: str) -> tuple[list[float], list
         async def pay(i: int) -> httpx.Response:
             async with gate:
                 if journal is None:
-                    return await client.post("/charges", json={"amount": i}, headers={"Idempotency-Key": f"bare-{i}"})
+                    return await client.post(
+                        "/charges", json={"amount": i}, headers={"Idempotency-Key": f"bare-{i}"}
+                    )
                 return await client.post("/charges", json={"amount": i}, operation=f"op-{i}")  # type: ignore[call-arg]
 
         beat = asyncio.create_task(heartbeat())
@@ -150,7 +162,9 @@ async def _thousand(journal: object | None, url: str) -> tuple[list[float], list
     return sorted(lags), responses
 
 
-def test_1000_async_operations_at_concurrency_100(journal_path: Path, server_process: tuple[str, Path]) -> None:
+def test_1000_async_operations_at_concurrency_100(
+    journal_path: Path, server_process: tuple[str, Path]
+) -> None:
     url, db = server_process
     journal = _SlowDiskJournal(journal_path)  # fsync durability, the default
     journal.threads = []
@@ -163,9 +177,12 @@ def test_1000_async_operations_at_concurrency_100(journal_path: Path, server_pro
     import sqlite3
 
     with sqlite3.connect(db) as conn:
-        amounts = [row[0] for row in conn.execute("SELECT json_extract(body, '$.amount') FROM charges")]
+        amounts = [
+            row[0] for row in conn.execute("SELECT json_extract(body, '$.amount') FROM charges")
+        ]
     assert sorted(amounts) == list(range(1000))
-    # every journal call (2 per operation) ran off the event loop, grouped in batches of 2 ms + fsync
+    # every journal call (2 per operation) ran off
+    # the event loop, grouped in batches of 2 ms + fsync
     assert journal.calls >= 2000 and journal.threads and loop_thread not in journal.threads
     print(f"{journal.calls} journal calls in {len(journal.threads)} batches")
     # The same load through bare httpx, on the same server, for the loop's own baseline: at

@@ -14,9 +14,13 @@ from client_helpers import make_client
 
 
 @pytest.mark.parametrize("make", [samekey.Client, samekey.AsyncClient, samekey.SameKeyTransport])
-def test_one_header_name_for_redact_headers_is_refused_not_read_as_letters(journal_path: Path, make: Any) -> None:
+def test_one_header_name_for_redact_headers_is_refused_not_read_as_letters(
+    journal_path: Path, make: Any
+) -> None:
     # a bare string would be taken letter by letter: X-Merchant-Pin would go to the disk
-    with pytest.raises(TypeError, match=r"redact_headers must be a tuple of names.*\('X-Merchant-Pin',\)"):
+    with pytest.raises(
+        TypeError, match=r"redact_headers must be a tuple of names.*\('X-Merchant-Pin',\)"
+    ):
         make(journal=journal_path, redact_headers="X-Merchant-Pin")
     assert not journal_path.exists()  # refused before the journal was opened
     with pytest.raises(TypeError, match=r"redact_headers must be a tuple of names.*got None"):
@@ -32,13 +36,17 @@ def test_bad_client_options_are_refused(journal_path: Path) -> None:
 
 
 @pytest.mark.parametrize("make", [samekey.Client, samekey.AsyncClient, samekey.SameKeyTransport])
-@pytest.mark.parametrize("name", ["Idempotency-Key:", "Idempotency-Key ", "Idempotency Key", "X-Key\n"])
+@pytest.mark.parametrize(
+    "name", ["Idempotency-Key:", "Idempotency-Key ", "Idempotency Key", "X-Key\n"]
+)
 def test_a_key_header_that_is_no_header_name_is_refused_before_anything_is_journaled(
     journal_path: Path, make: Any, name: str
 ) -> None:
     # accepted, every request journaled a pending key, then failed in h11 ("Illegal header name"),
     # and the operation was tied to that header for life: fixed, the client got OperationMismatch
-    with pytest.raises(ValueError, match=r"key_header must be an HTTP header name.*'Idempotency-Key'"):
+    with pytest.raises(
+        ValueError, match=r"key_header must be an HTTP header name.*'Idempotency-Key'"
+    ):
         make(journal=journal_path, key_header=name)
 
 

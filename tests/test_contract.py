@@ -34,7 +34,9 @@ class Store:
     """How a test reaches one kind of store behind the protocol."""
 
     name: str
-    open: Callable[[], JournalStore]  # a new instance on the same journal (another process, another host)
+    open: Callable[
+        [], JournalStore
+    ]  # a new instance on the same journal (another process, another host)
     client_arg: str  # what `samekey.Client(journal=...)` takes for it
     table: str
     set_version: Callable[[int], None]
@@ -57,7 +59,13 @@ def _sqlite_store(tmp_path: Path) -> Store:
             conn.close()
 
     return Store(
-        "sqlite", lambda: samekey.Journal(path), str(path), "operations", set_version, get_version, _sqlite_open
+        "sqlite",
+        lambda: samekey.Journal(path),
+        str(path),
+        "operations",
+        set_version,
+        get_version,
+        _sqlite_open,
     )
 
 
@@ -108,7 +116,10 @@ def server() -> Iterator[PaymentServer]:
 
 
 def intent(
-    operation: str = "order-1/charge", body: bytes = b'{"amount": 100}', key: str | None = None, url: str = URL
+    operation: str = "order-1/charge",
+    body: bytes = b'{"amount": 100}',
+    key: str | None = None,
+    url: str = URL,
 ) -> Intent:
     """What a client records for ``POST url`` with ``body`` (the same fingerprint)."""
     return Intent(
@@ -126,7 +137,9 @@ def intent(
 # -- claim ----------------------------------------------------------------------------
 
 
-def test_claim_creates_a_durable_record_that_another_instance_reads_back(store: Store, journal: JournalStore) -> None:
+def test_claim_creates_a_durable_record_that_another_instance_reads_back(
+    store: Store, journal: JournalStore
+) -> None:
     body = b'{"amount": 100}\x00\xff binary tail'
     first = intent(body=body)
     result = journal.claim(first, A, 30, T0)
@@ -137,9 +150,18 @@ def test_claim_creates_a_durable_record_that_another_instance_reads_back(store: 
     finally:
         other.close()
     assert record is not None and record.pending
-    assert (record.key, record.fingerprint, record.request_body) == (first.key, first.fingerprint, body)
+    assert (record.key, record.fingerprint, record.request_body) == (
+        first.key,
+        first.fingerprint,
+        body,
+    )
     assert record.request_headers == first.request_headers
-    assert (record.lease_owner, record.lease_expires, record.created_at, record.attempts) == (A, T0 + 30, T0, 0)
+    assert (record.lease_owner, record.lease_expires, record.created_at, record.attempts) == (
+        A,
+        T0 + 30,
+        T0,
+        0,
+    )
 
 
 def test_the_record_a_claim_returns_is_the_one_read_back(journal: JournalStore) -> None:
@@ -161,11 +183,17 @@ def test_claim_by_another_owner_while_the_lease_is_live_is_busy(journal: Journal
 def test_expired_lease_is_taken_over_with_the_same_key(journal: JournalStore) -> None:
     first = intent()
     journal.claim(first, A, 30, T0)
-    journal.record_attempt("order-1/charge", A, 1, "ConnectError: refused", 30, T0 + 5)  # lease now ends T0 + 35
+    journal.record_attempt(
+        "order-1/charge", A, 1, "ConnectError: refused", 30, T0 + 5
+    )  # lease now ends T0 + 35
     assert journal.claim(intent(), B, 30, T0 + 34).status == "busy"
     taken = journal.claim(intent(), B, 30, T0 + 36)
     assert taken.status == "claimed"
-    assert (taken.record.key, taken.record.attempts, taken.record.last_error) == (first.key, 1, "ConnectError: refused")
+    assert (taken.record.key, taken.record.attempts, taken.record.last_error) == (
+        first.key,
+        1,
+        "ConnectError: refused",
+    )
     stored = journal.get("order-1/charge")
     assert stored is not None and (stored.lease_owner, stored.lease_expires) == (B, T0 + 66)
     # the old holder, back from a pause, can no longer move the lease or the counters
@@ -185,10 +213,17 @@ def test_release_frees_the_lease_at_once_and_keeps_the_key(journal: JournalStore
     journal.release("order-1/charge", A, 3, "HTTP 503", T0 + 1)
     record = journal.get("order-1/charge")
     assert record is not None and record.pending
-    assert (record.lease_owner, record.lease_expires, record.attempts, record.last_error) == (None, None, 3, "HTTP 503")
+    assert (record.lease_owner, record.lease_expires, record.attempts, record.last_error) == (
+        None,
+        None,
+        3,
+        "HTTP 503",
+    )
     journal.release("order-1/charge", A, 1, None, T0 + 2)  # not the holder any more: no effect
     taken = journal.claim(intent(), B, 30, T0 + 2)
-    assert taken.status == "claimed" and taken.record.key == first.key and taken.record.attempts == 3
+    assert (
+        taken.status == "claimed" and taken.record.key == first.key and taken.record.attempts == 3
+    )
 
 
 def test_completed_operation_is_replayed_not_claimed(journal: JournalStore) -> None:
@@ -198,7 +233,11 @@ def test_completed_operation_is_replayed_not_claimed(journal: JournalStore) -> N
     done = journal.claim(intent(), B, 30, T0 + 2)
     assert done.status == "completed"
     record = done.record
-    assert (record.response_status, record.response_body, record.attempts) == (201, b'{"id":"ch_1"}', 2)
+    assert (record.response_status, record.response_body, record.attempts) == (
+        201,
+        b'{"id":"ch_1"}',
+        2,
+    )
     assert record.response_headers == tuple(headers)
     assert (record.lease_owner, record.completed_at, record.last_error) == (None, T0 + 1, None)
 
@@ -228,12 +267,18 @@ def test_only_one_of_many_concurrent_claimers_gets_the_operation(store: Store) -
 # -- through a real client -------------------------------------------------------------
 
 
-def test_client_replays_a_completed_operation_after_a_restart(store: Store, server: PaymentServer) -> None:
+def test_client_replays_a_completed_operation_after_a_restart(
+    store: Store, server: PaymentServer
+) -> None:
     with samekey.Client(journal=store.client_arg) as client:  # a path or a postgresql:// DSN string
-        first = client.post(f"{server.url}/charges", json={"amount": 700}, operation="order-7/charge")
+        first = client.post(
+            f"{server.url}/charges", json={"amount": 700}, operation="order-7/charge"
+        )
     assert first.status_code == 201
     with samekey.Client(journal=store.client_arg) as client:  # the next run of the program
-        again = client.post(f"{server.url}/charges", json={"amount": 700}, operation="order-7/charge")
+        again = client.post(
+            f"{server.url}/charges", json={"amount": 700}, operation="order-7/charge"
+        )
     assert again.status_code == 201 and again.json() == first.json()
     info = samekey.operation_info(again)
     assert info is not None and info.replayed
@@ -241,12 +286,16 @@ def test_client_replays_a_completed_operation_after_a_restart(store: Store, serv
     assert len(server.requests()) == 1  # the replay came from the journal, not the network
 
 
-def test_async_tasks_racing_on_one_operation_charge_once(store: Store, server: PaymentServer) -> None:
+def test_async_tasks_racing_on_one_operation_charge_once(
+    store: Store, server: PaymentServer
+) -> None:
     async def main() -> list[httpx.Response]:
         async with samekey.AsyncClient(journal=store.client_arg) as client:
             return await asyncio.gather(
                 *(
-                    client.post(f"{server.url}/charges", json={"amount": 3}, operation="order-3/charge")
+                    client.post(
+                        f"{server.url}/charges", json={"amount": 3}, operation="order-3/charge"
+                    )
                     for _ in range(5)
                 )
             )
@@ -254,7 +303,9 @@ def test_async_tasks_racing_on_one_operation_charge_once(store: Store, server: P
     responses = asyncio.run(main())
     assert {r.status_code for r in responses} == {201}
     assert len({r.json()["id"] for r in responses}) == 1
-    assert server.charge_count() == 1 and len(server.requests()) == 1  # the others waited, then replayed
+    assert (
+        server.charge_count() == 1 and len(server.requests()) == 1
+    )  # the others waited, then replayed
 
 
 def test_client_retries_a_dropped_answer_with_the_same_key(store: Store) -> None:
@@ -262,7 +313,9 @@ def test_client_retries_a_dropped_answer_with_the_same_key(store: Store) -> None
     faults = FaultPlan([Fault("drop_after")])  # charged, then the answer is lost
     with PaymentServer(faults=faults) as server, samekey.set_testing(True):
         with samekey.Client(journal=journal) as client:
-            response = client.post(f"{server.url}/charges", json={"amount": 5}, operation="order-5/charge")
+            response = client.post(
+                f"{server.url}/charges", json={"amount": 5}, operation="order-5/charge"
+            )
         assert response.status_code == 201
         record = journal.get("order-5/charge")
         assert record is not None and not record.pending and record.attempts == 2
@@ -271,7 +324,9 @@ def test_client_retries_a_dropped_answer_with_the_same_key(store: Store) -> None
     journal.close()
 
 
-def test_mismatched_request_under_a_recorded_operation_is_refused(journal: JournalStore, server: PaymentServer) -> None:
+def test_mismatched_request_under_a_recorded_operation_is_refused(
+    journal: JournalStore, server: PaymentServer
+) -> None:
     with samekey.Client(journal=journal) as client:
         client.post(f"{server.url}/charges", json={"amount": 100}, operation="order-9/charge")
         with pytest.raises(samekey.OperationMismatch, match="different body"):
@@ -279,7 +334,9 @@ def test_mismatched_request_under_a_recorded_operation_is_refused(journal: Journ
     assert server.charge_count() == 1 and len(server.requests()) == 1
 
 
-def test_mismatch_on_a_pending_record_releases_the_lease(journal: JournalStore, server: PaymentServer) -> None:
+def test_mismatch_on_a_pending_record_releases_the_lease(
+    journal: JournalStore, server: PaymentServer
+) -> None:
     journal.claim(intent("order-3/charge"), A, 300, T0)
     journal.release("order-3/charge", A, 1, "HTTP 503", T0 + 1)
     with samekey.Client(journal=journal) as client, pytest.raises(samekey.OperationMismatch):
@@ -289,7 +346,9 @@ def test_mismatch_on_a_pending_record_releases_the_lease(journal: JournalStore, 
     assert server.requests() == []
 
 
-def test_pending_key_older_than_key_ttl_is_not_sent_again(journal: JournalStore, server: PaymentServer) -> None:
+def test_pending_key_older_than_key_ttl_is_not_sent_again(
+    journal: JournalStore, server: PaymentServer
+) -> None:
     body = b'{"amount":1}'
     old = intent("order-8/charge", body=body, url=f"{server.url}/charges")
     journal.claim(old, A, 30, T0)  # recorded long ago, never answered
@@ -297,7 +356,12 @@ def test_pending_key_older_than_key_ttl_is_not_sent_again(journal: JournalStore,
     with samekey.Client(journal=journal, key_ttl=3600) as client, pytest.raises(samekey.KeyExpired):
         client.post(f"{server.url}/charges", content=body, operation="order-8/charge")
     record = journal.get("order-8/charge")
-    assert record is not None and record.pending and record.key == old.key and record.lease_owner is None
+    assert (
+        record is not None
+        and record.pending
+        and record.key == old.key
+        and record.lease_owner is None
+    )
     assert server.requests() == []
 
 
@@ -312,7 +376,9 @@ def test_non_ascii_response_headers_replay_byte_for_byte(store: Store) -> None:
         return httpx.Response(201, headers=headers, json={"id": "ch_1"})
 
     def run() -> httpx.Response:
-        with samekey.Client(journal=store.client_arg, transport=httpx.MockTransport(handler)) as client:
+        with samekey.Client(
+            journal=store.client_arg, transport=httpx.MockTransport(handler)
+        ) as client:
             return client.post(URL, json={"amount": 1}, operation="order-7/charge")
 
     first = run()
@@ -321,7 +387,9 @@ def test_non_ascii_response_headers_replay_byte_for_byte(store: Store) -> None:
     assert info is not None and info.replayed
     wanted = [(b"content-disposition", UTF8_DISPOSITION), (b"x-holder", LATIN1_NAME)]
     for response in (first, again):
-        assert [(k.lower(), v) for k, v in response.headers.raw if k.lower() in dict(wanted)] == wanted
+        assert [
+            (k.lower(), v) for k, v in response.headers.raw if k.lower() in dict(wanted)
+        ] == wanted
     assert again.headers["content-disposition"] == first.headers["content-disposition"]
 
 
@@ -334,7 +402,9 @@ def test_pending_request_with_non_ascii_headers_resumes_with_the_same_bytes(stor
 
     headers = [(b"X-Customer-Name", "José Müller".encode()), (b"X-Holder", LATIN1_NAME)]
     policy = samekey.RetryPolicy(max_attempts=1)
-    with samekey.Client(journal=store.client_arg, transport=httpx.MockTransport(handler), policy=policy) as client:
+    with samekey.Client(
+        journal=store.client_arg, transport=httpx.MockTransport(handler), policy=policy
+    ) as client:
         with pytest.raises(samekey.RetriesExhausted):
             client.post(URL, json={"amount": 9}, headers=headers, operation="order-9/charge")
         assert client.resume("order-9/charge").status_code == 201
@@ -355,20 +425,33 @@ def test_records_and_pending_filter_by_literal_prefix(journal: JournalStore) -> 
     assert len(journal.records(include_completed=False)) == 4
 
 
-def test_records_without_bodies_are_the_same_records_minus_headers_and_bodies(journal: JournalStore) -> None:
+def test_records_without_bodies_are_the_same_records_minus_headers_and_bodies(
+    journal: JournalStore,
+) -> None:
     # what `samekey list` reads: after an outage, 100k pending records must not load every body
     import dataclasses
 
     journal.claim(intent("p/1", body=b'{"amount": 1}' * 100), A, 30, T0)
     journal.claim(intent("p/2"), A, 30, T0 + 1)
-    journal.complete("p/2", A, 1, 201, [("content-type", "application/json")], b'{"id": "ch_2"}', T0 + 2)
+    journal.complete(
+        "p/2", A, 1, 201, [("content-type", "application/json")], b'{"id": "ch_2"}', T0 + 2
+    )
     full = journal.records()
     light = journal.records(bodies=False)
     assert [r.operation for r in light] == ["p/1", "p/2"]
     for whole, summary in zip(full, light, strict=True):
-        assert summary.request_body == b"" and summary.request_headers == () and summary.response_body is None
+        assert (
+            summary.request_body == b""
+            and summary.request_headers == ()
+            and summary.response_body is None
+        )
         assert summary.response_headers == ()
-        emptied = {"request_body": b"", "request_headers": (), "response_body": None, "response_headers": ()}
+        emptied = {
+            "request_body": b"",
+            "request_headers": (),
+            "response_body": None,
+            "response_headers": (),
+        }
         assert dataclasses.replace(whole, **emptied) == summary  # type: ignore[arg-type]
     assert [r.operation for r in journal.records(include_completed=False, bodies=False)] == ["p/1"]
 
@@ -405,7 +488,9 @@ def test_purge_takes_the_oldest_first_and_a_backlog_in_chunks(
     journal.claim(intent("pending"), A, 30, T0)
     assert journal.purge_completed(0, T0 + 100, limit=4) == 4
     left = sorted(r.operation for r in journal.records(include_completed=True))
-    assert left == ["done-4", "done-5", "done-6", "done-7", "done-8", "done-9", "pending"], "the oldest went first"
+    assert left == ["done-4", "done-5", "done-6", "done-7", "done-8", "done-9", "pending"], (
+        "the oldest went first"
+    )
     assert journal.purge_completed(0, T0 + 100) == 6  # no limit: everything old, 3 at a time
     assert [r.operation for r in journal.records()] == ["pending"]
 
@@ -428,12 +513,17 @@ def test_journal_from_a_newer_samekey_is_refused_and_left_untouched(store: Store
     assert record is not None and record.pending
 
 
-def test_an_older_schema_is_migrated_forward_keeping_its_records(store: Store, monkeypatch: Any) -> None:
+def test_an_older_schema_is_migrated_forward_keeping_its_records(
+    store: Store, monkeypatch: Any
+) -> None:
     journal = store.open()
     journal.claim(intent(), A, 30, T0)
     journal.close()
     current = store.module.SCHEMA_VERSION
-    migration = f"ALTER TABLE {store.table} ADD COLUMN note TEXT; UPDATE {store.table} SET note = 'migrated'"
+    migration = (
+        f"ALTER TABLE {store.table} ADD COLUMN note TEXT; UPDATE {store.table} SET note = "
+        "'migrated'"
+    )
     monkeypatch.setattr(store.module, "SCHEMA_VERSION", current + 1)
     monkeypatch.setitem(store.module.MIGRATIONS, current, migration)
     migrated = store.open()
@@ -453,7 +543,9 @@ def test_fill_reserved_writes_the_request_into_a_reserved_record_under_its_lease
     store: Store, journal: JournalStore
 ) -> None:
     fill = journal.fill_reserved  # type: ignore[attr-defined]  # optional: what key_for needs
-    reserved = replace(intent(), method="", url="(key_for: no request sent yet)", fingerprint="", request_body=b"")
+    reserved = replace(
+        intent(), method="", url="(key_for: no request sent yet)", fingerprint="", request_body=b""
+    )
     assert journal.claim(reserved, A, 30, T0).status == "created"
     journal.release("order-1/charge", A, 0, None, T0)
     assert journal.claim(replace(intent(), key=reserved.key), B, 30, T0 + 10).status == "claimed"
@@ -467,7 +559,11 @@ def test_fill_reserved_writes_the_request_into_a_reserved_record_under_its_lease
     finally:
         other.close()
     assert record is not None and record.pending and record.key == reserved.key
-    assert (record.method, record.url, record.fingerprint) == (real.method, real.url, real.fingerprint)
+    assert (record.method, record.url, record.fingerprint) == (
+        real.method,
+        real.url,
+        real.fingerprint,
+    )
     assert (record.request_headers, record.request_body, record.created_at) == (
         real.request_headers,
         real.request_body,
@@ -510,7 +606,11 @@ def test_list_page_walks_every_match_in_order_one_page_at_a_time(
     assert walk(ListQuery(state="pending", prefix="a_")) == ["a_b/2"]
     assert walk(ListQuery(state=None, created_before=T0 + 1)) == every[:6]
     (record,) = journal.list_page(ListQuery(state="pending", prefix="a%b/"))
-    assert (record.request_body, record.request_headers, record.key) == (b"", (), journal.get("a%b/1").key)  # type: ignore[union-attr]
+    assert (record.request_body, record.request_headers, record.key) == (
+        b"",
+        (),
+        journal.get("a%b/1").key,  # type: ignore[union-attr]
+    )
 
 
 def test_settle_completes_a_pending_operation_by_hand_and_its_code_gets_the_answer_replayed(
@@ -522,7 +622,9 @@ def test_settle_completes_a_pending_operation_by_hand_and_its_code_gets_the_answ
         return httpx.Response(503)
 
     policy = samekey.RetryPolicy(max_attempts=1)
-    with samekey.Client(journal=store.client_arg, transport=httpx.MockTransport(unavailable), policy=policy) as c:
+    with samekey.Client(
+        journal=store.client_arg, transport=httpx.MockTransport(unavailable), policy=policy
+    ) as c:
         with pytest.raises(samekey.RetriesExhausted):
             c.post(URL, json={"amount": 7}, operation="order-7/charge")
     journal = store.open()
@@ -548,15 +650,22 @@ def test_settle_completes_a_pending_operation_by_hand_and_its_code_gets_the_answ
     def no_network(request: httpx.Request) -> httpx.Response:
         raise AssertionError("a settled operation was sent again")
 
-    with samekey.Client(journal=store.client_arg, transport=httpx.MockTransport(no_network)) as client:
+    with samekey.Client(
+        journal=store.client_arg, transport=httpx.MockTransport(no_network)
+    ) as client:
         again = client.post(URL, json={"amount": 7}, operation="order-7/charge")
     assert again.status_code == 201 and again.headers["samekey-settled"] == "by-hand"
-    assert again.json()["settled_by_hand"] is True and again.json()["note"] == "paid: ch_7 on the dashboard"
+    assert (
+        again.json()["settled_by_hand"] is True
+        and again.json()["note"] == "paid: ch_7 on the dashboard"
+    )
     info = samekey.operation_info(again)
     assert info is not None and info.replayed
 
 
-def test_settle_refuses_a_live_lease_a_completed_or_an_unknown_operation(journal: JournalStore) -> None:
+def test_settle_refuses_a_live_lease_a_completed_or_an_unknown_operation(
+    journal: JournalStore,
+) -> None:
     settle = journal.settle  # type: ignore[attr-defined]  # optional: SettlingStore
     journal.claim(intent(), A, 30, T0)  # A executes it until T0 + 30
     busy = settle("order-1/charge", 201, "", T0 + 10)
@@ -570,7 +679,10 @@ def test_settle_refuses_a_live_lease_a_completed_or_an_unknown_operation(journal
     again = settle("order-1/charge", 201, "twice", T0 + 33)
     assert again.status == "completed" and again.record.response_status == 402
     assert again.record.settled_note == "" and again.record.response_body != b"late"
-    assert settle("nope", 201, "", T0).status == "missing" and settle("nope", 201, "", T0).record is None
+    assert (
+        settle("nope", 201, "", T0).status == "missing"
+        and settle("nope", 201, "", T0).record is None
+    )
     journal.claim(intent("order-2/charge"), A, 30, T0)
     journal.release("order-2/charge", A, 1, "ReadTimeout", T0 + 1)  # a free lease: settled at once
     no_content = settle("order-2/charge", 204, "", T0 + 2)

@@ -40,7 +40,8 @@ def test_checkout_demo_runs_and_charges_each_order_once(tmp_path: Path) -> None:
 
 def test_checkout_demo_leaves_no_temporary_folder_behind(tmp_path: Path) -> None:
     # Run as the README says, again and again: each run's payment-server folder is its own and
-    # must be removed when the demo ends, not pile up in the temp dir (the journal is what persists).
+    # must be removed when the demo ends, not pile
+    # up in the temp dir (the journal is what persists).
     temp = tmp_path / "tmp"
     temp.mkdir()
     _run_demo(tmp_path, TMPDIR=str(temp))
@@ -52,27 +53,40 @@ def test_checkout_demo_leaves_no_temporary_folder_behind(tmp_path: Path) -> None
 # does it to the child only (it is the process started with --child), with no hook in the demo.
 CRASHES = {
     "exits at start": (
-        "sys.stderr.write('ModuleNotFoundError: No module named httpx_broken\\n'); sys.stderr.flush(); os._exit(3)",
+        "sys.stderr.write('ModuleNotFoundError: No module named httpx_broken\\n'); "
+        "sys.stderr.flush(); os._exit(3)",
         "exit code 3",
         "ModuleNotFoundError: No module named httpx_broken",
     ),
-    "killed by a signal": ("os.kill(os.getpid(), signal.SIGSEGV)", "exit code -11, killed by SIGSEGV", "(nothing)"),
+    "killed by a signal": (
+        "os.kill(os.getpid(), signal.SIGSEGV)",
+        "exit code -11, killed by SIGSEGV",
+        "(nothing)",
+    ),
 }
 
 
 @pytest.mark.parametrize("crash", CRASHES, ids=list(CRASHES))
-def test_checkout_demo_stops_at_once_naming_a_checkout_process_that_died(tmp_path: Path, crash: str) -> None:
+def test_checkout_demo_stops_at_once_naming_a_checkout_process_that_died(
+    tmp_path: Path, crash: str
+) -> None:
     code, how, stderr_tail = CRASHES[crash]
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(f"import os, signal, sys\nif '--child' in sys.argv:\n    {code}\n")
+    (site / "sitecustomize.py").write_text(
+        f"import os, signal, sys\nif '--child' in sys.argv:\n    {code}\n"
+    )
     started = time.monotonic()
     result = _start_demo(tmp_path, PYTHONPATH=str(site))
     elapsed = time.monotonic() - started
     assert result.returncode == 1, result.stdout + result.stderr
-    assert elapsed < 10, f"took {elapsed:.1f} s"  # it used to wait out its 20 s, then fail on an assert
+    assert elapsed < 10, (
+        f"took {elapsed:.1f} s"
+    )  # it used to wait out its 20 s, then fail on an assert
     assert "checkout.py: the checkout process (pid " in result.stderr
-    assert f"died unexpectedly ({how}); the demo stops here. Its stderr ended with:\n" in result.stderr
+    assert (
+        f"died unexpectedly ({how}); the demo stops here. Its stderr ended with:\n" in result.stderr
+    )
     assert "checkout.py --child " in result.stderr  # the command that died
     assert stderr_tail in result.stderr
     assert "Traceback" not in result.stderr
@@ -87,7 +101,9 @@ def test_checkout_demo_explains_its_options_and_runs_nothing_for_help_or_a_typo(
     if args == ("--help",):
         assert result.returncode == 0, result.stderr
         assert "one charge per order" in result.stdout and "default journal" in result.stdout
-        assert "--child" not in result.stdout  # the demo's own child process, not an option for users
+        assert (
+            "--child" not in result.stdout
+        )  # the demo's own child process, not an option for users
     else:
         assert result.returncode == 2
         assert "unrecognized arguments: --jornal x.db" in result.stderr

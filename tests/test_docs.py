@@ -81,7 +81,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 # The base URLs the blocks use for "your payment API"; a run sends them to the loopback server.
 EXAMPLE_URLS = ("https://api.example.com", "https://api.payments.example")
-# The languages a fenced block may have: python is checked here; the others are shell, output, diagrams.
+# The languages a fenced block may have: python is
+# checked here; the others are shell, output, diagrams.
 FENCES = {"python", "bash", "text", "mermaid"}
 
 
@@ -139,7 +140,9 @@ def on_server(code: str, url: str) -> str:
     rewritten = code
     for example in EXAMPLE_URLS:
         rewritten = rewritten.replace(example, url)
-    assert rewritten != code, f"no {' or '.join(EXAMPLE_URLS)} to point at the test server in:\n{code}"
+    assert rewritten != code, (
+        f"no {' or '.join(EXAMPLE_URLS)} to point at the test server in:\n{code}"
+    )
     return rewritten
 
 
@@ -149,7 +152,11 @@ def execute(block: Block, preamble: str = "", *, url: str | None = None, mode: s
     With ``url``, example base URLs in both go to that server. Returns the namespace the block
     ran in, or with ``mode="eval"`` the value of a block that is one expression.
     """
-    rewrite = (lambda code: on_server(code, url) if any(e in code for e in EXAMPLE_URLS) else code) if url else str
+    rewrite = (
+        (lambda code: on_server(code, url) if any(e in code for e in EXAMPLE_URLS) else code)
+        if url
+        else str
+    )
     namespace: dict[str, Any] = {"__name__": "doc_block"}
     exec(compile(rewrite(preamble), f"{block.file} (test preamble)", "exec"), namespace)
     code = compile("\n" * (block.line - 1) + rewrite(block.code), block.file, mode)
@@ -189,16 +196,21 @@ def run_quickstart(block: Block, ctx: Context) -> None:
     assert "port=8765" in block.code
     block = Block(block.file, block.line, block.code.replace("port=8765", f"port={port}"))
     books = ctx.tmp_path / "server-books.sqlite3"
-    ctx.monkeypatch.setattr(samekey.testing, "PaymentServer", functools.partial(PaymentServer, books))
+    ctx.monkeypatch.setattr(
+        samekey.testing, "PaymentServer", functools.partial(PaymentServer, books)
+    )
     outputs = []
     for _run in range(2):
         with printed() as out:
             namespace = execute(block)
         outputs.append(out.getvalue().strip())
         assert namespace["response"].status_code == 201
-    record = completed_record("quickstart.sqlite3", "order-1042/charge")  # the explicit journal, in the folder
+    record = completed_record(
+        "quickstart.sqlite3", "order-1042/charge"
+    )  # the explicit journal, in the folder
     assert outputs == [
-        f"201 OperationInfo(operation='order-1042/charge', key='{record.key}', attempts=1, replayed={replayed})"
+        f"201 OperationInfo(operation='order-1042/charge', key='{record.key}', "
+        f"attempts=1, replayed={replayed})"
         for replayed in (False, True)
     ]
     # one charge, under the journaled key; the second run sent nothing
@@ -208,7 +220,8 @@ def run_quickstart(block: Block, ctx: Context) -> None:
 
 
 def run_real_api(block: Block, ctx: Context) -> None:
-    # the server takes exactly the Authorization the block sends: the client's default headers reach it
+    # the server takes exactly the Authorization the
+    # block sends: the client's default headers reach it
     with ctx.server(require_auth="Bearer sk_...") as server:
         outputs = []
         for _run in range(2):
@@ -220,7 +233,8 @@ def run_real_api(block: Block, ctx: Context) -> None:
         # one charge; the re-run is answered from the journal with the same key, nothing sent
         assert server.charge_count() == 1 and len(server.requests()) == 1
         assert outputs == [
-            f"OperationInfo(operation='order-1042/charge', key='{key}', attempts=1, replayed={replayed})"
+            f"OperationInfo(operation='order-1042/charge', key='{key}', attempts=1, "
+            f"replayed={replayed})"
             for replayed in (False, True)
         ]
     assert completed_record(ctx.tmp_path / "payments.sqlite3", "order-1042/charge").key == key
@@ -246,7 +260,10 @@ def run_async(block: Block, ctx: Context) -> None:
                 execute(block, url=server.url)
             assert out.getvalue().strip() == "[201, 201, 201]"
         # three orders, three charges, each under its journaled key; the re-run sent nothing
-        assert sorted(c["order"] for c in server.charges()) == [1, 2, 3] and len(server.requests()) == 3
+        assert (
+            sorted(c["order"] for c in server.charges()) == [1, 2, 3]
+            and len(server.requests()) == 3
+        )
         keys = {completed_record("orders.sqlite3", f"order-{n}/charge").key for n in (1, 2, 3)}
         assert keys == set(server.keys_seen())
 
@@ -259,7 +276,12 @@ def run_card_data(block: Block, ctx: Context) -> None:
             execute(block, url=server.url)
         assert server.charge_count() == 1 and server.charges()[0]["card"]["cvc"] == "737"
     stored = b"".join(p.read_bytes() for p in ctx.tmp_path.glob("payments.sqlite3*"))
-    assert stored and b"4242424242424242" not in stored and b'"737"' not in stored and b"exp_month" not in stored
+    assert (
+        stored
+        and b"4242424242424242" not in stored
+        and b'"737"' not in stored
+        and b"exp_month" not in stored
+    )
 
 
 def run_own_httpx_client(block: Block, ctx: Context) -> None:
@@ -269,23 +291,35 @@ def run_own_httpx_client(block: Block, ctx: Context) -> None:
             namespace = execute(block, preamble, url=server.url)
             namespace["client"].close()
         assert server.charge_count() == 1 and len(server.requests()) == 1  # the re-run: replayed
-        with samekey.Journal(ctx.tmp_path / "payments.sqlite3", read_only=True) as journal:  # the relative path
+        with samekey.Journal(
+            ctx.tmp_path / "payments.sqlite3", read_only=True
+        ) as journal:  # the relative path
             record = journal.get("order-1042/charge")
             assert record is not None and record.state == "completed"
             assert server.keys_seen() == [record.key]
 
 
 def run_retry_policy(block: Block, ctx: Context) -> None:
-    # the block shows the defaults (the table below it says so): it must build what RetryPolicy() builds
+    # the block shows the defaults (the table below
+    # it says so): it must build what RetryPolicy() builds
     shown = execute(block, SNIPPETS["retry policy"].preamble, mode="eval")
     default = samekey.RetryPolicy()
     assert isinstance(shown, samekey.RetryPolicy)
-    for name in ("max_attempts", "initial_delay", "max_delay", "multiplier", "deadline", "max_retry_after"):
+    for name in (
+        "max_attempts",
+        "initial_delay",
+        "max_delay",
+        "multiplier",
+        "deadline",
+        "max_retry_after",
+    ):
         assert getattr(shown, name) == getattr(default, name), name
     for name in ("retry_statuses", "retry_exceptions", "verdict_header"):
         assert getattr(shown, name) == getattr(default, name), name
     budgets = [
-        (b.capacity, b.retry_cost, b.timeout_cost, b.success_refund) for b in (shown.budget, default.budget) if b
+        (b.capacity, b.retry_cost, b.timeout_cost, b.success_refund)
+        for b in (shown.budget, default.budget)
+        if b
     ]
     assert len(budgets) == 2 and budgets[0] == budgets[1]
 
@@ -297,7 +331,9 @@ def run_journal(block: Block, ctx: Context) -> None:
         journal = execute(Block(block.file, block.line, code), preamble, mode="eval")
         assert isinstance(journal, samekey.Journal)
         journal.close()
-    assert stat.S_IMODE((ctx.tmp_path / "journal.sqlite3").stat().st_mode) == 0o600  # "created 0600"
+    assert (
+        stat.S_IMODE((ctx.tmp_path / "journal.sqlite3").stat().st_mode) == 0o600
+    )  # "created 0600"
 
 
 def run_resume(block: Block, ctx: Context) -> None:
@@ -309,13 +345,17 @@ def run_resume(block: Block, ctx: Context) -> None:
     with ctx.server(require_auth="Bearer sk_test") as server, samekey.set_testing(True, attempts=2):
         with samekey.Client(journal="pay.sqlite3", base_url=server.url) as client:
             for invoice in ("0042", "0043"):
-                answer = client.post("/charges", json={"invoice": invoice}, operation=f"invoice-{invoice}/charge")
+                answer = client.post(
+                    "/charges", json={"invoice": invoice}, operation=f"invoice-{invoice}/charge"
+                )
                 assert answer.status_code == 401
         with samekey.Client(journal="pay.sqlite3", base_url=gone) as client:
             with pytest.raises(samekey.RetriesExhausted):
                 client.post("/charges", json={"invoice": "0044"}, operation="invoice-0044/charge")
         with samekey.Journal("pay.sqlite3", read_only=True) as journal:
-            assert [r.operation for r in journal.pending()] == [f"invoice-{n}/charge" for n in ("0042", "0043", "0044")]
+            assert [r.operation for r in journal.pending()] == [
+                f"invoice-{n}/charge" for n in ("0042", "0043", "0044")
+            ]
             keys = {r.operation: r.key for r in journal.pending()}
 
         with printed() as out:
@@ -323,7 +363,9 @@ def run_resume(block: Block, ctx: Context) -> None:
         assert namespace["response"].status_code == 201
         lines = out.getvalue().splitlines()
         assert lines[0] == "invoice-0043/charge 201", lines
-        assert lines[1].startswith("invoice-0044/charge still pending: operation 'invoice-0044/charge': gave up")
+        assert lines[1].startswith(
+            "invoice-0044/charge still pending: operation 'invoice-0044/charge': gave up"
+        )
         assert len(lines) == 2, lines
         # each charged once, under the key journaled before the 401
         charged = {c["invoice"]: c for c in server.charges()}
@@ -337,7 +379,9 @@ def run_resume(block: Block, ctx: Context) -> None:
 
 
 def run_postgres_replicas(block: Block, ctx: Context) -> None:
-    dsn = ctx.request.getfixturevalue("pg_dsn")  # skips (fails under CI) where no PostgreSQL can start
+    dsn = ctx.request.getfixturevalue(
+        "pg_dsn"
+    )  # skips (fails under CI) where no PostgreSQL can start
     ctx.monkeypatch.setenv("SAMEKEY_JOURNAL_DSN", dsn)
     with ctx.server() as server:
         namespace = execute(block, url=server.url)
@@ -398,7 +442,8 @@ def run_structlog(block: Block, ctx: Context) -> None:
         with printed() as out:
             execute(block)
     finally:
-        structlog.reset_defaults()  # the block configures structlog for its process, as an application does
+        # the block configures structlog for its process, as an application does
+        structlog.reset_defaults()
     [line] = out.getvalue().splitlines()
     logged = json.loads(line)
     assert logged["event"] == "samekey call ended" and logged.pop("event")
@@ -411,7 +456,8 @@ def run_structlog(block: Block, ctx: Context) -> None:
 # after the block, in its process: the names of the metrics its MeterProvider received
 OTEL_METRICS = """
 data = reader.get_metrics_data()
-print(sorted(m.name for r in (data.resource_metrics if data else ()) for s in r.scope_metrics for m in s.metrics))
+print(sorted(m.name for r in (data.resource_metrics if data else ()) for s in r.scope_metrics for \
+m in s.metrics))
 """
 
 
@@ -419,7 +465,9 @@ def run_opentelemetry(block: Block, ctx: Context) -> None:
     # a process of its own: OpenTelemetry takes one global provider per process, as the block sets
     script = ctx.tmp_path / "otel_block.py"
     script.write_text(module_text(block, "") + OTEL_METRICS)
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=ctx.tmp_path)
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=ctx.tmp_path
+    )
     assert run.returncode == 0, run.stderr
     *spans, names = run.stdout.splitlines()
     assert spans == [
@@ -428,7 +476,8 @@ def run_opentelemetry(block: Block, ctx: Context) -> None:
         "samekey POST order-1042/charge completed 2",
     ]
     assert ast.literal_eval(names) == [
-        "samekey.attempts", "samekey.journal.duration", "samekey.operation.duration", "samekey.operations",
+        "samekey.attempts", "samekey.journal.duration", "samekey.operation.duration",
+        "samekey.operations",
         "samekey.retries",
     ]  # fmt: skip
 
@@ -439,7 +488,8 @@ import samekey
 
 
 def charge_order(client: samekey.Client, order: int) -> None:
-    response = client.post("/charges", json={"order": order, "amount": 4999}, operation=f"order-{order}/charge")
+    response = client.post("/charges", json={"order": order, "amount": 4999}, \
+operation=f"order-{order}/charge")
     response.raise_for_status()
 '''
 
@@ -449,8 +499,13 @@ def run_pytest_example(block: Block, ctx: Context) -> None:
     ctx.monkeypatch.syspath_prepend(str(ctx.tmp_path))
     ctx.monkeypatch.delitem(sys.modules, "myshop", raising=False)
     namespace = execute(block, SNIPPETS["pytest example"].preamble)
-    tests = {name: fn for name, fn in namespace.items() if name.startswith("test_") and callable(fn)}
-    assert sorted(tests) == ["test_a_lost_answer_does_not_charge_twice", "test_many_orders_on_a_lossy_network"]
+    tests = {
+        name: fn for name, fn in namespace.items() if name.startswith("test_") and callable(fn)
+    }
+    assert sorted(tests) == [
+        "test_a_lost_answer_does_not_charge_twice",
+        "test_many_orders_on_a_lossy_network",
+    ]
     with samekey.set_testing(True):  # what its autouse fixture does
         for name, test in tests.items():
             folder = ctx.tmp_path / name
@@ -470,7 +525,8 @@ def run_pytest_plugin_example(block: Block, ctx: Context) -> None:
 
 
 def sdk_runner(api: Api, operation: str) -> Callable[[Block, Context], None]:
-    """A README block of "With Stripe, Square and other SDKs", run as the guide's (test_guide_sdks.py)."""
+    """A README block of "With Stripe, Square and
+    other SDKs", run as the guide's (test_guide_sdks.py)."""
 
     def run(block: Block, ctx: Context) -> None:
         spec = SdkBlock("", api, operation)
@@ -479,8 +535,8 @@ def sdk_runner(api: Api, operation: str) -> Callable[[Block, Context], None]:
     return run
 
 
-# marker: text of that block and of no other, a comment or a name where one will do (a broken keyword
-# should fail the type check and the run, not hide behind a marker that no longer matches)
+# marker: text of that block and of no other, a comment or a name where one will do (a broken
+# keyword should fail the type check and the run, not hide behind a marker that no longer matches)
 SNIPPETS: dict[str, Snippet] = {
     "quickstart": Snippet("a stand-in for your payment API", run_quickstart),
     "real api": Snippet("your stable name for this logical operation", run_real_api),
@@ -493,10 +549,18 @@ SNIPPETS: dict[str, Snippet] = {
         'payload = {"amount": 4999, "currency": "eur", "order": 1042}\n',
     ),
     "retry policy": Snippet(
-        "attempts in all, the first included", run_retry_policy, preamble="import httpx\n\nimport samekey\n"
+        "attempts in all, the first included",
+        run_retry_policy,
+        preamble="import httpx\n\nimport samekey\n",
     ),
-    "journal": Snippet("samekey.Journal(path,", run_journal, preamble='import samekey\n\npath = "journal.sqlite3"\n'),
-    "resume": Snippet('"invoice-0042/charge"', run_resume, preamble='import samekey\n\ntoken = "sk_test"\n'),
+    "journal": Snippet(
+        "samekey.Journal(path,",
+        run_journal,
+        preamble='import samekey\n\npath = "journal.sqlite3"\n',
+    ),
+    "resume": Snippet(
+        '"invoice-0042/charge"', run_resume, preamble='import samekey\n\ntoken = "sk_test"\n'
+    ),
     "postgres replicas": Snippet("SAMEKEY_JOURNAL_DSN", run_postgres_replicas),
     "on_retry": Snippet("def warn_when_throttled(", run_on_retry),
     "on_end": Snippet("def record_end(", run_on_end),
@@ -508,8 +572,12 @@ SNIPPETS: dict[str, Snippet] = {
     "pytest plugin": Snippet(
         "# test_payments.py\n", run_pytest_plugin_example, preamble="# mypy: allow-untyped-defs\n"
     ),
-    "pytest example": Snippet("# test_checkout.py\n", run_pytest_example, preamble="# mypy: allow-untyped-defs\n"),
-    "stripe sdk": Snippet("one durable key for the one request", sdk_runner(STRIPE, "order-1042/pi")),
+    "pytest example": Snippet(
+        "# test_checkout.py\n", run_pytest_example, preamble="# mypy: allow-untyped-defs\n"
+    ),
+    "stripe sdk": Snippet(
+        "one durable key for the one request", sdk_runner(STRIPE, "order-1042/pi")
+    ),
     "square sdk": Snippet("square.payments.create(", sdk_runner(SQUARE, "order-1042/pay")),
 }
 
@@ -526,7 +594,8 @@ def snippet_block(name: str, blocks: list[Block] | None = None) -> Block:
 
 
 def preamble_of(block: Block) -> str:
-    """The preamble of the snippet entry whose marker is in ``block`` ("" for none: a complete program)."""
+    """The preamble of the snippet entry whose marker
+    is in ``block`` ("" for none: a complete program)."""
     preambles = [s.preamble for s in SNIPPETS.values() if s.marker in block.code]
     return preambles[0] if len(preambles) == 1 else ""
 
@@ -545,7 +614,9 @@ def test_every_fenced_block_is_python_or_a_language_that_is_not_code() -> None:
         fences = re.findall(r"^```(\S*)", path.read_text(), re.MULTILINE)
         assert len(fences) % 2 == 0, f"{path}: an unclosed ``` fence"
         opening = fences[::2]
-        assert set(opening) <= FENCES, f"{path}: fences {sorted(set(opening) - FENCES)}: use one of {sorted(FENCES)}"
+        assert set(opening) <= FENCES, (
+            f"{path}: fences {sorted(set(opening) - FENCES)}: use one of {sorted(FENCES)}"
+        )
 
 
 def test_every_doc_block_compiles_as_written() -> None:
@@ -559,7 +630,8 @@ def test_every_doc_block_compiles_as_written() -> None:
 
 
 def module_text(block: Block, preamble: str) -> str:
-    """The preamble, then the block on its own line numbers (the preamble fits in the lines above)."""
+    """The preamble, then the block on its own line
+    numbers (the preamble fits in the lines above)."""
     head = preamble.splitlines()
     assert len(head) < block.line, "the preamble must fit above the block"
     return "\n".join(head) + "\n" * (block.line - len(head)) + block.code
@@ -573,8 +645,13 @@ def test_every_doc_block_passes_the_users_mypy_strict(tmp_path: Path) -> None:
     for number, block in enumerate(blocks):
         (folder / f"block_{number}.py").write_text(module_text(block, preamble_of(block)))
     result = _users_mypy(folder)  # one run over every block: mypy starts once
-    # block_3.py:52: error: ... -> docs/guides/async.md:52: error: ... (the modules keep their lines)
-    report = re.sub(r"\S*block_(\d+)\.py:", lambda m: f"{blocks[int(m[1])].file}:", result.stdout + result.stderr)
+    # block_3.py:52: error: ... -> docs/guides/async.md:52:
+    # error: ... (the modules keep their lines)
+    report = re.sub(
+        r"\S*block_(\d+)\.py:",
+        lambda m: f"{blocks[int(m[1])].file}:",
+        result.stdout + result.stderr,
+    )
     assert result.returncode == 0, report
     assert f"Success: no issues found in {len(blocks) + 1} source files" in result.stdout
 
@@ -601,32 +678,57 @@ def test_the_demo_command_is_the_ci_install_then_the_demo_the_tests_run() -> Non
     readme = README.read_text()
     demo = readme.split("# run the demo: ", 1)[1].splitlines()[1]
     tests = readme.split("# run the tests (what CI runs)\n", 1)[1].splitlines()[0]
-    assert demo == "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/python examples/checkout.py"
-    assert demo == re.sub(r'-e "\.\[[\w,]+\]"', "-e .", tests).replace("-m pytest -q", "examples/checkout.py")
+    assert (
+        demo == "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/python "
+        "examples/checkout.py"
+    )
+    assert demo == re.sub(r'-e "\.\[[\w,]+\]"', "-e .", tests).replace(
+        "-m pytest -q", "examples/checkout.py"
+    )
     assert (ROOT / "examples" / "checkout.py").is_file()
-    assert '"examples" / "checkout.py"' in (ROOT / "tests" / "test_demo.py").read_text()  # which runs it
+    assert (
+        '"examples" / "checkout.py"' in (ROOT / "tests" / "test_demo.py").read_text()
+    )  # which runs it
 
 
 def test_the_samekey_commands_in_the_docs_take_the_options_they_show() -> None:
     parser = build_parser()
-    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    subcommands = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices
     text = doc_text()
-    shown = [(command, ["--journal PATH", "--debug"]) for command in subcommands]  # "Every subcommand takes"
+    shown = [
+        (command, ["--journal PATH", "--debug"]) for command in subcommands
+    ]  # "Every subcommand takes"
     # a row of the command table: the options in its `...` spans
     for row in re.findall(r"^\| `samekey .*$", text, re.MULTILINE):
         shown.append((row.split()[2], re.findall(r"`([^`]*)`", row)))
     # `samekey COMMAND ...` anywhere, and a shell line starting with it
     shown += [(command, [span]) for command, span in re.findall(r"`samekey (\w+)\b([^`]*)`", text)]
     shell = "\n".join(re.findall(r"^```bash\n(.*?)^```$", text, re.DOTALL | re.MULTILINE))
-    shown += [(command, [line]) for command, line in re.findall(r"^samekey (\w+)\b(.*)$", shell, re.MULTILINE)]
+    shown += [
+        (command, [line])
+        for command, line in re.findall(r"^samekey (\w+)\b(.*)$", shell, re.MULTILINE)
+    ]
     # the option table of `samekey resume`: its first column
-    resume_table = (DOCS / "reference" / "cli.md").read_text().split("## `samekey resume`", 1)[1].split("\n\n")[1]
+    resume_table = (
+        (DOCS / "reference" / "cli.md")
+        .read_text()
+        .split("## `samekey resume`", 1)[1]
+        .split("\n\n")[1]
+    )
     shown += [("resume", [row.split("|")[1]]) for row in resume_table.splitlines()[2:]]
     assert {command for command, _ in shown} == set(subcommands) and len(shown) > 20
     for command, spans in shown:
-        options = {o for span in spans for o in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", span.split("#")[0])}
+        options = {
+            o
+            for span in spans
+            for o in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", span.split("#")[0])
+        }
         unknown = options - set(subcommands[command]._option_string_actions)
-        assert not unknown, f"docs: samekey {command} {sorted(unknown)}: not options of that command"
+        assert not unknown, (
+            f"docs: samekey {command} {sorted(unknown)}: not options of that command"
+        )
 
 
 def test_the_scripts_in_the_docs_take_the_options_they_show() -> None:
@@ -634,16 +736,27 @@ def test_the_scripts_in_the_docs_take_the_options_they_show() -> None:
     commands = {
         "python scripts/soak.py": [sys.executable, str(ROOT / "scripts" / "soak.py")],
         "python -m benchmarks": [sys.executable, "-m", "benchmarks"],
-        "python examples/batch_invoices.py": [sys.executable, str(ROOT / "examples" / "batch_invoices.py")],
+        "python examples/batch_invoices.py": [
+            sys.executable,
+            str(ROOT / "examples" / "batch_invoices.py"),
+        ],
     }
     for shown, argv in commands.items():
-        lines = [line for line in re.findall(r"^(?:pip|python) .*$", text, re.MULTILINE) if line.startswith(shown)]
+        lines = [
+            line
+            for line in re.findall(r"^(?:pip|python) .*$", text, re.MULTILINE)
+            if line.startswith(shown)
+        ]
         assert lines, shown
-        usage = subprocess.run([*argv, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        usage = subprocess.run(
+            [*argv, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
         assert usage.returncode == 0, usage.stderr
         for line in lines:
             for option in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", line):
-                assert option in usage.stdout, f"{line}: {option} is not an option of {shlex.join(argv)}"
+                assert option in usage.stdout, (
+                    f"{line}: {option} is not an option of {shlex.join(argv)}"
+                )
 
 
 # -- the site ------------------------------------------------------------------------------
@@ -652,8 +765,14 @@ def test_the_scripts_in_the_docs_take_the_options_they_show() -> None:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The docs site, built as CI builds it: ``mkdocs build --strict`` (a warning is an error)."""
-    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None:
-        pytest.fail("the docs' packages are missing: pip install -e '.[test,docs]' (the README's test command)")
+    if (
+        importlib.util.find_spec("mkdocs") is None
+        or importlib.util.find_spec("mkdocstrings") is None
+    ):
+        pytest.fail(
+            "the docs' packages are missing: pip install -e '.[test,docs]' (the "
+            "README's test command)"
+        )
     folder = tmp_path_factory.mktemp("site")
     build = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(folder)],
@@ -674,7 +793,9 @@ def test_mkdocs_build_strict_builds_every_page(site: Path) -> None:
             html = site / page.relative_to(DOCS).parent / "index.html"
         assert html.is_file(), f"{page} was not built"
     # the Quickstart comes from the README, the changelog from CHANGELOG.md: one copy of each
-    assert "a stand-in for your payment API" in (site / "getting-started" / "index.html").read_text()
+    assert (
+        "a stand-in for your payment API" in (site / "getting-started" / "index.html").read_text()
+    )
     assert "Keep a Changelog" in (site / "changelog" / "index.html").read_text()
     assert "resume_pending" in (site / "reference" / "api" / "index.html").read_text()
 
@@ -685,5 +806,9 @@ def test_the_benchmark_page_is_generated_from_benchmarks_results(site: Path) -> 
     rows = [line for line in latest.splitlines() if line.startswith("| samekey.Client (process)")]
     assert rows and all(cell.strip() in page for cell in rows[0].split("|") if cell.strip())
     assert latest.splitlines()[0].removeprefix("Measured ")[:16] in page  # its date
-    assert "<!-- benchmarks:tables -->" not in page and "NOT MET" not in page and "(target <" not in page
+    assert (
+        "<!-- benchmarks:tables -->" not in page
+        and "NOT MET" not in page
+        and "(target <" not in page
+    )
     assert (site / "assets" / "latency.png").read_bytes() == (RESULTS / "latency.png").read_bytes()

@@ -36,7 +36,9 @@ def test_key_is_in_the_journal_file_before_the_first_byte_is_sent(journal_path: 
     assert seen == [("durable-op", route.calls[0].request.headers["Idempotency-Key"])]
 
 
-def test_lost_response_is_retried_and_the_server_charges_once(journal_path: Path, tmp_path: Path) -> None:
+def test_lost_response_is_retried_and_the_server_charges_once(
+    journal_path: Path, tmp_path: Path
+) -> None:
     plan = FaultPlan([Fault("drop_after"), Fault("drop_after"), Fault("status", 503)])
     with PaymentServer(tmp_path / "server.sqlite3", faults=plan) as server:
         policy = samekey.RetryPolicy(initial_delay=0.01, max_delay=0.05)
@@ -53,7 +55,8 @@ CHILD = textwrap.dedent(
     """
     import sys, samekey
     journal, url = sys.argv[1], sys.argv[2]
-    policy = samekey.RetryPolicy(max_attempts=10_000, initial_delay=0.05, max_delay=0.05, deadline=600)
+    policy = samekey.RetryPolicy(max_attempts=10_000, initial_delay=0.05, max_delay=0.05, \
+deadline=600)
     with samekey.Client(journal=journal, base_url=url, policy=policy) as client:
         response = client.post("/charges", json={"amount": 990}, operation="order-99/charge")
         print(response.status_code, flush=True)
@@ -61,7 +64,9 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_kill_9_while_retrying_then_rerun_sends_the_same_key(journal_path: Path, tmp_path: Path) -> None:
+def test_kill_9_while_retrying_then_rerun_sends_the_same_key(
+    journal_path: Path, tmp_path: Path
+) -> None:
     # the first attempt charges but its answer is lost; then the server is "down" (503)
     plan = FaultPlan([Fault("drop_after")] + [Fault("status", 503)] * 10_000)
     with PaymentServer(tmp_path / "server.sqlite3", faults=plan) as server:
@@ -99,7 +104,9 @@ def test_rerun_after_success_does_not_pay_twice(journal_path: Path, server: Paym
 
 
 @pytest.mark.parametrize("durability", ["fsync", "process"])
-def test_both_durabilities_work_end_to_end(journal_path: Path, server: PaymentServer, durability: str) -> None:
+def test_both_durabilities_work_end_to_end(
+    journal_path: Path, server: PaymentServer, durability: str
+) -> None:
     journal = samekey.Journal(journal_path, durability=durability)  # type: ignore[arg-type]
     with samekey.Client(journal=journal, base_url=server.url) as client:
         for i in range(5):

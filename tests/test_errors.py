@@ -43,11 +43,19 @@ ERRORS: dict[str, Callable[[], samekey.SameKeyError]] = {
         reason="max_attempts reached",
         this_run=2,
     ),
-    "OperationMismatch": lambda: samekey.OperationMismatch("order-1/charge", "same method and URL, different body"),
-    "OperationInProgress": lambda: samekey.OperationInProgress("order-1/charge", "host/42/scope/abc-1", 12.5),
+    "OperationMismatch": lambda: samekey.OperationMismatch(
+        "order-1/charge", "same method and URL, different body"
+    ),
+    "OperationInProgress": lambda: samekey.OperationInProgress(
+        "order-1/charge", "host/42/scope/abc-1", 12.5
+    ),
     "KeyExpired": lambda: samekey.KeyExpired("order-1/charge", "3f0c7b9e-key", 90000.0, 86400.0),
-    "OperationNotFound": lambda: samekey.OperationNotFound("order-1/charge", "/var/lib/app/journal.sqlite3"),
-    "JournalError": lambda: samekey.JournalError(Path("/var/lib/app/journal.sqlite3"), "disk full", "Free space."),
+    "OperationNotFound": lambda: samekey.OperationNotFound(
+        "order-1/charge", "/var/lib/app/journal.sqlite3"
+    ),
+    "JournalError": lambda: samekey.JournalError(
+        Path("/var/lib/app/journal.sqlite3"), "disk full", "Free space."
+    ),
     "JournalLocked": lambda: samekey.JournalLocked(
         "/var/lib/app/journal.sqlite3", "locked by another process for more than 10 s", "Retry."
     ),
@@ -68,7 +76,9 @@ MORE = {  # the other arguments that change what an error holds or says
         last_exception=httpx.ReadError("connection reset", request=REQUEST),
         reason="the client's retry budget is empty (the server looks unhealthy)",
     ),
-    "OperationMismatch, pending": lambda: samekey.OperationMismatch("order-1/charge", "a new body", pending=True),
+    "OperationMismatch, pending": lambda: samekey.OperationMismatch(
+        "order-1/charge", "a new body", pending=True
+    ),
 }
 
 
@@ -94,11 +104,19 @@ def test_every_public_error_has_a_case_here() -> None:
 
 def _same_response(before: httpx.Response | None, after: httpx.Response | None) -> None:
     assert before is not None and after is not None
-    assert (after.status_code, after.headers, after.json()) == (before.status_code, before.headers, before.json())
+    assert (after.status_code, after.headers, after.json()) == (
+        before.status_code,
+        before.headers,
+        before.json(),
+    )
     assert after.request.method == "POST" and after.request.url == URL
 
 
-CARRIED = ("response", "last_response", "last_exception")  # objects of their own, compared by what they hold
+CARRIED = (
+    "response",
+    "last_response",
+    "last_exception",
+)  # objects of their own, compared by what they hold
 
 
 @pytest.mark.parametrize("case", [*ERRORS, *MORE])
@@ -134,10 +152,13 @@ def test_an_attribute_that_cannot_cross_arrives_as_none_the_message_intact() -> 
     )
     copy = pickle.loads(pickle.dumps(error))
     assert copy.last_exception is None and copy.attempts == 2
-    assert str(copy) == str(error) and "last error HTTPStatusError: 503 from the gateway" in str(copy)
+    assert str(copy) == str(error) and "last error HTTPStatusError: 503 from the gateway" in str(
+        copy
+    )
 
 
-# -- end to end: a worker process raises, its parent catches -----------------------------------------------
+# -- end to end: a worker process raises, its parent catches
+# -----------------------------------------------
 
 
 def _charge_twice_with_another_body(journal: str) -> None:
@@ -148,29 +169,45 @@ def _charge_twice_with_another_body(journal: str) -> None:
 
 
 def _charge_a_server_that_is_down(journal: str) -> None:
-    transport = httpx.MockTransport(lambda request: httpx.Response(503, json={"error": "maintenance"}))
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(503, json={"error": "maintenance"})
+    )
     policy = samekey.RetryPolicy(max_attempts=2)
-    with samekey.set_testing(True), samekey.Client(journal=journal, transport=transport, policy=policy) as client:
+    with (
+        samekey.set_testing(True),
+        samekey.Client(journal=journal, transport=transport, policy=policy) as client,
+    ):
         client.post(URL, json={"amount": 1}, operation="order-2/charge")
 
 
 def test_an_error_raised_in_a_process_pool_worker_reaches_the_parent(tmp_path: Path) -> None:
-    # the parent got BrokenProcessPool ("A process in the process pool was terminated abruptly"), not the error
+    # the parent got BrokenProcessPool ("A process in
+    # the process pool was terminated abruptly"), not the error
     journal = str(tmp_path / "journal.sqlite3")
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
         mismatch = pool.submit(_charge_twice_with_another_body, journal)
         exhausted = pool.submit(_charge_a_server_that_is_down, journal)
         with pytest.raises(samekey.OperationMismatch) as caught_mismatch:
             mismatch.result(timeout=60)
         with pytest.raises(samekey.RetriesExhausted) as caught_exhausted:
             exhausted.result(timeout=60)
-    assert caught_mismatch.value.operation == "order-1/charge" and "different body" in str(caught_mismatch.value)
+    assert caught_mismatch.value.operation == "order-1/charge" and "different body" in str(
+        caught_mismatch.value
+    )
     error: Any = caught_exhausted.value
     assert (error.operation, error.attempts) == ("order-2/charge", 2)
-    assert error.last_response.status_code == 503 and error.last_response.json() == {"error": "maintenance"}
+    assert error.last_response.status_code == 503 and error.last_response.json() == {
+        "error": "maintenance"
+    }
     with samekey.Journal(journal) as opened:
         record = opened.get("order-2/charge")
-    assert record is not None and error.key == record.key and "samekey resume order-2/charge" in str(error)
+    assert (
+        record is not None
+        and error.key == record.key
+        and "samekey resume order-2/charge" in str(error)
+    )
 
 
 def _reset_by_peer() -> httpx.ReadError:
@@ -178,9 +215,13 @@ def _reset_by_peer() -> httpx.ReadError:
     try:
         try:
             try:
-                raise anyio.BrokenResourceError from ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+                raise anyio.BrokenResourceError from ConnectionResetError(
+                    errno.ECONNRESET, "Connection reset by peer"
+                )
             except anyio.BrokenResourceError as exc:
-                raise httpcore.ReadError(exc) from None  # as httpcore's connection pool re-raises it
+                raise httpcore.ReadError(
+                    exc
+                ) from None  # as httpcore's connection pool re-raises it
         except httpcore.ReadError as exc:
             raise httpx.ReadError(str(exc)) from exc
     except httpx.ReadError as exc:
@@ -193,21 +234,30 @@ def _bare_read_error() -> httpx.ReadError:
     return error
 
 
-RESET_TEXT = f"ReadError (ConnectionResetError: [Errno {errno.ECONNRESET}] Connection reset by peer)"
+RESET_TEXT = (
+    f"ReadError (ConnectionResetError: [Errno {errno.ECONNRESET}] Connection reset by peer)"
+)
 
 
 @pytest.mark.parametrize("make_error", [_reset_by_peer, _bare_read_error])
-def test_an_empty_read_error_is_reported_with_its_cause(journal_path: Path, no_sleep: None, make_error: Any) -> None:
-    # the async transport raises a reset as ReadError(''): last_error said "ReadError", the error "ReadError: "
+def test_an_empty_read_error_is_reported_with_its_cause(
+    journal_path: Path, no_sleep: None, make_error: Any
+) -> None:
+    # the async transport raises a reset as ReadError(''):
+    # last_error said "ReadError", the error "ReadError: "
     async def story() -> tuple[samekey.RetriesExhausted, httpx.ReadError]:
         transport = raising(make_error(), make_error())
         policy = samekey.RetryPolicy(max_attempts=2)
-        async with samekey.AsyncClient(journal=journal_path, transport=transport, policy=policy) as client:
+        async with samekey.AsyncClient(
+            journal=journal_path, transport=transport, policy=policy
+        ) as client:
             with pytest.raises(samekey.RetriesExhausted) as exhausted:
                 await client.post(URL, json={"amount": 1}, operation="exhausted")
         # not retried: the error itself reaches the caller, and the journal says why
         transport, policy = raising(make_error()), samekey.RetryPolicy(retry_exceptions=())
-        async with samekey.AsyncClient(journal=journal_path, transport=transport, policy=policy) as client:
+        async with samekey.AsyncClient(
+            journal=journal_path, transport=transport, policy=policy
+        ) as client:
             with pytest.raises(httpx.ReadError) as raised:
                 await client.post(URL, json={"amount": 2}, operation="raised")
         return exhausted.value, raised.value
@@ -223,7 +273,8 @@ def test_an_empty_read_error_is_reported_with_its_cause(journal_path: Path, no_s
 
 
 def test_an_empty_error_with_no_message_below_names_the_deepest_cause(journal_path: Path) -> None:
-    # a clean close mid-answer: ReadError('') from httpcore's ReadError from EndOfStream, no message anywhere
+    # a clean close mid-answer: ReadError('') from
+    # httpcore's ReadError from EndOfStream, no message anywhere
     below, alone = httpx.ReadError(""), httpx.ReadError("")
     below.__cause__ = httpcore.ReadError(anyio.EndOfStream())
     below.__cause__.__cause__ = anyio.EndOfStream()
@@ -233,4 +284,7 @@ def test_an_empty_error_with_no_message_below_names_the_deepest_cause(journal_pa
             with pytest.raises(httpx.ReadError):
                 client.post(URL, json={"amount": 1}, operation=operation)
         records = [client.journal.get(operation) for operation in ("below", "alone")]
-    assert [r.last_error for r in records if r is not None] == ["ReadError (EndOfStream)", "ReadError"]
+    assert [r.last_error for r in records if r is not None] == [
+        "ReadError (EndOfStream)",
+        "ReadError",
+    ]

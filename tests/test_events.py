@@ -1,4 +1,5 @@
-"""on_end hooks: one call per request with how it ended, the same from the sync and the async client."""
+"""on_end hooks: one call per request with how it
+ended, the same from the sync and the async client."""
 
 from __future__ import annotations
 
@@ -33,9 +34,14 @@ def _answers(*answers: httpx.Response | BaseException) -> Handler:
 
 
 def _post(
-    kind: str, journal: Path, handler: Handler, ends: list[EndDetails], policy: samekey.RetryPolicy = NO_BACKOFF
+    kind: str,
+    journal: Path,
+    handler: Handler,
+    ends: list[EndDetails],
+    policy: samekey.RetryPolicy = NO_BACKOFF,
 ) -> httpx.Response:
-    """One POST of order-1/charge from a sync or an async samekey client with ``on_end=ends.append``."""
+    """One POST of order-1/charge from a sync or an
+    async samekey client with ``on_end=ends.append``."""
     options: dict[str, Any] = {"journal": journal, "policy": policy, "on_end": ends.append}
     if kind == "sync":
         with samekey.Client(transport=httpx.MockTransport(handler), **options) as client:
@@ -66,12 +72,30 @@ def test_completed_then_replayed(kind: str, journal_path: Path) -> None:
     assert _post(kind, journal_path, handler, ends).status_code == 201  # answered from the journal
     key = _key(journal_path)
     first, again = ends
-    common = {"operation": "order-1/charge", "key": key, "method": "POST", "url": URL, "status_code": 201}
+    common = {
+        "operation": "order-1/charge",
+        "key": key,
+        "method": "POST",
+        "url": URL,
+        "status_code": 201,
+    }
     assert first == EndDetails(
-        **common, outcome="completed", attempts=2, this_run=2, duration=first.duration, error_type=None, reason=None
+        **common,
+        outcome="completed",
+        attempts=2,
+        this_run=2,
+        duration=first.duration,
+        error_type=None,
+        reason=None,
     )
     assert again == EndDetails(
-        **common, outcome="replayed", attempts=2, this_run=0, duration=again.duration, error_type=None, reason=None
+        **common,
+        outcome="replayed",
+        attempts=2,
+        this_run=0,
+        duration=again.duration,
+        error_type=None,
+        reason=None,
     )
     assert 0 < first.duration < 5 and 0 < again.duration < 5
 
@@ -82,21 +106,41 @@ def test_a_definitive_4xx_is_refused(kind: str, journal_path: Path) -> None:
     declined = httpx.Response(402, json={"error": "card_declined"})
     assert _post(kind, journal_path, _answers(declined), ends).status_code == 402
     [end] = ends
-    assert (end.outcome, end.status_code, end.attempts, end.error_type, end.reason) == ("refused", 402, 1, None, None)
+    assert (end.outcome, end.status_code, end.attempts, end.error_type, end.reason) == (
+        "refused",
+        402,
+        1,
+        None,
+        None,
+    )
 
 
 @KINDS
 def test_gave_up_says_why_and_the_attempts_of_every_run(kind: str, journal_path: Path) -> None:
     ends: list[EndDetails] = []
     policy = samekey.RetryPolicy(max_attempts=2, initial_delay=0, max_delay=0, budget=None)
-    handler = _answers(httpx.Response(503), httpx.Response(503), httpx.Response(503), httpx.ReadTimeout("slow"))
+    handler = _answers(
+        httpx.Response(503), httpx.Response(503), httpx.Response(503), httpx.ReadTimeout("slow")
+    )
     for _run in range(2):
         with pytest.raises(samekey.RetriesExhausted):
             _post(kind, journal_path, handler, ends, policy)
     first, second = ends
-    assert (first.outcome, first.attempts, first.this_run, first.status_code) == ("gave_up", 2, 2, 503)
-    assert first.error_type == "RetriesExhausted" and first.reason == "max_attempts reached (last: HTTP 503)"
-    assert (second.attempts, second.this_run, second.status_code) == (4, 2, None)  # the next run: attempts 3, 4
+    assert (first.outcome, first.attempts, first.this_run, first.status_code) == (
+        "gave_up",
+        2,
+        2,
+        503,
+    )
+    assert (
+        first.error_type == "RetriesExhausted"
+        and first.reason == "max_attempts reached (last: HTTP 503)"
+    )
+    assert (second.attempts, second.this_run, second.status_code) == (
+        4,
+        2,
+        None,
+    )  # the next run: attempts 3, 4
     assert second.reason == "max_attempts reached (last: ReadTimeout: slow)"
     assert first.key == second.key == _key(journal_path)
 
@@ -112,7 +156,12 @@ def test_an_error_not_to_retry_failed(kind: str, journal_path: Path) -> None:
         "UnsupportedProtocol",
         "UnsupportedProtocol: no such scheme",
     )
-    assert (end.attempts, end.this_run, end.status_code, end.key) == (1, 1, None, _key(journal_path))
+    assert (end.attempts, end.this_run, end.status_code, end.key) == (
+        1,
+        1,
+        None,
+        _key(journal_path),
+    )
 
 
 def test_a_reused_operation_name_failed_before_any_attempt(journal_path: Path) -> None:
@@ -123,7 +172,11 @@ def test_a_reused_operation_name_failed_before_any_attempt(journal_path: Path) -
         with pytest.raises(samekey.OperationMismatch):
             client.post(URL, json={"amount": 2}, operation="order-1/charge")
     assert [e.outcome for e in ends] == ["completed", "failed"]
-    assert (ends[1].error_type, ends[1].this_run, ends[1].key) == ("OperationMismatch", 0, _key(journal_path))
+    assert (ends[1].error_type, ends[1].this_run, ends[1].key) == (
+        "OperationMismatch",
+        0,
+        _key(journal_path),
+    )
 
 
 def test_a_cancelled_async_call_is_interrupted_once(journal_path: Path) -> None:
@@ -140,7 +193,9 @@ def test_a_cancelled_async_call_is_interrupted_once(journal_path: Path) -> None:
         async with samekey.AsyncClient(
             journal=journal_path, transport=httpx.MockTransport(handler), on_end=[ends.append]
         ) as client:
-            task = asyncio.create_task(client.post(URL, json={"amount": 1}, operation="order-1/charge"))
+            task = asyncio.create_task(
+                client.post(URL, json={"amount": 1}, operation="order-1/charge")
+            )
             await sent.wait()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -154,7 +209,9 @@ def test_a_cancelled_async_call_is_interrupted_once(journal_path: Path) -> None:
     assert end.key == _key(journal_path)
     with samekey.Journal(journal_path, read_only=True) as store:
         record = store.get("order-1/charge")
-    assert record is not None and record.pending and record.lease_owner is None  # the key kept, its lease freed
+    assert (
+        record is not None and record.pending and record.lease_owner is None
+    )  # the key kept, its lease freed
 
 
 def test_ctrl_c_during_a_sync_call_is_interrupted(journal_path: Path) -> None:
@@ -171,7 +228,10 @@ def test_a_request_without_operation_ends_without_a_key(kind: str, journal_path:
     handler = _answers(httpx.Response(502), httpx.Response(200))
     if kind == "sync":
         with samekey.Client(
-            journal=journal_path, policy=NO_BACKOFF, transport=httpx.MockTransport(handler), on_end=ends.append
+            journal=journal_path,
+            policy=NO_BACKOFF,
+            transport=httpx.MockTransport(handler),
+            on_end=ends.append,
         ) as client:
             client.get(URL)
     else:
@@ -218,20 +278,31 @@ def test_a_hook_that_raises_is_logged_and_the_answer_stands(
         assert client.post(URL, json={}, operation="op").status_code == 201
     assert seen == ["completed"]
     failures = [r for r in caplog.records if r.name == "samekey" and r.levelno == logging.ERROR]
-    assert [r.exc_info[0] for r in failures if r.exc_info] == [RuntimeError, dataclasses.FrozenInstanceError]
+    assert [r.exc_info[0] for r in failures if r.exc_info] == [
+        RuntimeError,
+        dataclasses.FrozenInstanceError,
+    ]
     message = failures[0].getMessage()
-    assert "on_end hook" in message and "broken_metrics" in message and "outcome=completed" in message
+    assert (
+        "on_end hook" in message and "broken_metrics" in message and "outcome=completed" in message
+    )
 
 
 def test_secrets_in_the_url_headers_or_error_text_do_not_reach_a_hook(journal_path: Path) -> None:
-    def server(request: httpx.Request) -> httpx.Response:  # an error quoting the request's credential
+    def server(
+        request: httpx.Request,
+    ) -> httpx.Response:  # an error quoting the request's credential
         raise httpx.UnsupportedProtocol(f"bad header {request.headers['Authorization']!r}")
 
     ends: list[EndDetails] = []
     url = "https://acct:url-secret-1@pay.example/charges?api_key=sk_live_url2&amount=5"
-    with samekey.Client(journal=journal_path, transport=httpx.MockTransport(server), on_end=ends.append) as client:
+    with samekey.Client(
+        journal=journal_path, transport=httpx.MockTransport(server), on_end=ends.append
+    ) as client:
         with pytest.raises(httpx.UnsupportedProtocol):
-            client.post(url, json={}, operation="op", headers={"Authorization": "Bearer sk_live_header3"})
+            client.post(
+                url, json={}, operation="op", headers={"Authorization": "Bearer sk_live_header3"}
+            )
     [end] = ends
     assert end.url == "https://pay.example/charges?api_key=REDACTED&amount=5"
     assert end.reason == "UnsupportedProtocol: bad header 'REDACTED'"
@@ -240,16 +311,23 @@ def test_secrets_in_the_url_headers_or_error_text_do_not_reach_a_hook(journal_pa
 
 
 @pytest.mark.parametrize(
-    "make", [samekey.Client, samekey.AsyncClient, samekey.SameKeyTransport, samekey.AsyncSameKeyTransport]
+    "make",
+    [samekey.Client, samekey.AsyncClient, samekey.SameKeyTransport, samekey.AsyncSameKeyTransport],
 )
-def test_something_that_is_not_an_end_hook_is_refused_by_name(journal_path: Path, make: Any) -> None:
+def test_something_that_is_not_an_end_hook_is_refused_by_name(
+    journal_path: Path, make: Any
+) -> None:
     async def async_hook(details: EndDetails) -> None: ...
 
-    with pytest.raises(TypeError, match=r"on_end must be a function taking a samekey.EndDetails.*got 3"):
+    with pytest.raises(
+        TypeError, match=r"on_end must be a function taking a samekey.EndDetails.*got 3"
+    ):
         make(journal=journal_path, on_end=3)
     with pytest.raises(TypeError, match=r"on_end hooks must be callables.*got 'count'"):
         make(journal=journal_path, on_end=[print, "count"])
-    with pytest.raises(TypeError, match=r"async_hook \(async def\) would never run: make it a plain def"):
+    with pytest.raises(
+        TypeError, match=r"async_hook \(async def\) would never run: make it a plain def"
+    ):
         make(journal=journal_path, on_end=async_hook)
     assert not journal_path.exists()  # refused before the journal was opened
 
@@ -262,7 +340,9 @@ def test_a_flow_closed_mid_send_still_ends_once(journal_path: Path) -> None:
 
     ends: list[EndDetails] = []
     with samekey.Client(journal=journal_path, on_end=ends.append) as client:
-        request = client.build_request("POST", URL, json={}, extensions={samekey.OPERATION_EXTENSION: "op"})
+        request = client.build_request(
+            "POST", URL, json={}, extensions={samekey.OPERATION_EXTENSION: "op"}
+        )
         flow = operation_flow(client.engine, request)
         action = next(flow)
         while isinstance(action, JournalCall):
@@ -270,4 +350,9 @@ def test_a_flow_closed_mid_send_still_ends_once(journal_path: Path) -> None:
         assert isinstance(action, Send)
         flow.close()
     [end] = ends
-    assert (end.outcome, end.error_type, end.this_run, end.operation) == ("interrupted", "GeneratorExit", 1, "op")
+    assert (end.outcome, end.error_type, end.this_run, end.operation) == (
+        "interrupted",
+        "GeneratorExit",
+        1,
+        "op",
+    )

@@ -25,7 +25,14 @@ import httpx
 import pytest
 
 import samekey
-from samekey.testing import AsyncFaultTransport, Fault, FaultPlan, FaultProxy, FaultTransport, PaymentServer
+from samekey.testing import (
+    AsyncFaultTransport,
+    Fault,
+    FaultPlan,
+    FaultProxy,
+    FaultTransport,
+    PaymentServer,
+)
 
 PAYLOAD = {"amount": 4200, "currency": "eur"}
 FAST = samekey.RetryPolicy(initial_delay=0.001, max_delay=0.005, max_retry_after=0.005)
@@ -70,17 +77,23 @@ def assert_charged_once(server: PaymentServer, response: httpx.Response) -> None
 def test_server_reset_before_is_a_tcp_reset_not_a_clean_close(pay_server: PaymentServer) -> None:
     pay_server.faults = FaultPlan([Fault.reset()])
     with pytest.raises(httpx.ReadError) as caught:
-        httpx.post(pay_server.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k1"}, timeout=5)
+        httpx.post(
+            pay_server.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k1"}, timeout=5
+        )
     assert reset_by_peer(caught.value)
     assert pay_server.charge_count() == 0 and outcomes(pay_server) == ["reset_before"]
 
 
-def test_server_answers_409_while_the_first_request_is_still_working(tmp_path: Path, journal_file: Path) -> None:
+def test_server_answers_409_while_the_first_request_is_still_working(
+    tmp_path: Path, journal_file: Path
+) -> None:
     # the client gives up on attempt 1 after 0.1 s; the server is still charging for 0.5 s
     policy = samekey.RetryPolicy(initial_delay=0.05, max_delay=0.1, max_attempts=30)
     with (
         PaymentServer(tmp_path / "server.sqlite3", work_seconds=0.5) as server,
-        samekey.Client(journal=journal_file, base_url=server.url, policy=policy, timeout=0.1) as client,
+        samekey.Client(
+            journal=journal_file, base_url=server.url, policy=policy, timeout=0.1
+        ) as client,
     ):
         response = client.post("/charges", json=PAYLOAD, operation="order-1/charge")
         assert_charged_once(server, response)
@@ -89,11 +102,21 @@ def test_server_answers_409_while_the_first_request_is_still_working(tmp_path: P
         assert set(seen) == {"charged", "409", "replay"}
 
 
-def test_server_rejects_a_missing_key_and_a_reused_key_with_another_payload(pay_server: PaymentServer) -> None:
+def test_server_rejects_a_missing_key_and_a_reused_key_with_another_payload(
+    pay_server: PaymentServer,
+) -> None:
     with httpx.Client(base_url=pay_server.url, timeout=5) as client:
         assert client.post("/charges", json=PAYLOAD).status_code == 400
-        assert client.post("/charges", json=PAYLOAD, headers={"Idempotency-Key": "k"}).status_code == 201
-        assert client.post("/charges", json={"amount": 1}, headers={"Idempotency-Key": "k"}).status_code == 422
+        assert (
+            client.post("/charges", json=PAYLOAD, headers={"Idempotency-Key": "k"}).status_code
+            == 201
+        )
+        assert (
+            client.post(
+                "/charges", json={"amount": 1}, headers={"Idempotency-Key": "k"}
+            ).status_code
+            == 422
+        )
         again = client.post("/charges", json=PAYLOAD, headers={"Idempotency-Key": "k"})
     assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
     assert pay_server.charge_count() == 1
@@ -116,14 +139,21 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def post_in_background(url: str, key: str, timeout: float = 5.0) -> Callable[[], httpx.Response | Exception]:
+def post_in_background(
+    url: str, key: str, timeout: float = 5.0
+) -> Callable[[], httpx.Response | Exception]:
     """POST PAYLOAD with ``key`` from a thread; the returned function waits for its outcome."""
     outcome: list[httpx.Response | Exception] = []
 
     def send() -> None:
         try:
             outcome.append(
-                httpx.post(url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": key}, timeout=timeout)
+                httpx.post(
+                    url + "/charges",
+                    json=PAYLOAD,
+                    headers={"Idempotency-Key": key},
+                    timeout=timeout,
+                )
             )
         except Exception as exc:
             outcome.append(exc)
@@ -156,7 +186,9 @@ def test_server_reads_a_chunked_request_body(pay_server: PaymentServer) -> None:
     assert outcomes(pay_server) == ["charged", "replay"]
 
 
-def test_a_server_never_started_stopped_twice_or_failing_to_bind_leaves_nothing_open(tmp_path: Path) -> None:
+def test_a_server_never_started_stopped_twice_or_failing_to_bind_leaves_nothing_open(
+    tmp_path: Path,
+) -> None:
     # A fixture that builds a server and tears it down before starting it, a test that stops it
     # inside its `with`, a port already taken: stop() does not raise, and no event loop, socket
     # or database is left open (ResourceWarnings that a suite run with -W error then blames on
@@ -174,7 +206,9 @@ def test_a_server_never_started_stopped_twice_or_failing_to_bind_leaves_nothing_
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
-def test_a_key_left_running_by_a_killed_server_is_executed_again_and_charged_once(tmp_path: Path) -> None:
+def test_a_key_left_running_by_a_killed_server_is_executed_again_and_charged_once(
+    tmp_path: Path,
+) -> None:
     db = tmp_path / "server.sqlite3"
     environ = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     proc = subprocess.Popen(
@@ -184,10 +218,14 @@ def test_a_key_left_running_by_a_killed_server_is_executed_again_and_charged_onc
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
-        lost = post_in_background(url, "k1", timeout=2.0)  # the server charges for 30 s: this times out
+        lost = post_in_background(
+            url, "k1", timeout=2.0
+        )  # the server charges for 30 s: this times out
         wait_until(lambda: running_keys(db) == ["k1"])
         with PaymentServer(db) as other:  # a second server on the same file, while the first lives
-            alive = httpx.post(other.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k1"}, timeout=5)
+            alive = httpx.post(
+                other.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k1"}, timeout=5
+            )
             assert alive.status_code == 409  # its execution may still finish: in flight
     finally:
         proc.kill()  # kill -9 in the middle of the charge
@@ -195,15 +233,21 @@ def test_a_key_left_running_by_a_killed_server_is_executed_again_and_charged_onc
     assert isinstance(lost(), httpx.HTTPError)
     assert running_keys(db) == ["k1"]  # what the dead server left behind
     with PaymentServer(db) as server:
-        again = httpx.post(server.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k1"}, timeout=5)
+        again = httpx.post(
+            server.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k1"}, timeout=5
+        )
         assert again.status_code == 201, again.text  # was 409, for every request, forever
-        replay = httpx.post(server.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k1"}, timeout=5)
+        replay = httpx.post(
+            server.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k1"}, timeout=5
+        )
         assert replay.status_code == 201 and replay.json() == again.json()
         assert replay.headers["Idempotent-Replayed"] == "true"
         assert server.charge_count() == 1 and running_keys(db) == []
 
 
-def test_a_running_key_left_by_a_stopped_server_of_this_process_is_executed_again(tmp_path: Path) -> None:
+def test_a_running_key_left_by_a_stopped_server_of_this_process_is_executed_again(
+    tmp_path: Path,
+) -> None:
     db = tmp_path / "server.sqlite3"
     server = PaymentServer(db, work_seconds=30).start()
     lost = post_in_background(server.url, "k2", timeout=2.0)
@@ -211,11 +255,15 @@ def test_a_running_key_left_by_a_stopped_server_of_this_process_is_executed_agai
     server.stop()  # cancels the request mid-charge
     assert isinstance(lost(), httpx.HTTPError)
     with PaymentServer(db) as restarted:
-        again = httpx.post(restarted.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k2"}, timeout=5)
+        again = httpx.post(
+            restarted.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k2"}, timeout=5
+        )
         assert again.status_code == 201 and restarted.charge_count() == 1
 
 
-def test_an_execution_taken_for_dead_that_finishes_after_all_charges_nothing(tmp_path: Path) -> None:
+def test_an_execution_taken_for_dead_that_finishes_after_all_charges_nothing(
+    tmp_path: Path,
+) -> None:
     # the charge commits only while its execution still owns the key: a wrong "dead" verdict
     # (a recycled pid, a row from an older server) costs a 409, never a second charge
     db = tmp_path / "server.sqlite3"
@@ -223,7 +271,9 @@ def test_an_execution_taken_for_dead_that_finishes_after_all_charges_nothing(tmp
         first = post_in_background(server.url, "k3")
         wait_until(lambda: running_keys(db) == ["k3"])
         conn = sqlite3.connect(db, isolation_level=None)
-        conn.execute("UPDATE idempotency SET owner = NULL WHERE key = 'k3'")  # as an older server wrote it
+        conn.execute(
+            "UPDATE idempotency SET owner = NULL WHERE key = 'k3'"
+        )  # as an older server wrote it
         conn.close()
         second = post_in_background(server.url, "k3")  # takes the key over and executes it
         answers = [first(), second()]
@@ -245,11 +295,15 @@ PROXY_FAULTS = {
 
 
 @pytest.mark.parametrize("name", list(PROXY_FAULTS))
-def test_proxy_fault_ends_in_exactly_one_charge(name: str, pay_server: PaymentServer, journal_file: Path) -> None:
+def test_proxy_fault_ends_in_exactly_one_charge(
+    name: str, pay_server: PaymentServer, journal_file: Path
+) -> None:
     fault, reached_server = PROXY_FAULTS[name]
     with (
         FaultProxy(pay_server.url, [fault]) as proxy,
-        samekey.Client(journal=journal_file, base_url=proxy.url, policy=FAST, timeout=0.25) as client,
+        samekey.Client(
+            journal=journal_file, base_url=proxy.url, policy=FAST, timeout=0.25
+        ) as client,
     ):
         started = time.monotonic()
         response = client.post("/charges", json=PAYLOAD, operation="order-42/charge")
@@ -268,7 +322,9 @@ def test_proxy_fault_ends_in_exactly_one_charge(name: str, pay_server: PaymentSe
 def test_proxy_reset_reaches_the_client_as_a_connection_reset(pay_server: PaymentServer) -> None:
     with FaultProxy(pay_server.url, [Fault.reset()]) as proxy:
         with pytest.raises(httpx.ReadError) as caught:
-            httpx.post(proxy.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k"}, timeout=5)
+            httpx.post(
+                proxy.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k"}, timeout=5
+            )
     assert reset_by_peer(caught.value)
     assert proxy.counts["forwarded"] == 0 and pay_server.charge_count() == 0
 
@@ -279,7 +335,9 @@ def test_a_reset_met_by_the_async_client_is_journaled_with_its_cause(
     # httpx's async transport raises a reset as ReadError(''): the journal said only "ReadError"
     async def main() -> samekey.RetriesExhausted:
         once = samekey.RetryPolicy(max_attempts=1)
-        async with samekey.AsyncClient(journal=journal_file, base_url=proxy.url, policy=once) as client:
+        async with samekey.AsyncClient(
+            journal=journal_file, base_url=proxy.url, policy=once
+        ) as client:
             with pytest.raises(samekey.RetriesExhausted) as caught:
                 await client.post("/charges", json=PAYLOAD, operation="reset")
         return caught.value
@@ -290,37 +348,53 @@ def test_a_reset_met_by_the_async_client_is_journaled_with_its_cause(
     with samekey.Journal(journal_file) as journal:
         record = journal.get("reset")
     assert record is not None and record.state == "pending"
-    assert record.last_error is not None and record.last_error.startswith("ReadError (ConnectionResetError: ")
+    assert record.last_error is not None and record.last_error.startswith(
+        "ReadError (ConnectionResetError: "
+    )
     assert f"last error {record.last_error})" in str(error)
 
 
 def test_proxy_lost_response_makes_a_naive_retry_pay_twice(pay_server: PaymentServer) -> None:
     # the control experiment: the fault is real, so a new key per attempt double-charges
-    with FaultProxy(pay_server.url, [Fault.lost_response()]) as proxy, httpx.Client(base_url=proxy.url) as client:
+    with (
+        FaultProxy(pay_server.url, [Fault.lost_response()]) as proxy,
+        httpx.Client(base_url=proxy.url) as client,
+    ):
         for attempt in range(2):
             try:
-                client.post("/charges", json=PAYLOAD, headers={"Idempotency-Key": f"naive-{attempt}"})
+                client.post(
+                    "/charges", json=PAYLOAD, headers={"Idempotency-Key": f"naive-{attempt}"}
+                )
                 break
             except httpx.RemoteProtocolError:
                 continue
     assert pay_server.charge_count() == 2
 
 
-def test_all_proxy_faults_in_a_row_on_one_operation(pay_server: PaymentServer, journal_file: Path) -> None:
+def test_all_proxy_faults_in_a_row_on_one_operation(
+    pay_server: PaymentServer, journal_file: Path
+) -> None:
     schedule = [fault for fault, _ in PROXY_FAULTS.values()]
     with (
         FaultProxy(pay_server.url, schedule) as proxy,
-        samekey.Client(journal=journal_file, base_url=proxy.url, policy=FAST, timeout=0.25) as client,
+        samekey.Client(
+            journal=journal_file, base_url=proxy.url, policy=FAST, timeout=0.25
+        ) as client,
     ):
         response = client.post("/charges", json=PAYLOAD, operation="order-7/charge")
     assert_charged_once(pay_server, response)
     assert proxy.faults_injected == 5 and proxy.counts["requests"] == 6
 
 
-def test_proxy_seeded_faults_are_reproducible_and_keep_keep_alive(pay_server: PaymentServer) -> None:
+def test_proxy_seeded_faults_are_reproducible_and_keep_keep_alive(
+    pay_server: PaymentServer,
+) -> None:
     def labels(seed: int) -> list[str | None]:
         plan = FaultPlan(rate=0.5, seed=seed, kinds=[Fault.http(503), Fault.rate_limited()])
-        with FaultProxy(pay_server.url, plan) as proxy, httpx.Client(base_url=proxy.url, timeout=5) as client:
+        with (
+            FaultProxy(pay_server.url, plan) as proxy,
+            httpx.Client(base_url=proxy.url, timeout=5) as client,
+        ):
             codes = [client.get("/charges").status_code for _ in range(20)]
         assert proxy.counts["connections"] == 1  # status faults keep the connection open
         return [{200: None, 503: "status_503", 429: "status_429"}[c] for c in codes]
@@ -345,9 +419,13 @@ def test_proxy_stop_closes_a_held_connection_promptly(pay_server: PaymentServer)
 # -- FaultTransport: under the user's own client -----------------------------------------
 
 
-def _client(journal_file: Path, server: PaymentServer, faults: list[Fault | None]) -> samekey.Client:
+def _client(
+    journal_file: Path, server: PaymentServer, faults: list[Fault | None]
+) -> samekey.Client:
     transport = FaultTransport(httpx.HTTPTransport(), faults)
-    return samekey.Client(journal=journal_file, base_url=server.url, transport=transport, timeout=0.5)
+    return samekey.Client(
+        journal=journal_file, base_url=server.url, transport=transport, timeout=0.5
+    )
 
 
 @pytest.mark.parametrize(
@@ -368,7 +446,9 @@ def test_fault_transport_each_kind_ends_in_exactly_one_charge(
     with samekey.set_testing(True), _client(journal_file, pay_server, [fault]) as client:
         response = client.post("/charges", json=PAYLOAD, operation="order-42/charge")
         transport = client._transport.inner  # type: ignore[attr-defined]
-    assert time.monotonic() - started < 2  # no real waiting: not for Retry-After 30, not for the 5 s delay
+    assert (
+        time.monotonic() - started < 2
+    )  # no real waiting: not for Retry-After 30, not for the 5 s delay
     assert_charged_once(pay_server, response)
     assert outcomes(pay_server) == expected
     assert isinstance(transport, FaultTransport)
@@ -379,7 +459,9 @@ def test_fault_transport_each_kind_ends_in_exactly_one_charge(
 def test_fault_transport_raises_the_errors_a_real_network_raises(pay_server: PaymentServer) -> None:
     faults = [Fault.lost_response(), Fault.reset(), Fault.slow_answer(1.0), Fault.rate_limited("7")]
     headers = {"Idempotency-Key": "k"}
-    with httpx.Client(transport=FaultTransport(faults=faults), base_url=pay_server.url, timeout=0.2) as client:
+    with httpx.Client(
+        transport=FaultTransport(faults=faults), base_url=pay_server.url, timeout=0.2
+    ) as client:
         with pytest.raises(httpx.RemoteProtocolError, match="answer was lost"):
             client.post("/charges", json=PAYLOAD, headers=headers)
         with pytest.raises(httpx.ConnectError):
@@ -392,7 +474,9 @@ def test_fault_transport_raises_the_errors_a_real_network_raises(pay_server: Pay
     assert outcomes(pay_server) == ["charged", "replay", "replay"]
 
 
-def test_fault_transport_slow_answer_within_the_timeout_is_just_slow(pay_server: PaymentServer) -> None:
+def test_fault_transport_slow_answer_within_the_timeout_is_just_slow(
+    pay_server: PaymentServer,
+) -> None:
     transport = FaultTransport(faults=[Fault.slow_answer(0.2)])
     with httpx.Client(transport=transport, base_url=pay_server.url, timeout=5) as client:
         started = time.monotonic()
@@ -400,12 +484,17 @@ def test_fault_transport_slow_answer_within_the_timeout_is_just_slow(pay_server:
     assert response.status_code == 201 and time.monotonic() - started >= 0.2
 
 
-def test_fault_transport_under_samekey_transport_and_only_filter(pay_server: PaymentServer, journal_file: Path) -> None:
-    faulty = FaultTransport(httpx.HTTPTransport(), [Fault.lost_response()] * 3, only=lambda r: r.method == "POST")
+def test_fault_transport_under_samekey_transport_and_only_filter(
+    pay_server: PaymentServer, journal_file: Path
+) -> None:
+    faulty = FaultTransport(
+        httpx.HTTPTransport(), [Fault.lost_response()] * 3, only=lambda r: r.method == "POST"
+    )
     with (
         samekey.set_testing(True),
         httpx.Client(
-            transport=samekey.SameKeyTransport(faulty, journal=journal_file), base_url=pay_server.url
+            transport=samekey.SameKeyTransport(faulty, journal=journal_file),
+            base_url=pay_server.url,
         ) as client,
     ):
         assert client.get("/charges").status_code == 200  # not a POST: no fault used up
@@ -416,11 +505,16 @@ def test_fault_transport_under_samekey_transport_and_only_filter(pay_server: Pay
 
 
 def test_fault_transport_by_seeded_chance(pay_server: PaymentServer, journal_file: Path) -> None:
-    plan = FaultPlan(rate=0.3, seed=5, kinds=[Fault.lost_response(), Fault.reset(), Fault.http(503)])
+    plan = FaultPlan(
+        rate=0.3, seed=5, kinds=[Fault.lost_response(), Fault.reset(), Fault.http(503)]
+    )
     with samekey.set_testing(True), _client(journal_file, pay_server, []) as client:
         client._transport.inner = FaultTransport(httpx.HTTPTransport(), plan)  # type: ignore[attr-defined]
         for i in range(30):
-            assert client.post("/charges", json={"order": i}, operation=f"order-{i}").status_code == 201
+            assert (
+                client.post("/charges", json={"order": i}, operation=f"order-{i}").status_code
+                == 201
+            )
     charges = pay_server.charges()
     assert sorted(c["order"] for c in charges) == list(range(30))
     assert len({c["key"] for c in charges}) == 30
@@ -428,10 +522,16 @@ def test_fault_transport_by_seeded_chance(pay_server: PaymentServer, journal_fil
     assert plan.total_injected == sum(plan.injected.values())
 
 
-def test_async_fault_transport_lost_response_charges_once(pay_server: PaymentServer, journal_file: Path) -> None:
+def test_async_fault_transport_lost_response_charges_once(
+    pay_server: PaymentServer, journal_file: Path
+) -> None:
     async def main() -> tuple[httpx.Response, AsyncFaultTransport]:
-        transport = AsyncFaultTransport(httpx.AsyncHTTPTransport(), [Fault.lost_response(), Fault.reset()])
-        async with samekey.AsyncClient(journal=journal_file, base_url=pay_server.url, transport=transport) as client:
+        transport = AsyncFaultTransport(
+            httpx.AsyncHTTPTransport(), [Fault.lost_response(), Fault.reset()]
+        )
+        async with samekey.AsyncClient(
+            journal=journal_file, base_url=pay_server.url, transport=transport
+        ) as client:
             return await client.post("/charges", json=PAYLOAD, operation="async-order"), transport
 
     with samekey.set_testing(True):
@@ -454,7 +554,9 @@ def test_fault_and_plan_reject_what_they_cannot_do() -> None:
 
 def test_server_figures_stay_readable_after_stop(tmp_path: Path) -> None:
     with PaymentServer(tmp_path / "server.sqlite3") as server:
-        httpx.post(server.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k"}, timeout=5)
+        httpx.post(
+            server.url + "/charges", json=PAYLOAD, headers={"Idempotency-Key": "k"}, timeout=5
+        )
     assert server.charge_count() == 1 and server.keys_seen() == ["k"]  # read from the file
     with PaymentServer() as memory_only:
         pass

@@ -19,25 +19,35 @@ from samekey._engine import Engine
 from samekey.testing import PaymentServer
 
 
-def test_an_unnamed_post_answering_an_auth_challenge_leaves_no_stale_pending_record(journal_path: Path) -> None:
+def test_an_unnamed_post_answering_an_auth_challenge_leaves_no_stale_pending_record(
+    journal_path: Path,
+) -> None:
     # DigestAuth sends the same request again after the 401: it is the same unnamed operation,
     # not a second one that leaves the first pending (listed, and resent by --prefix auto:)
     def server(request: httpx.Request) -> httpx.Response:
         if "Authorization" not in request.headers:
-            return httpx.Response(401, headers={"WWW-Authenticate": 'Digest realm="pay", nonce="n1", qop="auth"'})
+            return httpx.Response(
+                401, headers={"WWW-Authenticate": 'Digest realm="pay", nonce="n1", qop="auth"'}
+            )
         return httpx.Response(201, json={"id": "ch_1"})
 
     transport = httpx.MockTransport(server)
-    with make_client(journal_path, transport=transport, auth=httpx.DigestAuth("user", "pass")) as client:
+    with make_client(
+        journal_path, transport=transport, auth=httpx.DigestAuth("user", "pass")
+    ) as client:
         response = client.post(URL, json={"amount": 100})
         records = client.journal.records(include_completed=True)
     info = samekey.operation_info(response)
     assert response.status_code == 201 and info is not None
-    assert [(r.operation, r.state, r.attempts) for r in records] == [(info.operation, "completed", 2)]
+    assert [(r.operation, r.state, r.attempts) for r in records] == [
+        (info.operation, "completed", 2)
+    ]
     assert info.operation is not None and info.operation.startswith("auto:")
 
 
-def test_threads_on_one_operation_get_one_charge_and_the_same_answer(journal_path: Path, tmp_path: Path) -> None:
+def test_threads_on_one_operation_get_one_charge_and_the_same_answer(
+    journal_path: Path, tmp_path: Path
+) -> None:
     with PaymentServer(tmp_path / "s.sqlite3", work_seconds=0.2) as server:
         results: list[httpx.Response] = []
         with samekey.Client(journal=journal_path, base_url=server.url) as client:
@@ -56,10 +66,14 @@ def test_threads_on_one_operation_get_one_charge_and_the_same_answer(journal_pat
         assert sum(1 for r in results if samekey.operation_info(r).replayed) == 7  # type: ignore[union-attr]
 
 
-def test_on_busy_raise_reports_the_operation_in_progress(journal_path: Path, tmp_path: Path) -> None:
+def test_on_busy_raise_reports_the_operation_in_progress(
+    journal_path: Path, tmp_path: Path
+) -> None:
     with PaymentServer(tmp_path / "s.sqlite3", work_seconds=0.5) as server:
         with samekey.Client(journal=journal_path, base_url=server.url, on_busy="raise") as client:
-            worker = threading.Thread(target=lambda: client.post("/charges", json={}, operation="busy-op"))
+            worker = threading.Thread(
+                target=lambda: client.post("/charges", json={}, operation="busy-op")
+            )
             worker.start()
             deadline = time.monotonic() + 5
             while not server.requests() and time.monotonic() < deadline:
@@ -68,17 +82,23 @@ def test_on_busy_raise_reports_the_operation_in_progress(journal_path: Path, tmp
                 if rec is not None and rec.lease_owner:
                     break
                 time.sleep(0.01)
-            with pytest.raises(samekey.OperationInProgress, match=r"being executed by .*on_busy='wait'"):
+            with pytest.raises(
+                samekey.OperationInProgress, match=r"being executed by .*on_busy='wait'"
+            ):
                 client.post("/charges", json={}, operation="busy-op")
             worker.join(timeout=10)
         assert server.charge_count() == 1
 
 
-def test_an_expired_lease_from_another_host_is_taken_over_with_the_same_key(journal_path: Path) -> None:
+def test_an_expired_lease_from_another_host_is_taken_over_with_the_same_key(
+    journal_path: Path,
+) -> None:
     journal = samekey.Journal(journal_path)
     with respx.mock, samekey.Client(journal=journal, lease=0.3) as client:
         route = respx.post(URL).mock(return_value=httpx.Response(201))
-        request = client.build_request("POST", URL, json={"a": 1}, extensions={samekey.OPERATION_EXTENSION: "op"})
+        request = client.build_request(
+            "POST", URL, json={"a": 1}, extensions={samekey.OPERATION_EXTENSION: "op"}
+        )
         request.read()
         plan = client.engine.plan(request)
         assert plan is not None
@@ -97,7 +117,9 @@ def test_waiting_a_long_time_on_a_busy_operation_does_not_overflow(journal_path:
     journal = samekey.Journal(journal_path)
     clock = [time.time()]
     engine = Engine(Config.of(lease=3600), journal, clock=lambda: clock[0])
-    request = httpx.Request("POST", URL, json={"a": 1}, extensions={samekey.OPERATION_EXTENSION: "transfer-1"})
+    request = httpx.Request(
+        "POST", URL, json={"a": 1}, extensions={samekey.OPERATION_EXTENSION: "transfer-1"}
+    )
     plan = engine.plan(request)
     assert plan is not None
     journal.claim(plan.intent, "bank-worker-2/4242/abc-1", 3600, clock[0])  # another host, alive

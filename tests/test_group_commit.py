@@ -61,11 +61,15 @@ def test_a_write_waits_for_another_process_write_and_goes_through(journal: samek
     assert [r.operation for r in journal.records()] == ["first", "second"]
 
 
-def test_a_claim_that_meets_the_lock_between_its_statements_is_run_again_whole(journal: samekey.Journal) -> None:
+def test_a_claim_that_meets_the_lock_between_its_statements_is_run_again_whole(
+    journal: samekey.Journal,
+) -> None:
     # an existing record: the INSERT writes nothing, then BEGIN IMMEDIATE meets the lock; the
     # whole claim runs again once it is free (the INSERT changed nothing, so nothing is done twice)
     with _another_writer(journal.path):
-        result = journal.claim(intent("first"), "owner", 60.0, 1001.0)  # the lease is its own: taken again
+        result = journal.claim(
+            intent("first"), "owner", 60.0, 1001.0
+        )  # the lease is its own: taken again
     assert result.status == "claimed" and result.record.lease_expires == 1061.0
 
 
@@ -117,13 +121,16 @@ def test_an_error_that_is_not_a_lock_is_not_waited_on(
     with pytest.raises(samekey.JournalError, match="the disk is full"):
         journal._write("testing", fails)
     assert tries == [1]
-    assert _group_commit.BUSY_FIRST_PAUSE < 0.001  # a lock meets a poll within a millisecond, not SQLite's steps
+    assert (
+        _group_commit.BUSY_FIRST_PAUSE < 0.001
+    )  # a lock meets a poll within a millisecond, not SQLite's steps
 
 
-_RECOVERING = r"""
+_RECOVERING = """
 import fcntl, os, sys, time
 fd = os.open(sys.argv[1] + "-shm", os.O_RDWR)
-fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 3, 120)  # SQLite's WAL write, checkpoint and recover locks
+fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 3, 120)  # SQLite's WAL write, checkpoint and \
+recover locks
 os.pwrite(fd, bytes(96), 0)  # the WAL index header, not rebuilt yet
 print("recovering", flush=True)
 time.sleep(60)
@@ -139,21 +146,29 @@ def test_a_read_only_journal_waits_lock_timeout_not_twice_as_long(tmp_path: Path
     with samekey.Journal(path, durability="process") as writer:
         writer.claim(intent("first"), "owner", 60.0, 1000.0)
         reader = samekey.Journal(path, read_only=True, lock_timeout=1.5)
-        other = subprocess.Popen([sys.executable, "-c", _RECOVERING, str(path)], stdout=subprocess.PIPE, text=True)
+        other = subprocess.Popen(
+            [sys.executable, "-c", _RECOVERING, str(path)], stdout=subprocess.PIPE, text=True
+        )
         try:
             assert other.stdout is not None and other.stdout.readline().strip() == "recovering"
             started = time.monotonic()
-            with pytest.raises(samekey.JournalError, match=r"locked by another process for more than 1\.5 s"):
+            with pytest.raises(
+                samekey.JournalError, match=r"locked by another process for more than 1\.5 s"
+            ):
                 reader.get("first")
             waited = time.monotonic() - started
         finally:
             other.kill()
             other.wait(10)
             reader.close()
-    assert 1.4 < waited < 2.6  # twice the wait (SQLite's busy handler, then samekey's) is 3 s or more
+    assert (
+        1.4 < waited < 2.6
+    )  # twice the wait (SQLite's busy handler, then samekey's) is 3 s or more
 
 
-def test_ctrl_c_after_a_commit_does_not_wedge_later_writes(journal_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_after_a_commit_does_not_wedge_later_writes(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_sync = _wal.sync_data
     interruptions = [KeyboardInterrupt()]
 
@@ -191,7 +206,9 @@ class _Leader:
         assert not self.thread.is_alive()
 
 
-def _queued_write(journal: samekey.Journal, fn: Any, queued: int) -> tuple[threading.Thread, list[BaseException]]:
+def _queued_write(
+    journal: samekey.Journal, fn: Any, queued: int
+) -> tuple[threading.Thread, list[BaseException]]:
     """Start a write in a thread and wait (bounded) until it waits in the group-commit queue."""
     errors: list[BaseException] = []
 
@@ -233,7 +250,9 @@ def test_an_interrupted_batch_wakes_the_other_writers_and_rolls_back(journal_pat
         thread.join(10)
         assert not thread.is_alive()
     assert isinstance(first_errors[0], KeyboardInterrupt)
-    assert isinstance(second_errors[0], samekey.JournalError) and "interrupted" in str(second_errors[0])
+    assert isinstance(second_errors[0], samekey.JournalError) and "interrupted" in str(
+        second_errors[0]
+    )
     assert journal._conn is not None and not journal._conn.in_transaction
     assert journal.records() == [], "the interrupted transaction was rolled back whole"
     assert in_thread(lambda: journal._write("after", _insert("after"))) is None
@@ -251,7 +270,9 @@ def test_a_writer_interrupted_as_it_is_woken_to_lead_passes_the_lead_on(
     journal = samekey.Journal(journal_path)
     leader = _Leader(journal)
     # only the journal's own Event (the one its queued writers wait on) is replaced
-    monkeypatch.setattr(_group_commit, "threading", SimpleNamespace(Event=InterruptedWait, Lock=threading.Lock))
+    monkeypatch.setattr(
+        _group_commit, "threading", SimpleNamespace(Event=InterruptedWait, Lock=threading.Lock)
+    )
     first, first_errors = _queued_write(journal, _insert("first"), 1)
     monkeypatch.undo()
     second, second_errors = _queued_write(journal, _insert("second"), 2)
@@ -260,7 +281,9 @@ def test_a_writer_interrupted_as_it_is_woken_to_lead_passes_the_lead_on(
         thread.join(10)
         assert not thread.is_alive(), "the next writer waited forever"
     assert isinstance(first_errors[0], KeyboardInterrupt) and second_errors == []
-    assert [r.operation for r in journal.records()] == ["second"], "the interrupted caller's write was dropped"
+    assert [r.operation for r in journal.records()] == ["second"], (
+        "the interrupted caller's write was dropped"
+    )
     assert in_thread(lambda: journal._write("after", _insert("after"))) is None
     journal.close()
 
@@ -307,7 +330,8 @@ def _hold_the_writer_role(journal: samekey.Journal) -> tuple[threading.Thread, t
 
 
 def _interrupt_at(line: int, waiter: bool, tmp_path: Path) -> tuple[bool, bool]:
-    """(interrupted, a later write still goes through) for a KeyboardInterrupt at ``line`` of _submit."""
+    """(interrupted, a later write still goes through)
+    for a KeyboardInterrupt at ``line`` of _submit."""
     journal = samekey.Journal(tmp_path / f"j-{line}-{waiter}.sqlite3", durability="process")
     code = _group_commit.GroupCommit.submit.__code__
     fired: list[int] = []
@@ -338,7 +362,9 @@ def _interrupt_at(line: int, waiter: bool, tmp_path: Path) -> tuple[bool, bool]:
     if holder is not None:
         holder.join(5)
     later: list[bool] = []
-    thread = threading.Thread(target=lambda: later.append(journal.forget("later") is False), daemon=True)
+    thread = threading.Thread(
+        target=lambda: later.append(journal.forget("later") is False), daemon=True
+    )
     thread.start()
     thread.join(5)
     if later:
@@ -352,7 +378,9 @@ def test_an_interruption_anywhere_in_a_write_never_wedges_the_journal(tmp_path: 
     lines, first = inspect.getsourcelines(_group_commit.GroupCommit.submit)
     # every line up to the clean-up (an interruption inside the clean-up itself is the one window
     # Python leaves open: no code can defer a signal's exception there)
-    cleanup = first + next((i for i, text in enumerate(lines) if text.strip() == "finally:"), len(lines))
+    cleanup = first + next(
+        (i for i, text in enumerate(lines) if text.strip() == "finally:"), len(lines)
+    )
     wedged = []
     for line in range(first + 1, cleanup):
         for waiter in (False, True):
@@ -362,7 +390,9 @@ def test_an_interruption_anywhere_in_a_write_never_wedges_the_journal(tmp_path: 
     assert wedged == []
 
 
-def test_a_leader_interrupted_before_running_its_batch_wakes_the_callers_it_took(tmp_path: Path) -> None:
+def test_a_leader_interrupted_before_running_its_batch_wakes_the_callers_it_took(
+    tmp_path: Path,
+) -> None:
     # A promoted waiter takes the whole queue (other callers' jobs too), then a Ctrl-C lands as
     # it enters _run_batch: those callers must be told, not left asleep forever.
     journal = samekey.Journal(tmp_path / "j.sqlite3", durability="process")
@@ -377,7 +407,9 @@ def test_a_leader_interrupted_before_running_its_batch_wakes_the_callers_it_took
             outcome.append(str(exc))
 
     def start_other_then_release() -> None:
-        while len(journal._commits.queue) < 1:  # the main thread queued first: it will lead the next batch
+        while (
+            len(journal._commits.queue) < 1
+        ):  # the main thread queued first: it will lead the next batch
             time.sleep(0.001)
         threading.Thread(target=other, daemon=True, name="other").start()
         while len(journal._commits.queue) < 2:
@@ -402,7 +434,9 @@ def test_a_leader_interrupted_before_running_its_batch_wakes_the_callers_it_took
     deadline = time.monotonic() + 5
     while not outcome and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert outcome and "interrupted" in outcome[0]  # woken, and told its write may not have happened
+    assert (
+        outcome and "interrupted" in outcome[0]
+    )  # woken, and told its write may not have happened
     assert journal._commits.writing is False and journal._commits.queue == []
     journal.forget("later")  # and the journal still writes
     journal.close()
@@ -450,14 +484,22 @@ def test_one_call_waits_for_the_lock_at_most_lock_timeout_in_all(tmp_path: Path)
     # each waited their own lock_timeout (3 s for lock_timeout=1) under an error saying "1 s"
     path = tmp_path / "j.sqlite3"
     samekey.Journal(path).close()
-    other = subprocess.Popen([sys.executable, "-c", _HOLD_WRITE_LOCK, str(path)], stdout=subprocess.PIPE, text=True)
+    other = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WRITE_LOCK, str(path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert other.stdout is not None and other.stdout.readline().strip() == "holding"
         journal = samekey.Journal(path, lock_timeout=1)
-        with samekey.Client(journal=journal, transport=httpx.MockTransport(lambda r: httpx.Response(200))) as client:
+        with samekey.Client(
+            journal=journal, transport=httpx.MockTransport(lambda r: httpx.Response(200))
+        ) as client:
             started = time.monotonic()
-            with pytest.raises(samekey.JournalError, match=r"locked by another process for more than 1 s"):
-                client.post("https://pay.test/charges", operation="order-1/charge", json={"amount": 1})
+            with pytest.raises(
+                samekey.JournalError, match=r"locked by another process for more than 1 s"
+            ):
+                client.post(
+                    "https://pay.test/charges", operation="order-1/charge", json={"amount": 1}
+                )
             waited = time.monotonic() - started
         journal.close()
     finally:
@@ -486,12 +528,15 @@ def test_ctrl_c_inside_a_journal_write_leaves_the_journal_usable(
     monkeypatch.setattr(_journal, "record_from_row", interrupted)
     with samekey.Client(journal=journal_path, transport=down, policy=policy) as client:
         raised = in_thread(lambda: client.post("https://pay.test/charges", json={}, operation="op"))
-        assert isinstance(raised, KeyboardInterrupt), "post() returns: its clean-up did not wait forever"
+        assert isinstance(raised, KeyboardInterrupt), (
+            "post() returns: its clean-up did not wait forever"
+        )
         assert client.journal._conn is not None and not client.journal._conn.in_transaction
         other = samekey.Journal(journal_path, lock_timeout=1)  # another process's view: not locked
         assert other.claim(intent("other"), "other", 60.0, time.time()).status == "created"
         other.close()
         record = client.journal.get("op")
         assert record is not None and record.pending and record.lease_owner is None
-        assert isinstance(in_thread(lambda: client.post("https://pay.test/charges", json={}, operation="op")),
+        assert isinstance(in_thread(lambda: client.post("https://pay.test/charges", json={},
+            operation="op")),
                           samekey.RetriesExhausted)  # fmt: skip

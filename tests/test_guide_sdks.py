@@ -61,7 +61,8 @@ def run_sdk_block(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Run ``code`` twice on a server speaking ``spec.api``: one charge, the journaled key, a replay."""
+    """Run ``code`` twice on a server speaking
+    ``spec.api``: one charge, the journaled key, a replay."""
     monkeypatch.chdir(tmp_path)
     with PaymentServer(tmp_path / "server.sqlite3", api=spec.api) as server:
         monkeypatch.setattr(stripe._stripe_client, "DEFAULT_API_BASE", server.url)
@@ -70,7 +71,9 @@ def run_sdk_block(
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("INCREASE_API_KEY", "test-key")
         monkeypatch.setenv("INCREASE_BASE_URL", server.url)
-        compiled = compile("\n" * (line - 1) + code.replace(EXAMPLE_URL, server.url), filename, "exec")
+        compiled = compile(
+            "\n" * (line - 1) + code.replace(EXAMPLE_URL, server.url), filename, "exec"
+        )
         for _run in range(2):
             with contextlib.redirect_stdout(io.StringIO()):
                 exec(compiled, {"__name__": "docs_block"})

@@ -46,7 +46,9 @@ def _seen(transport: httpx.MockTransport) -> list[httpx.Request]:
     return transport.seen  # type: ignore[attr-defined, no-any-return]
 
 
-def _check_two_retries(calls: list[RetryDetails], response: httpx.Response, seen: list[httpx.Request]) -> None:
+def _check_two_retries(
+    calls: list[RetryDetails], response: httpx.Response, seen: list[httpx.Request]
+) -> None:
     info = samekey.operation_info(response)
     assert response.status_code == 200 and info is not None and info.attempts == 3
     key = seen[0].headers["Idempotency-Key"]
@@ -68,7 +70,9 @@ def _check_two_retries(calls: list[RetryDetails], response: httpx.Response, seen
 def test_one_call_per_retry_with_its_details(journal_path: Path) -> None:
     calls: list[RetryDetails] = []
     server = _sequence(_busy("1"), _busy(), httpx.Response(200))
-    with samekey.Client(journal=journal_path, policy=NO_BACKOFF, transport=server, on_retry=calls.append) as client:
+    with samekey.Client(
+        journal=journal_path, policy=NO_BACKOFF, transport=server, on_retry=calls.append
+    ) as client:
         response = client.post(URL, json={"amount": 1}, operation="order-1/charge")
         _check_two_retries(calls, response, _seen(server))
         # the success is no retry, nor is a replay: nothing more
@@ -85,7 +89,10 @@ def test_async_client_calls_its_hooks_alike(journal_path: Path) -> None:
 
     async def story() -> httpx.Response:
         async with samekey.AsyncClient(
-            journal=journal_path, policy=NO_BACKOFF, transport=httpx.MockTransport(handler), on_retry=[calls.append]
+            journal=journal_path,
+            policy=NO_BACKOFF,
+            transport=httpx.MockTransport(handler),
+            on_retry=[calls.append],
         ) as client:
             return await client.post(URL, json={"amount": 1}, operation="order-1/charge")
 
@@ -96,7 +103,9 @@ def test_transports_under_plain_httpx_clients_take_on_retry(journal_path: Path) 
     calls: list[RetryDetails] = []
     name = {samekey.OPERATION_EXTENSION: "order-1/charge"}
     sync_server = _sequence(_busy("1"), _busy(), httpx.Response(200))
-    transport = samekey.SameKeyTransport(sync_server, journal=journal_path, policy=NO_BACKOFF, on_retry=calls.append)
+    transport = samekey.SameKeyTransport(
+        sync_server, journal=journal_path, policy=NO_BACKOFF, on_retry=calls.append
+    )
     with httpx.Client(transport=transport) as client:
         response = client.post(URL, json={"amount": 1}, extensions=name)
     _check_two_retries(calls, response, _seen(sync_server))
@@ -110,7 +119,10 @@ def test_transports_under_plain_httpx_clients_take_on_retry(journal_path: Path) 
     async def story() -> httpx.Response:
         journal = journal_path.with_name("async.sqlite3")
         wrapped = samekey.AsyncSameKeyTransport(
-            httpx.MockTransport(handler), journal=journal, policy=NO_BACKOFF, on_retry=(calls.append,)
+            httpx.MockTransport(handler),
+            journal=journal,
+            policy=NO_BACKOFF,
+            on_retry=(calls.append,),
         )
         async with httpx.AsyncClient(transport=wrapped) as client:
             return await client.post(URL, json={"amount": 1}, extensions=name)
@@ -120,7 +132,9 @@ def test_transports_under_plain_httpx_clients_take_on_retry(journal_path: Path) 
 
 @respx.mock
 def test_an_error_has_its_text_as_reason_and_no_status(journal_path: Path, no_sleep: None) -> None:
-    respx.post(URL).mock(side_effect=[httpx.ReadError("connection reset by peer"), httpx.Response(201)])
+    respx.post(URL).mock(
+        side_effect=[httpx.ReadError("connection reset by peer"), httpx.Response(201)]
+    )
     calls: list[RetryDetails] = []
     with samekey.Client(journal=journal_path, on_retry=calls.append) as client:
         assert client.post(URL, json={}, operation="op").status_code == 201
@@ -131,25 +145,38 @@ def test_an_error_has_its_text_as_reason_and_no_status(journal_path: Path, no_sl
 
 
 @respx.mock
-def test_a_request_without_operation_is_reported_without_one(journal_path: Path, no_sleep: None) -> None:
+def test_a_request_without_operation_is_reported_without_one(
+    journal_path: Path, no_sleep: None
+) -> None:
     respx.get(URL).mock(side_effect=[httpx.Response(502), httpx.Response(200)])
     calls: list[RetryDetails] = []
     with samekey.Client(journal=journal_path, on_retry=calls.append) as client:
         assert client.get(URL).status_code == 200
     [details] = calls
-    assert (details.operation, details.key, details.method, details.reason) == (None, None, "GET", "HTTP 502")
+    assert (details.operation, details.key, details.method, details.reason) == (
+        None,
+        None,
+        "GET",
+        "HTTP 502",
+    )
 
 
 @respx.mock
-def test_not_called_when_giving_up_and_attempts_count_across_runs(journal_path: Path, no_sleep: None) -> None:
+def test_not_called_when_giving_up_and_attempts_count_across_runs(
+    journal_path: Path, no_sleep: None
+) -> None:
     respx.post(URL).mock(side_effect=[_busy(), _busy(), _busy(), httpx.Response(201)])
     calls: list[RetryDetails] = []
     policy = samekey.RetryPolicy(max_attempts=2)
     with samekey.Client(journal=journal_path, policy=policy, on_retry=calls.append) as client:
         with pytest.raises(samekey.RetriesExhausted):
             client.post(URL, json={}, operation="op")
-        assert [d.attempt for d in calls] == [1]  # attempt 2 failed too: that is giving up, no retry
-        assert client.post(URL, json={}, operation="op").status_code == 201  # the next run: attempts 3 and 4
+        assert [d.attempt for d in calls] == [
+            1
+        ]  # attempt 2 failed too: that is giving up, no retry
+        assert (
+            client.post(URL, json={}, operation="op").status_code == 201
+        )  # the next run: attempts 3 and 4
     assert [d.attempt for d in calls] == [1, 3]
     assert len({d.key for d in calls}) == 1
 
@@ -178,14 +205,17 @@ def test_a_hook_that_raises_is_logged_and_the_operation_completes(
     assert counts == {"HTTP 503": 2}  # the hooks after a broken one still ran, at every retry
     failures = [r for r in caplog.records if r.name == "samekey" and r.levelno == logging.ERROR]
     assert [r.exc_info[0] for r in failures if r.exc_info] == [
-        RuntimeError, dataclasses.FrozenInstanceError, RuntimeError, dataclasses.FrozenInstanceError,
+        RuntimeError, dataclasses.FrozenInstanceError, RuntimeError,
+        dataclasses.FrozenInstanceError,
     ]  # fmt: skip
     message = failures[0].getMessage()
     assert "broken_metrics" in message and "operation=op" in message and "attempt=1" in message
     assert getattr(failures[0], "operation", None) == "op"
 
 
-def test_secrets_in_the_url_headers_or_error_text_do_not_reach_a_hook(journal_path: Path, no_sleep: None) -> None:
+def test_secrets_in_the_url_headers_or_error_text_do_not_reach_a_hook(
+    journal_path: Path, no_sleep: None
+) -> None:
     def server(request: httpx.Request) -> httpx.Response:
         if len(calls) == 0:  # an error that quotes the request's credential, as h11's may
             raise httpx.ReadError(f"bad header {request.headers['Authorization']!r}")
@@ -193,8 +223,12 @@ def test_secrets_in_the_url_headers_or_error_text_do_not_reach_a_hook(journal_pa
 
     calls: list[RetryDetails] = []
     url = "https://acct:url-secret-1@pay.example/charges?api_key=sk_live_url2&amount=5"
-    with samekey.Client(journal=journal_path, transport=httpx.MockTransport(server), on_retry=calls.append) as client:
-        client.post(url, json={}, operation="op", headers={"Authorization": "Bearer sk_live_header3"})
+    with samekey.Client(
+        journal=journal_path, transport=httpx.MockTransport(server), on_retry=calls.append
+    ) as client:
+        client.post(
+            url, json={}, operation="op", headers={"Authorization": "Bearer sk_live_header3"}
+        )
     [details] = calls
     assert details.url == "https://pay.example/charges?api_key=REDACTED&amount=5"
     assert details.reason == "ReadError: bad header 'REDACTED'"
@@ -203,15 +237,20 @@ def test_secrets_in_the_url_headers_or_error_text_do_not_reach_a_hook(journal_pa
 
 
 @pytest.mark.parametrize(
-    "make", [samekey.Client, samekey.AsyncClient, samekey.SameKeyTransport, samekey.AsyncSameKeyTransport]
+    "make",
+    [samekey.Client, samekey.AsyncClient, samekey.SameKeyTransport, samekey.AsyncSameKeyTransport],
 )
 def test_something_that_is_not_a_hook_is_refused_by_name(journal_path: Path, make: Any) -> None:
     async def async_hook(details: RetryDetails) -> None: ...
 
-    with pytest.raises(TypeError, match=r"on_retry must be a function taking a samekey.RetryDetails.*got 3"):
+    with pytest.raises(
+        TypeError, match=r"on_retry must be a function taking a samekey.RetryDetails.*got 3"
+    ):
         make(journal=journal_path, on_retry=3)
     with pytest.raises(TypeError, match=r"on_retry hooks must be callables.*got 'count'"):
         make(journal=journal_path, on_retry=[print, "count"])
-    with pytest.raises(TypeError, match=r"async_hook \(async def\) would never run: make it a plain def"):
+    with pytest.raises(
+        TypeError, match=r"async_hook \(async def\) would never run: make it a plain def"
+    ):
         make(journal=journal_path, on_retry=async_hook)
     assert not journal_path.exists()  # refused before the journal was opened

@@ -24,16 +24,24 @@ def test_one_journal_statement_before_the_send_and_one_after(
 
     journal = samekey.Journal(journal_path, durability=durability)  # type: ignore[arg-type]
     with samekey.Client(journal=journal, transport=httpx.MockTransport(server)) as client:
-        client.post("https://pay.test/charges", json={"amount": 1}, operation="warm-up")  # the hourly purge check
+        client.post(
+            "https://pay.test/charges", json={"amount": 1}, operation="warm-up"
+        )  # the hourly purge check
         journal._conn.set_trace_callback(lambda sql: events.append(sql.split()[0]))  # type: ignore[union-attr]
         connects: list[object] = []
         real_connect = sqlite3.connect
-        monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: connects.append(a) or real_connect(*a, **k))
+        monkeypatch.setattr(
+            sqlite3, "connect", lambda *a, **k: connects.append(a) or real_connect(*a, **k)
+        )
         for n in range(3):
             events.clear()
-            response = client.post("https://pay.test/charges", json={"amount": 1}, operation=f"op-{n}")
+            response = client.post(
+                "https://pay.test/charges", json={"amount": 1}, operation=f"op-{n}"
+            )
             assert response.status_code == 201
-            assert events == ["INSERT", "send", "UPDATE"], "a claim, the request, a completion: nothing more"
+            assert events == ["INSERT", "send", "UPDATE"], (
+                "a claim, the request, a completion: nothing more"
+            )
         events.clear()
         replayed = client.post("https://pay.test/charges", json={"amount": 1}, operation="op-0")
         assert samekey.operation_info(replayed).replayed and "send" not in events  # type: ignore[union-attr]
@@ -49,12 +57,16 @@ def test_the_async_client_pays_the_same_two_statements(journal_path: Path) -> No
         return httpx.Response(201, json={"id": "ch_1"})
 
     async def story(journal: samekey.Journal) -> None:
-        async with samekey.AsyncClient(journal=journal, transport=httpx.MockTransport(server)) as client:
+        async with samekey.AsyncClient(
+            journal=journal, transport=httpx.MockTransport(server)
+        ) as client:
             await client.post("https://pay.test/charges", json={"amount": 1}, operation="warm-up")
             journal._conn.set_trace_callback(lambda sql: events.append(sql.split()[0]))  # type: ignore[union-attr]
             for n in range(3):
                 events.clear()
-                await client.post("https://pay.test/charges", json={"amount": 1}, operation=f"op-{n}")
+                await client.post(
+                    "https://pay.test/charges", json={"amount": 1}, operation=f"op-{n}"
+                )
                 assert events == ["INSERT", "send", "UPDATE"]
 
     with samekey.Journal(journal_path, durability="process") as journal:

@@ -1,5 +1,5 @@
-"""Who holds a lease (_identity.py): owner ids (a forked child's own pid), the pid scope, and when an
-owner is judged dead.
+"""Who holds a lease (_identity.py): owner ids (a forked child's own pid), the pid scope, and when
+an owner is judged dead.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def test_a_lease_holder_is_never_signalled_where_kill_would_terminate_it(
             monkeypatch.setattr(os, "name", "nt")
             assert engine.owners.is_dead(owner) is False and signalled == []
             monkeypatch.undo()
-            assert engine.owners.is_dead(owner) is False  # alive, on POSIX: kill(pid, 0) only probes
+            assert (
+                engine.owners.is_dead(owner) is False
+            )  # alive, on POSIX: kill(pid, 0) only probes
             sleeper.kill()
             sleeper.wait()
             assert engine.owners.is_dead(owner) is True
@@ -47,8 +49,13 @@ def test_a_pid_from_another_pid_namespace_or_boot_is_never_judged_dead(journal_p
         gone.wait()  # a pid that runs nothing here
         scope = samekey._identity.PID_SCOPE
         assert engine.owners.is_dead(f"{engine.owners.host}/{gone.pid}/{scope}/tag-1") is True
-        assert engine.owners.is_dead(f"{engine.owners.host}/{gone.pid}/4026539999.0badb007/tag-1") is False
-        assert engine.owners.is_dead(f"{engine.owners.host}/{gone.pid}/tag-1") is False  # older samekey: no scope
+        assert (
+            engine.owners.is_dead(f"{engine.owners.host}/{gone.pid}/4026539999.0badb007/tag-1")
+            is False
+        )
+        assert (
+            engine.owners.is_dead(f"{engine.owners.host}/{gone.pid}/tag-1") is False
+        )  # older samekey: no scope
         assert engine.owners.new().split("/")[2] == scope
 
 
@@ -66,4 +73,6 @@ def test_a_forked_child_leases_under_its_own_pid(journal_path: Path) -> None:
     os.waitpid(pid, 0)
     engine.journal.close()
     assert parent_owner.split("/")[1] == str(os.getpid())
-    assert child_owner.split("/")[1] == str(pid), "a dead child's lease must be recognised as the child's"
+    assert child_owner.split("/")[1] == str(pid), (
+        "a dead child's lease must be recognised as the child's"
+    )

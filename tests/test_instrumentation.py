@@ -20,7 +20,11 @@ import httpx
 import pytest
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.metrics.export import (
+    HistogramDataPoint,
+    InMemoryMetricReader,
+    NumberDataPoint,
+)
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -50,7 +54,9 @@ class Otel:
                     for point in metric.data.data_points:
                         value = point.count if isinstance(point, HistogramDataPoint) else point
                         value = value.value if isinstance(value, NumberDataPoint) else value
-                        totals[metric.name, frozenset((point.attributes or {}).items())] += int(value)
+                        totals[metric.name, frozenset((point.attributes or {}).items())] += int(
+                            value
+                        )
         return totals
 
 
@@ -109,13 +115,22 @@ def _check_completed_after_a_retry(otel: Otel, key: str) -> None:
     attempts = sorted(spans["samekey attempt"], key=lambda s: s.start_time or 0)
     assert dict(call.attributes or {}) == {
         "samekey.operation": "order-1/charge", "samekey.key": key, "samekey.outcome": "completed",
-        "samekey.attempts": 2, "samekey.this_run": 2, "http.request.method": "POST", "url.full": SHOWN_URL,
+        "samekey.attempts": 2, "samekey.this_run": 2, "http.request.method": "POST",
+        "url.full": SHOWN_URL,
         "http.response.status_code": 201,
     }  # fmt: skip
     assert call.status.status_code == trace.StatusCode.UNSET
     assert [dict(a.attributes or {}) for a in attempts] == [
-        {"samekey.attempt": 1, "http.response.status_code": 503, "samekey.attempt.outcome": "retried"},
-        {"samekey.attempt": 2, "http.response.status_code": 201, "samekey.attempt.outcome": "final"},
+        {
+            "samekey.attempt": 1,
+            "http.response.status_code": 503,
+            "samekey.attempt.outcome": "retried",
+        },
+        {
+            "samekey.attempt": 2,
+            "http.response.status_code": 201,
+            "samekey.attempt.outcome": "final",
+        },
     ]
     assert call.context is not None
     assert all(a.parent is not None and a.parent.span_id == call.context.span_id for a in attempts)
@@ -136,7 +151,9 @@ def test_the_async_client_reports_alike(otel: Otel, journal_path: Path) -> None:
     transport = _answers(httpx.Response(503), httpx.Response(201))
 
     async def story() -> httpx.Response:
-        async with samekey.AsyncClient(journal=journal_path, policy=NO_BACKOFF, transport=transport) as client:
+        async with samekey.AsyncClient(
+            journal=journal_path, policy=NO_BACKOFF, transport=transport
+        ) as client:
             return await client.post(URL, json={}, operation="order-1/charge", headers=HEADERS)
 
     info = samekey.operation_info(asyncio.run(story()))
@@ -154,19 +171,28 @@ def test_a_cancelled_call_ends_its_spans(otel: Otel, journal_path: Path) -> None
             await asyncio.sleep(60)
             raise AssertionError("cancelled before")
 
-        async with samekey.AsyncClient(journal=journal_path, transport=httpx.MockTransport(handler)) as client:
-            task = asyncio.create_task(client.post(URL, json={}, operation="order-1/charge", headers=HEADERS))
+        async with samekey.AsyncClient(
+            journal=journal_path, transport=httpx.MockTransport(handler)
+        ) as client:
+            task = asyncio.create_task(
+                client.post(URL, json={}, operation="order-1/charge", headers=HEADERS)
+            )
             await sent.wait()
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert trace.get_current_span() is trace.INVALID_SPAN  # the attempt's span is current no more
+            assert (
+                trace.get_current_span() is trace.INVALID_SPAN
+            )  # the attempt's span is current no more
 
     asyncio.run(story())
     spans = _by_name(otel)
     [call], [attempt] = spans["samekey POST"], spans["samekey attempt"]
     assert call.attributes is not None and attempt.attributes is not None
-    assert call.attributes["samekey.outcome"] == "interrupted" and call.attributes["error.type"] == "CancelledError"
+    assert (
+        call.attributes["samekey.outcome"] == "interrupted"
+        and call.attributes["error.type"] == "CancelledError"
+    )
     assert call.status.status_code == trace.StatusCode.ERROR
     assert dict(attempt.attributes) == {
         "samekey.attempt": 1, "error.type": "CancelledError", "samekey.attempt.outcome": "final",
@@ -174,15 +200,23 @@ def test_a_cancelled_call_ends_its_spans(otel: Otel, journal_path: Path) -> None
     _no_secret_in([call, attempt])
 
 
-def test_each_outcome_on_the_span_and_in_the_metrics(otel: Otel, journal_path: Path, no_sleep: None) -> None:
+def test_each_outcome_on_the_span_and_in_the_metrics(
+    otel: Otel, journal_path: Path, no_sleep: None
+) -> None:
     before = otel.counts()
     transport = _answers(
-        httpx.Response(201), httpx.Response(402), httpx.ReadTimeout("slow"), httpx.Response(503), httpx.Response(503)
+        httpx.Response(201),
+        httpx.Response(402),
+        httpx.ReadTimeout("slow"),
+        httpx.Response(503),
+        httpx.Response(503),
     )
     policy = samekey.RetryPolicy(max_attempts=3)
     with samekey.Client(journal=journal_path, transport=transport, policy=policy) as client:
         assert client.post(URL, json={}, operation="paid", headers=HEADERS).status_code == 201
-        assert client.post(URL, json={}, operation="paid", headers=HEADERS).status_code == 201  # replayed
+        assert (
+            client.post(URL, json={}, operation="paid", headers=HEADERS).status_code == 201
+        )  # replayed
         assert client.post(URL, json={}, operation="declined", headers=HEADERS).status_code == 402
         with pytest.raises(samekey.RetriesExhausted):
             client.post(URL, json={}, operation="busy", headers=HEADERS)
@@ -193,23 +227,46 @@ def test_each_outcome_on_the_span_and_in_the_metrics(otel: Otel, journal_path: P
     assert shown == ["completed", "replayed", "refused", "gave_up", "failed"]
     errors = [(s.attributes or {}).get("error.type") for s in calls]
     assert errors == [None, None, "402", "RetriesExhausted", "OperationMismatch"]
-    assert [s.status.status_code == trace.StatusCode.ERROR for s in calls] == [False, False, True, True, True]
+    assert [s.status.status_code == trace.StatusCode.ERROR for s in calls] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
     assert calls[3].status.description == "max_attempts reached (last: HTTP 503)"
     _no_secret_in(list(otel.spans.get_finished_spans()))
 
     added = otel.counts() - before
     post = frozenset({("http.request.method", "POST")})
-    assert added["samekey.attempts", post] == 5  # 201, 402, the timeout, 503, 503: none for a replay
+    assert (
+        added["samekey.attempts", post] == 5
+    )  # 201, 402, the timeout, 503, 503: none for a replay
     assert added["samekey.retries", frozenset({("error.type", "ReadTimeout")})] == 1
     assert added["samekey.retries", frozenset({("error.type", "503")})] == 1
     assert added["samekey.give_ups", post] == 1 and added["samekey.replays", post] == 1
     for outcome in ("completed", "replayed", "refused", "gave_up", "failed"):
         assert added["samekey.operations", post | {("samekey.outcome", outcome)}] == 1
         assert added["samekey.operation.duration", post | {("samekey.outcome", outcome)}] == 1
-    journal_calls = {dict(attrs)["samekey.journal.call"]: n for (name, attrs), n in added.items() if "journal" in name}
-    assert journal_calls["Claim"] == 5 and journal_calls["Complete"] == 2 and journal_calls["RecordAttempt"] == 2
-    labels = {name for _, attrs in otel.counts() for name, _ in attrs}  # few values each: no key, no operation
-    assert labels == {"http.request.method", "samekey.outcome", "error.type", "samekey.journal.call"}
+    journal_calls = {
+        dict(attrs)["samekey.journal.call"]: n
+        for (name, attrs), n in added.items()
+        if "journal" in name
+    }
+    assert (
+        journal_calls["Claim"] == 5
+        and journal_calls["Complete"] == 2
+        and journal_calls["RecordAttempt"] == 2
+    )
+    labels = {
+        name for _, attrs in otel.counts() for name, _ in attrs
+    }  # few values each: no key, no operation
+    assert labels == {
+        "http.request.method",
+        "samekey.outcome",
+        "error.type",
+        "samekey.journal.call",
+    }
 
 
 def test_a_wait_for_another_callers_lease_is_counted(otel: Otel, journal_path: Path) -> None:
@@ -222,7 +279,9 @@ def test_a_wait_for_another_callers_lease_is_counted(otel: Otel, journal_path: P
             await release.wait()
             return httpx.Response(201)
 
-        async with samekey.AsyncClient(journal=journal_path, transport=httpx.MockTransport(handler)) as client:
+        async with samekey.AsyncClient(
+            journal=journal_path, transport=httpx.MockTransport(handler)
+        ) as client:
             first = asyncio.create_task(client.post(URL, json={}, operation="order-1/charge"))
             await asyncio.sleep(0.05)  # the first holds the lease, on the wire
             second = asyncio.create_task(client.post(URL, json={}, operation="order-1/charge"))
@@ -258,7 +317,11 @@ def test_set_opentelemetry_turns_it_off_and_on(otel: Otel, journal_path: Path) -
 
 def _python(code: str, tmp_path: Path) -> str:
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
@@ -267,7 +330,8 @@ def _python(code: str, tmp_path: Path) -> str:
 CALL = """
     import httpx, samekey
     from samekey import instrumentation
-    client = samekey.Client(journal="j.sqlite3", transport=httpx.MockTransport(lambda r: httpx.Response(201)))
+    client = samekey.Client(journal="j.sqlite3", transport=httpx.MockTransport(lambda r: \
+httpx.Response(201)))
     def call(n):
         return client.post("https://pay.example/charges", json={}, operation=f"op-{n}").status_code
 """
@@ -316,7 +380,9 @@ def test_a_flow_closed_mid_send_ends_its_spans(otel: Otel, journal_path: Path) -
     from samekey._flow import operation_flow
 
     with samekey.Client(journal=journal_path) as client:
-        request = client.build_request("POST", URL, json={}, extensions={samekey.OPERATION_EXTENSION: "op"})
+        request = client.build_request(
+            "POST", URL, json={}, extensions={samekey.OPERATION_EXTENSION: "op"}
+        )
         flow = operation_flow(client.engine, request)
         action = next(flow)
         while isinstance(action, JournalCall):

@@ -15,7 +15,9 @@ from journal_helpers import assert_clear, count_wal_syncs, intent, make_journal
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), True])
 def test_a_lock_timeout_that_bounds_nothing_is_refused(tmp_path: Path, value: float) -> None:
     # lock_timeout=nan was accepted: a journal another process held locked hung the call forever
-    with pytest.raises(ValueError, match="lock_timeout must be a positive, finite number of seconds"):
+    with pytest.raises(
+        ValueError, match="lock_timeout must be a positive, finite number of seconds"
+    ):
         samekey.Journal(tmp_path / "j.sqlite3", lock_timeout=value)
     assert list(tmp_path.iterdir()) == []
 
@@ -36,7 +38,9 @@ def test_a_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> None:
     assert path.read_bytes() == original
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").exists() or not hasattr(os, "fork"), reason="Linux: /proc, fork")
+@pytest.mark.skipif(
+    not Path("/proc/self/fd").exists() or not hasattr(os, "fork"), reason="Linux: /proc, fork"
+)
 def test_a_relative_journal_path_survives_a_change_of_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -52,7 +56,9 @@ def test_a_relative_journal_path_survives_a_change_of_directory(
     monkeypatch.chdir(elsewhere)
     synced = count_wal_syncs(monkeypatch, home / "payments.sqlite3")
     journal.claim(intent("op-2"), "owner", 60.0, 1001.0)
-    assert synced == [f"{home / 'payments.sqlite3'}-wal"], "the claim was made durable in its own folder"
+    assert synced == [f"{home / 'payments.sqlite3'}-wal"], (
+        "the claim was made durable in its own folder"
+    )
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reopens the journal: the same one
         code = 1
@@ -74,13 +80,17 @@ def test_a_damaged_record_is_reported_as_damage_not_as_another_operation(tmp_pat
     # as OperationMismatch ("it was POST https://pay.tesu/..."), pointing at the caller's code
     path = tmp_path / "journal.sqlite3"
     policy = samekey.RetryPolicy(max_attempts=1)
-    with samekey.Client(journal=path, policy=policy, transport=httpx.MockTransport(lambda r: httpx.Response(503))) as c:
+    with samekey.Client(
+        journal=path, policy=policy, transport=httpx.MockTransport(lambda r: httpx.Response(503))
+    ) as c:
         with pytest.raises(samekey.RetriesExhausted):
             c.post("https://pay.test/charges", operation="order-1/charge", json={"amount": 1})
     data = path.read_bytes()
     assert data.count(b"https://pay.test/charges") == 1
     path.write_bytes(data.replace(b"https://pay.test/charges", b"https://pay.tesu/charges"))
-    with samekey.Client(journal=path, transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
+    with samekey.Client(
+        journal=path, transport=httpx.MockTransport(lambda r: httpx.Response(201))
+    ) as client:
         with pytest.raises(samekey.JournalError) as caught:
             client.post("https://pay.test/charges", operation="order-1/charge", json={"amount": 1})
     assert not isinstance(caught.value, samekey.OperationMismatch)

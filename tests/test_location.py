@@ -27,7 +27,9 @@ def test_both_dsn_forms_are_dsns(text: str) -> None:
     assert is_dsn(text)
 
 
-@pytest.mark.parametrize("text", ["pay.sqlite3", "./host=x", "/tmp/a=b.sqlite3", "journal=x.db", "~/pay.db"])
+@pytest.mark.parametrize(
+    "text", ["pay.sqlite3", "./host=x", "/tmp/a=b.sqlite3", "journal=x.db", "~/pay.db"]
+)
 def test_paths_are_paths(text: str) -> None:
     assert not is_dsn(text)
 

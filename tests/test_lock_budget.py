@@ -1,4 +1,5 @@
-"""One request's lock waits share its lock_timeout (samekey._lock_budget, through the SQLite journal)."""
+"""One request's lock waits share its lock_timeout
+(samekey._lock_budget, through the SQLite journal)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ class _Holder:
 
     def __init__(self, path: Path) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", _HOLDER, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
 
     def tell(self, what: str) -> None:
@@ -59,7 +63,9 @@ def test_the_claim_and_the_completion_of_one_request_share_its_lock_timeout(tmp_
             threading.Timer(0.6, holder.tell, ("free",)).start()
             started = time.monotonic()
             with pytest.raises(samekey.AnswerNotRecorded, match="locked by another process"):
-                client.post("https://pay.test/charges", operation="order-1/charge", json={"amount": 1})
+                client.post(
+                    "https://pay.test/charges", operation="order-1/charge", json={"amount": 1}
+                )
             waited = time.monotonic() - started
         journal.close()
     finally:

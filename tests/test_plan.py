@@ -20,9 +20,16 @@ from samekey import _plan
 
 
 @respx.mock
-def test_one_uuid4_key_per_operation_identical_on_every_attempt(journal_path: Path, no_sleep: None) -> None:
+def test_one_uuid4_key_per_operation_identical_on_every_attempt(
+    journal_path: Path, no_sleep: None
+) -> None:
     route = respx.post(URL).mock(
-        side_effect=[httpx.Response(503), httpx.ConnectError("refused"), httpx.ReadTimeout("slow"), httpx.Response(201)]
+        side_effect=[
+            httpx.Response(503),
+            httpx.ConnectError("refused"),
+            httpx.ReadTimeout("slow"),
+            httpx.Response(201),
+        ]
     )
     with make_client(journal_path) as client:
         response = client.post(URL, json={"amount": 100}, operation="order-1/charge")
@@ -46,11 +53,16 @@ def test_two_operations_get_two_keys(journal_path: Path) -> None:
 
 
 @respx.mock
-def test_same_operation_different_body_is_a_mismatch_and_nothing_is_sent(journal_path: Path) -> None:
+def test_same_operation_different_body_is_a_mismatch_and_nothing_is_sent(
+    journal_path: Path,
+) -> None:
     route = respx.post(URL).mock(return_value=httpx.Response(201))
     with make_client(journal_path) as client:
         client.post(URL, json={"amount": 100}, operation="op")
-        with pytest.raises(samekey.OperationMismatch, match=r"different body.*new operation name.*samekey forget op"):
+        with pytest.raises(
+            samekey.OperationMismatch,
+            match=r"different body.*new operation name.*samekey forget op",
+        ):
             client.post(URL, json={"amount": 200}, operation="op")
         with pytest.raises(samekey.OperationMismatch, match=r"was POST .*, now PUT"):
             client.put(URL, json={"amount": 100}, operation="op")
@@ -58,17 +70,23 @@ def test_same_operation_different_body_is_a_mismatch_and_nothing_is_sent(journal
 
 
 @respx.mock
-def test_mismatch_on_a_pending_operation_keeps_it_resumable(journal_path: Path, no_sleep: None) -> None:
+def test_mismatch_on_a_pending_operation_keeps_it_resumable(
+    journal_path: Path, no_sleep: None
+) -> None:
     route = respx.post(URL).mock(return_value=httpx.Response(503))
     policy = samekey.RetryPolicy(max_attempts=2)
     with make_client(journal_path, policy=policy) as client:
         with pytest.raises(samekey.RetriesExhausted):
             client.post(URL, json={"amount": 1}, operation="op")
         # "give it a new operation name" alone would pay twice if the server acted on the first
-        with pytest.raises(samekey.OperationMismatch, match=r"still pending.*may have acted.*samekey resume op"):
+        with pytest.raises(
+            samekey.OperationMismatch, match=r"still pending.*may have acted.*samekey resume op"
+        ):
             client.post(URL, json={"amount": 2}, operation="op")
         route.mock(return_value=httpx.Response(201))
-        assert client.post(URL, json={"amount": 1}, operation="op").status_code == 201  # not blocked by a lease
+        assert (
+            client.post(URL, json={"amount": 1}, operation="op").status_code == 201
+        )  # not blocked by a lease
     assert len(set(sent_keys(route))) == 1
 
 
@@ -92,7 +110,9 @@ def test_caller_key_without_operation_is_remembered_by_key(journal_path: Path) -
 
 
 @respx.mock
-def test_pending_key_is_never_replaced_by_a_different_caller_key(journal_path: Path, no_sleep: None) -> None:
+def test_pending_key_is_never_replaced_by_a_different_caller_key(
+    journal_path: Path, no_sleep: None
+) -> None:
     route = respx.post(URL).mock(return_value=httpx.Response(503))
     with make_client(journal_path, policy=samekey.RetryPolicy(max_attempts=1)) as client:
         with pytest.raises(samekey.RetriesExhausted):
@@ -108,12 +128,19 @@ def test_structured_field_key_format_and_custom_header(journal_path: Path) -> No
     with make_client(journal_path, key_format="structured", key_header="X-Idem") as client:
         client.post(URL, json={}, operation="op")
     (key,) = sent_keys(route, "X-Idem")
-    assert key is not None and key.startswith('"') and key.endswith('"') and uuid.UUID(key.strip('"')).version == 4
+    assert (
+        key is not None
+        and key.startswith('"')
+        and key.endswith('"')
+        and uuid.UUID(key.strip('"')).version == 4
+    )
     assert "Idempotency-Key" not in route.calls[0].request.headers
 
 
 @respx.mock
-def test_reads_and_idempotent_methods_are_retried_without_a_key(journal_path: Path, no_sleep: None) -> None:
+def test_reads_and_idempotent_methods_are_retried_without_a_key(
+    journal_path: Path, no_sleep: None
+) -> None:
     get = respx.get(URL).mock(side_effect=[httpx.Response(503), httpx.Response(200)])
     put = respx.put(URL).mock(side_effect=[httpx.ConnectError("x"), httpx.Response(200)])
     with make_client(journal_path) as client:
@@ -124,13 +151,21 @@ def test_reads_and_idempotent_methods_are_retried_without_a_key(journal_path: Pa
 
 
 @respx.mock
-def test_a_method_that_is_not_idempotent_is_keyed_without_operation(journal_path: Path, no_sleep: None) -> None:
-    route = respx.route(method="LOCK", url=URL).mock(side_effect=[httpx.Response(503), httpx.Response(200)])
+def test_a_method_that_is_not_idempotent_is_keyed_without_operation(
+    journal_path: Path, no_sleep: None
+) -> None:
+    route = respx.route(method="LOCK", url=URL).mock(
+        side_effect=[httpx.Response(503), httpx.Response(200)]
+    )
     with make_client(journal_path) as client:
         assert client.request("LOCK", URL, content=b"<lockinfo/>").status_code == 200
         (record,) = client.journal.records()
     keys = sent_keys(route)
-    assert record.operation.startswith("auto:") and keys[0] is not None and keys == [record.key, record.key]
+    assert (
+        record.operation.startswith("auto:")
+        and keys[0] is not None
+        and keys == [record.key, record.key]
+    )
 
 
 @respx.mock
@@ -147,7 +182,9 @@ def test_an_operation_journaled_by_an_older_samekey_keeps_its_identity(journal_p
     # (Computed by samekey at commit 2308322.)
     url = "https://pay.example/charges?payment_token=tok_a&key=invoices/41.pdf&authorization=Bearer%20x&author=Tolstoy&amount=5"
     with make_client(journal_path) as client:
-        request = client.build_request("POST", url, json={"a": 1}, extensions={samekey.OPERATION_EXTENSION: "op"})
+        request = client.build_request(
+            "POST", url, json={"a": 1}, extensions={samekey.OPERATION_EXTENSION: "op"}
+        )
         request.read()
         plan = client.engine.plan(request)
     assert plan is not None
@@ -155,12 +192,18 @@ def test_an_operation_journaled_by_an_older_samekey_keeps_its_identity(journal_p
         "https://pay.example/charges?payment_token=REDACTED&key=invoices%2F41.pdf&authorization=REDACTED"
         "&author=REDACTED&amount=5"
     )
-    assert plan.intent.fingerprint == "75e32fe30f387038ad9d8a63575cb76ac4deb066c69ee18788efc672f77c28e3"
+    assert (
+        plan.intent.fingerprint
+        == "75e32fe30f387038ad9d8a63575cb76ac4deb066c69ee18788efc672f77c28e3"
+    )
 
 
 @pytest.mark.parametrize("name", ["  ", "x" * 513, "order\udc80", "order\x00-1"])
 def test_bad_operation_name_is_refused(journal_path: Path, name: str) -> None:
-    with make_client(journal_path) as client, pytest.raises(ValueError, match="operation must be a non-empty string"):
+    with (
+        make_client(journal_path) as client,
+        pytest.raises(ValueError, match="operation must be a non-empty string"),
+    ):
         client.post(URL, json={}, operation=name)
 
 
@@ -177,7 +220,9 @@ def test_a_multipart_upload_built_again_is_the_same_operation(journal_path: Path
     with make_client(journal_path, transport=httpx.MockTransport(server), policy=policy) as client:
         with pytest.raises(samekey.RetriesExhausted):
             client.post(URL, files=upload, data={"booking": "b-42"}, operation="booking-42/upload")
-        again = client.post(URL, files=upload, data={"booking": "b-42"}, operation="booking-42/upload")
+        again = client.post(
+            URL, files=upload, data={"booking": "b-42"}, operation="booking-42/upload"
+        )
         with pytest.raises(samekey.OperationMismatch):  # another file is another request
             other = {"file": ("passport.pdf", b"%PDF-1.7 other", "application/pdf")}
             client.post(URL, files=other, data={"booking": "b-42"}, operation="booking-42/upload")
@@ -217,12 +262,25 @@ def test_a_re_run_of_a_chunked_upload_never_sends_both_content_length_and_transf
     policy = samekey.RetryPolicy(max_attempts=1)
     with make_client(journal_path, transport=httpx.MockTransport(server), policy=policy) as client:
         with pytest.raises(samekey.RetriesExhausted):
-            client.post(URL, files={"file": ("a.pdf", _Unsized(b"%PDF-1.7 scan"))}, operation="booking-42/upload")
-        again = client.post(URL, files={"file": ("a.pdf", _Unsized(b"%PDF-1.7 scan"))}, operation="booking-42/upload")
+            client.post(
+                URL,
+                files={"file": ("a.pdf", _Unsized(b"%PDF-1.7 scan"))},
+                operation="booking-42/upload",
+            )
+        again = client.post(
+            URL,
+            files={"file": ("a.pdf", _Unsized(b"%PDF-1.7 scan"))},
+            operation="booking-42/upload",
+        )
     assert again.status_code == 201
-    assert sent[0].headers.get("transfer-encoding") == "chunked" and "content-length" not in sent[0].headers
+    assert (
+        sent[0].headers.get("transfer-encoding") == "chunked"
+        and "content-length" not in sent[0].headers
+    )
     assert sent[1].content == sent[0].content
-    assert not ("content-length" in sent[1].headers and "transfer-encoding" in sent[1].headers), sent[1].headers
+    assert not ("content-length" in sent[1].headers and "transfer-encoding" in sent[1].headers), (
+        sent[1].headers
+    )
 
 
 def test_an_async_re_run_of_a_multipart_upload_sends_the_first_bytes(journal_path: Path) -> None:
@@ -235,7 +293,9 @@ def test_an_async_re_run_of_a_multipart_upload_sends_the_first_bytes(journal_pat
     async def story() -> int:
         upload = {"file": ("passport.pdf", b"%PDF-1.7 scan", "application/pdf")}
         policy = samekey.RetryPolicy(max_attempts=1)
-        async with samekey.AsyncClient(journal=journal_path, transport=httpx.MockTransport(server), policy=policy) as c:
+        async with samekey.AsyncClient(
+            journal=journal_path, transport=httpx.MockTransport(server), policy=policy
+        ) as c:
             with pytest.raises(samekey.RetriesExhausted):
                 await c.post(URL, files=upload, operation="booking-42/upload")
             return (await c.post(URL, files=upload, operation="booking-42/upload")).status_code
@@ -253,7 +313,9 @@ class _BodySignature(httpx.Auth):
         import hashlib
         import hmac
 
-        request.headers["X-Signature"] = hmac.new(b"secret", request.content, hashlib.sha256).hexdigest()
+        request.headers["X-Signature"] = hmac.new(
+            b"secret", request.content, hashlib.sha256
+        ).hexdigest()
         yield request
 
 
@@ -278,7 +340,10 @@ def test_a_re_run_upload_is_signed_over_the_bytes_it_sends(journal_path: Path) -
     upload = {"file": ("passport.pdf", b"%PDF-1.7 scan", "application/pdf")}
     policy = samekey.RetryPolicy(max_attempts=1)
     with make_client(
-        journal_path, transport=_signature_checking_server(bodies), policy=policy, auth=_BodySignature()
+        journal_path,
+        transport=_signature_checking_server(bodies),
+        policy=policy,
+        auth=_BodySignature(),
     ) as c:
         with pytest.raises(samekey.RetriesExhausted):
             c.post(URL, files=upload, operation="booking-42/upload")

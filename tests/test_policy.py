@@ -1,5 +1,5 @@
-"""RetryPolicy: validation, backoff bounds, jitter, Retry-After, deadline, classification (the statuses
-retried, the server's verdict header), and the retry budget.
+"""RetryPolicy: validation, backoff bounds, jitter, Retry-After, deadline, classification (the
+statuses retried, the server's verdict header), and the retry budget.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from samekey.testing import Fault, FaultPlan, PaymentServer
 URL = "https://api.example.test/v1/charges"
 
 
-def _state_after(policy: samekey.RetryPolicy, attempt: int, response: httpx.Response | None = None) -> float:
+def _state_after(
+    policy: samekey.RetryPolicy, attempt: int, response: httpx.Response | None = None
+) -> float:
     retrying = policy.retrying()
     state = tenacity.RetryCallState(retrying, fn=None, args=(), kwargs={})
     state.attempt_number = attempt
@@ -41,13 +43,20 @@ def _state_after(policy: samekey.RetryPolicy, attempt: int, response: httpx.Resp
 
 def test_defaults_are_documented_values() -> None:
     policy = samekey.RetryPolicy()
-    assert (policy.max_attempts, policy.initial_delay, policy.max_delay, policy.multiplier) == (8, 0.5, 30.0, 2.0)
+    assert (policy.max_attempts, policy.initial_delay, policy.max_delay, policy.multiplier) == (
+        8,
+        0.5,
+        30.0,
+        2.0,
+    )
     assert policy.deadline == 120.0 and policy.max_retry_after == 60.0
     assert policy.retry_statuses == {408, 409, 425, 429} | set(range(500, 600)) - {501, 505}
 
 
 def test_durations_take_timedelta() -> None:
-    policy = samekey.RetryPolicy(initial_delay=timedelta(milliseconds=250), deadline=timedelta(minutes=2))
+    policy = samekey.RetryPolicy(
+        initial_delay=timedelta(milliseconds=250), deadline=timedelta(minutes=2)
+    )
     assert policy.initial_delay == 0.25 and policy.deadline == 120.0
 
 
@@ -74,19 +83,32 @@ def test_bad_values_are_refused_with_the_fix(kwargs: dict[str, object], words: s
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
-        ({"retry_statuses": 503}, r"retry_statuses must be a collection of status codes, e.g. \{503\}, got 503"),
+        (
+            {"retry_statuses": 503},
+            r"retry_statuses must be a collection of status codes, e.g. \{503\}, got 503",
+        ),
         (
             {"retry_exceptions": httpx.TransportError},
             r"retry_exceptions must be a tuple of exception classes, e.g. \(TransportError,\)",
         ),
-        # None turns verdict_header and budget off, so it is tried here too: it raised "'NoneType' object
-        # is not iterable", naming neither the keyword nor the way to retry no status / no exception
-        ({"retry_statuses": None}, r"retry_statuses must be a collection of status codes.*set\(\) to retry none"),
-        ({"retry_exceptions": None}, r"retry_exceptions must be a tuple of exception classes.*\(\) to retry none"),
+        # None turns verdict_header and budget off, so it is tried here too: it raised "'NoneType'
+        # object is not iterable", naming neither the keyword nor the way to retry no status / no
+        # exception
+        (
+            {"retry_statuses": None},
+            r"retry_statuses must be a collection of status codes.*set\(\) to retry none",
+        ),
+        (
+            {"retry_exceptions": None},
+            r"retry_exceptions must be a tuple of exception classes.*\(\) to retry none",
+        ),
     ],
 )
-def test_a_single_status_or_exception_class_names_the_fix(kwargs: dict[str, object], words: str) -> None:
-    # isinstance() takes a bare class, so this is an easy slip: it raised "'type' object is not iterable"
+def test_a_single_status_or_exception_class_names_the_fix(
+    kwargs: dict[str, object], words: str
+) -> None:
+    # isinstance() takes a bare class, so this is an
+    # easy slip: it raised "'type' object is not iterable"
     with pytest.raises(TypeError, match=words):
         samekey.RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
@@ -130,8 +152,12 @@ def test_classification_and_server_verdict() -> None:
     definitive = [200, 201, 301, 400, 401, 402, 404, 422, 501, 505]
     assert all(policy.should_retry_response(httpx.Response(s)) for s in retried)
     assert not any(policy.should_retry_response(httpx.Response(s)) for s in definitive)
-    assert not policy.should_retry_response(httpx.Response(500, headers={"Stripe-Should-Retry": "false"}))
-    assert policy.should_retry_response(httpx.Response(400, headers={"Stripe-Should-Retry": "true"}))
+    assert not policy.should_retry_response(
+        httpx.Response(500, headers={"Stripe-Should-Retry": "false"})
+    )
+    assert policy.should_retry_response(
+        httpx.Response(400, headers={"Stripe-Should-Retry": "true"})
+    )
     assert policy.should_retry_exception(httpx.ConnectError("x"))
     assert policy.should_retry_exception(httpx.ReadTimeout("x"))
     assert policy.should_retry_exception(httpx.RemoteProtocolError("x"))
@@ -158,7 +184,11 @@ def test_set_testing_turns_waits_off_and_is_a_context_manager() -> None:
 def test_garbage_retry_after_is_ignored_not_a_crash(journal_path: Path) -> None:
     # "\xb2" decodes (latin-1) to "²": str.isdigit() says yes, float() says no. A 503 whose
     # Retry-After is garbage must be retried on the backoff, not crash the payment with ValueError.
-    assert parse_retry_after("²") is None and parse_retry_after("1.5") is None and parse_retry_after("-5") is None
+    assert (
+        parse_retry_after("²") is None
+        and parse_retry_after("1.5") is None
+        and parse_retry_after("-5") is None
+    )
     route = respx.post(URL).mock(
         side_effect=[httpx.Response(503, headers=[(b"Retry-After", b"\xb2")]), httpx.Response(201)]
     )
@@ -193,7 +223,9 @@ def _answering(answer: Callable[[bytes], bytes]) -> Iterator[int]:
                 continue
             with conn, contextlib.suppress(OSError):
                 conn.settimeout(5)
-                conn.sendall(answer(conn.recv(4096)))  # a request head or a ClientHello: one read on loopback
+                conn.sendall(
+                    answer(conn.recv(4096))
+                )  # a request head or a ClientHello: one read on loopback
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -207,14 +239,18 @@ def _answering(answer: Callable[[bytes], bytes]) -> Iterator[int]:
 
 def _plain_http_port() -> Iterator[int]:
     """A 127.0.0.1 port that answers anything (a TLS ClientHello too) with a plain HTTP 400."""
-    with _answering(lambda _: b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n") as port:
+    with _answering(
+        lambda _: b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    ) as port:
         yield port
 
 
 plain_http_port = pytest.fixture(_plain_http_port)
 
 
-def test_tls_failures_that_retrying_cannot_fix_are_not_retried(plain_http_port: int, journal_path: Path) -> None:
+def test_tls_failures_that_retrying_cannot_fix_are_not_retried(
+    plain_http_port: int, journal_path: Path
+) -> None:
     # https:// to a plain-HTTP port (a real handshake on 127.0.0.1): SSL WRONG_VERSION_NUMBER,
     # raised by httpx as a ConnectError. Nothing was sent; retrying for two minutes cannot help.
     tls_url = f"https://127.0.0.1:{plain_http_port}/v1/charges"
@@ -224,9 +260,12 @@ def test_tls_failures_that_retrying_cannot_fix_are_not_retried(plain_http_port: 
             client.post(tls_url, json={"amount": 1}, operation="tls-misconfigured")
         record = client.journal.get("tls-misconfigured")
     assert record is not None and record.attempts == 1 and record.state == "pending"
-    # a certificate that does not verify: httpx raises ConnectError from ssl.SSLCertVerificationError
+    # a certificate that does not verify: httpx
+    # raises ConnectError from ssl.SSLCertVerificationError
     try:
-        raise ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+        raise ssl.SSLCertVerificationError(
+            1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"
+        )
     except ssl.SSLError as cause:
         try:
             raise httpx.ConnectError(str(cause)) from cause
@@ -237,7 +276,8 @@ def test_tls_failures_that_retrying_cannot_fix_are_not_retried(plain_http_port: 
 
 @contextlib.contextmanager
 def _proxy_answering(status_line: str) -> Iterator[tuple[int, list[str]]]:
-    """A 127.0.0.1 HTTP proxy that answers every CONNECT with ``status_line``; yields (port, request lines)."""
+    """A 127.0.0.1 HTTP proxy that answers every CONNECT
+    with ``status_line``; yields (port, request lines)."""
     seen: list[str] = []
 
     def answer(head: bytes) -> bytes:
@@ -250,7 +290,8 @@ def _proxy_answering(status_line: str) -> Iterator[tuple[int, list[str]]]:
 
 @pytest.mark.parametrize(
     ("answer", "retried"),
-    [("503 Service Unavailable", True), ("502 Bad Gateway", True), ("407 Proxy Authentication Required", False),
+    [("503 Service Unavailable", True), ("502 Bad Gateway", True),
+    ("407 Proxy Authentication Required", False),
      ("403 Forbidden", False)],
 )  # fmt: skip
 def test_a_proxy_that_cannot_reach_the_server_is_retried_one_that_refuses_is_not(
@@ -260,19 +301,33 @@ def test_a_proxy_that_cannot_reach_the_server_is_retried_one_that_refuses_is_not
     # key); its 407 (credentials) or 403 (policy) does not, and two minutes of retries cannot fix it
     policy = samekey.RetryPolicy(max_attempts=3, initial_delay=0.01, max_delay=0.01, budget=None)
     with _proxy_answering(answer) as (port, seen):
-        with samekey.Client(journal=journal_path, policy=policy, proxy=f"http://127.0.0.1:{port}", timeout=10) as c:
+        with samekey.Client(
+            journal=journal_path, policy=policy, proxy=f"http://127.0.0.1:{port}", timeout=10
+        ) as c:
             if retried:
-                with pytest.raises(samekey.RetriesExhausted, match=f"gave up after 3 attempt.*ProxyError: {answer}"):
-                    c.post("https://pay.example/v1/charges", json={"amount": 1}, operation="via-proxy")
+                with pytest.raises(
+                    samekey.RetriesExhausted, match=f"gave up after 3 attempt.*ProxyError: {answer}"
+                ):
+                    c.post(
+                        "https://pay.example/v1/charges", json={"amount": 1}, operation="via-proxy"
+                    )
             else:
                 with pytest.raises(httpx.ProxyError, match=answer):
-                    c.post("https://pay.example/v1/charges", json={"amount": 1}, operation="via-proxy")
+                    c.post(
+                        "https://pay.example/v1/charges", json={"amount": 1}, operation="via-proxy"
+                    )
             record = c.journal.get("via-proxy")
     assert seen == ["CONNECT pay.example:443 HTTP/1.1"] * (3 if retried else 1)
-    assert record is not None and record.state == "pending" and record.attempts == (3 if retried else 1)
+    assert (
+        record is not None
+        and record.state == "pending"
+        and record.attempts == (3 if retried else 1)
+    )
 
 
-@pytest.mark.parametrize("cause", [ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), ConnectionResetError()])
+@pytest.mark.parametrize(
+    "cause", [ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), ConnectionResetError()]
+)
 def test_a_handshake_cut_short_is_still_retried(cause: Exception) -> None:
     # the connection dropped during the handshake (a restarting load balancer): transient
     try:
@@ -286,16 +341,23 @@ def test_giving_up_on_a_long_retry_after_says_the_server_asked_for_it(journal_pa
     # "the next wait would pass the 120 s deadline" after 1 attempt and a few ms read as a
     # deadline that ran out; the user must learn that the server asked to wait an hour
     route = respx.post(URL).mock(return_value=httpx.Response(429, headers={"Retry-After": "3600"}))
-    with samekey.Client(journal=journal_path, policy=samekey.RetryPolicy(max_retry_after=7200)) as client:
+    with samekey.Client(
+        journal=journal_path, policy=samekey.RetryPolicy(max_retry_after=7200)
+    ) as client:
         with pytest.raises(samekey.RetriesExhausted) as caught:
             client.post(URL, json={"amount": 1}, operation="rate-limited")
     assert route.call_count == 1
-    assert "the server asked to wait 3600 s (Retry-After), past the 120 s deadline" in str(caught.value)
+    assert "the server asked to wait 3600 s (Retry-After), past the 120 s deadline" in str(
+        caught.value
+    )
     # capped at 60 s, still past a 30 s deadline: it stops at once, and says both numbers
     with samekey.Client(journal=journal_path, policy=samekey.RetryPolicy(deadline=30)) as client:
         with pytest.raises(samekey.RetriesExhausted) as caught:
             client.post(URL, json={"amount": 1}, operation="rate-limited-2")
-    assert "asked to wait 3600 s (Retry-After, capped at max_retry_after=60 s), past the 30 s" in str(caught.value)
+    assert (
+        "asked to wait 3600 s (Retry-After, capped at max_retry_after=60 s), past the 30 s"
+        in str(caught.value)
+    )
 
 
 @respx.mock
@@ -321,38 +383,55 @@ def test_a_definitive_4xx_after_retries_does_not_refill_the_budget(
     budget = samekey.RetryBudget(capacity=50, retry_cost=5, success_refund=1)
     policy = samekey.RetryPolicy(retry_statuses={503}, budget=budget)
     with samekey.Client(journal=journal_path, policy=policy) as client:
-        assert client.post(URL, json={"amount": 1}, operation=f"refused-{status}").status_code == status
+        assert (
+            client.post(URL, json={"amount": 1}, operation=f"refused-{status}").status_code
+            == status
+        )
         assert route.call_count == 3 and budget.tokens == 40
         # nor does a 4xx at the first attempt earn the success refund
         respx.post(URL).mock(return_value=httpx.Response(status))
-        assert client.post(URL, json={"amount": 2}, operation=f"refused-at-once-{status}").status_code == status
+        assert (
+            client.post(URL, json={"amount": 2}, operation=f"refused-at-once-{status}").status_code
+            == status
+        )
     assert budget.tokens == 40
 
 
 @respx.mock
 def test_a_success_after_retries_refunds_what_they_took(journal_path: Path, no_sleep: None) -> None:
-    route = respx.post(URL).mock(side_effect=[httpx.Response(503), httpx.Response(503), httpx.Response(200)])
+    route = respx.post(URL).mock(
+        side_effect=[httpx.Response(503), httpx.Response(503), httpx.Response(200)]
+    )
     budget = samekey.RetryBudget(capacity=50, retry_cost=5, success_refund=1)
     with samekey.Client(journal=journal_path, policy=samekey.RetryPolicy(budget=budget)) as client:
         respx.get(URL).mock(side_effect=[httpx.Response(503), httpx.Response(404)])
         assert client.get(URL).status_code == 404  # unkeyed: the same rule
         assert budget.tokens == 45
         assert client.post(URL, json={"amount": 1}, operation="recovered").status_code == 200
-        assert route.call_count == 3 and budget.tokens == 45  # its own 10 back; the 404's 5 stay spent
+        assert (
+            route.call_count == 3 and budget.tokens == 45
+        )  # its own 10 back; the 404's 5 stay spent
         respx.post(URL).mock(return_value=httpx.Response(201))
         assert client.post(URL, json={"amount": 2}, operation="at-once").status_code == 201
     assert budget.tokens == 46  # a first-attempt success refunds success_refund
 
 
-def test_tests_sharing_a_policy_do_not_drain_its_default_budget_for_each_other(journal_path: Path) -> None:
+def test_tests_sharing_a_policy_do_not_drain_its_default_budget_for_each_other(
+    journal_path: Path,
+) -> None:
     # an app's module-level POLICY = RetryPolicy(), used by every test of the user's suite under
     # set_testing: 7 retries of each failure-path test took 35 of its 500 tokens, so from the 15th
     # such test on, retries stopped ("retry budget is empty") depending on which tests ran first
     policy = samekey.RetryPolicy()
     transport = httpx.MockTransport(lambda request: httpx.Response(503))
-    with samekey.set_testing(True), samekey.Client(journal=journal_path, policy=policy, transport=transport) as client:
+    with (
+        samekey.set_testing(True),
+        samekey.Client(journal=journal_path, policy=policy, transport=transport) as client,
+    ):
         for test in range(20):
-            with pytest.raises(samekey.RetriesExhausted, match=r"gave up after 8 attempt.*max_attempts reached"):
+            with pytest.raises(
+                samekey.RetriesExhausted, match=r"gave up after 8 attempt.*max_attempts reached"
+            ):
                 client.post(URL, json={"test": test}, operation=f"test-{test}")
     assert policy.budget is not None and policy.budget.tokens == policy.budget.capacity
     # a RetryBudget passed in is the user's to test, so it stays on under set_testing (tests above)
@@ -410,7 +489,9 @@ def test_a_gateway_5xx_is_retried_with_the_key_and_never_recorded_as_the_answer(
 ) -> None:
     # Cloudflare's 520-524: the origin was unreachable or too slow, the charge may be running.
     # Recorded as completed, that error would be replayed to every re-run; it is retried instead
-    route = respx.post(URL).mock(side_effect=[httpx.Response(status), httpx.Response(201, json={"id": "ch_1"})])
+    route = respx.post(URL).mock(
+        side_effect=[httpx.Response(status), httpx.Response(201, json={"id": "ch_1"})]
+    )
     with make_client(journal_path) as client:
         assert client.post(URL, json={}, operation="op").status_code == 201
     keys = sent_keys(route)
@@ -419,7 +500,9 @@ def test_a_gateway_5xx_is_retried_with_the_key_and_never_recorded_as_the_answer(
 
 @respx.mock
 @pytest.mark.parametrize("status", [408, 409, 425, 429, 500, 502, 503, 504])
-def test_retryable_statuses_are_retried_with_the_same_key(journal_path: Path, no_sleep: None, status: int) -> None:
+def test_retryable_statuses_are_retried_with_the_same_key(
+    journal_path: Path, no_sleep: None, status: int
+) -> None:
     route = respx.post(URL).mock(side_effect=[httpx.Response(status), httpx.Response(201)])
     with make_client(journal_path) as client:
         assert client.post(URL, json={}, operation="op").status_code == 201
@@ -428,12 +511,19 @@ def test_retryable_statuses_are_retried_with_the_same_key(journal_path: Path, no
 
 @respx.mock
 def test_server_verdict_header_overrides_status(journal_path: Path, no_sleep: None) -> None:
-    route = respx.post(URL).mock(return_value=httpx.Response(500, headers={"Stripe-Should-Retry": "false"}))
+    route = respx.post(URL).mock(
+        return_value=httpx.Response(500, headers={"Stripe-Should-Retry": "false"})
+    )
     with make_client(journal_path) as client:
         assert client.post(URL, json={}, operation="a").status_code == 500
     assert route.call_count == 1
     route.reset()
-    route.mock(side_effect=[httpx.Response(400, headers={"Stripe-Should-Retry": "true"}), httpx.Response(201)])
+    route.mock(
+        side_effect=[
+            httpx.Response(400, headers={"Stripe-Should-Retry": "true"}),
+            httpx.Response(201),
+        ]
+    )
     with make_client(journal_path) as client:
         assert client.post(URL, json={}, operation="b").status_code == 201
     assert route.call_count == 2
@@ -446,7 +536,9 @@ def test_server_verdict_header_overrides_status(journal_path: Path, no_sleep: No
     assert route.call_count == 1
 
 
-def test_retry_budget_bounds_retries_while_the_server_is_down_and_recovers(journal_path: Path, tmp_path: Path) -> None:
+def test_retry_budget_bounds_retries_while_the_server_is_down_and_recovers(
+    journal_path: Path, tmp_path: Path
+) -> None:
     budget = samekey.RetryBudget(capacity=50, retry_cost=5, success_refund=1)
     policy = samekey.RetryPolicy(max_attempts=5, initial_delay=0, max_delay=0, budget=budget)
     plan = FaultPlan([Fault("status", 503)] * 10_000)
@@ -468,7 +560,10 @@ def test_retry_budget_bounds_retries_while_the_server_is_down_and_recovers(journ
 
             server.faults = FaultPlan()  # healthy again: successes refill the bucket
             for i in range(20):
-                assert client.post("/charges", json={"amount": i}, operation=f"down-{i}").status_code == 201
+                assert (
+                    client.post("/charges", json={"amount": i}, operation=f"down-{i}").status_code
+                    == 201
+                )
             assert budget.tokens >= 20
             server.faults = FaultPlan([Fault("status", 503)])
             response = client.post("/charges", json={"amount": 1000}, operation="after-recovery")

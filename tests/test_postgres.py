@@ -29,7 +29,8 @@ REPLICA = textwrap.dedent(
         client.engine.owners.host = host  # each process plays a replica on a host of its own
         response = client.post(url + "/charges", json={"amount": 4200}, operation="order-42/charge")
         info = samekey.operation_info(response)
-        print(json.dumps({"status": response.status_code, "body": response.json(), "key": info.key}))
+        print(json.dumps({"status": response.status_code, "body": response.json(), "key": \
+info.key}))
     """
 )
 
@@ -57,7 +58,11 @@ def test_a_replica_killed_mid_payment_is_taken_over_with_the_same_key(pg_dsn: st
                 time.sleep(0.02)
             with samekey.PostgresJournal(pg_dsn) as journal:
                 held = journal.get("order-42/charge")
-            assert held is not None and held.pending and (held.lease_owner or "").startswith("replica-a/")
+            assert (
+                held is not None
+                and held.pending
+                and (held.lease_owner or "").startswith("replica-a/")
+            )
             a.send_signal(signal.SIGKILL)
         finally:
             a.kill()
@@ -71,7 +76,9 @@ def test_a_replica_killed_mid_payment_is_taken_over_with_the_same_key(pg_dsn: st
 
         assert result["status"] == 201 and result["key"] == held.key
         assert server.charge_count() == 1
-        assert result["body"]["id"] == f"ch_{server.charges()[0]['id']}"  # the first charge, replayed
+        assert (
+            result["body"]["id"] == f"ch_{server.charges()[0]['id']}"
+        )  # the first charge, replayed
         # A's request is logged only when its slow answer is written; B's is the server's replay
         replays = [r for r in server.requests() if r["outcome"] == "replay"]
         assert [r["key"] for r in replays] == [held.key] and set(server.keys_seen()) == {held.key}
@@ -120,15 +127,21 @@ def test_an_invalid_schema_version_is_refused_and_nothing_is_changed(
             conn.execute("INSERT INTO samekey_schema VALUES (%s)", (version,))
     # before: a version 0 was taken for an old journal to migrate, and failed with KeyError: 0
     for create in (True, False):
-        with pytest.raises(samekey.JournalError, match=f"{re.escape(said)}.*left untouched") as caught:
+        with pytest.raises(
+            samekey.JournalError, match=f"{re.escape(said)}.*left untouched"
+        ) as caught:
             samekey.PostgresJournal(pg_dsn, create=create)
         assert "schema version is unknown" in str(caught.value)
     err = io.StringIO()
     assert cli.main(["resume", "--all", "--journal", pg_dsn], stdout=io.StringIO(), stderr=err) == 2
     assert said in err.getvalue()
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        assert sorted(r[0] for r in conn.execute("SELECT version FROM samekey_schema")) == sorted(versions)
-        assert conn.execute("SELECT operation, lease_owner FROM samekey_operations").fetchall() == [("op", "a")]
+        assert sorted(r[0] for r in conn.execute("SELECT version FROM samekey_schema")) == sorted(
+            versions
+        )
+        assert conn.execute("SELECT operation, lease_owner FROM samekey_operations").fetchall() == [
+            ("op", "a")
+        ]
 
 
 def test_relaxed_writes_leave_new_records_durable(pg_dsn: str) -> None:
@@ -140,10 +153,16 @@ def test_relaxed_writes_leave_new_records_durable(pg_dsn: str) -> None:
         journal.release("op", "a", 1, None, 1002.0)
         journal.claim(_intent(), "a", 30, 1003.0)
         journal.complete("op", "a", 2, 201, [], b"{}", 1004.0)
-        setting = journal._run("checking", lambda conn: conn.execute("SHOW synchronous_commit").fetchone())
+        setting = journal._run(
+            "checking", lambda conn: conn.execute("SHOW synchronous_commit").fetchone()
+        )
         record = journal.get("op")
     assert setting == ("on",)
-    assert record is not None and (record.state, record.attempts, record.response_status) == ("completed", 2, 201)
+    assert record is not None and (record.state, record.attempts, record.response_status) == (
+        "completed",
+        2,
+        201,
+    )
 
 
 def test_samekey_command_lists_and_resumes_from_a_postgres_journal(pg_dsn: str) -> None:
@@ -151,7 +170,9 @@ def test_samekey_command_lists_and_resumes_from_a_postgres_journal(pg_dsn: str) 
     with PaymentServer(faults=FaultPlan([Fault("status", 503)])) as server:
         with samekey.Client(journal=pg_dsn, policy=samekey.RetryPolicy(max_attempts=1)) as client:
             with pytest.raises(samekey.RetriesExhausted):
-                client.post(f"{server.url}/charges", json={"amount": 77}, operation="order-77/charge")
+                client.post(
+                    f"{server.url}/charges", json={"amount": 77}, operation="order-77/charge"
+                )
         env = {**os.environ, "PYTHONPATH": SRC}
 
         def samekey_cmd(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -209,7 +230,10 @@ def test_the_sqlite_journal_given_a_dsn_refuses_it_instead_of_making_a_local_fil
     # samekey.Journal("postgresql://...") read the DSN as a relative path: a SQLite file in
     # ./postgresql:/db.internal/pay, private to this replica, while the code meant the shared one
     monkeypatch.chdir(tmp_path)
-    for dsn in ("postgresql://ops:pa55-w0rd@db.internal/pay", "postgres://ops:pa55-w0rd@db.internal/pay"):
+    for dsn in (
+        "postgresql://ops:pa55-w0rd@db.internal/pay",
+        "postgres://ops:pa55-w0rd@db.internal/pay",
+    ):
         with pytest.raises(samekey.JournalError) as caught:
             samekey.Journal(dsn)
         assert "PostgresJournal" in str(caught.value) and "pa55-w0rd" not in str(caught.value)
@@ -217,10 +241,12 @@ def test_the_sqlite_journal_given_a_dsn_refuses_it_instead_of_making_a_local_fil
 
 
 @pytest.mark.parametrize(
-    "name", ["lock_timeout", "connect_timeout", "statement_timeout", "idle_in_transaction_session_timeout"]
+    "name",
+    ["lock_timeout", "connect_timeout", "statement_timeout", "idle_in_transaction_session_timeout"],
 )
 def test_an_endless_timeout_is_refused_by_name(name: str) -> None:
-    # float("inf") passed the check, then failed as "OverflowError: cannot convert float infinity to integer"
+    # float("inf") passed the check, then failed as
+    # "OverflowError: cannot convert float infinity to integer"
     with pytest.raises(ValueError, match=f"{name} must be a positive, finite number of seconds"):
         samekey.PostgresJournal("postgresql://ops@127.0.0.1:1/pay", **{name: float("inf")})
 
@@ -228,12 +254,19 @@ def test_an_endless_timeout_is_refused_by_name(name: str) -> None:
 def test_row_lock_held_too_long_is_a_journal_error_saying_so(pg_dsn: str) -> None:
     import psycopg
 
-    with samekey.PostgresJournal(pg_dsn, lock_timeout=0.3) as journal, psycopg.connect(pg_dsn) as other:
+    with (
+        samekey.PostgresJournal(pg_dsn, lock_timeout=0.3) as journal,
+        psycopg.connect(pg_dsn) as other,
+    ):
         first = journal.claim(_intent(), "a", 30, 1000.0)
         assert first.status == "created"
-        other.execute("SELECT 1 FROM samekey_operations WHERE operation = 'op' FOR UPDATE")  # stays open
+        other.execute(
+            "SELECT 1 FROM samekey_operations WHERE operation = 'op' FOR UPDATE"
+        )  # stays open
         started = time.monotonic()
-        with pytest.raises(samekey.JournalError, match=r"held by another caller for more than 0.3 s.*lock_timeout"):
+        with pytest.raises(
+            samekey.JournalError, match=r"held by another caller for more than 0.3 s.*lock_timeout"
+        ):
             journal.claim(_intent(), "b", 30, 1001.0)
         assert time.monotonic() - started < 5
         other.rollback()
@@ -247,9 +280,13 @@ def test_a_statement_past_the_statement_timeout_is_a_journal_error_saying_so(pg_
     journal = samekey.PostgresJournal(pg_dsn, lock_timeout=30, statement_timeout=0.3)
     with journal, psycopg.connect(pg_dsn) as other:
         journal.claim(_intent(), "a", 30, 1000.0)
-        other.execute("LOCK TABLE samekey_operations IN ACCESS EXCLUSIVE MODE")  # a stuck migration, say
+        other.execute(
+            "LOCK TABLE samekey_operations IN ACCESS EXCLUSIVE MODE"
+        )  # a stuck migration, say
         started = time.monotonic()
-        with pytest.raises(samekey.JournalError, match=r"cancelled a statement.*statement_timeout is 0.3 s"):
+        with pytest.raises(
+            samekey.JournalError, match=r"cancelled a statement.*statement_timeout is 0.3 s"
+        ):
             journal.get("op")
         assert time.monotonic() - started < 5
         other.rollback()
@@ -259,14 +296,20 @@ def test_a_statement_past_the_statement_timeout_is_a_journal_error_saying_so(pg_
 
 @pytest.mark.parametrize("value", [0, -1, float("nan"), "30", True])
 def test_a_bad_idle_in_transaction_timeout_is_refused_by_name(value: object) -> None:
-    with pytest.raises(ValueError, match="idle_in_transaction_session_timeout must be a positive, finite number"):
-        samekey.PostgresJournal("postgresql://ops@127.0.0.1:1/pay", idle_in_transaction_session_timeout=value)  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match="idle_in_transaction_session_timeout must be a positive, finite number"
+    ):
+        samekey.PostgresJournal(
+            "postgresql://ops@127.0.0.1:1/pay",
+            idle_in_transaction_session_timeout=value,  # type: ignore[arg-type]
+        )
 
 
 def test_sessions_idle_in_a_transaction_are_ended_by_the_server(pg_dsn: str) -> None:
     def setting(journal: samekey.PostgresJournal) -> object:
         return journal._run(
-            "checking", lambda conn: conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+            "checking",
+            lambda conn: conn.execute("SHOW idle_in_transaction_session_timeout").fetchone(),
         )
 
     with samekey.PostgresJournal(pg_dsn) as journal:
@@ -285,9 +328,10 @@ def test_a_replica_stalled_while_holding_a_row_lock_is_cut_off_and_the_others_go
 
     from samekey import _postgres
 
-    # Replica A takes over an expired lease and stalls (a GC pause, SIGSTOP, a swapped-out VM) between
-    # its SELECT ... FOR UPDATE and its UPDATE. Without a server-side limit the row stays locked as long
-    # as A is stalled, and every other replica's claim of it waits or fails with a lock timeout.
+    # Replica A takes over an expired lease and stalls (a GC pause, SIGSTOP, a swapped-out VM)
+    # between its SELECT ... FOR UPDATE and its UPDATE. Without a server-side limit the row stays
+    # locked as long as A is stalled, and every other replica's claim of it waits or fails with a
+    # lock timeout.
     stalled = threading.Event()
     real_record = _postgres.record_from_row
 
@@ -304,7 +348,8 @@ def test_a_replica_stalled_while_holding_a_row_lock_is_cut_off_and_the_others_go
         assert a.claim(_intent(), "a", 30, 1000.0).status == "created"
         outcome: list[object] = []
         thread = threading.Thread(
-            target=lambda: outcome.append(a.claim(_intent(), "a", 30, 2000.0).status), name="replica-a"
+            target=lambda: outcome.append(a.claim(_intent(), "a", 30, 2000.0).status),
+            name="replica-a",
         )
         thread.start()
         assert stalled.wait(timeout=20)
@@ -334,7 +379,9 @@ def test_a_replica_that_stalls_again_after_the_retry_is_told_why_its_call_failed
     with samekey.PostgresJournal(pg_dsn, idle_in_transaction_session_timeout=0.3) as journal:
         assert journal.claim(_intent(), "a", 30, 1000.0).status == "created"
         monkeypatch.setattr(_postgres, "record_from_row", stalling_record)
-        with pytest.raises(samekey.JournalError, match=r"idle in a transaction for more than 0.3 s") as caught:
+        with pytest.raises(
+            samekey.JournalError, match=r"idle in a transaction for more than 0.3 s"
+        ) as caught:
             journal.claim(_intent(), "a", 30, 2000.0)
         assert "raise idle_in_transaction_session_timeout" in str(caught.value)
         monkeypatch.setattr(_postgres, "record_from_row", real_record)
@@ -365,7 +412,8 @@ def _terminate(pg_dsn: str, application_name: str) -> int:
 
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
         row = admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+            "application_name = %s",
             (application_name,),
         ).fetchone()
     assert row is not None
@@ -389,7 +437,9 @@ def test_a_caller_waits_for_a_pooled_connection_no_longer_than_pool_timeout(pg_d
         assert "all 1 of its connections stayed in use for 0.3 s while reading" in message
         assert "Raise pool_size" in message and "raise pool_timeout" in message
         assert journal.get("op") is None  # a connection free again: it goes on
-    with pytest.raises(ValueError, match="pool_timeout must be a positive, finite number of seconds, got 0"):
+    with pytest.raises(
+        ValueError, match="pool_timeout must be a positive, finite number of seconds, got 0"
+    ):
         samekey.PostgresJournal(pg_dsn, pool_timeout=0)
 
 
@@ -398,13 +448,18 @@ def test_a_server_unreachable_mid_run_is_named_not_taken_for_a_busy_pool(pg_dsn:
     import psycopg
 
     with samekey.PostgresJournal(pg_dsn, pool_timeout=0.3) as journal:
-        journal._conninfo = psycopg.conninfo.make_conninfo(journal._conninfo, port=1)  # the server went away
+        journal._conninfo = psycopg.conninfo.make_conninfo(
+            journal._conninfo, port=1
+        )  # the server went away
         journal._pool.close()
         journal._pool = journal._new_pool()
         with pytest.raises(samekey.JournalError) as caught:
             journal.get("op")
     message = str(caught.value)
-    assert "cannot reach the PostgreSQL server while reading" in message and "Check that it runs" in message
+    assert (
+        "cannot reach the PostgreSQL server while reading" in message
+        and "Check that it runs" in message
+    )
     assert "stayed in use" not in message
 
 
@@ -418,7 +473,9 @@ def test_a_dropped_server_connection_is_replaced(pg_dsn: str) -> None:
         assert record is not None and record.lease_owner == "a"
 
 
-def test_after_a_server_restart_the_first_calls_succeed_though_every_pooled_connection_died(pg_dsn: str) -> None:
+def test_after_a_server_restart_the_first_calls_succeed_though_every_pooled_connection_died(
+    pg_dsn: str,
+) -> None:
 
     # A replica that served concurrent requests keeps pool_size idle connections; a server
     # restart or failover kills them all. The answer the payment server gave must still be
@@ -440,7 +497,10 @@ def test_a_forked_worker_opens_its_own_connections(pg_dsn: str) -> None:
 
     dsn = pg_dsn + "&application_name=samekey_fork_test"
     backends = "SELECT pid FROM pg_stat_activity WHERE application_name = 'samekey_fork_test'"
-    with samekey.PostgresJournal(dsn, pool_size=1) as journal, psycopg.connect(pg_dsn, autocommit=True) as admin:
+    with (
+        samekey.PostgresJournal(dsn, pool_size=1) as journal,
+        psycopg.connect(pg_dsn, autocommit=True) as admin,
+    ):
         journal.claim(_intent(), "parent", 30, 1000.0)
         parents = admin.execute(backends).fetchall()
         assert len(parents) == 1
@@ -486,14 +546,19 @@ def test_a_replica_that_waited_for_another_creating_the_tables_opens_them(pg_dsn
         waiter = threading.Thread(target=open_journal)
         waiter.start()
         deadline = time.monotonic() + 20
-        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid::bigint = %s AND NOT granted"
+        waiting = (
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid::bigint = "
+            "%s AND NOT granted"
+        )
         while other.execute(waiting, (_postgres._SCHEMA_LOCK_ID,)).fetchone() != (1,):
             assert time.monotonic() < deadline and waiter.is_alive(), outcome
             time.sleep(0.02)
         with other.transaction():
             for statement in _postgres._SCHEMA.split(";"):
                 other.execute(statement)
-            other.execute("INSERT INTO samekey_schema (version) VALUES (%s)", (_postgres.SCHEMA_VERSION,))
+            other.execute(
+                "INSERT INTO samekey_schema (version) VALUES (%s)", (_postgres.SCHEMA_VERSION,)
+            )
         other.execute("SELECT pg_advisory_unlock(%s)", (_postgres._SCHEMA_LOCK_ID,))
         waiter.join(timeout=30)
     assert outcome == ["opened"]
@@ -530,7 +595,9 @@ def _samekey_tables(dsn: str) -> tuple[object, ...]:
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT to_regclass('samekey_schema'), to_regclass('samekey_operations')").fetchone()
+        row = conn.execute(
+            "SELECT to_regclass('samekey_schema'), to_regclass('samekey_operations')"
+        ).fetchone()
     assert row is not None
     return tuple(row)
 
@@ -542,7 +609,10 @@ def test_create_false_opens_an_existing_journal_and_never_makes_one(pg_dsn: str)
     with pytest.raises(samekey.JournalError) as caught:
         samekey.PostgresJournal(pg_dsn, create=False)
     message = str(caught.value)
-    assert f"database '{database}' has no samekey tables" in message and "nothing was created" in message
+    assert (
+        f"database '{database}' has no samekey tables" in message
+        and "nothing was created" in message
+    )
     assert "samekey_test_" in message  # the schema it looked in
     assert "Check the database name" in message and "samekey.PostgresJournal(DSN)" in message
     assert _samekey_tables(pg_dsn) == (None, None)
@@ -561,22 +631,28 @@ def test_create_must_be_a_bool() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["list"], ["list", "--all", "--json"], ["show", "order-1"], ["resume", "--all"], ["forget", "order-1", "--yes"],
+    [["list"], ["list", "--all", "--json"], ["show", "order-1"], ["resume", "--all"], ["forget",
+    "order-1", "--yes"],
      ["purge", "--older-than", "7d"]],
 )  # fmt: skip
-def test_the_samekey_command_never_creates_tables_in_a_database_without_them(pg_dsn: str, argv: list[str]) -> None:
+def test_the_samekey_command_never_creates_tables_in_a_database_without_them(
+    pg_dsn: str, argv: list[str]
+) -> None:
     import io
 
     from psycopg.conninfo import conninfo_to_dict
 
     from samekey import cli
 
-    # --journal .../payments_stagin (a typo) or a database of another application: said so, left alone
+    # --journal .../payments_stagin (a typo) or a
+    # database of another application: said so, left alone
     out, err = io.StringIO(), io.StringIO()
     code = cli.main([*argv, "--journal", pg_dsn], stdout=out, stderr=err, stdin=io.StringIO())
     assert code == 2 and out.getvalue() == ""
     assert err.getvalue().startswith("samekey: error: journal postgresql://")
-    assert f"database '{conninfo_to_dict(pg_dsn)['dbname']}' has no samekey tables" in err.getvalue()
+    assert (
+        f"database '{conninfo_to_dict(pg_dsn)['dbname']}' has no samekey tables" in err.getvalue()
+    )
     assert "nothing was created" in err.getvalue() and err.getvalue().count("\n") == 1
     assert _samekey_tables(pg_dsn) == (None, None)
 
@@ -605,7 +681,9 @@ def test_import_samekey_needs_no_psycopg_and_says_how_to_get_it() -> None:
         """
     )
     env = {**os.environ, "PYTHONPATH": SRC}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert "pip install 'samekey[postgres]'" in done.stdout
 

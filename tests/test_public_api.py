@@ -27,7 +27,13 @@ def test_all_is_sorted_and_exported() -> None:
 
 
 def test_errors_share_one_root() -> None:
-    for name in ("RetriesExhausted", "OperationMismatch", "OperationInProgress", "KeyExpired", "JournalError"):
+    for name in (
+        "RetriesExhausted",
+        "OperationMismatch",
+        "OperationInProgress",
+        "KeyExpired",
+        "JournalError",
+    ):
         assert issubclass(getattr(samekey, name), samekey.SameKeyError)
 
 
@@ -74,11 +80,13 @@ def test_a_third_store_with_a_read_only_location_type_checks(tmp_path: Path) -> 
                 def location(self) -> str:
                     return self.url.split("@")[-1]
 
-                def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult:
+                def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> \
+ClaimResult:
                     raise NotImplementedError
 
                 def record_attempt(
-                    self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+                    self, operation: str, owner: str, attempts: int, error: str | None, \
+lease_seconds: float, now: float
                 ) -> None: ...
 
                 def complete(
@@ -92,7 +100,8 @@ def test_a_third_store_with_a_read_only_location_type_checks(tmp_path: Path) -> 
                     now: float,
                 ) -> None: ...
 
-                def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None: ...
+                def release(self, operation: str, owner: str, attempts: int, error: str | None, \
+now: float) -> None: ...
 
                 def get(self, operation: str) -> OperationRecord | None:
                     return None
@@ -101,14 +110,16 @@ def test_a_third_store_with_a_read_only_location_type_checks(tmp_path: Path) -> 
                     return []
 
                 def records(
-                    self, prefix: str | None = None, *, include_completed: bool = True, bodies: bool = True
+                    self, prefix: str | None = None, *, include_completed: bool = True, bodies: \
+bool = True
                 ) -> list[OperationRecord]:
                     return []
 
                 def forget(self, operation: str) -> bool:
                     return False
 
-                def purge_completed(self, older_than: float, now: float, limit: int | None = None) -> int:
+                def purge_completed(self, older_than: float, now: float, limit: int | None = None) \
+-> int:
                     return 0
 
                 def close(self) -> None: ...
@@ -138,9 +149,11 @@ def test_the_transports_keywords_are_checked_by_the_users_mypy(tmp_path: Path) -
             import samekey
 
             good = samekey.SameKeyTransport(
-                httpx.HTTPTransport(), journal="pay.sqlite3", lease=timedelta(seconds=30), on_busy="raise"
+                httpx.HTTPTransport(), journal="pay.sqlite3", lease=timedelta(seconds=30), \
+on_busy="raise"
             )
-            agood = samekey.AsyncSameKeyTransport(journal="pay.sqlite3", policy=samekey.RetryPolicy(), key_ttl=3600)
+            agood = samekey.AsyncSameKeyTransport(journal="pay.sqlite3", \
+policy=samekey.RetryPolicy(), key_ttl=3600)
             bad1 = samekey.SameKeyTransport(lease="60")
             bad2 = samekey.AsyncSameKeyTransport(on_busy="wiat")
             bad3 = samekey.SameKeyTransport(jounral="pay.sqlite3")
@@ -149,7 +162,9 @@ def test_the_transports_keywords_are_checked_by_the_users_mypy(tmp_path: Path) -
     )
     result = _users_mypy(user_code)
     errors = [line for line in result.stdout.splitlines() if ": error:" in line]
-    assert [line.split(":")[1] for line in errors] == ["12", "13", "14"], result.stdout + result.stderr
+    assert [line.split(":")[1] for line in errors] == ["12", "13", "14"], (
+        result.stdout + result.stderr
+    )
 
 
 def test_a_misspelt_samekey_name_fails_the_users_mypy(tmp_path: Path) -> None:
@@ -164,7 +179,8 @@ def test_a_misspelt_samekey_name_fails_the_users_mypy(tmp_path: Path) -> None:
 
             client = samekey.Clinet()
             extensions = {samekey.OPERATION_EXT: "order-42/charge"}
-            journal: samekey.JournalStore = samekey.PostgresJournal("postgresql://localhost/payments", pool_size=2)
+            journal: samekey.JournalStore = \
+samekey.PostgresJournal("postgresql://localhost/payments", pool_size=2)
             """
         )
     )
@@ -196,7 +212,8 @@ def test_retry_hooks_are_checked_by_the_users_mypy(tmp_path: Path) -> None:
 
             class Alert:
                 def __call__(self, details: RetryDetails) -> None:
-                    print(details.operation, details.attempt, details.next_wait, details.from_retry_after)
+                    print(details.operation, details.attempt, details.next_wait, \
+details.from_retry_after)
 
 
             hooks: list[RetryHook] = [count, Alert(), seen.append]
@@ -231,7 +248,8 @@ def test_end_hooks_are_checked_by_the_users_mypy(tmp_path: Path) -> None:
 
 
             def count(d: EndDetails) -> None:
-                print(d.outcome, d.status_code, d.attempts, d.this_run, d.duration, d.error_type, d.reason)
+                print(d.outcome, d.status_code, d.attempts, d.this_run, d.duration, d.error_type, \
+d.reason)
 
 
             hooks: list[EndHook] = [count, seen.append]

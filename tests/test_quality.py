@@ -12,12 +12,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_mypy_strict_is_clean() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "src/samekey"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "mypy", "--strict", "src/samekey"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ruff_is_clean() -> None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    result = subprocess.run([ruff, "check", "src", "tests", "examples"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [ruff, "check", "src", "tests", "examples"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -19,33 +19,60 @@ def test_key_for_is_durable_before_anything_is_sent_and_the_request_carries_it(
     with samekey.Client(journal=journal_path) as client:
         key = client.key_for("order-9/put")
         assert client.key_for("order-9/put") == key
-    with samekey.Journal(journal_path) as journal:  # another process would see it: committed, lease free
+    with samekey.Journal(
+        journal_path
+    ) as journal:  # another process would see it: committed, lease free
         record = journal.get("order-9/put")
-        assert record is not None and record.pending and record.key == key and record.lease_owner is None
+        assert (
+            record is not None
+            and record.pending
+            and record.key == key
+            and record.lease_owner is None
+        )
     with PaymentServer() as server, samekey.Client(journal=journal_path) as client:
-        response = client.put(f"{server.url}/orders/{key}", json={"amount": 5}, operation="order-9/put")
-        assert client.key_for("order-9/put") == key  # completed: the same key, so a re-run builds the same request
-        replay = client.put(f"{server.url}/orders/{key}", json={"amount": 5}, operation="order-9/put")
+        response = client.put(
+            f"{server.url}/orders/{key}", json={"amount": 5}, operation="order-9/put"
+        )
+        assert (
+            client.key_for("order-9/put") == key
+        )  # completed: the same key, so a re-run builds the same request
+        replay = client.put(
+            f"{server.url}/orders/{key}", json={"amount": 5}, operation="order-9/put"
+        )
         assert server.keys_seen() == [key] and server.charge_count() == 1
     assert response.status_code == 201 and samekey.operation_info(replay).replayed  # type: ignore[union-attr]
 
 
 def test_a_key_for_operation_left_pending_is_resumed_with_its_request(journal_path: Path) -> None:
     with PaymentServer(faults=FaultPlan([Fault("status", status=503)])) as server:
-        with samekey.Client(journal=journal_path, policy=samekey.RetryPolicy(max_attempts=1)) as client:
+        with samekey.Client(
+            journal=journal_path, policy=samekey.RetryPolicy(max_attempts=1)
+        ) as client:
             key = client.key_for("order-10/pay")
             with pytest.raises(samekey.RetriesExhausted):
-                client.post(server.url + "/charges", json={"idempotency_key": key}, operation="order-10/pay")
+                client.post(
+                    server.url + "/charges", json={"idempotency_key": key}, operation="order-10/pay"
+                )
             record = client.journal.get("order-10/pay")
-            assert record is not None and record.method == "POST" and key.encode() in record.request_body
+            assert (
+                record is not None
+                and record.method == "POST"
+                and key.encode() in record.request_body
+            )
             resumed = client.resume("order-10/pay")
-        assert resumed.status_code == 201 and server.keys_seen() == [key, key] and server.charge_count() == 1
+        assert (
+            resumed.status_code == 201
+            and server.keys_seen() == [key, key]
+            and server.charge_count() == 1
+        )
 
 
 def test_resume_refuses_a_key_whose_request_was_never_sent(journal_path: Path) -> None:
     with samekey.Client(journal=journal_path) as client:
         key = client.key_for("order-11/pay")
-        with pytest.raises(samekey.SameKeyError, match=r"no request was sent.*same key from\s+key_for"):
+        with pytest.raises(
+            samekey.SameKeyError, match=r"no request was sent.*same key from\s+key_for"
+        ):
             client.resume("order-11/pay")
         assert client.resume_pending() == []  # nothing to send: skipped, still pending
         assert client.key_for("order-11/pay") == key
@@ -91,9 +118,13 @@ def test_the_request_fills_the_reserved_record_on_postgres_too(pg_dsn: str) -> N
     transport = httpx.MockTransport(lambda request: httpx.Response(201, json={"ok": True}))
     with samekey.Client(journal=pg_dsn, transport=transport) as client:
         key = client.key_for("order-12/pay")
-        client.post("https://pay.test/charges", json={"idempotency_key": key}, operation="order-12/pay")
+        client.post(
+            "https://pay.test/charges", json={"idempotency_key": key}, operation="order-12/pay"
+        )
         record = client.journal.get("order-12/pay")
-    assert record is not None and not record.pending and record.key == key and record.method == "POST"
+    assert (
+        record is not None and not record.pending and record.key == key and record.method == "POST"
+    )
 
 
 def test_an_async_client_fills_the_reserved_record_through_its_journal_thread(
@@ -115,10 +146,19 @@ def test_an_async_client_fills_the_reserved_record_through_its_journal_thread(
     assert key.encode() in record.request_body
 
 
-def test_a_key_reserved_long_ago_but_never_sent_is_not_expired(journal_path: Path, server: PaymentServer) -> None:
+def test_a_key_reserved_long_ago_but_never_sent_is_not_expired(
+    journal_path: Path, server: PaymentServer
+) -> None:
     with samekey.Client(journal=journal_path, key_ttl=60) as client:
         key = client.key_for("order-14/pay")
-        with sqlite3.connect(journal_path) as conn:  # reserved two hours ago: no server has seen the key yet
-            conn.execute("UPDATE operations SET created_at = created_at - 7200 WHERE operation = 'order-14/pay'")
-        response = client.post(server.url + "/charges", json={"idempotency_key": key}, operation="order-14/pay")
+        with sqlite3.connect(
+            journal_path
+        ) as conn:  # reserved two hours ago: no server has seen the key yet
+            conn.execute(
+                "UPDATE operations SET created_at = created_at - 7200 WHERE operation = "
+                "'order-14/pay'"
+            )
+        response = client.post(
+            server.url + "/charges", json={"idempotency_key": key}, operation="order-14/pay"
+        )
         assert response.status_code == 201 and server.keys_seen() == [key]

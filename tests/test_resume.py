@@ -40,7 +40,9 @@ def leave_pending(
 ) -> str:
     """Run an operation that gives up (one 503), leaving it pending; its key."""
     rec = Recorder(503)
-    with samekey.Client(journal=journal_path, policy=ONE_TRY, transport=httpx.MockTransport(rec)) as client:
+    with samekey.Client(
+        journal=journal_path, policy=ONE_TRY, transport=httpx.MockTransport(rec)
+    ) as client:
         with pytest.raises(samekey.RetriesExhausted):
             client.post(url, operation=operation, **kwargs)  # type: ignore[arg-type]
     key = rec.keys[0]
@@ -62,7 +64,9 @@ def test_resume_resends_the_journaled_request_with_the_same_key(journal_path: Pa
 
     rec = Recorder(201)
     with samekey.Client(
-        journal=journal_path, transport=httpx.MockTransport(rec), headers={"Authorization": "Bearer new-secret"}
+        journal=journal_path,
+        transport=httpx.MockTransport(rec),
+        headers={"Authorization": "Bearer new-secret"},
     ) as client:
         response = client.resume("order-1/charge")
     assert response.status_code == 201
@@ -70,7 +74,9 @@ def test_resume_resends_the_journaled_request_with_the_same_key(journal_path: Pa
     assert sent.method == "POST" and str(sent.url) == "https://pay.test/v1/charges"
     assert sent.headers["Idempotency-Key"] == key
     assert json.loads(sent.content) == {"amount": 1200}
-    assert sent.headers["Authorization"] == "Bearer new-secret"  # the client's own auth applies again
+    assert (
+        sent.headers["Authorization"] == "Bearer new-secret"
+    )  # the client's own auth applies again
     assert sent.headers["X-Tenant"] == "acme"  # stored non-secret header
     assert "X-Api-Key" not in sent.headers  # a secret is never stored, so never re-sent from disk
     info = samekey.operation_info(response)
@@ -114,7 +120,9 @@ def test_resume_of_an_unknown_operation_is_a_clear_lookup_error(journal_path: Pa
 def test_resume_refuses_a_client_with_another_key_header(journal_path: Path) -> None:
     leave_pending(journal_path, "op", json={})
     rec = Recorder()
-    with samekey.Client(journal=journal_path, key_header="X-Idem", transport=httpx.MockTransport(rec)) as client:
+    with samekey.Client(
+        journal=journal_path, key_header="X-Idem", transport=httpx.MockTransport(rec)
+    ) as client:
         with pytest.raises(samekey.SameKeyError, match="key_header='Idempotency-Key'"):
             client.resume("op")
     assert rec.requests == []
@@ -125,16 +133,25 @@ def test_a_rerun_with_another_key_header_is_refused_as_resume_is(journal_path: P
     # is no key to it, so it would act again. The re-run must say so, as resume does.
     leave_pending(journal_path, "op", url="https://pay.test/c", json={})
     rec = Recorder()
-    with samekey.Client(journal=journal_path, key_header="X-Idem", transport=httpx.MockTransport(rec)) as client:
-        with pytest.raises(samekey.OperationMismatch, match=r"key_header='Idempotency-Key'.*Nothing was sent"):
+    with samekey.Client(
+        journal=journal_path, key_header="X-Idem", transport=httpx.MockTransport(rec)
+    ) as client:
+        with pytest.raises(
+            samekey.OperationMismatch, match=r"key_header='Idempotency-Key'.*Nothing was sent"
+        ):
             client.post("https://pay.test/c", operation="op", json={})
     assert rec.requests == []
     record = samekey.Journal(journal_path).get("op")
     assert record is not None and record.pending and record.lease_owner is None
 
 
-def test_resume_pending_finishes_all_and_reports_each_failure(journal_path: Path, no_sleep: None) -> None:
-    keys = {op: leave_pending(journal_path, op, json={"op": op}) for op in ("batch/1", "batch/2", "batch/3")}
+def test_resume_pending_finishes_all_and_reports_each_failure(
+    journal_path: Path, no_sleep: None
+) -> None:
+    keys = {
+        op: leave_pending(journal_path, op, json={"op": op})
+        for op in ("batch/1", "batch/2", "batch/3")
+    }
     leave_pending(journal_path, "other/1", json={})
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -144,7 +161,9 @@ def test_resume_pending_finishes_all_and_reports_each_failure(journal_path: Path
 
     seen: list[httpx.Request] = []
     transport = httpx.MockTransport(lambda r: (seen.append(r), handler(r))[1])
-    with samekey.Client(journal=journal_path, policy=samekey.RetryPolicy(max_attempts=2), transport=transport) as c:
+    with samekey.Client(
+        journal=journal_path, policy=samekey.RetryPolicy(max_attempts=2), transport=transport
+    ) as c:
         results = c.resume_pending("batch/")
     assert [r.operation for r in results] == ["batch/1", "batch/2", "batch/3"]
     assert [r.ok for r in results] == [True, False, True]
@@ -166,7 +185,9 @@ def test_async_resume_and_resume_pending(journal_path: Path) -> None:
         return rec(request)
 
     async def main() -> tuple[httpx.Response, list[samekey.ResumeResult]]:
-        async with samekey.AsyncClient(journal=journal_path, transport=httpx.MockTransport(handler)) as client:
+        async with samekey.AsyncClient(
+            journal=journal_path, transport=httpx.MockTransport(handler)
+        ) as client:
             one = await client.resume("a/1")
             rest = await client.resume_pending()
             with pytest.raises(samekey.OperationNotFound):
@@ -179,9 +200,13 @@ def test_async_resume_and_resume_pending(journal_path: Path) -> None:
     assert rec.keys == [key1, key2]
 
 
-def test_resume_against_a_real_server_charges_once(journal_path: Path, tmp_path: Path, no_sleep: None) -> None:
+def test_resume_against_a_real_server_charges_once(
+    journal_path: Path, tmp_path: Path, no_sleep: None
+) -> None:
     # the first attempt charged but the answer was lost; resume gets the replay, not a 2nd charge
-    with PaymentServer(tmp_path / "server.sqlite3", faults=FaultPlan([Fault("drop_after")])) as server:
+    with PaymentServer(
+        tmp_path / "server.sqlite3", faults=FaultPlan([Fault("drop_after")])
+    ) as server:
         with samekey.Client(journal=journal_path, policy=ONE_TRY) as client:
             with pytest.raises(samekey.RetriesExhausted):
                 client.post(f"{server.url}/charges", operation="inv-7", json={"amount": 700})
@@ -205,7 +230,10 @@ class FakeClock:
 
 
 def client_with_clock(
-    journal_path: Path, rec: Callable[[httpx.Request], httpx.Response], clock: FakeClock, **kw: object
+    journal_path: Path,
+    rec: Callable[[httpx.Request], httpx.Response],
+    clock: FakeClock,
+    **kw: object,
 ) -> samekey.Client:
     client = samekey.Client(journal=journal_path, transport=httpx.MockTransport(rec), **kw)  # type: ignore[arg-type]
     client.engine.clock = clock
@@ -213,7 +241,9 @@ def client_with_clock(
 
 
 @pytest.mark.parametrize("ttl", [timedelta(hours=24), 86400.0])
-def test_an_expired_pending_key_is_never_sent_again(journal_path: Path, ttl: float | timedelta) -> None:
+def test_an_expired_pending_key_is_never_sent_again(
+    journal_path: Path, ttl: float | timedelta
+) -> None:
     clock = FakeClock()
     first = Recorder(503)
     with client_with_clock(journal_path, first, clock, policy=ONE_TRY, key_ttl=ttl) as client:
@@ -252,18 +282,26 @@ def test_a_key_within_its_ttl_is_resumed(journal_path: Path) -> None:
     assert later.keys == first.keys
 
 
-def test_an_expired_short_lived_key_says_how_old_it_is_in_units_that_tell(journal_path: Path) -> None:
+def test_an_expired_short_lived_key_says_how_old_it_is_in_units_that_tell(
+    journal_path: Path,
+) -> None:
     # a server keeping keys for 5 minutes: "0.1 h ago, longer than key_ttl (0.1 h)" said nothing
     clock = FakeClock()
-    with client_with_clock(journal_path, Recorder(503), clock, policy=ONE_TRY, key_ttl=300) as client:
+    with client_with_clock(
+        journal_path, Recorder(503), clock, policy=ONE_TRY, key_ttl=300
+    ) as client:
         with pytest.raises(samekey.RetriesExhausted):
             client.post("https://pay.test/c", operation="op", json={})
     clock.now += 400
     with client_with_clock(journal_path, Recorder(201), clock, key_ttl=300) as client:
-        with pytest.raises(samekey.KeyExpired, match=r"created 6\.7 min ago, longer than key_ttl \(5\.0 min\)"):
+        with pytest.raises(
+            samekey.KeyExpired, match=r"created 6\.7 min ago, longer than key_ttl \(5\.0 min\)"
+        ):
             client.resume("op")
         client.engine.config = dataclasses.replace(client.engine.config, key_ttl=30)
-        with pytest.raises(samekey.KeyExpired, match=r"created 6\.7 min ago, longer than key_ttl \(30\.0 s\)"):
+        with pytest.raises(
+            samekey.KeyExpired, match=r"created 6\.7 min ago, longer than key_ttl \(30\.0 s\)"
+        ):
             client.resume("op")
 
 
@@ -273,7 +311,9 @@ def test_an_expired_short_lived_key_says_how_old_it_is_in_units_that_tell(journa
 def test_lazy_purge_drops_old_completed_records_and_keeps_pending(journal_path: Path) -> None:
     clock = FakeClock()
     rec = Recorder(201, 503)
-    with client_with_clock(journal_path, rec, clock, policy=ONE_TRY, retention=timedelta(days=7)) as client:
+    with client_with_clock(
+        journal_path, rec, clock, policy=ONE_TRY, retention=timedelta(days=7)
+    ) as client:
         client.post("https://pay.test/c", operation="old-done", json={})
         with pytest.raises(samekey.RetriesExhausted):
             client.post("https://pay.test/c", operation="old-pending", json={})
@@ -302,7 +342,9 @@ def test_purge_runs_at_most_once_per_interval_per_client(journal_path: Path) -> 
         client.journal.purge_completed = counting  # type: ignore[method-assign]
         client.post("https://pay.test/c", operation="a", json={})
         clock.now += 20
-        client.post("https://pay.test/c", operation="b", json={})  # "a" is old enough, but not yet purged
+        client.post(
+            "https://pay.test/c", operation="b", json={}
+        )  # "a" is old enough, but not yet purged
         assert client.journal.get("a") is not None
         clock.now += 3600
         client.post("https://pay.test/c", operation="c", json={})

@@ -26,7 +26,9 @@ def test_the_guides_example_file_passes_with_the_plugin(pytester: pytest.Pyteste
     result.assert_outcomes(passed=3)
 
 
-def test_the_fixtures_isolate_each_test_and_turn_the_testing_mode_on(pytester: pytest.Pytester) -> None:
+def test_the_fixtures_isolate_each_test_and_turn_the_testing_mode_on(
+    pytester: pytest.Pytester,
+) -> None:
     pytester.makepyfile(
         test_user="""
         import os
@@ -55,9 +57,12 @@ def test_the_fixtures_isolate_each_test_and_turn_the_testing_mode_on(pytester: p
 def test_the_plugin_imports_nothing_heavy_and_can_be_turned_off(pytester: pytest.Pytester) -> None:
     probe = (
         "import sys, samekey_pytest; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'samekey', 'httpx', 'tenacity', 'anyio'}))"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'samekey', 'httpx', "
+        "'tenacity', 'anyio'}))"
     )
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
     assert loaded.stdout.strip() == "[]"
     pytester.makepyfile(test_off="def test_off(samekey_journal):\n    pass\n")
     result = pytester.runpytest_subprocess("-p", "no:samekey", "-p", "no:cacheprovider")

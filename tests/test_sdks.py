@@ -60,7 +60,9 @@ def test_a_lost_answer_is_retried_under_the_journaled_key(sdk: str, tmp_path: Pa
 
 
 @pytest.mark.parametrize("sdk", sorted(APIS))
-def test_a_process_killed_after_the_server_charged_sends_the_same_key_when_run_again(sdk: str, tmp_path: Path) -> None:
+def test_a_process_killed_after_the_server_charged_sends_the_same_key_when_run_again(
+    sdk: str, tmp_path: Path
+) -> None:
     journal = tmp_path / "journal.sqlite3"
     # the server charges, then holds its answer: the process is killed while it waits
     with PaymentServer(api=APIS[sdk], faults=FaultPlan([Fault("slow", delay=30)])) as server:
@@ -69,7 +71,9 @@ def test_a_process_killed_after_the_server_charged_sends_the_same_key_when_run_a
         proc = subprocess.Popen(worker, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 30
-            while server.charge_count() == 0 and proc.poll() is None and time.monotonic() < deadline:
+            while (
+                server.charge_count() == 0 and proc.poll() is None and time.monotonic() < deadline
+            ):
                 time.sleep(0.01)
             assert server.charge_count() == 1, proc.communicate(timeout=5)
         finally:
@@ -82,9 +86,13 @@ def test_a_process_killed_after_the_server_charged_sends_the_same_key_when_run_a
 
         payment, key = pay(sdk, server.url, str(journal))  # the same code, run again
         charges = server.charges()
-        rerun = server.requests()  # (the killed run's request is logged once its held answer is sent)
+        rerun = (
+            server.requests()
+        )  # (the killed run's request is logged once its held answer is sent)
         bodies = body_keys(server) if sdk == "square" else []
-    assert len(charges) == 1 and payment.endswith("_1") and [r["outcome"] for r in rerun] == ["replay"]
+    assert (
+        len(charges) == 1 and payment.endswith("_1") and [r["outcome"] for r in rerun] == ["replay"]
+    )
     assert charges[0]["key"] == rerun[0]["key"] == left.key == key and UUID4.fullmatch(key)
     if sdk == "square":  # the body's idempotency_key, from key_for, survived the kill
         assert bodies == [key]
@@ -105,7 +113,9 @@ def test_stripe_async_calls_go_through_samekey_too(tmp_path: Path) -> None:
     async def main(client: stripe.StripeClient, http: StripeHTTPClient) -> tuple[str, str]:
         try:
             with samekey.operation("order-7/pi"):
-                intent = await client.v1.payment_intents.create_async(params={"amount": 700, "currency": "eur"})
+                intent = await client.v1.payment_intents.create_async(
+                    params={"amount": 700, "currency": "eur"}
+                )
             return intent.id, await http.async_client.key_for("order-7/pi")
         finally:
             await http.close_async()
@@ -122,13 +132,17 @@ def test_stripe_async_calls_go_through_samekey_too(tmp_path: Path) -> None:
 def test_stripe_sees_a_connection_error_that_says_the_key_is_pending(tmp_path: Path) -> None:
     always_503 = FaultPlan([Fault("status", status=503)] * 2)
     with PaymentServer(api=STRIPE, faults=always_503) as server, samekey.set_testing(True):
-        http = StripeHTTPClient(journal=tmp_path / "journal.sqlite3", policy=samekey.RetryPolicy(max_attempts=2))
+        http = StripeHTTPClient(
+            journal=tmp_path / "journal.sqlite3", policy=samekey.RetryPolicy(max_attempts=2)
+        )
         try:
             with (
                 pytest.raises(stripe.APIConnectionError) as caught,
                 samekey.operation("order-8/pi"),
             ):
-                stripe_client(http, server).v1.payment_intents.create(params={"amount": 800, "currency": "usd"})
+                stripe_client(http, server).v1.payment_intents.create(
+                    params={"amount": 800, "currency": "usd"}
+                )
             key = http.key_for("order-8/pi")
         finally:
             http.close()
@@ -139,7 +153,8 @@ def test_stripe_sees_a_connection_error_that_says_the_key_is_pending(tmp_path: P
 
 def test_the_loopback_apis_read_their_keys_and_bodies() -> None:
     assert (
-        SQUARE.key({}, b'{"idempotency_key": "k-1"}') == "k-1" and SQUARE.key({"idempotency-key": "h"}, b"{}") is None
+        SQUARE.key({}, b'{"idempotency_key": "k-1"}') == "k-1"
+        and SQUARE.key({"idempotency-key": "h"}, b"{}") is None
     )
     assert STRIPE.payload(b"amount=1200&currency=usd") == {"amount": "1200", "currency": "usd"}
     with pytest.raises(ValueError):
@@ -159,7 +174,10 @@ def test_the_stripe_example_runs_and_creates_one_intent_per_order() -> None:
     out = demo.stdout
     pending = re.search(r"Journal: order B pending, key (\S+)\.", out)
     assert pending is not None and "killed with SIGKILL (exit -9)" in out, out
-    assert f"order B: pi_2, key {pending[1]}, sent again with its journaled key: the server replayed it" in out
+    assert (
+        f"order B: pi_2, key {pending[1]}, sent again with its journaled key: the server "
+        "replayed it" in out
+    )
     assert "answered from the journal, nothing sent" in out
     assert "PaymentIntents created on the server: 2; distinct keys: 2." in out
 
@@ -168,7 +186,9 @@ def test_stripe_streaming_calls_go_through_samekey(tmp_path: Path) -> None:
     async def stream_async(http: StripeHTTPClient, url: str) -> bytes:
         try:
             with samekey.operation("order-10/stream-async"):
-                chunks, status, _ = await http.request_stream_async("post", url, {}, "amount=2&currency=eur")
+                chunks, status, _ = await http.request_stream_async(
+                    "post", url, {}, "amount=2&currency=eur"
+                )
             assert status == 201
             return b"".join([chunk async for chunk in chunks])
         finally:
@@ -178,7 +198,9 @@ def test_stripe_streaming_calls_go_through_samekey(tmp_path: Path) -> None:
         http = StripeHTTPClient(journal=tmp_path / "journal.sqlite3")
         try:
             with samekey.operation("order-10/stream"):
-                chunks, status, _ = http.request_stream("post", server.url + "/v1/payment_intents", {}, "amount=1")
+                chunks, status, _ = http.request_stream(
+                    "post", server.url + "/v1/payment_intents", {}, "amount=1"
+                )
             assert status == 201 and json.loads(b"".join(chunks))["id"] == "pi_1"
             keys = [http.key_for("order-10/stream")]
         finally:

@@ -23,18 +23,28 @@ N = 300
 @pytest.mark.timeout(110)
 def test_soak_exactly_once_under_faults_and_sigkill(tmp_path: Path) -> None:
     report = run_soak(
-        N, fault_rate=0.3, workers=3, seed=2026, kills=12, kill_interval=(0.05, 0.3), time_limit=100, folder=tmp_path
+        N,
+        fault_rate=0.3,
+        workers=3,
+        seed=2026,
+        kills=12,
+        kill_interval=(0.05, 0.3),
+        time_limit=100,
+        folder=tmp_path,
     )
     print("\n".join(report.lines()))
     assert report.problems == []
     assert report.charges == N
     assert report.duplicate_charges == 0 and report.lost_charges == 0
     assert report.distinct_keys == N and report.operations_with_several_keys == 0
-    # the run was not vacuous: faults of every kind at about the asked rate, real kills mid-operation
+    # the run was not vacuous: faults of every kind
+    # at about the asked rate, real kills mid-operation
     assert set(report.faults) == {"drop_after", "reset_before", "slow", "status_429", "status_503"}
     assert 0.2 < report.faults_injected / report.requests < 0.4
     assert report.kills >= 10 and report.kills_mid_operation >= 1  # (12 unless the run ends first)
-    assert report.server_replays >= report.faults["drop_after"]  # each lost answer was replayed, not re-charged
+    assert (
+        report.server_replays >= report.faults["drop_after"]
+    )  # each lost answer was replayed, not re-charged
 
 
 def test_verify_catches_double_and_missing_charges(tmp_path: Path) -> None:

@@ -31,7 +31,10 @@ def test_a_forked_child_gets_its_own_connection_and_both_keep_writing(tmp_path: 
             code = 1
             try:
                 for i in range(50):
-                    assert journal.claim(intent(f"child-{n}-{i}"), f"child-{n}", 60.0, 1001.0).status == "created"
+                    assert (
+                        journal.claim(intent(f"child-{n}-{i}"), f"child-{n}", 60.0, 1001.0).status
+                        == "created"
+                    )
                 assert journal._conn is not parent_conn and journal.get("parent-1") is not None
                 journal.close()
                 code = 0
@@ -52,13 +55,17 @@ def test_a_forked_child_gets_its_own_connection_and_both_keep_writing(tmp_path: 
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
-def test_a_fork_while_another_thread_is_inside_sqlite_waits_and_the_child_can_write(tmp_path: Path) -> None:
+def test_a_fork_while_another_thread_is_inside_sqlite_waits_and_the_child_can_write(
+    tmp_path: Path,
+) -> None:
     # a prefork server (or a multiprocessing pool) started while a background thread makes payments
     path = tmp_path / "journal.sqlite3"
     journal = samekey.Journal(path)
     journal.claim(intent("parent-1"), "parent", 60.0, 1000.0)
     writer = InsideSQLite(journal)
-    threading.Timer(0.2, writer.go.set).start()  # the write ends a moment later, while the fork waits
+    threading.Timer(
+        0.2, writer.go.set
+    ).start()  # the write ends a moment later, while the fork waits
 
     def child() -> int:
         assert journal.claim(intent("child-1"), "child", 60.0, 1001.0).status == "created"
@@ -109,7 +116,9 @@ def test_a_forked_child_keeps_its_writes_when_the_parent_closes_first(tmp_path: 
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
-def test_a_fork_that_cannot_wait_for_the_write_leaves_the_child_a_clear_error(tmp_path: Path) -> None:
+def test_a_fork_that_cannot_wait_for_the_write_leaves_the_child_a_clear_error(
+    tmp_path: Path,
+) -> None:
     # run as a script: the child must also get through a normal interpreter exit without hanging
     script = f"""
 import os, signal, sqlite3, sys, threading
@@ -132,10 +141,13 @@ if pid == 0:
 writer.finish()
 _, status = os.waitpid(pid, 0)
 journal.claim(intent("parent"), "parent", 60.0, 1000.0)
-print("parent:", [r.operation for r in journal.records()], "child exit", os.waitstatus_to_exitcode(status))
+print("parent:", [r.operation for r in journal.records()], "child exit", \
+os.waitstatus_to_exitcode(status))
 journal.close()
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 2, result.stdout + result.stderr
@@ -147,7 +159,9 @@ journal.close()
     check.close()
 
 
-def test_the_fork_hooks_release_the_locks_they_took_even_if_a_journal_swapped_its_own(tmp_path: Path) -> None:
+def test_the_fork_hooks_release_the_locks_they_took_even_if_a_journal_swapped_its_own(
+    tmp_path: Path,
+) -> None:
     # In a forked child, another thread's first journal call (_forked) gives the journal a new
     # lock while this thread forks again: the hooks must let go of the lock they took, and of
     # the registry lock, or every later journal call and Journal() in the process hangs.
@@ -157,7 +171,11 @@ def test_the_fork_hooks_release_the_locks_they_took_even_if_a_journal_swapped_it
     _sqlite_fork._before_fork()
     journal._lock = threading.Lock()  # what _forked() does
     _sqlite_fork._after_fork(child=False)
-    assert not taken.locked() and not journal._lock.locked() and not _sqlite_fork._JOURNALS_LOCK.locked()
+    assert (
+        not taken.locked()
+        and not journal._lock.locked()
+        and not _sqlite_fork._JOURNALS_LOCK.locked()
+    )
     journal.get("x")  # answers
     samekey.Journal(tmp_path / "other.sqlite3").close()  # the registry is free
     journal.close()

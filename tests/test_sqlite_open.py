@@ -33,9 +33,13 @@ def test_random_bytes_are_not_a_journal(tmp_path: Path) -> None:
     path.write_bytes(original)
     with pytest.raises(samekey.JournalError) as caught:
         samekey.Journal(path)
-    assert_clear(caught.value, path, "not a readable SQLite database", "left untouched", "Move it aside")
+    assert_clear(
+        caught.value, path, "not a readable SQLite database", "left untouched", "Move it aside"
+    )
     assert path.read_bytes() == original
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.sqlite3"]  # no -wal/-shm left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "journal.sqlite3"
+    ]  # no -wal/-shm left behind
 
 
 def test_another_applications_sqlite_database_is_left_alone(tmp_path: Path) -> None:
@@ -82,7 +86,11 @@ def test_a_journal_from_a_newer_samekey_is_refused_not_rewritten(tmp_path: Path)
     with pytest.raises(samekey.JournalError) as caught:
         samekey.Journal(path)
     assert_clear(
-        caught.value, path, "written by a newer samekey", f"schema {_sqlite_open.SCHEMA_VERSION + 1}", "Upgrade"
+        caught.value,
+        path,
+        "written by a newer samekey",
+        f"schema {_sqlite_open.SCHEMA_VERSION + 1}",
+        "Upgrade",
     )
     assert path.read_bytes() == original
 
@@ -111,17 +119,27 @@ def test_a_refused_file_keeps_its_write_ahead_log(tmp_path: Path, whose: str) ->
     for read_only in (False, True):
         with pytest.raises(samekey.JournalError, match="left untouched"):
             samekey.Journal(path, read_only=read_only)
-        assert {file: file.read_bytes() if file.exists() else None for file in (path, wal)} == originals, read_only
+        assert {
+            file: file.read_bytes() if file.exists() else None for file in (path, wal)
+        } == originals, read_only
 
 
 def test_a_truncated_journal_is_refused_and_nothing_is_left_beside_it(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite3"
-    cut = make_journal(path, operations=200)[: 4096 * 3]  # a copy cut short, a restore that ran out of space
+    cut = make_journal(path, operations=200)[
+        : 4096 * 3
+    ]  # a copy cut short, a restore that ran out of space
     path.write_bytes(cut)
     for read_only in (False, True):
         with pytest.raises(samekey.JournalError) as caught:
             samekey.Journal(path, read_only=read_only)
-        assert_clear(caught.value, path, "not a readable SQLite database", "left untouched", "may hold pending keys")
+        assert_clear(
+            caught.value,
+            path,
+            "not a readable SQLite database",
+            "left untouched",
+            "may hold pending keys",
+        )
         assert path.read_bytes() == cut
         assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.sqlite3"], read_only
 
@@ -136,7 +154,8 @@ def test_forward_migrations_upgrade_an_older_journal_and_keep_its_records(
         _sqlite_open,
         "MIGRATIONS",
         {
-            1: "ALTER TABLE operations ADD COLUMN note TEXT; UPDATE operations SET note = 'from v1'",
+            1: "ALTER TABLE operations ADD COLUMN note TEXT; UPDATE operations SET note = "
+            "'from v1'",
             2: "CREATE INDEX operations_key ON operations (key)",
         },
     )
@@ -150,16 +169,22 @@ def test_forward_migrations_upgrade_an_older_journal_and_keep_its_records(
     conn.close()
 
 
-def test_a_failing_migration_leaves_the_journal_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_migration_leaves_the_journal_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "journal.sqlite3"
     original = make_journal(path)
     monkeypatch.setattr(_sqlite_open, "SCHEMA_VERSION", 2)
     monkeypatch.setattr(
-        _sqlite_open, "MIGRATIONS", {1: "ALTER TABLE operations ADD COLUMN note TEXT; SELECT nope FROM missing_table"}
+        _sqlite_open,
+        "MIGRATIONS",
+        {1: "ALTER TABLE operations ADD COLUMN note TEXT; SELECT nope FROM missing_table"},
     )
     with pytest.raises(samekey.JournalError) as caught:
         samekey.Journal(path)
-    assert_clear(caught.value, path, "upgrading it from schema 1 to 2 failed", "no such table", "rolled back")
+    assert_clear(
+        caught.value, path, "upgrading it from schema 1 to 2 failed", "no such table", "rolled back"
+    )
     assert path.read_bytes() == original
     monkeypatch.undo()
     with samekey.Journal(path) as journal:  # still a good v1 journal
@@ -174,7 +199,8 @@ def test_no_room_to_open_the_journal_names_the_disk_error(tmp_path: Path) -> Non
     original = make_journal(path)
     opener = f"""
         import resource, signal, samekey
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) \
+instead
         resource.setrlimit(resource.RLIMIT_FSIZE, ({len(original)}, {len(original)}))
         try:
             samekey.Journal({str(path)!r})
@@ -185,7 +211,10 @@ def test_no_room_to_open_the_journal_names_the_disk_error(tmp_path: Path) -> Non
         [sys.executable, "-c", textwrap.dedent(opener)],
         capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(SRC)},
     )  # fmt: skip
-    assert "disk I/O error" in result.stdout and "Check the file, its folder and the disk" in result.stdout, result
+    assert (
+        "disk I/O error" in result.stdout
+        and "Check the file, its folder and the disk" in result.stdout
+    ), result
     assert "no transaction is active" not in result.stdout
     assert path.read_bytes() == original
     with samekey.Journal(path) as journal:  # the limit gone: every pending key is there
@@ -203,7 +232,12 @@ def test_a_locked_journal_times_out_with_a_clear_error(tmp_path: Path) -> None:
         with pytest.raises(samekey.JournalError) as caught:
             journal.claim(intent("new"), "owner", 60.0, 2000.0)
         assert time.monotonic() - started < 5
-        assert_clear(caught.value, path, "locked by another process for more than 0.2 s", "raise lock_timeout")
+        assert_clear(
+            caught.value,
+            path,
+            "locked by another process for more than 0.2 s",
+            "raise lock_timeout",
+        )
         journal.close()
     finally:
         holder.execute("ROLLBACK")
@@ -213,7 +247,9 @@ def test_a_locked_journal_times_out_with_a_clear_error(tmp_path: Path) -> None:
 
 def test_a_locked_fresh_journal_cannot_be_set_up_and_is_not_touched(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite3"
-    holder = sqlite3.connect(path, isolation_level=None)  # e.g. another process creating it right now
+    holder = sqlite3.connect(
+        path, isolation_level=None
+    )  # e.g. another process creating it right now
     holder.execute("BEGIN EXCLUSIVE")
     try:
         with pytest.raises(samekey.JournalError) as caught:
@@ -248,7 +284,8 @@ def test_a_journal_in_a_read_only_directory(tmp_path: Path, unprivileged: list[s
             for path in ({str(missing)!r}, {str(path)!r}):
                 try:
                     journal = samekey.Journal(path)
-                    journal.claim(Intent("x", "k", "Idempotency-Key", "POST", "u", "f", (), b""), "o", 60.0, 1.0)
+                    journal.claim(Intent("x", "k", "Idempotency-Key", "POST", "u", "f", (), b""), \
+"o", 60.0, 1.0)
                 except samekey.JournalError as exc:
                     print(exc)
                 else:
@@ -289,7 +326,9 @@ def test_a_read_only_journal_leaves_no_files_behind(tmp_path: Path) -> None:
     original = make_journal(path, operations=2)
     with samekey.Journal(path, read_only=True) as journal:
         assert len(journal.records()) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.sqlite3"], "no empty -wal/-shm left"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.sqlite3"], (
+        "no empty -wal/-shm left"
+    )
     assert path.read_bytes() == original
     # a writer that opened meanwhile still uses them: they stay, and its writes are kept
     reader = samekey.Journal(path, read_only=True)
@@ -309,7 +348,11 @@ def test_a_read_only_journal_leaves_no_files_behind(tmp_path: Path) -> None:
     before = newer.read_bytes()
     with pytest.raises(samekey.JournalError):
         samekey.Journal(newer, read_only=True)
-    assert newer.read_bytes() == before and not Path(f"{newer}-wal").exists() and not Path(f"{newer}-shm").exists()
+    assert (
+        newer.read_bytes() == before
+        and not Path(f"{newer}-wal").exists()
+        and not Path(f"{newer}-shm").exists()
+    )
 
 
 _OPENER = textwrap.dedent(
@@ -317,7 +360,8 @@ _OPENER = textwrap.dedent(
     import sys, time, samekey
     folder, start, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     for r in range(rounds):
-        time.sleep(max(0.0, start + r * 0.04 - time.time()))  # every process opens journal r at once
+        time.sleep(max(0.0, start + r * 0.04 - time.time()))  # every process opens journal r at \
+once
         samekey.Journal(f"{folder}/journal-{r}.sqlite3").close()
     """
 )
@@ -355,7 +399,9 @@ def test_an_existing_journal_and_its_side_files_are_made_private(tmp_path: Path)
     assert modes == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
 
 
-def test_a_journal_this_process_cannot_make_private_is_refused(tmp_path: Path, unprivileged: list[str]) -> None:
+def test_a_journal_this_process_cannot_make_private_is_refused(
+    tmp_path: Path, unprivileged: list[str]
+) -> None:
     path = tmp_path / "journal.sqlite3"
     original = make_journal(path)
     path.chmod(0o666)
@@ -376,7 +422,9 @@ def test_a_journal_this_process_cannot_make_private_is_refused(tmp_path: Path, u
 
 
 @pytest.mark.parametrize("kind", ["dev-null", "fifo"])
-def test_a_journal_path_that_is_not_a_regular_file_is_refused_before_sqlite(tmp_path: Path, kind: str) -> None:
+def test_a_journal_path_that_is_not_a_regular_file_is_refused_before_sqlite(
+    tmp_path: Path, kind: str
+) -> None:
     if kind == "fifo":
         path = tmp_path / "journal.sqlite3"
         os.mkfifo(path)
@@ -403,7 +451,9 @@ def test_a_read_only_open_of_a_locked_journal_says_locked_not_permissions(tmp_pa
     # `samekey list` while another process holds the journal: it said to run as the owner
     path = tmp_path / "journal.sqlite3"
     make_journal(path)
-    other = subprocess.Popen([sys.executable, "-c", _HOLD_EXCLUSIVE, str(path)], stdout=subprocess.PIPE, text=True)
+    other = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_EXCLUSIVE, str(path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert other.stdout is not None and other.stdout.readline().strip() == "holding"
         with pytest.raises(samekey.JournalError) as caught:
@@ -411,7 +461,9 @@ def test_a_read_only_open_of_a_locked_journal_says_locked_not_permissions(tmp_pa
     finally:
         other.kill()
         other.wait(10)
-    assert_clear(caught.value, path, "locked by another process for more than 0.2 s", "raise lock_timeout")
+    assert_clear(
+        caught.value, path, "locked by another process for more than 0.2 s", "raise lock_timeout"
+    )
     assert "owner" not in str(caught.value)
 
 
@@ -423,7 +475,9 @@ def test_journal_file_and_folder_are_private(journal_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
-def test_every_folder_samekey_creates_for_the_journal_is_private_whatever_the_umask(tmp_path: Path) -> None:
+def test_every_folder_samekey_creates_for_the_journal_is_private_whatever_the_umask(
+    tmp_path: Path,
+) -> None:
     # a first run with no ~/.local/state yet, under a service manager's umask 000: a folder left
     # world-writable above the journal lets another local user swap the journal folder for their own
     # (and with it the pending keys); XDG also asks for 0700 on state folders an app creates
@@ -431,44 +485,64 @@ def test_every_folder_samekey_creates_for_the_journal_is_private_whatever_the_um
     existing = tmp_path.stat().st_mode & 0o777
     previous = os.umask(0o000)
     try:
-        with make_client(journal_path, transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
+        with make_client(
+            journal_path, transport=httpx.MockTransport(lambda r: httpx.Response(201))
+        ) as client:
             client.post(URL, json={}, operation="op")
             files = {p.name: p.stat().st_mode & 0o777 for p in journal_path.parent.iterdir()}
     finally:
         os.umask(previous)
-    assert files == {name: 0o600 for name in ("journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm")}
+    assert files == {
+        name: 0o600 for name in ("journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm")
+    }
     created = [journal_path.parents[i] for i in range(4)]  # samekey, state, .local, home
-    assert {str(folder): folder.stat().st_mode & 0o777 for folder in created} == {str(f): 0o700 for f in created}
+    assert {str(folder): folder.stat().st_mode & 0o777 for folder in created} == {
+        str(f): 0o700 for f in created
+    }
     assert tmp_path.stat().st_mode & 0o777 == existing  # a folder that was there is left as it is
 
 
-@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="POSIX modes and symlinks")
+@pytest.mark.skipif(
+    not hasattr(os, "symlink") or os.name != "posix", reason="POSIX modes and symlinks"
+)
 @pytest.mark.parametrize("relative", [False, True])
 def test_a_journal_behind_a_dangling_symlink_is_private_too(tmp_path: Path, relative: bool) -> None:
-    # a dotfiles-managed state folder, or a path pointing at a volume: the link exists, its target not yet
+    # a dotfiles-managed state folder, or a path
+    # pointing at a volume: the link exists, its target not yet
     volume = tmp_path / "volume"
     volume.mkdir()
     link = tmp_path / "state" / "journal.sqlite3"
     link.parent.mkdir(mode=0o700)
-    link.symlink_to(Path("..", "volume", "journal.sqlite3") if relative else volume / "journal.sqlite3")
+    link.symlink_to(
+        Path("..", "volume", "journal.sqlite3") if relative else volume / "journal.sqlite3"
+    )
     previous = os.umask(0o022)
     try:
-        with make_client(link, transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
+        with make_client(
+            link, transport=httpx.MockTransport(lambda r: httpx.Response(201))
+        ) as client:
             client.post("https://pay.test/charges", json={}, operation="op")
             modes = {p.name: p.stat().st_mode & 0o777 for p in volume.iterdir()}
     finally:
         os.umask(previous)
     assert link.is_symlink()
-    assert modes == {name: 0o600 for name in ("journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm")}
+    assert modes == {
+        name: 0o600 for name in ("journal.sqlite3", "journal.sqlite3-wal", "journal.sqlite3-shm")
+    }
 
 
-@pytest.mark.skipif(not hasattr(os, "symlink") or os.name != "posix", reason="POSIX modes and symlinks")
+@pytest.mark.skipif(
+    not hasattr(os, "symlink") or os.name != "posix", reason="POSIX modes and symlinks"
+)
 def test_a_journal_folder_behind_a_dangling_symlink_is_created_private(tmp_path: Path) -> None:
-    # ~/.local/state/samekey linked to a volume folder not made yet: as for a linked file, the target is made
+    # ~/.local/state/samekey linked to a volume folder
+    # not made yet: as for a linked file, the target is made
     link = tmp_path / "state" / "samekey"
     link.parent.mkdir()
     link.symlink_to(tmp_path / "volume" / "samekey")
-    with make_client(link / "journal.sqlite3", transport=httpx.MockTransport(lambda r: httpx.Response(201))) as client:
+    with make_client(
+        link / "journal.sqlite3", transport=httpx.MockTransport(lambda r: httpx.Response(201))
+    ) as client:
         client.post(URL, json={}, operation="op")
     volume = tmp_path / "volume"
     assert link.is_symlink() and (volume / "samekey" / "journal.sqlite3").is_file()

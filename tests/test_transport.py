@@ -1,5 +1,6 @@
-"""The sync and async drivers (_transport.py): under any httpx client, streaming what is not journaled;
-a cancelled task or a Ctrl-C frees its lease and keeps its key; a forked child's own connections.
+"""The sync and async drivers (_transport.py): under any httpx client, streaming what is not
+journaled; a cancelled task or a Ctrl-C frees its lease and keeps its key; a forked child's own
+connections.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ class _Chunks(httpx.SyncByteStream, httpx.AsyncByteStream):
         self.closed = True
 
 
-def test_an_unkeyed_download_is_handed_on_streaming_not_buffered(journal_path: Path, no_sleep: None) -> None:
+def test_an_unkeyed_download_is_handed_on_streaming_not_buffered(
+    journal_path: Path, no_sleep: None
+) -> None:
     bodies = [_Chunks([b"busy"]), _Chunks([b"x" * 65536] * 64)]  # a 503, then a 4 MiB file
 
     def server(request: httpx.Request) -> httpx.Response:
@@ -69,21 +72,29 @@ def test_an_unkeyed_download_is_handed_on_streaming_not_buffered(journal_path: P
     with make_client(journal_path, transport=httpx.MockTransport(server)) as client:
         with client.stream("GET", URL) as response:
             assert response.status_code == 200
-            assert bodies[1].read == 0, "nothing of the body was read before the caller got the response"
+            assert bodies[1].read == 0, (
+                "nothing of the body was read before the caller got the response"
+            )
             size = sum(len(chunk) for chunk in response.iter_raw())
         assert size == 64 * 65536
         assert bodies[0].closed, "the 503 that was retried gave its connection back"
         assert client.journal.records() == [], "an unkeyed GET is never journaled"
 
 
-def test_an_unkeyed_request_that_gives_up_keeps_its_last_answer_readable(journal_path: Path, no_sleep: None) -> None:
+def test_an_unkeyed_request_that_gives_up_keeps_its_last_answer_readable(
+    journal_path: Path, no_sleep: None
+) -> None:
     policy = samekey.RetryPolicy(max_attempts=2)
-    transport = httpx.MockTransport(lambda request: httpx.Response(503, stream=_Chunks([b'{"error":', b'"down"}'])))
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(503, stream=_Chunks([b'{"error":', b'"down"}']))
+    )
     with make_client(journal_path, transport=transport, policy=policy) as client:
         with pytest.raises(samekey.RetriesExhausted) as caught:
             client.get(URL)
         with pytest.raises(samekey.RetriesExhausted) as keyed:
-            client.post(URL, json={"amount": 1}, operation="op")  # journaled: read whole on every attempt
+            client.post(
+                URL, json={"amount": 1}, operation="op"
+            )  # journaled: read whole on every attempt
     for error in (caught.value, keyed.value):
         last = error.last_response
         assert last is not None and last.status_code == 503 and last.json() == {"error": "down"}
@@ -104,7 +115,9 @@ def test_the_async_client_streams_an_unkeyed_download_too(journal_path: Path) ->
 
 @respx.mock
 async def _async_story(journal_path: Path) -> None:
-    route = respx.post(URL).mock(side_effect=[httpx.Response(503), httpx.ConnectError("x"), httpx.Response(201)])
+    route = respx.post(URL).mock(
+        side_effect=[httpx.Response(503), httpx.ConnectError("x"), httpx.Response(201)]
+    )
     async with samekey.AsyncClient(journal=journal_path) as client:
         first = await client.post(URL, json={"a": 1}, operation="op")
         again = await client.post(URL, json={"a": 1}, operation="op")
@@ -136,12 +149,20 @@ def test_a_cancelled_task_frees_its_lease_so_a_retry_goes_at_once(journal_path: 
 
     async def story() -> tuple[float, httpx.Response, samekey.OperationRecord | None]:
         transport = httpx.MockTransport(server)
-        async with samekey.AsyncClient(journal=journal_path, transport=transport, on_busy="raise") as client:
+        async with samekey.AsyncClient(
+            journal=journal_path, transport=transport, on_busy="raise"
+        ) as client:
             with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(client.post("https://pay.test/charges", json={}, operation="op"), 0.2)
+                await asyncio.wait_for(
+                    client.post("https://pay.test/charges", json={}, operation="op"), 0.2
+                )
             pending = client.journal.get("op")
-            assert pending is not None and pending.pending and pending.lease_owner is None, "lease freed, key kept"
-            assert pending.last_error == "CancelledError"  # as `samekey list` shows it, no dangling ": "
+            assert pending is not None and pending.pending and pending.lease_owner is None, (
+                "lease freed, key kept"
+            )
+            assert (
+                pending.last_error == "CancelledError"
+            )  # as `samekey list` shows it, no dangling ": "
             started = time.monotonic()
             again = await client.post("https://pay.test/charges", json={}, operation="op")
             return time.monotonic() - started, again, client.journal.get("op")
@@ -154,7 +175,9 @@ def test_a_cancelled_task_frees_its_lease_so_a_retry_goes_at_once(journal_path: 
 
 class _SlowJournalThread(samekey.Journal):
     def run_batch(self, calls: Any) -> Any:
-        time.sleep(0.2)  # a busy disk: the claim is still queued or running when the task is cancelled
+        time.sleep(
+            0.2
+        )  # a busy disk: the claim is still queued or running when the task is cancelled
         return super().run_batch(calls)
 
 
@@ -164,13 +187,23 @@ def test_a_task_cancelled_during_its_claim_frees_the_lease(journal_path: Path) -
     async def story() -> tuple[samekey.OperationRecord | None, float]:
         transport = httpx.MockTransport(lambda request: httpx.Response(201))
         journal = _SlowJournalThread(journal_path)
-        async with samekey.AsyncClient(journal=journal, transport=transport, on_busy="raise") as client:
-            await client.post("https://pay.test/charges", json={}, operation="warm-up")  # (and the hourly purge)
+        async with samekey.AsyncClient(
+            journal=journal, transport=transport, on_busy="raise"
+        ) as client:
+            await client.post(
+                "https://pay.test/charges", json={}, operation="warm-up"
+            )  # (and the hourly purge)
             with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(client.post("https://pay.test/charges", json={}, operation="op"), 0.05)
-            record = client.journal.get("op")  # the release ran behind the claim, before the cancel ended
+                await asyncio.wait_for(
+                    client.post("https://pay.test/charges", json={}, operation="op"), 0.05
+                )
+            record = client.journal.get(
+                "op"
+            )  # the release ran behind the claim, before the cancel ended
             started = time.monotonic()
-            await client.post("https://pay.test/charges", json={}, operation="op")  # no OperationInProgress
+            await client.post(
+                "https://pay.test/charges", json={}, operation="op"
+            )  # no OperationInProgress
         journal.close()
         return record, time.monotonic() - started
 
@@ -179,8 +212,11 @@ def test_a_task_cancelled_during_its_claim_frees_the_lease(journal_path: Path) -
     assert took < 5
 
 
-async def _lease_freed(journal: samekey.Journal, operation: str, since: float) -> samekey.OperationRecord | None:
-    """The record once its lease is free (a release running in the background), or after 5 s from ``since``."""
+async def _lease_freed(
+    journal: samekey.Journal, operation: str, since: float
+) -> samekey.OperationRecord | None:
+    """The record once its lease is free (a release
+    running in the background), or after 5 s from ``since``."""
     record = journal.get(operation)
     while (record is None or record.lease_owner is not None) and time.monotonic() - since < 5:
         await asyncio.sleep(0.01)
@@ -195,8 +231,12 @@ def test_a_call_whose_coroutine_is_closed_mid_claim_frees_the_lease(journal_path
     async def story() -> tuple[float, float, samekey.OperationRecord | None]:
         transport = httpx.MockTransport(lambda request: httpx.Response(201))
         journal = _SlowJournalThread(journal_path)
-        async with samekey.AsyncClient(journal=journal, transport=transport, on_busy="raise") as client:
-            await client.post("https://pay.test/charges", json={}, operation="warm-up")  # (and the hourly purge)
+        async with samekey.AsyncClient(
+            journal=journal, transport=transport, on_busy="raise"
+        ) as client:
+            await client.post(
+                "https://pay.test/charges", json={}, operation="warm-up"
+            )  # (and the hourly purge)
             coroutine = client.post("https://pay.test/charges", json={}, operation="op")
             task = asyncio.ensure_future(coroutine)
             await asyncio.sleep(0.05)  # its claim is on the journal thread now
@@ -206,25 +246,35 @@ def test_a_call_whose_coroutine_is_closed_mid_claim_frees_the_lease(journal_path
             record = await _lease_freed(journal, "op", started)
             freed = time.monotonic() - started
             task.cancel()
-            with contextlib.suppress(BaseException):  # asyncio: "cannot reuse already awaited coroutine"
+            with contextlib.suppress(
+                BaseException
+            ):  # asyncio: "cannot reuse already awaited coroutine"
                 await task
         journal.close()
         return closing, freed, record
 
     closing, freed, record = asyncio.run(story())
     assert closing < 0.1
-    assert record is not None and record.pending and record.lease_owner is None, "lease freed, key kept"
+    assert record is not None and record.pending and record.lease_owner is None, (
+        "lease freed, key kept"
+    )
     assert freed < 2
 
 
-def test_a_task_cancelled_while_the_journal_is_busy_does_not_stall_the_event_loop(journal_path: Path) -> None:
+def test_a_task_cancelled_while_the_journal_is_busy_does_not_stall_the_event_loop(
+    journal_path: Path,
+) -> None:
     # Another process holds the journal's write lock for 2 s (a long batch, a backup): the
     # cancelled task's claim waits for it, and its release behind the claim. That wait was on the
     # event loop's thread, so every other task of the service stood still for the 2 s.
     async def story() -> tuple[float, float, samekey.OperationRecord | None]:
         transport = httpx.MockTransport(lambda request: httpx.Response(201))
-        async with samekey.AsyncClient(journal=journal_path, transport=transport, on_busy="raise") as client:
-            await client.post("https://pay.test/charges", json={}, operation="warm-up")  # (and the hourly purge)
+        async with samekey.AsyncClient(
+            journal=journal_path, transport=transport, on_busy="raise"
+        ) as client:
+            await client.post(
+                "https://pay.test/charges", json={}, operation="warm-up"
+            )  # (and the hourly purge)
             gaps: list[float] = []
 
             async def tick() -> None:  # another task of the service
@@ -242,7 +292,9 @@ def test_a_task_cancelled_while_the_journal_is_busy_does_not_stall_the_event_loo
             started = time.monotonic()
             try:
                 with pytest.raises(asyncio.TimeoutError):
-                    await asyncio.wait_for(client.post("https://pay.test/charges", json={}, operation="op"), 0.2)
+                    await asyncio.wait_for(
+                        client.post("https://pay.test/charges", json={}, operation="op"), 0.2
+                    )
                 took = time.monotonic() - started
             finally:
                 await asyncio.sleep(0.05)  # the ticker records the gap it is in (a stall ends one)
@@ -267,7 +319,9 @@ def test_ctrl_c_mid_request_frees_the_lease_and_keeps_the_key(journal_path: Path
             raise KeyboardInterrupt  # the user pressed Ctrl-C while waiting for the answer
         return httpx.Response(201)
 
-    with samekey.Client(journal=journal_path, transport=httpx.MockTransport(server), on_busy="raise") as client:
+    with samekey.Client(
+        journal=journal_path, transport=httpx.MockTransport(server), on_busy="raise"
+    ) as client:
         with pytest.raises(KeyboardInterrupt):
             client.post("https://pay.test/charges", json={}, operation="op")
         record = client.journal.get("op")
@@ -278,7 +332,8 @@ def test_ctrl_c_mid_request_frees_the_lease_and_keeps_the_key(journal_path: Path
 
 
 class _OtherStore:
-    """A JournalStore that is not the SQLite Journal (PostgresJournal, one of your own): worker threads."""
+    """A JournalStore that is not the SQLite Journal
+    (PostgresJournal, one of your own): worker threads."""
 
     def __init__(self, journal: samekey.Journal) -> None:
         self.journal = journal
@@ -292,40 +347,60 @@ class _OtherStore:
 
 class _SlowStore(_OtherStore):
     def claim(self, *args: Any) -> Any:
-        time.sleep(0.3)  # a slow database: the claim still runs on its worker thread when the task is cancelled
+        time.sleep(
+            0.3
+        )  # a slow database: the claim still runs on its worker thread when the task is cancelled
         return self.journal.claim(*args)
 
 
-def test_a_task_cancelled_during_its_claim_on_another_store_frees_the_lease(journal_path: Path) -> None:
+def test_a_task_cancelled_during_its_claim_on_another_store_frees_the_lease(
+    journal_path: Path,
+) -> None:
     # asyncio cancels the task's wait, not the worker thread running the claim: the release must
     # wait for that claim, or it frees nothing and the claim then holds the lease for 60 s
     async def story() -> tuple[samekey.OperationRecord | None, int]:
         transport = httpx.MockTransport(lambda request: httpx.Response(201))
         with samekey.Journal(journal_path) as journal:
             store = _SlowStore(journal)
-            async with samekey.AsyncClient(journal=store, transport=transport, on_busy="raise") as client:
-                await client.post("https://pay.test/charges", json={}, operation="warm-up")  # (and the hourly purge)
+            async with samekey.AsyncClient(
+                journal=store, transport=transport, on_busy="raise"
+            ) as client:
+                await client.post(
+                    "https://pay.test/charges", json={}, operation="warm-up"
+                )  # (and the hourly purge)
                 with pytest.raises(asyncio.TimeoutError):
-                    await asyncio.wait_for(client.post("https://pay.test/charges", json={}, operation="op"), 0.05)
+                    await asyncio.wait_for(
+                        client.post("https://pay.test/charges", json={}, operation="op"), 0.05
+                    )
                 record = journal.get("op")
-                again = await client.post("https://pay.test/charges", json={}, operation="op")  # no OperationInProgress
+                again = await client.post(
+                    "https://pay.test/charges", json={}, operation="op"
+                )  # no OperationInProgress
                 # cancelled before its claim began (anyio then never runs it): nothing to wait for
                 started = time.monotonic()
-                task = asyncio.create_task(client.post("https://pay.test/charges", json={}, operation="early"))
+                task = asyncio.create_task(
+                    client.post("https://pay.test/charges", json={}, operation="early")
+                )
                 await asyncio.sleep(0)
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task
-                assert time.monotonic() - started < 5, "the cancelled task waited for a claim that never ran"
+                assert time.monotonic() - started < 5, (
+                    "the cancelled task waited for a claim that never ran"
+                )
                 assert journal.get("early") is None
                 return record, again.status_code
 
     record, status = asyncio.run(story())
-    assert record is not None and record.pending and record.lease_owner is None, "lease freed, key kept"
+    assert record is not None and record.pending and record.lease_owner is None, (
+        "lease freed, key kept"
+    )
     assert status == 201
 
 
-def test_a_task_cancelled_twice_during_its_claim_on_another_store_still_frees_the_lease(journal_path: Path) -> None:
+def test_a_task_cancelled_twice_during_its_claim_on_another_store_still_frees_the_lease(
+    journal_path: Path,
+) -> None:
     # A second cancel (a shutdown after a timeout) ends the task's wait for the release at once;
     # the release must still run behind the claim (it runs on a thread of its own, not on the
     # awaiting task: a release not yet awaited would otherwise never start).
@@ -333,9 +408,15 @@ def test_a_task_cancelled_twice_during_its_claim_on_another_store_still_frees_th
         transport = httpx.MockTransport(lambda request: httpx.Response(201))
         with samekey.Journal(journal_path) as journal:
             store = _SlowStore(journal)
-            async with samekey.AsyncClient(journal=store, transport=transport, on_busy="raise") as client:
-                await client.post("https://pay.test/charges", json={}, operation="warm-up")  # (and the hourly purge)
-                task = asyncio.create_task(client.post("https://pay.test/charges", json={}, operation="op"))
+            async with samekey.AsyncClient(
+                journal=store, transport=transport, on_busy="raise"
+            ) as client:
+                await client.post(
+                    "https://pay.test/charges", json={}, operation="warm-up"
+                )  # (and the hourly purge)
+                task = asyncio.create_task(
+                    client.post("https://pay.test/charges", json={}, operation="op")
+                )
                 started = time.monotonic()
                 for _ in range(2):
                     await asyncio.sleep(0.05)
@@ -347,7 +428,9 @@ def test_a_task_cancelled_twice_during_its_claim_on_another_store_still_frees_th
 
     took, record = asyncio.run(story())
     assert took < 0.25, "the second cancel did not end the wait for the claim"
-    assert record is not None and record.pending and record.lease_owner is None, "lease freed, key kept"
+    assert record is not None and record.pending and record.lease_owner is None, (
+        "lease freed, key kept"
+    )
 
 
 def test_a_task_cancelled_as_its_answer_arrives_frees_the_lease(journal_path: Path) -> None:
@@ -366,15 +449,23 @@ def test_a_task_cancelled_as_its_answer_arrives_frees_the_lease(journal_path: Pa
         with samekey.Journal(journal_path) as journal:
             store = _OtherStore(journal)
             transport = httpx.MockTransport(server)
-            async with samekey.AsyncClient(journal=store, transport=transport, on_busy="raise") as client:
+            async with samekey.AsyncClient(
+                journal=store, transport=transport, on_busy="raise"
+            ) as client:
                 with pytest.raises(asyncio.CancelledError):
-                    await asyncio.create_task(client.post("https://pay.test/charges", json={}, operation="op"))
+                    await asyncio.create_task(
+                        client.post("https://pay.test/charges", json={}, operation="op")
+                    )
                 record = journal.get("op")
-                again = await client.post("https://pay.test/charges", json={}, operation="op")  # no OperationInProgress
+                again = await client.post(
+                    "https://pay.test/charges", json={}, operation="op"
+                )  # no OperationInProgress
                 return record, again.status_code
 
     record, status = asyncio.run(story())
-    assert record is not None and record.pending and record.lease_owner is None, "lease freed, key kept"
+    assert record is not None and record.pending and record.lease_owner is None, (
+        "lease freed, key kept"
+    )
     assert status == 201 and len(keys) == 2 and keys[0] == keys[1], "the retry sent the same key"
 
 
@@ -385,11 +476,15 @@ class _InterruptedCompletion(samekey.Journal):
 
 def test_ctrl_c_while_the_answer_is_recorded_frees_the_lease(journal_path: Path) -> None:
     with _InterruptedCompletion(journal_path) as journal:
-        client = samekey.Client(journal=journal, transport=httpx.MockTransport(lambda r: httpx.Response(201)))
+        client = samekey.Client(
+            journal=journal, transport=httpx.MockTransport(lambda r: httpx.Response(201))
+        )
         with pytest.raises(KeyboardInterrupt):
             client.post("https://pay.test/charges", json={}, operation="op")
         record = journal.get("op")
-        assert record is not None and record.pending and record.lease_owner is None, "nobody holds it now"
+        assert record is not None and record.pending and record.lease_owner is None, (
+            "nobody holds it now"
+        )
         assert record.attempts == 1
         client.close()
 
@@ -404,11 +499,15 @@ class _InterruptedAfterClaim(samekey.Journal):
 
 def test_an_interruption_right_after_the_claim_frees_the_lease(journal_path: Path) -> None:
     with _InterruptedAfterClaim(journal_path) as journal:
-        client = samekey.Client(journal=journal, transport=httpx.MockTransport(lambda r: httpx.Response(201)))
+        client = samekey.Client(
+            journal=journal, transport=httpx.MockTransport(lambda r: httpx.Response(201))
+        )
         with pytest.raises(KeyboardInterrupt):
             client.post("https://pay.test/charges", json={}, operation="op")
         record = journal.get("op")
-        assert record is not None and record.pending and record.lease_owner is None, "nobody holds it now"
+        assert record is not None and record.pending and record.lease_owner is None, (
+            "nobody holds it now"
+        )
         assert client.post("https://pay.test/charges", json={}, operation="op").status_code == 201
         client.close()
 
@@ -458,9 +557,14 @@ def test_a_forked_child_sends_on_its_own_connection_not_the_parents(journal_path
             _, status = os.waitpid(pid, 0)
             assert os.waitstatus_to_exitcode(status) == 0
             # the parent's connection is still its own
-            assert client.post("/charges", json={"n": 2}, operation="op-2").json()["port"] == parent_port
+            assert (
+                client.post("/charges", json={"n": 2}, operation="op-2").json()["port"]
+                == parent_port
+            )
     finally:
         server.shutdown()
         server.server_close()
     assert child_answer["body"] == '{"n":1}'
-    assert child_answer["port"] != parent_port, "the child sent on the parent's keep-alive connection"
+    assert child_answer["port"] != parent_port, (
+        "the child sent on the parent's keep-alive connection"
+    )

@@ -13,7 +13,9 @@ from samekey.testing import PaymentServer
 trio = pytest.importorskip("trio")
 
 
-def test_under_trio_one_charge_per_operation_and_replays(journal_path: Path, tmp_path: Path) -> None:
+def test_under_trio_one_charge_per_operation_and_replays(
+    journal_path: Path, tmp_path: Path
+) -> None:
     async def story(url: str) -> list[samekey.OperationInfo | None]:
         async with samekey.AsyncClient(journal=journal_path, base_url=url) as client:
             first = await client.post("/charges", json={"amount": 5}, operation="order-1/charge")
@@ -36,12 +38,15 @@ def test_under_trio_one_charge_per_operation_and_replays(journal_path: Path, tmp
 
 def test_under_trio_a_cancel_scope_frees_the_lease(journal_path: Path, tmp_path: Path) -> None:
     async def story(url: str) -> tuple[samekey.OperationRecord | None, float]:
-        async with samekey.AsyncClient(journal=journal_path, base_url=url, on_busy="raise") as client:
+        async with samekey.AsyncClient(
+            journal=journal_path, base_url=url, on_busy="raise"
+        ) as client:
             with trio.move_on_after(0.2):  # the answer takes 0.6 s
                 await client.post("/charges", json={"amount": 7}, operation="slow")
             interrupted = client.journal.get("slow")
             started = time.monotonic()
-            # the retry meets the server's 409 (the first still running) and backs off until the replay
+            # the retry meets the server's 409 (the
+            # first still running) and backs off until the replay
             await client.post("/charges", json={"amount": 7}, operation="slow")
             return interrupted, time.monotonic() - started
 

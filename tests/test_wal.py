@@ -89,7 +89,9 @@ def test_a_symlink_switched_after_opening_does_not_redirect_the_sync(
     assert synced == [f"{tmp_path / 'blue' / 'journal.sqlite3'}-wal"]
 
 
-def test_a_failing_sync_is_a_clear_error_and_nothing_is_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_sync_is_a_clear_error_and_nothing_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
@@ -101,7 +103,8 @@ def test_a_failing_sync_is_a_clear_error_and_nothing_is_sent(tmp_path: Path, mon
 
 
 class _FakeFcntl:
-    """fcntl as on macOS: F_FULLFSYNC flushes the drive's cache; ``works`` False: a filesystem without it."""
+    """fcntl as on macOS: F_FULLFSYNC flushes the
+    drive's cache; ``works`` False: a filesystem without it."""
 
     F_FULLFSYNC = 51
 
@@ -155,10 +158,16 @@ def _wal_frames(path: Path) -> int:
 
 
 def _rows_in_main_file(path: Path) -> int:
-    """What checkpoints have copied so far: the main file read alone (immutable: the WAL ignored)."""
+    """What checkpoints have copied so far: the
+    main file read alone (immutable: the WAL ignored)."""
     conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
     try:
-        if conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'operations'").fetchone()[0] == 0:
+        if (
+            conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'operations'").fetchone()[
+                0
+            ]
+            == 0
+        ):
             return 0  # not even the new journal's schema copied yet
         return int(conn.execute("SELECT count(*) FROM operations").fetchone()[0])
     finally:
@@ -240,7 +249,9 @@ class _SlowCopy:
         monkeypatch.setattr(_wal.Checkpointer, "_copy", slow)
 
 
-def _inside_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[_SlowCopy, Path, samekey.Journal]:
+def _inside_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[_SlowCopy, Path, samekey.Journal]:
     """A process-mode journal whose checkpoint thread is inside its copy now, for 0.2 s more."""
     slow = _SlowCopy(monkeypatch)
     path = tmp_path / "j.sqlite3"
@@ -256,7 +267,9 @@ def test_a_fork_during_a_checkpoint_waits_for_it_and_the_child_can_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the thread may hold SQLite's process-wide mutexes: a child forked meanwhile would hang on them
-    slow, path, journal = _inside_a_checkpoint(tmp_path, monkeypatch)  # it ends a moment later, while the fork waits
+    slow, path, journal = _inside_a_checkpoint(
+        tmp_path, monkeypatch
+    )  # it ends a moment later, while the fork waits
 
     def child() -> int:
         assert slow.finished == [True], "forked in the middle of the checkpoint"
@@ -280,7 +293,9 @@ def test_close_waits_for_a_checkpoint_in_progress_and_leaves_one_file(
     thread = journal._checkpoints.thread  # type: ignore[union-attr]
     journal.close()
     assert thread is not None and not thread.is_alive() and slow.finished == [True]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.sqlite3"]  # the last close removed the WAL
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "j.sqlite3"
+    ]  # the last close removed the WAL
     assert _rows_in_main_file(path) == _wal.CHECKPOINT_EVERY
 
 
@@ -294,7 +309,8 @@ _wal.CHECKPOINT_EVERY = 5  # a checkpoint in progress most of the time
 journal = samekey.Journal({path!r}, durability="process")
 for i in range({start}, {start} + 100000):
     op = f"op-{{i}}"
-    journal.claim(Intent(op, f"key-{{i}}", "Idempotency-Key", "POST", "https://pay.test/c", "fp", (), b"{{}}"),
+    journal.claim(Intent(op, f"key-{{i}}", "Idempotency-Key", "POST", "https://pay.test/c", "fp", \
+(), b"{{}}"),
                   "owner", 60.0, 1000.0)
     print(op, flush=True)
 """
@@ -390,9 +406,11 @@ def test_a_journal_whose_path_is_not_utf8_opens_and_checkpoints(tmp_path: Path) 
     journal.close()
 
 
-def test_a_thread_priority_refused_still_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # only Linux takes a thread id in setpriority(PRIO_PROCESS, ...): macOS and the BSDs read it as a
-    # process id and answer ESRCH (or EPERM, or renice that process); the error skipped the copy
+def test_a_thread_priority_refused_still_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # only Linux takes a thread id in setpriority(PRIO_PROCESS, ...): macOS and the BSDs read it as
+    # a process id and answer ESRCH (or EPERM, or renice that process); the error skipped the copy
     # itself, so there the WAL grew to the 8,000-page fallback, paid for by a request
     def refused(which: int, who: int, priority: int) -> None:
         raise ProcessLookupError(3, "No such process")
@@ -410,7 +428,8 @@ def test_a_thread_priority_refused_still_checkpoints(tmp_path: Path, monkeypatch
 def test_the_thread_priority_is_lowered_only_where_it_is_per_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, platform: str
 ) -> None:
-    # elsewhere the thread id names a process (NetBSD's LWP ids are 1, 2, ...): never renice another process
+    # elsewhere the thread id names a process (NetBSD's
+    # LWP ids are 1, 2, ...): never renice another process
     calls: list[tuple[int, int, int]] = []
     monkeypatch.setattr(os, "setpriority", lambda *args: calls.append(args), raising=False)
     monkeypatch.setattr(sys, "platform", platform)
@@ -440,14 +459,18 @@ def test_a_commit_of_many_writes_counts_them_all(tmp_path: Path) -> None:
             assert all(error is None for _, error in journal.run_batch(calls))
             checkpoints = journal._checkpoints
             assert checkpoints is not None
-            if checkpoints.thread is not None:  # let each checkpoint finish: this is not about a slow disk
+            if (
+                checkpoints.thread is not None
+            ):  # let each checkpoint finish: this is not about a slow disk
                 checkpoints.thread.join(10)
             largest = max(largest, _wal_frames(path))
     journal.close()
     assert largest < 1000, f"the WAL grew to {largest} pages"  # SQLite's own bound, at most
 
 
-_THREADS_AT_FORK: list[list[str]] = []  # the parent's threads just after a fork, while a test records
+_THREADS_AT_FORK: list[
+    list[str]
+] = []  # the parent's threads just after a fork, while a test records
 
 
 def _record_threads_at_fork() -> None:
@@ -460,11 +483,14 @@ if hasattr(os, "register_at_fork"):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
-def test_no_checkpoint_thread_is_left_alive_at_a_fork(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Python 3.12+ warns at a fork of a process running another thread ("This process is multi-threaded,
-    # use of fork() may lead to deadlocks in the child"): the fork waited for the checkpoint's lock but
-    # not for its thread, which lives on a moment after (longer on a loaded machine), so a single-threaded
-    # worker forking its children right after a checkpoint started warned at random
+def test_no_checkpoint_thread_is_left_alive_at_a_fork(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Python 3.12+ warns at a fork of a process running another thread ("This process is
+    # multi-threaded, use of fork() may lead to deadlocks in the child"): the fork waited for the
+    # checkpoint's lock but not for its thread, which lives on a moment after (longer on a loaded
+    # machine), so a single-threaded worker forking its children right after a checkpoint started
+    # warned at random
     checkpoint = _wal.Checkpointer._checkpoint
 
     def slow_to_end(checkpointer: _wal.Checkpointer) -> None:

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any
 from . import instrumentation
 from ._async_client import AsyncClient
 from ._client import Client
-from ._contract import ClaimResult, Intent, JournalStore, ListQuery, OperationRecord, SettleResult, settled_answer
+from ._contract import (
+    ClaimResult,
+    Intent,
+    JournalStore,
+    ListQuery,
+    OperationRecord,
+    SettleResult,
+    settled_answer,
+)
 from ._errors import (
     AnswerNotRecorded,
     JournalError,

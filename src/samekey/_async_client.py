@@ -53,8 +53,10 @@ class AsyncClient(httpx.AsyncClient, EngineHolder, AsyncKeyFor):
     ) -> None:
         refuse_samekey_transports("AsyncClient", kwargs)
         config = Config.of(
-            journal=journal, policy=policy, key_header=key_header, key_format=key_format, key_ttl=key_ttl,
-            lease=lease, on_busy=on_busy, redact_headers=redact_headers, retention=retention, on_retry=on_retry,
+            journal=journal, policy=policy, key_header=key_header, key_format=key_format,
+            key_ttl=key_ttl,
+            lease=lease, on_busy=on_busy, redact_headers=redact_headers, retention=retention,
+            on_retry=on_retry,
             redact_body=redact_body, body_key=body_key,
             on_end=on_end,
         )  # fmt: skip
@@ -91,25 +93,38 @@ class AsyncClient(httpx.AsyncClient, EngineHolder, AsyncKeyFor):
             carry_first_bytes(self.engine.config, self.engine.redactor, request, record)
         return await super().send(request, **kwargs)
 
-    async def post(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    async def post(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return await self.request("POST", url, operation=operation, **kwargs)
 
-    async def put(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    async def put(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return await self.request("PUT", url, operation=operation, **kwargs)
 
-    async def patch(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    async def patch(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return await self.request("PATCH", url, operation=operation, **kwargs)
 
-    async def delete(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    async def delete(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return await self.request("DELETE", url, operation=operation, **kwargs)
 
     async def resume(self, operation: str, *, headers: HeadersArg = None) -> httpx.Response:
         """The async twin of `Client.resume`."""
-        request = await anyio.to_thread.run_sync(build_resume_request, self, self.engine, operation, headers)
+        request = await anyio.to_thread.run_sync(
+            build_resume_request, self, self.engine, operation, headers
+        )
         return await self.send(request)
 
-    async def resume_pending(self, prefix: str | None = None, *, headers: HeadersArg = None) -> list[ResumeResult]:
-        """The async twin of `Client.resume_pending`: one after the other, never stopping at a failure."""
+    async def resume_pending(
+        self, prefix: str | None = None, *, headers: HeadersArg = None
+    ) -> list[ResumeResult]:
+        """The async twin of `Client.resume_pending`:
+        one after the other, never stopping at a failure."""
         results = []
         pending = await anyio.to_thread.run_sync(_pending, self.engine.journal, prefix)
         records, _unnamed = bulk_resumable(pending, prefix)

@@ -42,7 +42,13 @@ NOT_ACTED_ON = frozenset({401, 407})
 class _Run:
     """One request's attempts in this run: what the steps share."""
 
-    def __init__(self, engine: Engine, request: httpx.Request, record: OperationRecord | None, owner: str | None):
+    def __init__(
+        self,
+        engine: Engine,
+        request: httpx.Request,
+        record: OperationRecord | None,
+        owner: str | None,
+    ):
         self.engine, self.request, self.record, self.owner = engine, request, record, owner
         self.policy: RetryPolicy = engine.policy
         self.operation = record.operation if record else None
@@ -55,7 +61,9 @@ class _Run:
         self.tries = 1  # attempts made by this run
         self.begun = 0  # attempts this run has begun to send: an interrupted wait is no attempt
         self.waited = 0.0  # seconds this run has waited between attempts, for on_retry hooks
-        self.last_error: str | None = None  # the last attempt's outcome, kept if an interruption follows
+        self.last_error: str | None = (
+            None  # the last attempt's outcome, kept if an interruption follows
+        )
 
     @property
     def journaled(self) -> bool:
@@ -69,7 +77,9 @@ class _Run:
         return {"operation": self.operation, "key": self.key, "attempt": attempt}
 
 
-def attempts(engine: Engine, request: httpx.Request, record: OperationRecord | None, owner: str | None) -> Flow:
+def attempts(
+    engine: Engine, request: httpx.Request, record: OperationRecord | None, owner: str | None
+) -> Flow:
     """Send until a definitive answer; journal the outcome when ``record`` is given."""
     run = _Run(engine, request, record, owner)
     try:
@@ -100,7 +110,8 @@ def _send_once(run: _Run) -> Generator[Action, Any, tuple[httpx.Response | None,
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug(
             "samekey attempt operation=%s key=%s attempt=%d %s %s",
-            run.operation, run.key, run.attempt, run.request.method, run.engine.redactor.url(run.request.url),
+            run.operation, run.key, run.attempt, run.request.method,
+            run.engine.redactor.url(run.request.url),
             extra=run.log_extra(run.attempt),
         )  # fmt: skip
     run.begun = run.tries
@@ -115,11 +126,18 @@ def _send_once(run: _Run) -> Generator[Action, Any, tuple[httpx.Response | None,
     return response, None
 
 
-def _decide(run: _Run, response: httpx.Response | None, exc: Exception | None) -> float | str | None:
-    """None: definitive (an error not to retry is raised); a wait: retry after it; a text: give up, why."""
+def _decide(
+    run: _Run, response: httpx.Response | None, exc: Exception | None
+) -> float | str | None:
+    """None: definitive (an error not to retry is
+    raised); a wait: retry after it; a text: give up, why."""
     policy = run.policy
     if run.state is None:
-        retry = policy.should_retry_exception(exc) if exc is not None else policy.should_retry_response(response)  # type: ignore[arg-type]
+        retry = (
+            policy.should_retry_exception(exc)
+            if exc is not None
+            else policy.should_retry_response(response)  # type: ignore[arg-type]
+        )
         if not retry:
             if exc is not None:
                 raise exc
@@ -156,13 +174,24 @@ def _take_budget(run: _Run, exc: Exception | None, wait: float) -> float | str:
 
 def _deadline_reason(policy: RetryPolicy, wait: float, response: httpx.Response | None) -> str:
     asked = server_wait(response)
-    if asked is not None and min(asked, policy.max_retry_after) >= wait:  # the server's wait, not the backoff's
-        capped = f", capped at max_retry_after={policy.max_retry_after:g} s" if asked > policy.max_retry_after else ""
-        return f"the server asked to wait {asked:g} s (Retry-After{capped}), past the {policy.deadline:g} s deadline"
+    if (
+        asked is not None and min(asked, policy.max_retry_after) >= wait
+    ):  # the server's wait, not the backoff's
+        capped = (
+            f", capped at max_retry_after={policy.max_retry_after:g} s"
+            if asked > policy.max_retry_after
+            else ""
+        )
+        return (
+            f"the server asked to wait {asked:g} s (Retry-After{capped}), past the "
+            f"{policy.deadline:g} s deadline"
+        )
     return f"the next wait would pass the {policy.deadline:g} s deadline"
 
 
-def _before_retry(run: _Run, response: httpx.Response | None, exc: Exception | None, wait: float) -> Step:
+def _before_retry(
+    run: _Run, response: httpx.Response | None, exc: Exception | None, wait: float
+) -> Step:
     attempt = run.attempt
     reason = run.last_error = run.engine.describe(exc, response, run.request)
     logger.warning(
@@ -176,7 +205,9 @@ def _before_retry(run: _Run, response: httpx.Response | None, exc: Exception | N
     run.state.prepare_for_next_attempt()  # type: ignore[union-attr]
     run.tries = run.state.attempt_number  # type: ignore[union-attr]
     if run.engine.config.on_retry:
-        run_hooks(run.engine.config.on_retry, _retry_details(run, response, exc, attempt, reason, wait))
+        run_hooks(
+            run.engine.config.on_retry, _retry_details(run, response, exc, attempt, reason, wait)
+        )
     yield Sleep(wait)
     run.waited += wait
 
@@ -194,7 +225,12 @@ def _record_attempt(run: _Run, attempt: int, reason: str | None, wait: float) ->
 
 
 def _retry_details(
-    run: _Run, response: httpx.Response | None, exc: Exception | None, attempt: int, reason: str | None, wait: float
+    run: _Run,
+    response: httpx.Response | None,
+    exc: Exception | None,
+    attempt: int,
+    reason: str | None,
+    wait: float,
 ) -> RetryDetails:
     asked = run.policy.retry_after(response)
     return RetryDetails(
@@ -224,7 +260,8 @@ def _deliver(run: _Run, response: httpx.Response) -> Flow:
     attempts = run.attempt
     budget = run.policy.active_budget()
     if budget is not None and response.is_success:
-        # only a 2xx shows the server healthy: a server answering 4xx to everything must not keep it full
+        # only a 2xx shows the server healthy: a server
+        # answering 4xx to everything must not keep it full
         budget.refund(run.taken)
     if run.journaled:
         yield from _journal_answer(run, attempts, response)
@@ -233,7 +270,9 @@ def _deliver(run: _Run, response: httpx.Response) -> Flow:
             "samekey done operation=%s key=%s attempt=%d status=%d",
             run.operation, run.key, attempts, response.status_code, extra=run.log_extra(attempts),
         )  # fmt: skip
-    response.extensions[INFO_EXTENSION] = OperationInfo(run.operation, run.key, attempts, replayed=False)
+    response.extensions[INFO_EXTENSION] = OperationInfo(
+        run.operation, run.key, attempts, replayed=False
+    )
     return settled(run.request, response, run.engine.key_header)
 
 
@@ -259,15 +298,22 @@ def _record_answer(
 ) -> Step:
     """Journal a definitive answer as completed; a 401/407 only frees the lease, its key kept."""
     if response.status_code in NOT_ACTED_ON:
-        refused = f"HTTP {response.status_code}: credentials refused, the server did not act; the key is kept"
+        refused = (
+            f"HTTP {response.status_code}: credentials refused, the server did not act; the "
+            "key is kept"
+        )
         yield Release(record.operation, owner, attempts, refused, engine.clock())
         return
     headers = engine.redactor.response_headers(response.headers)
     body = b"".join(response.stream)  # type: ignore[arg-type]  # the raw body: drivers buffer it in a ByteStream
     try:
-        yield Complete(record.operation, owner, attempts, response.status_code, headers, body, engine.clock())
+        yield Complete(
+            record.operation, owner, attempts, response.status_code, headers, body, engine.clock()
+        )
     except Exception as exc:  # a full disk, a lost database: the server HAS acted, say so
-        if not isinstance(exc, JournalLocked):  # locked out: freeing the lease would wait as long again
+        if not isinstance(
+            exc, JournalLocked
+        ):  # locked out: freeing the lease would wait as long again
             with contextlib.suppress(Exception):  # free the lease if the journal still can
                 unrecorded = f"HTTP {response.status_code}: the answer could not be recorded"
                 yield Release(record.operation, owner, attempts, unrecorded, engine.clock())
@@ -286,7 +332,9 @@ def _not_recorded(
     engine: Engine, exc: Exception, record: OperationRecord, response: httpx.Response
 ) -> AnswerNotRecorded:
     path, problem = _journal_failure(engine, exc)
-    return AnswerNotRecorded(path, problem, operation=record.operation, key=record.key, response=response)
+    return AnswerNotRecorded(
+        path, problem, operation=record.operation, key=record.key, response=response
+    )
 
 
 def _not_recorded_attempt(
@@ -297,8 +345,10 @@ def _not_recorded_attempt(
         path,
         f"operation {record.operation!r} was sent (attempt {attempt}, {error_text}), "
         f"but recording the attempt failed: {problem}",
-        f"The key {record.key} stays pending: once the journal works again, run the same operation again "
-        f"(or `{command('resume', record.operation)}`) to send it with the same key. Do not start it under a new "
+        f"The key {record.key} stays pending: once the journal works again, run the same "
+        "operation again "
+        f"(or `{command('resume', record.operation)}`) to send it with the same key. Do "
+        "not start it under a new "
         "operation name: that would be a new key, and the server could act twice.",
     )
 
@@ -314,7 +364,8 @@ def _give_up(
     elif response is not None:
         yield Read(response)  # still streaming: read it whole for RetriesExhausted.last_response
     if response is not None:
-        response.read()  # in memory by now: `last_response.json()` works without a read() of the caller's
+        # in memory by now: `last_response.json()` works without a read() of the caller's
+        response.read()
     raise RetriesExhausted(
         operation=record.operation if record else "(unkeyed request)",
         key=record.key if record else None,

@@ -27,10 +27,14 @@ RedactBody = tuple[str, ...] | Callable[[bytes, str], bytes] | None
 
 
 class BodyRedactor:
-    """What one client keeps of a body: ``redact(body, content_type)`` -> (stored bytes, changed)."""
+    """What one client keeps of a body: ``redact(body,
+    content_type)`` -> (stored bytes, changed)."""
 
     def __init__(
-        self, paths: tuple[tuple[str, ...], ...], forms: frozenset[str], fn: Callable[[bytes, str], bytes] | None
+        self,
+        paths: tuple[tuple[str, ...], ...],
+        forms: frozenset[str],
+        fn: Callable[[bytes, str], bytes] | None,
     ):
         self._paths, self._forms, self._fn = paths, forms, fn
 
@@ -40,7 +44,9 @@ class BodyRedactor:
         if self._fn is not None:
             kept = self._fn(body, content_type)
             if not isinstance(kept, bytes):
-                raise TypeError(f"redact_body's function must return bytes (the body to store), got {kept!r}")
+                raise TypeError(
+                    f"redact_body's function must return bytes (the body to store), got {kept!r}"
+                )
             return kept, kept != body
         kind = content_type.partition(";")[0].strip().lower()
         if kind == "application/x-www-form-urlencoded":
@@ -53,7 +59,10 @@ class BodyRedactor:
         try:
             document = json.loads(body)
         except ValueError:
-            return body, False  # not JSON after all: kept as sent (sealed, since redaction needs a key)
+            return (
+                body,
+                False,
+            )  # not JSON after all: kept as sent (sealed, since redaction needs a key)
         changed = False
         for path in self._paths:
             changed = _mask(document, path) or changed
@@ -63,7 +72,9 @@ class BodyRedactor:
 
     def _form(self, body: bytes) -> tuple[bytes, bool]:
         try:
-            fields = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+            fields = urllib.parse.parse_qsl(
+                body.decode("utf-8"), keep_blank_values=True, strict_parsing=True
+            )
         except (UnicodeDecodeError, ValueError):
             return body, False
         if not any(name in self._forms for name, _ in fields):
@@ -94,15 +105,22 @@ def _mask(node: Any, path: tuple[str, ...]) -> bool:
 
 
 def body_redactor(spec: object) -> BodyRedactor | None:
-    """The redactor of a ``redact_body=`` value (paths or a callable), checked once; None for none."""
+    """The redactor of a ``redact_body=`` value
+    (paths or a callable), checked once; None for none."""
     if spec is None or spec == ():
         return None
     if callable(spec):
         return BodyRedactor((), frozenset(), spec)
-    listed = None if isinstance(spec, (str, bytes)) or not isinstance(spec, Iterable) else tuple(spec)
-    if not listed or not all(isinstance(path, str) and path.strip(".") == path and path for path in listed):
+    listed = (
+        None if isinstance(spec, (str, bytes)) or not isinstance(spec, Iterable) else tuple(spec)
+    )
+    if not listed or not all(
+        isinstance(path, str) and path.strip(".") == path and path for path in listed
+    ):
         raise TypeError(
-            "redact_body must be a tuple of field paths, e.g. redact_body=('card.number', 'card.cvc') for JSON "
-            f"or ('card[number]',) for a form (note the comma for one path), or a function, got {spec!r}"
+            "redact_body must be a tuple of field paths, e.g. "
+            "redact_body=('card.number', 'card.cvc') for JSON "
+            "or ('card[number]',) for a form (note the comma for one path), or a "
+            f"function, got {spec!r}"
         )
     return BodyRedactor(tuple(tuple(path.split(".")) for path in listed), frozenset(listed), None)

@@ -45,10 +45,13 @@ def refuse_samekey_transports(kind: str, kwargs: dict[str, Any]) -> None:
     for where, transport in given:
         if isinstance(transport, (SameKeyTransport, AsyncSameKeyTransport)):
             raise TypeError(
-                f"{where} is a samekey.{type(transport).__name__}, but samekey.{kind} adds one itself: the two "
-                "would claim every operation twice (on one journal each request waits out its own lease, "
+                f"{where} is a samekey.{type(transport).__name__}, but samekey.{kind} "
+                "adds one itself: the two "
+                "would claim every operation twice (on one journal each request waits "
+                "out its own lease, "
                 f"60 s). Pass the httpx transport it wraps (e.g. {plain}(...)) and give "
-                f"journal=, policy= and the other samekey options to samekey.{kind}; or keep the samekey "
+                f"journal=, policy= and the other samekey options to samekey.{kind}; or "
+                "keep the samekey "
                 f"transport under a plain httpx.{kind}."
             )
 
@@ -82,8 +85,10 @@ class Client(httpx.Client, EngineHolder, KeyFor):
     ) -> None:
         refuse_samekey_transports("Client", kwargs)
         config = Config.of(
-            journal=journal, policy=policy, key_header=key_header, key_format=key_format, key_ttl=key_ttl,
-            lease=lease, on_busy=on_busy, redact_headers=redact_headers, retention=retention, on_retry=on_retry,
+            journal=journal, policy=policy, key_header=key_header, key_format=key_format,
+            key_ttl=key_ttl,
+            lease=lease, on_busy=on_busy, redact_headers=redact_headers, retention=retention,
+            on_retry=on_retry,
             redact_body=redact_body, body_key=body_key,
             on_end=on_end,
         )  # fmt: skip
@@ -96,7 +101,8 @@ class Client(httpx.Client, EngineHolder, KeyFor):
             raise
         self._transport = SameKeyTransport.around(self._transport, engine)
         self._mounts = {
-            pattern: None if t is None else SameKeyTransport.around(t, engine) for pattern, t in self._mounts.items()
+            pattern: None if t is None else SameKeyTransport.around(t, engine)
+            for pattern, t in self._mounts.items()
         }
 
     def request(
@@ -119,16 +125,24 @@ class Client(httpx.Client, EngineHolder, KeyFor):
             carry_first_bytes(self.engine.config, self.engine.redactor, request, record)
         return super().send(request, **kwargs)
 
-    def post(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    def post(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return self.request("POST", url, operation=operation, **kwargs)
 
-    def put(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    def put(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return self.request("PUT", url, operation=operation, **kwargs)
 
-    def patch(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    def patch(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return self.request("PATCH", url, operation=operation, **kwargs)
 
-    def delete(self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any) -> httpx.Response:
+    def delete(
+        self, url: httpx.URL | str, *, operation: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         return self.request("DELETE", url, operation=operation, **kwargs)
 
     def resume(self, operation: str, *, headers: HeadersArg = None) -> httpx.Response:
@@ -143,17 +157,25 @@ class Client(httpx.Client, EngineHolder, KeyFor):
         """
         return self.send(build_resume_request(self, self.engine, operation, headers))
 
-    def resume_pending(self, prefix: str | None = None, *, headers: HeadersArg = None) -> list[ResumeResult]:
+    def resume_pending(
+        self, prefix: str | None = None, *, headers: HeadersArg = None
+    ) -> list[ResumeResult]:
         """Resume every pending operation (whose name starts with ``prefix``), oldest first.
 
         Never stops at a failure: each operation gets a `ResumeResult` holding either
         its response or the error that stopped it.
         """
         results = []
-        records, _unnamed = bulk_resumable(self.engine.journal.records(prefix, include_completed=False), prefix)
+        records, _unnamed = bulk_resumable(
+            self.engine.journal.records(prefix, include_completed=False), prefix
+        )
         for record in records:
             try:
-                results.append(ResumeResult(record.operation, response=self.resume(record.operation, headers=headers)))
+                results.append(
+                    ResumeResult(
+                        record.operation, response=self.resume(record.operation, headers=headers)
+                    )
+                )
             except Exception as exc:
                 results.append(ResumeResult(record.operation, error=exc))
         return results

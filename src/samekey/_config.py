@@ -28,7 +28,8 @@ __all__ = ["Config", "KeyFormat", "OnBusy", "Options"]
 KeyFormat = Literal["uuid", "structured"]
 OnBusy = Literal["wait", "raise"]
 
-# An HTTP field name (RFC 9110 token): the key header is sent on every request of an operation for life
+# An HTTP field name (RFC 9110 token): the key header
+# is sent on every request of an operation for life
 FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -65,7 +66,9 @@ class Config:
     retention: float = timedelta(days=7).total_seconds()
     on_retry: tuple[RetryHook, ...] = ()
     bodies: BodyRedactor | None = None  # redact_body=: fields never stored
-    sealer: Sealer | None = None  # body_key= (or $SAMEKEY_BODY_KEY): bodies sealed, fingerprints keyed
+    sealer: Sealer | None = (
+        None  # body_key= (or $SAMEKEY_BODY_KEY): bodies sealed, fingerprints keyed
+    )
     on_end: tuple[EndHook, ...] = ()
 
     @classmethod
@@ -84,7 +87,9 @@ class Config:
             lease=_lease(options.get("lease", cls.lease)),
             on_busy=_choice("on_busy", options.get("on_busy", "wait")),  # type: ignore[arg-type]
             redact_headers=_header_names(options.get("redact_headers", ())),
-            retention=to_seconds(options.get("retention", cls.retention), "retention", allow_zero=False),
+            retention=to_seconds(
+                options.get("retention", cls.retention), "retention", allow_zero=False
+            ),
             on_retry=hooks_from(options.get("on_retry")),
             bodies=bodies,
             sealer=sealer,
@@ -108,7 +113,8 @@ def _choice(name: str, value: object) -> str:
 def _key_header(name: object) -> str:
     if not isinstance(name, str) or not FIELD_NAME.fullmatch(name):
         raise ValueError(
-            "key_header must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~, no space or "
+            "key_header must be an HTTP header name (letters, digits and "
+            "!#$%&'*+-.^_`|~, no space or "
             f"colon), e.g. 'Idempotency-Key', got {name!r}"
         )
     return name
@@ -118,14 +124,17 @@ def _lease(value: float | timedelta) -> float:
     seconds = to_seconds(value, "lease", allow_zero=False)
     if not math.isfinite(seconds):  # an owner that vanished on another host would hold it forever
         raise ValueError(
-            f"lease must be a finite duration, e.g. lease=60 (seconds, renewed at every retry), got {value!r}"
+            "lease must be a finite duration, e.g. lease=60 (seconds, renewed at every "
+            f"retry), got {value!r}"
         )
     return seconds
 
 
 def _header_names(names: object) -> frozenset[str]:
     # a bare string would be read letter by letter, and the header it names written to disk
-    listed = None if isinstance(names, (str, bytes)) or not isinstance(names, Iterable) else tuple(names)
+    listed = (
+        None if isinstance(names, (str, bytes)) or not isinstance(names, Iterable) else tuple(names)
+    )
     if listed is None or not all(isinstance(name, str) for name in listed):
         raise TypeError(
             "redact_headers must be a tuple of names, e.g. redact_headers=('X-Merchant-Pin',) "
@@ -134,14 +143,18 @@ def _header_names(names: object) -> frozenset[str]:
     return frozenset(name.lower() for name in listed)
 
 
-def _body_protection(redact_body: object, body_key: object) -> tuple[BodyRedactor | None, Sealer | None]:
+def _body_protection(
+    redact_body: object, body_key: object
+) -> tuple[BodyRedactor | None, Sealer | None]:
     # without a key, a fingerprint of the real body could be enumerated back to a card number,
     # and one of the redacted body could not tell another card number: refuse, naming the fix
     bodies, sealer = body_redactor(redact_body), sealer_of(body_key)
     if bodies is not None and sealer is None:
         raise ValueError(
-            "redact_body needs a body_key: the key keys the fingerprint that tells another card number from the "
-            f"first without exposing it, and seals the rest of the body. Make one with: {MAKE_KEY}, then pass "
+            "redact_body needs a body_key: the key keys the fingerprint that tells "
+            "another card number from the "
+            "first without exposing it, and seals the rest of the body. Make one with: "
+            f"{MAKE_KEY}, then pass "
             f"body_key=... or set ${KEY_ENV} (the same key on every process sharing the journal)"
         )
     return bodies, sealer

@@ -81,7 +81,8 @@ class OperationRecord:
     lease_owner: str | None
     lease_expires: float | None
     settled_note: str | None = None  # None unless settled by hand (`settle`); "" without a note
-    # set by the client reading it back through its body_key: fields of request_body were never stored
+    # set by the client reading it back through its body_key: fields of request_body were
+    # never stored
     body_redacted: bool = False
 
     @property
@@ -106,11 +107,15 @@ class ClaimResult:
     record: OperationRecord
 
 
-def lease_decision(record: OperationRecord, owner: str, now: float) -> Literal["completed", "busy", "claimed"]:
+def lease_decision(
+    record: OperationRecord, owner: str, now: float
+) -> Literal["completed", "busy", "claimed"]:
     """What a claim of an existing record by ``owner`` at ``now`` finds: the one lease rule."""
     if record.state == "completed":
         return "completed"
-    lease_free = record.lease_owner is None or record.lease_expires is None or record.lease_expires <= now
+    lease_free = (
+        record.lease_owner is None or record.lease_expires is None or record.lease_expires <= now
+    )
     if not lease_free and record.lease_owner != owner:
         return "busy"
     return "claimed"
@@ -122,10 +127,12 @@ def new_record(intent: Intent, owner: str, now: float, expires: float) -> Operat
     # every request that sends makes one
     record = object.__new__(OperationRecord)
     record.__dict__.update(
-        operation=intent.operation, key=intent.key, key_header=intent.key_header, method=intent.method,
-        url=intent.url, fingerprint=intent.fingerprint, request_headers=intent.request_headers,
-        request_body=intent.request_body, state="pending", created_at=now, updated_at=now, completed_at=None,
-        attempts=0, last_error=None, response_status=None, response_headers=(), response_body=None,
+        operation=intent.operation, key=intent.key, key_header=intent.key_header,
+        method=intent.method, url=intent.url, fingerprint=intent.fingerprint,
+        request_headers=intent.request_headers, request_body=intent.request_body,
+        state="pending", created_at=now, updated_at=now, completed_at=None,
+        attempts=0, last_error=None, response_status=None, response_headers=(),
+        response_body=None,
         lease_owner=owner, lease_expires=expires,
     )  # fmt: skip
     return record
@@ -149,10 +156,18 @@ class JournalStore(Protocol):
         """A printable name without secrets (read only: a plain attribute or a property)."""
         ...
 
-    def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult: ...
+    def claim(
+        self, intent: Intent, owner: str, lease_seconds: float, now: float
+    ) -> ClaimResult: ...
 
     def record_attempt(
-        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+        self,
+        operation: str,
+        owner: str,
+        attempts: int,
+        error: str | None,
+        lease_seconds: float,
+        now: float,
     ) -> None: ...
 
     def complete(
@@ -166,7 +181,9 @@ class JournalStore(Protocol):
         now: float,
     ) -> None: ...
 
-    def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None: ...
+    def release(
+        self, operation: str, owner: str, attempts: int, error: str | None, now: float
+    ) -> None: ...
 
     def get(self, operation: str) -> OperationRecord | None: ...
 
@@ -207,7 +224,9 @@ class RecordAttempt:
     now: float
 
     def run(self, store: JournalStore) -> None:
-        store.record_attempt(self.operation, self.owner, self.attempts, self.error, self.lease_seconds, self.now)
+        store.record_attempt(
+            self.operation, self.owner, self.attempts, self.error, self.lease_seconds, self.now
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +240,15 @@ class Complete:
     now: float
 
     def run(self, store: JournalStore) -> None:
-        store.complete(self.operation, self.owner, self.attempts, self.status, self.headers, self.body, self.now)
+        store.complete(
+            self.operation,
+            self.owner,
+            self.attempts,
+            self.status,
+            self.headers,
+            self.body,
+            self.now,
+        )
 
 
 @dataclass(frozen=True, slots=True)

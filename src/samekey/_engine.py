@@ -51,11 +51,15 @@ class PurgeSchedule:
 class Engine:
     """The per-client state the flow reads."""
 
-    def __init__(self, config: Config, journal: JournalStore, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: Config, journal: JournalStore, clock: Callable[[], float] = time.time
+    ) -> None:
         self.config = config
         self.journal = journal
         # checked once: a runtime protocol check costs ~18 µs, too much for every journal call
-        self.batching: BatchingStore | None = journal if isinstance(journal, BatchingStore) else None
+        self.batching: BatchingStore | None = (
+            journal if isinstance(journal, BatchingStore) else None
+        )
         self.clock = clock
         self.policy = config.policy
         self.key_header = config.key_header

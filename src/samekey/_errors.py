@@ -45,10 +45,10 @@ class SameKeyError(Exception):
     """Root of every samekey error."""
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # A worker process (multiprocessing, ProcessPoolExecutor, celery's pickle serializer) pickles
-        # the error back to its parent. Exception's own reduce calls type(self)(*self.args), the message
-        # alone, which the subclasses' __init__ refuse (TypeError, a BrokenProcessPool in the parent):
-        # rebuilt instead from the message and the attributes, without __init__.
+        # A worker process (multiprocessing, ProcessPoolExecutor, celery's pickle serializer)
+        # pickles the error back to its parent. Exception's own reduce calls type(self)(*self.args),
+        # the message alone, which the subclasses' __init__ refuse (TypeError, a BrokenProcessPool
+        # in the parent): rebuilt instead from the message and the attributes, without __init__.
         state = {name: _portable(value) for name, value in self.__dict__.items()}
         return _rebuilt, (type(self), self.args), state
 
@@ -93,36 +93,45 @@ class RetriesExhausted(SameKeyError):
         this_run: int | None = None,
         last_error: str | None = None,
     ) -> None:
-        """``last_error``: ``last_exception`` as the message shows it, with the request's credentials
-        hidden (an error may quote a token; messages end up in logs). Defaults to its text."""
+        """``last_error``: ``last_exception`` as the message shows it, with the request's
+        credentials hidden (an error may quote a token; messages end up in logs). Defaults to its
+        text."""
         self.operation = operation
         self.key = key
         self.attempts = attempts  # all runs together (the journal's count)
         self.last_response = last_response
         self.last_exception = last_exception
-        self.reason = reason  # why the policy stopped: "max_attempts reached", a deadline, the budget
+        self.reason = (
+            reason  # why the policy stopped: "max_attempts reached", a deadline, the budget
+        )
         if last_response is not None:
             last = f"last answer HTTP {last_response.status_code}"
         elif last_exception is not None:
-            last = f"last error {last_error if last_error is not None else error_text(last_exception)}"
+            last = (
+                f"last error {last_error if last_error is not None else error_text(last_exception)}"
+            )
         else:
             last = "no answer"
         if key is None:
             pending = "The request carried no Idempotency-Key; it is safe to send again."
         elif operation.startswith("auto:"):  # see _plan.UNNAMED_PREFIX
             pending = (
-                f"It was sent without operation=, so running the code again makes a NEW key and could act "
-                f"twice. Retry it with the same key: `{command('resume', operation)}` (or client.resume). "
+                "It was sent without operation=, so running the code again makes a NEW "
+                "key and could act "
+                f"twice. Retry it with the same key: `{command('resume', operation)}` "
+                "(or client.resume). "
                 "Name your operations (operation='order-42/charge') to make re-runs reuse the key."
             )
         else:
             pending = (
                 f"The operation is still pending with key {key}: run it again with the same "
-                f"operation name (or `{command('resume', operation)}`) to retry safely with the same key."
+                f"operation name (or `{command('resume', operation)}`) to retry safely "
+                "with the same key."
             )
         runs = f", {this_run} in this run" if this_run is not None and this_run != attempts else ""
         super().__init__(
-            f"operation {operation!r}: gave up after {attempts} attempt(s){runs} ({reason}; {last}). " + pending
+            f"operation {operation!r}: gave up after {attempts} attempt(s){runs} "
+            f"({reason}; {last}). " + pending
         )
 
 
@@ -131,9 +140,12 @@ class OperationMismatch(SameKeyError):
 
     def __init__(self, operation: str, detail: str, *, pending: bool = False) -> None:
         self.operation = operation
-        if pending:  # a new name alone would send a second request while the first may have been acted on
+        if (
+            pending
+        ):  # a new name alone would send a second request while the first may have been acted on
             advice = (
-                "The first request is still pending, and the server may have acted on it: finish it first "
+                "The first request is still pending, and the server may have acted on "
+                "it: finish it first "
                 f"(`{command('resume', operation)}`), or check on the server before "
                 f"`{command('forget', operation)}`. "
                 "A new logical operation needs a new operation name."
@@ -144,8 +156,8 @@ class OperationMismatch(SameKeyError):
                 f"if the old one is settled, remove it with `{command('forget', operation)}`."
             )
         super().__init__(
-            f"operation {operation!r} was first recorded with a different request ({detail}). Nothing was sent. "
-            + advice
+            f"operation {operation!r} was first recorded with a different request "
+            f"({detail}). Nothing was sent. " + advice
         )
 
 
@@ -223,7 +235,8 @@ class OperationNotFound(SameKeyError, LookupError):
         self.location = location
         super().__init__(
             f"operation {operation!r} is not in the journal {location}: nothing was sent. "
-            "Check the name (`samekey list --all` shows what the journal holds) and the journal path."
+            "Check the name (`samekey list --all` shows what the journal holds) and the "
+            "journal path."
         )
 
 
@@ -252,17 +265,22 @@ class AnswerNotRecorded(JournalError):
     ``samekey resume``) sends that key again and the server returns its stored answer.
     """
 
-    def __init__(self, path: str | Path, problem: str, *, operation: str, key: str, response: httpx.Response) -> None:
+    def __init__(
+        self, path: str | Path, problem: str, *, operation: str, key: str, response: httpx.Response
+    ) -> None:
         self.operation = operation
         self.key = key
         self.response = response
         super().__init__(
             path,
-            f"operation {operation!r} was sent and the server answered HTTP {response.status_code}, "
+            f"operation {operation!r} was sent and the server answered HTTP "
+            f"{response.status_code}, "
             f"but recording that answer failed: {problem}",
-            f"The answer is in this error's .response. The key {key} stays pending: once the journal "
+            f"The answer is in this error's .response. The key {key} stays pending: once "
+            "the journal "
             "works again, run the same operation again "
-            f"(or `{command('resume', operation)}`) and the server returns its stored answer for that key. "
+            f"(or `{command('resume', operation)}`) and the server returns its stored "
+            "answer for that key. "
             "Do not start it under "
             "a new operation name: that would be a new key, and the server would act twice.",
         )

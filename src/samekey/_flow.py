@@ -38,7 +38,9 @@ __all__ = ["operation_flow"]
 
 logger = logging.getLogger("samekey")
 
-PURGE_BATCH = 1000  # records one lazy purge deletes at most (a few ms), so no request stalls on a backlog
+PURGE_BATCH = (
+    1000  # records one lazy purge deletes at most (a few ms), so no request stalls on a backlog
+)
 
 
 def operation_flow(engine: Engine, request: httpx.Request) -> Flow:
@@ -78,26 +80,38 @@ def _purge_if_due(engine: Engine) -> Step:
         removed = yield PurgeCompleted(engine.config.retention, now, PURGE_BATCH)
         if removed >= PURGE_BATCH:
             engine.purges.soon(now)  # more to do: the next request after a short pause takes it
-    except Exception as exc:  # housekeeping never fails a payment; the claim reports a broken journal
+    except (
+        Exception
+    ) as exc:  # housekeeping never fails a payment; the claim reports a broken journal
         engine.purges.soon(now)
         logger.warning("samekey could not purge old completed records: %s", exc)
 
 
-def _claim(engine: Engine, plan: Plan, owner: str, lease: float) -> Generator[Action, Any, ClaimResult]:
+def _claim(
+    engine: Engine, plan: Plan, owner: str, lease: float
+) -> Generator[Action, Any, ClaimResult]:
     """Claim the operation until this owner holds it or it is found completed."""
     polls = 0
     while True:
         now = engine.clock()
         claim = yield from _claim_once(engine, plan.intent, owner, lease, now)
-        if claim.status == "claimed" and is_reserved(claim.record):  # a key from key_for(): see _reserve
-            claim = ClaimResult("claimed", (yield from fill(engine, plan.intent, owner, claim.record)))
+        if claim.status == "claimed" and is_reserved(
+            claim.record
+        ):  # a key from key_for(): see _reserve
+            claim = ClaimResult(
+                "claimed", (yield from fill(engine, plan.intent, owner, claim.record))
+            )
         yield from _refuse_mismatch(engine, plan, claim, owner)
         if claim.status != "busy":
             return claim
         record = claim.record
         if engine.owners.is_dead(record.lease_owner):
             # killed on this host (kill -9, OOM): no need to wait out its lease
-            logger.info("samekey taking over operation=%s from dead owner %s", record.operation, record.lease_owner)
+            logger.info(
+                "samekey taking over operation=%s from dead owner %s",
+                record.operation,
+                record.lease_owner,
+            )
             yield Release(record.operation, record.lease_owner, record.attempts, None, now)  # type: ignore[arg-type]
             continue
         polls += 1
@@ -136,7 +150,9 @@ def _wait_for_holder(engine: Engine, record: OperationRecord, now: float, polls:
     if engine.config.on_busy == "raise":
         raise OperationInProgress(record.operation, record.lease_owner, expires_in)
     logger.debug("samekey waiting operation=%s held by %s", record.operation, record.lease_owner)
-    return Sleep(max(0.001, min(0.02 * 1.5 ** min(polls, 10), 0.5, expires_in)))  # 1.5**polls overflows
+    return Sleep(
+        max(0.001, min(0.02 * 1.5 ** min(polls, 10), 0.5, expires_in))
+    )  # 1.5**polls overflows
 
 
 def _resumed(engine: Engine, request: httpx.Request, record: OperationRecord, owner: str) -> Step:

@@ -35,7 +35,16 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ._errors import JournalError
 
-__all__ = ["BUSY_FIRST_PAUSE", "BUSY_MAX_PAUSE", "GroupCommit", "Job", "refuse", "run_batch", "wake", "when_free"]
+__all__ = [
+    "BUSY_FIRST_PAUSE",
+    "BUSY_MAX_PAUSE",
+    "GroupCommit",
+    "Job",
+    "refuse",
+    "run_batch",
+    "wake",
+    "when_free",
+]
 
 BUSY_FIRST_PAUSE = 0.00005  # seconds
 BUSY_MAX_PAUSE = 0.002
@@ -48,16 +57,24 @@ class Job(Generic[_T]):
     """One write waiting for its group commit."""
 
     __slots__ = (
-        "doing", "done", "durable", "error", "fn", "patience", "promoted", "ran", "result", "settled", "waited",
+        "doing", "done", "durable", "error", "fn", "patience", "promoted", "ran", "result",
+        "settled", "waited",
     )  # fmt: skip
 
     def __init__(
-        self, fn: Callable[[sqlite3.Connection], _T], doing: str, durable: bool, *, patience: float | None = None
+        self,
+        fn: Callable[[sqlite3.Connection], _T],
+        doing: str,
+        durable: bool,
+        *,
+        patience: float | None = None,
     ) -> None:
         self.fn = fn
         self.doing = doing
         self.durable = durable
-        self.patience = patience  # seconds it may wait for a busy lock; None: the store's lock_timeout
+        self.patience = (
+            patience  # seconds it may wait for a busy lock; None: the store's lock_timeout
+        )
         self.waited = 0.0  # seconds it waited for the lock
         self.done: threading.Event | None = None  # made only for a job that has to wait
         self.promoted = False  # woken to lead the next batch, not because it finished
@@ -94,7 +111,8 @@ class GroupCommit:
                     self.writing = holding = True
                 else:
                     first.done = threading.Event()
-                    queued = True  # before the extend: an interruption between them leaves nothing behind
+                    # before the extend: an interruption between them leaves nothing behind
+                    queued = True
                     self.queue.extend(jobs)
             if holding:
                 taken = jobs
@@ -112,7 +130,9 @@ class GroupCommit:
             if holding or (queued and not done):
                 self._clean_up(jobs, taken, holding, done, store)
 
-    def _clean_up(self, jobs: list[Job[Any]], taken: list[Job[Any]], holding: bool, done: bool, store: Store) -> None:
+    def _clean_up(
+        self, jobs: list[Job[Any]], taken: list[Job[Any]], holding: bool, done: bool, store: Store
+    ) -> None:
         """After a write (``done``) or an interruption: the lead and the waiters, settled.
 
         Every step can be repeated, so a second interruption landing in the middle (a Ctrl-C
@@ -125,7 +145,9 @@ class GroupCommit:
                     self._wake_taken(jobs, taken, store)
                 with self.lock:
                     if not done:
-                        self.queue = [job for job in self.queue if all(job is not mine for mine in jobs)]
+                        self.queue = [
+                            job for job in self.queue if all(job is not mine for mine in jobs)
+                        ]
                         holding = holding or jobs[0].promoted  # promoted while being interrupted
                     if holding:
                         self._hand_off()
@@ -138,7 +160,11 @@ class GroupCommit:
     def _wake_taken(self, jobs: list[Job[Any]], taken: list[Job[Any]], store: Store) -> None:
         """Wake the other callers whose jobs were taken into an interrupted batch."""
         for job in taken:
-            if job.done is not None and not job.done.is_set() and all(job is not mine for mine in jobs):
+            if (
+                job.done is not None
+                and not job.done.is_set()
+                and all(job is not mine for mine in jobs)
+            ):
                 if not job.settled and not job.ran:  # ran and unsettled: its batch committed
                     job.result, job.error = None, job.error or store._interrupted(job)
                 job.done.set()
@@ -175,10 +201,13 @@ def refuse(batch: list[Job[Any]], error: JournalError) -> None:
             job.done.set()
 
 
-def run_batch(conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, *, sync: bool) -> None:
+def run_batch(
+    conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, *, sync: bool
+) -> None:
     """Run ``batch`` in one transaction on ``conn`` (its lock held); ``sync``: it owes a WAL sync.
 
-    The callers are woken by `wake` once the lock is let go; an interrupted batch wakes them here."""
+    The callers are woken by `wake` once the lock is let go; an interrupted batch wakes them
+    here."""
     try:
         changes = conn.total_changes
         if not execute(conn, batch, store, savepoints=False):
@@ -200,14 +229,18 @@ def run_batch(conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer,
 
 def wake(batch: list[Job[Any]]) -> None:
     """Wake the callers of a batch that ran (after its connection lock is let go)."""
-    for job in batch:  # all settled before any is woken: an interruption while waking loses no result
+    for (
+        job
+    ) in batch:  # all settled before any is woken: an interruption while waking loses no result
         job.settled = True
     for job in batch:
         if job.done is not None:
             job.done.set()
 
 
-def _interrupted(conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, sync: bool) -> None:
+def _interrupted(
+    conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, sync: bool
+) -> None:
     """Settle and wake a batch interrupted mid-way. A job that ran in a batch that committed
     keeps its result (its write is there), unless it is a durable write still owed its sync."""
     committed = not conn.in_transaction
@@ -226,8 +259,11 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
-def execute(conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, *, savepoints: bool) -> bool:
-    """Run the batch in one transaction; False (all rolled back) when a job fails without savepoints."""
+def execute(
+    conn: sqlite3.Connection, batch: list[Job[Any]], store: Committer, *, savepoints: bool
+) -> bool:
+    """Run the batch in one transaction; False (all
+    rolled back) when a job fails without savepoints."""
     several = len(batch) > 1
     if several:  # a lone job runs in autocommit; a job needing more opens its own transaction
         try:
@@ -270,7 +306,8 @@ def _when_free(
     jobs: list[Job[Any]],
     store: Committer,
 ) -> _T:
-    """`when_free` for ``jobs`` (a batch waits as long as its most patient job), the wait counted."""
+    """`when_free` for ``jobs`` (a batch waits as
+    long as its most patient job), the wait counted."""
     patience = max(store.lock_timeout if job.patience is None else job.patience for job in jobs)
     started = time.monotonic()
     try:
@@ -299,7 +336,8 @@ def when_free(
     error: sqlite3.OperationalError,
     lock_timeout: float,
 ) -> _T:
-    """``attempt`` failed with ``error``: if another process held the lock, try again until it lets go."""
+    """``attempt`` failed with ``error``: if another
+    process held the lock, try again until it lets go."""
     pause, deadline = BUSY_FIRST_PAUSE, time.monotonic() + lock_timeout
     while is_busy(error) and not conn.in_transaction:
         if time.monotonic() >= deadline:

@@ -34,19 +34,25 @@ class RetryDetails:
     key: str | None  # the Idempotency-Key every attempt carries; None with no operation
     method: str
     url: str
-    attempt: int  # the attempt that just failed, 1-based, counting earlier runs (as OperationInfo.attempts)
+    # the attempt that just failed, 1-based, counting earlier runs (as OperationInfo.attempts)
+    attempt: int
     next_wait: float  # seconds before the next attempt
-    waited_so_far: float  # seconds this call has already waited between its attempts, next_wait excluded
+    waited_so_far: (
+        float  # seconds this call has already waited between its attempts, next_wait excluded
+    )
     reason: str  # e.g. "HTTP 503", "ReadError (ConnectionResetError: ...)"
     status_code: int | None  # the answer's status, None when the attempt got no answer (an error)
-    error_type: str | None  # that error's class name ("ReadTimeout", "ConnectError"); None with an answer
+    error_type: (
+        str | None
+    )  # that error's class name ("ReadTimeout", "ConnectError"); None with an answer
     from_retry_after: bool  # next_wait is the server's Retry-After (capped), not the backoff
 
 
 class RetryHook(Protocol):
     """What ``on_retry=`` takes: called with the details of each retry, before its wait."""
 
-    # positional-only: a hook may name its parameter as it likes (``def count(d)``, ``calls.append``)
+    # positional-only: a hook may name its parameter
+    # as it likes (``def count(d)``, ``calls.append``)
     def __call__(self, details: RetryDetails, /) -> None: ...
 
 
@@ -66,11 +72,15 @@ def hooks_from(given: object, option: str = "on_retry") -> tuple[Any, ...]:
         )
     for hook in hooks:
         if not callable(hook):
-            raise TypeError(f"{option} hooks must be callables taking a samekey.{details}, got {hook!r} in {given!r}")
+            raise TypeError(
+                f"{option} hooks must be callables taking a samekey.{details}, got "
+                f"{hook!r} in {given!r}"
+            )
         if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(hook.__call__):
             # it would return a coroutine nobody awaits: the hook would silently never run
             raise TypeError(
-                f"{option} hooks are called without await, so {hook_name(hook)} (async def) would never run: "
+                f"{option} hooks are called without await, so {hook_name(hook)} (async "
+                "def) would never run: "
                 "make it a plain def (hand slow work to a queue or a task)"
             )
     return hooks
@@ -98,9 +108,11 @@ def run_hooks(hooks: tuple[RetryHook, ...], details: RetryDetails) -> None:
             hook(details)
         except Exception:  # an interruption (Ctrl-C, a cancelled task) still goes through
             logger.exception(
-                "samekey on_retry hook %s raised (operation=%s key=%s attempt=%d); the retry goes on",
+                "samekey on_retry hook %s raised (operation=%s key=%s attempt=%d); the "
+                "retry goes on",
                 hook_name(hook), details.operation, details.key, details.attempt,
-                extra={"operation": details.operation, "key": details.key, "attempt": details.attempt},
+                extra={"operation": details.operation, "key": details.key,
+                "attempt": details.attempt},
             )  # fmt: skip
 
 

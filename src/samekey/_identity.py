@@ -23,7 +23,8 @@ __all__ = ["PID_SCOPE", "PROCESS", "Owners", "at_fork_in_child", "pid_is_gone"]
 
 
 def at_fork_in_child(action: Callable[[], None]) -> None:
-    """Run ``action`` in every child forked from now on (nothing on Windows, which does not fork)."""
+    """Run ``action`` in every child forked from
+    now on (nothing on Windows, which does not fork)."""
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=action)
 
@@ -56,7 +57,8 @@ PID_SCOPE = _pid_scope()  # the same across fork (a child shares both)
 
 
 def pid_is_gone(pid: int) -> bool:
-    """True only when process ``pid`` no longer runs here; False while it runs or cannot be probed."""
+    """True only when process ``pid`` no longer
+    runs here; False while it runs or cannot be probed."""
     if os.name != "posix":  # on Windows os.kill(pid, 0) would terminate it: count it as running
         return False
     try:
@@ -94,6 +96,11 @@ class Owners:
         An owner of another host or scope is never probed: its lease is waited out.
         """
         host, pid_text, scope = [*(owner or "").split("/"), "", ""][:3]
-        if host != self.host or scope != PID_SCOPE or not pid_text.isdigit() or int(pid_text) == PROCESS.pid:
+        if (
+            host != self.host
+            or scope != PID_SCOPE
+            or not pid_text.isdigit()
+            or int(pid_text) == PROCESS.pid
+        ):
             return False
         return pid_is_gone(int(pid_text))

@@ -103,8 +103,14 @@ class Journal:
     ) -> None:
         if durability not in ("fsync", "process"):
             raise ValueError(f"durability must be 'fsync' or 'process', got {durability!r}")
-        if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or not 0 < lock_timeout < inf:
-            raise ValueError(f"lock_timeout must be a positive, finite number of seconds, got {lock_timeout!r}")
+        if (
+            isinstance(lock_timeout, bool)
+            or not isinstance(lock_timeout, (int, float))
+            or not 0 < lock_timeout < inf
+        ):
+            raise ValueError(
+                f"lock_timeout must be a positive, finite number of seconds, got {lock_timeout!r}"
+            )
         refuse_dsn_as_path(path)
         # absolute once, here: a later os.chdir (a daemon, a task runner) must neither point the
         # WAL sync at a missing file nor let a forked child reopen another, empty journal
@@ -113,7 +119,9 @@ class Journal:
         self.location = str(self.path)
         self.durability: Durability = durability
         self.lock_timeout = float(lock_timeout)
-        self.read_only = bool(read_only)  # for inspection (`samekey list/show`): creates and changes nothing
+        self.read_only = bool(
+            read_only
+        )  # for inspection (`samekey list/show`): creates and changes nothing
         # checkpoints off the request path in "process" mode only (see _wal)
         self._checkpoints_off_path = durability == "process" and not self.read_only
         self._file = JournalFile(
@@ -124,14 +132,18 @@ class Journal:
         )
         self._lock = threading.Lock()  # guards the connection
         self._commits = GroupCommit()
-        self._budgets = LockBudgets(self.lock_timeout)  # one request's lock waits: lock_timeout in all
+        self._budgets = LockBudgets(
+            self.lock_timeout
+        )  # one request's lock waits: lock_timeout in all
         self._wal = WalSync()
         self._conn: sqlite3.Connection | None = None
         self._pid = PROCESS.pid  # the process that opened the connection
         # how long a fork waits for a call in another thread to leave the connection (_sqlite_fork):
         # a busy wait for the write lock, then one for BEGIN IMMEDIATE, then an fsync
         self._fork_wait = 2 * self.lock_timeout + _sqlite_fork.FORK_WAIT_EXTRA
-        self._forked_in_use = False  # forked while another thread held the connection past _fork_wait
+        self._forked_in_use = (
+            False  # forked while another thread held the connection past _fork_wait
+        )
         self._checkpoints: Checkpointer | None = None  # made once the file is open
         _sqlite_fork.register(self)
         with self._lock:  # a fork meanwhile waits for the open to end
@@ -140,7 +152,9 @@ class Journal:
     def _open(self) -> None:
         self._conn = self._file.open()
         if self._checkpoints_off_path:
-            self._checkpoints = Checkpointer(str(self._file.opened_file(self._conn, "")), self._fork_wait)
+            self._checkpoints = Checkpointer(
+                str(self._file.opened_file(self._conn, "")), self._fork_wait
+            )
 
     # -- errors -------------------------------------------------------------------------
 
@@ -164,7 +178,9 @@ class Journal:
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _write(self, doing: str, fn: Callable[[sqlite3.Connection], _T], *, durable: bool = True) -> _T:
+    def _write(
+        self, doing: str, fn: Callable[[sqlite3.Connection], _T], *, durable: bool = True
+    ) -> _T:
         return self._run(Job(fn, doing, durable))
 
     def _run(self, job: Job[_T]) -> _T:
@@ -176,7 +192,8 @@ class Journal:
         return job.result  # type: ignore[return-value]
 
     def _run_owned(self, owner: str, job: Job[_T], *, last: bool) -> _T:
-        """Run a write of ``owner``'s request, within what is left of its lock_timeout (`_lock_budget`)."""
+        """Run a write of ``owner``'s request, within
+        what is left of its lock_timeout (`_lock_budget`)."""
         job.patience = self._budgets.left(owner)
         try:
             return self._run(job)
@@ -231,16 +248,24 @@ class Journal:
         with self._lock:
             conn = self._conn
             if conn is None:
-                return refuse(batch, self._fail("it is closed", "Use the journal inside the client's lifetime."))
+                return refuse(
+                    batch,
+                    self._fail("it is closed", "Use the journal inside the client's lifetime."),
+                )
             if self.read_only:
                 return refuse(
-                    batch, self._fail("it was opened read_only=True", "Open it without read_only to record operations.")
+                    batch,
+                    self._fail(
+                        "it was opened read_only=True",
+                        "Open it without read_only to record operations.",
+                    ),
                 )
             run_batch(conn, batch, self, sync=sync)
         wake(batch)
 
     def _committed(self, records: int, sync: bool) -> None:
-        """After a commit that wrote ``records`` (connection lock held): its sync, its checkpoint."""
+        """After a commit that wrote ``records``
+        (connection lock held): its sync, its checkpoint."""
         if sync:
             self._wal.sync(lambda: self._file.opened_file(self._conn, "-wal"))
         if self._checkpoints is not None:
@@ -256,17 +281,27 @@ class Journal:
                 try:
                     return conn.execute(sql, params).fetchall()
                 except sqlite3.OperationalError as exc:
-                    return when_free(conn, lambda c: c.execute(sql, params).fetchall(), exc, self.lock_timeout)
+                    return when_free(
+                        conn, lambda c: c.execute(sql, params).fetchall(), exc, self.lock_timeout
+                    )
             except sqlite3.Error as exc:
                 raise self._classify(exc, doing) from exc
 
     # -- JournalStore -------------------------------------------------------------------
 
     def claim(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> ClaimResult:
-        return self._run_owned(owner, self._claim_job(intent, owner, lease_seconds, now), last=False)
+        return self._run_owned(
+            owner, self._claim_job(intent, owner, lease_seconds, now), last=False
+        )
 
     def record_attempt(
-        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+        self,
+        operation: str,
+        owner: str,
+        attempts: int,
+        error: str | None,
+        lease_seconds: float,
+        now: float,
     ) -> None:
         job = self._record_attempt_job(operation, owner, attempts, error, lease_seconds, now)
         self._run_owned(owner, job, last=False)
@@ -284,7 +319,9 @@ class Journal:
         job = self._complete_job(operation, owner, attempts, status, headers, body, now)
         self._run_owned(owner, job, last=True)
 
-    def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None:
+    def release(
+        self, operation: str, owner: str, attempts: int, error: str | None, now: float
+    ) -> None:
         self._run_owned(owner, self._release_job(operation, owner, attempts, error, now), last=True)
 
     def run_batch(self, calls: Sequence[JournalCall]) -> list[Outcome]:
@@ -306,7 +343,10 @@ class Journal:
                 outcomes[i] = (None, exc)
         if jobs:
             self._check_process()
-            owned = [(job, calls[i].owner, isinstance(calls[i], (Complete, Release))) for i, job in jobs]  # type: ignore[union-attr]
+            owned = [
+                (job, calls[i].owner, isinstance(calls[i], (Complete, Release)))  # type: ignore[union-attr]
+                for i, job in jobs
+            ]
             for job, owner, _ in owned:
                 job.patience = self._budgets.left(owner)
             try:
@@ -328,21 +368,32 @@ class Journal:
             )
         if isinstance(call, Complete):
             return self._complete_job(
-                call.operation, call.owner, call.attempts, call.status, call.headers, call.body, call.now
+                call.operation,
+                call.owner,
+                call.attempts,
+                call.status,
+                call.headers,
+                call.body,
+                call.now,
             )
         if isinstance(call, Release):
-            return self._release_job(call.operation, call.owner, call.attempts, call.error, call.now)
+            return self._release_job(
+                call.operation, call.owner, call.attempts, call.error, call.now
+            )
         if isinstance(call, FillReserved):
             return self._fill_reserved_job(call.intent, call.owner, call.now)
         return None
 
-    def _claim_job(self, intent: Intent, owner: str, lease_seconds: float, now: float) -> Job[ClaimResult]:
+    def _claim_job(
+        self, intent: Intent, owner: str, lease_seconds: float, now: float
+    ) -> Job[ClaimResult]:
         expires = now + lease_seconds
 
         def job(conn: sqlite3.Connection) -> ClaimResult:
             cur = conn.execute(
                 f"INSERT INTO operations ({COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?, NULL, ?) "
+                "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, "
+                "NULL, ?, ?, NULL, ?) "
                 "ON CONFLICT (operation) DO NOTHING",
                 insert_params(intent, owner, now, expires),
             )
@@ -351,13 +402,16 @@ class Journal:
             if not conn.in_transaction:  # ran in autocommit: read and update under the write lock
                 conn.execute("BEGIN IMMEDIATE")
                 return job(conn)
-            row = conn.execute(f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (intent.operation,)).fetchone()
+            row = conn.execute(
+                f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (intent.operation,)
+            ).fetchone()
             record = record_from_row(row, self.location)
             decision = lease_decision(record, owner, now)
             if decision != "claimed":
                 return ClaimResult(decision, record)
             conn.execute(
-                "UPDATE operations SET lease_owner = ?, lease_expires = ?, updated_at = ? WHERE operation = ?",
+                "UPDATE operations SET lease_owner = ?, lease_expires = ?, updated_at = "
+                "? WHERE operation = ?",
                 (owner, expires, now, intent.operation),
             )
             return ClaimResult("claimed", with_lease(record, owner, expires, now))
@@ -365,11 +419,18 @@ class Journal:
         return Job(job, f"recording operation {intent.operation!r}", True)
 
     def _record_attempt_job(
-        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+        self,
+        operation: str,
+        owner: str,
+        attempts: int,
+        error: str | None,
+        lease_seconds: float,
+        now: float,
     ) -> Job[None]:
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE operations SET attempts = ?, last_error = ?, updated_at = ?, lease_expires = ? "
+                "UPDATE operations SET attempts = ?, last_error = ?, updated_at = ?, "
+                "lease_expires = ? "
                 "WHERE operation = ? AND lease_owner = ? AND state = 'pending'",
                 (attempts, error, now, now + lease_seconds, operation, owner),
             )
@@ -388,18 +449,23 @@ class Journal:
     ) -> Job[None]:
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE operations SET state = 'completed', completed_at = ?, updated_at = ?, attempts = ?, "
+                "UPDATE operations SET state = 'completed', completed_at = ?, "
+                "updated_at = ?, attempts = ?, "
                 "last_error = NULL, response_status = ?, response_headers = ?, response_body = ?, "
-                "lease_owner = NULL, lease_expires = NULL WHERE operation = ? AND state = 'pending'",
+                "lease_owner = NULL, lease_expires = NULL WHERE operation = ? AND state "
+                "= 'pending'",
                 (now, now, attempts, status, headers_to_json(headers), body, operation),
             )
 
         return Job(job, f"completing operation {operation!r}", False)
 
-    def _release_job(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> Job[None]:
+    def _release_job(
+        self, operation: str, owner: str, attempts: int, error: str | None, now: float
+    ) -> Job[None]:
         def job(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE operations SET attempts = max(attempts, ?), last_error = coalesce(?, last_error), "
+                "UPDATE operations SET attempts = max(attempts, ?), last_error = "
+                "coalesce(?, last_error), "
                 "updated_at = ?, lease_owner = NULL, lease_expires = NULL "
                 "WHERE operation = ? AND lease_owner = ? AND state = 'pending'",
                 (attempts, error, now, operation, owner),
@@ -421,9 +487,11 @@ class Journal:
             cur = conn.execute(
                 "UPDATE operations SET method = ?, url = ?, fingerprint = ?, request_headers = ?, "
                 "request_body = ?, created_at = ?, updated_at = ?, checksum = ? "
-                "WHERE operation = ? AND lease_owner = ? AND state = 'pending' AND method = '' AND key = ?",
+                "WHERE operation = ? AND lease_owner = ? AND state = 'pending' AND "
+                "method = '' AND key = ?",
                 (
-                    intent.method, intent.url, intent.fingerprint, headers, intent.request_body, now, now,
+                    intent.method, intent.url, intent.fingerprint, headers, intent.request_body,
+                    now, now,
                     checksum(intent, headers), intent.operation, owner, intent.key,
                 ),
             )  # fmt: skip
@@ -432,7 +500,9 @@ class Journal:
         return Job(job, f"recording the request of operation {intent.operation!r}", True)
 
     def get(self, operation: str) -> OperationRecord | None:
-        rows = self._read(f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (operation,), "reading")
+        rows = self._read(
+            f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (operation,), "reading"
+        )
         return record_from_row(rows[0], self.location) if rows else None
 
     def pending(self, prefix: str | None = None) -> list[OperationRecord]:
@@ -452,7 +522,9 @@ class Journal:
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         columns = COLUMNS if bodies else _SUMMARY_COLUMNS
         rows = self._read(
-            f"SELECT {columns} FROM operations{clause} ORDER BY created_at, operation", tuple(params), "listing"
+            f"SELECT {columns} FROM operations{clause} ORDER BY created_at, operation",
+            tuple(params),
+            "listing",
         )
         return [record_from_row(r, self.location) for r in rows]
 
@@ -479,7 +551,8 @@ class Journal:
         if not query.prefix:
             return ordered
         ((found,),) = self._read(
-            "SELECT count(*) FROM (SELECT 1 FROM operations WHERE operation >= ? AND operation < ? LIMIT ?)",
+            "SELECT count(*) FROM (SELECT 1 FROM operations WHERE operation >= ? AND "
+            "operation < ? LIMIT ?)",
             (query.prefix, query.prefix + "\U0010ffff", _PREFIX_PROBE + 1),
             "listing",
         )
@@ -505,7 +578,10 @@ class Journal:
 
     def forget(self, operation: str) -> bool:
         def job(conn: sqlite3.Connection) -> bool:
-            return conn.execute("DELETE FROM operations WHERE operation = ?", (operation,)).rowcount == 1
+            return (
+                conn.execute("DELETE FROM operations WHERE operation = ?", (operation,)).rowcount
+                == 1
+            )
 
         return self._write(f"forgetting operation {operation!r}", job)
 
@@ -523,8 +599,9 @@ class Journal:
                     (cutoff, size),
                 ).rowcount
 
-            # not durable: a purge lost in a crash is simply done again by the next one; not patient:
-            # housekeeping never waits for the lock a request's claim then waits for in its turn
+            # not durable: a purge lost in a crash is simply done again by the next one; not
+            # patient: housekeeping never waits for the lock a request's claim then waits for in its
+            # turn
             return self._run(Job(job, "purging completed operations", False, patience=0.0))
 
         return purge_in_chunks(delete_oldest, limit)

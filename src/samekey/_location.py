@@ -57,7 +57,8 @@ def default_journal_path() -> Path:
         raise JournalError(
             mask_dsn(dsn),
             "$SAMEKEY_JOURNAL holds a PostgreSQL DSN, and samekey.Journal is the SQLite journal",
-            "Use samekey.PostgresJournal(DSN), or leave journal= out of Client() to use $SAMEKEY_JOURNAL; "
+            "Use samekey.PostgresJournal(DSN), or leave journal= out of Client() to use "
+            "$SAMEKEY_JOURNAL; "
             "or set $SAMEKEY_JOURNAL to a file path.",
         )
     env = os.environ.get("SAMEKEY_JOURNAL")

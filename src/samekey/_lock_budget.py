@@ -13,7 +13,9 @@ import threading
 
 __all__ = ["LockBudgets"]
 
-MAX_TRACKED = 10_000  # owners with a wait on record; a request that never ends its lease is dropped past this
+MAX_TRACKED = (
+    10_000  # owners with a wait on record; a request that never ends its lease is dropped past this
+)
 
 
 class LockBudgets:

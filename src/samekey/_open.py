@@ -26,7 +26,8 @@ def open_journal(journal: JournalArg) -> tuple[JournalStore, bool]:
     if all(hasattr(journal, m) for m in ("claim", "complete", "release", "get")):
         return journal, False
     raise TypeError(
-        f"journal must be a path, a postgresql:// DSN, a samekey.Journal or a JournalStore, got {journal!r}"
+        "journal must be a path, a postgresql:// DSN, a samekey.Journal or a "
+        f"JournalStore, got {journal!r}"
     )
 
 

@@ -21,7 +21,14 @@ from ._redaction import Redactor
 from ._sealing import KEY_ENV, Sealer, is_sealed
 from ._wire import OPERATION_EXTENSION, header_bytes
 
-__all__ = ["UNNAMED_PREFIX", "Plan", "carry_first_bytes", "make_plan", "mismatch", "multipart_operation"]
+__all__ = [
+    "UNNAMED_PREFIX",
+    "Plan",
+    "carry_first_bytes",
+    "make_plan",
+    "mismatch",
+    "multipart_operation",
+]
 
 # Idempotent by RFC 9110: retried without a key when no operation is named. Every other method
 # (POST, PATCH, LOCK, a custom one) may act twice, so it is keyed and journaled.
@@ -51,7 +58,8 @@ def make_plan(config: Config, redactor: Redactor, request: httpx.Request) -> Pla
     elif not valid_operation(operation):
         raise ValueError(
             f"operation must be a non-empty string of at most {MAX_OPERATION_LENGTH} characters, "
-            f"valid text (UTF-8, no NUL), naming the logical operation (e.g. 'order-42/charge'), got {operation!r}"
+            "valid text (UTF-8, no NUL), naming the logical operation (e.g. "
+            f"'order-42/charge'), got {operation!r}"
         )
     url = redactor.url(request.url)
     intent = Intent(
@@ -107,7 +115,11 @@ at_fork_in_child(_keys.clear)
 
 def valid_operation(operation: object) -> bool:
     # a lone surrogate cannot be stored; PostgreSQL refuses NUL in text
-    if not isinstance(operation, str) or not operation.strip() or len(operation) > MAX_OPERATION_LENGTH:
+    if (
+        not isinstance(operation, str)
+        or not operation.strip()
+        or len(operation) > MAX_OPERATION_LENGTH
+    ):
         return False
     if "\0" in operation:
         return False
@@ -140,9 +152,15 @@ def mismatch(plan: Plan, record: OperationRecord) -> str | None:
         return f"it was {record.method} {record.url}, now {intent.method} {intent.url}"
     if record.fingerprint.startswith(KEYED) and not intent.fingerprint.startswith(KEYED):
         # also what keeps a client without the key from replaying an answer it cannot open
-        return f"it was recorded by a client with a body_key and this one has none: pass body_key= or set ${KEY_ENV}"
+        return (
+            "it was recorded by a client with a body_key and this one has none: pass "
+            f"body_key= or set ${KEY_ENV}"
+        )
     if intent.fingerprint.startswith(KEYED) and not record.fingerprint.startswith(KEYED):
-        return "it was recorded by a client without a body_key: its body cannot be compared with this one's"
+        return (
+            "it was recorded by a client without a body_key: its body cannot be compared "
+            "with this one's"
+        )
     if record.fingerprint != intent.fingerprint:
         return "same method and URL, different body"
     if plan.caller_key and record.key != intent.key:
@@ -151,13 +169,15 @@ def mismatch(plan: Plan, record: OperationRecord) -> str | None:
         # the server knows the key under the header it came in: in another one it is no key at all
         return (
             f"its key was sent in the {record.key_header!r} header, this client sends keys in "
-            f"{intent.key_header!r}; send it again with a client created with key_header={record.key_header!r}"
+            f"{intent.key_header!r}; send it again with a client created with "
+            f"key_header={record.key_header!r}"
         )
     return None
 
 
 def multipart_operation(request: httpx.Request) -> str | None:
-    """The operation of a multipart request (a re-run of it may need `carry_first_bytes`), else None.
+    """The operation of a multipart request (a re-run of it may need `carry_first_bytes`), else
+    None.
 
     Most requests are not multipart: they cost a header lookup and no journal read.
     """
@@ -171,7 +191,8 @@ def multipart_operation(request: httpx.Request) -> str | None:
 def carry_first_bytes(
     config: Config, redactor: Redactor, request: httpx.Request, record: OperationRecord | None
 ) -> None:
-    """Before the client's auth runs: a re-run of a pending multipart operation carries its first bytes.
+    """Before the client's auth runs: a re-run of a pending multipart operation carries its first
+    bytes.
 
     The transport swaps them in too (`as_first_sent`), but only after auth: an `httpx.Auth` that
     signs the body (HMAC, SigV4) would have signed the re-run's own boundary, and the server would
@@ -195,7 +216,9 @@ def as_first_sent(request: httpx.Request, record: OperationRecord) -> None:
     if content_type is None or record.body_redacted or is_sealed(record.request_body):
         return  # a body with fields never stored (or one this client cannot open) is never sent
     request.headers["Content-Type"] = header_bytes(content_type).decode("latin-1")
-    if "Transfer-Encoding" not in request.headers:  # never both (RFC 9112 6.1): a chunked body stays chunked
+    if (
+        "Transfer-Encoding" not in request.headers
+    ):  # never both (RFC 9112 6.1): a chunked body stays chunked
         request.headers["Content-Length"] = str(len(record.request_body))
     request.stream = httpx.ByteStream(record.request_body)
     request._content = record.request_body  # what request.content (and a retry's re-read) returns

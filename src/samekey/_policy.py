@@ -33,7 +33,8 @@ DEFAULT_RETRY_EXCEPTIONS: tuple[type[BaseException], ...] = (
     httpx.TimeoutException,  # connect, read, write and pool timeouts
     httpx.NetworkError,  # connect errors, resets, broken pipes
     httpx.RemoteProtocolError,  # server closed the connection without a full response
-    httpx.ProxyError,  # the proxy's 502/503/504 to CONNECT (nothing reached the server); not its 403/407
+    # the proxy's 502/503/504 to CONNECT (nothing reached the server); not its 403/407
+    httpx.ProxyError,
 )
 
 
@@ -53,7 +54,9 @@ def to_seconds(value: Seconds, name: str, *, allow_zero: bool = True) -> float:
 # -- testing mode -----------------------------------------------------------------------
 
 _testing_lock = threading.Lock()
-_testing: list[_TestingMode] = []  # stack of active testing modes (each holds its attempts cap, or None)
+_testing: list[
+    _TestingMode
+] = []  # stack of active testing modes (each holds its attempts cap, or None)
 
 
 def testing_attempts_cap() -> tuple[bool, int | None]:
@@ -69,7 +72,9 @@ class _TestingMode:
         self._on = on
         self._attempts = attempts
         self._ended = False
-        self._saved: list[_TestingMode] = []  # what an 'off' cleared: put back when it is used as `with`
+        self._saved: list[
+            _TestingMode
+        ] = []  # what an 'off' cleared: put back when it is used as `with`
         if on:
             with _testing_lock:
                 _testing.append(self)
@@ -83,7 +88,9 @@ class _TestingMode:
 
     def __exit__(self, *exc: object) -> None:
         if not self._on:
-            with _testing_lock:  # the modes it turned off, unless they ended meanwhile, under any begun since
+            with (
+                _testing_lock
+            ):  # the modes it turned off, unless they ended meanwhile, under any begun since
                 _testing[:0] = [mode for mode in self._saved if not mode._ended]
                 self._saved = []
             return
@@ -96,7 +103,9 @@ class _TestingMode:
                     break
 
 
-def set_testing(on: bool = True, *, attempts: int | None = None) -> contextlib.AbstractContextManager[object]:
+def set_testing(
+    on: bool = True, *, attempts: int | None = None
+) -> contextlib.AbstractContextManager[object]:
     """Turn off real waiting between retries, for your own test suite.
 
     ``samekey.set_testing(True)`` stays on until ``set_testing(False)``; used as
@@ -135,7 +144,9 @@ class RetryBudget:
             ("timeout_cost", timeout_cost),
             ("success_refund", success_refund),
         ):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:  # NaN too
+            if (
+                not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0
+            ):  # NaN too
                 raise ValueError(f"RetryBudget {name} must be a non-negative number, got {value!r}")
         self.capacity = float(capacity)
         self.retry_cost = float(retry_cost)
@@ -149,7 +160,8 @@ class RetryBudget:
         return self._tokens
 
     def try_acquire(self, timeout: bool) -> float | None:
-        """Take the cost of one retry and return it (0.0 when retries are free); None means: do not retry."""
+        """Take the cost of one retry and return it
+        (0.0 when retries are free); None means: do not retry."""
         cost = self.timeout_cost if timeout else self.retry_cost
         with self._lock:
             if self._tokens < cost:
@@ -176,7 +188,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     if value.isdigit():
-        # ASCII digits only: "²" (a stray 0xB2 byte read as latin-1) is a digit to isdigit(), not to float()
+        # ASCII digits only: "²" (a stray 0xB2 byte
+        # read as latin-1) is a digit to isdigit(), not to float()
         return float(value) if value.isascii() else None
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -212,7 +225,8 @@ def _tls_refused(exc: BaseException) -> bool:
 def _proxy_refused(exc: BaseException) -> bool:
     """A proxy that would not open the tunnel for a reason retrying cannot fix: its 403 (a policy)
     or 407 (its credentials), a SOCKS refusal. Only its 5xx (it could not reach the server, or is
-    overloaded) is passing; httpcore raises ProxyError("<status> <reason>") for a refused CONNECT."""
+    overloaded) is passing; httpcore raises ProxyError("<status> <reason>") for a refused
+    CONNECT."""
     return isinstance(exc, httpx.ProxyError) and _PROXY_UNAVAILABLE.match(str(exc)) is None
 
 
@@ -266,8 +280,15 @@ class RetryPolicy:
         budget: RetryBudget | bool | None = True,
     ) -> None:
         if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
-            raise ValueError(f"max_attempts must be a whole number >= 1 (1 means no retries), got {max_attempts!r}")
-        if not isinstance(multiplier, (int, float)) or isinstance(multiplier, bool) or not multiplier >= 1:  # NaN
+            raise ValueError(
+                "max_attempts must be a whole number >= 1 (1 means no retries), got "
+                f"{max_attempts!r}"
+            )
+        if (
+            not isinstance(multiplier, (int, float))
+            or isinstance(multiplier, bool)
+            or not multiplier >= 1
+        ):  # NaN
             raise ValueError(f"multiplier must be a number >= 1, got {multiplier!r}")
         self.max_attempts = max_attempts
         self.multiplier = float(multiplier)
@@ -277,12 +298,17 @@ class RetryPolicy:
         self.max_retry_after = to_seconds(max_retry_after, "max_retry_after")
         if self.max_delay < self.initial_delay:
             raise ValueError(
-                f"max_delay ({self.max_delay:g} s) must not be below initial_delay ({self.initial_delay:g} s)"
+                f"max_delay ({self.max_delay:g} s) must not be below initial_delay "
+                f"({self.initial_delay:g} s)"
             )
         self.retry_statuses = _statuses(retry_statuses)
         self.retry_exceptions = _exception_classes(retry_exceptions)
-        if verdict_header is not None and (not isinstance(verdict_header, str) or not verdict_header.strip()):
-            raise ValueError(f"verdict_header must be a header name or None, got {verdict_header!r}")
+        if verdict_header is not None and (
+            not isinstance(verdict_header, str) or not verdict_header.strip()
+        ):
+            raise ValueError(
+                f"verdict_header must be a header name or None, got {verdict_header!r}"
+            )
         self.verdict_header = verdict_header
         self._default_budget: RetryBudget | None = None  # see active_budget
         if budget is True:
@@ -290,14 +316,18 @@ class RetryPolicy:
         elif budget is False:
             budget = None
         if budget is not None and not isinstance(budget, RetryBudget):
-            raise TypeError(f"budget must be a samekey.RetryBudget, True (a default one) or None (off), got {budget!r}")
+            raise TypeError(
+                "budget must be a samekey.RetryBudget, True (a default one) or None "
+                f"(off), got {budget!r}"
+            )
         self.budget: RetryBudget | None = budget
         self._retrying: tuple[tuple[object, ...], tenacity.Retrying] | None = None
 
     def __repr__(self) -> str:
         return (
             f"RetryPolicy(max_attempts={self.max_attempts}, initial_delay={self.initial_delay:g}, "
-            f"max_delay={self.max_delay:g}, multiplier={self.multiplier:g}, deadline={self.deadline:g}, "
+            f"max_delay={self.max_delay:g}, multiplier={self.multiplier:g}, "
+            f"deadline={self.deadline:g}, "
             f"max_retry_after={self.max_retry_after:g}, budget={self.budget!r})"
         )
 
@@ -314,7 +344,11 @@ class RetryPolicy:
         return response.status_code in self.retry_statuses
 
     def should_retry_exception(self, exc: BaseException) -> bool:
-        return isinstance(exc, self.retry_exceptions) and not _tls_refused(exc) and not _proxy_refused(exc)
+        return (
+            isinstance(exc, self.retry_exceptions)
+            and not _tls_refused(exc)
+            and not _proxy_refused(exc)
+        )
 
     def retry_after(self, response: httpx.Response | None) -> float | None:
         """The server's requested wait, capped at max_retry_after."""
@@ -348,7 +382,14 @@ class RetryPolicy:
         """
         testing, _ = testing_attempts_cap()
         # everything the strategies were built from: a changed attribute or testing mode rebuilds
-        key = (testing, self.attempts_allowed(), self.deadline, self.initial_delay, self.max_delay, self.multiplier)
+        key = (
+            testing,
+            self.attempts_allowed(),
+            self.deadline,
+            self.initial_delay,
+            self.max_delay,
+            self.multiplier,
+        )
         cached = self._retrying
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -358,7 +399,8 @@ class RetryPolicy:
 
     def _build_retrying(self, testing: bool) -> tenacity.Retrying:
         return tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.attempts_allowed()) | tenacity.stop_before_delay(self.deadline),
+            stop=tenacity.stop_after_attempt(self.attempts_allowed())
+            | tenacity.stop_before_delay(self.deadline),
             wait=_WaitBackoffOrRetryAfter(self, testing),
             retry=_RetryWhenChangeable(self),
             retry_error_callback=_Exhausted,
@@ -412,7 +454,8 @@ class _WaitBackoffOrRetryAfter(wait_base):
 def _statuses(retry_statuses: Iterable[int]) -> frozenset[int]:
     if retry_statuses is None or isinstance(retry_statuses, (int, str, bytes)):
         raise TypeError(
-            f"retry_statuses must be a collection of status codes, e.g. {{503}}, got {retry_statuses!r} "
+            f"retry_statuses must be a collection of status codes, e.g. {{503}}, got "
+            f"{retry_statuses!r} "
             "(set() to retry none)"
         )
     statuses = frozenset(retry_statuses)
@@ -424,7 +467,9 @@ def _statuses(retry_statuses: Iterable[int]) -> frozenset[int]:
     return statuses
 
 
-def _exception_classes(retry_exceptions: Iterable[type[BaseException]]) -> tuple[type[BaseException], ...]:
+def _exception_classes(
+    retry_exceptions: Iterable[type[BaseException]],
+) -> tuple[type[BaseException], ...]:
     if isinstance(retry_exceptions, type):
         raise TypeError(
             "retry_exceptions must be a tuple of exception classes, "

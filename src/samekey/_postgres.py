@@ -110,8 +110,10 @@ CREATE TABLE samekey_operations (
     settled_note     text,
     checksum         text
 );
-CREATE INDEX samekey_operations_pending ON samekey_operations (created_at, operation) WHERE state = 'pending';
-CREATE INDEX samekey_operations_completed ON samekey_operations (completed_at) WHERE state = 'completed';
+CREATE INDEX samekey_operations_pending ON samekey_operations (created_at, operation) WHERE state \
+= 'pending';
+CREATE INDEX samekey_operations_completed ON samekey_operations (completed_at) WHERE state = \
+'completed';
 CREATE INDEX samekey_operations_created ON samekey_operations (created_at, operation)
 """
 
@@ -119,7 +121,8 @@ _SELECT = f"SELECT {COLUMNS} FROM samekey_operations"
 _SELECT_SUMMARY = "SELECT " + summary_columns("''::bytea") + " FROM samekey_operations"
 _INSERT = (
     f"INSERT INTO samekey_operations ({COLUMNS}) VALUES "
-    "(%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, NULL, 0, NULL, NULL, NULL, NULL, %s, %s, NULL, %s) "
+    "(%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, NULL, 0, NULL, NULL, NULL, "
+    "NULL, %s, %s, NULL, %s) "
     "ON CONFLICT (operation) DO NOTHING"
 )
 
@@ -144,7 +147,11 @@ def _check_arguments(dsn: object, create: object, pool_size: object, **timeouts:
     if not isinstance(create, bool):
         raise ValueError(f"create must be True or False, got {create!r}")
     for name, value in timeouts.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not 0 < value < math.inf
+        ):
             raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
     if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
         raise ValueError(f"pool_size must be a positive integer, got {pool_size!r}")
@@ -238,7 +245,9 @@ class PostgresJournal:
             given = self._psycopg.conninfo.conninfo_to_dict(dsn)
         except self._psycopg.ProgrammingError as exc:
             self._hide_secrets(exc)
-            raise self._fail(f"the DSN cannot be parsed ({' '.join(str(exc).split())})", "Check its syntax.") from exc
+            raise self._fail(
+                f"the DSN cannot be parsed ({' '.join(str(exc).split())})", "Check its syntax."
+            ) from exc
         link = {
             "keepalives": 1,
             "keepalives_idle": 10,
@@ -247,7 +256,11 @@ class PostgresJournal:
             "tcp_user_timeout": math.ceil(self.statement_timeout * 1000),
         }
         # the DSN's own settings win
-        return str(self._psycopg.conninfo.make_conninfo(dsn, **{k: v for k, v in link.items() if k not in given}))
+        return str(
+            self._psycopg.conninfo.make_conninfo(
+                dsn, **{k: v for k, v in link.items() if k not in given}
+            )
+        )
 
     def _open_schema(self) -> None:
         """Check (or create) the tables on a connection of its own: one that cannot be made
@@ -274,7 +287,9 @@ class PostgresJournal:
         link: BaseException | None = exc
         while link is not None and id(link) not in seen:
             seen.add(id(link))
-            link.args = tuple(scrub(a, self._secrets) if isinstance(a, str) else a for a in link.args)
+            link.args = tuple(
+                scrub(a, self._secrets) if isinstance(a, str) else a for a in link.args
+            )
             link = link.__cause__ or link.__context__
 
     def _classify(self, exc: Exception, doing: str) -> JournalError:
@@ -284,39 +299,54 @@ class PostgresJournal:
         if isinstance(exc, errors.LockNotAvailable):
             return JournalLocked(
                 self.location,
-                f"a lock was held by another caller for more than {self.lock_timeout:g} s while {doing}",
-                "Another process may be stuck in a transaction (the server ends a samekey session idle in one "
-                f"after {self.idle_in_transaction_session_timeout:g} s); retry, or raise lock_timeout.",
+                f"a lock was held by another caller for more than {self.lock_timeout:g} "
+                f"s while {doing}",
+                "Another process may be stuck in a transaction (the server ends a "
+                "samekey session idle in one "
+                f"after {self.idle_in_transaction_session_timeout:g} s); retry, or raise "
+                "lock_timeout.",
             )
         if isinstance(exc, errors.QueryCanceled):
             return self._fail(
-                f"the server cancelled a statement while {doing} ({text}; samekey's statement_timeout "
+                f"the server cancelled a statement while {doing} ({text}; samekey's "
+                "statement_timeout "
                 f"is {self.statement_timeout:g} s)",
-                "The database is overloaded or something holds its locks; retry, or raise statement_timeout.",
+                "The database is overloaded or something holds its locks; retry, or "
+                "raise statement_timeout.",
             )
         if isinstance(exc, errors.IdleInTransactionSessionTimeout):
             return self._fail(
-                f"the server ended samekey's session while {doing}: it stayed idle in a transaction for more than "
-                f"{self.idle_in_transaction_session_timeout:g} s (idle_in_transaction_session_timeout), so its "
+                f"the server ended samekey's session while {doing}: it stayed idle in a "
+                "transaction for more than "
+                f"{self.idle_in_transaction_session_timeout:g} s (idle_in_transaction_se"
+                "ssion_timeout), so its "
                 "changes were rolled back",
-                "This process stalled between two statements (overloaded, paused or swapped out); retry, or raise "
+                "This process stalled between two statements (overloaded, paused or "
+                "swapped out); retry, or raise "
                 "idle_in_transaction_session_timeout.",
             )
         if isinstance(exc, errors.InsufficientPrivilege):
             return self._fail(
                 f"the database user lacks a privilege while {doing} ({text})",
-                "Grant it CREATE on the schema (first use) and SELECT, INSERT, UPDATE, DELETE on the "
+                "Grant it CREATE on the schema (first use) and SELECT, INSERT, UPDATE, "
+                "DELETE on the "
                 "samekey_operations and samekey_schema tables.",
             )
         if isinstance(exc, errors.DiskFull):
-            return self._fail(f"the database server's disk is full while {doing}", "Free some space; nothing was sent.")
+            return self._fail(
+                f"the database server's disk is full while {doing}",
+                "Free some space; nothing was sent.",
+            )
         if isinstance(exc, self._psycopg.OperationalError):
             return self._fail(
                 f"cannot reach the PostgreSQL server while {doing} ({text})",
-                "Check that it runs and accepts connections from this host, and the DSN's host, port, "
+                "Check that it runs and accepts connections from this host, and the "
+                "DSN's host, port, "
                 "user, password and database.",
             )
-        return self._fail(f"PostgreSQL error while {doing} ({text})", "Check the database and the DSN.")
+        return self._fail(
+            f"PostgreSQL error while {doing} ({text})", "Check the database and the DSN."
+        )
 
     # -- connections --------------------------------------------------------------------
 
@@ -349,7 +379,9 @@ class PostgresJournal:
         return self._psycopg_pool.ConnectionPool(
             self._conninfo,
             kwargs=self._connect_options(),
-            configure=functools.partial(_configure, self._settings()),  # no reference back to the journal
+            configure=functools.partial(
+                _configure, self._settings()
+            ),  # no reference back to the journal
             min_size=0,  # opened lazily, one connection at a time as callers need them
             max_size=self.pool_size,
             timeout=self.pool_timeout,
@@ -369,7 +401,9 @@ class PostgresJournal:
         except self._psycopg_pool.PoolTimeout as exc:
             raise self._no_connection(doing) from exc
         except self._psycopg_pool.PoolClosed as exc:
-            raise self._fail("it is closed", "Use the journal inside the client's lifetime.") from exc
+            raise self._fail(
+                "it is closed", "Use the journal inside the client's lifetime."
+            ) from exc
         with self._lock:
             self._in_use += 1
         return conn
@@ -384,12 +418,14 @@ class PostgresJournal:
         if self._in_use < self.pool_size:
             self._connect().close()  # raises libpq's reason when the server cannot be reached
             return self._fail(
-                f"no connection to the server could be opened within pool_timeout ({self.pool_timeout:g} s) "
+                "no connection to the server could be opened within pool_timeout "
+                f"({self.pool_timeout:g} s) "
                 f"while {doing}",
                 "Retry; if it goes on, look at the database server's load and its max_connections.",
             )
         return self._fail(
-            f"all {self.pool_size} of its connections stayed in use for {self.pool_timeout:g} s while {doing}",
+            f"all {self.pool_size} of its connections stayed in use for "
+            f"{self.pool_timeout:g} s while {doing}",
             "Raise pool_size to the number of threads or tasks that use the journal at once, "
             "or raise pool_timeout; if statements are slow, look at the database server's load.",
         )
@@ -421,14 +457,19 @@ class PostgresJournal:
                 dropped = isinstance(exc, self._psycopg.OperationalError)
             finally:
                 self._give_back(conn)
-            if dropped:  # the server restarted or failed over: its other idle connections are dead too
+            if (
+                dropped
+            ):  # the server restarted or failed over: its other idle connections are dead too
                 self._pool.check()
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _worth_a_retry(self, exc: Exception) -> bool:
         # a dropped connection (a server restart, a failover), or this process stalled
         # mid-transaction and the server ended the session (its locks freed for the others)
-        return isinstance(exc, (self._psycopg.OperationalError, self._psycopg.errors.IdleInTransactionSessionTimeout))
+        return isinstance(
+            exc,
+            (self._psycopg.OperationalError, self._psycopg.errors.IdleInTransactionSessionTimeout),
+        )
 
     # -- schema -------------------------------------------------------------------------
 
@@ -436,32 +477,40 @@ class PostgresJournal:
         if conn.execute("SELECT to_regclass('samekey_schema')").fetchone() == (None,):
             if conn.execute("SELECT to_regclass('samekey_operations')").fetchone() != (None,):
                 raise self._fail(
-                    "it has a samekey_operations table without samekey_schema, so it was not made by samekey",
-                    "It was left untouched. Use another database or schema (options=-csearch_path=NAME).",
+                    "it has a samekey_operations table without samekey_schema, so it "
+                    "was not made by samekey",
+                    "It was left untouched. Use another database or schema "
+                    "(options=-csearch_path=NAME).",
                 )
             return None
-        versions = [row[0] for row in conn.execute("SELECT DISTINCT version FROM samekey_schema ORDER BY 1")]
+        versions = [
+            row[0] for row in conn.execute("SELECT DISTINCT version FROM samekey_schema ORDER BY 1")
+        ]
         restore = "or use another database or schema."
         if not versions:
             raise self._fail(
                 "its samekey_schema table is empty, so its schema version is unknown",
-                "It was left untouched. Restore the row (INSERT INTO samekey_schema VALUES (1) for samekey 0.1) "
-                + restore,
+                "It was left untouched. Restore the row (INSERT INTO samekey_schema "
+                "VALUES (1) for samekey 0.1) " + restore,
             )
         if len(versions) > 1:
             raise self._fail(
-                f"its samekey_schema table holds several versions ({', '.join(map(str, versions))}), so its schema "
+                "its samekey_schema table holds several versions "
+                f"({', '.join(map(str, versions))}), so its schema "
                 "version is unknown",
-                f"It was left untouched. Keep only the row of the version samekey wrote (1 for samekey 0.1) {restore}",
+                "It was left untouched. Keep only the row of the version samekey wrote "
+                f"(1 for samekey 0.1) {restore}",
             )
         [version] = versions
         if not isinstance(version, int) or version < 1:
-            # never taken for an old journal to migrate: no samekey wrote it, so its tables are unknown
+            # never taken for an old journal to
+            # migrate: no samekey wrote it, so its tables are unknown
             raise self._fail(
-                f"its samekey_schema table holds version {version}, which no samekey writes (versions start at 1), "
+                f"its samekey_schema table holds version {version}, which no samekey "
+                "writes (versions start at 1), "
                 "so its schema version is unknown",
-                "It was left untouched. Restore the row (UPDATE samekey_schema SET version = 1 for samekey 0.1) "
-                + restore,
+                "It was left untouched. Restore the row (UPDATE samekey_schema SET "
+                "version = 1 for samekey 0.1) " + restore,
             )
         return version
 
@@ -470,7 +519,8 @@ class PostgresJournal:
             if self._version(conn) == SCHEMA_VERSION:
                 return
         except JournalError:
-            pass  # perhaps read while another process was creating the tables: decided under the lock
+            # perhaps read while another process was creating the tables: decided under the lock
+            pass
         # A session lock taken before the transaction: a backend refreshes its catalog caches when
         # a transaction starts, not when an advisory lock is granted, so a transaction that waited
         # for the lock would not see the tables the holder created and would create them again.
@@ -483,22 +533,32 @@ class PostgresJournal:
 
     def _create_or_migrate(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
-            version = self._version(conn)  # again under the lock: another process may have set it up
+            version = self._version(
+                conn
+            )  # again under the lock: another process may have set it up
             if version is not None and version > SCHEMA_VERSION:
                 raise self._fail(
-                    f"it was written by a newer samekey (schema {version}; this one reads up to {SCHEMA_VERSION})",
+                    f"it was written by a newer samekey (schema {version}; this one "
+                    f"reads up to {SCHEMA_VERSION})",
                     "It was left untouched. Upgrade samekey to use it.",
                 )
             if version is None and not self.create:
                 database, schema, path = conn.execute(
                     "SELECT current_database(), current_schema(), current_setting('search_path')"
                 ).fetchone() or (None, None, None)
-                place = f"in schema {schema!r}" if schema is not None else f"on its search_path ({path})"
+                place = (
+                    f"in schema {schema!r}"
+                    if schema is not None
+                    else f"on its search_path ({path})"
+                )
                 raise self._fail(
-                    f"database {database!r} has no samekey tables (samekey_operations, samekey_schema) {place}, "
+                    f"database {database!r} has no samekey tables (samekey_operations, "
+                    f"samekey_schema) {place}, "
                     "so it holds no journal; nothing was created",
-                    "Check the database name and the search_path (options=-csearch_path=NAME) in the DSN. A new "
-                    "journal's tables are created when the application first opens it (samekey.PostgresJournal(DSN) "
+                    "Check the database name and the search_path "
+                    "(options=-csearch_path=NAME) in the DSN. A new "
+                    "journal's tables are created when the application first opens it "
+                    "(samekey.PostgresJournal(DSN) "
                     "or samekey.Client(journal=DSN)).",
                 )
             if version is None:
@@ -531,7 +591,9 @@ class PostgresJournal:
                 if conn.execute(_INSERT, params).rowcount == 1:
                     return ClaimResult("created", new_record(intent, owner, now, expires))
                 with conn.transaction():
-                    row = conn.execute(f"{_SELECT} WHERE operation = %s FOR UPDATE", (intent.operation,)).fetchone()
+                    row = conn.execute(
+                        f"{_SELECT} WHERE operation = %s FOR UPDATE", (intent.operation,)
+                    ).fetchone()
                     if row is None:
                         continue
                     record = record_from_row(row, self.location)
@@ -539,7 +601,8 @@ class PostgresJournal:
                     if decision != "claimed":
                         return ClaimResult(decision, record)
                     conn.execute(
-                        "UPDATE samekey_operations SET lease_owner = %s, lease_expires = %s, updated_at = %s "
+                        "UPDATE samekey_operations SET lease_owner = %s, lease_expires "
+                        "= %s, updated_at = %s "
                         "WHERE operation = %s",
                         (owner, expires, now, intent.operation),
                     )
@@ -552,12 +615,19 @@ class PostgresJournal:
         return self._run(f"recording operation {intent.operation!r}", work)
 
     def record_attempt(
-        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+        self,
+        operation: str,
+        owner: str,
+        attempts: int,
+        error: str | None,
+        lease_seconds: float,
+        now: float,
     ) -> None:
         def work(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
                 "UPDATE samekey_operations SET attempts = %s, last_error = %s, updated_at = %s, "
-                f"lease_expires = %s WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND {_NO_FLUSH}",
+                "lease_expires = %s WHERE operation = %s AND lease_owner = %s AND state "
+                f"= 'pending' AND {_NO_FLUSH}",
                 (attempts, error, now, now + lease_seconds, operation, owner),
             )
 
@@ -575,7 +645,8 @@ class PostgresJournal:
     ) -> None:
         def work(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
-                "UPDATE samekey_operations SET state = 'completed', completed_at = %s, updated_at = %s, "
+                "UPDATE samekey_operations SET state = 'completed', completed_at = %s, "
+                "updated_at = %s, "
                 "attempts = %s, last_error = NULL, response_status = %s, response_headers = %s, "
                 "response_body = %s, lease_owner = NULL, lease_expires = NULL "
                 f"WHERE operation = %s AND state = 'pending' AND {_NO_FLUSH}",
@@ -584,11 +655,14 @@ class PostgresJournal:
 
         self._run(f"completing operation {operation!r}", work)
 
-    def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None:
+    def release(
+        self, operation: str, owner: str, attempts: int, error: str | None, now: float
+    ) -> None:
         def work(conn: psycopg.Connection[Any]) -> None:
             conn.execute(
                 "UPDATE samekey_operations SET attempts = greatest(attempts, %s), "
-                "last_error = coalesce(%s, last_error), updated_at = %s, lease_owner = NULL, lease_expires = NULL "
+                "last_error = coalesce(%s, last_error), updated_at = %s, lease_owner = "
+                "NULL, lease_expires = NULL "
                 f"WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND {_NO_FLUSH}",
                 (attempts, error, now, operation, owner),
             )
@@ -596,16 +670,20 @@ class PostgresJournal:
         self._run(f"updating operation {operation!r}", work)
 
     def fill_reserved(self, intent: Intent, owner: str, now: float) -> bool:
-        """Write the request into a record `key_for` reserved (method ''), under ``owner``'s lease."""
+        """Write the request into a record `key_for`
+        reserved (method ''), under ``owner``'s lease."""
 
         def work(conn: psycopg.Connection[Any]) -> bool:
             headers = request_headers_json(intent.request_headers)
             cur = conn.execute(
-                "UPDATE samekey_operations SET method = %s, url = %s, fingerprint = %s, request_headers = %s, "
+                "UPDATE samekey_operations SET method = %s, url = %s, fingerprint = %s, "
+                "request_headers = %s, "
                 "request_body = %s, created_at = %s, updated_at = %s, checksum = %s "
-                "WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND method = '' AND key = %s",
+                "WHERE operation = %s AND lease_owner = %s AND state = 'pending' AND "
+                "method = '' AND key = %s",
                 (
-                    intent.method, intent.url, intent.fingerprint, headers, intent.request_body, now, now,
+                    intent.method, intent.url, intent.fingerprint, headers, intent.request_body,
+                    now, now,
                     checksum(intent, headers), intent.operation, owner, intent.key,
                 ),
             )  # fmt: skip
@@ -637,7 +715,9 @@ class PostgresJournal:
 
         def work(conn: psycopg.Connection[Any]) -> list[OperationRecord]:
             select = _SELECT if bodies else _SELECT_SUMMARY  # see Journal.records
-            rows = conn.execute(f"{select}{clause} ORDER BY created_at, operation", params).fetchall()
+            rows = conn.execute(
+                f"{select}{clause} ORDER BY created_at, operation", params
+            ).fetchall()
             return [record_from_row(r, self.location) for r in rows]
 
         return self._run("listing", work)
@@ -676,7 +756,12 @@ class PostgresJournal:
 
     def forget(self, operation: str) -> bool:
         def work(conn: psycopg.Connection[Any]) -> bool:
-            return conn.execute("DELETE FROM samekey_operations WHERE operation = %s", (operation,)).rowcount == 1
+            return (
+                conn.execute(
+                    "DELETE FROM samekey_operations WHERE operation = %s", (operation,)
+                ).rowcount
+                == 1
+            )
 
         return self._run(f"forgetting operation {operation!r}", work)
 
@@ -689,8 +774,10 @@ class PostgresJournal:
         def delete_oldest(size: int) -> int:
             def work(conn: psycopg.Connection[Any]) -> int:
                 return conn.execute(
-                    "DELETE FROM samekey_operations WHERE operation IN (SELECT operation FROM samekey_operations "
-                    "WHERE state = 'completed' AND completed_at < %s ORDER BY completed_at LIMIT %s) "
+                    "DELETE FROM samekey_operations WHERE operation IN (SELECT "
+                    "operation FROM samekey_operations "
+                    "WHERE state = 'completed' AND completed_at < %s ORDER BY "
+                    "completed_at LIMIT %s) "
                     f"AND {_NO_FLUSH}",
                     (cutoff, size),
                 ).rowcount

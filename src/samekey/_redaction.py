@@ -34,11 +34,33 @@ REDACTED = "REDACTED"  # what a secret query value is journaled as
 # one of SECRET_PARTS is treated as a credential too (X-Api-Key, Ocp-Apim-Subscription-Key,
 # X-Auth-Token, X-Amz-Credential, ...).
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
-SECRET_PARTS = ("key", "token", "secret", "password", "passwd", "auth", "session", "signature", "credential")
-NOT_SECRET_HEADERS = ("idempotency-key",)  # the key itself (also as X-Idempotency-Key) is no credential
+SECRET_PARTS = (
+    "key",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "auth",
+    "session",
+    "signature",
+    "credential",
+)
+NOT_SECRET_HEADERS = (
+    "idempotency-key",
+)  # the key itself (also as X-Idempotency-Key) is no credential
 # Query parameters whose name contains one of these. Frozen: the stored URL is part of an
 # operation's identity, so a change here would turn pending records into mismatches.
-SECRET_PARAM_PARTS = ("api-key", "apikey", "api_key", "token", "secret", "password", "auth", "session", "signature")
+SECRET_PARAM_PARTS = (
+    "api-key",
+    "apikey",
+    "api_key",
+    "token",
+    "secret",
+    "password",
+    "auth",
+    "session",
+    "signature",
+)
 # Headers never journaled because they are rebuilt on every send
 NOT_STORED_HEADERS = frozenset({"content-length", "host", "transfer-encoding", "connection"})
 
@@ -54,7 +76,11 @@ def is_secret_header(name: str, extra: frozenset[str] = frozenset()) -> bool:
 @functools.lru_cache(maxsize=1024)
 def is_secret_param(name: str, extra: frozenset[str] = frozenset()) -> bool:
     lowered = name.lower()
-    return lowered in SECRET_HEADERS or lowered in extra or any(p in lowered for p in SECRET_PARAM_PARTS)
+    return (
+        lowered in SECRET_HEADERS
+        or lowered in extra
+        or any(p in lowered for p in SECRET_PARAM_PARTS)
+    )
 
 
 class Redactor:
@@ -64,9 +90,13 @@ class Redactor:
         self.redact = frozenset(h.lower() for h in redact)
         self._key_name = key_header.lower()
         self._not_stored = NOT_STORED_HEADERS | {self._key_name}
-        self._hidden: dict[str, bool] = {}  # header name -> never journaled (a client sees few names)
+        self._hidden: dict[
+            str, bool
+        ] = {}  # header name -> never journaled (a client sees few names)
 
-    def scan_headers(self, headers: httpx.Headers) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    def scan_headers(
+        self, headers: httpx.Headers
+    ) -> tuple[str | None, tuple[tuple[str, str], ...]]:
         """(the caller's key header, the headers to journal), in one pass over the raw headers."""
         keys: list[str] = []
         stored: list[tuple[str, str]] = []
@@ -104,14 +134,18 @@ class Redactor:
         if url.query:
             params = url.params.multi_items()
             if any(is_secret_param(name, self.redact) for name, _ in params):
-                hidden = [(name, REDACTED if is_secret_param(name, self.redact) else value) for name, value in params]
+                hidden = [
+                    (name, REDACTED if is_secret_param(name, self.redact) else value)
+                    for name, value in params
+                ]
                 url = url.copy_with(params=hidden)
         return str(url)
 
     def describe(
         self, exc: BaseException | None, response: httpx.Response | None, request: httpx.Request
     ) -> str | None:
-        """An attempt's outcome as journaled (last_error) and logged, the request's credentials hidden.
+        """An attempt's outcome as journaled (last_error) and logged, the request's credentials
+        hidden.
 
         An error may quote them: h11 refuses a token read with its newline as
         ``Illegal header value b'Bearer sk_live_...\\n'``, and `samekey list` shows last_error.
@@ -125,7 +159,11 @@ class Redactor:
 
     def _credentials(self, request: httpx.Request) -> set[str]:
         """The values kept off the disk, in every form an error may print them."""
-        values = [value for name, value in request.headers.raw if self._is_credential(name.lower().decode("latin-1"))]
+        values = [
+            value
+            for name, value in request.headers.raw
+            if self._is_credential(name.lower().decode("latin-1"))
+        ]
         url = request.url
         if url.userinfo:
             values += [url.userinfo, *url.userinfo.split(b":", 1)]
@@ -134,7 +172,8 @@ class Redactor:
                 values.append(param.encode())
         found = set()
         for value in values:
-            # as the bytes read as text, and as Python prints bytes (an error's {!r}: newlines escaped)
+            # as the bytes read as text, and as Python
+            # prints bytes (an error's {!r}: newlines escaped)
             for form in (value.decode("latin-1"), repr(bytes(value))[2:-1]):
                 if form.strip():
                     found.add(form)
@@ -155,7 +194,8 @@ _URL_SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*://")
 def mask_dsn(dsn: str) -> str:
     """The DSN with every password replaced by ``***``: URL (``postgresql://user:PASSWORD@host``,
     ``?password=``) and key=value (``password=...``, quoted or not) forms, read as libpq reads them,
-    so a ``#``, ``?``, ``/``, ``@`` or space in a password (percent-encoded or quoted) is masked whole."""
+    so a ``#``, ``?``, ``/``, ``@`` or space in a password (percent-encoded or quoted) is masked
+    whole."""
     return redact_dsn(dsn)[0]
 
 
@@ -201,7 +241,9 @@ def _mask_url(dsn: str) -> tuple[str, list[str]]:
     # '/' (not %2F) ends that early, so the '@' after it counts too, unless a query came first.
     if at >= 0 and (slash < 0 or at < slash or "?" not in rest[:at]):
         # a raw '@' in the password (not %40): libpq would take what follows it for the host
-        authority_end = min((i for i in (rest.find("/", at), rest.find("?", at)) if i >= 0), default=len(rest))
+        authority_end = min(
+            (i for i in (rest.find("/", at), rest.find("?", at)) if i >= 0), default=len(rest)
+        )
         end = rest.rfind("@", 0, authority_end)
         user, colon, password = rest[:end].partition(":")
         if colon:
@@ -238,7 +280,9 @@ def _mask_key_values(dsn: str) -> tuple[str, list[str]]:
         secret = dsn[key_start:i].lower() in _SECRET_KEYS
         while i < n and dsn[i].isspace():
             i += 1
-        if i >= n or dsn[i] != "=":  # malformed: after a secret's name, all the rest may be the secret
+        if (
+            i >= n or dsn[i] != "="
+        ):  # malformed: after a secret's name, all the rest may be the secret
             out.append(dsn[start:i] + MASK if secret else dsn[start:])
             if secret:
                 found.append(dsn[i:])

@@ -93,7 +93,8 @@ def fill(
 ) -> Generator[Action, Any, OperationRecord]:
     """The flow's step for a claimed reserved record: journal the request, before it is sent."""
     now = engine.clock()
-    # the reserved record's key, which its checksum covers (and the store checks it is still that one)
+    # the reserved record's key, which its checksum
+    # covers (and the store checks it is still that one)
     intent = dataclasses.replace(intent, key=record.key, key_header=record.key_header)
     filled = yield FillReserved(intent, owner, now)
     if not filled:

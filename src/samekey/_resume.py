@@ -24,7 +24,13 @@ from ._wire import OPERATION_EXTENSION, header_bytes
 
 logger = logging.getLogger("samekey")
 
-__all__ = ["HeadersArg", "ResumeResult", "RetargetTransport", "build_resume_request", "bulk_resumable"]
+__all__ = [
+    "HeadersArg",
+    "ResumeResult",
+    "RetargetTransport",
+    "build_resume_request",
+    "bulk_resumable",
+]
 
 HeadersArg = Mapping[str, str] | Sequence[tuple[str, str]] | Sequence[tuple[bytes, bytes]] | None
 
@@ -43,8 +49,10 @@ class ResumeResult:
 
 
 UNNAMED_WARNING = (
-    "an unnamed operation (sent without operation=): running the code again made a NEW operation with "
-    "a new key, so the server may already have acted on a later copy. Check the server, then resume it "
+    "an unnamed operation (sent without operation=): running the code again made a NEW "
+    "operation with "
+    "a new key, so the server may already have acted on a later copy. Check the server, "
+    "then resume it "
     "by its name if it is still needed, or `samekey forget` it"
 )
 
@@ -69,7 +77,10 @@ def bulk_resumable(
 
 
 def build_resume_request(
-    client: httpx.Client | httpx.AsyncClient, engine: Engine, operation: str, headers: HeadersArg = None
+    client: httpx.Client | httpx.AsyncClient,
+    engine: Engine,
+    operation: str,
+    headers: HeadersArg = None,
 ) -> httpx.Request:
     """The journaled request of ``operation``, rebuilt on ``client``.
 
@@ -83,20 +94,27 @@ def build_resume_request(
     refuse_reserved(record)
     if record.key_header.lower() != engine.key_header.lower():
         raise SameKeyError(
-            f"operation {operation!r} was recorded with its key in the {record.key_header!r} header, "
+            f"operation {operation!r} was recorded with its key in the "
+            f"{record.key_header!r} header, "
             f"this client sends keys in {engine.key_header!r}. Nothing was sent. "
             f"Resume it with a client created with key_header={record.key_header!r}."
         )
-    hidden = [name for name, value in httpx.URL(record.url).params.multi_items() if value == REDACTED]
+    hidden = [
+        name for name, value in httpx.URL(record.url).params.multi_items() if value == REDACTED
+    ]
     if record.pending and hidden:
         raise SameKeyError(
-            f"operation {operation!r} carried credentials in its URL ({', '.join(hidden)}), which the journal "
-            "never stores. Nothing was sent. Run the code that made it again (same operation name, same URL): "
+            f"operation {operation!r} carried credentials in its URL "
+            f"({', '.join(hidden)}), which the journal "
+            "never stores. Nothing was sent. Run the code that made it again (same "
+            "operation name, same URL): "
             f"it sends the same key, {record.key}."
         )
     refuse_protected_body(record)
     # as bytes: a str header value would go out as ASCII, and fail on 'José' (see header_bytes)
-    merged = httpx.Headers([(header_bytes(name), header_bytes(value)) for name, value in record.request_headers])
+    merged = httpx.Headers(
+        [(header_bytes(name), header_bytes(value)) for name, value in record.request_headers]
+    )
     if headers is not None:
         merged.update(httpx.Headers(headers))
     # the journaled key, as a caller key: the flow checks it against the record
@@ -111,18 +129,23 @@ def build_resume_request(
 
 
 def refuse_protected_body(record: OperationRecord) -> None:
-    """Never send a body the journal does not hold whole: redacted fields, or sealed with a key not given."""
+    """Never send a body the journal does not hold
+    whole: redacted fields, or sealed with a key not given."""
     if not record.pending:
         return  # replayed, not sent
     if record.body_redacted:
         raise SameKeyError(
-            f"operation {record.operation!r} was recorded with redact_body: fields of its body (card data) were never "
-            "stored, so it cannot be sent from the journal. Nothing was sent. Run the code that made it again "
-            f"(same operation name, same body): it sends the real body with the same key, {record.key}."
+            f"operation {record.operation!r} was recorded with redact_body: fields of "
+            "its body (card data) were never "
+            "stored, so it cannot be sent from the journal. Nothing was sent. Run the "
+            "code that made it again "
+            "(same operation name, same body): it sends the real body with the same "
+            f"key, {record.key}."
         )
     if is_sealed(record.request_body):
         raise SameKeyError(
-            f"operation {record.operation!r} has an encrypted body and this client has no body_key. Nothing was sent. "
+            f"operation {record.operation!r} has an encrypted body and this client has "
+            "no body_key. Nothing was sent. "
             f"Resume it with the key its client had: body_key=... or ${KEY_ENV}."
         )
 
@@ -148,18 +171,25 @@ class RetargetTransport(httpx.BaseTransport):
         """
         base = httpx.URL(base_url)
         if base.userinfo:
-            raise ValueError("a base URL must not carry credentials: pass them as a header (-H 'Authorization: ...')")
+            raise ValueError(
+                "a base URL must not carry credentials: pass them as a header (-H "
+                "'Authorization: ...')"
+            )
         if base.scheme not in ("http", "https") or not base.host:
             raise ValueError(f"base URL must look like http://host[:port], got {base_url!r}")
         if base.raw_path not in (b"/", b"/?") or base.fragment:
             raise ValueError(
-                f"base URL must look like http://host[:port], got {base_url!r}: only the origin is replaced, "
-                "the recorded path and query are kept, so a path, query or fragment here would not be sent"
+                f"base URL must look like http://host[:port], got {base_url!r}: only the "
+                "origin is replaced, "
+                "the recorded path and query are kept, so a path, query or fragment "
+                "here would not be sent"
             )
         return base
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        request.url = request.url.copy_with(scheme=self.base.scheme, host=self.base.host, port=self.base.port)
+        request.url = request.url.copy_with(
+            scheme=self.base.scheme, host=self.base.host, port=self.base.port
+        )
         request.headers["Host"] = request.url.netloc.decode("ascii")
         return self.inner.handle_request(request)
 

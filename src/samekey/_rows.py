@@ -22,7 +22,8 @@ from ._errors import JournalError
 
 COLUMNS = (
     "operation, key, key_header, method, url, fingerprint, request_headers, request_body, state, "
-    "created_at, updated_at, completed_at, attempts, last_error, response_status, response_headers, "
+    "created_at, updated_at, completed_at, attempts, last_error, response_status, "
+    "response_headers, "
     "response_body, lease_owner, lease_expires, settled_note, checksum"
 )
 PURGE_CHUNK = 5000  # completed records deleted per transaction by a purge
@@ -36,7 +37,8 @@ SETTLE_SET = (
 
 
 def summary_columns(empty_bytes: str) -> str:
-    """``COLUMNS`` with the headers and bodies read as empty (``empty_bytes``: the dialect's ``b''``)."""
+    """``COLUMNS`` with the headers and bodies read
+    as empty (``empty_bytes``: the dialect's ``b''``)."""
     empty = {
         "request_headers": "'[]'",
         "request_body": empty_bytes,
@@ -71,7 +73,9 @@ def headers_to_json(headers: Iterable[tuple[str, str]]) -> str:
     return "[" + ",".join(f"[{_quote(k)},{_quote(v)}]" for k, v in headers) + "]"
 
 
-@functools.lru_cache(maxsize=256)  # a client sends the same few sets of request headers again and again
+@functools.lru_cache(
+    maxsize=256
+)  # a client sends the same few sets of request headers again and again
 def request_headers_json(headers: tuple[tuple[str, str], ...]) -> str:
     return headers_to_json(headers)
 
@@ -86,7 +90,8 @@ def insert_params(intent: Intent, owner: str, now: float, expires: float) -> tup
     """The values of a new pending record, in the order of the stores' INSERT statements."""
     headers = request_headers_json(intent.request_headers)
     return (
-        intent.operation, intent.key, intent.key_header, intent.method, intent.url, intent.fingerprint,
+        intent.operation, intent.key, intent.key_header, intent.method, intent.url,
+        intent.fingerprint,
         headers, intent.request_body, now, now, owner, expires, checksum(intent, headers),
     )  # fmt: skip
 
@@ -94,7 +99,8 @@ def insert_params(intent: Intent, owner: str, now: float, expires: float) -> tup
 def checksum(intent: Intent, headers_json: str) -> str:
     """The checksum of a record's request as journaled (``intent`` carries the record's key)."""
     digest = hashlib.blake2b(digest_size=16)
-    for text in (intent.operation, intent.key, intent.key_header, intent.method, intent.url, intent.fingerprint,
+    for text in (intent.operation, intent.key, intent.key_header, intent.method, intent.url,
+            intent.fingerprint,
                  headers_json):  # fmt: skip
         digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
     digest.update(intent.request_body)
@@ -103,15 +109,18 @@ def checksum(intent: Intent, headers_json: str) -> str:
 
 def _check(record: OperationRecord, stored: object, location: str) -> None:
     intent = Intent(
-        record.operation, record.key, record.key_header, record.method, record.url, record.fingerprint,
+        record.operation, record.key, record.key_header, record.method, record.url,
+        record.fingerprint,
         record.request_headers, record.request_body,
     )  # fmt: skip
     if checksum(intent, headers_to_json(record.request_headers)) != stored:
         raise JournalError(
             location,
-            f"the record of operation {record.operation!r} is damaged (what it holds no longer matches its "
+            f"the record of operation {record.operation!r} is damaged (what it holds no "
+            "longer matches its "
             "checksum: its URL, key or body may have changed on disk)",
-            "Nothing was sent. Check the disk or database; ask the server what it did under this operation "
+            "Nothing was sent. Check the disk or database; ask the server what it did "
+            "under this operation "
             "before you settle it by hand or `samekey forget` it.",
         )
 
@@ -119,7 +128,8 @@ def _check(record: OperationRecord, stored: object, location: str) -> None:
 def record_from_row(row: tuple[object, ...], location: str = "(journal)") -> OperationRecord:
     """The record of a row read with ``COLUMNS``; a JournalError if its request is damaged."""
     (op, key, key_header, method, url, fp, req_h, req_b, state, created, updated, completed,
-     attempts, last_error, status, resp_h, resp_b, owner, expires, settled_note, stored) = row  # fmt: skip
+     attempts, last_error, status, resp_h, resp_b, owner, expires, settled_note,
+     stored) = row  # fmt: skip
     record = OperationRecord(
         operation=str(op),
         key=str(key),

@@ -51,7 +51,9 @@ class SealedStore:
 
     def seal_intent(self, intent: Intent) -> Intent:
         body, redacted = self._redact(intent.request_body, intent.request_headers)
-        return dataclasses.replace(intent, request_body=self.sealer.seal(body, intent.operation, redacted=redacted))
+        return dataclasses.replace(
+            intent, request_body=self.sealer.seal(body, intent.operation, redacted=redacted)
+        )
 
     def seal_answer(self, operation: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
         kept, redacted = self._redact(body, headers)
@@ -69,7 +71,9 @@ class SealedStore:
         return dataclasses.replace(
             record,
             request_body=self.sealer.open(record.request_body, op),
-            response_body=None if record.response_body is None else self.sealer.open(record.response_body, op),
+            response_body=None
+            if record.response_body is None
+            else self.sealer.open(record.response_body, op),
             body_redacted=was_redacted(record.request_body),
         )
 
@@ -85,19 +89,34 @@ class SealedStore:
         return bool(self.inner.fill_reserved(self.seal_intent(intent), owner, now))  # type: ignore[attr-defined]
 
     def record_attempt(
-        self, operation: str, owner: str, attempts: int, error: str | None, lease_seconds: float, now: float
+        self,
+        operation: str,
+        owner: str,
+        attempts: int,
+        error: str | None,
+        lease_seconds: float,
+        now: float,
     ) -> None:
         self.inner.record_attempt(operation, owner, attempts, error, lease_seconds, now)
 
     def complete(
-        self, operation: str, owner: str, attempts: int, status: int, headers: list[tuple[str, str]], body: bytes,
+        self, operation: str, owner: str, attempts: int, status: int, headers: list[tuple[str,
+        str]], body: bytes,
         now: float,
     ) -> None:  # fmt: skip
         self.inner.complete(
-            operation, owner, attempts, status, headers, self.seal_answer(operation, headers, body), now
+            operation,
+            owner,
+            attempts,
+            status,
+            headers,
+            self.seal_answer(operation, headers, body),
+            now,
         )
 
-    def release(self, operation: str, owner: str, attempts: int, error: str | None, now: float) -> None:
+    def release(
+        self, operation: str, owner: str, attempts: int, error: str | None, now: float
+    ) -> None:
         self.inner.release(operation, owner, attempts, error, now)
 
     def get(self, operation: str) -> OperationRecord | None:
@@ -130,17 +149,24 @@ class SealedBatchingStore(SealedStore):
 
     def run_batch(self, calls: Sequence[JournalCall]) -> list[tuple[Any, BaseException | None]]:
         outcomes = self.inner.run_batch([self._sealed_call(call) for call in calls])
-        return [(self._opened(res) if isinstance(res, ClaimResult) else res, error) for res, error in outcomes]
+        return [
+            (self._opened(res) if isinstance(res, ClaimResult) else res, error)
+            for res, error in outcomes
+        ]
 
     def _sealed_call(self, call: JournalCall) -> JournalCall:
         if isinstance(call, (Claim, FillReserved)):
             return dataclasses.replace(call, intent=self.seal_intent(call.intent))
         if isinstance(call, Complete):
-            return dataclasses.replace(call, body=self.seal_answer(call.operation, call.headers, call.body))
+            return dataclasses.replace(
+                call, body=self.seal_answer(call.operation, call.headers, call.body)
+            )
         return call
 
 
-def sealed(store: JournalStore, sealer: Sealer | None, redactor: BodyRedactor | None) -> JournalStore:
+def sealed(
+    store: JournalStore, sealer: Sealer | None, redactor: BodyRedactor | None
+) -> JournalStore:
     """``store`` as the client uses it: itself without a key, else seen through the sealing."""
     if sealer is None:
         return store

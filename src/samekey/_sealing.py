@@ -34,7 +34,9 @@ def is_sealed(body: bytes | None) -> bool:
 
 def was_redacted(body: bytes | None) -> bool:
     """A sealed body whose redacted fields were never stored (resume cannot send it)."""
-    return is_sealed(body) and len(body) > len(ENVELOPE) and bool(body[len(ENVELOPE)] & _REDACTED_FLAG)  # type: ignore[arg-type,index]
+    return (
+        is_sealed(body) and len(body) > len(ENVELOPE) and bool(body[len(ENVELOPE)] & _REDACTED_FLAG)  # type: ignore[arg-type,index]
+    )
 
 
 class Sealer:
@@ -47,12 +49,15 @@ class Sealer:
             from cryptography.hazmat.primitives.kdf.hkdf import HKDF
         except ImportError as exc:
             raise ImportError(
-                "body_key= encrypts stored bodies with the 'cryptography' package: pip install 'samekey[encryption]'"
+                "body_key= encrypts stored bodies with the 'cryptography' package: pip "
+                "install 'samekey[encryption]'"
             ) from exc
         material = key.encode() if isinstance(key, str) else bytes(key)
 
         def derive(purpose: bytes) -> bytes:
-            return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"samekey " + purpose).derive(material)
+            return HKDF(
+                algorithm=hashes.SHA256(), length=32, salt=None, info=b"samekey " + purpose
+            ).derive(material)
 
         self._aead = AESGCM(derive(b"body encryption"))
         self.fingerprint_key = derive(b"fingerprint")
@@ -76,8 +81,10 @@ class Sealer:
             return self._aead.decrypt(nonce, sealed, head + operation.encode())
         except InvalidTag:
             raise SameKeyError(
-                f"the stored body of operation {operation!r} does not open with this body_key: it was sealed with "
-                f"another key (or changed on disk). Use the key its client had (${KEY_ENV}); nothing was sent."
+                f"the stored body of operation {operation!r} does not open with this "
+                "body_key: it was sealed with "
+                "another key (or changed on disk). Use the key its client had "
+                f"(${KEY_ENV}); nothing was sent."
             ) from None
 
     def keyed(self) -> hmac.HMAC:
@@ -91,10 +98,17 @@ def sealer_of(key: object) -> Sealer | None:
         key = os.environ.get(KEY_ENV) or None
         if key is None:
             return None
-    if not isinstance(key, (str, bytes)) or len(key.encode() if isinstance(key, str) else key) < MIN_KEY_LENGTH:
-        shown = f"{len(key)} characters" if isinstance(key, (str, bytes)) else f"a {type(key).__name__}"
+    if (
+        not isinstance(key, (str, bytes))
+        or len(key.encode() if isinstance(key, str) else key) < MIN_KEY_LENGTH
+    ):
+        shown = (
+            f"{len(key)} characters" if isinstance(key, (str, bytes)) else f"a {type(key).__name__}"
+        )
         raise ValueError(
-            f"body_key must be a secret of at least {MIN_KEY_LENGTH} characters, the same for every process "
-            f"sharing the journal (got {shown}); make one with: {MAKE_KEY}, and pass it as body_key= or ${KEY_ENV}"
+            f"body_key must be a secret of at least {MIN_KEY_LENGTH} characters, the "
+            "same for every process "
+            f"sharing the journal (got {shown}); make one with: {MAKE_KEY}, and pass it "
+            f"as body_key= or ${KEY_ENV}"
         )
     return Sealer(key)

@@ -63,8 +63,12 @@ def _before_fork() -> None:
         if checkpoints is not None:  # a checkpoint thread inside SQLite may hold its global mutex
             deadline = time.monotonic() + journal._fork_wait
             thread = checkpoints.thread  # no new one starts while the connection lock is held
-            if thread is not None:  # let it end, not only leave SQLite: a process forked with another
-                thread.join(journal._fork_wait)  # thread alive gets Python 3.12+'s DeprecationWarning
+            if (
+                thread is not None
+            ):  # let it end, not only leave SQLite: a process forked with another
+                thread.join(
+                    journal._fork_wait
+                )  # thread alive gets Python 3.12+'s DeprecationWarning
             _hold_at_fork(journal, checkpoints.lock, max(0.0, deadline - time.monotonic()))
 
 
@@ -102,7 +106,9 @@ if hasattr(os, "register_at_fork"):
 def abandon(conn: sqlite3.Connection) -> None:
     """Keep ``conn`` from ever being closed in this process, even when the interpreter exits."""
     _ABANDONED.append(conn)
-    with contextlib.suppress(ImportError, AttributeError, OSError):  # CPython: one reference never given back
+    with contextlib.suppress(
+        ImportError, AttributeError, OSError
+    ):  # CPython: one reference never given back
         import ctypes
 
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))

@@ -3,10 +3,10 @@
 A journal is created 0600 (in 0700 folders) before SQLite opens it, since SQLite copies
 the file's mode to its -wal and -shm; an existing one (and its -wal/-shm) loses any group
 and other access, or is refused when this process cannot take it away. What is not a
-regular file (``/dev/null``, a pipe) is refused before SQLite runs. A file is used only when its header says it is a
-samekey journal (application_id, and a schema version this samekey reads); anything else
-(another application's database, random bytes, a newer samekey's journal) is refused and
-left untouched, -wal included: `_close_untouched` keeps a refused file's WAL from being
+regular file (``/dev/null``, a pipe) is refused before SQLite runs. A file is used only when its
+header says it is a samekey journal (application_id, and a schema version this samekey reads);
+anything else (another application's database, random bytes, a newer samekey's journal) is refused
+and left untouched, -wal included: `_close_untouched` keeps a refused file's WAL from being
 folded in by the close. A fresh file gets its schema, or an older one its forward
 migrations, in one transaction under the write lock, so a crash half-way leaves it as it
 was and processes opening it together set it up once.
@@ -81,7 +81,9 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 class JournalFile:
     """One journal file's path and how to open it; the connection is the store's."""
 
-    def __init__(self, path: Path, *, lock_timeout: float, read_only: bool, autocheckpoint: int | None) -> None:
+    def __init__(
+        self, path: Path, *, lock_timeout: float, read_only: bool, autocheckpoint: int | None
+    ) -> None:
         self.path = path
         self.lock_timeout = lock_timeout
         self.read_only = read_only
@@ -94,24 +96,27 @@ class JournalFile:
     def _prepare_file(self) -> None:
         folder = self.path.parent
         if not folder.exists():
-            # a dangling symlink (a state folder linked to a volume): create its target, as for the file
+            # a dangling symlink (a state folder
+            # linked to a volume): create its target, as for the file
             folder = Path(os.path.realpath(folder))
             try:
-                # every missing folder 0700, not only the last (mkdir -p makes parents with the umask's
-                # mode): a world-writable parent would let another user swap the journal folder
+                # every missing folder 0700, not only the last (mkdir -p makes parents with the
+                # umask's mode): a world-writable parent would let another user swap the journal
+                # folder
                 for missing in reversed([folder, *(p for p in folder.parents if not p.exists())]):
                     missing.mkdir(mode=0o700, exist_ok=True)
             except OSError as exc:
                 raise self.fail(
-                    f"cannot create its folder ({exc.strerror})", "Choose a writable location with journal=PATH."
+                    f"cannot create its folder ({exc.strerror})",
+                    "Choose a writable location with journal=PATH.",
                 ) from exc
         if self.path.is_dir():
             raise self.fail("this is a folder, not a file", "Pass the path of a file inside it.")
         if self.path.exists():
             self._make_private()
         else:
-            # a dangling symlink (a dotfiles-managed state folder, a volume): O_EXCL refuses the link
-            # itself, so create its target, or SQLite would create it with the umask's 0644
+            # a dangling symlink (a dotfiles-managed state folder, a volume): O_EXCL refuses the
+            # link itself, so create its target, or SQLite would create it with the umask's 0644
             target = Path(os.path.realpath(self.path)) if self.path.is_symlink() else self.path
             try:  # create it private before SQLite opens it; SQLite copies the mode to -wal/-shm
                 fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -127,9 +132,9 @@ class JournalFile:
     def _make_private(self) -> None:
         """Refuse what is not a regular file; take group and other access away from the journal.
 
-        SQLite writes ``<path>-journal``/``-wal``/``-shm`` beside whatever it is given (``/dev/null``
-        left a world-writable ``/dev/null-journal``), and copies the main file's mode to them: so
-        the main file is made 0600-like first, then any -wal/-shm already there.
+        SQLite writes ``<path>-journal``/``-wal``/``-shm`` beside whatever it is given
+        (``/dev/null`` left a world-writable ``/dev/null-journal``), and copies the main file's mode
+        to them: so the main file is made 0600-like first, then any -wal/-shm already there.
         """
         real = Path(os.path.realpath(self.path))
         try:
@@ -139,7 +144,8 @@ class JournalFile:
         if not stat.S_ISREG(kind):
             raise self.fail(
                 "this is not a regular file (a device, a pipe or a socket)",
-                "Point journal= at a file (it is created if missing), e.g. journal='payments.sqlite3'.",
+                "Point journal= at a file (it is created if missing), e.g. "
+                "journal='payments.sqlite3'.",
             )
         for file in (real, self.side_file("-wal"), self.side_file("-shm")):
             self._tighten(file)
@@ -155,7 +161,8 @@ class JournalFile:
             os.chmod(file, mode & 0o700)
         except OSError as exc:
             raise self.fail(
-                f"{file.name} can be read or written by other users (mode {mode:04o}) and this process "
+                f"{file.name} can be read or written by other users (mode {mode:04o}) "
+                "and this process "
                 f"cannot change that ({exc.strerror})",
                 f"Run `chmod 600 {file}` as its owner, or use a journal this process owns.",
             ) from exc
@@ -163,10 +170,16 @@ class JournalFile:
     def _connect(self, target: str | Path, *, uri: bool = False) -> sqlite3.Connection:
         try:
             return sqlite3.connect(
-                target, timeout=self.lock_timeout, isolation_level=None, check_same_thread=False, uri=uri
+                target,
+                timeout=self.lock_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=uri,
             )
         except sqlite3.Error as exc:
-            raise self.fail(f"cannot open it ({exc})", "Check the path and its permissions.") from exc
+            raise self.fail(
+                f"cannot open it ({exc})", "Check the path and its permissions."
+            ) from exc
 
     def open(self) -> sqlite3.Connection:
         if self.read_only:
@@ -176,18 +189,23 @@ class JournalFile:
                 self.drop_side_files()
                 raise
             with self._closing_on_error(conn):
-                conn.execute("PRAGMA busy_timeout=0")  # the store's lock waits poll instead (_group_commit)
+                conn.execute(
+                    "PRAGMA busy_timeout=0"
+                )  # the store's lock waits poll instead (_group_commit)
             return conn
         self._prepare_file()
         conn = self._connect(self.path)
         with self._closing_on_error(conn):
             self._init_schema(conn)
-            conn.execute("PRAGMA busy_timeout=0")  # from here on, the store's lock waits poll (_group_commit)
+            conn.execute(
+                "PRAGMA busy_timeout=0"
+            )  # from here on, the store's lock waits poll (_group_commit)
         return conn
 
     @contextlib.contextmanager
     def _closing_on_error(self, conn: sqlite3.Connection) -> Iterator[None]:
-        """Close ``conn`` on any error, turning SQLite's into a JournalError that says what to do."""
+        """Close ``conn`` on any error, turning
+        SQLite's into a JournalError that says what to do."""
         try:
             yield
         except JournalError:
@@ -216,14 +234,21 @@ class JournalFile:
         The last connection to a WAL database to close copies the -wal into the main file and
         deletes it: a newer samekey's journal or another application's database would be
         rewritten. A read-only connection holding the file meanwhile keeps ``conn`` from being
-        the last, and cannot checkpoint itself (Python 3.11 has no SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE).
-        With an empty -wal there is nothing to fold in: a plain close removes the -wal/-shm it made.
+        the last, and cannot checkpoint itself (Python 3.11 has no
+        SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE). With an empty -wal there is nothing to fold in: a plain
+        close removes the -wal/-shm it made.
         """
         holder = None
-        with contextlib.suppress(sqlite3.Error, OSError):  # no -wal, or the file cannot be read: a plain close
+        with contextlib.suppress(
+            sqlite3.Error, OSError
+        ):  # no -wal, or the file cannot be read: a plain close
             if self.side_file("-wal").stat().st_size > 0:
-                holder = sqlite3.connect(self._read_only_uri(), uri=True, isolation_level=None, check_same_thread=False)
-                holder.execute("PRAGMA user_version").fetchone()  # a read: it holds the file from now on
+                holder = sqlite3.connect(
+                    self._read_only_uri(), uri=True, isolation_level=None, check_same_thread=False
+                )
+                holder.execute(
+                    "PRAGMA user_version"
+                ).fetchone()  # a read: it holds the file from now on
         try:
             conn.close()
         finally:
@@ -236,7 +261,10 @@ class JournalFile:
         # With no -wal holding recent writes, the main file alone is the whole journal and
         # can be read as immutable; otherwise those writes would be skipped, so it is an error.
         if not self.path.is_file():
-            raise self.fail("there is no journal file here", "Check the path (--journal PATH or $SAMEKEY_JOURNAL).")
+            raise self.fail(
+                "there is no journal file here",
+                "Check the path (--journal PATH or $SAMEKEY_JOURNAL).",
+            )
         self._made_side_files = not any(self.side_file(end).exists() for end in ("-wal", "-shm"))
         base = self._read_only_uri()
         conn = self._connect(base, uri=True)
@@ -247,10 +275,13 @@ class JournalFile:
             conn.close()
             wal = self.side_file("-wal")
             if "locked" in str(exc).lower() and wal.exists() and wal.stat().st_size > 0:
-                raise self.classify(exc, "reading it") from exc  # a lock to wait out, not a permission
+                raise self.classify(
+                    exc, "reading it"
+                ) from exc  # a lock to wait out, not a permission
             if wal.exists() and wal.stat().st_size > 0:
                 raise self.fail(
-                    f"cannot read it without writing ({exc}), and {wal.name} holds writes not yet in the main file",
+                    f"cannot read it without writing ({exc}), and {wal.name} holds "
+                    "writes not yet in the main file",
                     "Run as the journal's owner, or where its folder is writable.",
                 ) from exc
         except BaseException:
@@ -285,23 +316,29 @@ class JournalFile:
             return  # never a WAL holding writes, nor files that were there before it opened
         # SQLite deletes both when the last connection to the journal closes, deciding under its own
         # exclusive lock (so never while another process uses them): a plain connection that reads
-        # once and closes lets it do so. Nothing to checkpoint in an empty WAL: the file is unchanged.
+        # once and closes lets it do so. Nothing to
+        # checkpoint in an empty WAL: the file is unchanged.
         with contextlib.suppress(sqlite3.Error):
-            conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                self.path, timeout=1.0, isolation_level=None, check_same_thread=False
+            )
             try:
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             finally:
                 conn.close()
 
     def _check_header(self, conn: sqlite3.Connection) -> tuple[int, int]:
-        """(application id, schema version), refusing a file that is not a journal this samekey reads."""
+        """(application id, schema version), refusing
+        a file that is not a journal this samekey reads."""
         conn.execute("BEGIN")  # one snapshot: another process may be creating the schema right now
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         finally:
-            if conn.in_transaction:  # SQLite rolls back by itself on some errors (no room for the -shm): keep that one
+            if (
+                conn.in_transaction
+            ):  # SQLite rolls back by itself on some errors (no room for the -shm): keep that one
                 conn.execute("COMMIT")
         if app_id != APPLICATION_ID and (tables or version or app_id):
             raise self.fail(
@@ -310,12 +347,14 @@ class JournalFile:
             )
         if version > SCHEMA_VERSION:
             raise self.fail(
-                f"it was written by a newer samekey (schema {version}; this one reads up to {SCHEMA_VERSION})",
+                f"it was written by a newer samekey (schema {version}; this one reads up "
+                f"to {SCHEMA_VERSION})",
                 "It was left untouched. Upgrade samekey to use it.",
             )
         if self.read_only and (app_id, version) != (APPLICATION_ID, SCHEMA_VERSION):
             raise self.fail(
-                f"it is empty or needs an upgrade (schema {version}, this samekey writes {SCHEMA_VERSION})",
+                f"it is empty or needs an upgrade (schema {version}, this samekey writes "
+                f"{SCHEMA_VERSION})",
                 "Open it once with write access (any samekey client or command does it).",
             )
         return app_id, version
@@ -370,7 +409,8 @@ class JournalFile:
                     raise
                 raise self.fail(
                     f"upgrading it from schema {version} to {version + 1} failed ({exc})",
-                    "The upgrade was rolled back and the file left as it was; report this as a samekey bug.",
+                    "The upgrade was rolled back and the file left as it was; report "
+                    "this as a samekey bug.",
                 ) from exc
             version += 1
 
@@ -389,11 +429,15 @@ class JournalFile:
                 "Make the file and its folder writable, or choose another path with journal=PATH.",
             )
         if "full" in lowered:
-            return self.fail(f"the disk is full while {doing}", "Free some space; nothing was sent.")
+            return self.fail(
+                f"the disk is full while {doing}", "Free some space; nothing was sent."
+            )
         if "malformed" in lowered or "not a database" in lowered:
             return self.fail(
                 f"the file is corrupt ({text})",
                 "It was left untouched. Move it aside (keep it: it may hold pending keys) "
                 "or point journal= at another file.",
             )
-        return self.fail(f"SQLite error while {doing} ({text})", "Check the file, its folder and the disk.")
+        return self.fail(
+            f"SQLite error while {doing} ({text})", "Check the file, its folder and the disk."
+        )

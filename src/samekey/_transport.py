@@ -82,7 +82,9 @@ def _drop_inherited_connections() -> None:
     """
     for transport in list(_TRANSPORTS):
         pool = getattr(transport.inner, "_pool", None)  # httpx.HTTPTransport / AsyncHTTPTransport
-        if isinstance(getattr(pool, "_connections", None), list) and isinstance(getattr(pool, "_requests", None), list):
+        if isinstance(getattr(pool, "_connections", None), list) and isinstance(
+            getattr(pool, "_requests", None), list
+        ):
             pool._connections = []  # type: ignore[union-attr]
             pool._requests = []  # type: ignore[union-attr]  # the parent's other threads' requests
 
@@ -91,7 +93,8 @@ at_fork_in_child(_drop_inherited_connections)
 
 
 class _Wrapping(EngineHolder, Generic[_InnerT]):
-    """What the two transports share: samekey's keywords (typed once), and the real transport inside."""
+    """What the two transports share: samekey's
+    keywords (typed once), and the real transport inside."""
 
     inner: _InnerT
 
@@ -119,7 +122,9 @@ class SameKeyTransport(httpx.BaseTransport, _Wrapping[httpx.BaseTransport], KeyF
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.read()  # the body must be re-sendable on every attempt
-        scope.apply(self.engine, request)  # inside `with samekey.operation(...)`: the block's operation
+        scope.apply(
+            self.engine, request
+        )  # inside `with samekey.operation(...)`: the block's operation
         flow = operation_flow(self.engine, request)
         try:
             action = next(flow)
@@ -168,7 +173,9 @@ class SameKeyTransport(httpx.BaseTransport, _Wrapping[httpx.BaseTransport], KeyF
         self._close_journal()
 
 
-class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseTransport], AsyncKeyFor):
+class AsyncSameKeyTransport(
+    httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseTransport], AsyncKeyFor
+):
     """The async twin of `SameKeyTransport`: same flow, awaited I/O."""
 
     _journal_thread: _JournalThread | None = None  # started on the first journal call
@@ -185,7 +192,9 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
-        scope.apply(self.engine, request)  # inside `with samekey.operation(...)`: the block's operation
+        scope.apply(
+            self.engine, request
+        )  # inside `with samekey.operation(...)`: the block's operation
         flow = operation_flow(self.engine, request)
         on_worker = _WorkerCalls()
         try:
@@ -197,9 +206,10 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
                     action = flow.throw(exc)
                 except BaseException as exc:  # a cancelled task: the lease is freed, the key kept
                     if isinstance(exc, GeneratorExit):
-                        # the coroutine is being closed (its task dropped and collected mid-call): the
-                        # flow hears of a cancellation, as a closing generator could not yield its
-                        # release, and the release is queued but not awaited (a closing coroutine may not)
+                        # the coroutine is being closed (its task dropped and collected mid-call):
+                        # the flow hears of a cancellation, as a closing generator could not yield
+                        # its release, and the release is queued but not awaited (a closing
+                        # coroutine may not)
                         self._release(flow, asyncio.CancelledError(), on_worker)
                     else:
                         await _released(self._release(flow, exc, on_worker))
@@ -236,7 +246,9 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
                 return await thread.submit(action, loop)
         return await on_worker.run(action, self.engine.journal)
 
-    def _release(self, flow: Flow, interruption: BaseException, on_worker: _WorkerCalls) -> list[threading.Event]:
+    def _release(
+        self, flow: Flow, interruption: BaseException, on_worker: _WorkerCalls
+    ) -> list[threading.Event]:
         """Let the flow free its lease; returns the releases' ends, which the task may await.
 
         A claim cut short may still be queued on (or running in) the journal thread: the
@@ -252,9 +264,13 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
             thread = self._journal_thread
             if thread is not None:
                 thread.post(call, done)
-            else:  # on a thread of its own, started now: a second cancellation ends the wait, not the release
+            # on a thread of its own, started now: a second cancellation ends the wait, not the
+            # release
+            else:
                 args = (running, call, self.engine.journal, done)
-                threading.Thread(target=_release_after, args=args, name="samekey-release", daemon=True).start()
+                threading.Thread(
+                    target=_release_after, args=args, name="samekey-release", daemon=True
+                ).start()
             releases.append(done)
 
         abandon(flow, interruption, queue)
@@ -277,7 +293,8 @@ class AsyncSameKeyTransport(httpx.AsyncBaseTransport, _Wrapping[httpx.AsyncBaseT
 
 
 class _WorkerCalls:
-    """One request's journal calls on worker threads (PostgresJournal, another store, or under trio).
+    """One request's journal calls on worker threads (PostgresJournal, another store, or under
+    trio).
 
     A cancelled asyncio task stops waiting for such a call, but the thread goes on: the release
     of an interrupted task must come after a claim still running there, and must not wait for
@@ -288,7 +305,9 @@ class _WorkerCalls:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._running: threading.Event | None = None  # set once the call that started last has ended
+        self._running: threading.Event | None = (
+            None  # set once the call that started last has ended
+        )
         self._abandoned = False
 
     async def run(self, call: JournalCall, journal: JournalStore) -> Any:
@@ -307,7 +326,8 @@ class _WorkerCalls:
         return await anyio.to_thread.run_sync(run)
 
     def abandon(self) -> threading.Event | None:
-        """The task was interrupted: a call not yet begun never runs. Returns the end of one running."""
+        """The task was interrupted: a call not yet
+        begun never runs. Returns the end of one running."""
         with self._lock:
             self._abandoned = True
             return self._running
@@ -329,12 +349,15 @@ def _release_after(
 
 async def _released(releases: list[threading.Event]) -> None:
     """Wait for the releases shielded from the cancellation, so the interruption reaches the
-    caller with the lease free; the event loop runs meanwhile (the journal may be busy for seconds)."""
+    caller with the lease free; the event loop runs meanwhile (the journal may be busy for
+    seconds)."""
     with anyio.move_on_after(60, shield=True):
         for done in releases:
             try:
                 await anyio.to_thread.run_sync(done.wait, 60)
-            except BaseException:  # cancelled again (asyncio cannot shield from that): the releases still run
+            except (
+                BaseException
+            ):  # cancelled again (asyncio cannot shield from that): the releases still run
                 return
 
 
@@ -376,19 +399,29 @@ class _JournalThread:
         """Queue ``call`` behind every call queued before it; ``done`` is set once it ran."""
         self._queue(call, None, done)
 
-    def _queue(self, call: JournalCall, loop: asyncio.AbstractEventLoop | None, waiter: _Waiter) -> None:
-        if self._pid != PROCESS.pid:  # a forked child: the parent's thread was not copied, start afresh
+    def _queue(
+        self, call: JournalCall, loop: asyncio.AbstractEventLoop | None, waiter: _Waiter
+    ) -> None:
+        if (
+            self._pid != PROCESS.pid
+        ):  # a forked child: the parent's thread was not copied, start afresh
             self._start()
         with self._lock:
             self._items.append((call, loop, waiter))
             if not self._running:
                 try:
-                    threading.Thread(target=self._serve, name="samekey-journal", daemon=True).start()
-                except BaseException:  # "can't start new thread": this call fails, the next one tries again
+                    threading.Thread(
+                        target=self._serve, name="samekey-journal", daemon=True
+                    ).start()
+                except (
+                    BaseException
+                ):  # "can't start new thread": this call fails, the next one tries again
                     self._items.pop()
                     raise
                 self._running = True  # the thread waits for this lock before it looks
-            elif not self._wake.is_set():  # set: the thread takes the queue before it clears it (this lock)
+            elif (
+                not self._wake.is_set()
+            ):  # set: the thread takes the queue before it clears it (this lock)
                 self._wake.set()
 
     def stop(self) -> None:
@@ -403,7 +436,10 @@ class _JournalThread:
                 if not items:
                     self._wake.clear()
             if not items:
-                if self._wake.wait(0 if self._stopping else self.IDLE_SECONDS) and not self._stopping:
+                if (
+                    self._wake.wait(0 if self._stopping else self.IDLE_SECONDS)
+                    and not self._stopping
+                ):
                     continue
                 with self._lock:
                     if not self._items:
@@ -412,16 +448,23 @@ class _JournalThread:
                 continue
             try:
                 outcomes = self.journal.run_batch([call for call, _, _ in items])
-            except BaseException as exc:  # run_batch reports per call; this is a bug or a closed journal
+            except (
+                BaseException
+            ) as exc:  # run_batch reports per call; this is a bug or a closed journal
                 outcomes = [(None, exc)] * len(items)
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+            by_loop: dict[
+                asyncio.AbstractEventLoop,
+                list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+            ] = {}
             for (_, loop, future), (result, error) in zip(items, outcomes, strict=True):
                 if isinstance(future, threading.Event):
                     future.set()
                 elif loop is not None:
                     by_loop.setdefault(loop, []).append((future, result, error))
             for loop, done in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
+                with contextlib.suppress(
+                    RuntimeError
+                ):  # that loop is closed: nobody waits any more
                     loop.call_soon_threadsafe(_resolve, done)
 
 

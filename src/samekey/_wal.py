@@ -70,7 +70,9 @@ class WalSync:
     def sync(self, wal: Callable[[], Path]) -> None:
         """Sync the WAL; ``wal`` names the file SQLite has open, asked only when it is new."""
         fd = self.fd
-        if fd is None or os.fstat(fd).st_nlink == 0:  # first time, or the WAL was deleted and made anew
+        if (
+            fd is None or os.fstat(fd).st_nlink == 0
+        ):  # first time, or the WAL was deleted and made anew
             self.close()
             fd = self._open(wal())
             if fd is None:  # no WAL: everything is in the main file, synced by SQLite
@@ -110,22 +112,29 @@ class Checkpointer:
         self.written = 0  # records written since the last checkpoint started
 
     def committed(self, records: int) -> None:
-        """Count a commit's records; start a checkpoint every CHECKPOINT_EVERY (connection lock held)."""
+        """Count a commit's records; start a checkpoint every CHECKPOINT_EVERY records.
+
+        Called with the connection lock held."""
         self.written += records
         if self.written < CHECKPOINT_EVERY or (self.thread is not None and self.thread.is_alive()):
             return  # one at a time: the next commit tries again
         self.written = 0
         thread = threading.Thread(target=self._checkpoint, name="samekey-checkpoint", daemon=True)
-        with contextlib.suppress(RuntimeError):  # no thread to be had (interpreter exiting): SQLite's fallback
+        with contextlib.suppress(
+            RuntimeError
+        ):  # no thread to be had (interpreter exiting): SQLite's fallback
             thread.start()
             self.thread = thread
 
     def _checkpoint(self) -> None:
-        with self.lock, contextlib.suppress(Exception):  # a checkpoint not done now is done by the next
-            # the bulk at the lowest CPU priority, on a thread of its own: nice cannot be undone, and
-            # the short FULL holds the writers' lock, which a thread at nice 19 on a busy machine
-            # could keep for milliseconds while descheduled (every request of the process waiting)
-            bulk = threading.Thread(target=self._in_the_background, name="samekey-checkpoint", daemon=True)
+        # a checkpoint not done now is done by the next
+        with self.lock, contextlib.suppress(Exception):
+            # the bulk at the lowest CPU priority, on a thread of its own: nice cannot be undone,
+            # and the short FULL holds the writers' lock, which a thread at nice 19 on a busy
+            # machine could keep for milliseconds while descheduled (every request waiting)
+            bulk = threading.Thread(
+                target=self._in_the_background, name="samekey-checkpoint", daemon=True
+            )
             bulk.start()
             bulk.join()
             self._finish()
@@ -135,15 +144,21 @@ class Checkpointer:
             # Linux only: elsewhere (macOS, the BSDs) setpriority takes that id for a process id
             if sys.platform.startswith("linux") and hasattr(os, "setpriority"):
                 # the lowest CPU priority: on a busy machine the requests go first, the copy waits
-                with contextlib.suppress(OSError):  # refused (a sandbox): the copy is done all the same
+                with contextlib.suppress(
+                    OSError
+                ):  # refused (a sandbox): the copy is done all the same
                     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
             self._copy()
 
     def _connect(self) -> sqlite3.Connection:
         # timeout=0: SQLite's busy handler would sleep 1, 2, 5, 10 ms while FULL holds the writers
         # off (a reader of an older snapshot, `samekey list`); each try gives up at once instead
-        conn = sqlite3.connect(self.uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA synchronous=NORMAL")  # syncs the WAL, then the main file (OFF would not)
+        conn = sqlite3.connect(
+            self.uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(
+            "PRAGMA synchronous=NORMAL"
+        )  # syncs the WAL, then the main file (OFF would not)
         return conn
 
     def _copy(self) -> None:
@@ -151,7 +166,8 @@ class Checkpointer:
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # the bulk, writers going on
         finally:
-            conn.close()  # never the last connection: the writer's stays open until close() joins this
+            # never the last connection: the writer's stays open until close() joins this
+            conn.close()
 
     def _finish(self) -> None:
         # the few frames left over, writers held off briefly: only a WAL copied to its end
@@ -162,7 +178,9 @@ class Checkpointer:
                 busy, _frames, _copied = conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
                 if not busy:
                     break
-                time.sleep(FULL_RETRY_PAUSE)  # a writer mid-commit, or a reader still on an old snapshot
+                time.sleep(
+                    FULL_RETRY_PAUSE
+                )  # a writer mid-commit, or a reader still on an old snapshot
         finally:
             conn.close()
 

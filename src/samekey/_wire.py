@@ -63,7 +63,9 @@ def replay(record: OperationRecord) -> httpx.Response:
     )  # fmt: skip
     return httpx.Response(
         record.response_status or 0,
-        headers=[(header_bytes(name), header_bytes(value)) for name, value in record.response_headers],
+        headers=[
+            (header_bytes(name), header_bytes(value)) for name, value in record.response_headers
+        ],
         stream=httpx.ByteStream(record.response_body or b""),
         extensions={INFO_EXTENSION: info},
     )

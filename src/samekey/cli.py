@@ -50,14 +50,23 @@ def open_store(location: str | None, *, read_only: bool = False) -> JournalStore
     try:
         return open_for_inspection(location, read_only=read_only)
     except FileNotFoundError as exc:  # never create a journal just to list it
-        raise CliError(f"no journal at {exc.filename} (pass --journal PATH or set $SAMEKEY_JOURNAL)") from None
+        raise CliError(
+            f"no journal at {exc.filename} (pass --journal PATH or set $SAMEKEY_JOURNAL)"
+        ) from None
 
 
 def _only_looks(args: argparse.Namespace) -> bool:
     return args.command in ("list", "show") or getattr(args, "dry_run", False)
 
 
-def _run(args: argparse.Namespace, store: JournalStore, out: TextIO, err: TextIO, raw: TextIO, inp: TextIO) -> int:
+def _run(
+    args: argparse.Namespace,
+    store: JournalStore,
+    out: TextIO,
+    err: TextIO,
+    raw: TextIO,
+    inp: TextIO,
+) -> int:
     if args.command == "list":
         return cmd_list(args, store, out, err)
     if args.command == "show":

@@ -124,6 +124,8 @@ _NO_TRACERS = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 
 def tracker(engine: Engine, request: httpx.Request) -> _Tracker | None:
     """The tracker of one call; None while the application has set no provider (nothing to do)."""
-    if isinstance(trace.get_tracer_provider(), _NO_TRACERS) and isinstance(metrics.get_meter_provider(), _NO_METERS):
+    if isinstance(trace.get_tracer_provider(), _NO_TRACERS) and isinstance(
+        metrics.get_meter_provider(), _NO_METERS
+    ):
         return None
     return _Tracker(request.method, engine.redactor.url(request.url))

@@ -16,7 +16,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m samekey.testing", description=__doc__)
     parser.add_argument("--db", required=True, help="SQLite file for charges and the request log")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--work-seconds", type=float, default=0.0, help="time each new charge takes")
+    parser.add_argument(
+        "--work-seconds", type=float, default=0.0, help="time each new charge takes"
+    )
     args = parser.parse_args()
     with PaymentServer(args.db, port=args.port, work_seconds=args.work_seconds) as server:
         print(server.url, flush=True)

@@ -47,12 +47,19 @@ class Fault:
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
-            raise ValueError(f"Fault kind must be one of {', '.join(FAULT_KINDS)}; got {self.kind!r}")
-        if self.kind == "status" and not (isinstance(self.status, int) and 100 <= self.status <= 599):
-            raise ValueError(f"Fault status must be an HTTP status code 100-599, got {self.status!r}")
+            raise ValueError(
+                f"Fault kind must be one of {', '.join(FAULT_KINDS)}; got {self.kind!r}"
+            )
+        if self.kind == "status" and not (
+            isinstance(self.status, int) and 100 <= self.status <= 599
+        ):
+            raise ValueError(
+                f"Fault status must be an HTTP status code 100-599, got {self.status!r}"
+            )
         if self.kind == "slow" and not (isinstance(self.delay, (int, float)) and self.delay > 0):
             raise ValueError(
-                f"a 'slow' Fault needs delay=SECONDS > 0 (how long the answer is held), got {self.delay!r}"
+                "a 'slow' Fault needs delay=SECONDS > 0 (how long the answer is held), "
+                f"got {self.delay!r}"
             )
 
     @classmethod
@@ -142,4 +149,7 @@ class FaultPlan:
         return sum(self.injected.values())
 
     def __repr__(self) -> str:
-        return f"FaultPlan(rate={self._rate}, scheduled={len(self._schedule)}, injected={dict(self.injected)})"
+        return (
+            f"FaultPlan(rate={self._rate}, scheduled={len(self._schedule)}, "
+            f"injected={dict(self.injected)})"
+        )

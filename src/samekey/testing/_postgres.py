@@ -29,7 +29,11 @@ def find_postgres_bin() -> Path | None:
     """The folder holding initdb and pg_ctl: $SAMEKEY_PG_BIN, the newest Debian one, or $PATH."""
     env = os.environ.get("SAMEKEY_PG_BIN")
     if env:  # an explicit choice is the only one
-        return Path(env) if (Path(env) / "initdb").is_file() and (Path(env) / "pg_ctl").is_file() else None
+        return (
+            Path(env)
+            if (Path(env) / "initdb").is_file() and (Path(env) / "pg_ctl").is_file()
+            else None
+        )
     candidates: list[str] = []
 
     def version(path: str) -> float:
@@ -62,7 +66,9 @@ class PostgresServer:
     `PostgresUnavailable` when no server can be started.
     """
 
-    def __init__(self, *, fsync: bool = True, database: str = "samekey", user: str = "samekey") -> None:
+    def __init__(
+        self, *, fsync: bool = True, database: str = "samekey", user: str = "samekey"
+    ) -> None:
         self.fsync = fsync
         self.database = database
         self.user = user
@@ -94,8 +100,10 @@ class PostgresServer:
         self._bin = find_postgres_bin()
         if self._bin is None:
             raise PostgresUnavailable(
-                "no PostgreSQL server binaries (initdb, pg_ctl) found under /usr/lib/postgresql/*/bin or on PATH; "
-                "install them with `apt-get install postgresql` or set SAMEKEY_PG_BIN to their folder"
+                "no PostgreSQL server binaries (initdb, pg_ctl) found under "
+                "/usr/lib/postgresql/*/bin or on PATH; "
+                "install them with `apt-get install postgresql` or set SAMEKEY_PG_BIN "
+                "to their folder"
             )
         if os.geteuid() == 0:
             for name in ("postgres", "nobody"):
@@ -106,7 +114,9 @@ class PostgresServer:
                 self._uid, self._gid = entry.pw_uid, entry.pw_gid
                 break
             else:
-                raise PostgresUnavailable("running as root and no 'postgres' or 'nobody' user to run PostgreSQL as")
+                raise PostgresUnavailable(
+                    "running as root and no 'postgres' or 'nobody' user to run PostgreSQL as"
+                )
         self._root = Path(tempfile.mkdtemp(prefix="samekey-pg-"))
         try:
             if self._uid is not None:
@@ -121,19 +131,43 @@ class PostgresServer:
         assert self._bin is not None and self._root is not None
         data = str(self._root / "data")
         done = self._cmd(
-            str(self._bin / "initdb"), "-D", data, "-U", self.user, "-A", "trust", "-E", "UTF8", "--no-sync"
+            str(self._bin / "initdb"),
+            "-D",
+            data,
+            "-U",
+            self.user,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
         )
         if done.returncode != 0:
-            raise PostgresUnavailable(f"initdb failed: {(done.stderr or done.stdout).strip()[-800:]}")
+            raise PostgresUnavailable(
+                f"initdb failed: {(done.stderr or done.stdout).strip()[-800:]}"
+            )
         last = ""
         for _ in range(3):  # the free port may be taken between choosing and binding
             self.port = _free_port()
             options = (
-                f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self._root} "
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -c "
+                f"unix_socket_directories={self._root} "
                 f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=100"
             )
             log = str(self._root / "server.log")
-            done = self._cmd(str(self._bin / "pg_ctl"), "-D", data, "-o", options, "-l", log, "-w", "-t", "30", "start")
+            done = self._cmd(
+                str(self._bin / "pg_ctl"),
+                "-D",
+                data,
+                "-o",
+                options,
+                "-l",
+                log,
+                "-w",
+                "-t",
+                "30",
+                "start",
+            )
             if done.returncode == 0:
                 self._running = True
                 break
@@ -141,14 +175,29 @@ class PostgresServer:
         else:
             raise PostgresUnavailable(f"pg_ctl start failed: {last[-800:]}")
         created = self._cmd(
-            str(self._bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, self.database
+            str(self._bin / "createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            self.user,
+            self.database,
         )
         if created.returncode != 0:
             raise PostgresUnavailable(f"createdb failed: {created.stderr.strip()[-800:]}")
 
     def stop(self) -> None:
         if self._running and self._bin is not None and self._root is not None:
-            self._cmd(str(self._bin / "pg_ctl"), "-D", str(self._root / "data"), "-m", "fast", "-w", "stop")
+            self._cmd(
+                str(self._bin / "pg_ctl"),
+                "-D",
+                str(self._root / "data"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            )
             self._running = False
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)

@@ -26,7 +26,12 @@ __all__ = ["FaultProxy"]
 
 _MAX_LINE = 65536
 _MAX_HEADERS = 200
-_REASONS = {429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+_REASONS = {
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 
 
 class _Broken(Exception):
@@ -62,7 +67,9 @@ def _read_message(stream: BinaryIO, *, is_request: bool, method: str = "") -> _M
         headers[name.strip().lower()] = value.strip()
     version = start.split(b" ", 1)[0] if not is_request else start.rsplit(b" ", 1)[-1].strip()
     connection = headers.get("connection", "").lower()
-    keep_alive = "close" not in connection and (version != b"HTTP/1.0" or "keep-alive" in connection)
+    keep_alive = "close" not in connection and (
+        version != b"HTTP/1.0" or "keep-alive" in connection
+    )
     status = 0 if is_request else int(start.split(b" ")[1])
     if "chunked" in headers.get("transfer-encoding", "").lower():
         while True:
@@ -118,7 +125,8 @@ def _close(sock: socket.socket) -> None:
 
 
 class FaultProxy:
-    """``with FaultProxy(server.url, FaultPlan(rate=0.3, seed=1)) as proxy:`` -> send to ``proxy.url``.
+    """``with FaultProxy(server.url, FaultPlan(rate=0.3, seed=1)) as proxy:`` -> send to
+    ``proxy.url``.
 
     Faults (see `Fault`): ``drop_after`` forwards, lets the server answer, then
     closes the client's connection without the answer; ``reset_before`` resets the
@@ -142,7 +150,10 @@ class FaultProxy:
     ) -> None:
         url = httpx.URL(target if "://" in target else f"http://{target}")
         if url.scheme != "http" or not url.host:
-            raise ValueError(f"target must be an http:// address (the proxy speaks plain HTTP/1.1), got {target!r}")
+            raise ValueError(
+                "target must be an http:// address (the proxy speaks plain HTTP/1.1), "
+                f"got {target!r}"
+            )
         self.target = (url.host, url.port or 80)
         self.faults = faults if isinstance(faults, FaultPlan) else FaultPlan(faults or ())
         self.io_timeout = io_timeout
@@ -189,7 +200,11 @@ class FaultProxy:
     def faults_injected(self) -> int:
         """How many requests a fault hit (all kinds)."""
         with self._lock:
-            return sum(v for k, v in self.counts.items() if k not in ("connections", "requests", "forwarded"))
+            return sum(
+                v
+                for k, v in self.counts.items()
+                if k not in ("connections", "requests", "forwarded")
+            )
 
     # -- plumbing ---------------------------------------------------------------------
 

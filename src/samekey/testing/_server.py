@@ -40,9 +40,11 @@ __all__ = ["Fault", "FaultPlan", "PaymentServer"]
 
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS charges (id INTEGER PRIMARY KEY, key TEXT NOT NULL, body TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS charges (id INTEGER PRIMARY KEY, key TEXT NOT NULL, body TEXT NOT NULL, \
+at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency (
-    key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state TEXT NOT NULL, status INTEGER, body BLOB, owner TEXT
+    key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, state TEXT NOT NULL, status INTEGER, body \
+BLOB, owner TEXT
 );
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY, key TEXT, method TEXT, path TEXT, at REAL, outcome TEXT, body TEXT
@@ -69,8 +71,8 @@ class PaymentServer:
     ``{"id": ..., "amount": ...}``. With ``require_auth="Bearer sk_test"`` a request without
     that Authorization is refused with a 401 before anything is charged or stored.
     GET /charges lists the charges. ``api=STRIPE`` (or ``SQUARE``, ``INCREASE``) answers that
-    SDK's requests instead, each POST a charge (see `Api`). ``db_path`` is the SQLite file holding charges,
-    stored responses and the request log; it can be opened by tests and by other processes.
+    SDK's requests instead, each POST a charge (see `Api`). ``db_path`` is the SQLite file holding
+    charges, stored responses and the request log; it can be opened by tests and by other processes.
     """
 
     def __init__(
@@ -89,7 +91,9 @@ class PaymentServer:
         self.faults = faults or FaultPlan()
         self.work_seconds = work_seconds
         self.decline = decline
-        self.require_auth = require_auth  # e.g. "Bearer sk_test": anything else gets a 401 and is not acted on
+        self.require_auth = (
+            require_auth  # e.g. "Bearer sk_test": anything else gets a 401 and is not acted on
+        )
         self._db_lock = threading.Lock()
         self._stopped = False
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
@@ -98,7 +102,8 @@ class PaymentServer:
             # survives a killed process (the OS keeps the writes); a test server needs no fsync
             self._db.execute("PRAGMA synchronous=OFF")
         self._db.executescript(_SCHEMA)
-        # who executes a key: pid/server/request, to tell a live execution from one killed with its server
+        # who executes a key: pid/server/request, to
+        # tell a live execution from one killed with its server
         self._token = os.urandom(6).hex()
         self._executions = itertools.count(1)
         # One asyncio loop in a background thread: at concurrency 100 a thread-per-connection
@@ -143,7 +148,9 @@ class PaymentServer:
         return self
 
     def stop(self) -> None:
-        _LIVE.discard(self._token)  # a request it leaves running is executed again by the next server
+        _LIVE.discard(
+            self._token
+        )  # a request it leaves running is executed again by the next server
 
         async def shutdown() -> None:
             if self._server is not None:
@@ -157,7 +164,9 @@ class PaymentServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
             self._thread = None
-        if not self._loop.is_closed():  # also when it never started; a second stop() does nothing more
+        if (
+            not self._loop.is_closed()
+        ):  # also when it never started; a second stop() does nothing more
             self._loop.close()
         self._sock.close()
         with self._db_lock:
@@ -197,12 +206,17 @@ class PaymentServer:
 
     def keys_seen(self) -> list[str]:
         """The Idempotency-Key of every request that arrived, in order (None-less)."""
-        return [r[0] for r in self._query("SELECT key FROM requests WHERE key IS NOT NULL ORDER BY id")]
+        return [
+            r[0] for r in self._query("SELECT key FROM requests WHERE key IS NOT NULL ORDER BY id")
+        ]
 
     def requests(self) -> list[dict[str, Any]]:
         """Every request that arrived, in order: key, method, path, at, outcome and body (text)."""
         rows = self._query("SELECT key, method, path, at, outcome, body FROM requests ORDER BY id")
-        return [dict(zip(("key", "method", "path", "at", "outcome", "body"), r, strict=True)) for r in rows]
+        return [
+            dict(zip(("key", "method", "path", "at", "outcome", "body"), r, strict=True))
+            for r in rows
+        ]
 
     # -- the server side of the protocol --------------------------------------------------
 
@@ -210,11 +224,14 @@ class PaymentServer:
         body = request.body.decode("utf-8", "replace")
         with self._db_lock:
             self._db.execute(
-                "INSERT INTO requests (key, method, path, at, outcome, body) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO requests (key, method, path, at, outcome, body) VALUES (?, "
+                "?, ?, ?, ?, ?)",
                 (key, request.method, request.path, time.time(), outcome, body),
             )
 
-    def _begin(self, key: str, fingerprint: str, owner: str) -> tuple[str, int | None, bytes | None]:
+    def _begin(
+        self, key: str, fingerprint: str, owner: str
+    ) -> tuple[str, int | None, bytes | None]:
         """('new'|'replay'|'in_flight'|'mismatch', status, body) for a key, atomically.
 
         'new': ``owner`` now executes the key, the first time or in place of an execution
@@ -224,11 +241,13 @@ class PaymentServer:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
-                    "SELECT fingerprint, state, status, body, owner FROM idempotency WHERE key = ?", (key,)
+                    "SELECT fingerprint, state, status, body, owner FROM idempotency WHERE key = ?",
+                    (key,),
                 ).fetchone()
                 if row is None:
                     self._db.execute(
-                        "INSERT INTO idempotency (key, fingerprint, state, owner) VALUES (?, ?, 'running', ?)",
+                        "INSERT INTO idempotency (key, fingerprint, state, owner) "
+                        "VALUES (?, ?, 'running', ?)",
                         (key, fingerprint, owner),
                     )
                     return "new", None, None
@@ -243,8 +262,11 @@ class PaymentServer:
             finally:
                 self._db.execute("COMMIT")
 
-    def _charge(self, key: str, payload: dict[str, Any], status: int, owner: str) -> tuple[str, int, bytes]:
-        """('charged'|'replay'|'in_flight', status, body): charges only while ``owner`` executes the key.
+    def _charge(
+        self, key: str, payload: dict[str, Any], status: int, owner: str
+    ) -> tuple[str, int, bytes]:
+        """('charged'|'replay'|'in_flight', status, body): charges only while ``owner`` executes the
+        key.
 
         Were this execution wrongly taken for dead and the key executed by another, it
         charges nothing and answers as a repeat would.
@@ -252,22 +274,30 @@ class PaymentServer:
         with self._db_lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT state, status, body, owner FROM idempotency WHERE key = ?", (key,))
+                row = self._db.execute(
+                    "SELECT state, status, body, owner FROM idempotency WHERE key = ?", (key,)
+                )
                 state, stored_status, stored, current = row.fetchone() or (None, None, None, None)
                 if state == "done":
                     return "replay", stored_status or 500, stored or b""
                 if state != "running" or current != owner:
-                    return "in_flight", 409, b'{"error":"a request with this key is still in flight"}'
+                    return (
+                        "in_flight",
+                        409,
+                        b'{"error":"a request with this key is still in flight"}',
+                    )
                 body_text = json.dumps(payload, sort_keys=True)
                 if status == 201:
                     cur = self._db.execute(
-                        "INSERT INTO charges (key, body, at) VALUES (?, ?, ?)", (key, body_text, time.time())
+                        "INSERT INTO charges (key, body, at) VALUES (?, ?, ?)",
+                        (key, body_text, time.time()),
                     )
                     answer = json.dumps(self.api.answer(cur.lastrowid or 0, payload)).encode()
                 else:
                     answer = json.dumps(self.api.error("card_declined")).encode()
                 self._db.execute(
-                    "UPDATE idempotency SET state = 'done', status = ?, body = ? WHERE key = ?", (status, answer, key)
+                    "UPDATE idempotency SET state = 'done', status = ?, body = ? WHERE key = ?",
+                    (status, answer, key),
                 )
                 return "charged", status, answer
             finally:
@@ -275,7 +305,10 @@ class PaymentServer:
 
     def _forget_running(self, key: str, owner: str) -> None:
         with self._db_lock:
-            self._db.execute("DELETE FROM idempotency WHERE key = ? AND state = 'running' AND owner = ?", (key, owner))
+            self._db.execute(
+                "DELETE FROM idempotency WHERE key = ? AND state = 'running' AND owner = ?",
+                (key, owner),
+            )
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
@@ -317,7 +350,11 @@ class PaymentServer:
         authorization = request.headers.get("authorization")
         if self.require_auth is not None and authorization != self.require_auth:
             self._log(key, request, "401")  # refused before the key is even looked at, as Stripe
-            return 401, b'{"error":"invalid API key"}', {"WWW-Authenticate": 'Bearer realm="payments"'}
+            return (
+                401,
+                b'{"error":"invalid API key"}',
+                {"WWW-Authenticate": 'Bearer realm="payments"'},
+            )
         if not key:
             self._log(None, request, "400")
             return 400, b'{"error":"missing Idempotency-Key"}', {}

@@ -100,10 +100,12 @@ class SoakReport:
         return [
             f"operations          {self.n} ({self.workers} worker processes, seed {self.seed})",
             f"requests at proxy   {self.requests}",
-            f"faults injected     {self.faults_injected} ({self.faults_injected / max(self.requests, 1):.1%}): {kinds}",
+            f"faults injected     {self.faults_injected} "
+            f"({self.faults_injected / max(self.requests, 1):.1%}): {kinds}",
             f"SIGKILLs            {self.kills} ({self.kills_mid_operation} mid-operation, "
             f"{self.kills_after_charge} after the server charged)",
-            f"server requests     {self.server_requests} ({self.server_replays} answered by replay, "
+            f"server requests     {self.server_requests} ({self.server_replays} answered "
+            "by replay, "
             f"{self.server_409s} with 409 in flight)",
             f"charges             {self.charges}",
             f"duplicate charges   {self.duplicate_charges}",
@@ -111,7 +113,8 @@ class SoakReport:
             f"distinct keys       {self.distinct_keys} (operations seen with >1 key: "
             f"{self.operations_with_several_keys})",
             f"wall time           {self.wall_seconds:.1f} s",
-            "result              " + ("OK: exactly once" if self.ok else "FAILED: " + "; ".join(self.problems)),
+            "result              "
+            + ("OK: exactly once" if self.ok else "FAILED: " + "; ".join(self.problems)),
         ]
 
 
@@ -131,7 +134,9 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--ready-dir", required=True)
     args = parser.parse_args(argv)
     # tiny real waits (workers are separate processes: set_testing would not reach them)
-    policy = samekey.RetryPolicy(max_attempts=8, initial_delay=0.002, max_delay=0.02, max_retry_after=0.02, deadline=60)
+    policy = samekey.RetryPolicy(
+        max_attempts=8, initial_delay=0.002, max_delay=0.02, max_retry_after=0.02, deadline=60
+    )
     with samekey.Client(
         journal=args.journal, base_url=args.url, policy=policy, timeout=CLIENT_TIMEOUT, lease=LEASE
     ) as client:
@@ -147,7 +152,9 @@ def worker_main(argv: list[str]) -> int:
                     continue
                 if response.status_code != 201:
                     print(
-                        f"{operation_name(i)}: unexpected HTTP {response.status_code} {response.text}", file=sys.stderr
+                        f"{operation_name(i)}: unexpected HTTP {response.status_code} "
+                        f"{response.text}",
+                        file=sys.stderr,
                     )
                     return 3
                 info = samekey.operation_info(response)
@@ -176,7 +183,10 @@ class _Workers:
 
         # the workers import this very samekey (a source checkout or an installed one)
         source = str(Path(samekey.__file__).resolve().parents[1])
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])),
+        }
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.logs: dict[int, IO[bytes]] = {}
 
@@ -185,7 +195,11 @@ class _Workers:
         if log is None:
             log = self.logs[index] = open(self.folder / f"worker-{index}.log", "ab")
         self.procs[index] = subprocess.Popen(
-            [*self.base, "--index", str(index)], env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            [*self.base, "--index", str(index)],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
         )
 
     def working(self, index: int) -> bool:
@@ -214,7 +228,8 @@ def _pending_key_of(journal: Path, pid: int) -> str | None:
         return None
     try:
         row = conn.execute(
-            "SELECT key FROM operations WHERE state = 'pending' AND lease_owner LIKE ?", (f"%/{pid}/%",)
+            "SELECT key FROM operations WHERE state = 'pending' AND lease_owner LIKE ?",
+            (f"%/{pid}/%",),
         ).fetchone()
     except sqlite3.Error:
         return None
@@ -262,7 +277,11 @@ def run_soak(
             server.stop()
         report.wall_seconds = time.monotonic() - started
         report.requests = proxy.counts["requests"]
-        report.faults = {k: v for k, v in proxy.counts.items() if k not in ("connections", "requests", "forwarded")}
+        report.faults = {
+            k: v
+            for k, v in proxy.counts.items()
+            if k not in ("connections", "requests", "forwarded")
+        }
         verify(report, server_db, journal)
     return report
 
@@ -402,9 +421,14 @@ def _check_charges(report: SoakReport, per_order: Counter[int]) -> None:
     if set(per_order) - set(range(n)):
         problems.append("charges for operations that were never asked for")
     if report.distinct_keys != n:
-        problems.append(f"{report.distinct_keys} distinct keys among {report.charges} charges, expected {n}")
+        problems.append(
+            f"{report.distinct_keys} distinct keys among {report.charges} charges, expected {n}"
+        )
     if report.operations_with_several_keys:
-        problems.append(f"{report.operations_with_several_keys} operations reached the server with more than one key")
+        problems.append(
+            f"{report.operations_with_several_keys} operations reached the server with "
+            "more than one key"
+        )
 
 
 def _check_journal(report: SoakReport, journal: Path, charge_key: dict[int, str]) -> None:
@@ -414,21 +438,32 @@ def _check_journal(report: SoakReport, journal: Path, charge_key: dict[int, str]
     n, problems = report.n, report.problems
     with Journal(journal) as store:
         records = {r.operation: r for r in store.records()}
-    unfinished = [op for op in map(operation_name, range(n)) if op not in records or records[op].pending]
+    unfinished = [
+        op for op in map(operation_name, range(n)) if op not in records or records[op].pending
+    ]
     if unfinished:
-        problems.append(f"{len(unfinished)} operations not completed in the journal (first: {unfinished[0]})")
+        problems.append(
+            f"{len(unfinished)} operations not completed in the journal (first: {unfinished[0]})"
+        )
     wrong = [
-        i for i in range(n) if operation_name(i) in records and records[operation_name(i)].key != charge_key.get(i)
+        i
+        for i in range(n)
+        if operation_name(i) in records and records[operation_name(i)].key != charge_key.get(i)
     ]
     if wrong:
-        problems.append(f"{len(wrong)} operations charged under another key than the journal's (first: {wrong[0]})")
+        problems.append(
+            f"{len(wrong)} operations charged under another key than the journal's "
+            f"(first: {wrong[0]})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["worker"]:
         return worker_main(args[1:])
-    print("usage: python -m samekey.testing._soak worker ... (see scripts/soak.py)", file=sys.stderr)
+    print(
+        "usage: python -m samekey.testing._soak worker ... (see scripts/soak.py)", file=sys.stderr
+    )
     return 2
 
 

@@ -56,17 +56,23 @@ class _Decider:
         self._count("requests", fault.label, *(("passed",) if reaches_server else ()))
         where = f"{request.method} {request.url}"
         if fault.kind == "reset_before":
-            reset = httpx.ConnectError(f"[samekey.testing] connection reset before {where} was sent", request=request)
+            reset = httpx.ConnectError(
+                f"[samekey.testing] connection reset before {where} was sent", request=request
+            )
             return _Decision(fault, error_before=reset)
         if fault.kind == "status":
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             answer = httpx.Response(
-                fault.status, headers=headers, json={"error": "injected by samekey.testing"}, request=request
+                fault.status,
+                headers=headers,
+                json={"error": "injected by samekey.testing"},
+                request=request,
             )
             return _Decision(fault, answer=answer)
         if fault.kind == "drop_after":
             lost = httpx.RemoteProtocolError(
-                f"[samekey.testing] {where} reached the server, which answered; the answer was lost",
+                f"[samekey.testing] {where} reached the server, which answered; the "
+                "answer was lost",
                 request=request,
             )
             return _Decision(fault, error_after=lost)
