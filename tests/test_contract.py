@@ -72,7 +72,7 @@ def _sqlite_store(tmp_path: Path) -> Store:
 def _postgres_store(dsn: str) -> Store:
     import psycopg
 
-    from samekey import _postgres
+    from samekey import _postgres_schema
 
     def set_version(n: int) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -91,7 +91,7 @@ def _postgres_store(dsn: str) -> Store:
         "samekey_operations",
         set_version,
         get_version,
-        _postgres,
+        _postgres_schema,
     )
 
 

@@ -528,13 +528,13 @@ def test_a_replica_that_waited_for_another_creating_the_tables_opens_them(pg_dsn
 
     import psycopg
 
-    from samekey import _postgres
+    from samekey import _postgres_schema
 
     # Six replicas start at once on an empty schema: one creates the tables while the others
     # wait for its lock. Here the test plays the one creating them, holding that lock.
     outcome: list[object] = []
     with psycopg.connect(pg_dsn, autocommit=True) as other:
-        other.execute("SELECT pg_advisory_lock(%s)", (_postgres._SCHEMA_LOCK_ID,))
+        other.execute("SELECT pg_advisory_lock(%s)", (_postgres_schema._SCHEMA_LOCK_ID,))
 
         def open_journal() -> None:
             try:
@@ -550,16 +550,17 @@ def test_a_replica_that_waited_for_another_creating_the_tables_opens_them(pg_dsn
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid::bigint = "
             "%s AND NOT granted"
         )
-        while other.execute(waiting, (_postgres._SCHEMA_LOCK_ID,)).fetchone() != (1,):
+        while other.execute(waiting, (_postgres_schema._SCHEMA_LOCK_ID,)).fetchone() != (1,):
             assert time.monotonic() < deadline and waiter.is_alive(), outcome
             time.sleep(0.02)
         with other.transaction():
-            for statement in _postgres._SCHEMA.split(";"):
+            for statement in _postgres_schema._SCHEMA.split(";"):
                 other.execute(statement)
             other.execute(
-                "INSERT INTO samekey_schema (version) VALUES (%s)", (_postgres.SCHEMA_VERSION,)
+                "INSERT INTO samekey_schema (version) VALUES (%s)",
+                (_postgres_schema.SCHEMA_VERSION,),
             )
-        other.execute("SELECT pg_advisory_unlock(%s)", (_postgres._SCHEMA_LOCK_ID,))
+        other.execute("SELECT pg_advisory_unlock(%s)", (_postgres_schema._SCHEMA_LOCK_ID,))
         waiter.join(timeout=30)
     assert outcome == ["opened"]
 

@@ -56,6 +56,7 @@ from ._contract import (
 )
 from ._errors import JournalError, JournalLocked
 from ._identity import at_fork_in_child
+from ._postgres_schema import init_schema
 from ._redaction import mask_dsn, redact_dsn, scrub
 from ._rows import (
     COLUMNS,
@@ -75,47 +76,6 @@ if TYPE_CHECKING:
     import psycopg_pool
 
 __all__ = ["PostgresJournal", "mask_dsn"]
-
-SCHEMA_VERSION = 1
-# Forward migrations: MIGRATIONS[n] upgrades the tables from version n to n + 1.
-MIGRATIONS: dict[int, str] = {}
-
-# Serialises schema set-up between processes that open a fresh database together.
-_SCHEMA_LOCK_ID = 0x534B4A31
-
-_SCHEMA = """
-CREATE TABLE samekey_schema (
-    version integer NOT NULL
-);
-CREATE TABLE samekey_operations (
-    operation        text COLLATE "C" PRIMARY KEY,
-    key              text NOT NULL,
-    key_header       text NOT NULL,
-    method           text NOT NULL,
-    url              text NOT NULL,
-    fingerprint      text NOT NULL,
-    request_headers  text NOT NULL,
-    request_body     bytea NOT NULL,
-    state            text NOT NULL CHECK (state IN ('pending', 'completed')),
-    created_at       double precision NOT NULL,
-    updated_at       double precision NOT NULL,
-    completed_at     double precision,
-    attempts         integer NOT NULL DEFAULT 0,
-    last_error       text,
-    response_status  integer,
-    response_headers text,
-    response_body    bytea,
-    lease_owner      text,
-    lease_expires    double precision,
-    settled_note     text,
-    checksum         text
-);
-CREATE INDEX samekey_operations_pending ON samekey_operations (created_at, operation) WHERE state \
-= 'pending';
-CREATE INDEX samekey_operations_completed ON samekey_operations (completed_at) WHERE state = \
-'completed';
-CREATE INDEX samekey_operations_created ON samekey_operations (created_at, operation)
-"""
 
 _SELECT = f"SELECT {COLUMNS} FROM samekey_operations"
 _SELECT_SUMMARY = "SELECT " + summary_columns("''::bytea") + " FROM samekey_operations"
@@ -268,7 +228,7 @@ class PostgresJournal:
         try:
             conn = self._connect()
             try:
-                self._init_schema(conn)
+                init_schema(conn, self._fail, create=self.create)
             finally:
                 conn.close()
         except self._psycopg.Error as exc:
@@ -296,54 +256,47 @@ class PostgresJournal:
         self._hide_secrets(exc)
         errors = self._psycopg.errors
         text = " ".join(str(exc).split())
+        idle = f"{self.idle_in_transaction_session_timeout:g} s"
         if isinstance(exc, errors.LockNotAvailable):
             return JournalLocked(
                 self.location,
-                f"a lock was held by another caller for more than {self.lock_timeout:g} "
-                f"s while {doing}",
-                "Another process may be stuck in a transaction (the server ends a "
-                "samekey session idle in one "
-                f"after {self.idle_in_transaction_session_timeout:g} s); retry, or raise "
-                "lock_timeout.",
+                f"a lock was held by another caller for more than {self.lock_timeout:g} s "
+                f"while {doing}",
+                "Another process may be stuck in a transaction (the server ends a samekey "
+                f"session idle in one after {idle}); retry, or raise lock_timeout.",
             )
-        if isinstance(exc, errors.QueryCanceled):
-            return self._fail(
+        explained = {
+            errors.QueryCanceled: (
                 f"the server cancelled a statement while {doing} ({text}; samekey's "
-                "statement_timeout "
-                f"is {self.statement_timeout:g} s)",
-                "The database is overloaded or something holds its locks; retry, or "
-                "raise statement_timeout.",
-            )
-        if isinstance(exc, errors.IdleInTransactionSessionTimeout):
-            return self._fail(
+                f"statement_timeout is {self.statement_timeout:g} s)",
+                "The database is overloaded or something holds its locks; retry, or raise "
+                "statement_timeout.",
+            ),
+            errors.IdleInTransactionSessionTimeout: (
                 f"the server ended samekey's session while {doing}: it stayed idle in a "
-                "transaction for more than "
-                f"{self.idle_in_transaction_session_timeout:g} s (idle_in_transaction_se"
-                "ssion_timeout), so its "
-                "changes were rolled back",
-                "This process stalled between two statements (overloaded, paused or "
-                "swapped out); retry, or raise "
-                "idle_in_transaction_session_timeout.",
-            )
-        if isinstance(exc, errors.InsufficientPrivilege):
-            return self._fail(
+                f"transaction for more than {idle} (idle_in_transaction_session_timeout), "
+                "so its changes were rolled back",
+                "This process stalled between two statements (overloaded, paused or swapped "
+                "out); retry, or raise idle_in_transaction_session_timeout.",
+            ),
+            errors.InsufficientPrivilege: (
                 f"the database user lacks a privilege while {doing} ({text})",
-                "Grant it CREATE on the schema (first use) and SELECT, INSERT, UPDATE, "
-                "DELETE on the "
-                "samekey_operations and samekey_schema tables.",
-            )
-        if isinstance(exc, errors.DiskFull):
-            return self._fail(
+                "Grant it CREATE on the schema (first use) and SELECT, INSERT, UPDATE, DELETE "
+                "on the samekey_operations and samekey_schema tables.",
+            ),
+            errors.DiskFull: (
                 f"the database server's disk is full while {doing}",
                 "Free some space; nothing was sent.",
-            )
-        if isinstance(exc, self._psycopg.OperationalError):
-            return self._fail(
+            ),
+            self._psycopg.OperationalError: (
                 f"cannot reach the PostgreSQL server while {doing} ({text})",
-                "Check that it runs and accepts connections from this host, and the "
-                "DSN's host, port, "
-                "user, password and database.",
-            )
+                "Check that it runs and accepts connections from this host, and the DSN's "
+                "host, port, user, password and database.",
+            ),
+        }
+        for kind, (problem, fix) in explained.items():  # in order: the subclasses first
+            if isinstance(exc, kind):
+                return self._fail(problem, fix)
         return self._fail(
             f"PostgreSQL error while {doing} ({text})", "Check the database and the DSN."
         )
@@ -470,113 +423,6 @@ class PostgresJournal:
             exc,
             (self._psycopg.OperationalError, self._psycopg.errors.IdleInTransactionSessionTimeout),
         )
-
-    # -- schema -------------------------------------------------------------------------
-
-    def _version(self, conn: psycopg.Connection[Any]) -> int | None:
-        if conn.execute("SELECT to_regclass('samekey_schema')").fetchone() == (None,):
-            if conn.execute("SELECT to_regclass('samekey_operations')").fetchone() != (None,):
-                raise self._fail(
-                    "it has a samekey_operations table without samekey_schema, so it "
-                    "was not made by samekey",
-                    "It was left untouched. Use another database or schema "
-                    "(options=-csearch_path=NAME).",
-                )
-            return None
-        versions = [
-            row[0] for row in conn.execute("SELECT DISTINCT version FROM samekey_schema ORDER BY 1")
-        ]
-        restore = "or use another database or schema."
-        if not versions:
-            raise self._fail(
-                "its samekey_schema table is empty, so its schema version is unknown",
-                "It was left untouched. Restore the row (INSERT INTO samekey_schema "
-                "VALUES (1) for samekey 0.1) " + restore,
-            )
-        if len(versions) > 1:
-            raise self._fail(
-                "its samekey_schema table holds several versions "
-                f"({', '.join(map(str, versions))}), so its schema "
-                "version is unknown",
-                "It was left untouched. Keep only the row of the version samekey wrote "
-                f"(1 for samekey 0.1) {restore}",
-            )
-        [version] = versions
-        if not isinstance(version, int) or version < 1:
-            # never taken for an old journal to
-            # migrate: no samekey wrote it, so its tables are unknown
-            raise self._fail(
-                f"its samekey_schema table holds version {version}, which no samekey "
-                "writes (versions start at 1), "
-                "so its schema version is unknown",
-                "It was left untouched. Restore the row (UPDATE samekey_schema SET "
-                "version = 1 for samekey 0.1) " + restore,
-            )
-        return version
-
-    def _init_schema(self, conn: psycopg.Connection[Any]) -> None:
-        try:
-            if self._version(conn) == SCHEMA_VERSION:
-                return
-        except JournalError:
-            # perhaps read while another process was creating the tables: decided under the lock
-            pass
-        # A session lock taken before the transaction: a backend refreshes its catalog caches when
-        # a transaction starts, not when an advisory lock is granted, so a transaction that waited
-        # for the lock would not see the tables the holder created and would create them again.
-        conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK_ID,))
-        try:
-            self._create_or_migrate(conn)
-        finally:
-            if not conn.broken:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK_ID,))
-
-    def _create_or_migrate(self, conn: psycopg.Connection[Any]) -> None:
-        with conn.transaction():
-            version = self._version(
-                conn
-            )  # again under the lock: another process may have set it up
-            if version is not None and version > SCHEMA_VERSION:
-                raise self._fail(
-                    f"it was written by a newer samekey (schema {version}; this one "
-                    f"reads up to {SCHEMA_VERSION})",
-                    "It was left untouched. Upgrade samekey to use it.",
-                )
-            if version is None and not self.create:
-                database, schema, path = conn.execute(
-                    "SELECT current_database(), current_schema(), current_setting('search_path')"
-                ).fetchone() or (None, None, None)
-                place = (
-                    f"in schema {schema!r}"
-                    if schema is not None
-                    else f"on its search_path ({path})"
-                )
-                raise self._fail(
-                    f"database {database!r} has no samekey tables (samekey_operations, "
-                    f"samekey_schema) {place}, "
-                    "so it holds no journal; nothing was created",
-                    "Check the database name and the search_path "
-                    "(options=-csearch_path=NAME) in the DSN. A new "
-                    "journal's tables are created when the application first opens it "
-                    "(samekey.PostgresJournal(DSN) "
-                    "or samekey.Client(journal=DSN)).",
-                )
-            if version is None:
-                if conn.execute("SELECT current_schema()").fetchone() == (None,):
-                    raise self._fail(
-                        "no schema on the search_path exists to create its tables in",
-                        "Create the schema, or set one with options=-csearch_path=NAME in the DSN.",
-                    )
-                for statement in _SCHEMA.split(";"):
-                    conn.execute(statement)  # fixed text, no user input
-                conn.execute("INSERT INTO samekey_schema (version) VALUES (1)")
-                version = 1
-            while version < SCHEMA_VERSION:
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                version += 1
-            conn.execute("UPDATE samekey_schema SET version = %s", (version,))
 
     # -- JournalStore -------------------------------------------------------------------
 
