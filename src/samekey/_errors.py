@@ -101,38 +101,41 @@ class RetriesExhausted(SameKeyError):
         self.attempts = attempts  # all runs together (the journal's count)
         self.last_response = last_response
         self.last_exception = last_exception
-        self.reason = (
-            reason  # why the policy stopped: "max_attempts reached", a deadline, the budget
-        )
-        if last_response is not None:
-            last = f"last answer HTTP {last_response.status_code}"
-        elif last_exception is not None:
-            last = (
-                f"last error {last_error if last_error is not None else error_text(last_exception)}"
-            )
-        else:
-            last = "no answer"
-        if key is None:
-            pending = "The request carried no Idempotency-Key; it is safe to send again."
-        elif operation.startswith("auto:"):  # see _plan.UNNAMED_PREFIX
-            pending = (
-                "It was sent without operation=, so running the code again makes a NEW "
-                "key and could act "
-                f"twice. Retry it with the same key: `{command('resume', operation)}` "
-                "(or client.resume). "
-                "Name your operations (operation='order-42/charge') to make re-runs reuse the key."
-            )
-        else:
-            pending = (
-                f"The operation is still pending with key {key}: run it again with the same "
-                f"operation name (or `{command('resume', operation)}`) to retry safely "
-                "with the same key."
-            )
+        self.reason = reason  # why the policy stopped: max_attempts, a deadline, the budget
+        last = _last_outcome(last_response, last_exception, last_error)
+        pending = _what_now(operation, key)
         runs = f", {this_run} in this run" if this_run is not None and this_run != attempts else ""
         super().__init__(
             f"operation {operation!r}: gave up after {attempts} attempt(s){runs} "
             f"({reason}; {last}). " + pending
         )
+
+
+def _last_outcome(
+    response: httpx.Response | None, exception: BaseException | None, shown: str | None
+) -> str:
+    if response is not None:
+        return f"last answer HTTP {response.status_code}"
+    if exception is not None:
+        return f"last error {shown if shown is not None else error_text(exception)}"
+    return "no answer"
+
+
+def _what_now(operation: str, key: str | None) -> str:
+    """What the caller of a request samekey gave up on should do next."""
+    if key is None:
+        return "The request carried no Idempotency-Key; it is safe to send again."
+    if operation.startswith("auto:"):  # see _plan.UNNAMED_PREFIX
+        return (
+            "It was sent without operation=, so running the code again makes a NEW key and "
+            f"could act twice. Retry it with the same key: `{command('resume', operation)}` "
+            "(or client.resume). Name your operations (operation='order-42/charge') to make "
+            "re-runs reuse the key."
+        )
+    return (
+        f"The operation is still pending with key {key}: run it again with the same operation "
+        f"name (or `{command('resume', operation)}`) to retry safely with the same key."
+    )
 
 
 class OperationMismatch(SameKeyError):

@@ -101,16 +101,7 @@ class Journal:
         lock_timeout: float = 10.0,
         read_only: bool = False,
     ) -> None:
-        if durability not in ("fsync", "process"):
-            raise ValueError(f"durability must be 'fsync' or 'process', got {durability!r}")
-        if (
-            isinstance(lock_timeout, bool)
-            or not isinstance(lock_timeout, (int, float))
-            or not 0 < lock_timeout < inf
-        ):
-            raise ValueError(
-                f"lock_timeout must be a positive, finite number of seconds, got {lock_timeout!r}"
-            )
+        _check_options(durability, lock_timeout)
         refuse_dsn_as_path(path)
         # absolute once, here: a later os.chdir (a daemon, a task runner) must neither point the
         # WAL sync at a missing file nor let a forked child reopen another, empty journal
@@ -119,9 +110,8 @@ class Journal:
         self.location = str(self.path)
         self.durability: Durability = durability
         self.lock_timeout = float(lock_timeout)
-        self.read_only = bool(
-            read_only
-        )  # for inspection (`samekey list/show`): creates and changes nothing
+        # for inspection (`samekey list/show`): creates and changes nothing
+        self.read_only = bool(read_only)
         # checkpoints off the request path in "process" mode only (see _wal)
         self._checkpoints_off_path = durability == "process" and not self.read_only
         self._file = JournalFile(
@@ -132,18 +122,15 @@ class Journal:
         )
         self._lock = threading.Lock()  # guards the connection
         self._commits = GroupCommit()
-        self._budgets = LockBudgets(
-            self.lock_timeout
-        )  # one request's lock waits: lock_timeout in all
+        self._budgets = LockBudgets(self.lock_timeout)  # one request's lock waits in all
         self._wal = WalSync()
         self._conn: sqlite3.Connection | None = None
         self._pid = PROCESS.pid  # the process that opened the connection
         # how long a fork waits for a call in another thread to leave the connection (_sqlite_fork):
         # a busy wait for the write lock, then one for BEGIN IMMEDIATE, then an fsync
         self._fork_wait = 2 * self.lock_timeout + _sqlite_fork.FORK_WAIT_EXTRA
-        self._forked_in_use = (
-            False  # forked while another thread held the connection past _fork_wait
-        )
+        # forked while another thread held the connection past _fork_wait
+        self._forked_in_use = False
         self._checkpoints: Checkpointer | None = None  # made once the file is open
         _sqlite_fork.register(self)
         with self._lock:  # a fork meanwhile waits for the open to end
@@ -632,6 +619,19 @@ class Journal:
 
 def _absolute(path: str | os.PathLike[str] | None) -> Path:
     return Path(path).expanduser().absolute() if path is not None else default_journal_path()
+
+
+def _check_options(durability: object, lock_timeout: object) -> None:
+    if durability not in ("fsync", "process"):
+        raise ValueError(f"durability must be 'fsync' or 'process', got {durability!r}")
+    if (
+        isinstance(lock_timeout, bool)
+        or not isinstance(lock_timeout, (int, float))
+        or not 0 < lock_timeout < inf
+    ):
+        raise ValueError(
+            f"lock_timeout must be a positive, finite number of seconds, got {lock_timeout!r}"
+        )
 
 
 if TYPE_CHECKING:  # the store contracts Journal keeps, checked by mypy

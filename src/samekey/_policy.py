@@ -279,19 +279,8 @@ class RetryPolicy:
         verdict_header: str | None = "Stripe-Should-Retry",
         budget: RetryBudget | bool | None = True,
     ) -> None:
-        if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
-            raise ValueError(
-                "max_attempts must be a whole number >= 1 (1 means no retries), got "
-                f"{max_attempts!r}"
-            )
-        if (
-            not isinstance(multiplier, (int, float))
-            or isinstance(multiplier, bool)
-            or not multiplier >= 1
-        ):  # NaN
-            raise ValueError(f"multiplier must be a number >= 1, got {multiplier!r}")
-        self.max_attempts = max_attempts
-        self.multiplier = float(multiplier)
+        self.max_attempts = _max_attempts(max_attempts)
+        self.multiplier = _multiplier(multiplier)
         self.initial_delay = to_seconds(initial_delay, "initial_delay")
         self.max_delay = to_seconds(max_delay, "max_delay")
         self.deadline = to_seconds(deadline, "deadline", allow_zero=False)
@@ -303,13 +292,7 @@ class RetryPolicy:
             )
         self.retry_statuses = _statuses(retry_statuses)
         self.retry_exceptions = _exception_classes(retry_exceptions)
-        if verdict_header is not None and (
-            not isinstance(verdict_header, str) or not verdict_header.strip()
-        ):
-            raise ValueError(
-                f"verdict_header must be a header name or None, got {verdict_header!r}"
-            )
-        self.verdict_header = verdict_header
+        self.verdict_header = _verdict_header(verdict_header)
         self._default_budget: RetryBudget | None = None  # see active_budget
         if budget is True:
             budget = self._default_budget = RetryBudget()
@@ -484,3 +467,23 @@ def _exception_classes(
     if not all(isinstance(e, type) and issubclass(e, BaseException) for e in excs):
         raise TypeError(f"retry_exceptions must be exception classes, got {excs!r}")
     return excs
+
+
+def _max_attempts(value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(
+            f"max_attempts must be a whole number >= 1 (1 means no retries), got {value!r}"
+        )
+    return value
+
+
+def _multiplier(value: float) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 1:  # NaN
+        raise ValueError(f"multiplier must be a number >= 1, got {value!r}")
+    return float(value)
+
+
+def _verdict_header(value: str | None) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError(f"verdict_header must be a header name or None, got {value!r}")
+    return value

@@ -130,22 +130,22 @@ class PostgresServer:
     def _init_and_start(self) -> None:
         assert self._bin is not None and self._root is not None
         data = str(self._root / "data")
-        done = self._cmd(
-            str(self._bin / "initdb"),
-            "-D",
-            data,
-            "-U",
-            self.user,
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        )
+        initdb = [str(self._bin / "initdb"), "-D", data, "-U", self.user, "-A", "trust"]
+        done = self._cmd(*initdb, "-E", "UTF8", "--no-sync")
         if done.returncode != 0:
             raise PostgresUnavailable(
                 f"initdb failed: {(done.stderr or done.stdout).strip()[-800:]}"
             )
+        self._start_server(data)
+        created = self._cmd(
+            str(self._bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user,
+            self.database,
+        )  # fmt: skip
+        if created.returncode != 0:
+            raise PostgresUnavailable(f"createdb failed: {created.stderr.strip()[-800:]}")
+
+    def _start_server(self, data: str) -> None:
+        assert self._bin is not None and self._root is not None
         last = ""
         for _ in range(3):  # the free port may be taken between choosing and binding
             self.port = _free_port()
@@ -155,37 +155,13 @@ class PostgresServer:
                 f"-c fsync={'on' if self.fsync else 'off'} -c max_connections=100"
             )
             log = str(self._root / "server.log")
-            done = self._cmd(
-                str(self._bin / "pg_ctl"),
-                "-D",
-                data,
-                "-o",
-                options,
-                "-l",
-                log,
-                "-w",
-                "-t",
-                "30",
-                "start",
-            )
+            pg_ctl = [str(self._bin / "pg_ctl"), "-D", data, "-o", options, "-l", log]
+            done = self._cmd(*pg_ctl, "-w", "-t", "30", "start")
             if done.returncode == 0:
                 self._running = True
-                break
+                return
             last = (done.stderr or done.stdout).strip() + " " + _tail(Path(log))
-        else:
-            raise PostgresUnavailable(f"pg_ctl start failed: {last[-800:]}")
-        created = self._cmd(
-            str(self._bin / "createdb"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-U",
-            self.user,
-            self.database,
-        )
-        if created.returncode != 0:
-            raise PostgresUnavailable(f"createdb failed: {created.stderr.strip()[-800:]}")
+        raise PostgresUnavailable(f"pg_ctl start failed: {last[-800:]}")
 
     def stop(self) -> None:
         if self._running and self._bin is not None and self._root is not None:
