@@ -98,30 +98,30 @@ def insert_params(intent: Intent, owner: str, now: float, expires: float) -> tup
 
 def checksum(intent: Intent, headers_json: str) -> str:
     """The checksum of a record's request as journaled (``intent`` carries the record's key)."""
+    fields = (intent.operation, intent.key, intent.key_header, intent.method, intent.url,
+              intent.fingerprint, headers_json)  # fmt: skip
+    return _digest(fields, intent.request_body)
+
+
+def _digest(fields: tuple[str, ...], body: bytes) -> str:
     digest = hashlib.blake2b(digest_size=16)
-    for text in (intent.operation, intent.key, intent.key_header, intent.method, intent.url,
-            intent.fingerprint,
-                 headers_json):  # fmt: skip
+    for text in fields:
         digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
-    digest.update(intent.request_body)
+    digest.update(body)
     return digest.hexdigest()
 
 
-def _check(record: OperationRecord, stored: object, location: str) -> None:
-    intent = Intent(
-        record.operation, record.key, record.key_header, record.method, record.url,
-        record.fingerprint,
-        record.request_headers, record.request_body,
-    )  # fmt: skip
-    if checksum(intent, headers_to_json(record.request_headers)) != stored:
+def _check(record: OperationRecord, headers_json: str, stored: object, location: str) -> None:
+    """``record`` as read matches its checksum: over the headers' stored text, as written."""
+    fields = (record.operation, record.key, record.key_header, record.method, record.url,
+              record.fingerprint, headers_json)  # fmt: skip
+    if _digest(fields, record.request_body) != stored:
         raise JournalError(
             location,
-            f"the record of operation {record.operation!r} is damaged (what it holds no "
-            "longer matches its "
-            "checksum: its URL, key or body may have changed on disk)",
-            "Nothing was sent. Check the disk or database; ask the server what it did "
-            "under this operation "
-            "before you settle it by hand or `samekey forget` it.",
+            f"the record of operation {record.operation!r} is damaged (what it holds no longer "
+            "matches its checksum: its URL, key or body may have changed on disk)",
+            "Nothing was sent. Check the disk or database; ask the server what it did under "
+            "this operation before you settle it by hand or `samekey forget` it.",
         )
 
 
@@ -153,7 +153,7 @@ def record_from_row(row: tuple[object, ...], location: str = "(journal)") -> Ope
         settled_note=None if settled_note is None else str(settled_note),
     )
     if stored is not None:
-        _check(record, stored, location)
+        _check(record, str(req_h), stored, location)
     return record
 
 
