@@ -33,7 +33,7 @@ import httpx
 
 from ._engine import Engine
 from ._errors import OperationMismatch, SameKeyError
-from ._plan import valid_operation
+from ._plan import fingerprint, valid_operation
 from ._wire import OPERATION_EXTENSION
 
 __all__ = ["apply", "operation"]
@@ -112,6 +112,5 @@ def apply(engine: Engine, request: httpx.Request) -> None:
         return
     request.headers.pop(engine.key_header, None)  # the SDK's per-call key: the journaled one goes
     request.extensions[OPERATION_EXTENSION] = block.name
-    plan = engine.plan(request)
-    assert plan is not None  # it names an operation now
-    block.admit(plan.intent.fingerprint, f"{request.method} {plan.intent.url}")
+    url = engine.redactor.url(request.url)  # as the flow journals and fingerprints it
+    block.admit(fingerprint(request, url, engine.config.sealer), f"{request.method} {url}")
