@@ -61,9 +61,8 @@ class _Run:
         self.tries = 1  # attempts made by this run
         self.begun = 0  # attempts this run has begun to send: an interrupted wait is no attempt
         self.waited = 0.0  # seconds this run has waited between attempts, for on_retry hooks
-        self.last_error: str | None = (
-            None  # the last attempt's outcome, kept if an interruption follows
-        )
+        # the last attempt's outcome, kept if an interruption follows
+        self.last_error: str | None = None
 
     @property
     def journaled(self) -> bool:

@@ -66,9 +66,8 @@ class Config:
     retention: float = timedelta(days=7).total_seconds()
     on_retry: tuple[RetryHook, ...] = ()
     bodies: BodyRedactor | None = None  # redact_body=: fields never stored
-    sealer: Sealer | None = (
-        None  # body_key= (or $SAMEKEY_BODY_KEY): bodies sealed, fingerprints keyed
-    )
+    # body_key= (or $SAMEKEY_BODY_KEY): bodies sealed, fingerprints keyed
+    sealer: Sealer | None = None
     on_end: tuple[EndHook, ...] = ()
 
     @classmethod

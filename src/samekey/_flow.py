@@ -38,9 +38,8 @@ __all__ = ["operation_flow"]
 
 logger = logging.getLogger("samekey")
 
-PURGE_BATCH = (
-    1000  # records one lazy purge deletes at most (a few ms), so no request stalls on a backlog
-)
+# records one lazy purge deletes at most (a few ms), so no request stalls on a backlog
+PURGE_BATCH = 1000
 
 
 def operation_flow(engine: Engine, request: httpx.Request) -> Flow:

@@ -72,9 +72,8 @@ class Job(Generic[_T]):
         self.fn = fn
         self.doing = doing
         self.durable = durable
-        self.patience = (
-            patience  # seconds it may wait for a busy lock; None: the store's lock_timeout
-        )
+        # seconds it may wait for a busy lock; None: the store's lock_timeout
+        self.patience = patience
         self.waited = 0.0  # seconds it waited for the lock
         self.done: threading.Event | None = None  # made only for a job that has to wait
         self.promoted = False  # woken to lead the next batch, not because it finished

@@ -13,9 +13,8 @@ import threading
 
 __all__ = ["LockBudgets"]
 
-MAX_TRACKED = (
-    10_000  # owners with a wait on record; a request that never ends its lease is dropped past this
-)
+# owners with a wait on record; a request that never ends its lease is dropped past this
+MAX_TRACKED = 10_000
 
 
 class LockBudgets:

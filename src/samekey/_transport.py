@@ -305,9 +305,8 @@ class _WorkerCalls:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._running: threading.Event | None = (
-            None  # set once the call that started last has ended
-        )
+        # set once the call that started last has ended
+        self._running: threading.Event | None = None
         self._abandoned = False
 
     async def run(self, call: JournalCall, journal: JournalStore) -> Any:

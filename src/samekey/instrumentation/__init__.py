@@ -24,9 +24,8 @@ __all__ = ["opentelemetry_enabled", "set_opentelemetry"]
 
 _wanted = True
 _available: bool | None = None  # None: not looked for yet
-_tracker: Callable[[Engine, httpx.Request], CallTracker | None] | None = (
-    None  # _otel's, once loaded
-)
+# _otel's, once loaded
+_tracker: Callable[[Engine, httpx.Request], CallTracker | None] | None = None
 
 
 def set_opentelemetry(enabled: bool) -> None:
