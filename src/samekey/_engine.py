@@ -17,6 +17,7 @@ from ._contract import BatchingStore, JournalStore
 from ._identity import Owners
 from ._open import open_journal
 from ._plan import Plan, make_plan
+from ._policy import RetryPolicy
 from ._redaction import Redactor
 from ._sealed_store import sealed
 
@@ -61,12 +62,18 @@ class Engine:
             journal if isinstance(journal, BatchingStore) else None
         )
         self.clock = clock
-        self.policy = config.policy
-        self.key_header = config.key_header
         self.redactor = Redactor(config.key_header, config.redact_headers)
         self.owners = Owners()
         self.purges = PurgeSchedule()
         self._last_lease: tuple[tuple[object, ...], float] = ((), config.lease)
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self.config.policy
+
+    @property
+    def key_header(self) -> str:
+        return self.config.key_header
 
     def plan(self, request: httpx.Request) -> Plan | None:
         return make_plan(self.config, self.redactor, request)
