@@ -61,7 +61,7 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 _SCHEMA, _COLUMNS = _samekey_schema()
 INSERT = (
     f"INSERT INTO operations ({_COLUMNS}) VALUES "
-    "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?, NULL) "
+    "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, NULL, ?, ?, NULL, ?) "
     "ON CONFLICT (operation) DO NOTHING"
 )
 UPDATE = (
@@ -111,7 +111,7 @@ def _statements(
             HEADERS,
             b"{}",
         )
-        conn.execute(INSERT, (*params, now, now, "owner", now + 60))
+        conn.execute(INSERT, (*params, now, now, "owner", now + 60, "0" * 32))
 
     def complete(operation: str, body: bytes) -> None:
         now = time.time()

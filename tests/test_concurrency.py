@@ -181,9 +181,9 @@ def test_1000_async_operations_at_concurrency_100(
             row[0] for row in conn.execute("SELECT json_extract(body, '$.amount') FROM charges")
         ]
     assert sorted(amounts) == list(range(1000))
-    # every journal call (2 per operation) ran off
-    # the event loop, grouped in batches of 2 ms + fsync
-    assert journal.calls >= 2000 and journal.threads and loop_thread not in journal.threads
+    # every claim ran off the event loop, grouped in batches of 2 ms + fsync (the completions
+    # are queued on the loop and written in those batches)
+    assert journal.calls >= 1000 and journal.threads and loop_thread not in journal.threads
     print(f"{journal.calls} journal calls in {len(journal.threads)} batches")
     # The same load through bare httpx, on the same server, for the loop's own baseline: at
     # concurrency 100 httpx itself keeps the loop busy for tens of ms per turn on 2 cores.

@@ -45,24 +45,29 @@ class _Holder:
         self.process.wait(10)
 
 
-def test_the_claim_and_the_completion_of_one_request_share_its_lock_timeout(tmp_path: Path) -> None:
-    # the claim waits 0.6 s for the lock; while the request is out the lock is taken again:
-    # the completion may wait only what is left (0.4 s), not a lock_timeout of its own
+def test_the_claim_and_the_record_of_an_attempt_share_the_requests_lock_timeout(
+    tmp_path: Path,
+) -> None:
+    # the claim waits 0.6 s for the lock; the answer is a 503, and the lock is taken again while
+    # the request is out: recording the attempt may wait only what is left (0.4 s), not a
+    # lock_timeout of its own
     path = tmp_path / "j.sqlite3"
     samekey.Journal(path).close()
     holder = _Holder(path)
 
     def handler(request: httpx.Request) -> httpx.Response:
         holder.tell("lock")
-        return httpx.Response(201)
+        return httpx.Response(503)
 
     try:
         holder.tell("lock")
         journal = samekey.Journal(path, lock_timeout=1)
-        with samekey.Client(journal=journal, transport=httpx.MockTransport(handler)) as client:
+        policy = samekey.RetryPolicy(initial_delay=0.01, max_delay=0.01)
+        transport = httpx.MockTransport(handler)
+        with samekey.Client(journal=journal, transport=transport, policy=policy) as client:
             threading.Timer(0.6, holder.tell, ("free",)).start()
             started = time.monotonic()
-            with pytest.raises(samekey.AnswerNotRecorded, match="locked by another process"):
+            with pytest.raises(samekey.JournalError, match="locked by another process"):
                 client.post(
                     "https://pay.test/charges", operation="order-1/charge", json={"amount": 1}
                 )
@@ -71,3 +76,32 @@ def test_the_claim_and_the_completion_of_one_request_share_its_lock_timeout(tmp_
     finally:
         holder.close()
     assert 0.9 < waited < 1.5, waited  # a lock_timeout per write was 1.6 s or more
+
+
+def test_a_completion_never_waits_for_the_lock_on_the_callers_path(tmp_path: Path) -> None:
+    # another process takes the lock while the request is out: the caller has its answer at
+    # once, and the completion is written once the lock is free
+    path = tmp_path / "j.sqlite3"
+    samekey.Journal(path).close()
+    holder = _Holder(path)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        holder.tell("lock")
+        return httpx.Response(201, json={"id": "ch_1"})
+
+    try:
+        journal = samekey.Journal(path, lock_timeout=5)
+        with samekey.Client(journal=journal, transport=httpx.MockTransport(handler)) as client:
+            started = time.monotonic()
+            response = client.post(
+                "https://pay.test/charges", operation="order-1/charge", json={"amount": 1}
+            )
+            answered = time.monotonic() - started
+            assert response.json() == {"id": "ch_1"}
+            holder.tell("free")
+            record = journal.get("order-1/charge")  # a read writes the queued completion first
+        journal.close()
+    finally:
+        holder.close()
+    assert answered < 0.5, answered
+    assert record is not None and record.state == "completed" and record.response_status == 201

@@ -340,7 +340,7 @@ class _OtherStore:
         self.location = journal.location
 
     def __getattr__(self, name: str) -> Any:
-        if name == "run_batch":  # a store that does not batch: its calls go to worker threads
+        if name in ("run_batch", "completes_later"):  # worker threads for all its calls
             raise AttributeError(name)
         return getattr(self.journal, name)
 

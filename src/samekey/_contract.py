@@ -34,6 +34,7 @@ __all__ = [
     "PurgeCompleted",
     "RecordAttempt",
     "Release",
+    "QueueingStore",
     "ReservingStore",
     "SettleResult",
     "SettlingStore",
@@ -295,6 +296,14 @@ class BatchingStore(JournalStore, Protocol):
     def run_batch(self, calls: Sequence[JournalCall]) -> list[Outcome]:
         """(result, error) per call, in order; one call's error does not fail the others."""
         ...
+
+
+@runtime_checkable
+class QueueingStore(JournalStore, Protocol):
+    """A store whose `complete` only queues the write and returns at once (written with its next
+    write, see `_deferred`): cheap enough for the async drivers to call on the event loop."""
+
+    completes_later: bool
 
 
 class ReservingStore(JournalStore, Protocol):

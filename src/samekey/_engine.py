@@ -13,7 +13,7 @@ from collections.abc import Callable
 import httpx
 
 from ._config import Config
-from ._contract import BatchingStore, JournalStore
+from ._contract import BatchingStore, JournalStore, QueueingStore
 from ._identity import Owners
 from ._open import open_journal
 from ._plan import Plan, make_plan
@@ -61,6 +61,8 @@ class Engine:
         self.batching: BatchingStore | None = (
             journal if isinstance(journal, BatchingStore) else None
         )
+        # a completion only queued: the async driver calls it on the event loop, no thread hop
+        self.completes_later = isinstance(journal, QueueingStore) and journal.completes_later
         self.clock = clock
         self.redactor = Redactor(config.key_header, config.redact_headers)
         self.owners = Owners()

@@ -12,14 +12,15 @@ This module is the store itself: its SQL, as jobs for the group commit, and the
 `JournalStore` methods. One connection per process, guarded by ``_lock``. The rest is
 beside it, one concern a module: opening the file and its schema (`_sqlite_open`),
 batching writers into one transaction (`_group_commit`), the WAL's sync and checkpoints
-(`_wal`), and what a fork must wait for (`_sqlite_fork`). A forked child never uses the
-parent's connection: its first call closes that copy (idle, as the fork waited for it)
-and opens its own.
+(`_wal`), completions queued off the caller's path (`_deferred`), and what a fork must
+wait for (`_sqlite_fork`). A forked child never uses the parent's connection: its first
+call closes that copy (idle, as the fork waited for it) and opens its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -41,6 +42,7 @@ from ._contract import (
     ListQuery,
     OperationRecord,
     Outcome,
+    QueueingStore,
     RecordAttempt,
     Release,
     ReservingStore,
@@ -52,6 +54,7 @@ from ._contract import (
     settled_answer,
     with_lease,
 )
+from ._deferred import Deferred, flush_at
 from ._errors import JournalError
 from ._group_commit import GroupCommit, Job, refuse, run_batch, wake, when_free
 from ._identity import PROCESS
@@ -74,6 +77,8 @@ from ._wal import FALLBACK_AUTOCHECKPOINT, Checkpointer, WalSync
 
 __all__ = ["Journal"]
 
+logger = logging.getLogger("samekey")
+
 Durability = Literal["fsync", "process"]
 
 _SUMMARY_COLUMNS = summary_columns("X''")
@@ -89,9 +94,12 @@ class Journal:
 
     ``durability="fsync"`` (default) makes a new record survive power loss before the
     request is sent; ``"process"`` survives a killed process (the OS still holds the
-    write) but not a power cut, and is faster. Completion records never pay an
-    fsync of their own: losing one only means the next run replays via the server.
+    write) but not a power cut, and is faster. A completion is written after the caller
+    has its answer, with the next write or within milliseconds (`_deferred`), and never pays
+    an fsync of its own: losing one only means the next run replays via the server.
     """
+
+    completes_later = True  # `QueueingStore`: a completion is queued (see _deferred)
 
     def __init__(
         self,
@@ -132,6 +140,7 @@ class Journal:
         # forked while another thread held the connection past _fork_wait
         self._forked_in_use = False
         self._checkpoints: Checkpointer | None = None  # made once the file is open
+        self._later = Deferred(self.location, self.flush)  # completions (see _deferred)
         _sqlite_fork.register(self)
         with self._lock:  # a fork meanwhile waits for the open to end
             self._open()
@@ -203,6 +212,7 @@ class Journal:
         self._lock = threading.Lock()
         self._commits = GroupCommit()
         self._checkpoints = None  # its thread, if any, stayed in the parent
+        self._later = Deferred(self.location, self.flush)  # the parent writes its own
         inherited, self._conn = self._conn, None
         self._wal.close()  # the child's copy of the descriptor
         if self._forked_in_use:
@@ -233,22 +243,32 @@ class Journal:
     def _run_batch(self, batch: list[Job[Any]]) -> None:
         sync = self.durability == "fsync" and any(job.durable for job in batch)
         with self._lock:
-            conn = self._conn
-            if conn is None:
-                return refuse(
-                    batch,
-                    self._fail("it is closed", "Use the journal inside the client's lifetime."),
-                )
-            if self.read_only:
-                return refuse(
-                    batch,
-                    self._fail(
-                        "it was opened read_only=True",
-                        "Open it without read_only to record operations.",
-                    ),
-                )
-            run_batch(conn, batch, self, sync=sync)
+            # the queued completions first, in the same transaction; they never make it wait
+            later = self._later.take(patience=0.0)
+            try:
+                self._run_batch_locked(later + batch if later else batch, sync)
+            finally:
+                if later:
+                    self._later.settle(later)
         wake(batch)
+
+    def _run_batch_locked(self, batch: list[Job[Any]], sync: bool) -> None:
+        """Run ``batch`` on the connection (its lock held), or refuse it, saying why."""
+        conn = self._conn
+        if conn is None:
+            return refuse(
+                batch,
+                self._fail("it is closed", "Use the journal inside the client's lifetime."),
+            )
+        if self.read_only:
+            return refuse(
+                batch,
+                self._fail(
+                    "it was opened read_only=True",
+                    "Open it without read_only to record operations.",
+                ),
+            )
+        run_batch(conn, batch, self, sync=sync)
 
     def _committed(self, records: int, sync: bool) -> None:
         """After a commit that wrote ``records``
@@ -258,8 +278,19 @@ class Journal:
         if self._checkpoints is not None:
             self._checkpoints.committed(records)
 
+    def flush(self) -> None:
+        """Write every answer this journal has queued now, rather than with its next write.
+
+        A completion is queued when the call returns its answer (see `_deferred`); a process
+        killed before it is written leaves the operation pending, which the next run sends
+        with the same key and the server replays. Call this where a crash must not even do
+        that, e.g. before acknowledging a queue message.
+        """
+        self._run(Job(_nothing, "recording answers", False))
+
     def _read(self, sql: str, params: tuple[object, ...], doing: str) -> list[tuple[object, ...]]:
         self._check_process()
+        flush_at(self.location)  # every completion this process has, written before we look
         with self._lock:
             conn = self._conn
             if conn is None:
@@ -304,7 +335,12 @@ class Journal:
         now: float,
     ) -> None:
         job = self._complete_job(operation, owner, attempts, status, headers, body, now)
-        self._run_owned(owner, job, last=True)
+        self._check_process()
+        if self._conn is None or self.read_only:
+            self._run_owned(owner, job, last=True)  # refused at once, saying why
+            return
+        self._budgets.spend(owner, 0.0, last=True)
+        self._later.add(job)  # written with the next write (see _deferred)
 
     def release(
         self, operation: str, owner: str, attempts: int, error: str | None, now: float
@@ -352,16 +388,6 @@ class Journal:
         if isinstance(call, RecordAttempt):
             return self._record_attempt_job(
                 call.operation, call.owner, call.attempts, call.error, call.lease_seconds, call.now
-            )
-        if isinstance(call, Complete):
-            return self._complete_job(
-                call.operation,
-                call.owner,
-                call.attempts,
-                call.status,
-                call.headers,
-                call.body,
-                call.now,
             )
         if isinstance(call, Release):
             return self._release_job(
@@ -596,6 +622,7 @@ class Journal:
     def close(self) -> None:
         if self._pid != PROCESS.pid:
             self._forked(reopen=False)
+        self._close_later()
         with self._lock:
             if self._checkpoints is not None:
                 self._checkpoints.join()  # before the last connection closes (and removes the WAL)
@@ -606,6 +633,20 @@ class Journal:
                 if self.read_only:
                     self._file.drop_side_files()
 
+    def _close_later(self) -> None:
+        """Write the queued completions before the connection goes; say which could not be."""
+        if self._later and self._conn is not None:
+            with contextlib.suppress(Exception):  # settle() has logged why
+                self.flush()
+        self._later.close()
+        if self._later:
+            logger.warning(
+                "samekey: %d answer(s) could not be recorded before the journal closed; those "
+                "operations stay pending and the next run sends their keys again (%s)",
+                len(self._later.operations()),
+                ", ".join(self._later.operations()),
+            )
+
     def __enter__(self) -> Journal:
         return self
 
@@ -615,6 +656,10 @@ class Journal:
     def __repr__(self) -> str:
         extra = ", read_only=True" if self.read_only else ""
         return f"Journal({self.location!r}, durability={self.durability!r}{extra})"
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
 
 
 def _absolute(path: str | os.PathLike[str] | None) -> Path:
@@ -639,3 +684,4 @@ if TYPE_CHECKING:  # the store contracts Journal keeps, checked by mypy
     _1: type[ListingStore] = Journal
     _2: type[ReservingStore] = Journal
     _3: type[SettlingStore] = Journal
+    _4: type[QueueingStore] = Journal

@@ -24,7 +24,7 @@ import httpx
 from . import _scope as scope
 from ._actions import Action, Discard, Flow, Read, Send, Sleep, abandon
 from ._config import Config, Options
-from ._contract import BatchingStore, JournalCall, JournalStore
+from ._contract import BatchingStore, Complete, JournalCall, JournalStore
 from ._engine import Engine, open_engine
 from ._flow import operation_flow
 from ._identity import PROCESS, at_fork_in_child
@@ -233,6 +233,8 @@ class AsyncSameKeyTransport(
             if action.seconds > 0:
                 await anyio.sleep(action.seconds)
             return None
+        if isinstance(action, Complete) and self.engine.completes_later:
+            return action.run(self.engine.journal)  # queued, returns at once (see _deferred)
         journal = self.engine.batching
         if journal is not None:
             try:

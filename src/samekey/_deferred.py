@@ -1,0 +1,158 @@
+"""Completions written after the caller has its answer: with the store's next write, or soon.
+
+Only a claim must be on disk before its request is sent. A completion may follow: if the
+process dies before it is written, the operation stays pending under its key, and the next
+run (or `samekey resume`) sends that key again, which the server answers from its own
+record. So the SQLite store queues a completion here and returns at once.
+
+Inside the process nothing changes. The store's next write runs the queued completions
+first, in its own transaction (a sequential client's next claim commits them for free);
+every read of any store on the same file writes them before it looks. What no write took
+is written by a flusher thread FLUSH_DELAY later, by ``close()``, or at the interpreter's
+exit. A forked child starts with an empty queue: the parent writes its own.
+
+A completion that could not be written (a full disk, a lock held too long) goes back to
+the queue and is tried with the next write; its operation meanwhile stays pending, which
+is safe. One still queued at exit is logged by name.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from ._group_commit import Job
+from ._identity import at_fork_in_child
+
+__all__ = ["FLUSH_DELAY", "Deferred", "flush_at"]
+
+logger = logging.getLogger("samekey")
+
+FLUSH_DELAY = 0.01  # seconds a completion waits for another write to take it along
+IDLE_SECONDS = 2.0  # the flusher thread exits after this long with nothing queued
+
+# Every queue that holds completions, so that a read through another store (or at exit) can
+# have them written first.
+_QUEUES: weakref.WeakSet[Deferred] = weakref.WeakSet()
+
+
+class Deferred:
+    """One store's queue of completions not yet written, and the thread that writes them."""
+
+    def __init__(self, location: str, flush: Callable[[], None]) -> None:
+        self.location = location
+        self._flush = weakref.WeakMethod(flush)
+        self._lock = threading.Lock()
+        self._jobs: list[Job[Any]] = []
+        self._wake = threading.Event()
+        self._running = False  # the flusher thread is alive
+        self._closed = False
+        self._closing = threading.Event()
+
+    def __bool__(self) -> bool:
+        return bool(self._jobs)
+
+    def add(self, job: Job[Any]) -> None:
+        with self._lock:
+            self._jobs.append(job)
+            _QUEUES.add(self)
+            if not self._running and not self._closed:
+                threading.Thread(target=self._serve, name="samekey-flush", daemon=True).start()
+                self._running = True
+            if not self._wake.is_set():
+                self._wake.set()
+
+    def take(self, patience: float | None) -> list[Job[Any]]:
+        """Every queued completion, to run at the head of a batch; ``patience``: its lock wait."""
+        with self._lock:
+            jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            job.patience, job.error, job.ran, job.waited = patience, None, False, 0.0
+        return jobs
+
+    def settle(self, jobs: list[Job[Any]]) -> None:
+        """After their batch: the completions it did not write go back to the head of the queue."""
+        failed = [job for job in jobs if job.error is not None or not job.ran]
+        if not failed:
+            return
+        with self._lock:
+            self._jobs[:0] = failed
+            _QUEUES.add(self)
+        logger.warning(
+            "samekey could not record %d answer(s) yet (%s); they stay pending and are tried "
+            "again with the next write",
+            len(failed),
+            failed[0].error,
+        )
+
+    def close(self) -> None:
+        """No flusher from now on (the store writes what is left itself)."""
+        with self._lock:
+            self._closed = True
+        self._closing.set()
+        self._wake.set()
+
+    def operations(self) -> list[str]:
+        return [job.doing for job in self._jobs]
+
+    def _serve(self) -> None:
+        while True:
+            woken = self._wake.wait(IDLE_SECONDS)
+            with self._lock:
+                if self._closed or not (woken or self._jobs):
+                    self._running = False
+                    return
+                self._wake.clear()
+            # the store's next write may take them along meanwhile (not time.sleep: tests and
+            # users patch it)
+            self._closing.wait(FLUSH_DELAY)
+            if self._jobs and not self._write():
+                with self._lock:
+                    self._running = False
+                return
+
+    def _write(self) -> bool:
+        """Write what is queued; False once the store is gone."""
+        flush = self._flush()
+        if flush is None:
+            return False
+        try:
+            flush()
+        except Exception:  # kept queued (settle); the next write or close tries again
+            logger.debug("samekey: writing queued completions failed", exc_info=True)
+        return True
+
+
+def flush_at(location: str, skip: Deferred | None = None) -> None:
+    """Write every queued completion of the stores on ``location`` (before a read looks)."""
+    for queue in list(_QUEUES):
+        if queue is not skip and queue.location == location and queue:
+            queue._write()
+
+
+def _forget_in_child() -> None:
+    # the parent's queues are the parent's to write: a child writing them too could wait on a
+    # lock copied while held
+    global _QUEUES
+    _QUEUES = weakref.WeakSet()
+
+
+at_fork_in_child(_forget_in_child)
+
+
+@atexit.register
+def _flush_all() -> None:
+    for queue in list(_QUEUES):
+        if queue:
+            queue._write()
+        if queue:
+            logger.warning(
+                "samekey: %d answer(s) could not be recorded before exit; those operations stay "
+                "pending and the next run sends their keys again (%s)",
+                len(queue._jobs),
+                ", ".join(queue.operations()),
+            )
