@@ -205,3 +205,24 @@ def test_a_forked_child_does_not_write_its_parents_queue(
         assert os.waitstatus_to_exitcode(status) == 0
         assert journal.get("op-1").state == "completed"  # type: ignore[union-attr]
     journal.close()
+
+
+def _pay_once(journal: str) -> None:
+    import samekey._deferred
+
+    samekey._deferred.FLUSH_DELAY = 60.0
+    client = samekey.Client(journal=journal, transport=_answering())  # never closed
+    client.post("https://pay.test/charges", json={}, operation="op-1")
+
+
+def test_a_forked_multiprocessing_worker_writes_its_queue_before_it_exits(
+    journal_path: Path,
+) -> None:
+    # such a worker ends with os._exit, which skips atexit
+    import multiprocessing
+
+    worker = multiprocessing.get_context("fork").Process(target=_pay_once, args=(journal_path,))
+    worker.start()
+    worker.join(60)
+    assert worker.exitcode == 0
+    assert _state_on_disk(journal_path, "op-1") == "completed"

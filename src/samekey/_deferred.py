@@ -9,7 +9,8 @@ Inside the process nothing changes. The store's next write runs the queued compl
 first, in its own transaction (a sequential client's next claim commits them for free);
 every read of any store on the same file writes them before it looks. What no write took
 is written by a flusher thread FLUSH_DELAY later, by ``close()``, or at the interpreter's
-exit. A forked child starts with an empty queue: the parent writes its own.
+exit (and at the exit of a multiprocessing worker, which skips atexit). A forked child starts
+with an empty queue: the parent writes its own.
 
 A completion that could not be written (a full disk, a lock held too long) goes back to
 the queue and is tried with the next write; its operation meanwhile stays pending, which
@@ -20,13 +21,14 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 from ._group_commit import Job
-from ._identity import at_fork_in_child
+from ._identity import PROCESS, at_fork_in_child
 
 __all__ = ["FLUSH_DELAY", "Deferred", "flush_at"]
 
@@ -57,6 +59,8 @@ class Deferred:
         return bool(self._jobs)
 
     def add(self, job: Job[Any]) -> None:
+        if _finalizer_in != PROCESS.pid:
+            _flush_at_worker_exit()
         with self._lock:
             self._jobs.append(job)
             _QUEUES.add(self)
@@ -142,6 +146,20 @@ def _forget_in_child() -> None:
 
 
 at_fork_in_child(_forget_in_child)
+
+
+_finalizer_in: int | None = None  # the process whose multiprocessing exit flushes the queues
+
+
+def _flush_at_worker_exit() -> None:
+    """A forked multiprocessing worker ends with os._exit, past atexit: its own exit step runs
+    the finalizers registered in it (it clears the parent's), so one is registered here."""
+    global _finalizer_in
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:  # no multiprocessing in this process: atexit is enough
+        return
+    _finalizer_in = PROCESS.pid
+    util.Finalize(None, _flush_all, exitpriority=10)
 
 
 @atexit.register
