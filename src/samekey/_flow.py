@@ -134,6 +134,8 @@ def _claim_once(
 
 
 def _refuse_mismatch(engine: Engine, plan: Plan, claim: ClaimResult, owner: str) -> Step:
+    if claim.status == "created":  # its record was made from this very plan
+        return
     record = claim.record
     why = mismatch(plan, record)
     if why is None:

@@ -184,8 +184,12 @@ def multipart_operation(request: httpx.Request) -> str | None:
     operation = request.extensions.get(OPERATION_EXTENSION)
     if not isinstance(operation, str):
         return None
-    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    return operation if kind == "multipart/form-data" else None
+    # the raw pairs: Headers.get decodes every header of a new request first (~2 µs)
+    for name, value in request.headers.raw:
+        if name.lower() == b"content-type":
+            kind = value.partition(b";")[0].strip().lower()
+            return operation if kind == b"multipart/form-data" else None
+    return None
 
 
 def carry_first_bytes(
