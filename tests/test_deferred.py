@@ -226,3 +226,18 @@ def test_a_forked_multiprocessing_worker_writes_its_queue_before_it_exits(
     worker.join(60)
     assert worker.exitcode == 0
     assert _state_on_disk(journal_path, "op-1") == "completed"
+
+
+def test_a_journal_dropped_unclosed_still_writes_its_answers(
+    journal_path: Path, slow_flusher: None
+) -> None:
+    import gc
+
+    client = samekey.Client(journal=journal_path, transport=_answering())
+    client.post("https://pay.test/charges", json={}, operation="op-1")
+    del client
+    gc.collect()  # the client and its journal are unreachable: the queue keeps the journal
+    from samekey._deferred import _flush_all
+
+    _flush_all()  # what the interpreter's exit runs
+    assert _state_on_disk(journal_path, "op-1") == "completed"

@@ -49,6 +49,8 @@ class Deferred:
     def __init__(self, location: str, flush: Callable[[], None]) -> None:
         self.location = location
         self._flush = weakref.WeakMethod(flush)
+        # the store, kept alive while answers wait: one dropped unclosed must still write them
+        self._keep: Callable[[], None] | None = None
         self._lock = threading.Lock()
         self._jobs: list[Job[Any]] = []
         # when the oldest answer was queued (monotonic); None: nothing waits for the flusher
@@ -67,6 +69,7 @@ class Deferred:
             _flush_at_worker_exit()
         with self._lock:
             self._jobs.append(job)
+            self._keep = self._flush()
             if not self._listed:
                 _QUEUES.add(self)
                 self._listed = True
@@ -81,7 +84,7 @@ class Deferred:
     def take(self, patience: float | None) -> list[Job[Any]]:
         """Every queued completion, to run at the head of a batch; ``patience``: its lock wait."""
         with self._lock:
-            jobs, self._jobs, self._since = self._jobs, [], None
+            jobs, self._jobs, self._since, self._keep = self._jobs, [], None, None
         for job in jobs:
             job.patience, job.error, job.ran, job.waited = patience, None, False, 0.0
         return jobs
@@ -93,6 +96,7 @@ class Deferred:
             return
         with self._lock:  # no clock restarted: tried with the next write, or the next answer's
             self._jobs[:0] = failed
+            self._keep = self._flush()
         logger.warning(
             "samekey could not record %d answer(s) yet (%s); they stay pending and are tried "
             "again with the next write",
