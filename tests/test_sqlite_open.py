@@ -582,3 +582,24 @@ def test_locked_journal_times_out_with_a_clear_error(journal_path: Path) -> None
         blocker.execute("ROLLBACK")
         blocker.close()
         journal.close()
+
+
+def test_a_new_journal_has_small_pages_and_an_older_one_keeps_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def page_size(path: Path) -> int:
+        conn = sqlite3.connect(path)
+        try:
+            return int(conn.execute("PRAGMA page_size").fetchone()[0])
+        finally:
+            conn.close()
+
+    samekey.Journal(tmp_path / "new.sqlite3").close()
+    assert page_size(tmp_path / "new.sqlite3") == _sqlite_open.PAGE_SIZE == 1024
+    monkeypatch.setattr(_sqlite_open, "PAGE_SIZE", 4096)  # a journal made before the change
+    samekey.Journal(tmp_path / "old.sqlite3").close()
+    monkeypatch.undo()
+    with samekey.Journal(tmp_path / "old.sqlite3") as journal:
+        journal.claim(intent("op-1"), "owner", 60.0, 1000.0)
+        assert journal.get("op-1") is not None
+    assert page_size(tmp_path / "old.sqlite3") == 4096

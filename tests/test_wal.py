@@ -193,7 +193,7 @@ def test_a_commit_checkpoints_by_itself_only_in_fsync_mode(
     monkeypatch.setattr(_wal, "CHECKPOINT_EVERY", 10**9)  # no background checkpoint
     path = tmp_path / "j.sqlite3"
     journal = samekey.Journal(path, durability=durability)  # type: ignore[arg-type]
-    _claim(journal, 0, 500)
+    _claim(journal, 0, 1000)
     if durability == "process":
         # past SQLite's 1,000 pages and still nothing copied: no commit paid for a checkpoint
         assert _wal_frames(path) > 1000

@@ -37,12 +37,13 @@ except ImportError:  # Windows
 
 __all__ = ["CHECKPOINT_EVERY", "FALLBACK_AUTOCHECKPOINT", "Checkpointer", "WalSync", "sync_data"]
 
-# records written (a claim or a completion writes ~3 pages: ~600 of SQLite's 1,000)
+# records written (a claim or a completion writes 1-3 pages: a few hundred of SQLite's 1,000)
 CHECKPOINT_EVERY = 200
 FULL_TRIES = 4  # a busy one gives up at once; the next checkpoint tries again anyway
 FULL_RETRY_PAUSE = 0.002  # seconds
-# the writer still checkpoints by itself past this many WAL pages (~32 MB): a bound on the WAL
-# if the background checkpoints cannot keep up (a reader pinning an old snapshot, a slow disk)
+# the writer still checkpoints by itself past this many WAL pages (8 MB of 1 KiB pages): a bound
+# on the WAL if the background checkpoints cannot keep up (a reader pinning an old snapshot, a
+# slow disk)
 FALLBACK_AUTOCHECKPOINT = 8000
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)  # 0 on Windows, where handles are not inherited anyway
