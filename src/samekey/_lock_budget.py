@@ -31,7 +31,7 @@ class LockBudgets:
 
     def spend(self, owner: str, seconds: float, *, last: bool) -> None:
         """``owner``'s write waited ``seconds``; ``last``: its request holds no lease any more."""
-        if not last and seconds <= 0.0:
+        if seconds <= 0.0 and (not last or owner not in self._spent):  # most requests never wait
             return
         with self._lock:
             if last:

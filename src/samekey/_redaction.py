@@ -89,6 +89,7 @@ class Redactor:
     def __init__(self, key_header: str, redact: frozenset[str]) -> None:
         self.redact = frozenset(h.lower() for h in redact)
         self._key_name = key_header.lower()
+        self._answer_names: dict[bytes, str] = {}  # an answer's raw header name: its name, or ""
         self._not_stored = NOT_STORED_HEADERS | {self._key_name}
         self._hidden: dict[
             str, bool
@@ -120,11 +121,18 @@ class Redactor:
 
     def response_headers(self, headers: httpx.Headers) -> list[tuple[str, str]]:
         """The answer's headers as journaled: credentials (Set-Cookie, ...) removed."""
-        return [
-            (name, raw_value.decode("latin-1"))  # lossless: see header_bytes
-            for raw_name, raw_value in headers.raw
-            if not is_secret_header(name := raw_name.lower().decode("latin-1"), self.redact)
-        ]
+        names = self._answer_names
+        kept = []
+        for raw_name, raw_value in headers.raw:
+            name = names.get(raw_name)
+            if name is None:  # a server sends the same few names again and again: kept by name
+                if len(names) > 1024:  # names made up per answer: do not grow without bound
+                    names.clear()
+                lowered = raw_name.lower().decode("latin-1")
+                name = names[raw_name] = "" if is_secret_header(lowered, self.redact) else lowered
+            if name:
+                kept.append((name, raw_value.decode("latin-1")))  # lossless: see header_bytes
+        return kept
 
     def url(self, url: httpx.URL) -> str:
         """The URL as journaled and fingerprinted: no user:password, secret query values hidden,

@@ -104,9 +104,9 @@ def checksum(intent: Intent, headers_json: str) -> str:
 
 
 def _digest(fields: tuple[str, ...], body: bytes) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for text in fields:
-        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    # each field then a NUL, then the body: one buffer, one update (the same digest)
+    text = "\0".join(fields) + "\0"
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16)
     digest.update(body)
     return digest.hexdigest()
 
