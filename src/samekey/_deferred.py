@@ -69,7 +69,8 @@ class Deferred:
             _flush_at_worker_exit()
         with self._lock:
             self._jobs.append(job)
-            self._keep = self._flush()
+            if self._keep is None:
+                self._keep = self._flush()
             if not self._listed:
                 _QUEUES.add(self)
                 self._listed = True
