@@ -1,0 +1,147 @@
+"""What samekey costs the event loop: async throughput with the journal's work taken away.
+
+Target 3 (samekey >= 0.8x bare on the same async transport) is bounded by the event loop's
+CPU: at concurrency 100 the loop thread is busy, so every µs samekey's Python adds to an
+operation there is throughput lost. Over a transport answering at once, three journals:
+
+- the real one (claims batched on the journal thread, as shipped);
+- the journal thread with no SQL at all (each claim answered with a fresh record at once): what
+  is left is samekey's Python on the loop and the hand-off to the journal thread;
+- the claims run on the loop itself (no journal thread): the hand-off gone, SQLite on the loop.
+
+For each: samekey's throughput against bare httpx.AsyncClient in the same rounds, and the loop
+thread's own CPU per operation (time.thread_time).
+
+    python -m benchmarks.loop_budget [--operations 2000] [--rounds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import httpx
+
+import samekey
+from samekey._contract import Claim, ClaimResult, JournalCall, new_record
+
+BODY = {"amount": 1000, "currency": "eur", "source": "tok_visa"}
+CONCURRENCY = 100
+
+
+class Instant(httpx.AsyncBaseTransport):
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        return httpx.Response(201, json={"id": "ch_1", "status": "succeeded"}, request=request)
+
+
+class NoSQL(samekey.Journal):
+    """The journal thread's batches answered without SQLite: every claim creates its record."""
+
+    def run_batch(self, calls: Sequence[JournalCall]) -> list[tuple[Any, BaseException | None]]:
+        return [(_created(c) if isinstance(c, Claim) else None, None) for c in calls]
+
+
+def _created(claim: Claim) -> ClaimResult:
+    expires = claim.now + claim.lease_seconds
+    return ClaimResult("created", new_record(claim.intent, claim.owner, claim.now, expires))
+
+
+class ClaimsOnTheLoop(samekey.AsyncClient):
+    """The real journal, its claims run on the event loop's thread (no journal thread)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        transport = self._transport
+        perform = transport._perform  # type: ignore[attr-defined]
+
+        async def on_loop(action: Any, on_worker: Any) -> Any:
+            if isinstance(action, Claim):
+                return action.run(transport.engine.journal)  # type: ignore[attr-defined]
+            return await perform(action, on_worker)
+
+        transport._perform = on_loop  # type: ignore[attr-defined]
+
+
+async def _drive(post: Callable[[], Awaitable[object]], operations: int) -> tuple[float, float]:
+    """(operations per second, the loop thread's CPU µs per operation) at CONCURRENCY."""
+    left = [operations]
+
+    async def worker() -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            await post()
+
+    started, cpu = time.perf_counter(), time.thread_time()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return operations / (time.perf_counter() - started), (
+        time.thread_time() - cpu
+    ) / operations * 1e6
+
+
+async def _compare(client: samekey.AsyncClient, operations: int, rounds: int) -> dict[str, Any]:
+    bare = httpx.AsyncClient(transport=Instant())
+    sent = [0]
+
+    async def keyed() -> None:
+        sent[0] += 1
+        await client.post("http://x/", json=BODY, operation=f"op-{sent[0]}")
+
+    async def plain() -> None:
+        await bare.post("http://x/", json=BODY)
+
+    results: dict[str, list[tuple[float, float]]] = {"bare": [], "samekey": []}
+    for _ in range(rounds):
+        results["bare"].append(await _drive(plain, operations))
+        results["samekey"].append(await _drive(keyed, operations))
+    await client.aclose()
+    await bare.aclose()
+    rate = {k: statistics.median(r for r, _ in v) for k, v in results.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in results.items()}
+    return {"ratio": rate["samekey"] / rate["bare"], "cpu": cpu}
+
+
+def run(operations: int = 2000, rounds: int = 8) -> None:
+    print(
+        f"\nAsync, a transport answering at once, {CONCURRENCY} tasks, {rounds} rounds of "
+        f"{operations} (medians)\n"
+    )
+    print("| journal | samekey / bare | loop CPU per operation, bare -> samekey |")
+    print("|---|---|---|")
+    variants: dict[str, Callable[[str], samekey.AsyncClient]] = {
+        "the real one": lambda path: samekey.AsyncClient(
+            transport=Instant(), journal=samekey.Journal(path, durability="process")
+        ),
+        "no SQL on the journal thread": lambda path: samekey.AsyncClient(
+            transport=Instant(), journal=NoSQL(path, durability="process")
+        ),
+        "claims on the loop": lambda path: ClaimsOnTheLoop(
+            transport=Instant(), journal=samekey.Journal(path, durability="process")
+        ),
+    }
+    with tempfile.TemporaryDirectory(prefix="samekey-loop-") as folder:
+        for n, (name, make) in enumerate(variants.items()):
+            client = make(os.path.join(folder, f"journal-{n}.sqlite3"))
+            found = asyncio.run(_compare(client, operations, rounds))
+            bare, keyed = found["cpu"]["bare"], found["cpu"]["samekey"]
+            print(f"| {name} | {found['ratio']:.2f}x | {bare:.0f} -> {keyed:.0f} µs |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--operations", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=8)
+    args = parser.parse_args()
+    run(args.operations, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
