@@ -241,3 +241,15 @@ def test_a_journal_dropped_unclosed_still_writes_its_answers(
 
     _flush_all()  # what the interpreter's exit runs
     assert _state_on_disk(journal_path, "op-1") == "completed"
+
+
+def test_flush_writes_the_queue_at_once(journal_path: Path, slow_flusher: None) -> None:
+    journal = samekey.Journal(journal_path)
+    with samekey.Client(journal=journal, transport=_answering()) as client:
+        client.post("https://pay.test/charges", json={"amount": 1}, operation="op-1")
+        assert _state_on_disk(journal_path, "op-1") == "pending"
+        journal.flush()  # e.g. before acknowledging the queue message that asked for it
+        assert _state_on_disk(journal_path, "op-1") == "completed"
+    journal.close()
+    with samekey.Journal(journal_path, read_only=True) as reader:
+        reader.flush()  # nothing queued: nothing to refuse

@@ -157,10 +157,10 @@ class Deferred:
         return True
 
 
-def flush_at(location: str, skip: Deferred | None = None) -> None:
+def flush_at(location: str) -> None:
     """Write every queued completion of the stores on ``location`` (before a read looks)."""
     for queue in list(_QUEUES):
-        if queue is not skip and queue.location == location and queue:
+        if queue.location == location and queue:
             queue._write()
 
 

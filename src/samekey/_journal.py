@@ -286,7 +286,8 @@ class Journal:
         with the same key and the server replays. Call this where a crash must not even do
         that, e.g. before acknowledging a queue message.
         """
-        self._run(Job(_nothing, "recording answers", False))
+        if self._later:
+            self._run(Job(_nothing, "recording answers", False))
 
     def _read(self, sql: str, params: tuple[object, ...], doing: str) -> list[tuple[object, ...]]:
         self._check_process()
