@@ -128,7 +128,11 @@ def _bare_with_sqlite(target: str, folder: str, *, completion: bool = True) -> V
     def call(i: int) -> None:
         operation, key, now = f"order-{run}-{i}/charge", str(uuid.uuid4()), time.time()
         journal.claim(operation, key, target, body, now)
-        response = client.post(target, json=BODY, headers={"Idempotency-Key": key})
+        # the key set on the built request, as samekey sets it: headers= would merge a copy of
+        # the client's headers per request, which a floor must not pay
+        request = client.build_request("POST", target, json=BODY)
+        request.headers["Idempotency-Key"] = key
+        response = client.send(request)
         response.raise_for_status()
         if completion:
             journal.complete(operation, response.content, now)
