@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Set as AbstractSet
 from urllib.parse import unquote
 
 import httpx
@@ -89,11 +90,10 @@ class Redactor:
     def __init__(self, key_header: str, redact: frozenset[str]) -> None:
         self.redact = frozenset(h.lower() for h in redact)
         self._key_name = key_header.lower()
-        self._answer_names: dict[bytes, str] = {}  # an answer's raw header name: its name, or ""
         self._not_stored = NOT_STORED_HEADERS | {self._key_name}
-        self._hidden: dict[
-            str, bool
-        ] = {}  # header name -> never journaled (a client sees few names)
+        # raw header name -> (its name, never journaled): a request's, an answer's
+        self._request_names: dict[bytes, tuple[str, bool]] = {}
+        self._answer_names: dict[bytes, tuple[str, bool]] = {}
 
     def scan_headers(
         self, headers: httpx.Headers
@@ -102,37 +102,36 @@ class Redactor:
         keys: list[str] = []
         stored: list[tuple[str, str]] = []
         for raw_name, raw_value in headers.raw:
-            name = raw_name.lower().decode("latin-1")
+            name, hidden = self._named(self._request_names, raw_name, self._not_stored)
             if name == self._key_name:
                 # as httpx reads it: the flow sets it back with request.headers[...] = key
                 keys.append(raw_value.decode(headers.encoding))
-            if not self._never_stored(name):
+            if not hidden:
                 stored.append((name, raw_value.decode("latin-1")))  # lossless: see header_bytes
         return (", ".join(keys) if keys else None), tuple(stored)
 
-    def _never_stored(self, name: str) -> bool:
-        hidden = self._hidden
-        secret = hidden.get(name)
-        if secret is None:
-            if len(hidden) > 1024:  # names made up per request: do not grow without bound
-                hidden.clear()
-            secret = hidden[name] = name in self._not_stored or is_secret_header(name, self.redact)
-        return secret
-
     def response_headers(self, headers: httpx.Headers) -> list[tuple[str, str]]:
         """The answer's headers as journaled: credentials (Set-Cookie, ...) removed."""
-        names = self._answer_names
         kept = []
         for raw_name, raw_value in headers.raw:
-            name = names.get(raw_name)
-            if name is None:  # a server sends the same few names again and again: kept by name
-                if len(names) > 1024:  # names made up per answer: do not grow without bound
-                    names.clear()
-                lowered = raw_name.lower().decode("latin-1")
-                name = names[raw_name] = "" if is_secret_header(lowered, self.redact) else lowered
-            if name:
+            name, hidden = self._named(self._answer_names, raw_name, frozenset())
+            if not hidden:
                 kept.append((name, raw_value.decode("latin-1")))  # lossless: see header_bytes
         return kept
+
+    def _named(
+        self, cache: dict[bytes, tuple[str, bool]], raw_name: bytes, not_stored: AbstractSet[str]
+    ) -> tuple[str, bool]:
+        """A raw header name's text, and whether it is kept out of the journal (``not_stored``
+        or a secret), by name: a client sees the same few names again and again."""
+        found = cache.get(raw_name)
+        if found is None:
+            if len(cache) > 1024:  # names made up per message: do not grow without bound
+                cache.clear()
+            name = raw_name.lower().decode("latin-1")
+            hidden = name in not_stored or is_secret_header(name, self.redact)
+            found = cache[raw_name] = (name, hidden)
+        return found
 
     def url(self, url: httpx.URL) -> str:
         """The URL as journaled and fingerprinted: no user:password, secret query values hidden,
