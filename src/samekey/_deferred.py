@@ -58,8 +58,7 @@ class Deferred:
         self._listed = False  # in _QUEUES
         self._wake = threading.Event()
         self._running = False  # the flusher thread is alive
-        self._closed = False
-        self._closing = threading.Event()
+        self._closing = threading.Event()  # set by close(): no flusher from then on
 
     def __bool__(self) -> bool:
         return bool(self._jobs)
@@ -78,7 +77,7 @@ class Deferred:
                 self._since = time.monotonic()
                 if not self._wake.is_set():
                     self._wake.set()
-            if not self._running and not self._closed:
+            if not self._running and not self._closing.is_set():
                 threading.Thread(target=self._serve, name="samekey-flush", daemon=True).start()
                 self._running = True
 
@@ -108,18 +107,25 @@ class Deferred:
     def close(self) -> None:
         """No flusher from now on (the store writes what is left itself)."""
         with self._lock:
-            self._closed = True
-        self._closing.set()
+            self._closing.set()
         self._wake.set()
 
-    def operations(self) -> list[str]:
-        return [job.doing for job in self._jobs]
+    def report_left(self, when: str) -> None:
+        """Log the answers still queued ``when`` the queue is given up (exit, close)."""
+        if self._jobs:
+            logger.warning(
+                "samekey: %d answer(s) could not be recorded before %s; those operations stay "
+                "pending and the next run sends their keys again (%s)",
+                len(self._jobs),
+                when,
+                ", ".join(job.doing for job in self._jobs),
+            )
 
     def _serve(self) -> None:
         while True:
             woken = self._wake.wait(IDLE_SECONDS)
             with self._lock:
-                if self._closed or not (woken or self._since is not None):
+                if self._closing.is_set() or not (woken or self._since is not None):
                     self._running = False
                     return
                 self._wake.clear()
@@ -193,10 +199,4 @@ def _flush_all() -> None:
     for queue in list(_QUEUES):
         if queue:
             queue._write()
-        if queue:
-            logger.warning(
-                "samekey: %d answer(s) could not be recorded before exit; those operations stay "
-                "pending and the next run sends their keys again (%s)",
-                len(queue._jobs),
-                ", ".join(queue.operations()),
-            )
+        queue.report_left("exit")

@@ -20,7 +20,6 @@ call closes that copy (idle, as the fork waited for it) and opens its own.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sqlite3
 import threading
@@ -76,8 +75,6 @@ from ._sqlite_open import JournalFile
 from ._wal import FALLBACK_AUTOCHECKPOINT, Checkpointer, WalSync
 
 __all__ = ["Journal"]
-
-logger = logging.getLogger("samekey")
 
 Durability = Literal["fsync", "process"]
 
@@ -640,13 +637,7 @@ class Journal:
             with contextlib.suppress(Exception):  # settle() has logged why
                 self.flush()
         self._later.close()
-        if self._later:
-            logger.warning(
-                "samekey: %d answer(s) could not be recorded before the journal closed; those "
-                "operations stay pending and the next run sends their keys again (%s)",
-                len(self._later.operations()),
-                ", ".join(self._later.operations()),
-            )
+        self._later.report_left("the journal closed")
 
     def __enter__(self) -> Journal:
         return self
