@@ -178,6 +178,7 @@ def test_an_answer_that_could_not_be_written_stays_queued_and_is_written_next(
         # goes on, the answer stays queued and the operation pending (safe: a re-run replays)
         client.post("https://pay.test/charges", json={"amount": 1}, operation="op-2")
         assert "could not record 1 answer(s) yet" in caplog.text
+        assert "nothing was sent" not in caplog.text.lower()  # it was: the server answered
         assert _state_on_disk(journal_path, "op-1") == "pending"
         assert _state_on_disk(journal_path, "op-2") == "pending"
         journal.full = False  # room again: the next write (this read's) takes both along

@@ -63,6 +63,11 @@ class Deferred:
     def __bool__(self) -> bool:
         return bool(self._jobs)
 
+    @property
+    def writable(self) -> bool:
+        """Answers wait, and the store is not closed (its close wrote or reported them)."""
+        return bool(self._jobs) and not self._closing.is_set()
+
     def add(self, job: Job[Any]) -> None:
         if _finalizer_in != PROCESS.pid:
             _flush_at_worker_exit()
@@ -97,11 +102,13 @@ class Deferred:
         with self._lock:  # no clock restarted: tried with the next write, or the next answer's
             self._jobs[:0] = failed
             self._keep = self._flush()
+        # the problem alone: a journal error's fix may say "nothing was sent", untrue of an answer
+        error = failed[0].error
         logger.warning(
             "samekey could not record %d answer(s) yet (%s); they stay pending and are tried "
             "again with the next write",
             len(failed),
-            failed[0].error,
+            getattr(error, "problem", error),
         )
 
     def close(self) -> None:
@@ -166,7 +173,7 @@ class Deferred:
 def flush_at(location: str) -> None:
     """Write every queued completion of the stores on ``location`` (before a read looks)."""
     for queue in list(_QUEUES):
-        if queue.location == location and queue:
+        if queue.location == location and queue.writable:
             queue._write()
 
 
@@ -197,6 +204,6 @@ def _flush_at_worker_exit() -> None:
 @atexit.register
 def _flush_all() -> None:
     for queue in list(_QUEUES):
-        if queue:
+        if queue.writable:
             queue._write()
-        queue.report_left("exit")
+            queue.report_left("exit")
