@@ -31,14 +31,9 @@ import httpx
 import samekey
 from samekey._contract import Claim, ClaimResult, JournalCall, new_record
 
-BODY = {"amount": 1000, "currency": "eur", "source": "tok_visa"}
+from .async_throughput import BODY, InstantTransport
+
 CONCURRENCY = 100
-
-
-class Instant(httpx.AsyncBaseTransport):
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await request.aread()
-        return httpx.Response(201, json={"id": "ch_1", "status": "succeeded"}, request=request)
 
 
 class NoSQL(samekey.Journal):
@@ -86,7 +81,7 @@ async def _drive(post: Callable[[], Awaitable[object]], operations: int) -> tupl
 
 
 async def _compare(client: samekey.AsyncClient, operations: int, rounds: int) -> dict[str, Any]:
-    bare = httpx.AsyncClient(transport=Instant())
+    bare = httpx.AsyncClient(transport=InstantTransport())
     sent = [0]
 
     async def keyed() -> None:
@@ -116,13 +111,13 @@ def run(operations: int = 2000, rounds: int = 8) -> None:
     print("|---|---|---|")
     variants: dict[str, Callable[[str], samekey.AsyncClient]] = {
         "the real one": lambda path: samekey.AsyncClient(
-            transport=Instant(), journal=samekey.Journal(path, durability="process")
+            transport=InstantTransport(), journal=samekey.Journal(path, durability="process")
         ),
         "no SQL on the journal thread": lambda path: samekey.AsyncClient(
-            transport=Instant(), journal=NoSQL(path, durability="process")
+            transport=InstantTransport(), journal=NoSQL(path, durability="process")
         ),
         "claims on the loop": lambda path: ClaimsOnTheLoop(
-            transport=Instant(), journal=samekey.Journal(path, durability="process")
+            transport=InstantTransport(), journal=samekey.Journal(path, durability="process")
         ),
     }
     with tempfile.TemporaryDirectory(prefix="samekey-loop-") as folder:

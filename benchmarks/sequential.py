@@ -82,30 +82,9 @@ def _bare_with_fsync(target: str, folder: str) -> Variant:
     return Variant(FSYNC_FLOOR, call, close)
 
 
-BY_HAND_DURABLE = "tenacity + uuid4 key + the 2 SQLite writes (by hand)"
-
-
-def _by_hand_durable(
-    target: str, folder: str, post_with_key: Callable[[str], httpx.Response]
-) -> Variant:
-    # samekey's protocol as a user would write it with the tools at hand: the key written to
-    # SQLite (the same INSERT, on the real schema) before a tenacity-retried POST that sends
-    # it, the answer written after (the same UPDATE). No replay, no lease, no mismatch check,
-    # no redaction: the least a durable retrying client does, in the same run.
-    journal = FloorJournal(os.path.join(folder, "by-hand.sqlite3"))
-    run = new_run()
-    body = b'{"amount":1000,"currency":"eur","source":"tok_visa"}'
-
-    def call(i: int) -> None:
-        operation, key, now = f"order-{run}-{i}/charge", str(uuid.uuid4()), time.time()
-        journal.claim(operation, key, target, body, now)
-        journal.complete(operation, post_with_key(key).content, now)
-
-    return Variant(BY_HAND_DURABLE, call, journal.close)
-
-
 SQLITE_FLOOR = "httpx + 2 raw SQLite writes (floor)"
 CLAIM_FLOOR = "httpx + the claim INSERT alone (floor)"
+BY_HAND_DURABLE = "tenacity + uuid4 key + the 2 SQLite writes (by hand)"
 SMALLEST_FLOOR = "httpx + the smallest SQLite write (floor, exclusive lock)"
 BARE = "httpx.Client (bare)"
 FSYNC_FLOOR = "httpx + one raw fsync (floor)"
@@ -113,35 +92,50 @@ RAW_FSYNC = "raw fsync (journal disk)"
 DBOS = "DBOS Transact (workflow + step)"
 
 
-def _bare_with_sqlite(target: str, folder: str, *, completion: bool = True) -> Variant:
-    # The floor of any client that journals in SQLite the way samekey must: bare httpx plus
-    # the same two statements samekey's "process" mode runs (the claim INSERT before the
-    # send, the completion UPDATE after it), on the real schema, with none of samekey's Python.
-    # Without the completion it is the floor of the one write the mission cannot do without:
-    # the key on disk before the first byte is sent.
-    name = SQLITE_FLOOR if completion else CLAIM_FLOOR
-    journal = FloorJournal(os.path.join(folder, f"floor-{completion}.sqlite3"))
-    client = httpx.Client()
+def _journaled(
+    name: str,
+    target: str,
+    folder: str,
+    post: Callable[[str], httpx.Response],
+    *,
+    completion: bool = True,
+    close: Callable[[], object] = lambda: None,
+) -> Variant:
+    # samekey's two statements around ``post(key)``, on the real schema, with none of its
+    # Python: the claim INSERT before the send, the completion UPDATE after it (unless not)
+    journal = FloorJournal(os.path.join(folder, f"{new_run()}.sqlite3"))
     run = new_run()
     body = b'{"amount":1000,"currency":"eur","source":"tok_visa"}'
 
     def call(i: int) -> None:
         operation, key, now = f"order-{run}-{i}/charge", str(uuid.uuid4()), time.time()
         journal.claim(operation, key, target, body, now)
+        response = post(key)
+        if completion:
+            journal.complete(operation, response.content, now)
+
+    def close_both() -> None:
+        close()
+        journal.close()
+
+    return Variant(name, call, close_both)
+
+
+def _bare_with_sqlite(target: str, folder: str, *, completion: bool = True) -> Variant:
+    # The floor of any client that journals in SQLite the way samekey must: bare httpx plus
+    # samekey's two statements. Without the completion it is the floor of the one write the
+    # mission cannot do without: the key on disk before the first byte is sent.
+    client = httpx.Client()
+
+    def post(key: str) -> httpx.Response:
         # the key set on the built request, as samekey sets it: headers= would merge a copy of
         # the client's headers per request, which a floor must not pay
         request = client.build_request("POST", target, json=BODY)
         request.headers["Idempotency-Key"] = key
-        response = client.send(request)
-        response.raise_for_status()
-        if completion:
-            journal.complete(operation, response.content, now)
+        return client.send(request).raise_for_status()
 
-    def close() -> None:
-        client.close()
-        journal.close()
-
-    return Variant(name, call, close)
+    name = SQLITE_FLOOR if completion else CLAIM_FLOOR
+    return _journaled(name, target, folder, post, completion=completion, close=client.close)
 
 
 def bare_with_smallest_write(target: str, folder: str, *, mode: str = "exclusive") -> Variant:
@@ -229,7 +223,10 @@ def variants(url: str, folder: str, peer: bool = True) -> list[Variant]:
             by_hand.close,
         )
     )
-    out.append(_by_hand_durable(target, folder, post_with_key))
+    # samekey's protocol as a user would write it with the tools at hand: the same two
+    # statements around a tenacity-retried POST. No replay, no lease, no mismatch check, no
+    # redaction: the least a durable retrying client does, in the same run.
+    out.append(_journaled(BY_HAND_DURABLE, target, folder, post_with_key))
 
     for durability in ("process", "fsync"):
         journal = samekey.Journal(
