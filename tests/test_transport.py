@@ -137,6 +137,19 @@ def test_async_client_has_the_same_semantics(journal_path: Path, no_sleep: None)
     asyncio.run(_async_story(journal_path))
 
 
+async def _warm_up(client: samekey.AsyncClient) -> None:
+    """A first call: the journal thread started and the hourly purge done before the test's."""
+    await client.post("https://pay.test/charges", json={}, operation="warm-up")
+
+
+async def _cut_short(client: samekey.AsyncClient, *, after: float) -> None:
+    """A call for operation "op" whose task is cancelled ``after`` seconds in (asyncio.wait_for)."""
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(
+            client.post("https://pay.test/charges", json={}, operation="op"), after
+        )
+
+
 def test_a_cancelled_task_frees_its_lease_so_a_retry_goes_at_once(journal_path: Path) -> None:
     # asyncio.wait_for / asyncio.timeout / a disconnecting web client cancel the task mid-request
     keys: list[str] = []
@@ -152,10 +165,7 @@ def test_a_cancelled_task_frees_its_lease_so_a_retry_goes_at_once(journal_path: 
         async with samekey.AsyncClient(
             journal=journal_path, transport=transport, on_busy="raise"
         ) as client:
-            with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    client.post("https://pay.test/charges", json={}, operation="op"), 0.2
-                )
+            await _cut_short(client, after=0.2)
             pending = client.journal.get("op")
             assert pending is not None and pending.pending and pending.lease_owner is None, (
                 "lease freed, key kept"
@@ -190,13 +200,8 @@ def test_a_task_cancelled_during_its_claim_frees_the_lease(journal_path: Path) -
         async with samekey.AsyncClient(
             journal=journal, transport=transport, on_busy="raise"
         ) as client:
-            await client.post(
-                "https://pay.test/charges", json={}, operation="warm-up"
-            )  # (and the hourly purge)
-            with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    client.post("https://pay.test/charges", json={}, operation="op"), 0.05
-                )
+            await _warm_up(client)
+            await _cut_short(client, after=0.05)
             record = client.journal.get(
                 "op"
             )  # the release ran behind the claim, before the cancel ended
@@ -234,9 +239,7 @@ def test_a_call_whose_coroutine_is_closed_mid_claim_frees_the_lease(journal_path
         async with samekey.AsyncClient(
             journal=journal, transport=transport, on_busy="raise"
         ) as client:
-            await client.post(
-                "https://pay.test/charges", json={}, operation="warm-up"
-            )  # (and the hourly purge)
+            await _warm_up(client)
             coroutine = client.post("https://pay.test/charges", json={}, operation="op")
             task = asyncio.ensure_future(coroutine)
             await asyncio.sleep(0.05)  # its claim is on the journal thread now
@@ -272,9 +275,7 @@ def test_a_task_cancelled_while_the_journal_is_busy_does_not_stall_the_event_loo
         async with samekey.AsyncClient(
             journal=journal_path, transport=transport, on_busy="raise"
         ) as client:
-            await client.post(
-                "https://pay.test/charges", json={}, operation="warm-up"
-            )  # (and the hourly purge)
+            await _warm_up(client)
             gaps: list[float] = []
 
             async def tick() -> None:  # another task of the service
@@ -291,10 +292,7 @@ def test_a_task_cancelled_while_the_journal_is_busy_does_not_stall_the_event_loo
             ticker = asyncio.create_task(tick())
             started = time.monotonic()
             try:
-                with pytest.raises(asyncio.TimeoutError):
-                    await asyncio.wait_for(
-                        client.post("https://pay.test/charges", json={}, operation="op"), 0.2
-                    )
+                await _cut_short(client, after=0.2)
                 took = time.monotonic() - started
             finally:
                 await asyncio.sleep(0.05)  # the ticker records the gap it is in (a stall ends one)
@@ -366,13 +364,8 @@ def test_a_task_cancelled_during_its_claim_on_another_store_frees_the_lease(
             async with samekey.AsyncClient(
                 journal=store, transport=transport, on_busy="raise"
             ) as client:
-                await client.post(
-                    "https://pay.test/charges", json={}, operation="warm-up"
-                )  # (and the hourly purge)
-                with pytest.raises(asyncio.TimeoutError):
-                    await asyncio.wait_for(
-                        client.post("https://pay.test/charges", json={}, operation="op"), 0.05
-                    )
+                await _warm_up(client)
+                await _cut_short(client, after=0.05)
                 record = journal.get("op")
                 again = await client.post(
                     "https://pay.test/charges", json={}, operation="op"
@@ -413,9 +406,7 @@ def test_a_task_cancelled_twice_during_its_claim_on_another_store_still_frees_th
             async with samekey.AsyncClient(
                 journal=store, transport=transport, on_busy="raise"
             ) as client:
-                await client.post(
-                    "https://pay.test/charges", json={}, operation="warm-up"
-                )  # (and the hourly purge)
+                await _warm_up(client)
                 task = asyncio.create_task(
                     client.post("https://pay.test/charges", json={}, operation="op")
                 )
