@@ -36,6 +36,25 @@ def raising(*errors: Exception) -> httpx.MockTransport:
     return httpx.MockTransport(handler)
 
 
+def behind_digest_auth(
+    seen: list[tuple[str | None, str | None]] | None = None,
+) -> httpx.MockTransport:
+    """A server behind Digest auth: a 401 challenge to a request without credentials, else 201.
+    ``seen`` gets each request's (Authorization, Idempotency-Key)."""
+
+    def server(request: httpx.Request) -> httpx.Response:
+        headers = request.headers
+        if seen is not None:
+            seen.append((headers.get("Authorization"), headers.get("Idempotency-Key")))
+        if "Authorization" not in headers:
+            return httpx.Response(
+                401, headers={"WWW-Authenticate": 'Digest realm="pay", nonce="n1", qop="auth"'}
+            )
+        return httpx.Response(201, json={"id": "ch_1"})
+
+    return httpx.MockTransport(server)
+
+
 def drive(
     engine: Engine,
     request: httpx.Request,

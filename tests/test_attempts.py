@@ -16,7 +16,7 @@ import pytest
 import respx
 
 import samekey
-from client_helpers import URL, drive, make_client, sent_keys
+from client_helpers import URL, behind_digest_auth, drive, make_client, sent_keys
 from samekey._config import Config
 from samekey._engine import Engine
 
@@ -49,16 +49,7 @@ def test_a_5xx_that_outlasts_the_retries_leaves_the_key_pending(
 def test_digest_auth_challenge_is_answered_with_the_same_key(journal_path: Path) -> None:
     # httpx's DigestAuth sends, gets a 401 challenge, and sends again with credentials.
     seen: list[tuple[str | None, str | None]] = []
-
-    def server(request: httpx.Request) -> httpx.Response:
-        seen.append((request.headers.get("Authorization"), request.headers.get("Idempotency-Key")))
-        if "Authorization" not in request.headers:
-            return httpx.Response(
-                401, headers={"WWW-Authenticate": 'Digest realm="pay", nonce="n1", qop="auth"'}
-            )
-        return httpx.Response(201, json={"id": "ch_1"})
-
-    transport = httpx.MockTransport(server)
+    transport = behind_digest_auth(seen)
     with make_client(
         journal_path, transport=transport, auth=httpx.DigestAuth("user", "pass")
     ) as client:

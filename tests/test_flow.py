@@ -13,7 +13,7 @@ import pytest
 import respx
 
 import samekey
-from client_helpers import URL, drive, make_client
+from client_helpers import URL, behind_digest_auth, drive, make_client
 from samekey._config import Config
 from samekey._engine import Engine
 from samekey.testing import PaymentServer
@@ -24,14 +24,7 @@ def test_an_unnamed_post_answering_an_auth_challenge_leaves_no_stale_pending_rec
 ) -> None:
     # DigestAuth sends the same request again after the 401: it is the same unnamed operation,
     # not a second one that leaves the first pending (listed, and resent by --prefix auto:)
-    def server(request: httpx.Request) -> httpx.Response:
-        if "Authorization" not in request.headers:
-            return httpx.Response(
-                401, headers={"WWW-Authenticate": 'Digest realm="pay", nonce="n1", qop="auth"'}
-            )
-        return httpx.Response(201, json={"id": "ch_1"})
-
-    transport = httpx.MockTransport(server)
+    transport = behind_digest_auth()
     with make_client(
         journal_path, transport=transport, auth=httpx.DigestAuth("user", "pass")
     ) as client:
