@@ -45,6 +45,32 @@ class _Holder:
         self.process.wait(10)
 
 
+def test_one_call_waits_for_the_lock_at_most_lock_timeout_in_all(tmp_path: Path) -> None:
+    # another process holds the write lock: the lazy purge, the claim and the release after it
+    # each waited their own lock_timeout (3 s for lock_timeout=1) under an error saying "1 s"
+    path = tmp_path / "j.sqlite3"
+    samekey.Journal(path).close()
+    holder = _Holder(path)
+    try:
+        holder.tell("lock")
+        journal = samekey.Journal(path, lock_timeout=1)
+        with samekey.Client(
+            journal=journal, transport=httpx.MockTransport(lambda r: httpx.Response(200))
+        ) as client:
+            started = time.monotonic()
+            with pytest.raises(
+                samekey.JournalError, match=r"locked by another process for more than 1 s"
+            ):
+                client.post(
+                    "https://pay.test/charges", operation="order-1/charge", json={"amount": 1}
+                )
+            waited = time.monotonic() - started
+        journal.close()
+    finally:
+        holder.close()
+    assert 0.9 < waited < 1.6, waited
+
+
 def test_the_claim_and_the_record_of_an_attempt_share_the_requests_lock_timeout(
     tmp_path: Path,
 ) -> None:
