@@ -3,10 +3,13 @@ modules (_plan, _flow, _attempts, _redaction, ...)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 import respx
 
 import samekey
@@ -53,6 +56,31 @@ def behind_digest_auth(
         return httpx.Response(201, json={"id": "ch_1"})
 
     return httpx.MockTransport(server)
+
+
+class NeverAnswers(httpx.MockTransport):
+    """A server that takes a request and never answers; ``sent`` is set once one reached it."""
+
+    def __init__(self) -> None:
+        self.sent = asyncio.Event()
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            self.sent.set()
+            await asyncio.sleep(60)
+            raise AssertionError("cancelled before")
+
+        super().__init__(handler)
+
+
+async def cancelled_once_sent(
+    client: samekey.AsyncClient, transport: NeverAnswers, url: str, **kwargs: Any
+) -> None:
+    """POST operation "order-1/charge" to ``url``; cancel its task once the request is out."""
+    task = asyncio.create_task(client.post(url, operation="order-1/charge", **kwargs))
+    await transport.sent.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
 
 
 def drive(

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 import samekey
+from client_helpers import NeverAnswers, cancelled_once_sent
 from samekey import EndDetails
 
 URL = "https://pay.example/charges"
@@ -183,23 +184,11 @@ def test_a_cancelled_async_call_is_interrupted_once(journal_path: Path) -> None:
     ends: list[EndDetails] = []
 
     async def story() -> None:
-        sent = asyncio.Event()
-
-        async def handler(request: httpx.Request) -> httpx.Response:
-            sent.set()
-            await asyncio.sleep(60)
-            raise AssertionError("cancelled before")
-
+        transport = NeverAnswers()
         async with samekey.AsyncClient(
-            journal=journal_path, transport=httpx.MockTransport(handler), on_end=[ends.append]
+            journal=journal_path, transport=transport, on_end=[ends.append]
         ) as client:
-            task = asyncio.create_task(
-                client.post(URL, json={"amount": 1}, operation="order-1/charge")
-            )
-            await sent.wait()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+            await cancelled_once_sent(client, transport, URL, json={"amount": 1})
 
     asyncio.run(story())
     [end] = ends

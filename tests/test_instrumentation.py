@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import samekey
+from client_helpers import NeverAnswers, cancelled_once_sent
 from samekey import instrumentation
 
 URL = "https://acct:url-secret-1@pay.example/charges?api_key=sk_live_url2&amount=5"
@@ -164,23 +165,9 @@ def test_the_async_client_reports_alike(otel: Otel, journal_path: Path) -> None:
 
 def test_a_cancelled_call_ends_its_spans(otel: Otel, journal_path: Path) -> None:
     async def story() -> None:
-        sent = asyncio.Event()
-
-        async def handler(request: httpx.Request) -> httpx.Response:
-            sent.set()
-            await asyncio.sleep(60)
-            raise AssertionError("cancelled before")
-
-        async with samekey.AsyncClient(
-            journal=journal_path, transport=httpx.MockTransport(handler)
-        ) as client:
-            task = asyncio.create_task(
-                client.post(URL, json={}, operation="order-1/charge", headers=HEADERS)
-            )
-            await sent.wait()
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+        transport = NeverAnswers()
+        async with samekey.AsyncClient(journal=journal_path, transport=transport) as client:
+            await cancelled_once_sent(client, transport, URL, json={}, headers=HEADERS)
             assert (
                 trace.get_current_span() is trace.INVALID_SPAN
             )  # the attempt's span is current no more
