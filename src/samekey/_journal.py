@@ -401,18 +401,21 @@ class Journal:
         expires = now + lease_seconds
 
         def job(conn: sqlite3.Connection) -> ClaimResult:
-            cur = conn.execute(
-                f"INSERT INTO operations ({COLUMNS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, "
-                "NULL, ?, ?, NULL, ?) "
-                "ON CONFLICT (operation) DO NOTHING",
-                insert_params(intent, owner, now, expires),
-            )
-            if cur.rowcount == 1:
-                return ClaimResult("created", new_record(intent, owner, now, expires))
-            if not conn.in_transaction:  # ran in autocommit: read and update under the write lock
-                conn.execute("BEGIN IMMEDIATE")
-                return job(conn)
+            # a loop, not a call of job by itself: that would be a reference cycle, garbage
+            # left for the collector on every request
+            while True:
+                cur = conn.execute(
+                    f"INSERT INTO operations ({COLUMNS}) VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, "
+                    "NULL, ?, ?, NULL, ?) "
+                    "ON CONFLICT (operation) DO NOTHING",
+                    insert_params(intent, owner, now, expires),
+                )
+                if cur.rowcount == 1:
+                    return ClaimResult("created", new_record(intent, owner, now, expires))
+                if conn.in_transaction:
+                    break
+                conn.execute("BEGIN IMMEDIATE")  # ran in autocommit: again under the write lock
             row = conn.execute(
                 f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (intent.operation,)
             ).fetchone()
