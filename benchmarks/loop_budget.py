@@ -2,23 +2,27 @@
 
 Target 3 (samekey >= 0.8x bare on the same async transport) is bounded by the event loop's
 CPU: at concurrency 100 the loop thread is busy, so every µs samekey's Python adds to an
-operation there is throughput lost. Over a transport answering at once, three journals:
+operation there is throughput lost. Over a transport answering at once, four journals:
 
 - the real one (claims batched on the journal thread, as shipped);
 - the journal thread with no SQL at all (each claim answered with a fresh record at once): what
   is left is samekey's Python on the loop and the hand-off to the journal thread;
-- the claims run on the loop itself (no journal thread): the hand-off gone, SQLite on the loop.
+- the claims run on the loop itself (no journal thread): the hand-off gone, SQLite on the loop;
+- no journal work at all (claims answered on the loop, answers dropped): samekey's flow and
+  driver alone, the least samekey can add to the loop as it is written.
 
 For each: samekey's throughput against bare httpx.AsyncClient in the same rounds, and the loop
-thread's own CPU per operation (time.thread_time).
+thread's own CPU per operation (time.thread_time). ``--no-gc`` turns the cyclic garbage
+collector off, to show its share.
 
-    python -m benchmarks.loop_budget [--operations 2000] [--rounds 8]
+    python -m benchmarks.loop_budget [--operations 2000] [--rounds 8] [--no-gc]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import statistics
 import tempfile
@@ -29,7 +33,7 @@ from typing import Any
 import httpx
 
 import samekey
-from samekey._contract import Claim, ClaimResult, JournalCall, new_record
+from samekey._contract import Claim, ClaimResult, Complete, JournalCall, new_record
 
 from .async_throughput import BODY, InstantTransport
 
@@ -53,15 +57,31 @@ class ClaimsOnTheLoop(samekey.AsyncClient):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        transport = self._transport
-        perform = transport._perform  # type: ignore[attr-defined]
+        journal = self._transport.engine.journal  # type: ignore[attr-defined]
+        _on_the_loop(self, lambda action: action.run(journal), (Claim,))
 
-        async def on_loop(action: Any, on_worker: Any) -> Any:
-            if isinstance(action, Claim):
-                return action.run(transport.engine.journal)  # type: ignore[attr-defined]
-            return await perform(action, on_worker)
 
-        transport._perform = on_loop  # type: ignore[attr-defined]
+class NoJournal(samekey.AsyncClient):
+    """No journal work at all: claims answered on the loop, answers dropped. What is left is
+    samekey's flow and driver on the loop, with no thread to hand anything to."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _on_the_loop(self, lambda action: _created(action) if isinstance(action, Claim) else None,
+                     (Claim, Complete))  # fmt: skip
+
+
+def _on_the_loop(client: samekey.AsyncClient, answer: Callable[[Any], Any], kinds: tuple[type, ...]
+                 ) -> None:  # fmt: skip
+    transport = client._transport
+    perform = transport._perform  # type: ignore[attr-defined]
+
+    async def on_loop(action: Any, on_worker: Any) -> Any:
+        if isinstance(action, kinds):
+            return answer(action)
+        return await perform(action, on_worker)
+
+    transport._perform = on_loop  # type: ignore[attr-defined]
 
 
 async def _drive(post: Callable[[], Awaitable[object]], operations: int) -> tuple[float, float]:
@@ -119,6 +139,9 @@ def run(operations: int = 2000, rounds: int = 8) -> None:
         "claims on the loop": lambda path: ClaimsOnTheLoop(
             transport=InstantTransport(), journal=samekey.Journal(path, durability="process")
         ),
+        "no journal work at all, nothing handed to a thread": lambda path: NoJournal(
+            transport=InstantTransport(), journal=samekey.Journal(path, durability="process")
+        ),
     }
     with tempfile.TemporaryDirectory(prefix="samekey-loop-") as folder:
         for n, (name, make) in enumerate(variants.items()):
@@ -134,7 +157,12 @@ def main() -> None:
     )
     parser.add_argument("--operations", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument(
+        "--no-gc", action="store_true", help="the cyclic garbage collector off: its share"
+    )
     args = parser.parse_args()
+    if args.no_gc:
+        gc.disable()
     run(args.operations, args.rounds)
 
 
