@@ -2,11 +2,12 @@
 
 For a refactoring of the core: the same POSTs go through a `samekey.Client` of each tree, in
 alternating blocks (a new random order each round) to one loopback server, so machine noise
-hits them alike; then the same for `samekey.AsyncClient` at concurrency 20. Both trees use the
+hits them alike; then the same for `samekey.AsyncClient` at concurrency 20 (``--aiohttp``: over
+httpx-aiohttp at concurrency 100, as targets 3b/3d). Both trees use the
 SQLite journal with durability "process" (the path the benchmarks compare to bare httpx).
 
     git archive <commit> src | tar -x -C /tmp/before
-    python -m benchmarks.client_ab /tmp/before/src src [--blocks 30] [--cpu]
+    python -m benchmarks.client_ab /tmp/before/src src [--blocks 30] [--cpu] [--aiohttp]
 
 Prints the median time per request for each tree and their ratio (after/before).
 """
@@ -29,6 +30,7 @@ from .journal_ab import _load
 
 BLOCK = 40  # sequential requests per block
 TASKS = 20  # concurrent requests per async block (each sends BLOCK // 4)
+AIOHTTP_TASKS = 100  # with --aiohttp: the concurrency of targets 3b/3d
 BODY = {"amount": 1000, "currency": "eur", "source": "tok_visa"}
 
 
@@ -40,7 +42,7 @@ def _sequential(client: Any, url: str, first: int, clock: Callable[[], float]) -
 
 
 def _concurrent(client: Any, url: str, first: int, clock: Callable[[], float]) -> float:
-    per_task = BLOCK // 4
+    per_task, tasks = BLOCK // 4, client.tasks
 
     async def task(t: int) -> None:
         for i in range(per_task):
@@ -48,8 +50,8 @@ def _concurrent(client: Any, url: str, first: int, clock: Callable[[], float]) -
 
     async def block() -> float:
         started = clock()
-        await asyncio.gather(*(task(t) for t in range(TASKS)))
-        return (clock() - started) / (TASKS * per_task)
+        await asyncio.gather(*(task(t) for t in range(tasks)))
+        return (clock() - started) / (tasks * per_task)
 
     return client.loop.run_until_complete(block())  # type: ignore[no-any-return]
 
@@ -66,7 +68,7 @@ def _measure(trees: dict[str, ModuleType], clients: dict[str, Any], url: str, bl
     return {k: statistics.median(v) * 1e6 for k, v in times.items()}
 
 
-def run(before: str, after: str, blocks: int, clock: Callable[[], float]) -> None:
+def run(before: str, after: str, blocks: int, clock: Callable[[], float], aiohttp: bool) -> None:
     trees = {"before": _load("samekey_before", before), "after": _load("samekey_after", after)}
     folder = tempfile.mkdtemp(prefix="samekey-client-ab-")
 
@@ -76,22 +78,40 @@ def run(before: str, after: str, blocks: int, clock: Callable[[], float]) -> Non
     with server("minimal") as url:
         sync = {k: tree.Client(journal=journal(k, "sync")) for k, tree in trees.items()}
         _report("sequential Client POST", _measure(trees, sync, url, blocks, _sequential, clock))
-        loop = asyncio.new_event_loop()
-        limits = {"limits": __import__("httpx").Limits(max_connections=TASKS)}
-        aio = {
-            k: tree.AsyncClient(journal=journal(k, "async"), **limits) for k, tree in trees.items()
-        }
-        for client in aio.values():
-            client.loop = loop
-        _report(
-            f"AsyncClient POST, {TASKS} at once",
-            _measure(trees, aio, url, blocks, _concurrent, clock),
-        )
         for client in sync.values():
             client.close()
+        tasks = AIOHTTP_TASKS if aiohttp else TASKS
+        loop, aio = asyncio.new_event_loop(), _async_clients(trees, journal, tasks, aiohttp)
+        for client in aio.values():
+            client.loop, client.tasks = loop, tasks
+        over = "httpx-aiohttp" if aiohttp else "httpx's transport"
+        _report(
+            f"AsyncClient POST, {tasks} at once, {over}",
+            _measure(trees, aio, url, blocks, _concurrent, clock),
+        )
         for client in aio.values():
             loop.run_until_complete(client.aclose())
         loop.close()
+
+
+def _async_clients(
+    trees: dict[str, ModuleType], journal: Callable[[str, str], Any], tasks: int, aiohttp: bool
+) -> dict[str, Any]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=tasks, max_keepalive_connections=tasks)
+    if aiohttp:  # the transport of targets 3b/3d
+        from httpx_aiohttp import AiohttpTransport
+
+        return {
+            k: tree.AsyncClient(
+                journal=journal(k, "async"), transport=AiohttpTransport(limits=limits)
+            )
+            for k, tree in trees.items()
+        }
+    return {
+        k: tree.AsyncClient(journal=journal(k, "async"), limits=limits) for k, tree in trees.items()
+    }
 
 
 def _report(title: str, medians: dict[str, float]) -> None:
@@ -110,8 +130,12 @@ def main() -> None:
     parser.add_argument("after", help="the src folder of the tree under test")
     parser.add_argument("--blocks", type=int, default=30)
     parser.add_argument("--cpu", action="store_true", help="time with the process CPU clock")
+    parser.add_argument(
+        "--aiohttp", action="store_true", help="async over httpx-aiohttp, 100 at once (3b/3d)"
+    )
     args = parser.parse_args()
-    run(args.before, args.after, args.blocks, time.process_time if args.cpu else time.perf_counter)
+    clock = time.process_time if args.cpu else time.perf_counter
+    run(args.before, args.after, args.blocks, clock, args.aiohttp)
 
 
 if __name__ == "__main__":
