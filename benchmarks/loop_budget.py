@@ -35,21 +35,9 @@ import httpx
 import samekey
 from samekey._contract import Claim, ClaimResult, Complete, JournalCall, new_record
 
-from .async_throughput import BODY
-from .async_throughput import InstantTransport as _Instant
+from .async_throughput import BODY, InstantTransport
 
 CONCURRENCY = 100
-
-
-class InstantTransport(_Instant):
-    """Answers at once, after one pass through the event loop. Without it, a task that waits
-    for nothing (bare httpx, samekey with no journal thread) never lets another run: its 100
-    tasks would go one at a time, with none of the cost of 100 requests in flight (the
-    collector walks them all) that the journal thread's variants pay."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await asyncio.sleep(0)
-        return await super().handle_async_request(request)
 
 
 class NoSQL(samekey.Journal):
