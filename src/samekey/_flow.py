@@ -140,7 +140,7 @@ def _refuse_mismatch(engine: Engine, plan: Plan, claim: ClaimResult, owner: str)
     why = mismatch(plan, record)
     if why is None:
         return
-    if claim.status in ("created", "claimed"):
+    if claim.status == "claimed":  # this owner holds its lease: free it before refusing
         yield Release(record.operation, owner, record.attempts, None, engine.clock())
     raise OperationMismatch(record.operation, why, pending=record.pending)
 
