@@ -134,7 +134,7 @@ class ByHand:
     batching, no lease, no replay: the least a durable async client does (durability process)."""
 
     def __init__(self, client: httpx.AsyncClient, path: str) -> None:
-        self.client, self.path, self.run = client, path, new_run()
+        self.client, self.path = client, path
         self.writer = concurrent.futures.ThreadPoolExecutor(1, "by-hand-journal")
         self.journal: FloorJournal | None = None
         self.writer.submit(self._open).result()
