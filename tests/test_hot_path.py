@@ -105,8 +105,10 @@ def _samekey_garbage(send: Callable[[int], object]) -> list[str]:
 
 
 def _of_samekey(thing: object) -> bool:
-    if isinstance(thing, (types.FunctionType, types.GeneratorType)):
-        return thing.__module__.startswith("samekey")  # type: ignore[union-attr]
+    if isinstance(thing, types.FunctionType):
+        return thing.__module__.startswith("samekey")
+    if isinstance(thing, types.GeneratorType):  # a generator has no __module__: its code's file
+        return Path(thing.gi_code.co_filename).parent.name == "samekey"
     # an answer's OperationInfo goes with httpx's Response, which is in a cycle of httpx's own
     kind = type(thing)
     return kind.__module__.startswith("samekey") and kind is not samekey.OperationInfo
