@@ -100,7 +100,9 @@ class Target:
     """One target of issue 22: what was measured, the limit, and the verdict computed from both.
 
     ``limit`` None: reported only (the issue sets no threshold). ``floor`` says, in a few words,
-    the bound measured in the same run that the target cannot beat.
+    the bound measured in the same run that the target cannot beat; ``bound`` is that floor's
+    value on the target's own scale, where one is measured. A target missed by its floor too
+    says so in its verdict: no client doing the same journaling could have met it in this run.
     """
 
     id: str
@@ -110,13 +112,21 @@ class Target:
     better: str = "lower"  # "lower": MET when measured <= limit; "higher": when measured >= limit
     unit: str = "x"
     floor: str = ""
+    bound: float | None = None
+
+    def meets(self, value: float) -> bool:
+        assert self.limit is not None
+        return value <= self.limit if self.better == "lower" else value >= self.limit
 
     @property
     def verdict(self) -> str:
         if self.limit is None:
             return "reported"
-        met = self.measured <= self.limit if self.better == "lower" else self.measured >= self.limit
-        return "MET" if met else "NOT MET"
+        if self.meets(self.measured):
+            return "MET"
+        if self.bound is not None and not self.meets(self.bound):
+            return "NOT MET, nor is its floor"
+        return "NOT MET"
 
     def value(self, number: float | None = None) -> str:
         number = self.measured if number is None else number

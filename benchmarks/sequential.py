@@ -342,6 +342,7 @@ def report_run(vs: list[Variant], requests: int, server_kind: str) -> dict[str, 
             process / bare,
             1.25,
             floor=floors,
+            bound=med[CLAIM_FLOOR] / bare,
         ),
         Target(
             "2",

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,9 +40,15 @@ def test_every_target_has_a_verdict_computed_from_its_measurement(
         if t["limit"] is None:
             assert t["verdict"] == "reported"
             continue
-        met = t["measured"] <= t["limit"] if t["better"] == "lower" else t["measured"] >= t["limit"]
-        assert t["verdict"] == ("MET" if met else "NOT MET"), t
+        floor_misses = t["bound"] is not None and not _meets(t, t["bound"])
+        missed = "NOT MET, nor is its floor" if floor_misses else "NOT MET"
+        assert t["verdict"] == ("MET" if _meets(t, t["measured"]) else missed), t
         assert f"| {t['id']} " in printed and t["verdict"] in printed
+
+
+def _meets(target: dict[str, Any], value: float) -> bool:
+    limit = target["limit"]
+    return bool(value <= limit if target["better"] == "lower" else value >= limit)
 
 
 def test_the_docs_table_and_chart_are_generated_from_the_json(smoke_run: tuple[Path, str]) -> None:
@@ -62,3 +69,16 @@ def test_the_docs_table_and_chart_are_generated_from_the_json(smoke_run: tuple[P
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert (out / "latest.md").read_text() == latest
+
+
+def test_a_missed_target_says_when_its_floor_misses_the_limit_too() -> None:
+    from benchmarks._common import Target
+
+    def verdict(measured: float, bound: float | None) -> str:
+        return Target("3b", "async", measured, 0.8, better="higher", bound=bound).verdict
+
+    assert verdict(0.85, 0.70) == "MET"
+    assert verdict(0.66, 0.92) == "NOT MET"  # the floor shows it can be done: samekey's own cost
+    assert verdict(0.66, 0.79) == "NOT MET, nor is its floor"
+    assert verdict(0.66, None) == "NOT MET"
+    assert Target("1", "seq", 1.5, 1.25, bound=1.27).verdict == "NOT MET, nor is its floor"

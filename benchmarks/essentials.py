@@ -1,0 +1,191 @@
+"""Targets 3b/3d: how much of samekey's async gap is its flow, how much the work it must do.
+
+Over httpx-aiohttp at concurrency 100, against one loopback server, in interleaved rounds:
+
+- bare httpx.AsyncClient;
+- samekey.AsyncClient (durability process), as shipped;
+- "straight line": samekey's own per-request work with no flow around it. The request's plan
+  (operation, key, redacted headers and URL, fingerprint), its claim on samekey's journal
+  thread, the key header, the buffered answer, its redacted headers queued as the completion,
+  the OperationInfo. No retry, no hooks, no interruption handling, no replay: it takes the
+  happy path only and raises on anything else;
+- the same without the plan: each request's intent copied from the first one's (its
+  operation, key and body its own), to show what deriving it costs;
+- the mission floor of `async_throughput`: the claim and the answer, group-committed, with
+  no samekey code at all.
+
+    python -m benchmarks.essentials [--rounds 16] [--operations 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+import samekey
+from samekey._contract import Claim, Complete, Intent
+from samekey._engine import Engine
+from samekey._plan import uuid4
+from samekey._transport import _JournalThread
+from samekey._wire import INFO_EXTENSION, OPERATION_EXTENSION, OperationInfo
+
+from ._common import server
+from .async_throughput import BODY, ClaimFloor
+
+CONCURRENCY = 100
+Post = Callable[[], Awaitable[httpx.Response]]
+
+
+class StraightLine(httpx.AsyncBaseTransport):
+    """samekey's per-request work for a fresh operation answered at once, and nothing else."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, engine: Engine, *, plan: bool) -> None:
+        assert engine.batching is not None
+        self.inner, self.engine, self.plan = inner, engine, plan
+        self.thread = _JournalThread(engine.batching)
+        self.first: Intent | None = None
+
+    def _intent(self, request: httpx.Request) -> Intent:
+        first = self.first
+        if self.plan or first is None:
+            plan = self.engine.plan(request)
+            assert plan is not None
+            self.first = plan.intent
+            return plan.intent
+        operation = request.extensions[OPERATION_EXTENSION]
+        return Intent(operation, uuid4(), first.key_header, first.method, first.url,
+                      first.fingerprint, first.request_headers, request.content)  # fmt: skip
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        engine = self.engine
+        intent, owner = self._intent(request), engine.owners.new()
+        claim = Claim(intent, owner, engine.lease_for(request), engine.clock())
+        record = (await self.thread.submit(claim, asyncio.get_running_loop())).record
+        request.headers[engine.key_header] = record.key
+        response = await self.inner.handle_async_request(request)
+        stream = response.stream
+        raw = b"".join([chunk async for chunk in stream])  # type: ignore[union-attr]
+        await stream.aclose()  # type: ignore[union-attr]
+        response.stream, response.request = httpx.ByteStream(raw), request
+        if engine.policy.should_retry_response(response):
+            raise RuntimeError(f"straight line: HTTP {response.status_code}, no retries here")
+        headers = engine.redactor.response_headers(response.headers)
+        status, now = response.status_code, engine.clock()
+        Complete(record.operation, owner, 1, status, headers, raw, now).run(engine.journal)
+        response.extensions[INFO_EXTENSION] = OperationInfo(record.operation, record.key, 1, False)
+        return response
+
+    async def aclose(self) -> None:
+        self.thread.stop()
+        await self.inner.aclose()
+
+
+def _journal(folder: str, name: str) -> samekey.Journal:
+    return samekey.Journal(os.path.join(folder, f"{name}.sqlite3"), durability="process")
+
+
+def _straight(make: Callable[[], httpx.AsyncBaseTransport], journal: samekey.Journal, plan: bool
+              ) -> samekey.AsyncClient:  # fmt: skip
+    client = samekey.AsyncClient(journal=journal)
+    client._transport = StraightLine(make(), client.engine, plan=plan)
+    return client
+
+
+async def _rate(post: Post, operations: int) -> float:
+    left = [operations]
+
+    async def worker() -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            (await post()).raise_for_status()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return operations / (time.perf_counter() - started)
+
+
+async def _run(url: str, folder: str, rounds: int, operations: int) -> dict[str, list[float]]:
+    from httpx_aiohttp import AiohttpTransport
+
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+
+    def make() -> httpx.AsyncBaseTransport:
+        return AiohttpTransport(limits=limits)
+
+    target, sent = url + "/v1/charges", [0]
+    journals = [_journal(folder, name) for name in ("samekey", "line", "copy")]
+    clients: dict[str, Any] = {
+        "bare httpx.AsyncClient": httpx.AsyncClient(transport=make()),
+        "samekey.AsyncClient (process)": samekey.AsyncClient(transport=make(), journal=journals[0]),
+        "straight line": _straight(make, journals[1], plan=True),
+        "straight line, no plan": _straight(make, journals[2], plan=False),
+        "mission floor": ClaimFloor(
+            httpx.AsyncClient(transport=make()), os.path.join(folder, "floor"), answers=True
+        ),
+    }
+
+    def post(name: str, client: Any) -> Post:
+        if name.startswith("bare"):
+            return lambda: client.post(target, json=BODY)
+
+        async def keyed() -> httpx.Response:
+            sent[0] += 1
+            return await client.post(target, json=BODY, operation=f"op-{sent[0]}")  # type: ignore[no-any-return]
+
+        return keyed
+
+    posts = {name: post(name, client) for name, client in clients.items()}
+    rates: dict[str, list[float]] = {name: [] for name in posts}
+    try:
+        for p in posts.values():  # warm up: connections, threads
+            await _rate(p, 3 * CONCURRENCY)
+        names = list(posts)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                rates[name].append(await _rate(posts[name], operations))
+    finally:
+        for client in clients.values():
+            await client.aclose()
+        for journal in journals:
+            journal.close()
+    return rates
+
+
+def run(rounds: int = 16, operations: int = 500) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="samekey-essentials-") as folder:
+        with server("minimal", folder) as url:
+            rates = asyncio.run(_run(url, folder, rounds, operations))
+    bare = rates["bare httpx.AsyncClient"]
+    print(f"\nhttpx-aiohttp, {CONCURRENCY} at once, {rounds} rounds of {operations}\n")
+    print("| variant | ops/s, median round | vs bare, all rounds | vs bare, median round |")
+    print("|---|---|---|---|")
+    ratios = {}
+    for name, found in rates.items():
+        ratios[name] = sum(found) / sum(bare)
+        per_round = statistics.median(x / y for x, y in zip(found, bare, strict=True))
+        print(f"| {name} | {statistics.median(found):,.0f} | {ratios[name]:.3f}x | "
+              f"{per_round:.3f}x |")  # fmt: skip
+    return ratios
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--operations", type=int, default=500)
+    args = parser.parse_args()
+    run(args.rounds, args.operations)
+
+
+if __name__ == "__main__":
+    main()
