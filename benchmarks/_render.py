@@ -51,7 +51,12 @@ def profile_md(data: dict[str, Any]) -> str:
 
     text = markdown(data["sections"]["profile"], data["when"], data["machine"])
     async_part = data["sections"].get("profile_async", {}).get("markdown")
-    return text + ("\n" + async_part if async_part else "")
+    text += "\n" + async_part if async_part else ""
+    gap = data["sections"].get("essentials")
+    if gap:  # targets 3b/3d: samekey's flow, its own work, the floor, side by side
+        text += f"\n**{gap['title']}**\n\n{table(gap['headers'], gap['rows'])}\n\n"
+        text += "".join(f"- {note}\n" for note in gap["notes"])
+    return text
 
 
 def chart(data: dict[str, Any], path: Path) -> None:

@@ -37,10 +37,12 @@ from samekey._plan import uuid4
 from samekey._transport import _JournalThread
 from samekey._wire import INFO_EXTENSION, OPERATION_EXTENSION, OperationInfo
 
-from ._common import server
+from ._common import report, server
 from .async_throughput import BODY, ClaimFloor
 
 CONCURRENCY = 100
+BARE, SAMEKEY = "bare httpx.AsyncClient", "samekey.AsyncClient (process)"
+LINE, NO_PLAN, FLOOR = "straight line", "straight line, no plan", "mission floor"
 Post = Callable[[], Awaitable[httpx.Response]]
 
 
@@ -134,7 +136,7 @@ async def _run(url: str, folder: str, rounds: int, operations: int) -> dict[str,
     }
 
     def post(name: str, client: Any) -> Post:
-        if name.startswith("bare"):
+        if name == BARE:
             return lambda: client.post(target, json=BODY)
 
         async def keyed() -> httpx.Response:
@@ -160,21 +162,32 @@ async def _run(url: str, folder: str, rounds: int, operations: int) -> dict[str,
     return rates
 
 
-def run(rounds: int = 16, operations: int = 500) -> dict[str, float]:
+def run(rounds: int = 16, operations: int = 500) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="samekey-essentials-") as folder:
         with server("minimal", folder) as url:
             rates = asyncio.run(_run(url, folder, rounds, operations))
-    bare = rates["bare httpx.AsyncClient"]
-    print(f"\nhttpx-aiohttp, {CONCURRENCY} at once, {rounds} rounds of {operations}\n")
-    print("| variant | ops/s, median round | vs bare, all rounds | vs bare, median round |")
-    print("|---|---|---|---|")
-    ratios = {}
-    for name, found in rates.items():
-        ratios[name] = sum(found) / sum(bare)
-        per_round = statistics.median(x / y for x, y in zip(found, bare, strict=True))
-        print(f"| {name} | {statistics.median(found):,.0f} | {ratios[name]:.3f}x | "
-              f"{per_round:.3f}x |")  # fmt: skip
-    return ratios
+    bare = rates[BARE]
+    rows = [
+        [
+            name,
+            f"{statistics.median(found):,.0f}",
+            f"{sum(found) / sum(bare):.3f}x",
+            f"{statistics.median(x / y for x, y in zip(found, bare, strict=True)):.3f}x",
+        ]
+        for name, found in rates.items()
+    ]
+    title = (
+        f"Where the async gap goes: httpx-aiohttp, {CONCURRENCY} at once, {rounds} interleaved "
+        f"rounds of {operations}"
+    )
+    headers = ["variant", "ops/s, median round", "vs bare, all rounds", "vs bare, median round"]
+    ratio = {name: sum(found) / sum(bare) for name, found in rates.items()}
+    notes = [
+        f"samekey's flow around its own work: {ratio[LINE] - ratio[SAMEKEY]:+.3f}x of bare; "
+        f"deriving the plan: {ratio[NO_PLAN] - ratio[LINE]:+.3f}x; the rest of samekey's own "
+        f"work, down to the mission floor: {ratio[FLOOR] - ratio[NO_PLAN]:+.3f}x",
+    ]
+    return report(title, headers, rows, notes)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from . import (
     async_throughput,
     checkpoints,
+    essentials,
     journal_scale,
     profile,
     profile_async,
@@ -42,6 +43,7 @@ SIZES: dict[str, tuple[Any, Any, Any]] = {
     "scale": ((1000, 100_000, 1_000_000), (1000, 20_000), (1000,)),
     "profile": (6000, 600, 200),
     "profile_async": (20_000, 2000, 300),
+    "essentials": ((16, 500), (4, 300), (2, 100)),  # (rounds, operations per round)
 }
 MODES = ("full", "quick", "smoke")
 
@@ -62,6 +64,7 @@ def measure(mode: str, folder: str | None) -> dict[str, Any]:
         "scale": lambda: journal_scale.run(size["scale"], folder=folder),
         "profile": lambda: profile.run(size["profile"]),
         "profile_async": lambda: profile_async.run(size["profile_async"]),
+        "essentials": lambda: essentials.run(*size["essentials"]),
     }
     sections = {}
     for name, step in steps.items():

@@ -62,6 +62,7 @@ def test_the_docs_table_and_chart_are_generated_from_the_json(smoke_run: tuple[P
     assert "# samekey's hot path" in profile and "samekey's own Python by function" in profile
     if data["sections"]["profile_async"].get("markdown"):
         assert "**Async:" in profile
+    assert "**Where the async gap goes" in profile and "| mission floor " in profile
     (out / "latest.md").unlink()
     again = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--render", "--out", str(out)],
