@@ -43,7 +43,7 @@ SIZES: dict[str, tuple[Any, Any, Any]] = {
     "scale": ((1000, 100_000, 1_000_000), (1000, 20_000), (1000,)),
     "profile": (6000, 600, 200),
     "profile_async": (20_000, 2000, 300),
-    "essentials": ((16, 500), (4, 300), (2, 100)),  # (rounds, operations per round)
+    "essentials": ((30, 500), (4, 300), (2, 100)),  # (rounds, operations per round)
 }
 MODES = ("full", "quick", "smoke")
 
