@@ -71,7 +71,10 @@ class StraightLine(httpx.AsyncBaseTransport):
         engine = self.engine
         intent, owner = self._intent(request), engine.owners.new()
         claim = Claim(intent, owner, engine.lease_for(request), engine.clock())
-        record = (await self.thread.submit(claim, asyncio.get_running_loop())).record
+        found = await self.thread.submit(claim, asyncio.get_running_loop())
+        if found.status != "created":
+            raise RuntimeError(f"straight line: the claim found {found.status!r}, no flow here")
+        record = found.record
         request.headers[engine.key_header] = record.key
         response = await self.inner.handle_async_request(request)
         stream = response.stream
