@@ -83,3 +83,15 @@ def test_a_missed_target_says_when_its_floor_misses_the_limit_too() -> None:
     assert verdict(0.66, 0.79) == "NOT MET, nor is its floor"
     assert verdict(0.66, None) == "NOT MET"
     assert Target("1", "seq", 1.5, 1.25, bound=1.27).verdict == "NOT MET, nor is its floor"
+
+
+def test_the_page_size_comparison_writes_every_answer_size_on_both_page_sizes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import page_size
+
+    page_size.run(blocks=2, folder=str(tmp_path))
+    printed = capsys.readouterr().out
+    for size in ("| 60 B ", "| 2,000 B ", "| 8,000 B "):
+        assert printed.count(size) == 2, printed  # process and fsync
+    assert "µs, 1024 B pages" in printed and "µs, 4096 B pages" in printed
