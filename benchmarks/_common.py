@@ -187,12 +187,22 @@ class FloorJournal:
     The schema is read from a file samekey itself created (not imported from samekey's private
     modules), so the floors follow the schema wherever the code that defines it lives.
     ``claim`` runs the INSERT samekey's claim runs, ``complete`` the UPDATE of its completion.
+    ``page_size``: that schema on pages of this many bytes instead of samekey's own.
     """
 
-    def __init__(self, path: str, pragmas: Sequence[str] = ("PRAGMA synchronous=NORMAL",)) -> None:
+    def __init__(
+        self,
+        path: str,
+        pragmas: Sequence[str] = ("PRAGMA synchronous=NORMAL",),
+        *,
+        page_size: int | None = None,
+    ) -> None:
         import samekey
 
-        samekey.Journal(path, durability="process").close()
+        if page_size is None:
+            samekey.Journal(path, durability="process").close()
+        else:
+            _schema_on_pages(path, page_size)
         self.conn = sqlite3.connect(path, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         for pragma in pragmas:
@@ -229,6 +239,24 @@ class FloorJournal:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _schema_on_pages(path: str, page_size: int) -> None:
+    """A new file at ``path``: samekey's schema, read from a journal samekey makes beside it,
+    on pages of ``page_size`` bytes (set before WAL, which fixes it)."""
+    import samekey
+
+    model = path + ".model"
+    samekey.Journal(model, durability="process").close()
+    source = sqlite3.connect(model)
+    schema = source.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL").fetchall()
+    source.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA page_size={page_size}")
+    conn.execute("PRAGMA journal_mode=WAL")
+    for (sql,) in schema:
+        conn.execute(sql)
+    conn.close()
 
 
 _HEADERS = '[["accept","*/*"],["content-type","application/json"]]'
