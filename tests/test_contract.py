@@ -21,7 +21,7 @@ import pytest
 
 import samekey
 from samekey import _rows, _sqlite_open
-from samekey._contract import Intent, JournalStore
+from samekey._contract import Intent, JournalStore, build, new_record
 from samekey.testing import Fault, FaultPlan, PaymentServer
 
 URL = "http://pay.test/charges"
@@ -135,6 +135,22 @@ def intent(
 
 
 # -- claim ----------------------------------------------------------------------------
+
+
+def test_a_value_built_without_its_init_equals_the_one_it_would_make() -> None:
+    fields: dict[str, Any] = dict(
+        operation="order-1/charge", key="k", key_header="Idempotency-Key", method="POST",
+        url="https://api.example/v1/charges", fingerprint="f", request_headers=(("a", "b"),),
+        request_body=b"{}",
+    )  # fmt: skip
+    assert build(Intent, **fields) == Intent(**fields)
+    record = new_record(Intent(**fields), "owner", 1.0, 61.0)
+    assert record.settled_note is None and record.body_redacted is False  # the defaults
+    assert record == samekey.OperationRecord(
+        **fields, state="pending", created_at=1.0, updated_at=1.0, completed_at=None,
+        attempts=0, last_error=None, response_status=None, response_headers=(),
+        response_body=None, lease_owner="owner", lease_expires=61.0,
+    )  # fmt: skip
 
 
 def test_claim_creates_a_durable_record_that_another_instance_reads_back(

@@ -371,6 +371,22 @@ def test_an_async_re_run_upload_is_signed_over_the_bytes_it_sends(journal_path: 
     assert bodies[0] == bodies[1]
 
 
+def test_only_a_multipart_body_is_taken_for_a_multipart_upload() -> None:
+    # the check before auth (carry_first_bytes) runs on every send: most bodies skip the headers
+    def request(**kwargs: Any) -> httpx.Request:
+        extensions = {"samekey.operation": "booking-42/upload"}
+        return httpx.Request("POST", URL, extensions=extensions, **kwargs)
+
+    built = b'--b1\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--b1--\r\n'
+    form = {"Content-Type": "multipart/form-data; boundary=b1"}
+    op = "booking-42/upload"
+    assert _plan.multipart_operation(request(json={"amount": 1})) is None
+    assert _plan.multipart_operation(request(files={"f": ("a.pdf", b"%PDF")})) == op
+    assert _plan.multipart_operation(request(content=built, headers=form)) == op
+    assert _plan.multipart_operation(request(content=b"--not a form")) is None
+    assert _plan.multipart_operation(httpx.Request("POST", URL, files={"f": b"x"})) is None
+
+
 def test_every_key_is_a_distinct_uuid4_across_pool_refills() -> None:
     keys = [_plan.uuid4() for _ in range(3 * _plan.KEY_POOL + 1)]
     assert len(set(keys)) == len(keys)

@@ -21,24 +21,26 @@ from ._contract import JournalCall
 
 __all__ = ["Action", "Discard", "Flow", "Read", "Send", "Sleep", "abandon"]
 
+# slotted, not frozen: see the calls in _contract
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Send:
     request: httpx.Request
     buffer: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Read:
     response: httpx.Response
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Discard:
     response: httpx.Response
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sleep:
     seconds: float
 

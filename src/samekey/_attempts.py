@@ -42,6 +42,11 @@ NOT_ACTED_ON = frozenset({401, 407})
 class _Run:
     """One request's attempts in this run: what the steps share."""
 
+    __slots__ = (
+        "begun", "earlier", "engine", "key", "last_error", "operation", "owner", "policy",
+        "record", "request", "retrying", "started", "state", "taken", "tries", "waited",
+    )  # fmt: skip
+
     def __init__(
         self,
         engine: Engine,

@@ -56,7 +56,8 @@ def _decided(engine: Engine, request: httpx.Request) -> Flow:
         # request again, and that is this operation, not a new one leaving this one pending
         request.extensions[OPERATION_EXTENSION] = plan.intent.operation
     owner = engine.owners.new()
-    yield from _purge_if_due(engine)
+    if engine.purges.due(engine.clock()):
+        yield from _purge(engine)
     claim = yield from _claim(engine, plan, owner, engine.lease_for(request))
     record = claim.record
     if claim.status == "completed":
@@ -70,11 +71,9 @@ def _decided(engine: Engine, request: httpx.Request) -> Flow:
     return (yield from attempts(engine, request, record, owner))
 
 
-def _purge_if_due(engine: Engine) -> Step:
+def _purge(engine: Engine) -> Step:
     """Delete completed records past the retention (never a pending one), a batch at a time."""
     now = engine.clock()
-    if not engine.purges.due(now):
-        return
     try:
         removed = yield PurgeCompleted(engine.config.retention, now, PURGE_BATCH)
         if removed >= PURGE_BATCH:
@@ -100,7 +99,8 @@ def _claim(
             claim = ClaimResult(
                 "claimed", (yield from fill(engine, plan.intent, owner, claim.record))
             )
-        yield from _refuse_mismatch(engine, plan, claim, owner)
+        if claim.status != "created":  # else its record was made from this very plan
+            yield from _refuse_mismatch(engine, plan, claim, owner)
         if claim.status != "busy":
             return claim
         record = claim.record
@@ -134,8 +134,6 @@ def _claim_once(
 
 
 def _refuse_mismatch(engine: Engine, plan: Plan, claim: ClaimResult, owner: str) -> Step:
-    if claim.status == "created":  # its record was made from this very plan
-        return
     record = claim.record
     why = mismatch(plan, record)
     if why is None:

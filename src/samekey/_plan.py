@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 
 from ._config import Config
-from ._contract import Intent, OperationRecord
+from ._contract import Intent, OperationRecord, build
 from ._identity import at_fork_in_child
 from ._redaction import Redactor
 from ._sealing import KEY_ENV, Sealer, is_sealed
@@ -62,7 +62,8 @@ def make_plan(config: Config, redactor: Redactor, request: httpx.Request) -> Pla
             f"'order-42/charge'), got {operation!r}"
         )
     url = redactor.url(request.url)
-    intent = Intent(
+    intent = build(
+        Intent,
         operation=operation,
         key=caller_key or new_key(config),
         key_header=config.key_header,
@@ -184,6 +185,8 @@ def multipart_operation(request: httpx.Request) -> str | None:
     operation = request.extensions.get(OPERATION_EXTENSION)
     if not isinstance(operation, str):
         return None
+    if isinstance(request.stream, httpx.ByteStream) and not request.content.startswith(b"--"):
+        return None  # read at once (json=, content=) and no multipart body: no header scan
     # the raw pairs: Headers.get decodes every header of a new request first (~2 µs)
     for name, value in request.headers.raw:
         if name.lower() == b"content-type":

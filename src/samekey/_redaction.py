@@ -101,8 +101,10 @@ class Redactor:
         """(the caller's key header, the headers to journal), in one pass over the raw headers."""
         keys: list[str] = []
         stored: list[tuple[str, str]] = []
+        known = self._request_names
         for raw_name, raw_value in headers.raw:
-            name, hidden = self._named(self._request_names, raw_name, self._not_stored)
+            found = known.get(raw_name)  # looked up here: a call per header costs more
+            name, hidden = found or self._learned(known, raw_name, self._not_stored)
             if name == self._key_name:
                 # as httpx reads it: the flow sets it back with request.headers[...] = key
                 keys.append(raw_value.decode(headers.encoding))
@@ -113,24 +115,24 @@ class Redactor:
     def response_headers(self, headers: httpx.Headers) -> list[tuple[str, str]]:
         """The answer's headers as journaled: credentials (Set-Cookie, ...) removed."""
         kept = []
+        known = self._answer_names
         for raw_name, raw_value in headers.raw:
-            name, hidden = self._named(self._answer_names, raw_name, frozenset())
+            found = known.get(raw_name)
+            name, hidden = found or self._learned(known, raw_name, frozenset())
             if not hidden:
                 kept.append((name, raw_value.decode("latin-1")))  # lossless: see header_bytes
         return kept
 
-    def _named(
+    def _learned(
         self, cache: dict[bytes, tuple[str, bool]], raw_name: bytes, not_stored: AbstractSet[str]
     ) -> tuple[str, bool]:
         """A raw header name's text, and whether it is kept out of the journal (``not_stored``
-        or a secret), by name: a client sees the same few names again and again."""
-        found = cache.get(raw_name)
-        if found is None:
-            if len(cache) > 1024:  # names made up per message: do not grow without bound
-                cache.clear()
-            name = raw_name.lower().decode("latin-1")
-            hidden = name in not_stored or is_secret_header(name, self.redact)
-            found = cache[raw_name] = (name, hidden)
+        or a secret), kept in ``cache``: a client sees the same few names again and again."""
+        if len(cache) > 1024:  # names made up per message: do not grow without bound
+            cache.clear()
+        name = raw_name.lower().decode("latin-1")
+        hidden = name in not_stored or is_secret_header(name, self.redact)
+        found = cache[raw_name] = (name, hidden)
         return found
 
     def url(self, url: httpx.URL) -> str:
