@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 import samekey
-from samekey._contract import Claim, Complete, Intent
+from samekey._contract import Claim, Complete, Intent, OperationRecord
 from samekey._engine import Engine
 from samekey._plan import uuid4
 from samekey._transport import _JournalThread
@@ -45,12 +45,22 @@ LINE, NO_PLAN, FLOOR = "straight line", "straight line, no plan", "mission floor
 Post = Callable[[], Awaitable[None]]
 
 
-class StraightLine(httpx.AsyncBaseTransport):
-    """samekey's per-request work for a fresh operation answered at once, and nothing else."""
+# the steps of samekey's own work, in the order a request takes them (see `StraightLine`)
+CLIENT, PLAN, CLAIM, KEY_HEADER, BUFFER, ANSWER, INFO = range(7)
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, engine: Engine, *, plan: bool) -> None:
+
+class StraightLine(httpx.AsyncBaseTransport):
+    """samekey's per-request work for a fresh operation answered at once, and nothing else.
+
+    ``upto``: the last step taken (`benchmarks.instructions` counts them one by one); CLIENT
+    takes none, the request only passes through samekey's client to the inner transport.
+    """
+
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, engine: Engine, *, plan: bool, upto: int = INFO
+    ) -> None:
         assert engine.batching is not None
-        self.inner, self.engine, self.plan = inner, engine, plan
+        self.inner, self.engine, self.plan, self.upto = inner, engine, plan, upto
         self.thread = _JournalThread(engine.batching)
         self.first: Intent | None = None
 
@@ -67,26 +77,44 @@ class StraightLine(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
+        engine, upto = self.engine, self.upto
+        intent = self._intent(request) if upto >= PLAN else None
+        if intent is None or upto < CLAIM:
+            return await self.inner.handle_async_request(request)
+        owner = engine.owners.new()
+        record = await self._claim(intent, owner, request)
+        if upto >= KEY_HEADER:
+            request.headers[engine.key_header] = record.key
+        response = await self.inner.handle_async_request(request)
+        if upto < BUFFER:
+            return response
+        raw = await self._buffer(response, request)
+        if upto >= ANSWER:
+            headers = engine.redactor.response_headers(response.headers)
+            status, now = response.status_code, engine.clock()
+            Complete(record.operation, owner, 1, status, headers, raw, now).run(engine.journal)
+        if upto >= INFO:
+            info = OperationInfo(record.operation, record.key, 1, False)
+            response.extensions[INFO_EXTENSION] = info
+        return response
+
+    async def _claim(self, intent: Intent, owner: str, request: httpx.Request) -> OperationRecord:
         engine = self.engine
-        intent, owner = self._intent(request), engine.owners.new()
         claim = Claim(intent, owner, engine.lease_for(request), engine.clock())
         found = await self.thread.submit(claim, asyncio.get_running_loop())
         if found.status != "created":
             raise RuntimeError(f"straight line: the claim found {found.status!r}, no flow here")
-        record = found.record
-        request.headers[engine.key_header] = record.key
-        response = await self.inner.handle_async_request(request)
+        record: OperationRecord = found.record
+        return record
+
+    async def _buffer(self, response: httpx.Response, request: httpx.Request) -> bytes:
         stream = response.stream
         raw = b"".join([chunk async for chunk in stream])  # type: ignore[union-attr]
         await stream.aclose()  # type: ignore[union-attr]
         response.stream, response.request = httpx.ByteStream(raw), request
-        if engine.policy.should_retry_response(response):
+        if self.engine.policy.should_retry_response(response):
             raise RuntimeError(f"straight line: HTTP {response.status_code}, no retries here")
-        headers = engine.redactor.response_headers(response.headers)
-        status, now = response.status_code, engine.clock()
-        Complete(record.operation, owner, 1, status, headers, raw, now).run(engine.journal)
-        response.extensions[INFO_EXTENSION] = OperationInfo(record.operation, record.key, 1, False)
-        return response
+        return raw
 
     async def aclose(self) -> None:
         self.thread.stop()
@@ -97,10 +125,10 @@ def _journal(folder: str, name: str) -> samekey.Journal:
     return samekey.Journal(os.path.join(folder, f"{name}.sqlite3"), durability="process")
 
 
-def _straight(make: Callable[[], httpx.AsyncBaseTransport], journal: samekey.Journal, plan: bool
-              ) -> samekey.AsyncClient:  # fmt: skip
+def _straight(make: Callable[[], httpx.AsyncBaseTransport], journal: samekey.Journal, plan: bool,
+              upto: int = INFO) -> samekey.AsyncClient:  # fmt: skip
     client = samekey.AsyncClient(journal=journal)
-    client._transport = StraightLine(make(), client.engine, plan=plan)
+    client._transport = StraightLine(make(), client.engine, plan=plan, upto=upto)
     return client
 
 

@@ -95,3 +95,23 @@ def test_the_page_size_comparison_writes_every_answer_size_on_both_page_sizes(
     for size in ("| 60 B ", "| 2,000 B ", "| 8,000 B "):
         assert printed.count(size) == 2, printed  # process and fsync
     assert "µs, 1024 B pages" in printed and "µs, 4096 B pages" in printed
+
+
+def test_the_instruction_count_runs_every_step_and_reads_callgrinds_totals(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks import instructions
+
+    for variant in (instructions.BARE, *instructions.STEPS, instructions.SAMEKEY):
+        instructions._main_child(variant, 20)  # each child counted under valgrind sends these
+    assert instructions._summary("events: Ir\nsummary: 123456\n") == 123456
+    variants = (instructions.BARE, instructions.SAMEKEY)
+    trees = {"against": "/before", "this tree": "/after"}
+    counts = {
+        (instructions.BARE, "/before"): 700_000.0, (instructions.SAMEKEY, "/before"): 1_000_000.0,
+        (instructions.BARE, "/after"): 700_000.0, (instructions.SAMEKEY, "/after"): 950_000.0,
+    }  # fmt: skip
+    instructions._table(variants, trees, counts, 1200)
+    printed = capsys.readouterr().out
+    assert "1,000,000 (+300,000)" in printed and "950,000 (+250,000)" in printed
+    assert "| 0.950 " in printed
