@@ -159,10 +159,10 @@ class _FullDisk(samekey.Journal):
         job = super()._complete_job(*args)  # type: ignore[arg-type]
         write = job.fn
 
-        def fn(conn: sqlite3.Connection) -> None:
+        def fn(conn: sqlite3.Connection, *values: object) -> None:
             if self.full:
                 raise sqlite3.OperationalError("database or disk is full")
-            write(conn)
+            write(conn, *values)
 
         job.fn = fn
         return job

@@ -57,19 +57,23 @@ class Job(Generic[_T]):
     """One write waiting for its group commit."""
 
     __slots__ = (
-        "doing", "done", "durable", "error", "fn", "patience", "promoted", "ran", "result",
-        "settled", "waited",
+        "args", "doing", "done", "durable", "error", "fn", "patience", "promoted", "ran",
+        "result", "settled", "waited",
     )  # fmt: skip
 
     def __init__(
         self,
-        fn: Callable[[sqlite3.Connection], _T],
+        fn: Callable[..., _T],
         doing: str,
         durable: bool,
         *,
         patience: float | None = None,
+        args: tuple[Any, ...] = (),
     ) -> None:
+        # run as fn(conn, *args): the writes every request makes pass their values as args, as
+        # a closure would hold them in cells the garbage collector has to walk
         self.fn = fn
+        self.args = args
         self.doing = doing
         self.durable = durable
         # seconds it may wait for a busy lock; None: the store's lock_timeout
@@ -81,6 +85,9 @@ class Job(Generic[_T]):
         self.error: BaseException | None = None
         self.settled = False  # result or error final: an interrupted leader only wakes it
         self.ran = False  # its statements ran in the batch's transaction (result set)
+
+    def run(self, conn: sqlite3.Connection) -> _T:
+        return self.fn(conn, *self.args)
 
 
 class Store(Protocol):
@@ -274,11 +281,11 @@ def execute(
             conn.execute("SAVEPOINT job")
         try:
             try:
-                job.result = job.fn(conn)
+                job.result = job.fn(conn, *job.args)
             except sqlite3.OperationalError as exc:
                 if several:
                     raise  # inside BEGIN IMMEDIATE: the write lock is ours, this is no lock wait
-                job.result = _when_free(conn, job.fn, exc, [job], store)
+                job.result = _when_free(conn, job.run, exc, [job], store)
             job.ran = True
         except Exception as exc:
             if several and not savepoints:

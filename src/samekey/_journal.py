@@ -398,39 +398,8 @@ class Journal:
     def _claim_job(
         self, intent: Intent, owner: str, lease_seconds: float, now: float
     ) -> Job[ClaimResult]:
-        expires = now + lease_seconds
-
-        def job(conn: sqlite3.Connection) -> ClaimResult:
-            # a loop, not a call of job by itself: that would be a reference cycle, garbage
-            # left for the collector on every request
-            while True:
-                cur = conn.execute(
-                    f"INSERT INTO operations ({COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, "
-                    "NULL, ?, ?, NULL, ?) "
-                    "ON CONFLICT (operation) DO NOTHING",
-                    insert_params(intent, owner, now, expires),
-                )
-                if cur.rowcount == 1:
-                    return ClaimResult("created", new_record(intent, owner, now, expires))
-                if conn.in_transaction:
-                    break
-                conn.execute("BEGIN IMMEDIATE")  # ran in autocommit: again under the write lock
-            row = conn.execute(
-                f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (intent.operation,)
-            ).fetchone()
-            record = record_from_row(row, self.location)
-            decision = lease_decision(record, owner, now)
-            if decision != "claimed":
-                return ClaimResult(decision, record)
-            conn.execute(
-                "UPDATE operations SET lease_owner = ?, lease_expires = ?, updated_at = "
-                "? WHERE operation = ?",
-                (owner, expires, now, intent.operation),
-            )
-            return ClaimResult("claimed", with_lease(record, owner, expires, now))
-
-        return Job(job, f"recording operation {intent.operation!r}", True)
+        args = (intent, owner, now, now + lease_seconds, self.location)
+        return Job(_claim, f"recording operation {intent.operation!r}", True, args=args)
 
     def _record_attempt_job(
         self,
@@ -461,17 +430,8 @@ class Journal:
         body: bytes,
         now: float,
     ) -> Job[None]:
-        def job(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE operations SET state = 'completed', completed_at = ?, "
-                "updated_at = ?, attempts = ?, "
-                "last_error = NULL, response_status = ?, response_headers = ?, response_body = ?, "
-                "lease_owner = NULL, lease_expires = NULL WHERE operation = ? AND state "
-                "= 'pending'",
-                (now, now, attempts, status, headers_to_json(headers), body, operation),
-            )
-
-        return Job(job, f"completing operation {operation!r}", False)
+        args = (now, attempts, status, headers, body, operation)
+        return Job(_complete, f"completing operation {operation!r}", False, args=args)
 
     def _release_job(
         self, operation: str, owner: str, attempts: int, error: str | None, now: float
@@ -680,3 +640,56 @@ if TYPE_CHECKING:  # the store contracts Journal keeps, checked by mypy
     _2: type[ReservingStore] = Journal
     _3: type[SettlingStore] = Journal
     _4: type[QueueingStore] = Journal
+
+
+# The two writes every request makes, as functions of their values (see Job.args).
+
+
+def _claim(
+    conn: sqlite3.Connection, intent: Intent, owner: str, now: float, expires: float, location: str
+) -> ClaimResult:
+    while True:
+        cur = conn.execute(
+            f"INSERT INTO operations ({COLUMNS}) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL, 0, NULL, NULL, NULL, "
+            "NULL, ?, ?, NULL, ?) "
+            "ON CONFLICT (operation) DO NOTHING",
+            insert_params(intent, owner, now, expires),
+        )
+        if cur.rowcount == 1:
+            return ClaimResult("created", new_record(intent, owner, now, expires))
+        if conn.in_transaction:
+            break
+        conn.execute("BEGIN IMMEDIATE")  # ran in autocommit: again under the write lock
+    row = conn.execute(
+        f"SELECT {COLUMNS} FROM operations WHERE operation = ?", (intent.operation,)
+    ).fetchone()
+    record = record_from_row(row, location)
+    decision = lease_decision(record, owner, now)
+    if decision != "claimed":
+        return ClaimResult(decision, record)
+    conn.execute(
+        "UPDATE operations SET lease_owner = ?, lease_expires = ?, updated_at = "
+        "? WHERE operation = ?",
+        (owner, expires, now, intent.operation),
+    )
+    return ClaimResult("claimed", with_lease(record, owner, expires, now))
+
+
+def _complete(
+    conn: sqlite3.Connection,
+    now: float,
+    attempts: int,
+    status: int,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    operation: str,
+) -> None:
+    conn.execute(
+        "UPDATE operations SET state = 'completed', completed_at = ?, "
+        "updated_at = ?, attempts = ?, "
+        "last_error = NULL, response_status = ?, response_headers = ?, response_body = ?, "
+        "lease_owner = NULL, lease_expires = NULL WHERE operation = ? AND state "
+        "= 'pending'",
+        (now, now, attempts, status, headers_to_json(headers), body, operation),
+    )

@@ -41,7 +41,7 @@ UNNAMED_PREFIX = "auto:"
 KEYED = "hmac:"  # a fingerprint keyed with the client's body_key
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: see the calls in _contract
 class Plan:
     intent: Intent
     caller_key: bool  # the caller set the key header: it must match the record's
