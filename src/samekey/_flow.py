@@ -56,8 +56,9 @@ def _decided(engine: Engine, request: httpx.Request) -> Flow:
         # request again, and that is this operation, not a new one leaving this one pending
         request.extensions[OPERATION_EXTENSION] = plan.intent.operation
     owner = engine.owners.new()
-    if engine.purges.due(engine.clock()):
-        yield from _purge(engine)
+    now = engine.clock()
+    if engine.purges.due(now):
+        yield from _purge(engine, now)
     claim = yield from _claim(engine, plan, owner, engine.lease_for(request))
     record = claim.record
     if claim.status == "completed":
@@ -71,9 +72,8 @@ def _decided(engine: Engine, request: httpx.Request) -> Flow:
     return (yield from attempts(engine, request, record, owner))
 
 
-def _purge(engine: Engine) -> Step:
+def _purge(engine: Engine, now: float) -> Step:
     """Delete completed records past the retention (never a pending one), a batch at a time."""
-    now = engine.clock()
     try:
         removed = yield PurgeCompleted(engine.config.retention, now, PURGE_BATCH)
         if removed >= PURGE_BATCH:

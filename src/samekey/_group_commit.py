@@ -281,7 +281,7 @@ def execute(
             conn.execute("SAVEPOINT job")
         try:
             try:
-                job.result = job.fn(conn, *job.args)
+                job.result = job.run(conn)
             except sqlite3.OperationalError as exc:
                 if several:
                     raise  # inside BEGIN IMMEDIATE: the write lock is ours, this is no lock wait
